@@ -1,0 +1,120 @@
+//! Per-partition log configuration.
+
+use crate::error::{LogError, Result};
+use std::time::Duration;
+
+/// When appended batches are flushed to stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Group commit: a caller waiting on `wait_durable` triggers one
+    /// `fdatasync` that covers every batch appended before it started.
+    Always,
+    /// A background flush every interval (run [`crate::Log::run_background`]).
+    Interval(Duration),
+    /// Never flush on a timer; rely on replication. Segments are still
+    /// flushed when they roll and when the log closes.
+    Never,
+}
+
+impl std::str::FromStr for FsyncPolicy {
+    type Err = LogError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "always" => Ok(FsyncPolicy::Always),
+            "never" => Ok(FsyncPolicy::Never),
+            other => {
+                let ms = other
+                    .strip_prefix("interval:")
+                    .and_then(|v| v.trim_end_matches("ms").parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        LogError::Config(format!(
+                            "fsync policy `{other}` is not one of `always`, `never`, `interval:<ms>`"
+                        ))
+                    })?;
+                Ok(FsyncPolicy::Interval(Duration::from_millis(ms.max(1))))
+            }
+        }
+    }
+}
+
+/// Configuration of one partition log. Every memory figure here is a bound:
+/// the log never holds more than these, whatever the size of the data.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Roll the active segment when it would exceed this size (default 1 GiB).
+    pub segment_bytes: u64,
+    /// Roll the active segment once it is this old (default 7 days).
+    pub segment_age: Option<Duration>,
+    /// Delete the oldest segments while the log is larger than this.
+    pub retention_bytes: Option<u64>,
+    /// Delete segments whose newest record is older than this.
+    pub retention_age: Option<Duration>,
+    pub fsync: FsyncPolicy,
+    /// Size of each aligned DMA write (default 128 KiB).
+    pub write_chunk_bytes: usize,
+    /// Writes in flight at once per log (default 8).
+    pub max_inflight_writes: usize,
+    /// Recently appended batches kept in memory for tailing readers (default 4 MiB).
+    pub tail_cache_bytes: usize,
+    /// Indexes of sealed segments kept in memory (default 1 MiB).
+    pub index_cache_bytes: usize,
+    /// Bytes of log between two sparse index entries (default 4 KiB).
+    pub index_interval_bytes: u64,
+    /// Persist the active segment's index after this many flushed bytes (default 64 MiB).
+    pub index_checkpoint_bytes: u64,
+    /// Largest accepted batch (default 16 MiB).
+    pub max_batch_bytes: usize,
+    /// Disk read size for reads that miss the tail cache (default 512 KiB).
+    pub read_ahead_bytes: usize,
+    /// Preallocate the active segment in steps of this size (default 64 MiB).
+    pub preallocate_bytes: u64,
+    /// How often `run_background` applies retention (default 60 s).
+    pub retention_check_interval: Duration,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            segment_age: Some(Duration::from_secs(7 * 24 * 3600)),
+            retention_bytes: None,
+            retention_age: Some(Duration::from_secs(7 * 24 * 3600)),
+            fsync: FsyncPolicy::Always,
+            write_chunk_bytes: 128 << 10,
+            max_inflight_writes: 8,
+            tail_cache_bytes: 4 << 20,
+            index_cache_bytes: 1 << 20,
+            index_interval_bytes: 4096,
+            index_checkpoint_bytes: 64 << 20,
+            max_batch_bytes: 16 << 20,
+            read_ahead_bytes: 512 << 10,
+            preallocate_bytes: 64 << 20,
+            retention_check_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl LogConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(LogError::Config(m.to_string()));
+        if self.segment_bytes < 4096 || self.segment_bytes > u64::from(u32::MAX) {
+            return bad("segment_bytes must be between 4 KiB and 4 GiB");
+        }
+        if self.write_chunk_bytes < 4096 || self.write_chunk_bytes % 4096 != 0 {
+            return bad("write_chunk_bytes must be a multiple of 4 KiB");
+        }
+        if self.max_inflight_writes == 0 {
+            return bad("max_inflight_writes must be at least 1");
+        }
+        if self.index_interval_bytes == 0 {
+            return bad("index_interval_bytes must be positive");
+        }
+        if self.max_batch_bytes < crate::batch::HEADER_LEN {
+            return bad("max_batch_bytes must hold at least a batch header");
+        }
+        if self.read_ahead_bytes < 4096 {
+            return bad("read_ahead_bytes must be at least 4 KiB");
+        }
+        Ok(())
+    }
+}

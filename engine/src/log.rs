@@ -1,0 +1,1373 @@
+//! A partition log: a directory of segments written with direct I/O.
+//!
+//! Must be used from inside one glommio executor (the shard that owns the
+//! partition). All methods take `&self`; concurrent tasks of that executor
+//! may append, read and wait for durability at the same time.
+
+use crate::batch::{self, BatchHeader, HEADER_LEN};
+use crate::config::{FsyncPolicy, LogConfig};
+use crate::error::{glommio_err, io_err, LogError, Result};
+use crate::event::LocalEvent;
+use crate::index::{self, SegmentIndex, Summary};
+use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
+use glommio::sync::Semaphore;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tracing::{debug, info, warn};
+
+const ALIGN: u64 = 4096;
+const CLEAN_MARKER: &str = "clean-shutdown";
+
+fn align_down(v: u64) -> u64 {
+    v & !(ALIGN - 1)
+}
+fn align_up(v: u64) -> u64 {
+    (v + ALIGN - 1) & !(ALIGN - 1)
+}
+
+pub(crate) fn segment_name(base: u64, ext: &str) -> String {
+    format!("{base:020}.{ext}")
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// What an append assigned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    pub max_timestamp: i64,
+}
+
+/// Whole batches read from the log, laid end to end as stored.
+#[derive(Debug, Clone, Default)]
+pub struct ReadOutcome {
+    pub data: Vec<u8>,
+    /// Offset to ask for next (after the last returned batch).
+    pub next_offset: u64,
+    pub log_start_offset: u64,
+    pub log_end_offset: u64,
+}
+
+/// Counters for metrics and tests.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogStats {
+    pub log_start_offset: u64,
+    pub log_end_offset: u64,
+    pub durable_offset: u64,
+    pub size_bytes: u64,
+    pub segments: usize,
+    pub tail_cache_bytes: usize,
+    pub index_cache_bytes: usize,
+    pub flushes: u64,
+    pub recovered_bytes_scanned: u64,
+    pub truncated_bytes: u64,
+}
+
+struct Sealed {
+    summary: Summary,
+    file: Option<Rc<DmaFile>>,
+}
+
+struct Active {
+    base: u64,
+    file: Rc<DmaFile>,
+    index: SegmentIndex,
+    /// End of the last complete batch.
+    end: u64,
+    max_ts: i64,
+    /// Chunk being filled; it covers `[chunk_pos, chunk_pos + chunk.len())`.
+    chunk: Option<DmaBuffer>,
+    chunk_pos: u64,
+    fill: usize,
+    preallocated: u64,
+    /// Start positions of full-chunk writes in flight.
+    inflight: BTreeSet<u64>,
+    /// A flush is rewriting the partial chunk at this position.
+    partial_inflight: bool,
+    /// Bytes of the current chunk known to be on disk (from a flush or from recovery).
+    written_end: u64,
+    created: Instant,
+    checkpointed: u64,
+}
+
+struct Cached {
+    seg_base: u64,
+    pos: u64,
+    base_offset: u64,
+    next_offset: u64,
+    bytes: Vec<u8>,
+}
+
+#[derive(Default)]
+struct IndexCache {
+    map: HashMap<u64, Rc<SegmentIndex>>,
+    order: VecDeque<u64>,
+    bytes: usize,
+}
+
+struct State {
+    dir: PathBuf,
+    cfg: LogConfig,
+    sealed: BTreeMap<u64, Sealed>,
+    active: Active,
+    next_offset: u64,
+    log_start: u64,
+    durable_next: u64,
+    size_bytes: u64,
+    cache: VecDeque<Cached>,
+    cache_bytes: usize,
+    index_cache: IndexCache,
+    poisoned: Option<String>,
+    closed: bool,
+    stats: LogStats,
+}
+
+impl State {
+    fn check_writable(&self) -> Result<()> {
+        if self.closed {
+            return Err(LogError::Closed);
+        }
+        if let Some(p) = &self.poisoned {
+            return Err(LogError::Poisoned(p.clone()));
+        }
+        Ok(())
+    }
+
+    /// Bytes of the active segment that are on disk and may be read from it.
+    fn active_readable_end(&self) -> u64 {
+        let a = &self.active;
+        let written = a.chunk_pos.max(a.written_end);
+        a.inflight.first().copied().unwrap_or(written).min(written).min(a.end)
+    }
+
+    fn evict_cache(&mut self) {
+        let readable = self.active_readable_end();
+        while self.cache_bytes > self.cfg.tail_cache_bytes {
+            let Some(front) = self.cache.front() else {
+                break;
+            };
+            let on_disk = front.seg_base != self.active.base
+                || front.pos + front.bytes.len() as u64 <= readable;
+            if !on_disk {
+                break;
+            }
+            self.cache_bytes -= front.bytes.len();
+            self.cache.pop_front();
+        }
+    }
+
+    fn path(&self, base: u64, ext: &str) -> PathBuf {
+        self.dir.join(segment_name(base, ext))
+    }
+}
+
+/// One partition's log.
+pub struct Log {
+    st: Rc<RefCell<State>>,
+    io: Rc<LocalEvent>,
+    append_lock: Semaphore,
+    flush_lock: Semaphore,
+}
+
+struct ScanOutcome {
+    end: u64,
+    next_offset: u64,
+    max_ts: i64,
+    stop_reason: Option<String>,
+}
+
+/// Validates batches of a segment from `pos`, adding index entries.
+async fn scan_segment(
+    file: &DmaFile,
+    seg_base: u64,
+    mut pos: u64,
+    mut next: u64,
+    size: u64,
+    cfg: &LogConfig,
+    index: &mut SegmentIndex,
+    mut max_ts: i64,
+) -> Result<ScanOutcome> {
+    let window = cfg.read_ahead_bytes.max(1 << 20);
+    let mut win_start = 0u64;
+    let mut win: Vec<u8> = Vec::new();
+    let mut stop_reason = None;
+    let path = || format!("segment {seg_base}");
+    while pos < size {
+        if pos + HEADER_LEN as u64 > size {
+            stop_reason = Some("incomplete batch header at the end".to_string());
+            break;
+        }
+        let need_header = pos + HEADER_LEN as u64;
+        if pos < win_start || need_header > win_start + win.len() as u64 {
+            let len = (window as u64).min(size - pos) as usize;
+            let r = file
+                .read_at(pos, len)
+                .await
+                .map_err(|e| glommio_err(path(), e))?;
+            win = r.to_vec();
+            win_start = pos;
+        }
+        let at = (pos - win_start) as usize;
+        let h = match batch::validate_stored_header(&win[at..], cfg.max_batch_bytes) {
+            Ok(h) => *h,
+            Err(e) => {
+                stop_reason = Some(e.to_string());
+                break;
+            }
+        };
+        let len = h.len() as u64;
+        if pos + len > size {
+            stop_reason = Some(format!("batch of {len} bytes runs past the end"));
+            break;
+        }
+        if h.base_offset() != next {
+            stop_reason = Some(format!(
+                "batch offset {} where {next} was expected",
+                h.base_offset()
+            ));
+            break;
+        }
+        if pos + len > win_start + win.len() as u64 {
+            let len = (window as u64).max(len).min(size - pos) as usize;
+            let r = file
+                .read_at(pos, len)
+                .await
+                .map_err(|e| glommio_err(path(), e))?;
+            win = r.to_vec();
+            win_start = pos;
+        }
+        let at = (pos - win_start) as usize;
+        if let Err(e) = batch::validate_stored(&win[at..at + len as usize], cfg.max_batch_bytes) {
+            stop_reason = Some(e.to_string());
+            break;
+        }
+        max_ts = max_ts.max(h.max_timestamp.get());
+        let rel = (h.base_offset() - seg_base) as u32;
+        index.maybe_add(rel, pos, max_ts, cfg.index_interval_bytes);
+        next = h.next_offset();
+        pos += len;
+    }
+    Ok(ScanOutcome {
+        end: pos,
+        next_offset: next,
+        max_ts,
+        stop_reason,
+    })
+}
+
+async fn open_rw(path: &Path) -> Result<DmaFile> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .dma_open(path)
+        .await
+        .map_err(|e| glommio_err(path.display().to_string(), e))
+}
+
+async fn open_ro(path: &Path) -> Result<DmaFile> {
+    OpenOptions::new()
+        .read(true)
+        .dma_open(path)
+        .await
+        .map_err(|e| glommio_err(path.display().to_string(), e))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(format!("fsync of directory {}", dir.display()), e))
+}
+
+/// Writes a whole small file with direct I/O, durably, replacing any old one.
+async fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let ctx = || tmp.display().to_string();
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .dma_open(&tmp)
+        .await
+        .map_err(|e| glommio_err(ctx(), e))?;
+    if !bytes.is_empty() {
+        let mut buf = f.alloc_dma_buffer(align_up(bytes.len() as u64) as usize);
+        buf.as_bytes_mut().fill(0);
+        buf.as_bytes_mut()[..bytes.len()].copy_from_slice(bytes);
+        f.write_at(buf, 0).await.map_err(|e| glommio_err(ctx(), e))?;
+        f.truncate(bytes.len() as u64)
+            .await
+            .map_err(|e| glommio_err(ctx(), e))?;
+    }
+    f.fdatasync().await.map_err(|e| glommio_err(ctx(), e))?;
+    f.close().await.map_err(|e| glommio_err(ctx(), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io_err(path.display().to_string(), e))
+}
+
+async fn write_index_files(
+    dir: &Path,
+    base: u64,
+    idx: &SegmentIndex,
+    summary: &Summary,
+) -> Result<()> {
+    write_file_atomic(
+        &dir.join(segment_name(base, "index")),
+        &index::encode_offsets(idx, summary),
+    )
+    .await?;
+    write_file_atomic(
+        &dir.join(segment_name(base, "timeindex")),
+        &index::encode_times(idx, summary),
+    )
+    .await
+}
+
+fn read_index_files(dir: &Path, base: u64) -> Option<(Summary, SegmentIndex)> {
+    let o = std::fs::read(dir.join(segment_name(base, "index"))).ok()?;
+    let t = std::fs::read(dir.join(segment_name(base, "timeindex"))).ok()?;
+    let (s, offsets) = index::decode_offsets(&o)?;
+    let (s2, times) = index::decode_times(&t)?;
+    (s == s2).then_some((s, SegmentIndex { offsets, times }))
+}
+
+impl Log {
+    /// Opens (creating if needed) the log in `dir`, recovering from a crash
+    /// if the last shutdown was not clean.
+    pub async fn open(dir: impl AsRef<Path>, cfg: LogConfig) -> Result<Log> {
+        cfg.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| io_err(format!("creating {}", dir.display()), e))?;
+        let marker = dir.join(CLEAN_MARKER);
+        let clean = marker.exists();
+        if clean {
+            std::fs::remove_file(&marker).map_err(|e| io_err(marker.display().to_string(), e))?;
+            sync_dir(&dir)?;
+        }
+        let mut bases = Vec::new();
+        let entries =
+            std::fs::read_dir(&dir).map_err(|e| io_err(format!("listing {}", dir.display()), e))?;
+        for e in entries {
+            let e = e.map_err(|e| io_err(format!("listing {}", dir.display()), e))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(stem) = name.strip_suffix(".log") {
+                if let Ok(b) = stem.parse::<u64>() {
+                    bases.push(b);
+                }
+            } else if name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        bases.sort_unstable();
+        let mut stats = LogStats::default();
+        let mut sealed = BTreeMap::new();
+        let mut size_bytes = 0u64;
+        let mut expected_next: Option<u64> = None;
+        let mut i = 0;
+        // Sealed segments: trust a valid index whose covered length matches
+        // the file, else rebuild the index by scanning the segment.
+        while i + 1 < bases.len() {
+            let base = bases[i];
+            let path = dir.join(segment_name(base, "log"));
+            let size = std::fs::metadata(&path)
+                .map_err(|e| io_err(path.display().to_string(), e))?
+                .len();
+            if let Some(exp) = expected_next {
+                if exp != base {
+                    return Err(LogError::Corrupt {
+                        file: path.display().to_string(),
+                        pos: 0,
+                        reason: format!("segment starts at offset {base}, previous ends at {exp}"),
+                    });
+                }
+            }
+            let summary = match read_index_files(&dir, base) {
+                Some((s, _)) if s.covered_len == size => s,
+                _ => {
+                    info!(segment = base, "rebuilding missing or damaged index");
+                    let f = open_rw(&path).await?;
+                    let mut idx = SegmentIndex::default();
+                    let out = scan_segment(&f, base, 0, base, size, &cfg, &mut idx, i64::MIN).await?;
+                    stats.recovered_bytes_scanned += out.end;
+                    let s = Summary {
+                        covered_len: out.end,
+                        next_offset: out.next_offset,
+                        max_timestamp: out.max_ts,
+                    };
+                    if let Some(reason) = out.stop_reason {
+                        // Corruption inside a sealed segment: keep what is
+                        // valid and drop everything after it, as Kafka does.
+                        warn!(segment = base, pos = out.end, %reason, "corrupt sealed segment: truncating the log here");
+                        f.truncate(out.end).await.map_err(|e| glommio_err(path.display().to_string(), e))?;
+                        f.fdatasync().await.map_err(|e| glommio_err(path.display().to_string(), e))?;
+                        stats.truncated_bytes += size - out.end;
+                        for &later in &bases[i + 1..] {
+                            for ext in ["log", "index", "timeindex"] {
+                                let _ = std::fs::remove_file(dir.join(segment_name(later, ext)));
+                            }
+                        }
+                        sync_dir(&dir)?;
+                        for ext in ["index", "timeindex"] {
+                            let _ = std::fs::remove_file(dir.join(segment_name(base, ext)));
+                        }
+                        bases.truncate(i + 1);
+                        let _ = f.close().await;
+                        break;
+                    }
+                    write_index_files(&dir, base, &idx, &s).await?;
+                    let _ = f.close().await;
+                    s
+                }
+            };
+            expected_next = Some(summary.next_offset);
+            size_bytes += summary.covered_len;
+            sealed.insert(
+                base,
+                Sealed {
+                    summary,
+                    file: None,
+                },
+            );
+            i += 1;
+        }
+        // The last segment becomes the active one.
+        let active_base = match bases.last() {
+            Some(&b) => b,
+            None => 0,
+        };
+        if let Some(exp) = expected_next {
+            if exp != active_base {
+                return Err(LogError::Corrupt {
+                    file: dir.join(segment_name(active_base, "log")).display().to_string(),
+                    pos: 0,
+                    reason: format!("segment starts at offset {active_base}, previous ends at {exp}"),
+                });
+            }
+        }
+        let apath = dir.join(segment_name(active_base, "log"));
+        let existed = apath.exists();
+        let file = if existed {
+            open_rw(&apath).await?
+        } else {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .dma_open(&apath)
+                .await
+                .map_err(|e| glommio_err(apath.display().to_string(), e))?;
+            sync_dir(&dir)?;
+            f
+        };
+        let size = file
+            .file_size()
+            .await
+            .map_err(|e| glommio_err(apath.display().to_string(), e))?;
+        let mut index = SegmentIndex::default();
+        let (end, next_offset, max_ts, checkpointed) = match read_index_files(&dir, active_base) {
+            Some((s, idx)) if clean && s.covered_len == size => {
+                debug!(segment = active_base, "clean shutdown: skipping recovery scan");
+                index = idx;
+                (s.covered_len, s.next_offset, s.max_timestamp, s.covered_len)
+            }
+            found => {
+                let (start, next, ts) = match found {
+                    Some((s, idx)) if s.covered_len <= size => {
+                        index = idx;
+                        index.truncate_to_len(s.covered_len);
+                        (s.covered_len, s.next_offset, s.max_timestamp)
+                    }
+                    _ => (0, active_base, i64::MIN),
+                };
+                let out =
+                    scan_segment(&file, active_base, start, next, size, &cfg, &mut index, ts).await?;
+                stats.recovered_bytes_scanned += out.end - start;
+                if out.end < size {
+                    // The tail past the last valid batch is torn, corrupt or
+                    // preallocated zeros: cut it so it can never resurface.
+                    let zeros_only = out.stop_reason.is_none()
+                        || out.stop_reason.as_deref().is_some_and(|r| r.contains("header CRC"));
+                    if !zeros_only {
+                        warn!(segment = active_base, pos = out.end, reason = ?out.stop_reason, "truncating corrupt log tail");
+                    }
+                    file.truncate(out.end)
+                        .await
+                        .map_err(|e| glommio_err(apath.display().to_string(), e))?;
+                    stats.truncated_bytes += size - out.end;
+                }
+                if existed {
+                    file.fdatasync()
+                        .await
+                        .map_err(|e| glommio_err(apath.display().to_string(), e))?;
+                }
+                (out.end, out.next_offset, out.max_ts, start)
+            }
+        };
+        // Reload the partial last block so later rewrites of it keep its bytes.
+        let chunk_pos = align_down(end);
+        let mut chunk = file.alloc_dma_buffer(cfg.write_chunk_bytes);
+        chunk.as_bytes_mut().fill(0);
+        let fill = (end - chunk_pos) as usize;
+        if fill > 0 {
+            let r = file
+                .read_at(chunk_pos, fill)
+                .await
+                .map_err(|e| glommio_err(apath.display().to_string(), e))?;
+            chunk.as_bytes_mut()[..fill].copy_from_slice(&r[..fill]);
+        }
+        size_bytes += end;
+        let log_start = sealed.keys().next().copied().unwrap_or(active_base);
+        stats.segments = sealed.len() + 1;
+        info!(dir = %dir.display(), log_start, next_offset, clean, "opened log");
+        let st = State {
+            dir,
+            active: Active {
+                base: active_base,
+                file: Rc::new(file),
+                index,
+                end,
+                max_ts,
+                chunk: Some(chunk),
+                chunk_pos,
+                fill,
+                preallocated: end,
+                inflight: BTreeSet::new(),
+                partial_inflight: false,
+                written_end: end,
+                created: Instant::now(),
+                checkpointed,
+            },
+            cfg,
+            sealed,
+            next_offset,
+            log_start,
+            durable_next: next_offset,
+            size_bytes,
+            cache: VecDeque::new(),
+            cache_bytes: 0,
+            index_cache: IndexCache::default(),
+            poisoned: None,
+            closed: false,
+            stats,
+        };
+        Ok(Log {
+            st: Rc::new(RefCell::new(st)),
+            io: Rc::new(LocalEvent::default()),
+            append_lock: Semaphore::new(1),
+            flush_lock: Semaphore::new(1),
+        })
+    }
+
+    pub fn config(&self) -> LogConfig {
+        self.st.borrow().cfg.clone()
+    }
+
+    pub fn log_start_offset(&self) -> u64 {
+        self.st.borrow().log_start
+    }
+
+    /// Offset the next appended record will get.
+    pub fn log_end_offset(&self) -> u64 {
+        self.st.borrow().next_offset
+    }
+
+    /// Every offset below this has been flushed to stable storage.
+    pub fn durable_offset(&self) -> u64 {
+        self.st.borrow().durable_next
+    }
+
+    pub fn stats(&self) -> LogStats {
+        let s = self.st.borrow();
+        LogStats {
+            log_start_offset: s.log_start,
+            log_end_offset: s.next_offset,
+            durable_offset: s.durable_next,
+            size_bytes: s.size_bytes,
+            segments: s.sealed.len() + 1,
+            tail_cache_bytes: s.cache_bytes,
+            index_cache_bytes: s.index_cache.bytes,
+            ..s.stats
+        }
+    }
+
+    /// Base offsets of all segments, oldest first.
+    pub fn segment_bases(&self) -> Vec<u64> {
+        let s = self.st.borrow();
+        s.sealed.keys().copied().chain([s.active.base]).collect()
+    }
+
+    /// Validates a producer's batch, assigns its offsets and appends it. The
+    /// batch is durable once [`Log::wait_durable`] for its last offset returns
+    /// (under `fsync = always`), or per the log's policy.
+    pub async fn append(&self, batch: Vec<u8>) -> Result<AppendInfo> {
+        self.append_with_epoch(batch, 0).await
+    }
+
+    pub async fn append_with_epoch(&self, mut batch: Vec<u8>, leader_epoch: i32) -> Result<AppendInfo> {
+        let (count, max_ts) = {
+            let max = self.st.borrow().cfg.max_batch_bytes;
+            let h = batch::validate_produced(&batch, max)?;
+            (h.record_count(), h.max_timestamp.get())
+        };
+        let _permit = self
+            .append_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        let len = batch.len() as u64;
+        let must_roll = {
+            let s = self.st.borrow();
+            s.check_writable()?;
+            let a = &s.active;
+            let rel_overflow = s.next_offset - a.base + u64::from(count) > u64::from(u32::MAX);
+            a.end > 0
+                && (a.end + len > s.cfg.segment_bytes
+                    || rel_overflow
+                    || s.cfg.segment_age.is_some_and(|age| a.created.elapsed() >= age))
+        };
+        if must_roll {
+            self.roll().await?;
+        }
+        // Preallocate ahead of the write position.
+        let prealloc = {
+            let s = self.st.borrow();
+            let a = &s.active;
+            (a.end + len > a.preallocated).then(|| {
+                let target = (a.end + len + s.cfg.preallocate_bytes).min(s.cfg.segment_bytes.max(a.end + len));
+                (a.file.clone(), align_up(target))
+            })
+        };
+        if let Some((file, target)) = prealloc {
+            file.pre_allocate(target, false)
+                .await
+                .map_err(|e| glommio_err("preallocating the active segment", e))?;
+            self.st.borrow_mut().active.preallocated = target;
+        }
+        let (base_offset, pos, seg_base) = {
+            let s = self.st.borrow_mut();
+            let base = s.next_offset;
+            batch::assign(&mut batch, base, leader_epoch);
+            (base, s.active.end, s.active.base)
+        };
+        // Copy into aligned chunks; full chunks are written in the background.
+        let mut copied = 0usize;
+        while copied < batch.len() {
+            let full = {
+                let mut guard = self.st.borrow_mut();
+                let s = &mut *guard;
+                let a = &mut s.active;
+                if a.chunk.is_none() {
+                    let mut c = a.file.alloc_dma_buffer(s.cfg.write_chunk_bytes);
+                    c.as_bytes_mut().fill(0);
+                    let a = &mut s.active;
+                    a.chunk = Some(c);
+                    a.fill = 0;
+                }
+                let a = &mut s.active;
+                let chunk = a.chunk.as_mut().expect("chunk allocated above");
+                let n = (chunk.len() - a.fill).min(batch.len() - copied);
+                chunk.as_bytes_mut()[a.fill..a.fill + n].copy_from_slice(&batch[copied..copied + n]);
+                a.fill += n;
+                copied += n;
+                a.fill == chunk.len()
+            };
+            if full {
+                self.issue_full_chunk().await?;
+            }
+        }
+        let mut s = self.st.borrow_mut();
+        let interval = s.cfg.index_interval_bytes;
+        let a = &mut s.active;
+        a.max_ts = a.max_ts.max(max_ts);
+        let ts = a.max_ts;
+        a.index.maybe_add((base_offset - a.base) as u32, pos, ts, interval);
+        a.end = pos + len;
+        s.next_offset = base_offset + u64::from(count);
+        s.size_bytes += len;
+        let next_offset = s.next_offset;
+        s.cache_bytes += batch.len();
+        s.cache.push_back(Cached {
+            seg_base,
+            pos,
+            base_offset,
+            next_offset,
+            bytes: batch,
+        });
+        s.evict_cache();
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: next_offset - 1,
+            max_timestamp: max_ts,
+        })
+    }
+
+    /// Hands the full current chunk to a background write, waiting while too
+    /// many writes are in flight.
+    async fn issue_full_chunk(&self) -> Result<()> {
+        loop {
+            let listen = self.io.listen();
+            {
+                let s = self.st.borrow();
+                s.check_writable()?;
+                if s.active.inflight.len() < s.cfg.max_inflight_writes {
+                    break;
+                }
+            }
+            listen.await;
+        }
+        let (file, buf, pos) = {
+            let mut s = self.st.borrow_mut();
+            let a = &mut s.active;
+            let buf = a.chunk.take().expect("a full chunk is present");
+            let pos = a.chunk_pos;
+            a.chunk_pos += buf.len() as u64;
+            a.fill = 0;
+            a.inflight.insert(pos);
+            (a.file.clone(), buf, pos)
+        };
+        let st = self.st.clone();
+        let io = self.io.clone();
+        glommio::spawn_local(async move {
+            // Never overlap the flush's rewrite of this same chunk.
+            loop {
+                let listen = io.listen();
+                if !st.borrow().active.partial_inflight {
+                    break;
+                }
+                listen.await;
+            }
+            let want = buf.len();
+            let res = file.write_at(buf, pos).await;
+            {
+                let mut s = st.borrow_mut();
+                s.active.inflight.remove(&pos);
+                match res {
+                    Ok(n) if n == want => {}
+                    Ok(n) => s.poisoned = Some(format!("short write of {n} of {want} bytes at {pos}")),
+                    Err(e) => s.poisoned = Some(format!("write at {pos} failed: {e}")),
+                }
+                s.evict_cache();
+            }
+            io.notify();
+        })
+        .detach();
+        Ok(())
+    }
+
+    /// Writes everything appended so far and flushes it with one fdatasync.
+    /// Caller holds `flush_lock`.
+    async fn flush_locked(&self) -> Result<()> {
+        let (target_next, file, partial, upto, end_snap, written_snap) = {
+            let mut guard = self.st.borrow_mut();
+            let s = &mut *guard;
+            s.check_writable().or_else(|e| match e {
+                LogError::Closed => Ok(()),
+                e => Err(e),
+            })?;
+            if s.durable_next >= s.next_offset {
+                return Ok(());
+            }
+            let a = &mut s.active;
+            let partial = if a.fill > 0 {
+                let chunk = a.chunk.as_ref().expect("fill > 0 implies a chunk");
+                let n = align_up(a.fill as u64) as usize;
+                let mut buf = a.file.alloc_dma_buffer(n);
+                buf.as_bytes_mut().copy_from_slice(&chunk.as_bytes()[..n]);
+                a.partial_inflight = true;
+                Some((buf, a.chunk_pos))
+            } else {
+                None
+            };
+            let upto = a.chunk_pos;
+            let (end_snap, written_snap) = (a.end, a.chunk_pos + a.fill as u64);
+            (s.next_offset, a.file.clone(), partial, upto, end_snap, written_snap)
+        };
+        if let Some((buf, pos)) = partial {
+            let res = file.write_at(buf, pos).await;
+            {
+                let mut s = self.st.borrow_mut();
+                s.active.partial_inflight = false;
+                if res.is_ok() && Rc::ptr_eq(&s.active.file, &file) {
+                    s.active.written_end = s.active.written_end.max(written_snap);
+                }
+            }
+            self.io.notify();
+            if let Err(e) = res {
+                let msg = format!("write at {pos} failed: {e}");
+                self.st.borrow_mut().poisoned = Some(msg.clone());
+                return Err(LogError::Poisoned(msg));
+            }
+        }
+        // Wait for full-chunk writes issued before this flush.
+        loop {
+            let listen = self.io.listen();
+            {
+                let s = self.st.borrow();
+                if let Some(p) = &s.poisoned {
+                    return Err(LogError::Poisoned(p.clone()));
+                }
+                if s.active.inflight.range(..upto).next().is_none() {
+                    break;
+                }
+            }
+            listen.await;
+        }
+        if let Err(e) = file.fdatasync().await {
+            let msg = format!("fdatasync failed: {e}");
+            self.st.borrow_mut().poisoned = Some(msg.clone());
+            return Err(LogError::Poisoned(msg));
+        }
+        let checkpoint = {
+            let mut s = self.st.borrow_mut();
+            s.durable_next = s.durable_next.max(target_next);
+            s.stats.flushes += 1;
+            s.evict_cache();
+            let a = &s.active;
+            (end_snap >= a.checkpointed + s.cfg.index_checkpoint_bytes && Rc::ptr_eq(&a.file, &file))
+                .then(|| {
+                    // Index entries and summary as of the snapshot, which is
+                    // now durable and ends on a batch boundary.
+                    let mut idx = a.index.clone();
+                    idx.truncate_to_len(end_snap);
+                    let summary = Summary {
+                        covered_len: end_snap,
+                        next_offset: target_next,
+                        max_timestamp: a.max_ts,
+                    };
+                    (s.dir.clone(), a.base, idx, summary)
+                })
+        };
+        if let Some((dir, base, idx, summary)) = checkpoint {
+            write_index_files(&dir, base, &idx, &summary).await?;
+            self.st.borrow_mut().active.checkpointed = summary.covered_len;
+        }
+        Ok(())
+    }
+
+    /// Flushes everything appended so far.
+    pub async fn flush(&self) -> Result<()> {
+        let _p = self
+            .flush_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        self.flush_locked().await
+    }
+
+    /// Waits until `offset` is durable. Under `fsync = always` this joins or
+    /// starts a group commit; under the other policies it returns at once
+    /// (durability then comes from the interval flush or from replication).
+    pub async fn wait_durable(&self, offset: u64) -> Result<()> {
+        {
+            let s = self.st.borrow();
+            if s.durable_next > offset || s.cfg.fsync != FsyncPolicy::Always {
+                return Ok(());
+            }
+        }
+        let _p = self
+            .flush_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        if self.st.borrow().durable_next > offset {
+            return Ok(());
+        }
+        self.flush_locked().await?;
+        if self.st.borrow().durable_next > offset {
+            Ok(())
+        } else {
+            Err(LogError::OffsetOutOfRange {
+                offset,
+                log_start: self.log_start_offset(),
+                log_end: self.log_end_offset(),
+            })
+        }
+    }
+
+    /// Appends and, under `fsync = always`, waits until the batch is durable.
+    pub async fn append_durable(&self, batch: Vec<u8>) -> Result<AppendInfo> {
+        let info = self.append(batch).await?;
+        self.wait_durable(info.last_offset).await?;
+        Ok(info)
+    }
+
+    /// Seals the active segment and starts a new one. Caller holds `append_lock`.
+    async fn roll(&self) -> Result<()> {
+        let _p = self
+            .flush_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        self.flush_locked().await?;
+        let (file, dir, base, idx, summary) = {
+            let s = self.st.borrow();
+            let a = &s.active;
+            (
+                a.file.clone(),
+                s.dir.clone(),
+                a.base,
+                a.index.clone(),
+                Summary {
+                    covered_len: a.end,
+                    next_offset: s.next_offset,
+                    max_timestamp: a.max_ts,
+                },
+            )
+        };
+        let ctx = || format!("sealing segment {base}");
+        file.truncate(summary.covered_len)
+            .await
+            .map_err(|e| glommio_err(ctx(), e))?;
+        file.fdatasync().await.map_err(|e| glommio_err(ctx(), e))?;
+        write_index_files(&dir, base, &idx, &summary).await?;
+        let new_base = summary.next_offset;
+        let path = dir.join(segment_name(new_base, "log"));
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .dma_open(&path)
+            .await
+            .map_err(|e| glommio_err(path.display().to_string(), e))?;
+        sync_dir(&dir)?;
+        let mut s = self.st.borrow_mut();
+        let mut chunk = f.alloc_dma_buffer(s.cfg.write_chunk_bytes);
+        chunk.as_bytes_mut().fill(0);
+        let old = std::mem::replace(
+            &mut s.active,
+            Active {
+                base: new_base,
+                file: Rc::new(f),
+                index: SegmentIndex::default(),
+                end: 0,
+                max_ts: i64::MIN,
+                chunk: Some(chunk),
+                chunk_pos: 0,
+                fill: 0,
+                preallocated: 0,
+                inflight: BTreeSet::new(),
+                partial_inflight: false,
+                written_end: 0,
+                created: Instant::now(),
+                checkpointed: 0,
+            },
+        );
+        s.sealed.insert(
+            base,
+            Sealed {
+                summary,
+                file: Some(old.file),
+            },
+        );
+        debug!(sealed = base, new = new_base, "rolled segment");
+        Ok(())
+    }
+
+    /// Reads whole batches starting with the one holding `offset`, up to
+    /// `max_bytes` (at least one batch is returned if any is visible), not
+    /// past `visible_end` (e.g. a high watermark; `None` = log end).
+    pub async fn read(&self, offset: u64, max_bytes: usize, visible_end: Option<u64>) -> Result<ReadOutcome> {
+        let (log_start, log_end) = {
+            let s = self.st.borrow();
+            (s.log_start, s.next_offset)
+        };
+        if offset < log_start || offset > log_end {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                log_start,
+                log_end,
+            });
+        }
+        let bound = visible_end.unwrap_or(log_end).min(log_end);
+        let mut out = ReadOutcome {
+            data: Vec::new(),
+            next_offset: offset,
+            log_start_offset: log_start,
+            log_end_offset: log_end,
+        };
+        while out.next_offset < bound && out.data.len() < max_bytes {
+            let before = out.next_offset;
+            if !self.read_from_cache(&mut out, max_bytes, bound) {
+                self.read_from_disk(&mut out, max_bytes, bound).await?;
+            }
+            if out.next_offset == before {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Serves the read from the tail cache if it covers the wanted offset.
+    fn read_from_cache(&self, out: &mut ReadOutcome, max_bytes: usize, bound: u64) -> bool {
+        let s = self.st.borrow();
+        let want = out.next_offset;
+        let Some(front) = s.cache.front() else {
+            return false;
+        };
+        if front.base_offset > want {
+            return false;
+        }
+        let start = s.cache.partition_point(|c| c.next_offset <= want);
+        for c in s.cache.iter().skip(start) {
+            if c.base_offset >= bound {
+                break;
+            }
+            if !out.data.is_empty() && out.data.len() + c.bytes.len() > max_bytes {
+                break;
+            }
+            out.data.extend_from_slice(&c.bytes);
+            out.next_offset = c.next_offset;
+        }
+        true
+    }
+
+    async fn segment_index(&self, base: u64) -> Result<Rc<SegmentIndex>> {
+        if let Some(i) = self.st.borrow().index_cache.map.get(&base) {
+            return Ok(i.clone());
+        }
+        let dir = self.st.borrow().dir.clone();
+        let idx = match read_index_files(&dir, base) {
+            Some((_, idx)) => idx,
+            None => {
+                // Rebuild a lost index of a sealed segment.
+                let (file, size, cfg) = self.sealed_file(base).await?;
+                let mut idx = SegmentIndex::default();
+                let out = scan_segment(&file, base, 0, base, size, &cfg, &mut idx, i64::MIN).await?;
+                let summary = Summary {
+                    covered_len: out.end,
+                    next_offset: out.next_offset,
+                    max_timestamp: out.max_ts,
+                };
+                write_index_files(&dir, base, &idx, &summary).await?;
+                idx
+            }
+        };
+        let idx = Rc::new(idx);
+        let mut s = self.st.borrow_mut();
+        let cap = s.cfg.index_cache_bytes;
+        let c = &mut s.index_cache;
+        c.bytes += idx.mem_bytes();
+        c.map.insert(base, idx.clone());
+        c.order.push_back(base);
+        while c.bytes > cap && c.order.len() > 1 {
+            if let Some(old) = c.order.pop_front() {
+                if let Some(i) = c.map.remove(&old) {
+                    c.bytes -= i.mem_bytes();
+                }
+            }
+        }
+        Ok(idx)
+    }
+
+    async fn sealed_file(&self, base: u64) -> Result<(Rc<DmaFile>, u64, LogConfig)> {
+        let (existing, path, size, cfg) = {
+            let s = self.st.borrow();
+            let seg = s.sealed.get(&base).ok_or(LogError::OffsetOutOfRange {
+                offset: base,
+                log_start: s.log_start,
+                log_end: s.next_offset,
+            })?;
+            (
+                seg.file.clone(),
+                s.path(base, "log"),
+                seg.summary.covered_len,
+                s.cfg.clone(),
+            )
+        };
+        if let Some(f) = existing {
+            return Ok((f, size, cfg));
+        }
+        let f = Rc::new(open_ro(&path).await?);
+        if let Some(seg) = self.st.borrow_mut().sealed.get_mut(&base) {
+            seg.file = Some(f.clone());
+        }
+        Ok((f, size, cfg))
+    }
+
+    async fn read_from_disk(&self, out: &mut ReadOutcome, max_bytes: usize, bound: u64) -> Result<()> {
+        let want = out.next_offset;
+        // Which segment holds `want`?
+        let (seg_base, is_active) = {
+            let s = self.st.borrow();
+            match s.sealed.range(..=want).next_back() {
+                Some((&b, seg)) if want < seg.summary.next_offset => (b, false),
+                _ if want >= s.active.base => (s.active.base, true),
+                _ => {
+                    // In a gap left by retention racing us.
+                    return Err(LogError::OffsetOutOfRange {
+                        offset: want,
+                        log_start: s.log_start,
+                        log_end: s.next_offset,
+                    });
+                }
+            }
+        };
+        let (file, mut pos, end, read_ahead, max_batch) = if is_active {
+            let s = self.st.borrow();
+            let a = &s.active;
+            let (_, pos) = a.index.lookup((want - a.base) as u32);
+            (a.file.clone(), pos, s.active_readable_end(), s.cfg.read_ahead_bytes, s.cfg.max_batch_bytes)
+        } else {
+            let idx = self.segment_index(seg_base).await?;
+            let (file, size, cfg) = self.sealed_file(seg_base).await?;
+            let (_, pos) = idx.lookup((want - seg_base) as u32);
+            (file, pos, size, cfg.read_ahead_bytes, cfg.max_batch_bytes)
+        };
+        let corrupt = |pos: u64, reason: String| LogError::Corrupt {
+            file: segment_name(seg_base, "log"),
+            pos,
+            reason,
+        };
+        while pos < end && out.next_offset < bound {
+            let room = max_bytes.saturating_sub(out.data.len());
+            let len = (read_ahead.max(room.min(8 << 20)) as u64).min(end - pos) as usize;
+            let buf = file
+                .read_at(pos, len)
+                .await
+                .map_err(|e| glommio_err(segment_name(seg_base, "log"), e))?;
+            let mut at = 0usize;
+            let mut progressed = false;
+            while at + HEADER_LEN <= buf.len() {
+                let h = *BatchHeader::parse(&buf[at..]).map_err(|e| corrupt(pos, e.to_string()))?;
+                let blen = h.len();
+                if blen < HEADER_LEN || blen > max_batch {
+                    return Err(corrupt(pos + at as u64, format!("batch length {blen}")));
+                }
+                if at + blen > buf.len() {
+                    if at == 0 {
+                        // One batch larger than the read: read exactly it.
+                        let b = file
+                            .read_at(pos, blen)
+                            .await
+                            .map_err(|e| glommio_err(segment_name(seg_base, "log"), e))?;
+                        if b.len() < blen {
+                            return Err(corrupt(pos, "batch runs past the end of the file".into()));
+                        }
+                        let taken = self.take_batch(out, &b[..blen], max_bytes, bound, max_batch)
+                            .map_err(|r| corrupt(pos, r))?;
+                        if !taken {
+                            return Ok(());
+                        }
+                        pos += blen as u64;
+                        progressed = true;
+                    }
+                    break;
+                }
+                let taken = self
+                    .take_batch(out, &buf[at..at + blen], max_bytes, bound, max_batch)
+                    .map_err(|r| corrupt(pos + at as u64, r))?;
+                if !taken {
+                    return Ok(());
+                }
+                at += blen;
+                progressed = true;
+            }
+            if !progressed && at == 0 {
+                break;
+            }
+            pos += at as u64;
+        }
+        Ok(())
+    }
+
+    /// Adds one stored batch to a read if it is wanted and fits. Returns
+    /// whether the read should continue.
+    fn take_batch(
+        &self,
+        out: &mut ReadOutcome,
+        b: &[u8],
+        max_bytes: usize,
+        bound: u64,
+        max_batch: usize,
+    ) -> std::result::Result<bool, String> {
+        let h = batch::validate_stored(b, max_batch).map_err(|e| e.to_string())?;
+        if h.next_offset() <= out.next_offset {
+            return Ok(true); // before the wanted offset: skip
+        }
+        if h.base_offset() >= bound {
+            return Ok(false);
+        }
+        if !out.data.is_empty() && out.data.len() + b.len() > max_bytes {
+            return Ok(false);
+        }
+        out.data.extend_from_slice(b);
+        out.next_offset = h.next_offset();
+        Ok(out.data.len() < max_bytes)
+    }
+
+    /// The offset of the first record whose timestamp is at or after `ts`,
+    /// or `None` if every record is older.
+    pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<u64>> {
+        // First segment whose newest record is at or after `ts`.
+        let (seg_base, is_active) = {
+            let s = self.st.borrow();
+            match s.sealed.iter().find(|(_, seg)| seg.summary.max_timestamp >= ts) {
+                Some((&b, _)) => (b, false),
+                None if s.active.max_ts >= ts && s.active.end > 0 => (s.active.base, true),
+                None => return Ok(None),
+            }
+        };
+        let rel = if is_active {
+            self.st.borrow().active.index.lookup_time(ts)
+        } else {
+            self.segment_index(seg_base).await?.lookup_time(ts)
+        };
+        let mut at = (seg_base + u64::from(rel)).max(self.log_start_offset());
+        loop {
+            let r = self.read(at, 1 << 20, None).await?;
+            if r.data.is_empty() {
+                return Ok(None);
+            }
+            for b in batch::split_batches(&r.data) {
+                let h = BatchHeader::parse(b)?;
+                if h.max_timestamp.get() < ts {
+                    continue;
+                }
+                return Ok(Some(match batch::records(b) {
+                    Ok(recs) => recs
+                        .iter()
+                        .find(|r| r.timestamp >= ts)
+                        .map_or(h.base_offset(), |r| r.offset),
+                    Err(_) => h.base_offset(),
+                }));
+            }
+            at = r.next_offset;
+        }
+    }
+
+    /// Deletes whole sealed segments beyond the size or age limits, advancing
+    /// the log start offset. Appends are not blocked. Returns segments deleted.
+    pub fn enforce_retention(&self) -> Result<usize> {
+        self.enforce_retention_at(now_ms())
+    }
+
+    pub fn enforce_retention_at(&self, now_ms: i64) -> Result<usize> {
+        let mut doomed = Vec::new();
+        {
+            let mut s = self.st.borrow_mut();
+            loop {
+                let Some((&base, seg)) = s.sealed.iter().next() else {
+                    break;
+                };
+                let len = seg.summary.covered_len;
+                let by_size = s
+                    .cfg
+                    .retention_bytes
+                    .is_some_and(|r| s.size_bytes - len >= r);
+                let by_age = s
+                    .cfg
+                    .retention_age
+                    .is_some_and(|age| seg.summary.max_timestamp < now_ms - age.as_millis() as i64);
+                if !(by_size || by_age) {
+                    break;
+                }
+                s.sealed.remove(&base);
+                s.size_bytes -= len;
+                s.log_start = s.sealed.keys().next().copied().unwrap_or(s.active.base);
+                if let Some(i) = s.index_cache.map.remove(&base) {
+                    s.index_cache.bytes -= i.mem_bytes();
+                    s.index_cache.order.retain(|b| *b != base);
+                }
+                while s.cache.front().is_some_and(|c| c.seg_base == base) {
+                    let c = s.cache.pop_front().expect("checked");
+                    s.cache_bytes -= c.bytes.len();
+                }
+                doomed.push(base);
+            }
+        }
+        let dir = self.st.borrow().dir.clone();
+        for base in &doomed {
+            info!(segment = base, "retention: deleting segment");
+            for ext in ["log", "index", "timeindex"] {
+                let p = dir.join(segment_name(*base, ext));
+                if let Err(e) = std::fs::remove_file(&p) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        return Err(io_err(format!("deleting {}", p.display()), e));
+                    }
+                }
+            }
+        }
+        Ok(doomed.len())
+    }
+
+    /// Periodic work for this log: the interval flush and retention. Spawn it
+    /// on the owning shard; it returns when the log is closed.
+    pub async fn run_background(&self) -> Result<()> {
+        let (policy, retention_every) = {
+            let s = self.st.borrow();
+            (s.cfg.fsync, s.cfg.retention_check_interval)
+        };
+        let tick = match policy {
+            FsyncPolicy::Interval(d) => d.min(retention_every),
+            _ => retention_every.min(Duration::from_secs(1)),
+        };
+        let mut last_retention = Instant::now();
+        loop {
+            glommio::timer::sleep(tick).await;
+            if self.st.borrow().closed {
+                return Ok(());
+            }
+            if matches!(policy, FsyncPolicy::Interval(_)) {
+                self.flush().await?;
+            }
+            if last_retention.elapsed() >= retention_every {
+                self.enforce_retention()?;
+                last_retention = Instant::now();
+            }
+        }
+    }
+
+    /// Flushes, writes the indexes, trims preallocated space and marks the log
+    /// clean, so the next open skips the recovery scan.
+    pub async fn close(&self) -> Result<()> {
+        let _a = self
+            .append_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        let _f = self
+            .flush_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        if self.st.borrow().closed {
+            return Ok(());
+        }
+        self.flush_locked().await?;
+        let (file, dir, base, idx, summary) = {
+            let mut s = self.st.borrow_mut();
+            s.closed = true;
+            let a = &s.active;
+            (
+                a.file.clone(),
+                s.dir.clone(),
+                a.base,
+                a.index.clone(),
+                Summary {
+                    covered_len: a.end,
+                    next_offset: s.next_offset,
+                    max_timestamp: a.max_ts,
+                },
+            )
+        };
+        let ctx = || format!("closing segment {base}");
+        file.truncate(summary.covered_len)
+            .await
+            .map_err(|e| glommio_err(ctx(), e))?;
+        file.fdatasync().await.map_err(|e| glommio_err(ctx(), e))?;
+        write_index_files(&dir, base, &idx, &summary).await?;
+        write_file_atomic(&dir.join(CLEAN_MARKER), b"").await?;
+        sync_dir(&dir)?;
+        info!(dir = %dir.display(), next_offset = summary.next_offset, "closed log cleanly");
+        Ok(())
+    }
+}

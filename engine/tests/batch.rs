@@ -1,0 +1,122 @@
+//! Batch format: round trips, and rejection of every single-bit flip.
+
+use levee_engine::batch::{self, Record, HEADER_LEN};
+use levee_engine::BatchError;
+use proptest::prelude::*;
+
+fn record_strategy() -> impl Strategy<Value = Record> {
+    (
+        any::<i32>(),
+        proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
+        proptest::option::of(proptest::collection::vec(any::<u8>(), 0..200)),
+        proptest::collection::vec(
+            (
+                proptest::collection::vec(any::<u8>(), 0..10),
+                proptest::option::of(proptest::collection::vec(any::<u8>(), 0..10)),
+            ),
+            0..3,
+        ),
+    )
+        .prop_map(|(ts, key, value, headers)| Record {
+            timestamp: 1_700_000_000_000 + i64::from(ts),
+            key,
+            value,
+            headers,
+        })
+}
+
+proptest! {
+    #[test]
+    fn round_trip(records in proptest::collection::vec(record_strategy(), 1..20), base in 0u64..1<<40, epoch in any::<i32>()) {
+        let mut b = batch::build_batch(&records);
+        batch::validate_produced(&b, usize::MAX).unwrap();
+        batch::assign(&mut b, base, epoch);
+        let h = batch::validate_stored(&b, usize::MAX).unwrap();
+        prop_assert_eq!(h.base_offset(), base);
+        prop_assert_eq!(h.record_count() as usize, records.len());
+        prop_assert_eq!(h.last_offset(), base + records.len() as u64 - 1);
+        prop_assert_eq!(h.first_timestamp.get(), records.iter().map(|r| r.timestamp).min().unwrap());
+        prop_assert_eq!(h.max_timestamp.get(), records.iter().map(|r| r.timestamp).max().unwrap());
+        let views = batch::records(&b).unwrap();
+        prop_assert_eq!(views.len(), records.len());
+        for (i, (v, r)) in views.iter().zip(&records).enumerate() {
+            prop_assert_eq!(v.offset, base + i as u64);
+            prop_assert_eq!(v.timestamp, r.timestamp);
+            prop_assert_eq!(v.key, r.key.as_deref());
+            prop_assert_eq!(v.value, r.value.as_deref());
+            prop_assert_eq!(v.headers.len(), r.headers.len());
+            for (hv, hr) in v.headers.iter().zip(&r.headers) {
+                prop_assert_eq!(hv.0, &hr.0[..]);
+                prop_assert_eq!(hv.1, hr.1.as_deref());
+            }
+        }
+    }
+
+    #[test]
+    fn every_single_bit_flip_is_rejected(records in proptest::collection::vec(record_strategy(), 1..4), base in any::<u32>()) {
+        let mut b = batch::build_batch(&records);
+        batch::assign(&mut b, u64::from(base), 7);
+        batch::validate_stored(&b, usize::MAX).unwrap();
+        for bit in 0..b.len() * 8 {
+            let mut c = b.clone();
+            c[bit / 8] ^= 1 << (bit % 8);
+            prop_assert!(batch::validate_stored(&c, usize::MAX).is_err(), "flip of bit {} accepted", bit);
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let _ = batch::validate_stored(&bytes, 1 << 20);
+        let _ = batch::validate_produced(&bytes, 1 << 20);
+        let _ = batch::records(&bytes);
+        let _ = batch::split_batches(&bytes).count();
+    }
+}
+
+#[test]
+fn typed_errors() {
+    let b = batch::build_batch(&[Record {
+        timestamp: 5,
+        value: Some(b"hello".to_vec()),
+        ..Default::default()
+    }]);
+    assert!(matches!(
+        batch::validate_produced(&b[..10], 1 << 20),
+        Err(BatchError::TooShort { .. })
+    ));
+    assert!(matches!(
+        batch::validate_produced(&b[..b.len() - 1], 1 << 20),
+        Err(BatchError::LengthMismatch { .. })
+    ));
+    assert!(matches!(
+        batch::validate_produced(&b, HEADER_LEN),
+        Err(BatchError::TooLarge { .. })
+    ));
+    let mut m = b.clone();
+    m[12] = 9;
+    assert!(matches!(
+        batch::validate_produced(&m, 1 << 20),
+        Err(BatchError::BadMagic(9))
+    ));
+    let mut c = b.clone();
+    *c.last_mut().unwrap() ^= 1;
+    assert!(matches!(
+        batch::validate_produced(&c, 1 << 20),
+        Err(BatchError::BadCrc { .. })
+    ));
+}
+
+#[test]
+fn producer_crc_survives_offset_assignment() {
+    // The broker stamps offsets without touching the producer's CRC.
+    let mut b = batch::build_batch(&[Record {
+        timestamp: 1,
+        value: Some(vec![1; 100]),
+        ..Default::default()
+    }]);
+    let crc_before = batch::BatchHeader::parse(&b).unwrap().crc.get();
+    batch::assign(&mut b, 12345, 3);
+    let h = batch::validate_stored(&b, usize::MAX).unwrap();
+    assert_eq!(h.crc.get(), crc_before);
+    assert_eq!(h.leader_epoch.get(), 3);
+}
