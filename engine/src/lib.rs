@@ -10,8 +10,10 @@ pub mod error;
 mod event;
 pub mod index;
 mod log;
+mod probe;
 
 pub use batch::{BatchHeader, Compression, Record, RecordView};
 pub use config::{FsyncPolicy, LogConfig};
 pub use error::{BatchError, LogError, Result};
+pub use probe::prepare_io_device;
 pub use log::{AppendInfo, Log, LogStats, ReadOutcome};

@@ -346,6 +346,7 @@ impl Log {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir)
             .map_err(|e| io_err(format!("creating {}", dir.display()), e))?;
+        crate::probe::prepare_io_device(&dir).await?;
         let marker = dir.join(CLEAN_MARKER);
         let clean = marker.exists();
         if clean {

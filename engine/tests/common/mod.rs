@@ -77,3 +77,12 @@ pub fn rss_bytes() -> u64 {
         .and_then(|v| v.parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
+
+/// A temporary directory on the build disk (`/tmp` may be tmpfs, which has
+/// no O_DIRECT).
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("levee-test-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("temporary directory")
+}

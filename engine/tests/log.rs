@@ -1,0 +1,316 @@
+//! Partition log behaviour: append/read, segment roll, index rebuild,
+//! retention, timestamp lookup, clean restart, bounded memory.
+
+mod common;
+use common::*;
+use levee_engine::{FsyncPolicy, Log, LogConfig, LogError};
+use std::time::Duration;
+
+#[test]
+fn append_read_round_trip_and_offsets() {
+    let dir = tempdir();
+    run(async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        let mut expect = 0;
+        for i in 0..200u64 {
+            let info = log
+                .append_durable(make_batch(i, 1 + (i % 5) as usize, 100, 1000 + i as i64))
+                .await
+                .unwrap();
+            assert_eq!(info.base_offset, expect);
+            expect = info.last_offset + 1;
+        }
+        assert_eq!(log.log_end_offset(), expect);
+        assert_eq!(log.durable_offset(), expect);
+        // Read everything from every start offset class.
+        for from in [0, 1, 7, expect / 2, expect - 1] {
+            let out = log.read(from, 1 << 20, None).await.unwrap();
+            let (first, next, _) = check_read(&out, from);
+            assert!(first <= from);
+            assert_eq!(next, expect);
+        }
+        // At the end: empty, not an error. Past it or below start: typed errors.
+        assert!(log.read(expect, 1 << 20, None).await.unwrap().data.is_empty());
+        assert!(matches!(
+            log.read(expect + 1, 100, None).await,
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+        // A visibility bound (high watermark) hides later batches.
+        let out = log.read(0, 1 << 20, Some(10)).await.unwrap();
+        let (_, next, _) = check_read(&out, 0);
+        assert!((10..=15).contains(&next), "bound 10 read up to {next}");
+        // max_bytes bounds the read but always yields one whole batch.
+        let out = log.read(0, 1, None).await.unwrap();
+        assert_eq!(check_read(&out, 0).2, 1);
+        // A bad batch is rejected and never written.
+        let mut bad = make_batch(1, 1, 10, 0);
+        *bad.last_mut().unwrap() ^= 0x40;
+        assert!(matches!(log.append(bad).await, Err(LogError::Batch(_))));
+        assert_eq!(log.log_end_offset(), expect);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn reads_cross_segment_boundaries_from_disk_and_cache() {
+    let dir = tempdir();
+    run(async {
+        let cfg = LogConfig {
+            segment_bytes: 64 << 10,
+            fsync: FsyncPolicy::Never,
+            ..small_config()
+        };
+        let log = Log::open(dir.path(), cfg).await.unwrap();
+        for i in 0..400u64 {
+            log.append(make_batch(i, 2, 500, i as i64)).await.unwrap();
+        }
+        log.flush().await.unwrap();
+        let bases = log.segment_bases();
+        assert!(bases.len() >= 6, "expected many segments, got {bases:?}");
+        for w in bases.windows(2) {
+            assert!(w[0] < w[1]);
+        }
+        // Segment files are named by their base offsets.
+        for b in &bases {
+            assert!(dir.path().join(format!("{b:020}.log")).exists());
+        }
+        // A read starting near the end of one segment continues into the next.
+        let from = bases[3] - 1;
+        let out = log.read(from, 256 << 10, None).await.unwrap();
+        let (_, next, n) = check_read(&out, from);
+        assert!(next > bases[4], "read stopped at {next}");
+        assert!(n > 10);
+        // Sequential scan of the whole log returns every offset exactly once.
+        let mut at = 0;
+        while at < log.log_end_offset() {
+            let out = log.read(at, 10_000, None).await.unwrap();
+            let (first, next, _) = check_read(&out, at);
+            assert!(first <= at && next > at);
+            at = next;
+        }
+        assert_eq!(at, 800);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn clean_restart_skips_scan_and_unclean_restart_recovers() {
+    let dir = tempdir();
+    run(async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        for i in 0..300u64 {
+            log.append(make_batch(i, 3, 200, i as i64)).await.unwrap();
+        }
+        log.close().await.unwrap();
+        drop(log);
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        assert_eq!(log.stats().recovered_bytes_scanned, 0, "clean restart scanned");
+        assert_eq!(log.log_end_offset(), 900);
+        let out = log.read(450, 1 << 20, None).await.unwrap();
+        check_read(&out, 450);
+        // Unclean: flush, then drop without close.
+        log.append_durable(make_batch(1, 1, 10, 5)).await.unwrap();
+        drop(log);
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        assert!(log.stats().recovered_bytes_scanned > 0, "unclean restart must scan");
+        assert_eq!(log.log_end_offset(), 901);
+        let info = log.append(make_batch(2, 1, 10, 6)).await.unwrap();
+        assert_eq!(info.base_offset, 901);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn index_files_are_rebuilt_when_missing_or_damaged() {
+    let dir = tempdir();
+    let cfg = LogConfig {
+        segment_bytes: 64 << 10,
+        ..small_config()
+    };
+    run(async {
+        let log = Log::open(dir.path(), cfg.clone()).await.unwrap();
+        for i in 0..300u64 {
+            log.append(make_batch(i, 2, 300, 10_000 + i as i64)).await.unwrap();
+        }
+        log.close().await.unwrap();
+    });
+    // Delete some index files, damage others.
+    let mut n = 0;
+    for e in std::fs::read_dir(dir.path()).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".index") || name.ends_with(".timeindex") {
+            n += 1;
+            if n % 2 == 0 {
+                std::fs::remove_file(&p).unwrap();
+            } else {
+                let mut b = std::fs::read(&p).unwrap();
+                let l = b.len();
+                b[l / 2] ^= 0xff;
+                std::fs::write(&p, b).unwrap();
+            }
+        }
+    }
+    assert!(n > 6);
+    run(async {
+        let log = Log::open(dir.path(), cfg.clone()).await.unwrap();
+        assert_eq!(log.log_end_offset(), 600);
+        let mut at = 0;
+        while at < 600 {
+            let out = log.read(at, 7_000, None).await.unwrap();
+            at = check_read(&out, at).1;
+        }
+        assert_eq!(log.offset_for_timestamp(10_150).await.unwrap(), Some(300));
+        log.close().await.unwrap();
+    });
+    // Rebuilt files are valid again: a clean reopen needs no scan.
+    run(async {
+        let log = Log::open(dir.path(), cfg).await.unwrap();
+        assert_eq!(log.stats().recovered_bytes_scanned, 0);
+    });
+}
+
+#[test]
+fn timestamp_lookup() {
+    let dir = tempdir();
+    run(async {
+        let cfg = LogConfig {
+            segment_bytes: 32 << 10,
+            ..small_config()
+        };
+        let log = Log::open(dir.path(), cfg).await.unwrap();
+        // Batch i holds 4 records all with timestamp 1000 + 10 i.
+        for i in 0..200u64 {
+            log.append(make_batch(i, 4, 100, 1000 + 10 * i as i64)).await.unwrap();
+        }
+        assert!(log.segment_bases().len() > 3);
+        assert_eq!(log.offset_for_timestamp(0).await.unwrap(), Some(0));
+        assert_eq!(log.offset_for_timestamp(1000).await.unwrap(), Some(0));
+        assert_eq!(log.offset_for_timestamp(1001).await.unwrap(), Some(4));
+        assert_eq!(log.offset_for_timestamp(1500).await.unwrap(), Some(200));
+        assert_eq!(log.offset_for_timestamp(1995).await.unwrap(), Some(400));
+        assert_eq!(log.offset_for_timestamp(1991).await.unwrap(), Some(400));
+        assert_eq!(log.offset_for_timestamp(1990).await.unwrap(), Some(396));
+        assert_eq!(log.offset_for_timestamp(2990).await.unwrap(), Some(796));
+        assert_eq!(log.offset_for_timestamp(5000).await.unwrap(), None);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn retention_by_size_and_age() {
+    let dir = tempdir();
+    run(async {
+        let cfg = LogConfig {
+            segment_bytes: 32 << 10,
+            retention_bytes: Some(100 << 10),
+            retention_age: None,
+            ..small_config()
+        };
+        let log = Log::open(dir.path(), cfg).await.unwrap();
+        for i in 0..500u64 {
+            log.append(make_batch(i, 1, 1000, i as i64)).await.unwrap();
+        }
+        let before = log.stats();
+        assert!(before.size_bytes > 400 << 10);
+        let deleted = log.enforce_retention().unwrap();
+        assert!(deleted > 5);
+        let after = log.stats();
+        assert!(after.size_bytes <= (100 << 10) + (32 << 10), "{after:?}");
+        assert!(after.size_bytes >= 100 << 10);
+        assert!(after.log_start_offset > 0);
+        assert_eq!(after.log_start_offset, log.segment_bases()[0]);
+        // Files of deleted segments are gone; reads below the start are typed errors.
+        assert!(!dir.path().join(format!("{:020}.log", 0)).exists());
+        assert!(matches!(
+            log.read(0, 100, None).await,
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+        let out = log.read(after.log_start_offset, 1 << 20, None).await.unwrap();
+        check_read(&out, after.log_start_offset);
+        // Appends continue.
+        let info = log.append(make_batch(9, 1, 10, 9)).await.unwrap();
+        assert_eq!(info.base_offset, 500);
+        log.close().await.unwrap();
+    });
+    run(async {
+        // By age: timestamps 0..500 ms since the epoch are ancient; a
+        // retention of one hour deletes every sealed segment.
+        let cfg = LogConfig {
+            segment_bytes: 32 << 10,
+            retention_age: Some(Duration::from_secs(3600)),
+            ..small_config()
+        };
+        let log = Log::open(dir.path(), cfg).await.unwrap();
+        let start = log.log_start_offset();
+        let now = 10_000_000i64;
+        for i in 0..100u64 {
+            log.append(make_batch(i, 1, 1000, now)).await.unwrap();
+        }
+        // Only segments with all records older than now - 1h go.
+        let deleted = log.enforce_retention_at(now + 1000).unwrap();
+        assert!(deleted >= 2);
+        let s = log.stats();
+        assert!(s.log_start_offset > start);
+        assert!(s.log_start_offset <= 501, "deleted a segment holding fresh records: {s:?}");
+        let deleted = log.enforce_retention_at(now + 3_600_001 + 1).unwrap();
+        assert!(deleted >= 1);
+        assert_eq!(log.segment_bases().len(), 1, "only the active segment stays");
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn group_commit_covers_concurrent_appends() {
+    let dir = tempdir();
+    run(async {
+        let log = std::rc::Rc::new(Log::open(dir.path(), small_config()).await.unwrap());
+        let mut tasks = Vec::new();
+        for t in 0..16u64 {
+            let log = log.clone();
+            tasks.push(glommio::spawn_local(async move {
+                for i in 0..20u64 {
+                    log.append_durable(make_batch(t * 100 + i, 2, 300, 0)).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await;
+        }
+        let s = log.stats();
+        assert_eq!(s.log_end_offset, 640);
+        assert_eq!(s.durable_offset, 640);
+        assert!(s.flushes < 320, "no group commit: {} flushes for 320 appends", s.flushes);
+        let mut at = 0;
+        while at < 640 {
+            at = check_read(&log.read(at, 1 << 20, None).await.unwrap(), at).1;
+        }
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn interval_policy_flushes_in_background() {
+    let dir = tempdir();
+    run(async {
+        let cfg = LogConfig {
+            fsync: FsyncPolicy::Interval(Duration::from_millis(20)),
+            ..small_config()
+        };
+        let log = std::rc::Rc::new(Log::open(dir.path(), cfg).await.unwrap());
+        let bg = {
+            let log = log.clone();
+            glommio::spawn_local(async move { log.run_background().await })
+        };
+        log.append(make_batch(1, 10, 100, 0)).await.unwrap();
+        assert_eq!(log.durable_offset(), 0);
+        let mut waited = 0;
+        while log.durable_offset() < 10 && waited < 500 {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+            waited += 1;
+        }
+        assert_eq!(log.durable_offset(), 10);
+        log.close().await.unwrap();
+        bg.await.unwrap();
+    });
+}
