@@ -66,6 +66,8 @@ pub struct LogConfig {
     pub max_batch_bytes: usize,
     /// Disk read size for reads that miss the tail cache (default 512 KiB).
     pub read_ahead_bytes: usize,
+    /// Windows of `read_ahead_bytes` read ahead of a sequential reader (default 4).
+    pub read_ahead_windows: usize,
     /// Preallocate the active segment in steps of this size (default 64 MiB).
     pub preallocate_bytes: u64,
     /// How often `run_background` applies retention (default 60 s).
@@ -88,6 +90,7 @@ impl Default for LogConfig {
             index_checkpoint_bytes: 64 << 20,
             max_batch_bytes: 16 << 20,
             read_ahead_bytes: 512 << 10,
+            read_ahead_windows: 4,
             preallocate_bytes: 64 << 20,
             retention_check_interval: Duration::from_secs(60),
         }
@@ -112,8 +115,8 @@ impl LogConfig {
         if self.max_batch_bytes < crate::batch::HEADER_LEN {
             return bad("max_batch_bytes must hold at least a batch header");
         }
-        if self.read_ahead_bytes < 4096 {
-            return bad("read_ahead_bytes must be at least 4 KiB");
+        if self.read_ahead_bytes < 4096 || self.read_ahead_bytes % 4096 != 0 {
+            return bad("read_ahead_bytes must be a multiple of 4 KiB");
         }
         Ok(())
     }

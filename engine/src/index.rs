@@ -80,7 +80,11 @@ impl SegmentIndex {
             rel_offset,
             pos: pos as u32,
         });
-        if self.times.last().is_none_or(|t| max_ts_so_far > t.timestamp) {
+        if self
+            .times
+            .last()
+            .is_none_or(|t| max_ts_so_far > t.timestamp)
+        {
             self.times.push(TimeEntry {
                 timestamp: max_ts_so_far,
                 rel_offset,

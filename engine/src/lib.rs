@@ -15,5 +15,5 @@ mod probe;
 pub use batch::{BatchHeader, Compression, Record, RecordView};
 pub use config::{FsyncPolicy, LogConfig};
 pub use error::{BatchError, LogError, Result};
-pub use probe::prepare_io_device;
 pub use log::{AppendInfo, Log, LogStats, ReadOutcome};
+pub use probe::prepare_io_device;

@@ -13,6 +13,7 @@ use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 use glommio::sync::Semaphore;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -126,8 +127,17 @@ struct State {
     cache: VecDeque<Cached>,
     cache_bytes: usize,
     index_cache: IndexCache,
+    /// Read-ahead windows being read or read: ((segment, position, length), read).
+    prefetch: VecDeque<(
+        (u64, u64, usize),
+        glommio::Task<io::Result<glommio::io::ReadResult>>,
+    )>,
+    /// The window the last disk read ended in.
+    last_window: Option<((u64, u64, usize), glommio::io::ReadResult)>,
     poisoned: Option<String>,
     closed: bool,
+    /// A group-commit leader is flushing.
+    flushing: bool,
     stats: LogStats,
 }
 
@@ -146,7 +156,12 @@ impl State {
     fn active_readable_end(&self) -> u64 {
         let a = &self.active;
         let written = a.chunk_pos.max(a.written_end);
-        a.inflight.first().copied().unwrap_or(written).min(written).min(a.end)
+        a.inflight
+            .first()
+            .copied()
+            .unwrap_or(written)
+            .min(written)
+            .min(a.end)
     }
 
     fn evict_cache(&mut self) {
@@ -170,10 +185,31 @@ impl State {
     }
 }
 
+/// Marks the group-commit leader; wakes the waiters when it is done (or dropped).
+struct FlushLeader<'a> {
+    st: &'a RefCell<State>,
+    flushed: &'a LocalEvent,
+}
+
+impl<'a> FlushLeader<'a> {
+    fn new(st: &'a RefCell<State>, flushed: &'a LocalEvent) -> Self {
+        st.borrow_mut().flushing = true;
+        FlushLeader { st, flushed }
+    }
+}
+
+impl Drop for FlushLeader<'_> {
+    fn drop(&mut self) {
+        self.st.borrow_mut().flushing = false;
+        self.flushed.notify();
+    }
+}
+
 /// One partition's log.
 pub struct Log {
     st: Rc<RefCell<State>>,
     io: Rc<LocalEvent>,
+    flushed: LocalEvent,
     append_lock: Semaphore,
     flush_lock: Semaphore,
 }
@@ -302,7 +338,9 @@ async fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let mut buf = f.alloc_dma_buffer(align_up(bytes.len() as u64) as usize);
         buf.as_bytes_mut().fill(0);
         buf.as_bytes_mut()[..bytes.len()].copy_from_slice(bytes);
-        f.write_at(buf, 0).await.map_err(|e| glommio_err(ctx(), e))?;
+        f.write_at(buf, 0)
+            .await
+            .map_err(|e| glommio_err(ctx(), e))?;
         f.truncate(bytes.len() as u64)
             .await
             .map_err(|e| glommio_err(ctx(), e))?;
@@ -396,7 +434,8 @@ impl Log {
                     info!(segment = base, "rebuilding missing or damaged index");
                     let f = open_rw(&path).await?;
                     let mut idx = SegmentIndex::default();
-                    let out = scan_segment(&f, base, 0, base, size, &cfg, &mut idx, i64::MIN).await?;
+                    let out =
+                        scan_segment(&f, base, 0, base, size, &cfg, &mut idx, i64::MIN).await?;
                     stats.recovered_bytes_scanned += out.end;
                     let s = Summary {
                         covered_len: out.end,
@@ -407,8 +446,12 @@ impl Log {
                         // Corruption inside a sealed segment: keep what is
                         // valid and drop everything after it, as Kafka does.
                         warn!(segment = base, pos = out.end, %reason, "corrupt sealed segment: truncating the log here");
-                        f.truncate(out.end).await.map_err(|e| glommio_err(path.display().to_string(), e))?;
-                        f.fdatasync().await.map_err(|e| glommio_err(path.display().to_string(), e))?;
+                        f.truncate(out.end)
+                            .await
+                            .map_err(|e| glommio_err(path.display().to_string(), e))?;
+                        f.fdatasync()
+                            .await
+                            .map_err(|e| glommio_err(path.display().to_string(), e))?;
                         stats.truncated_bytes += size - out.end;
                         for &later in &bases[i + 1..] {
                             for ext in ["log", "index", "timeindex"] {
@@ -447,9 +490,14 @@ impl Log {
         if let Some(exp) = expected_next {
             if exp != active_base {
                 return Err(LogError::Corrupt {
-                    file: dir.join(segment_name(active_base, "log")).display().to_string(),
+                    file: dir
+                        .join(segment_name(active_base, "log"))
+                        .display()
+                        .to_string(),
                     pos: 0,
-                    reason: format!("segment starts at offset {active_base}, previous ends at {exp}"),
+                    reason: format!(
+                        "segment starts at offset {active_base}, previous ends at {exp}"
+                    ),
                 });
             }
         }
@@ -475,7 +523,10 @@ impl Log {
         let mut index = SegmentIndex::default();
         let (end, next_offset, max_ts, checkpointed) = match read_index_files(&dir, active_base) {
             Some((s, idx)) if clean && s.covered_len == size => {
-                debug!(segment = active_base, "clean shutdown: skipping recovery scan");
+                debug!(
+                    segment = active_base,
+                    "clean shutdown: skipping recovery scan"
+                );
                 index = idx;
                 (s.covered_len, s.next_offset, s.max_timestamp, s.covered_len)
             }
@@ -488,14 +539,17 @@ impl Log {
                     }
                     _ => (0, active_base, i64::MIN),
                 };
-                let out =
-                    scan_segment(&file, active_base, start, next, size, &cfg, &mut index, ts).await?;
+                let out = scan_segment(&file, active_base, start, next, size, &cfg, &mut index, ts)
+                    .await?;
                 stats.recovered_bytes_scanned += out.end - start;
                 if out.end < size {
                     // The tail past the last valid batch is torn, corrupt or
                     // preallocated zeros: cut it so it can never resurface.
                     let zeros_only = out.stop_reason.is_none()
-                        || out.stop_reason.as_deref().is_some_and(|r| r.contains("header CRC"));
+                        || out
+                            .stop_reason
+                            .as_deref()
+                            .is_some_and(|r| r.contains("header CRC"));
                     if !zeros_only {
                         warn!(segment = active_base, pos = out.end, reason = ?out.stop_reason, "truncating corrupt log tail");
                     }
@@ -555,13 +609,17 @@ impl Log {
             cache: VecDeque::new(),
             cache_bytes: 0,
             index_cache: IndexCache::default(),
+            prefetch: VecDeque::new(),
+            last_window: None,
             poisoned: None,
             closed: false,
+            flushing: false,
             stats,
         };
         Ok(Log {
             st: Rc::new(RefCell::new(st)),
             io: Rc::new(LocalEvent::default()),
+            flushed: LocalEvent::default(),
             append_lock: Semaphore::new(1),
             flush_lock: Semaphore::new(1),
         })
@@ -612,7 +670,11 @@ impl Log {
         self.append_with_epoch(batch, 0).await
     }
 
-    pub async fn append_with_epoch(&self, mut batch: Vec<u8>, leader_epoch: i32) -> Result<AppendInfo> {
+    pub async fn append_with_epoch(
+        &self,
+        mut batch: Vec<u8>,
+        leader_epoch: i32,
+    ) -> Result<AppendInfo> {
         let (count, max_ts) = {
             let max = self.st.borrow().cfg.max_batch_bytes;
             let h = batch::validate_produced(&batch, max)?;
@@ -632,7 +694,9 @@ impl Log {
             a.end > 0
                 && (a.end + len > s.cfg.segment_bytes
                     || rel_overflow
-                    || s.cfg.segment_age.is_some_and(|age| a.created.elapsed() >= age))
+                    || s.cfg
+                        .segment_age
+                        .is_some_and(|age| a.created.elapsed() >= age))
         };
         if must_roll {
             self.roll().await?;
@@ -642,7 +706,8 @@ impl Log {
             let s = self.st.borrow();
             let a = &s.active;
             (a.end + len > a.preallocated).then(|| {
-                let target = (a.end + len + s.cfg.preallocate_bytes).min(s.cfg.segment_bytes.max(a.end + len));
+                let target = (a.end + len + s.cfg.preallocate_bytes)
+                    .min(s.cfg.segment_bytes.max(a.end + len));
                 (a.file.clone(), align_up(target))
             })
         };
@@ -675,7 +740,8 @@ impl Log {
                 let a = &mut s.active;
                 let chunk = a.chunk.as_mut().expect("chunk allocated above");
                 let n = (chunk.len() - a.fill).min(batch.len() - copied);
-                chunk.as_bytes_mut()[a.fill..a.fill + n].copy_from_slice(&batch[copied..copied + n]);
+                chunk.as_bytes_mut()[a.fill..a.fill + n]
+                    .copy_from_slice(&batch[copied..copied + n]);
                 a.fill += n;
                 copied += n;
                 a.fill == chunk.len()
@@ -689,7 +755,8 @@ impl Log {
         let a = &mut s.active;
         a.max_ts = a.max_ts.max(max_ts);
         let ts = a.max_ts;
-        a.index.maybe_add((base_offset - a.base) as u32, pos, ts, interval);
+        a.index
+            .maybe_add((base_offset - a.base) as u32, pos, ts, interval);
         a.end = pos + len;
         s.next_offset = base_offset + u64::from(count);
         s.size_bytes += len;
@@ -752,7 +819,9 @@ impl Log {
                 s.active.inflight.remove(&pos);
                 match res {
                     Ok(n) if n == want => {}
-                    Ok(n) => s.poisoned = Some(format!("short write of {n} of {want} bytes at {pos}")),
+                    Ok(n) => {
+                        s.poisoned = Some(format!("short write of {n} of {want} bytes at {pos}"))
+                    }
                     Err(e) => s.poisoned = Some(format!("write at {pos} failed: {e}")),
                 }
                 s.evict_cache();
@@ -789,7 +858,14 @@ impl Log {
             };
             let upto = a.chunk_pos;
             let (end_snap, written_snap) = (a.end, a.chunk_pos + a.fill as u64);
-            (s.next_offset, a.file.clone(), partial, upto, end_snap, written_snap)
+            (
+                s.next_offset,
+                a.file.clone(),
+                partial,
+                upto,
+                end_snap,
+                written_snap,
+            )
         };
         if let Some((buf, pos)) = partial {
             let res = file.write_at(buf, pos).await;
@@ -832,19 +908,20 @@ impl Log {
             s.stats.flushes += 1;
             s.evict_cache();
             let a = &s.active;
-            (end_snap >= a.checkpointed + s.cfg.index_checkpoint_bytes && Rc::ptr_eq(&a.file, &file))
-                .then(|| {
-                    // Index entries and summary as of the snapshot, which is
-                    // now durable and ends on a batch boundary.
-                    let mut idx = a.index.clone();
-                    idx.truncate_to_len(end_snap);
-                    let summary = Summary {
-                        covered_len: end_snap,
-                        next_offset: target_next,
-                        max_timestamp: a.max_ts,
-                    };
-                    (s.dir.clone(), a.base, idx, summary)
-                })
+            (end_snap >= a.checkpointed + s.cfg.index_checkpoint_bytes
+                && Rc::ptr_eq(&a.file, &file))
+            .then(|| {
+                // Index entries and summary as of the snapshot, which is
+                // now durable and ends on a batch boundary.
+                let mut idx = a.index.clone();
+                idx.truncate_to_len(end_snap);
+                let summary = Summary {
+                    covered_len: end_snap,
+                    next_offset: target_next,
+                    max_timestamp: a.max_ts,
+                };
+                (s.dir.clone(), a.base, idx, summary)
+            })
         };
         if let Some((dir, base, idx, summary)) = checkpoint {
             write_index_files(&dir, base, &idx, &summary).await?;
@@ -864,32 +941,39 @@ impl Log {
     }
 
     /// Waits until `offset` is durable. Under `fsync = always` this joins or
-    /// starts a group commit; under the other policies it returns at once
-    /// (durability then comes from the interval flush or from replication).
+    /// leads a group commit: one waiter flushes, and every batch appended
+    /// before its flush started is covered by it; the others just wait. Under
+    /// the other policies it returns at once (durability then comes from the
+    /// interval flush or from replication).
     pub async fn wait_durable(&self, offset: u64) -> Result<()> {
-        {
-            let s = self.st.borrow();
-            if s.durable_next > offset || s.cfg.fsync != FsyncPolicy::Always {
-                return Ok(());
+        loop {
+            let listen = self.flushed.listen();
+            {
+                let s = self.st.borrow();
+                if s.durable_next > offset || s.cfg.fsync != FsyncPolicy::Always {
+                    return Ok(());
+                }
+                if let Some(p) = &s.poisoned {
+                    return Err(LogError::Poisoned(p.clone()));
+                }
+                if offset >= s.next_offset {
+                    return Err(LogError::OffsetOutOfRange {
+                        offset,
+                        log_start: s.log_start,
+                        log_end: s.next_offset,
+                    });
+                }
+                if s.flushing {
+                    drop(s);
+                    listen.await;
+                    continue;
+                }
             }
-        }
-        let _p = self
-            .flush_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| LogError::Closed)?;
-        if self.st.borrow().durable_next > offset {
-            return Ok(());
-        }
-        self.flush_locked().await?;
-        if self.st.borrow().durable_next > offset {
-            Ok(())
-        } else {
-            Err(LogError::OffsetOutOfRange {
-                offset,
-                log_start: self.log_start_offset(),
-                log_end: self.log_end_offset(),
-            })
+            let _leader = FlushLeader::new(&self.st, &self.flushed);
+            // Let producers that are ready to run append first, so that this
+            // one flush covers them too.
+            futures_lite::future::yield_now().await;
+            self.flush().await?;
         }
     }
 
@@ -976,7 +1060,12 @@ impl Log {
     /// Reads whole batches starting with the one holding `offset`, up to
     /// `max_bytes` (at least one batch is returned if any is visible), not
     /// past `visible_end` (e.g. a high watermark; `None` = log end).
-    pub async fn read(&self, offset: u64, max_bytes: usize, visible_end: Option<u64>) -> Result<ReadOutcome> {
+    pub async fn read(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        visible_end: Option<u64>,
+    ) -> Result<ReadOutcome> {
         let (log_start, log_end) = {
             let s = self.st.borrow();
             (s.log_start, s.next_offset)
@@ -1042,7 +1131,8 @@ impl Log {
                 // Rebuild a lost index of a sealed segment.
                 let (file, size, cfg) = self.sealed_file(base).await?;
                 let mut idx = SegmentIndex::default();
-                let out = scan_segment(&file, base, 0, base, size, &cfg, &mut idx, i64::MIN).await?;
+                let out =
+                    scan_segment(&file, base, 0, base, size, &cfg, &mut idx, i64::MIN).await?;
                 let summary = Summary {
                     covered_len: out.end,
                     next_offset: out.next_offset,
@@ -1094,7 +1184,12 @@ impl Log {
         Ok((f, size, cfg))
     }
 
-    async fn read_from_disk(&self, out: &mut ReadOutcome, max_bytes: usize, bound: u64) -> Result<()> {
+    async fn read_from_disk(
+        &self,
+        out: &mut ReadOutcome,
+        max_bytes: usize,
+        bound: u64,
+    ) -> Result<()> {
         let want = out.next_offset;
         // Which segment holds `want`?
         let (seg_base, is_active) = {
@@ -1112,72 +1207,153 @@ impl Log {
                 }
             }
         };
-        let (file, mut pos, end, read_ahead, max_batch) = if is_active {
+        let (file, mut pos, end, max_batch) = if is_active {
             let s = self.st.borrow();
             let a = &s.active;
             let (_, pos) = a.index.lookup((want - a.base) as u32);
-            (a.file.clone(), pos, s.active_readable_end(), s.cfg.read_ahead_bytes, s.cfg.max_batch_bytes)
+            (
+                a.file.clone(),
+                pos,
+                s.active_readable_end(),
+                s.cfg.max_batch_bytes,
+            )
         } else {
             let idx = self.segment_index(seg_base).await?;
             let (file, size, cfg) = self.sealed_file(seg_base).await?;
             let (_, pos) = idx.lookup((want - seg_base) as u32);
-            (file, pos, size, cfg.read_ahead_bytes, cfg.max_batch_bytes)
+            (file, pos, size, cfg.max_batch_bytes)
         };
         let corrupt = |pos: u64, reason: String| LogError::Corrupt {
             file: segment_name(seg_base, "log"),
             pos,
             reason,
         };
-        while pos < end && out.next_offset < bound {
-            let room = max_bytes.saturating_sub(out.data.len());
-            let len = (read_ahead.max(room.min(8 << 20)) as u64).min(end - pos) as usize;
-            let buf = file
-                .read_at(pos, len)
-                .await
-                .map_err(|e| glommio_err(segment_name(seg_base, "log"), e))?;
-            let mut at = 0usize;
-            let mut progressed = false;
-            while at + HEADER_LEN <= buf.len() {
+        let w = self.st.borrow().cfg.read_ahead_bytes as u64;
+        let mut win: Option<(u64, glommio::io::ReadResult)> = None;
+        while pos + HEADER_LEN as u64 <= end && out.next_offset < bound {
+            let k = pos / w;
+            if win.as_ref().is_none_or(|(start, _)| *start != k * w) {
+                win = Some((k * w, self.window(seg_base, &file, k * w, end).await?));
+            }
+            let (wstart, buf) = win.as_ref().expect("window loaded above");
+            let at = (pos - wstart) as usize;
+            let taken = if at + HEADER_LEN <= buf.len() {
                 let h = *BatchHeader::parse(&buf[at..]).map_err(|e| corrupt(pos, e.to_string()))?;
                 let blen = h.len();
-                if blen < HEADER_LEN || blen > max_batch {
-                    return Err(corrupt(pos + at as u64, format!("batch length {blen}")));
+                if blen < HEADER_LEN || blen > max_batch || pos + blen as u64 > end {
+                    return Err(corrupt(pos, format!("batch length {blen}")));
                 }
-                if at + blen > buf.len() {
-                    if at == 0 {
-                        // One batch larger than the read: read exactly it.
-                        let b = file
-                            .read_at(pos, blen)
-                            .await
-                            .map_err(|e| glommio_err(segment_name(seg_base, "log"), e))?;
-                        if b.len() < blen {
-                            return Err(corrupt(pos, "batch runs past the end of the file".into()));
+                if at + blen <= buf.len() {
+                    self.take_batch(out, &buf[at..at + blen], max_bytes, bound, max_batch)
+                        .map_err(|r| corrupt(pos, r))?
+                } else {
+                    // The batch spans windows: assemble it.
+                    let mut whole = Vec::with_capacity(blen);
+                    whole.extend_from_slice(&buf[at..]);
+                    while whole.len() < blen {
+                        let next = pos + whole.len() as u64;
+                        let r = self.window(seg_base, &file, next, end).await?;
+                        let n = (blen - whole.len()).min(r.len());
+                        if n == 0 {
+                            return Err(corrupt(pos, "batch runs past the readable data".into()));
                         }
-                        let taken = self.take_batch(out, &b[..blen], max_bytes, bound, max_batch)
-                            .map_err(|r| corrupt(pos, r))?;
-                        if !taken {
-                            return Ok(());
-                        }
-                        pos += blen as u64;
-                        progressed = true;
+                        whole.extend_from_slice(&r[..n]);
+                        win = Some((next, r));
                     }
-                    break;
+                    self.take_batch(out, &whole, max_bytes, bound, max_batch)
+                        .map_err(|r| corrupt(pos, r))?
                 }
-                let taken = self
-                    .take_batch(out, &buf[at..at + blen], max_bytes, bound, max_batch)
-                    .map_err(|r| corrupt(pos + at as u64, r))?;
-                if !taken {
-                    return Ok(());
+                .then_some(blen)
+            } else {
+                // The header itself spans windows.
+                let r = file
+                    .read_at(pos, HEADER_LEN)
+                    .await
+                    .map_err(|e| glommio_err(segment_name(seg_base, "log"), e))?;
+                let blen = BatchHeader::parse(&r)
+                    .map_err(|e| corrupt(pos, e.to_string()))?
+                    .len();
+                if blen < HEADER_LEN || blen > max_batch || pos + blen as u64 > end {
+                    return Err(corrupt(pos, format!("batch length {blen}")));
                 }
-                at += blen;
-                progressed = true;
+                let r = file
+                    .read_at(pos, blen)
+                    .await
+                    .map_err(|e| glommio_err(segment_name(seg_base, "log"), e))?;
+                if r.len() < blen {
+                    return Err(corrupt(pos, "batch runs past the end of the file".into()));
+                }
+                self.take_batch(out, &r[..blen], max_bytes, bound, max_batch)
+                    .map_err(|r| corrupt(pos, r))?
+                    .then_some(blen)
+            };
+            match taken {
+                Some(blen) => pos += blen as u64,
+                None => break,
             }
-            if !progressed && at == 0 {
-                break;
-            }
-            pos += at as u64;
         }
         Ok(())
+    }
+
+    /// Reads the window of a segment that starts at `start` (a multiple of
+    /// the read-ahead size, or any position for the tail of a spanning
+    /// batch), taking it from the prefetched windows if it is there, and
+    /// starts reading the next windows in the background.
+    async fn window(
+        &self,
+        seg_base: u64,
+        file: &Rc<DmaFile>,
+        start: u64,
+        end: u64,
+    ) -> Result<glommio::io::ReadResult> {
+        let (w, depth) = {
+            let s = self.st.borrow();
+            (s.cfg.read_ahead_bytes as u64, s.cfg.read_ahead_windows)
+        };
+        let len = w.min(end.saturating_sub(start)) as usize;
+        let key = (seg_base, start, len);
+        if let Some((k, r)) = &self.st.borrow().last_window {
+            if *k == key {
+                return Ok(r.clone());
+            }
+        }
+        let pre = {
+            let mut s = self.st.borrow_mut();
+            s.prefetch
+                .iter()
+                .position(|(k, _)| *k == key)
+                .and_then(|i| s.prefetch.remove(i))
+        };
+        let res = match pre {
+            Some((_, task)) => task.await,
+            None => file.read_at(start, len).await.map_err(io::Error::from),
+        };
+        let r = res.map_err(|e| io_err(segment_name(seg_base, "log"), e))?;
+        if start % w == 0 {
+            let mut s = self.st.borrow_mut();
+            // The next read usually continues inside this window.
+            s.last_window = Some((key, r.clone()));
+            for j in 1..=depth as u64 {
+                let ps = start + j * w;
+                if ps >= end {
+                    break;
+                }
+                let pl = w.min(end - ps) as usize;
+                let pk = (seg_base, ps, pl);
+                if s.prefetch.iter().any(|(k, _)| *k == pk) {
+                    continue;
+                }
+                let f = file.clone();
+                let task = glommio::spawn_local(async move {
+                    f.read_at(ps, pl).await.map_err(io::Error::from)
+                });
+                s.prefetch.push_back((pk, task));
+                while s.prefetch.len() > depth.max(1) * 2 {
+                    s.prefetch.pop_front();
+                }
+            }
+        }
+        Ok(r)
     }
 
     /// Adds one stored batch to a read if it is wanted and fits. Returns
@@ -1211,7 +1387,11 @@ impl Log {
         // First segment whose newest record is at or after `ts`.
         let (seg_base, is_active) = {
             let s = self.st.borrow();
-            match s.sealed.iter().find(|(_, seg)| seg.summary.max_timestamp >= ts) {
+            match s
+                .sealed
+                .iter()
+                .find(|(_, seg)| seg.summary.max_timestamp >= ts)
+            {
                 Some((&b, _)) => (b, false),
                 None if s.active.max_ts >= ts && s.active.end > 0 => (s.active.base, true),
                 None => return Ok(None),

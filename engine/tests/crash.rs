@@ -32,12 +32,23 @@ fn write_pristine(dir: &Path, cfg: &LogConfig, n: u64) -> Written {
         let mut batches = Vec::new();
         let mut pos = 0u64;
         for i in 0..n {
-            let b = make_batch(i, 1 + (i % 4) as usize, 50 + (i as usize * 37) % 700, i as i64);
+            let b = make_batch(
+                i,
+                1 + (i % 4) as usize,
+                50 + (i as usize * 37) % 700,
+                i as i64,
+            );
             let len = b.len() as u64;
             let info = log.append_durable(b).await.unwrap();
             assert_eq!(log.segment_bases().len(), 1);
             let stored = log.read(info.base_offset, 1, None).await.unwrap().data;
-            batches.push((info.base_offset, info.last_offset + 1, pos, pos + len, stored));
+            batches.push((
+                info.base_offset,
+                info.last_offset + 1,
+                pos,
+                pos + len,
+                stored,
+            ));
             pos += len;
         }
         assert_eq!(log.durable_offset(), batches.last().unwrap().1);
@@ -67,8 +78,14 @@ fn check_recovered(dir: &Path, cfg: &LogConfig, w: &Written, keep: usize, what: 
             at = out.next_offset;
         }
         assert_eq!(i, keep, "{what}: read back a different number of batches");
-        let info = log.append_durable(make_batch(9999, 2, 10, 1)).await.unwrap();
-        assert_eq!(info.base_offset, expect_end, "{what}: offsets do not continue");
+        let info = log
+            .append_durable(make_batch(9999, 2, 10, 1))
+            .await
+            .unwrap();
+        assert_eq!(
+            info.base_offset, expect_end,
+            "{what}: offsets do not continue"
+        );
         let out = log.read(expect_end, 1 << 20, None).await.unwrap();
         assert_eq!(check_read(&out, expect_end).2, 1);
         log.close().await.unwrap();
@@ -85,6 +102,9 @@ fn damage_trials(cfg: LogConfig, seed: u64) {
     let checkpoint = std::fs::read(pristine.join(format!("{:020}.index", 0)))
         .map(|b| u64::from_le_bytes(b[8..16].try_into().unwrap()))
         .unwrap_or(0);
+    if cfg.index_checkpoint_bytes < end {
+        assert!(checkpoint > 0, "no index checkpoint was written");
+    }
     let flip_from = (end * 2 / 3).max(checkpoint);
     assert!(flip_from < end);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -192,11 +212,17 @@ fn kill_9_never_loses_an_acknowledged_batch() {
         }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        assert!(acked > acked_total, "round {round}: the child acknowledged nothing");
+        assert!(
+            acked > acked_total,
+            "round {round}: the child acknowledged nothing"
+        );
         run(async {
             let log = Log::open(&dir, writer_config()).await.unwrap();
             let end = log.log_end_offset();
-            assert!(end >= acked, "round {round}: acknowledged {acked} but recovered only {end}");
+            assert!(
+                end >= acked,
+                "round {round}: acknowledged {acked} but recovered only {end}"
+            );
             let mut at = 0;
             while at < end {
                 let out = log.read(at, 256 << 10, None).await.unwrap();
@@ -205,7 +231,12 @@ fn kill_9_never_loses_an_acknowledged_batch() {
                     let recs = batch::records(b).unwrap();
                     // The child's batch for offset i carries tag i.
                     let tag = u64::from_le_bytes(recs[0].value.unwrap()[..8].try_into().unwrap());
-                    assert_eq!(tag, h.base_offset(), "round {round}: wrong content at {}", h.base_offset());
+                    assert_eq!(
+                        tag,
+                        h.base_offset(),
+                        "round {round}: wrong content at {}",
+                        h.base_offset()
+                    );
                 }
                 assert!(out.next_offset > at);
                 at = out.next_offset;
@@ -287,7 +318,12 @@ fn resident_memory_stays_bounded_reading_a_large_log() {
         .unwrap();
     assert!(st.success());
     let out = Command::new(&exe)
-        .args(["--exact", "child_big_reader", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child_big_reader",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("LEVEE_BIG_READER", &dir)
         .output()
         .unwrap();
@@ -296,7 +332,12 @@ fn resident_memory_stays_bounded_reading_a_large_log() {
     let line = text
         .lines()
         .find_map(|l| l.find("RSS ").map(|i| &l[i..]))
-        .unwrap_or_else(|| panic!("reader reports no RSS: {text} {}", String::from_utf8_lossy(&out.stderr)));
+        .unwrap_or_else(|| {
+            panic!(
+                "reader reports no RSS: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
     let num = |k: &str| -> u64 {
         line.split_whitespace()
             .find_map(|kv| kv.strip_prefix(k))

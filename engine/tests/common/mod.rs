@@ -51,7 +51,10 @@ pub fn check_read(out: &ReadOutcome, from: u64) -> (u64, u64, usize) {
     }
     assert_eq!(total, out.data.len(), "trailing bytes after the last batch");
     if let Some(f) = first {
-        assert!(f <= from, "first batch {f} starts after the wanted offset {from}");
+        assert!(
+            f <= from,
+            "first batch {f} starts after the wanted offset {from}"
+        );
         assert_eq!(next.unwrap(), out.next_offset);
     }
     (first.unwrap_or(from), next.unwrap_or(from), n)
