@@ -30,6 +30,23 @@ fn executor() -> glommio::LocalExecutor {
         .expect("glommio executor")
 }
 
+/// Lets a benchmark run try other write shapes: LEVEE_BENCH_CHUNK_KIB,
+/// LEVEE_BENCH_INFLIGHT.
+fn tune_from_env(cfg: &mut LogConfig) {
+    if let Some(v) = std::env::var("LEVEE_BENCH_CHUNK_KIB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        cfg.write_chunk_bytes = v << 10;
+    }
+    if let Some(v) = std::env::var("LEVEE_BENCH_INFLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.max_inflight_writes = v;
+    }
+}
+
 /// A batch of `batch_bytes / 1 KiB` records of 1 KiB values.
 fn batch_of(batch_bytes: usize) -> Vec<u8> {
     let n = (batch_bytes / 1024).max(1);
@@ -68,10 +85,11 @@ fn append(c: &mut Criterion) {
                         let dir = bench_dir();
                         let proto = proto.clone();
                         total += executor().run(async move {
-                            let cfg = LogConfig {
+                            let mut cfg = LogConfig {
                                 fsync: policy,
                                 ..LogConfig::default()
                             };
+                            tune_from_env(&mut cfg);
                             let log = Rc::new(Log::open(&dir, cfg).await.unwrap());
                             let n = (APPEND_BYTES / proto.len() as u64).max(1) as usize;
                             // Batches arrive as owned buffers (from the

@@ -75,6 +75,8 @@ impl BatchHeader {
     pub fn base_offset(&self) -> u64 {
         self.base_offset.get()
     }
+    /// Length of the whole batch, header included.
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
         self.batch_len.get() as usize
     }

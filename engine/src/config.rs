@@ -50,9 +50,10 @@ pub struct LogConfig {
     /// Delete segments whose newest record is older than this.
     pub retention_age: Option<Duration>,
     pub fsync: FsyncPolicy,
-    /// Size of each aligned DMA write (default 128 KiB).
+    /// Size of each aligned DMA write (default 512 KiB). Memory per log:
+    /// one chunk being filled plus `max_inflight_writes` being written.
     pub write_chunk_bytes: usize,
-    /// Writes in flight at once per log (default 8).
+    /// Writes in flight at once per log (default 4).
     pub max_inflight_writes: usize,
     /// Recently appended batches kept in memory for tailing readers (default 4 MiB).
     pub tail_cache_bytes: usize,
@@ -64,7 +65,7 @@ pub struct LogConfig {
     pub index_checkpoint_bytes: u64,
     /// Largest accepted batch (default 16 MiB).
     pub max_batch_bytes: usize,
-    /// Disk read size for reads that miss the tail cache (default 512 KiB).
+    /// Disk read size for reads that miss the tail cache (default 1 MiB).
     pub read_ahead_bytes: usize,
     /// Windows of `read_ahead_bytes` read ahead of a sequential reader (default 4).
     pub read_ahead_windows: usize,
@@ -82,14 +83,14 @@ impl Default for LogConfig {
             retention_bytes: None,
             retention_age: Some(Duration::from_secs(7 * 24 * 3600)),
             fsync: FsyncPolicy::Always,
-            write_chunk_bytes: 128 << 10,
-            max_inflight_writes: 8,
+            write_chunk_bytes: 512 << 10,
+            max_inflight_writes: 4,
             tail_cache_bytes: 4 << 20,
             index_cache_bytes: 1 << 20,
             index_interval_bytes: 4096,
             index_checkpoint_bytes: 64 << 20,
             max_batch_bytes: 16 << 20,
-            read_ahead_bytes: 512 << 10,
+            read_ahead_bytes: 1 << 20,
             read_ahead_windows: 4,
             preallocate_bytes: 64 << 20,
             retention_check_interval: Duration::from_secs(60),
@@ -103,7 +104,7 @@ impl LogConfig {
         if self.segment_bytes < 4096 || self.segment_bytes > u64::from(u32::MAX) {
             return bad("segment_bytes must be between 4 KiB and 4 GiB");
         }
-        if self.write_chunk_bytes < 4096 || self.write_chunk_bytes % 4096 != 0 {
+        if self.write_chunk_bytes < 4096 || !self.write_chunk_bytes.is_multiple_of(4096) {
             return bad("write_chunk_bytes must be a multiple of 4 KiB");
         }
         if self.max_inflight_writes == 0 {
@@ -115,7 +116,7 @@ impl LogConfig {
         if self.max_batch_bytes < crate::batch::HEADER_LEN {
             return bad("max_batch_bytes must hold at least a batch header");
         }
-        if self.read_ahead_bytes < 4096 || self.read_ahead_bytes % 4096 != 0 {
+        if self.read_ahead_bytes < 4096 || !self.read_ahead_bytes.is_multiple_of(4096) {
             return bad("read_ahead_bytes must be a multiple of 4 KiB");
         }
         Ok(())

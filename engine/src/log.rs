@@ -115,6 +115,10 @@ struct IndexCache {
     bytes: usize,
 }
 
+/// (segment base, position, length) of a read-ahead window.
+type WindowKey = (u64, u64, usize);
+type PendingRead = glommio::Task<io::Result<glommio::io::ReadResult>>;
+
 struct State {
     dir: PathBuf,
     cfg: LogConfig,
@@ -128,10 +132,7 @@ struct State {
     cache_bytes: usize,
     index_cache: IndexCache,
     /// Read-ahead windows being read or read: ((segment, position, length), read).
-    prefetch: VecDeque<(
-        (u64, u64, usize),
-        glommio::Task<io::Result<glommio::io::ReadResult>>,
-    )>,
+    prefetch: VecDeque<(WindowKey, PendingRead)>,
     /// The window the last disk read ended in.
     last_window: Option<((u64, u64, usize), glommio::io::ReadResult)>,
     poisoned: Option<String>,
@@ -222,6 +223,7 @@ struct ScanOutcome {
 }
 
 /// Validates batches of a segment from `pos`, adding index entries.
+#[allow(clippy::too_many_arguments)]
 async fn scan_segment(
     file: &DmaFile,
     seg_base: u64,
@@ -731,8 +733,9 @@ impl Log {
                 let s = &mut *guard;
                 let a = &mut s.active;
                 if a.chunk.is_none() {
-                    let mut c = a.file.alloc_dma_buffer(s.cfg.write_chunk_bytes);
-                    c.as_bytes_mut().fill(0);
+                    // Not zeroed: every byte is written before it reaches the
+                    // disk, and a partial flush zeroes its padding.
+                    let c = a.file.alloc_dma_buffer(s.cfg.write_chunk_bytes);
                     let a = &mut s.active;
                     a.chunk = Some(c);
                     a.fill = 0;
@@ -850,7 +853,8 @@ impl Log {
                 let chunk = a.chunk.as_ref().expect("fill > 0 implies a chunk");
                 let n = align_up(a.fill as u64) as usize;
                 let mut buf = a.file.alloc_dma_buffer(n);
-                buf.as_bytes_mut().copy_from_slice(&chunk.as_bytes()[..n]);
+                buf.as_bytes_mut()[..a.fill].copy_from_slice(&chunk.as_bytes()[..a.fill]);
+                buf.as_bytes_mut()[a.fill..].fill(0);
                 a.partial_inflight = true;
                 Some((buf, a.chunk_pos))
             } else {
@@ -948,7 +952,7 @@ impl Log {
     pub async fn wait_durable(&self, offset: u64) -> Result<()> {
         loop {
             let listen = self.flushed.listen();
-            {
+            let wait = {
                 let s = self.st.borrow();
                 if s.durable_next > offset || s.cfg.fsync != FsyncPolicy::Always {
                     return Ok(());
@@ -963,11 +967,11 @@ impl Log {
                         log_end: s.next_offset,
                     });
                 }
-                if s.flushing {
-                    drop(s);
-                    listen.await;
-                    continue;
-                }
+                s.flushing
+            };
+            if wait {
+                listen.await;
+                continue;
             }
             let _leader = FlushLeader::new(&self.st, &self.flushed);
             // Let producers that are ready to run append first, so that this
@@ -1329,7 +1333,7 @@ impl Log {
             None => file.read_at(start, len).await.map_err(io::Error::from),
         };
         let r = res.map_err(|e| io_err(segment_name(seg_base, "log"), e))?;
-        if start % w == 0 {
+        if start.is_multiple_of(w) {
             let mut s = self.st.borrow_mut();
             // The next read usually continues inside this window.
             s.last_window = Some((key, r.clone()));
@@ -1435,10 +1439,7 @@ impl Log {
         let mut doomed = Vec::new();
         {
             let mut s = self.st.borrow_mut();
-            loop {
-                let Some((&base, seg)) = s.sealed.iter().next() else {
-                    break;
-                };
+            while let Some((&base, seg)) = s.sealed.iter().next() {
                 let len = seg.summary.covered_len;
                 let by_size = s
                     .cfg
