@@ -988,14 +988,10 @@ impl Log {
         Ok(info)
     }
 
-    /// Seals the active segment and starts a new one. Caller holds `append_lock`.
-    async fn roll(&self) -> Result<()> {
-        let _p = self
-            .flush_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| LogError::Closed)?;
-        self.flush_locked().await?;
+    /// Cuts the flushed active segment to its exact length and writes its
+    /// indexes: what both a roll and a clean close need. Caller holds both
+    /// locks and has flushed.
+    async fn seal_active_files(&self) -> Result<(PathBuf, u64, Summary)> {
         let (file, dir, base, idx, summary) = {
             let s = self.st.borrow();
             let a = &s.active;
@@ -1017,6 +1013,18 @@ impl Log {
             .map_err(|e| glommio_err(ctx(), e))?;
         file.fdatasync().await.map_err(|e| glommio_err(ctx(), e))?;
         write_index_files(&dir, base, &idx, &summary).await?;
+        Ok((dir, base, summary))
+    }
+
+    /// Seals the active segment and starts a new one. Caller holds `append_lock`.
+    async fn roll(&self) -> Result<()> {
+        let _p = self
+            .flush_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        self.flush_locked().await?;
+        let (dir, base, summary) = self.seal_active_files().await?;
         let new_base = summary.next_offset;
         let path = dir.join(segment_name(new_base, "log"));
         let f = OpenOptions::new()
@@ -1525,28 +1533,8 @@ impl Log {
             return Ok(());
         }
         self.flush_locked().await?;
-        let (file, dir, base, idx, summary) = {
-            let mut s = self.st.borrow_mut();
-            s.closed = true;
-            let a = &s.active;
-            (
-                a.file.clone(),
-                s.dir.clone(),
-                a.base,
-                a.index.clone(),
-                Summary {
-                    covered_len: a.end,
-                    next_offset: s.next_offset,
-                    max_timestamp: a.max_ts,
-                },
-            )
-        };
-        let ctx = || format!("closing segment {base}");
-        file.truncate(summary.covered_len)
-            .await
-            .map_err(|e| glommio_err(ctx(), e))?;
-        file.fdatasync().await.map_err(|e| glommio_err(ctx(), e))?;
-        write_index_files(&dir, base, &idx, &summary).await?;
+        self.st.borrow_mut().closed = true;
+        let (dir, _, summary) = self.seal_active_files().await?;
         write_file_atomic(&dir.join(CLEAN_MARKER), b"").await?;
         sync_dir(&dir)?;
         info!(dir = %dir.display(), next_offset = summary.next_offset, "closed log cleanly");
