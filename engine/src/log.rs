@@ -1244,11 +1244,15 @@ impl Log {
         let mut win: Option<(u64, glommio::io::ReadResult)> = None;
         while pos + HEADER_LEN as u64 <= end && out.next_offset < bound {
             let k = pos / w;
-            if win.as_ref().is_none_or(|(start, _)| *start != k * w) {
-                win = Some((k * w, self.window(seg_base, &file, k * w, end).await?));
-            }
-            let (wstart, buf) = win.as_ref().expect("window loaded above");
-            let at = (pos - wstart) as usize;
+            let buf = match &win {
+                Some((start, r)) if *start == k * w => r.clone(),
+                _ => {
+                    let r = self.window(seg_base, &file, k * w, end).await?;
+                    win = Some((k * w, r.clone()));
+                    r
+                }
+            };
+            let at = (pos - k * w) as usize;
             let taken = if at + HEADER_LEN <= buf.len() {
                 let h = *BatchHeader::parse(&buf[at..]).map_err(|e| corrupt(pos, e.to_string()))?;
                 let blen = h.len();
