@@ -58,6 +58,7 @@ pub enum LogError {
 
 pub type Result<T, E = LogError> = std::result::Result<T, E>;
 
+#[cfg_attr(not(feature = "storage"), allow(dead_code))]
 pub(crate) fn io_err(context: impl Into<String>, e: impl Into<io::Error>) -> LogError {
     LogError::Io {
         context: context.into(),
@@ -65,6 +66,7 @@ pub(crate) fn io_err(context: impl Into<String>, e: impl Into<io::Error>) -> Log
     }
 }
 
+#[cfg(feature = "storage")]
 pub(crate) fn glommio_err(context: impl Into<String>, e: glommio::GlommioError<()>) -> LogError {
     io_err(context, io::Error::from(e))
 }
