@@ -1,4 +1,5 @@
-//! A tiny single-threaded notification primitive for tasks of one executor.
+//! A tiny single-threaded notification primitive for tasks of one executor
+//! (also used by the server for long polls and shutdown).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -6,14 +7,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 #[derive(Default)]
-pub(crate) struct LocalEvent {
+pub struct LocalEvent {
     generation: Cell<u64>,
     wakers: RefCell<Vec<Waker>>,
 }
 
 impl LocalEvent {
     /// Wakes every listener created before this call.
-    pub(crate) fn notify(&self) {
+    pub fn notify(&self) {
         self.generation.set(self.generation.get().wrapping_add(1));
         for w in self.wakers.take() {
             w.wake();
@@ -22,7 +23,7 @@ impl LocalEvent {
 
     /// A future that completes at the next `notify`. Create it before
     /// checking the condition it waits for, so no wake-up is lost.
-    pub(crate) fn listen(&self) -> Listen<'_> {
+    pub fn listen(&self) -> Listen<'_> {
         Listen {
             ev: self,
             generation: self.generation.get(),
@@ -30,7 +31,7 @@ impl LocalEvent {
     }
 }
 
-pub(crate) struct Listen<'a> {
+pub struct Listen<'a> {
     ev: &'a LocalEvent,
     generation: u64,
 }

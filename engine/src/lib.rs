@@ -11,7 +11,7 @@ pub mod batch;
 pub mod config;
 pub mod error;
 #[cfg(feature = "storage")]
-mod event;
+pub mod event;
 #[cfg(feature = "storage")]
 pub mod index;
 #[cfg(feature = "storage")]

@@ -8,7 +8,14 @@
 //! slices of the payload by offset and length.
 
 pub mod generated {
-    #![allow(clippy::all, clippy::pedantic, unused, dead_code, missing_docs, unsafe_code)]
+    #![allow(
+        clippy::all,
+        clippy::pedantic,
+        unused,
+        dead_code,
+        missing_docs,
+        unsafe_code
+    )]
     include!(concat!(env!("OUT_DIR"), "/levee_generated.rs"));
 }
 
@@ -102,7 +109,8 @@ pub fn payload_slice(payload: &[u8], offset: u32, len: u32) -> Result<&[u8], Fra
 /// Decodes a request frame body into an owned header and the payload slice.
 pub fn decode_request(body: &[u8]) -> Result<(RequestHeader, &[u8]), FrameError> {
     let (header, payload) = split_frame(body)?;
-    let r = RequestHeaderRef::read_as_root(header).map_err(|e| FrameError::BadHeader(e.to_string()))?;
+    let r =
+        RequestHeaderRef::read_as_root(header).map_err(|e| FrameError::BadHeader(e.to_string()))?;
     let owned = RequestHeader::try_from(r).map_err(|e| FrameError::BadHeader(e.to_string()))?;
     Ok((owned, payload))
 }
@@ -110,7 +118,8 @@ pub fn decode_request(body: &[u8]) -> Result<(RequestHeader, &[u8]), FrameError>
 /// Decodes a response frame body into an owned header and the payload slice.
 pub fn decode_response(body: &[u8]) -> Result<(ResponseHeader, &[u8]), FrameError> {
     let (header, payload) = split_frame(body)?;
-    let r = ResponseHeaderRef::read_as_root(header).map_err(|e| FrameError::BadHeader(e.to_string()))?;
+    let r = ResponseHeaderRef::read_as_root(header)
+        .map_err(|e| FrameError::BadHeader(e.to_string()))?;
     let owned = ResponseHeader::try_from(r).map_err(|e| FrameError::BadHeader(e.to_string()))?;
     Ok((owned, payload))
 }
@@ -218,7 +227,10 @@ mod tests {
             frame_len((100u32).to_le_bytes(), 99),
             Err(FrameError::TooLarge { len: 100, max: 99 })
         ));
-        assert!(matches!(frame_len(2u32.to_le_bytes(), 99), Err(FrameError::TooShort(2))));
+        assert!(matches!(
+            frame_len(2u32.to_le_bytes(), 99),
+            Err(FrameError::TooShort(2))
+        ));
         assert!(matches!(
             split_frame(&[200, 0, 0, 0, 1, 2]),
             Err(FrameError::HeaderOverrun { .. })

@@ -1,0 +1,137 @@
+//! The admin HTTP listener: `/metrics` (Prometheus text format, gathered
+//! from every shard) and `/health`. Minimal HTTP/1.1: one request per
+//! connection.
+
+use crate::metrics::{render, resident_bytes, Sample};
+use crate::shard::{Op, OpOk, Shard};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use std::rc::Rc;
+use std::time::Duration;
+use tracing::warn;
+
+pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        let accept = async { Some(listener.accept().await) };
+        let stop = async {
+            shard.shutdown_event.listen().await;
+            None
+        };
+        match futures_lite::future::or(accept, stop).await {
+            None => return,
+            Some(Ok(stream)) => {
+                let s = shard.clone();
+                glommio::spawn_local(async move {
+                    let t = async {
+                        glommio::timer::sleep(Duration::from_secs(10)).await;
+                    };
+                    futures_lite::future::or(handle(s, stream), t).await;
+                })
+                .detach();
+            }
+            Some(Err(e)) => {
+                warn!(error = %e, "admin listener accept failed");
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        if shard.shutting_down.get() {
+            return;
+        }
+    }
+}
+
+async fn handle(shard: Rc<Shard>, mut stream: TcpStream) {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.len() > 16 << 10 {
+            let _ = respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "request head too large\n",
+            )
+            .await;
+            return;
+        }
+    }
+    let head = String::from_utf8_lossy(&buf);
+    let mut parts = head.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if method != "GET" {
+        let _ = respond(
+            &mut stream,
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET is served\n",
+        )
+        .await;
+        return;
+    }
+    match path.split('?').next().unwrap_or("") {
+        "/metrics" => {
+            let body = gather(&shard).await;
+            let _ = respond(&mut stream, "200 OK", "text/plain; version=0.0.4", &body).await;
+        }
+        "/health" => {
+            if shard.shutting_down.get() {
+                let _ = respond(
+                    &mut stream,
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "shutting down\n",
+                )
+                .await;
+            } else {
+                let _ = respond(&mut stream, "200 OK", "text/plain", "ok\n").await;
+            }
+        }
+        _ => {
+            let _ = respond(
+                &mut stream,
+                "404 Not Found",
+                "text/plain",
+                "try /metrics or /health\n",
+            )
+            .await;
+        }
+    }
+}
+
+async fn gather(shard: &Rc<Shard>) -> String {
+    let tasks: Vec<_> = (0..shard.nshards)
+        .map(|s| glommio::spawn_local(shard.call(s, Op::Metrics)))
+        .collect();
+    let mut samples = Vec::new();
+    for t in tasks {
+        if let Ok(OpOk::Metrics(s)) = t.await {
+            samples.extend(s);
+        }
+    }
+    samples.push(Sample::Value {
+        family: "levee_process_resident_memory_bytes",
+        labels: String::new(),
+        value: resident_bytes() as f64,
+    });
+    render(&samples)
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    ctype: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.flush().await?;
+    stream.close().await
+}

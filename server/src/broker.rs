@@ -1,0 +1,208 @@
+//! Start-up and shutdown: one pinned glommio executor (shard) per
+//! configured core, joined by a channel mesh; SIGINT/SIGTERM start a
+//! graceful shutdown (stop accepting, finish in-flight requests, flush,
+//! mark every log clean).
+
+use crate::config::ServerConfig;
+use crate::shard::Shard;
+use crate::topics::{self, TopicMeta};
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
+
+/// Flags shared by the shards and the main thread (atomics, off the data path).
+struct Phases {
+    shutdown: Arc<AtomicBool>,
+    ready: AtomicUsize,
+    drained: AtomicUsize,
+    closed: AtomicUsize,
+    failed: AtomicBool,
+}
+
+pub fn run(cfg: ServerConfig) -> Result<(), String> {
+    cfg.validate().map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+        format!(
+            "cannot create data directory {}: {e}",
+            cfg.data_dir.display()
+        )
+    })?;
+    let _lock = lock_data_dir(&cfg)?;
+    let topics = topics::load(&cfg.data_dir)?;
+    let cpus = cfg.cpu_list().map_err(|e| e.to_string())?;
+    let n = cpus.len();
+    let phases = Arc::new(Phases {
+        shutdown: Arc::new(AtomicBool::new(false)),
+        ready: AtomicUsize::new(0),
+        drained: AtomicUsize::new(0),
+        closed: AtomicUsize::new(0),
+        failed: AtomicBool::new(false),
+    });
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, phases.shutdown.clone())
+            .map_err(|e| format!("cannot install the signal handler: {e}"))?;
+    }
+    let cfg = Arc::new(cfg);
+    let mesh = MeshBuilder::full(n, 1024);
+    let mut handles = Vec::with_capacity(n);
+    for cpu in &cpus {
+        let (cfg, phases, topics, mesh) =
+            (cfg.clone(), phases.clone(), topics.clone(), mesh.clone());
+        let h = LocalExecutorBuilder::new(Placement::Fixed(*cpu))
+            .name(&format!("shard-cpu{cpu}"))
+            .spawn(move || async move {
+                let r = run_shard(cfg, phases.clone(), topics, mesh, n).await;
+                if let Err(e) = &r {
+                    error!("{e}");
+                    phases.failed.store(true, Ordering::SeqCst);
+                    phases.shutdown.store(true, Ordering::SeqCst);
+                }
+                r
+            })
+            .map_err(|e| format!("cannot start the shard on CPU {cpu}: {e}"))?;
+        handles.push(h);
+    }
+    let started = Instant::now();
+    while phases.ready.load(Ordering::SeqCst) < n && !phases.failed.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if !phases.failed.load(Ordering::SeqCst) {
+        info!(
+            listen = %cfg.listen,
+            admin = %cfg.admin_listen,
+            shards = n,
+            data_dir = %cfg.data_dir.display(),
+            startup_ms = started.elapsed().as_millis() as u64,
+            "levee is ready"
+        );
+        eprintln!("levee listening on {} ({n} shards)", cfg.listen);
+    }
+    let mut first_err = None;
+    for h in handles {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(e) => {
+                first_err.get_or_insert(format!("a shard failed: {e}"));
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => {
+            info!("levee stopped cleanly");
+            Ok(())
+        }
+    }
+}
+
+/// Refuses to start a second broker on the same data directory.
+fn lock_data_dir(cfg: &ServerConfig) -> Result<std::fs::File, String> {
+    let path = cfg.data_dir.join(".lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(format!(
+            "data directory {} is in use by another levee process",
+            cfg.data_dir.display()
+        ));
+    }
+    Ok(f)
+}
+
+async fn wait_until(cond: impl Fn() -> bool, limit: Duration) -> bool {
+    let until = Instant::now() + limit;
+    while !cond() {
+        if Instant::now() >= until {
+            return false;
+        }
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+async fn run_shard(
+    cfg: Arc<ServerConfig>,
+    phases: Arc<Phases>,
+    topics: BTreeMap<String, TopicMeta>,
+    mesh: MeshBuilder<crate::shard::ShardMsg, glommio::channels::channel_mesh::Full>,
+    n: usize,
+) -> Result<(), String> {
+    let (senders, receivers) = mesh
+        .join()
+        .await
+        .map_err(|_| "joining the shard mesh failed".to_string())?;
+    let id = senders.peer_id();
+    let shard = Shard::new(id, n, cfg.clone(), topics.clone(), Some(senders));
+    shard.serve_mesh(receivers);
+    for (name, meta) in &topics {
+        shard
+            .open_topic(name, meta)
+            .await
+            .map_err(|e| format!("shard {id}: opening topic `{name}` failed: {}", e.message))?;
+    }
+    let addr = cfg.listen_addr().map_err(|e| e.to_string())?;
+    let listener = TcpListener::bind(addr).map_err(|e| {
+        format!("cannot listen on {addr}: {e} (is another broker running? use --listen)")
+    })?;
+    if id == 0 {
+        if let Some(admin) = cfg.admin_addr().map_err(|e| e.to_string())? {
+            let l = TcpListener::bind(admin).map_err(|e| {
+                format!("cannot listen on admin address {admin}: {e} (use --admin-listen)")
+            })?;
+            glommio::spawn_local(crate::admin::serve(shard.clone(), l)).detach();
+        }
+    }
+    phases.ready.fetch_add(1, Ordering::SeqCst);
+    let accept_shard = shard.clone();
+    let acceptor = glommio::spawn_local(async move {
+        loop {
+            match listener.accept().await {
+                Ok(stream) => {
+                    glommio::spawn_local(crate::conn::serve(accept_shard.clone(), stream)).detach();
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    });
+    while !phases.shutdown.load(Ordering::SeqCst) {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    // 1. Stop accepting; idle connections close, busy ones finish.
+    drop(acceptor);
+    shard.shutting_down.set(true);
+    shard.shutdown_event.notify();
+    let limit = Duration::from_millis(cfg.shutdown_timeout_ms);
+    let s = shard.clone();
+    if !wait_until(|| s.inflight.available() >= s.inflight_limit, limit).await {
+        warn!(
+            shard = id,
+            "in-flight requests did not finish before the shutdown timeout"
+        );
+    }
+    // 2. Every shard is drained (requests may cross shards), so close logs.
+    phases.drained.fetch_add(1, Ordering::SeqCst);
+    wait_until(|| phases.drained.load(Ordering::SeqCst) >= n, limit).await;
+    shard.close_all().await;
+    phases.closed.fetch_add(1, Ordering::SeqCst);
+    wait_until(|| phases.closed.load(Ordering::SeqCst) >= n, limit).await;
+    info!(shard = id, "shard stopped");
+    Ok(())
+}

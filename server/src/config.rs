@@ -1,0 +1,326 @@
+//! Broker configuration: a TOML file (`--config`) overridden by flags.
+//! Every option and its default is listed in `levee.example.toml`.
+
+use levee_engine::{FsyncPolicy, LogConfig};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default native client port (Kafka's, so existing habits carry over).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9092";
+/// Default admin (metrics) port.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9644";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub node_id: u32,
+    pub data_dir: PathBuf,
+    pub listen: String,
+    /// Empty string: no admin listener.
+    pub admin_listen: String,
+    /// "all", a count ("2"), or a list of CPU ids ("0,2-3").
+    pub cores: String,
+    pub max_frame_bytes: u32,
+    /// Bytes of requests a shard holds at once; past it, it stops reading
+    /// from its sockets (TCP backpressure).
+    pub max_inflight_bytes_per_shard: u64,
+    /// Requests in flight on one connection (pipelining depth).
+    pub max_inflight_requests_per_connection: usize,
+    /// How long a graceful shutdown waits for in-flight requests.
+    pub shutdown_timeout_ms: u64,
+    pub log: LogDefaults,
+}
+
+/// Defaults for every partition log; topics override retention, fsync and
+/// segment size.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogDefaults {
+    pub fsync: String,
+    pub segment_bytes: u64,
+    pub segment_ms: u64,
+    /// -1: unlimited.
+    pub retention_bytes: i64,
+    /// -1: unlimited.
+    pub retention_ms: i64,
+    pub write_chunk_bytes: usize,
+    pub max_inflight_writes: usize,
+    pub tail_cache_bytes: usize,
+    pub index_cache_bytes: usize,
+    pub read_ahead_bytes: usize,
+    pub read_ahead_windows: usize,
+    pub max_batch_bytes: usize,
+    pub preallocate_bytes: u64,
+    pub retention_check_interval_ms: u64,
+    pub default_partitions: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            node_id: 0,
+            data_dir: PathBuf::from("./levee-data"),
+            listen: DEFAULT_LISTEN.into(),
+            admin_listen: DEFAULT_ADMIN_LISTEN.into(),
+            cores: "all".into(),
+            max_frame_bytes: levee_schemas::DEFAULT_MAX_FRAME_BYTES,
+            max_inflight_bytes_per_shard: 128 << 20,
+            max_inflight_requests_per_connection: 256,
+            shutdown_timeout_ms: 10_000,
+            log: LogDefaults::default(),
+        }
+    }
+}
+
+impl Default for LogDefaults {
+    fn default() -> Self {
+        let e = LogConfig::default();
+        LogDefaults {
+            fsync: "always".into(),
+            segment_bytes: e.segment_bytes,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: -1,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            write_chunk_bytes: e.write_chunk_bytes,
+            max_inflight_writes: e.max_inflight_writes,
+            tail_cache_bytes: 2 << 20,
+            index_cache_bytes: 256 << 10,
+            read_ahead_bytes: e.read_ahead_bytes,
+            read_ahead_windows: e.read_ahead_windows,
+            max_batch_bytes: e.max_batch_bytes,
+            preallocate_bytes: e.preallocate_bytes,
+            retention_check_interval_ms: 60_000,
+            default_partitions: 1,
+        }
+    }
+}
+
+/// A start-up error that names the option at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("option `{option}`: {message}")]
+    Invalid {
+        option: &'static str,
+        message: String,
+    },
+}
+
+fn invalid(option: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        option,
+        message: message.into(),
+    }
+}
+
+impl ServerConfig {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|e| {
+            invalid(
+                "listen",
+                format!("`{}` is not ADDR:PORT ({e})", self.listen),
+            )
+        })
+    }
+
+    pub fn admin_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.admin_listen.is_empty() {
+            return Ok(None);
+        }
+        self.admin_listen.parse().map(Some).map_err(|e| {
+            invalid(
+                "admin_listen",
+                format!("`{}` is not ADDR:PORT ({e})", self.admin_listen),
+            )
+        })
+    }
+
+    /// The CPUs to run shards on, one shard per entry.
+    pub fn cpu_list(&self) -> Result<Vec<usize>, ConfigError> {
+        let online = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        parse_cores(&self.cores, online).map_err(|m| invalid("cores", m))
+    }
+
+    /// Checks everything that can be checked before start-up.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        self.admin_addr()?;
+        self.cpu_list()?;
+        if self.max_frame_bytes < 4096 {
+            return Err(invalid("max_frame_bytes", "must be at least 4096"));
+        }
+        if (self.log.max_batch_bytes as u64) >= u64::from(self.max_frame_bytes) {
+            return Err(invalid(
+                "log.max_batch_bytes",
+                "must be smaller than max_frame_bytes",
+            ));
+        }
+        if self.max_inflight_bytes_per_shard < u64::from(self.max_frame_bytes) {
+            return Err(invalid(
+                "max_inflight_bytes_per_shard",
+                "must be at least max_frame_bytes, or a large request could never be read",
+            ));
+        }
+        if self.max_inflight_requests_per_connection == 0 {
+            return Err(invalid(
+                "max_inflight_requests_per_connection",
+                "must be at least 1",
+            ));
+        }
+        if self.log.default_partitions == 0 {
+            return Err(invalid("log.default_partitions", "must be at least 1"));
+        }
+        parse_fsync(&self.log.fsync).map_err(|m| invalid("log.fsync", m))?;
+        self.log_config(None, None, None, None)
+            .validate()
+            .map_err(|e| invalid("log", e.to_string()))?;
+        Ok(())
+    }
+
+    /// The log configuration for a partition, with a topic's overrides.
+    pub fn log_config(
+        &self,
+        fsync: Option<FsyncPolicy>,
+        segment_bytes: Option<u64>,
+        retention_bytes: Option<i64>,
+        retention_ms: Option<i64>,
+    ) -> LogConfig {
+        let d = &self.log;
+        let pos = |v: i64| (v >= 0).then_some(v as u64);
+        LogConfig {
+            segment_bytes: segment_bytes.unwrap_or(d.segment_bytes),
+            segment_age: (d.segment_ms > 0).then(|| Duration::from_millis(d.segment_ms)),
+            retention_bytes: pos(retention_bytes.unwrap_or(d.retention_bytes)),
+            retention_age: pos(retention_ms.unwrap_or(d.retention_ms)).map(Duration::from_millis),
+            fsync: fsync.unwrap_or_else(|| parse_fsync(&d.fsync).unwrap_or(FsyncPolicy::Always)),
+            write_chunk_bytes: d.write_chunk_bytes,
+            max_inflight_writes: d.max_inflight_writes,
+            tail_cache_bytes: d.tail_cache_bytes,
+            index_cache_bytes: d.index_cache_bytes,
+            read_ahead_bytes: d.read_ahead_bytes,
+            read_ahead_windows: d.read_ahead_windows,
+            max_batch_bytes: d.max_batch_bytes,
+            preallocate_bytes: d.preallocate_bytes,
+            retention_check_interval: Duration::from_millis(d.retention_check_interval_ms.max(100)),
+            ..LogConfig::default()
+        }
+    }
+}
+
+pub fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
+    s.parse::<FsyncPolicy>().map_err(|e| e.to_string())
+}
+
+/// "all", "N" (the first N CPUs) or a list like "0,2-3".
+pub fn parse_cores(spec: &str, online: usize) -> Result<Vec<usize>, String> {
+    let spec = spec.trim();
+    if spec.is_empty() || spec == "all" {
+        return Ok((0..online).collect());
+    }
+    if !spec.contains([',', '-']) {
+        let n: usize = spec
+            .parse()
+            .map_err(|_| format!("`{spec}` is not `all`, a count, or a CPU list like `0,2-3`"))?;
+        if n == 0 || n > online {
+            return Err(format!("{n} cores asked for, this machine has {online}"));
+        }
+        return Ok((0..n).collect());
+    }
+    let mut cpus = Vec::new();
+    for part in spec.split(',') {
+        let part = part.trim();
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a, b),
+            None => (part, part),
+        };
+        let parse = |v: &str| {
+            v.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("`{part}` in `{spec}` is not a CPU id or range"))
+        };
+        let (a, b) = (parse(a)?, parse(b)?);
+        if a > b {
+            return Err(format!("range `{part}` is backwards"));
+        }
+        for c in a..=b {
+            if c >= online {
+                return Err(format!(
+                    "CPU {c} does not exist (this machine has {online})"
+                ));
+            }
+            if !cpus.contains(&c) {
+                cpus.push(c);
+            }
+        }
+    }
+    Ok(cpus)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_option_is_named() {
+        let e = ServerConfig::from_toml("listen = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err();
+        assert!(e.contains("listen_port"), "{e}");
+        let e = ServerConfig::from_toml("[log]\nfsink = \"always\"\n").unwrap_err();
+        assert!(e.contains("fsink"), "{e}");
+    }
+
+    #[test]
+    fn the_example_file_is_the_defaults() {
+        let text = include_str!("../../levee.example.toml");
+        let c = ServerConfig::from_toml(text).expect("example parses");
+        let d = ServerConfig::default();
+        assert_eq!(format!("{c:?}"), format!("{d:?}"));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn cores() {
+        assert_eq!(parse_cores("all", 2).unwrap(), vec![0, 1]);
+        assert_eq!(parse_cores("1", 2).unwrap(), vec![0]);
+        assert_eq!(parse_cores("0-1", 2).unwrap(), vec![0, 1]);
+        assert!(parse_cores("3", 2).is_err());
+        assert!(parse_cores("0,5", 2).is_err());
+        assert!(parse_cores("x", 2).is_err());
+    }
+
+    #[test]
+    fn bad_values_name_the_option() {
+        let c = ServerConfig {
+            listen: "nope".into(),
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("`listen`"));
+        let mut c = ServerConfig::default();
+        c.log.fsync = "sometimes".into();
+        assert!(c.validate().unwrap_err().to_string().contains("log.fsync"));
+    }
+}

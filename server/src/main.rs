@@ -1,0 +1,98 @@
+//! `levee`: the broker (`levee serve`) and the client commands (topic,
+//! produce, consume).
+
+mod admin;
+mod broker;
+mod config;
+mod conn;
+mod metrics;
+mod shard;
+mod topics;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "levee",
+    version,
+    about = "Levee: a thread-per-core message-streaming broker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a broker until SIGINT/SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file (see levee.example.toml); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./levee-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Client listener ADDR:PORT [default: 127.0.0.1:9092].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Admin HTTP listener ADDR:PORT for /metrics and /health, "" to disable [default: 127.0.0.1:9644].
+    #[arg(long)]
+    admin_listen: Option<String>,
+    /// Shards: "all", a count, or a CPU list like "0,2-3" [default: all].
+    #[arg(long)]
+    cores: Option<String>,
+    /// This node's id [default: 0].
+    #[arg(long)]
+    node_id: Option<u32>,
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let mut cfg = match &args.config {
+        Some(path) => config::ServerConfig::from_file(path).map_err(|e| e.to_string())?,
+        None => config::ServerConfig::default(),
+    };
+    if let Some(v) = args.data_dir {
+        cfg.data_dir = v;
+    }
+    if let Some(v) = args.listen {
+        cfg.listen = v;
+    }
+    if let Some(v) = args.admin_listen {
+        cfg.admin_listen = v;
+    }
+    if let Some(v) = args.cores {
+        cfg.cores = v;
+    }
+    if let Some(v) = args.node_id {
+        cfg.node_id = v;
+    }
+    broker::run(cfg)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Command::Serve(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            match serve(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

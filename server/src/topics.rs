@@ -1,0 +1,131 @@
+//! Topic metadata: names, partition counts and per-topic settings, kept in
+//! `<data_dir>/topics.toml` and written atomically (temp file, fsync,
+//! rename, fsync of the directory). Shard 0 writes it; every shard holds a
+//! copy, updated by messages from shard 0.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const TOPICS_FILE: &str = "topics.toml";
+
+/// One topic's settings. `-1` / empty means "the broker default".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicMeta {
+    pub partitions: u32,
+    pub replication_factor: u16,
+    pub retention_bytes: i64,
+    pub retention_ms: i64,
+    pub fsync: String,
+    pub max_backlog_bytes: i64,
+    pub segment_bytes: i64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct TopicsFile {
+    #[serde(default)]
+    topics: BTreeMap<String, TopicMeta>,
+}
+
+pub fn load(data_dir: &Path) -> Result<BTreeMap<String, TopicMeta>, String> {
+    let path = data_dir.join(TOPICS_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str::<TopicsFile>(&text)
+            .map(|f| f.topics)
+            .map_err(|e| format!("{} is damaged: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+pub fn store(data_dir: &Path, topics: &BTreeMap<String, TopicMeta>) -> std::io::Result<()> {
+    let text = toml::to_string(&TopicsFile {
+        topics: topics.clone(),
+    })
+    .map_err(std::io::Error::other)?;
+    let tmp = data_dir.join(format!("{TOPICS_FILE}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, data_dir.join(TOPICS_FILE))?;
+    std::fs::File::open(data_dir)?.sync_all()
+}
+
+/// Kafka's topic name rules: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 249 {
+        return Err(format!(
+            "topic name must be 1 to 249 characters, `{name}` has {}",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err("topic name cannot be `.` or `..`".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "topic name `{name}` has `{c}`; use only letters, digits, `.`, `_` and `-`"
+        ));
+    }
+    Ok(())
+}
+
+/// Directory of one partition's log, as Kafka lays them out.
+pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
+    data_dir.join(format!("{topic}-{partition}"))
+}
+
+/// The shard that owns a partition: a stable hash of the topic, plus the
+/// partition number, so a topic's partitions are spread over every shard.
+pub fn owner_shard(topic: &str, partition: u32, nshards: usize) -> usize {
+    let h = crc32c::crc32c(topic.as_bytes()) as u64;
+    ((h + u64::from(partition)) % nshards as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(validate_name("orders.v1_x-y").is_ok());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("..").is_err());
+        assert!(validate_name("a/b").is_err());
+        assert!(validate_name(&"a".repeat(250)).is_err());
+    }
+
+    #[test]
+    fn partitions_of_a_topic_spread_over_shards() {
+        let owners: Vec<usize> = (0..4).map(|p| owner_shard("t", p, 2)).collect();
+        assert_eq!(owners.iter().filter(|&&o| o == 0).count(), 2);
+        assert_eq!(owner_shard("t", 3, 2), owner_shard("t", 3, 2));
+    }
+
+    #[test]
+    fn store_and_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = BTreeMap::new();
+        m.insert(
+            "a".to_string(),
+            TopicMeta {
+                partitions: 3,
+                replication_factor: 1,
+                retention_bytes: -1,
+                retention_ms: 1000,
+                fsync: "never".into(),
+                max_backlog_bytes: -1,
+                segment_bytes: -1,
+            },
+        );
+        store(dir.path(), &m).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), m);
+    }
+}

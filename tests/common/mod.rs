@@ -1,0 +1,192 @@
+//! Starts the real `levee` binary on free loopback ports with a temporary
+//! data directory, for the multi-process tests.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn levee_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_levee"))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("levee-tests");
+    std::fs::create_dir_all(&base).unwrap();
+    let d = base.join(format!("{name}-{}-{}", std::process::id(), free_port()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub struct Broker {
+    pub child: Option<Child>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub data_dir: PathBuf,
+    pub extra: Vec<String>,
+    log: PathBuf,
+    restarts: usize,
+}
+
+impl Broker {
+    pub fn start(name: &str) -> Broker {
+        Self::start_with(name, &[])
+    }
+
+    pub fn start_with(name: &str, extra: &[&str]) -> Broker {
+        let data_dir = temp_dir(name);
+        let mut b = Broker {
+            child: None,
+            addr: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            admin: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            log: data_dir.with_extension("log"),
+            data_dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            restarts: 0,
+        };
+        b.spawn();
+        b
+    }
+
+    pub fn bootstrap(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(levee_bin())
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .arg("--admin-listen")
+            .arg(self.admin.to_string())
+            .args(&self.extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start levee");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("levee exited during start-up ({st}):\n{}", self.log_text());
+                }
+            }
+            let log = self.log_text();
+            if log.matches("levee listening on").count() > self.starts_seen()
+                && TcpStream::connect(self.addr).is_ok()
+            {
+                return;
+            }
+            assert!(Instant::now() < until, "levee did not start:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn starts_seen(&self) -> usize {
+        // Each spawn appends one "listening" line; count the ones before this spawn.
+        self.restarts
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for a graceful exit; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        unsafe_kill(c.id(), 15);
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                self.restarts += 1;
+                return st;
+            }
+            assert!(Instant::now() < until, "levee did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            self.restarts += 1;
+        }
+    }
+
+    pub fn restart(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+        self.spawn();
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: i32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `levee <args>` as a client and returns (status, stdout, stderr).
+pub fn levee(bootstrap: &str, args: &[&str], stdin: Option<&[u8]>) -> (bool, Vec<u8>, String) {
+    use std::io::Write;
+    let mut cmd = Command::new(levee_bin());
+    cmd.args(args)
+        .env("LEVEE_BOOTSTRAP", bootstrap)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("run levee");
+    if let Some(input) = stdin {
+        let mut s = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        std::thread::spawn(move || {
+            let _ = s.write_all(&input);
+        });
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
