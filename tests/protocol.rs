@@ -4,160 +4,12 @@
 
 mod common;
 
+use common::raw::{batch, Raw};
 use common::Broker;
-use levee_engine::batch::{build_batch, split_batches, Record};
+use levee_engine::batch::split_batches;
 use levee_schemas::proto::*;
-use levee_schemas::{decode_response, request_frame};
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
-
-struct Raw {
-    s: TcpStream,
-    next: u64,
-}
-
-impl Raw {
-    fn connect(b: &Broker) -> Raw {
-        let s = TcpStream::connect(b.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        Raw { s, next: 1 }
-    }
-
-    fn hello(b: &Broker) -> Raw {
-        let mut r = Raw::connect(b);
-        let (h, _) = r.call(
-            Request::Hello(Box::new(Hello {
-                client_id: Some("raw-test".into()),
-                min_version: 1,
-                max_version: 1,
-            })),
-            &[],
-        );
-        assert_eq!(h.error, ErrorCode::None, "{:?}", h.message);
-        r
-    }
-
-    fn send(&mut self, req: Request, payload: &[u8]) -> u64 {
-        let id = self.next;
-        self.next += 1;
-        let frame = request_frame(
-            &RequestHeader {
-                correlation_id: id,
-                request: req,
-            },
-            payload,
-        );
-        self.s.write_all(&frame).unwrap();
-        id
-    }
-
-    /// Reads one response frame; None when the server closed the connection.
-    fn recv(&mut self) -> Option<(ResponseHeader, Vec<u8>)> {
-        let mut len = [0u8; 4];
-        self.s.read_exact(&mut len).ok()?;
-        let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
-        self.s.read_exact(&mut body).ok()?;
-        let (h, payload) = decode_response(&body).expect("response decodes");
-        Some((h, payload.to_vec()))
-    }
-
-    fn call(&mut self, req: Request, payload: &[u8]) -> (ResponseHeader, Vec<u8>) {
-        let id = self.send(req, payload);
-        let (h, p) = self.recv().expect("a response");
-        assert_eq!(h.correlation_id, id);
-        (h, p)
-    }
-
-    fn create(&mut self, name: &str, partitions: u32) {
-        let (h, _) = self.call(
-            Request::CreateTopic(Box::new(CreateTopic {
-                name: name.into(),
-                config: Some(Box::new(TopicConfig {
-                    partitions,
-                    replication_factor: 1,
-                    retention_bytes: -1,
-                    retention_ms: -1,
-                    fsync: None,
-                    max_backlog_bytes: -1,
-                    segment_bytes: -1,
-                })),
-            })),
-            &[],
-        );
-        match h.response {
-            Some(Response::TopicResult(t)) => {
-                assert_eq!(t.error, ErrorCode::None, "{:?}", t.message)
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    fn produce(&mut self, topic: &str, partition: u32, payload: &[u8]) -> ProducePartitionResponse {
-        let (h, _) = self.call(
-            Request::Produce(Box::new(Produce {
-                acks: -1,
-                timeout_ms: 10_000,
-                partitions: Some(vec![ProducePartition {
-                    topic: topic.into(),
-                    partition,
-                    payload_offset: 0,
-                    payload_len: payload.len() as u32,
-                }]),
-            })),
-            payload,
-        );
-        match h.response {
-            Some(Response::ProduceResponse(mut p)) => p.partitions.take().unwrap().remove(0),
-            other => panic!("unexpected {other:?} {:?}", h.message),
-        }
-    }
-
-    fn fetch(
-        &mut self,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-    ) -> (FetchPartitionResponse, Vec<u8>) {
-        let (h, payload) = self.call(
-            Request::Fetch(Box::new(Fetch {
-                max_wait_ms: 0,
-                min_bytes: 0,
-                max_bytes: 1 << 20,
-                partitions: Some(vec![FetchPartition {
-                    topic: topic.into(),
-                    partition,
-                    offset,
-                    max_bytes: 1 << 20,
-                }]),
-            })),
-            &[],
-        );
-        match h.response {
-            Some(Response::FetchResponse(mut f)) => {
-                let r = f.partitions.take().unwrap().remove(0);
-                let data = payload
-                    [r.payload_offset as usize..(r.payload_offset + r.payload_len) as usize]
-                    .to_vec();
-                (r, data)
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-}
-
-fn batch(values: &[&str]) -> Vec<u8> {
-    let recs: Vec<Record> = values
-        .iter()
-        .map(|v| Record {
-            timestamp: 1_700_000_000_000,
-            key: None,
-            value: Some(v.as_bytes().to_vec()),
-            headers: vec![],
-        })
-        .collect();
-    build_batch(&recs)
-}
+use levee_schemas::request_frame;
+use std::io::Write;
 
 #[test]
 fn produce_then_fetch_returns_the_stored_bytes() {
@@ -301,4 +153,86 @@ fn garbage_oversized_and_corrupt_input_get_errors_and_others_keep_working() {
         assert_eq!((r.error, r.base_offset), (ErrorCode::None, 0));
     }
     assert!(!b.log_text().contains("panicked"));
+}
+
+#[test]
+fn max_backlog_bytes_refuses_produce_until_consumers_catch_up() {
+    let b = Broker::start("proto-backlog");
+    let mut c = Raw::hello(&b);
+    let mut cfg = common::raw::config(1);
+    cfg.max_backlog_bytes = 4096;
+    c.create_with("bl", cfg);
+    let big = batch(&[&"x".repeat(1500)]);
+    let mut accepted = 0;
+    let err = loop {
+        let r = c.produce("bl", 0, &big);
+        if r.error != ErrorCode::None {
+            break r;
+        }
+        accepted += 1;
+        assert!(accepted < 10, "the backlog bound was never enforced");
+    };
+    assert_eq!(err.error, ErrorCode::BacklogFull);
+    assert!(err.message.unwrap().contains("max_backlog_bytes"));
+    assert_eq!(accepted, 2);
+    // A consumer reads to the end: produce is accepted again.
+    let mut next = 0;
+    loop {
+        let (r, data) = c.fetch("bl", 0, next);
+        assert_eq!(r.error, ErrorCode::None);
+        match split_batches(&data).last() {
+            Some(last) => {
+                next = levee_engine::BatchHeader::parse(last)
+                    .unwrap()
+                    .next_offset()
+            }
+            None => break,
+        }
+    }
+    assert_eq!(c.produce("bl", 0, &big).error, ErrorCode::None);
+}
+
+#[test]
+fn long_poll_fetch_wakes_when_data_arrives_on_another_shard() {
+    let b = Broker::start_with("proto-longpoll", &["--cores", "2"]);
+    let mut c = Raw::hello(&b);
+    c.create("lp", 2);
+    let addr = b.addr;
+    let producer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let mut p = Raw::hello(&Broker::shim(addr));
+        p.produce("lp", 1, &batch(&["late"]))
+    });
+    let started = std::time::Instant::now();
+    let (h, payload) = c.call(
+        Request::Fetch(Box::new(Fetch {
+            max_wait_ms: 8000,
+            min_bytes: 1,
+            max_bytes: 1 << 20,
+            partitions: Some(
+                (0..2)
+                    .map(|p| FetchPartition {
+                        topic: "lp".into(),
+                        partition: p,
+                        offset: 0,
+                        max_bytes: 1 << 20,
+                    })
+                    .collect(),
+            ),
+        })),
+        &[],
+    );
+    let waited = started.elapsed();
+    assert_eq!(producer.join().unwrap().error, ErrorCode::None);
+    assert!(
+        waited < std::time::Duration::from_secs(6),
+        "the long poll was not woken ({waited:?})"
+    );
+    let Some(Response::FetchResponse(f)) = h.response else {
+        panic!("{:?}", h.message)
+    };
+    let parts = f.partitions.unwrap();
+    assert_eq!(parts[1].payload_len as usize, payload.len());
+    let recs = levee_engine::batch::records(&payload).unwrap();
+    assert_eq!(recs[0].value, Some(&b"late"[..]));
 }

@@ -2,6 +2,8 @@
 //! data directory, for the multi-process tests.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -55,6 +57,19 @@ impl Broker {
         };
         b.spawn();
         b
+    }
+
+    /// A handle that only carries the address (for client threads).
+    pub fn shim(addr: SocketAddr) -> Broker {
+        Broker {
+            child: None,
+            addr,
+            admin: addr,
+            data_dir: PathBuf::new(),
+            extra: Vec::new(),
+            log: PathBuf::new(),
+            restarts: 0,
+        }
     }
 
     pub fn bootstrap(&self) -> String {
