@@ -28,6 +28,8 @@ struct Cli {
 enum Command {
     /// Run a broker until SIGINT/SIGTERM.
     Serve(ServeArgs),
+    #[command(flatten)]
+    Client(levee_client::cli::ClientCommand),
 }
 
 #[derive(clap::Args)]
@@ -78,6 +80,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
+        Command::Client(cmd) => levee_client::cli::run(cmd),
         Command::Serve(args) => {
             tracing_subscriber::fmt()
                 .with_env_filter(

@@ -1,0 +1,340 @@
+//! [`Consumer`]: reads assigned partitions with long-poll fetches, checks
+//! every batch's CRCs, decompresses, and tracks a position per partition.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use levee_schemas::proto::ErrorCode;
+
+use crate::client::{Client, FetchRequestPartition, OffsetSpec};
+use crate::codec::{decode_stored_batch, DecodeError, DecodedRecord};
+use crate::error::{ClientError, Result};
+
+/// Where a newly assigned partition starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPosition {
+    /// The first stored offset.
+    Earliest,
+    /// The end of the log: only records produced from now on.
+    Latest,
+    /// This offset.
+    Offset(u64),
+    /// The first offset at or after this timestamp (ms); the end of the
+    /// log if none is.
+    Timestamp(i64),
+}
+
+impl std::str::FromStr for StartPosition {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<StartPosition, String> {
+        match s {
+            "earliest" | "beginning" => Ok(StartPosition::Earliest),
+            "latest" | "end" => Ok(StartPosition::Latest),
+            _ => s
+                .parse::<u64>()
+                .map(StartPosition::Offset)
+                .map_err(|_| format!("expected earliest, latest or an offset, not `{s}`")),
+        }
+    }
+}
+
+/// Consumer settings.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// How long the broker holds a fetch waiting for `min_bytes` (default 500 ms).
+    pub max_wait: Duration,
+    /// Bytes the broker waits for before answering (default 1).
+    pub min_bytes: u32,
+    /// Upper bound on one fetch response (default 16 MiB).
+    pub max_bytes: u32,
+    /// Upper bound per partition in one fetch (default 1 MiB; at least one batch is returned).
+    pub partition_max_bytes: u32,
+    /// Largest batch accepted when validating (default 64 MiB).
+    pub max_batch_bytes: usize,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            max_wait: Duration::from_millis(500),
+            min_bytes: 1,
+            max_bytes: 16 << 20,
+            partition_max_bytes: 1 << 20,
+            max_batch_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A record read by the consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumedRecord {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// Offset in the partition.
+    pub offset: u64,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp: i64,
+    /// Key (`None`: null).
+    pub key: Option<Vec<u8>>,
+    /// Value (`None`: null).
+    pub value: Option<Vec<u8>>,
+    /// Headers.
+    pub headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+/// Reads assigned partitions. Not shared between tasks: `poll` takes `&mut self`.
+#[derive(Debug)]
+pub struct Consumer {
+    client: Client,
+    config: ConsumerConfig,
+    /// (topic, partition) → next offset to read.
+    positions: BTreeMap<(String, u32), u64>,
+}
+
+impl Consumer {
+    /// A consumer with nothing assigned.
+    pub fn new(client: Client, config: ConsumerConfig) -> Consumer {
+        Consumer {
+            client,
+            config,
+            positions: BTreeMap::new(),
+        }
+    }
+
+    /// Assigns `partitions` of `topic` (`None`: every partition), each
+    /// starting at `start`. Returns the partitions assigned.
+    pub async fn assign(
+        &mut self,
+        topic: &str,
+        partitions: Option<Vec<u32>>,
+        start: StartPosition,
+    ) -> Result<Vec<u32>> {
+        let info = self.client.describe_topic(topic).await?;
+        let count = info.partition_count();
+        let partitions = match partitions {
+            Some(ps) => {
+                if let Some(&bad) = ps.iter().find(|&&p| p >= count) {
+                    return Err(ClientError::InvalidArgument(format!(
+                        "topic `{topic}` has {count} partition(s) (0..{count}); there is no partition {bad}"
+                    )));
+                }
+                ps
+            }
+            None => (0..count).collect(),
+        };
+        let offsets: Vec<(u32, u64)> = match start {
+            StartPosition::Offset(o) => partitions.iter().map(|&p| (p, o)).collect(),
+            StartPosition::Earliest => {
+                self.lookup(topic, &partitions, OffsetSpec::Earliest)
+                    .await?
+            }
+            StartPosition::Latest => self.lookup(topic, &partitions, OffsetSpec::Latest).await?,
+            StartPosition::Timestamp(t) => {
+                let found = self
+                    .client
+                    .list_offsets(topic, &partitions, OffsetSpec::Timestamp(t))
+                    .await?;
+                let latest = self.lookup(topic, &partitions, OffsetSpec::Latest).await?;
+                latest
+                    .into_iter()
+                    .map(|(p, end)| {
+                        let at = found
+                            .iter()
+                            .find(|(fp, _)| *fp == p)
+                            .and_then(|(_, o)| *o)
+                            .unwrap_or(end);
+                        (p, at)
+                    })
+                    .collect()
+            }
+        };
+        for (p, o) in offsets {
+            self.positions.insert((topic.to_string(), p), o);
+        }
+        Ok(partitions)
+    }
+
+    async fn lookup(
+        &self,
+        topic: &str,
+        partitions: &[u32],
+        spec: OffsetSpec,
+    ) -> Result<Vec<(u32, u64)>> {
+        let found = self.client.list_offsets(topic, partitions, spec).await?;
+        partitions
+            .iter()
+            .map(|&p| {
+                found
+                    .iter()
+                    .find(|(fp, _)| *fp == p)
+                    .and_then(|(_, o)| o.map(|o| (p, o)))
+                    .ok_or_else(|| {
+                        ClientError::Protocol(format!(
+                            "list offsets returned no offset for {topic}/{p}"
+                        ))
+                    })
+            })
+            .collect()
+    }
+
+    /// Stops reading `topic` (every partition).
+    pub fn unassign(&mut self, topic: &str) {
+        self.positions.retain(|(t, _), _| t != topic);
+    }
+
+    /// The next offset to be read from a partition, if assigned.
+    pub fn position(&self, topic: &str, partition: u32) -> Option<u64> {
+        self.positions.get(&(topic.to_string(), partition)).copied()
+    }
+
+    /// Every assigned partition and its position.
+    pub fn positions(&self) -> impl Iterator<Item = (&str, u32, u64)> {
+        self.positions
+            .iter()
+            .map(|((t, p), o)| (t.as_str(), *p, *o))
+    }
+
+    /// Moves an assigned (or new) partition's position.
+    pub fn seek(&mut self, topic: &str, partition: u32, offset: u64) {
+        self.positions
+            .insert((topic.to_string(), partition), offset);
+    }
+
+    /// Fetches once from every assigned partition (the broker waits up to
+    /// `max_wait` for data) and returns the records read, in offset order
+    /// per partition. Empty when nothing arrived in time. Positions advance
+    /// past the returned records; on error no position moves.
+    ///
+    /// A position below the partition's log start (data deleted by
+    /// retention) moves to the log start; a position past the end is an
+    /// [`ClientError::OffsetOutOfRange`].
+    pub async fn poll(&mut self) -> Result<Vec<ConsumedRecord>> {
+        if self.positions.is_empty() {
+            return Err(ClientError::InvalidArgument(
+                "poll with nothing assigned (call assign first)".into(),
+            ));
+        }
+        let request: Vec<FetchRequestPartition> = self
+            .positions
+            .iter()
+            .map(|((t, p), o)| FetchRequestPartition {
+                topic: t.clone(),
+                partition: *p,
+                offset: *o,
+                max_bytes: self.config.partition_max_bytes,
+            })
+            .collect();
+        let fetched = self
+            .client
+            .fetch(
+                self.config.max_wait,
+                self.config.min_bytes,
+                self.config.max_bytes,
+                &request,
+            )
+            .await?;
+        let mut out = Vec::new();
+        let mut moves = Vec::new();
+        let mut decoded: Vec<DecodedRecord> = Vec::new();
+        for (i, f) in fetched.into_iter().enumerate() {
+            // Entries should name their partition; fall back to request order.
+            let key = if f.topic.is_empty() {
+                match request.get(i) {
+                    Some(r) => (r.topic.clone(), r.partition),
+                    None => continue,
+                }
+            } else {
+                (f.topic.clone(), f.partition)
+            };
+            let Some(&pos) = self.positions.get(&key) else {
+                continue;
+            };
+            let (topic, partition) = key;
+            match f.error {
+                ErrorCode::None => {}
+                ErrorCode::OffsetOutOfRange if pos < f.log_start_offset => {
+                    tracing::warn!(%topic, partition, pos, log_start = f.log_start_offset,
+                        "position was deleted by retention; moving to the log start");
+                    moves.push(((topic, partition), f.log_start_offset));
+                    continue;
+                }
+                ErrorCode::OffsetOutOfRange => {
+                    return Err(ClientError::OffsetOutOfRange {
+                        topic,
+                        partition,
+                        offset: pos,
+                        log_start: f.log_start_offset,
+                        high_watermark: f.high_watermark,
+                    })
+                }
+                code if levee_schemas::is_retriable(code) => {
+                    tracing::debug!(%topic, partition, code = levee_schemas::error_name(code), "retriable fetch error");
+                    continue;
+                }
+                code => {
+                    return Err(ClientError::from_code(
+                        code,
+                        f.message,
+                        &topic,
+                        Some(partition),
+                    ));
+                }
+            }
+            let mut next = pos;
+            let mut saw_batch = false;
+            for batch in levee_engine::batch::split_batches(&f.batches) {
+                saw_batch = true;
+                decoded.clear();
+                let batch_next = match decode_stored_batch(
+                    batch,
+                    self.config.max_batch_bytes,
+                    pos,
+                    &mut decoded,
+                ) {
+                    Ok(n) => n,
+                    Err(DecodeError::Checksum(e)) => {
+                        return Err(ClientError::Checksum {
+                            topic,
+                            partition,
+                            offset: next,
+                            source: e,
+                        })
+                    }
+                    Err(DecodeError::Malformed(reason)) => {
+                        return Err(ClientError::MalformedBatch {
+                            topic,
+                            partition,
+                            offset: next,
+                            reason,
+                        })
+                    }
+                };
+                next = next.max(batch_next);
+                for r in decoded.drain(..) {
+                    out.push(ConsumedRecord {
+                        topic: topic.clone(),
+                        partition,
+                        offset: r.offset,
+                        timestamp: r.timestamp,
+                        key: r.key,
+                        value: r.value,
+                        headers: r.headers,
+                    });
+                }
+            }
+            if !saw_batch && !f.batches.is_empty() {
+                tracing::warn!(%topic, partition, bytes = f.batches.len(),
+                    "fetch returned no complete batch; raise partition_max_bytes");
+            }
+            if next != pos {
+                moves.push(((topic, partition), next));
+            }
+        }
+        for (k, o) in moves {
+            self.positions.insert(k, o);
+        }
+        Ok(out)
+    }
+}
