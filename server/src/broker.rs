@@ -54,8 +54,12 @@ pub fn run(cfg: ServerConfig) -> Result<(), String> {
     for cpu in &cpus {
         let (cfg, phases, topics, mesh) =
             (cfg.clone(), phases.clone(), topics.clone(), mesh.clone());
-        let h = LocalExecutorBuilder::new(Placement::Fixed(*cpu))
-            .name(&format!("shard-cpu{cpu}"))
+        let mut builder =
+            LocalExecutorBuilder::new(Placement::Fixed(*cpu)).name(&format!("shard-cpu{cpu}"));
+        if cfg.idle_spin_us > 0 {
+            builder = builder.spin_before_park(Duration::from_micros(cfg.idle_spin_us));
+        }
+        let h = builder
             .spawn(move || async move {
                 let r = run_shard(cfg, phases.clone(), topics, mesh, n).await;
                 if let Err(e) = &r {

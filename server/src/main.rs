@@ -1,13 +1,7 @@
 //! `levee`: the broker (`levee serve`) and the client commands (topic,
 //! produce, consume).
 
-mod admin;
-mod broker;
-mod config;
-mod conn;
-mod metrics;
-mod shard;
-mod topics;
+use levee_server::{broker, config};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

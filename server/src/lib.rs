@@ -1,0 +1,11 @@
+//! The Levee broker: thread-per-core shards on glommio, the native-protocol
+//! connection handler, the admin HTTP listener, topic metadata and the
+//! broker's configuration. The `levee` binary (`src/main.rs`) runs it.
+
+pub mod admin;
+pub mod broker;
+pub mod config;
+pub mod conn;
+pub mod metrics;
+pub mod shard;
+pub mod topics;
