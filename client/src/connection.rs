@@ -371,6 +371,11 @@ fn response_name(r: Option<&Response>) -> &'static str {
         Some(Response::ProduceResponse(_)) => "ProduceResponse",
         Some(Response::FetchResponse(_)) => "FetchResponse",
         Some(Response::ListOffsetsResponse(_)) => "ListOffsetsResponse",
+        Some(Response::JoinGroupResponse(_)) => "JoinGroupResponse",
+        Some(Response::GroupResult(_)) => "GroupResult",
+        Some(Response::OffsetsResponse(_)) => "OffsetsResponse",
+        Some(Response::ListGroupsResponse(_)) => "ListGroupsResponse",
+        Some(Response::GroupDescription(_)) => "GroupDescription",
     }
 }
 

@@ -334,6 +334,9 @@ fn handle(state: &Mutex<State>, body: &[u8]) -> Action {
                     &[],
                 )
             }
+            // Consumer groups are not simulated here; tests/groups.rs covers
+            // them against the real broker.
+            _ => return Action::Close,
         }
     };
     Action::Reply(frame, delay)

@@ -178,6 +178,12 @@ pub fn error_name(code: ErrorCode) -> &'static str {
         ErrorCode::ShuttingDown => "shutting_down",
         ErrorCode::NotLeader => "not_leader",
         ErrorCode::InvalidTopicName => "invalid_topic_name",
+        ErrorCode::InvalidGroupId => "invalid_group_id",
+        ErrorCode::UnknownGroup => "unknown_group",
+        ErrorCode::UnknownMemberId => "unknown_member_id",
+        ErrorCode::IllegalGeneration => "illegal_generation",
+        ErrorCode::RebalanceInProgress => "rebalance_in_progress",
+        ErrorCode::GroupNotEmpty => "group_not_empty",
     }
 }
 

@@ -159,6 +159,20 @@ async fn run_shard(
             .await
             .map_err(|e| format!("shard {id}: opening topic `{name}` failed: {}", e.message))?;
     }
+    shard
+        .groups
+        .open_existing(|name| shard.group_owner(name) == id)
+        .await
+        .map_err(|e| format!("shard {id}: opening consumer groups failed: {}", e.message))?;
+    let expiry_shard = shard.clone();
+    let retention = Duration::from_millis(cfg.group_offsets_retention_ms);
+    glommio::spawn_local(async move {
+        while !expiry_shard.shutting_down.get() {
+            glommio::timer::sleep(Duration::from_secs(1).min(retention)).await;
+            expiry_shard.groups.expire(retention).await;
+        }
+    })
+    .detach();
     let addr = cfg.listen_addr().map_err(|e| e.to_string())?;
     let listener = TcpListener::bind(addr).map_err(|e| {
         format!("cannot listen on {addr}: {e} (is another broker running? use --listen)")

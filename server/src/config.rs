@@ -34,6 +34,9 @@ pub struct ServerConfig {
     /// cuts the latency of a cross-shard hop (about 60 us to about 14 us on
     /// the development VM) at the cost of CPU when idle. 0 disables it.
     pub idle_spin_us: u64,
+    /// A consumer group with no members keeps its committed offsets this
+    /// long, then is deleted.
+    pub group_offsets_retention_ms: u64,
     pub log: LogDefaults,
 }
 
@@ -74,6 +77,7 @@ impl Default for ServerConfig {
             max_inflight_requests_per_connection: 256,
             shutdown_timeout_ms: 10_000,
             idle_spin_us: 50,
+            group_offsets_retention_ms: 7 * 24 * 3600 * 1000,
             log: LogDefaults::default(),
         }
     }

@@ -35,7 +35,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let depth = shard.cfg.max_inflight_requests_per_connection;
     let (tx, rx) = glommio::channels::local_channel::new_bounded::<Pending>(depth);
     let writer_task = glommio::spawn_local(write_loop(rx, writer));
-    if let Err(e) = read_loop(&shard, &mut reader, &tx).await {
+    let peer_host: Rc<str> = peer
+        .rsplit_once(':')
+        .map_or(peer.as_str(), |(h, _)| h)
+        .into();
+    if let Err(e) = read_loop(&shard, &mut reader, &tx, &peer_host).await {
         debug!(%peer, reason = %e, "closing connection");
     }
     drop(tx);
@@ -107,6 +111,7 @@ async fn read_loop(
     shard: &Rc<Shard>,
     r: &mut futures_lite::io::ReadHalf<TcpStream>,
     tx: &glommio::channels::local_channel::LocalSender<Pending>,
+    peer: &Rc<str>,
 ) -> Result<(), String> {
     let max = shard.cfg.max_frame_bytes as usize;
     let mut hello_done = false;
@@ -181,11 +186,12 @@ async fn read_loop(
             return Ok(());
         }
         let s = shard.clone();
+        let peer = peer.clone();
         let task = glommio::spawn_local(async move {
             let no_reply = matches!(&header.request, Request::Produce(p) if p.acks == 0);
             let is_produce = matches!(&header.request, Request::Produce(_));
             let payload = &body[payload_at..];
-            let res = process(&s, header.request, payload).await;
+            let res = process(&s, header.request, payload, &peer).await;
             let elapsed = started.elapsed();
             match &res {
                 Ok(_) => bump(&s.metrics.requests_ok),
@@ -293,7 +299,12 @@ pub fn error_frame(corr: u64, code: ErrorCode, message: &str) -> Vec<u8> {
 type Processed = (Response, Vec<Vec<u8>>);
 
 /// Executes one request; the result is the response body and its payload.
-async fn process(shard: &Rc<Shard>, req: Request, payload: &[u8]) -> Result<Processed, OpError> {
+async fn process(
+    shard: &Rc<Shard>,
+    req: Request,
+    payload: &[u8],
+    peer: &str,
+) -> Result<Processed, OpError> {
     let none = Vec::new;
     match req {
         Request::Hello(_) => Ok((
@@ -453,6 +464,51 @@ async fn process(shard: &Rc<Shard>, req: Request, payload: &[u8]) -> Result<Proc
             ))
         }
         Request::Fetch(f) => fetch(shard, *f).await,
+        Request::JoinGroup(_)
+        | Request::Heartbeat(_)
+        | Request::LeaveGroup(_)
+        | Request::CommitOffsets(_)
+        | Request::FetchOffsets(_)
+        | Request::DescribeGroup(_)
+        | Request::DeleteGroup(_) => {
+            let group = match &req {
+                Request::JoinGroup(r) => r.group.clone(),
+                Request::Heartbeat(r) => r.group.clone(),
+                Request::LeaveGroup(r) => r.group.clone(),
+                Request::CommitOffsets(r) => r.group.clone(),
+                Request::FetchOffsets(r) => r.group.clone(),
+                Request::DescribeGroup(r) => r.group.clone(),
+                Request::DeleteGroup(r) => r.group.clone(),
+                _ => String::new(),
+            };
+            crate::groups::validate_group_name(&group)?;
+            let op = Op::Group {
+                req,
+                host: peer.to_string(),
+            };
+            match shard.call(shard.group_owner(&group), op).await? {
+                OpOk::Response(r) => Ok((r, none())),
+                _ => Err(unexpected()),
+            }
+        }
+        Request::ListGroups(_) => {
+            let tasks: Vec<_> = (0..shard.nshards)
+                .map(|s| glommio::spawn_local(shard.call(s, Op::ListGroups)))
+                .collect();
+            let mut groups = Vec::new();
+            for t in tasks {
+                if let OpOk::Groups(g) = t.await? {
+                    groups.extend(g);
+                }
+            }
+            groups.sort_by(|a, b| a.group.cmp(&b.group));
+            Ok((
+                Response::ListGroupsResponse(Box::new(proto::ListGroupsResponse {
+                    groups: Some(groups),
+                })),
+                none(),
+            ))
+        }
         Request::ListOffsets(l) => {
             let mut out = Vec::new();
             for lp in l.partitions.unwrap_or_default() {

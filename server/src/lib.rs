@@ -6,6 +6,8 @@ pub mod admin;
 pub mod broker;
 pub mod config;
 pub mod conn;
+pub mod groups;
 pub mod metrics;
 pub mod shard;
 pub mod topics;
+pub mod tune;

@@ -1,7 +1,7 @@
 //! `levee`: the broker (`levee serve`) and the client commands (topic,
 //! produce, consume).
 
-use levee_server::{broker, config};
+use levee_server::{broker, config, tune};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run a broker until SIGINT/SIGTERM.
     Serve(ServeArgs),
+    /// Host checks and tuning for a dedicated Levee host.
+    Tune(tune::TuneArgs),
     #[command(flatten)]
     Client(levee_client::cli::ClientCommand),
 }
@@ -74,6 +76,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
+        Command::Tune(args) => tune::run(args),
         Command::Client(cmd) => levee_client::cli::run(cmd),
         Command::Serve(args) => {
             tracing_subscriber::fmt()

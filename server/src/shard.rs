@@ -108,6 +108,13 @@ pub enum Op {
         meta: Option<TopicMeta>,
     },
     Metrics,
+    /// A consumer-group request, run by the group's owning shard.
+    Group {
+        req: levee_schemas::proto::Request,
+        host: String,
+    },
+    /// This shard's groups (for ListGroups).
+    ListGroups,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -133,6 +140,8 @@ pub enum OpOk {
     Info(PartitionState),
     Done,
     Metrics(Vec<Sample>),
+    Response(levee_schemas::proto::Response),
+    Groups(Vec<levee_schemas::proto::GroupSummary>),
 }
 
 pub enum ShardMsg {
@@ -232,6 +241,8 @@ pub struct Shard {
     pub shutdown_event: LocalEvent,
     /// Serializes topic creation and deletion (shard 0).
     admin_lock: Semaphore,
+    /// The consumer groups this shard coordinates.
+    pub groups: crate::groups::Groups,
 }
 
 type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
@@ -248,7 +259,6 @@ impl Shard {
         Rc::new(Shard {
             id,
             nshards,
-            cfg,
             topics: RefCell::new(topics),
             parts: RefCell::new(HashMap::new()),
             senders,
@@ -260,11 +270,18 @@ impl Shard {
             shutting_down: Cell::new(false),
             shutdown_event: LocalEvent::default(),
             admin_lock: Semaphore::new(1),
+            groups: crate::groups::Groups::new(&cfg.data_dir),
+            cfg,
         })
     }
 
     pub fn owner(&self, topic: &str, partition: u32) -> usize {
         topics::owner_shard(topic, partition, self.nshards)
+    }
+
+    /// The shard that coordinates a consumer group.
+    pub fn group_owner(&self, group: &str) -> usize {
+        (crc32c::crc32c(group.as_bytes()) as usize) % self.nshards
     }
 
     pub fn topic(&self, name: &str) -> Option<TopicMeta> {
@@ -357,6 +374,7 @@ impl Shard {
 
     /// Closes every log cleanly (flush, indexes, clean marker).
     pub async fn close_all(&self) {
+        self.groups.close_all().await;
         let parts: Vec<Rc<Partition>> = self.parts.borrow().values().cloned().collect();
         for p in parts {
             if let Err(e) = p.log.close().await {
@@ -538,8 +556,82 @@ impl Shard {
                     Ok(OpOk::Done)
                 }
                 Op::Metrics => Ok(OpOk::Metrics(self.samples())),
+                Op::ListGroups => Ok(OpOk::Groups(
+                    self.groups.all().iter().map(|g| g.summary()).collect(),
+                )),
+                Op::Group { req, host } => self.group_request(req, host).await.map(OpOk::Response),
             }
         })
+    }
+
+    async fn group_request(
+        self: &Rc<Self>,
+        req: levee_schemas::proto::Request,
+        host: String,
+    ) -> Result<levee_schemas::proto::Response, OpError> {
+        use levee_schemas::proto::{GroupResult, OffsetsResponse, Request, Response};
+        let ok = |group: String| {
+            Response::GroupResult(Box::new(GroupResult {
+                group: Some(group),
+                error: ErrorCode::None,
+                message: None,
+            }))
+        };
+        let unknown = |g: &str| {
+            OpError::new(
+                ErrorCode::UnknownGroup,
+                format!("group `{g}` does not exist"),
+            )
+        };
+        match req {
+            Request::JoinGroup(j) => {
+                let g = self.groups.open(&j.group).await?;
+                let r = g.join(self, &self.groups, *j, host).await?;
+                Ok(Response::JoinGroupResponse(Box::new(r)))
+            }
+            Request::Heartbeat(h) => {
+                let g = self.groups.get(&h.group).ok_or_else(|| unknown(&h.group))?;
+                g.heartbeat(&h.member_id, h.generation)?;
+                Ok(ok(h.group))
+            }
+            Request::LeaveGroup(l) => {
+                let g = self.groups.get(&l.group).ok_or_else(|| unknown(&l.group))?;
+                g.leave(&l.member_id)?;
+                Ok(ok(l.group))
+            }
+            Request::CommitOffsets(c) => {
+                let g = self.groups.open(&c.group).await?;
+                Ok(Response::OffsetsResponse(Box::new(
+                    g.commit(self, *c).await?,
+                )))
+            }
+            Request::FetchOffsets(f) => {
+                crate::groups::validate_group_name(&f.group)?;
+                let offsets = match self.groups.get(&f.group) {
+                    Some(g) => g.offsets(f.partitions.as_deref()),
+                    None => Vec::new(),
+                };
+                Ok(Response::OffsetsResponse(Box::new(OffsetsResponse {
+                    group: Some(f.group),
+                    error: ErrorCode::None,
+                    message: None,
+                    offsets: Some(offsets),
+                    failed: None,
+                })))
+            }
+            Request::DescribeGroup(d) => {
+                let g = self.groups.get(&d.group).ok_or_else(|| unknown(&d.group))?;
+                Ok(Response::GroupDescription(Box::new(g.describe())))
+            }
+            Request::DeleteGroup(d) => {
+                self.groups.delete(&d.group).await?;
+                Ok(ok(d.group))
+            }
+            _ => Err(OpError::new(
+                ErrorCode::InvalidRequest,
+                "not a consumer-group request",
+            )),
+        }
     }
 
     async fn create_topic(self: Rc<Self>, name: String, meta: TopicMeta) -> OpResult {

@@ -1,0 +1,314 @@
+//! Consumer-group protocol against the real broker, spoken raw: joins,
+//! assignments, rebalances, fencing, session expiry, durable offsets.
+
+mod common;
+
+use common::raw::Raw;
+use common::Broker;
+use levee_schemas::proto::*;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+fn join(
+    c: &mut Raw,
+    group: &str,
+    member: &str,
+    topics: &[&str],
+    session_ms: u32,
+) -> JoinGroupResponse {
+    let (h, _) = c.call(
+        Request::JoinGroup(Box::new(JoinGroup {
+            group: group.into(),
+            member_id: Some(member.into()),
+            client_id: Some("test".into()),
+            topics: Some(topics.iter().map(|t| t.to_string()).collect()),
+            strategy: Some("range".into()),
+            session_timeout_ms: session_ms,
+            rebalance_timeout_ms: 5000,
+        })),
+        &[],
+    );
+    match h.response {
+        Some(Response::JoinGroupResponse(j)) => *j,
+        other => panic!("join: {other:?} {:?} {:?}", h.error, h.message),
+    }
+}
+
+fn group_result(c: &mut Raw, req: Request) -> (ErrorCode, String) {
+    let (h, _) = c.call(req, &[]);
+    match h.response {
+        Some(Response::GroupResult(r)) => (r.error, r.message.unwrap_or_default()),
+        None => (h.error, h.message.unwrap_or_default()),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn heartbeat(c: &mut Raw, group: &str, member: &str, generation: i32) -> ErrorCode {
+    group_result(
+        c,
+        Request::Heartbeat(Box::new(Heartbeat {
+            group: group.into(),
+            member_id: member.into(),
+            generation,
+        })),
+    )
+    .0
+}
+
+fn commit(
+    c: &mut Raw,
+    group: &str,
+    member: &str,
+    generation: i32,
+    offsets: &[(&str, u32, i64)],
+) -> (ErrorCode, Vec<PartitionError>) {
+    let (h, _) = c.call(
+        Request::CommitOffsets(Box::new(CommitOffsets {
+            group: group.into(),
+            member_id: Some(member.into()),
+            generation,
+            offsets: Some(
+                offsets
+                    .iter()
+                    .map(|(t, p, o)| CommittedOffset {
+                        topic: t.to_string(),
+                        partition: *p,
+                        offset: *o,
+                        metadata: Some("m".into()),
+                        commit_timestamp_ms: 0,
+                    })
+                    .collect(),
+            ),
+        })),
+        &[],
+    );
+    match h.response {
+        Some(Response::OffsetsResponse(r)) => (r.error, r.failed.unwrap_or_default()),
+        None => (h.error, vec![]),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn fetch_offsets(c: &mut Raw, group: &str) -> Vec<(String, u32, i64)> {
+    let (h, _) = c.call(
+        Request::FetchOffsets(Box::new(FetchOffsets {
+            group: group.into(),
+            partitions: None,
+        })),
+        &[],
+    );
+    match h.response {
+        Some(Response::OffsetsResponse(r)) => r
+            .offsets
+            .unwrap_or_default()
+            .into_iter()
+            .map(|o| (o.topic, o.partition, o.offset))
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn partitions(j: &JoinGroupResponse) -> BTreeSet<(String, u32)> {
+    j.assignment
+        .iter()
+        .flatten()
+        .flat_map(|tp| {
+            tp.partitions
+                .iter()
+                .flatten()
+                .map(|p| (tp.topic.clone(), *p))
+        })
+        .collect()
+}
+
+fn join_many(addr: SocketAddr, n: usize, members: Vec<String>) -> Vec<(Raw, JoinGroupResponse)> {
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let m = members.get(i).cloned().unwrap_or_default();
+            std::thread::spawn(move || {
+                let mut c = Raw::hello(&Broker::shim(addr));
+                let j = join(&mut c, "g", &m, &["orders"], 3000);
+                (c, j)
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+#[test]
+fn group_protocol_end_to_end() {
+    let mut b = Broker::start_with("groups", &["--cores", "2"]);
+    let mut admin = Raw::hello(&b);
+    admin.create("orders", 6);
+
+    // Three members join together: disjoint, complete, one generation.
+    let mut members = join_many(b.addr, 3, vec![]);
+    let gen = members[0].1.generation;
+    let mut all = BTreeSet::new();
+    for (_, j) in &members {
+        assert_eq!(j.error, ErrorCode::None);
+        assert_eq!(j.generation, gen, "all joined one generation");
+        let mine = partitions(j);
+        assert_eq!(mine.len(), 2, "6 partitions over 3 members");
+        for p in mine {
+            assert!(all.insert(p), "a partition assigned twice");
+        }
+    }
+    assert_eq!(all.len(), 6);
+    for (c, j) in members.iter_mut() {
+        assert_eq!(
+            heartbeat(c, "g", j.member_id.as_deref().unwrap(), gen),
+            ErrorCode::None
+        );
+    }
+
+    // Commits are fenced by generation and member.
+    let (c0, j0) = &mut members[0];
+    let m0 = j0.member_id.clone().unwrap();
+    assert_eq!(
+        commit(c0, "g", &m0, gen - 1, &[("orders", 0, 5)]).0,
+        ErrorCode::IllegalGeneration
+    );
+    assert_eq!(
+        commit(c0, "g", "stranger", gen, &[("orders", 0, 5)]).0,
+        ErrorCode::UnknownMemberId
+    );
+    let (e, failed) = commit(
+        c0,
+        "g",
+        &m0,
+        gen,
+        &[("orders", 0, 5), ("orders", 1, 7), ("nope", 0, 1)],
+    );
+    assert_eq!(e, ErrorCode::None);
+    assert_eq!(
+        failed.len(),
+        1,
+        "the unknown topic is reported per partition"
+    );
+    assert_eq!(failed[0].error, ErrorCode::UnknownTopicOrPartition);
+    // An administrative commit is refused while members are active.
+    assert_eq!(
+        commit(&mut admin, "g", "", -1, &[("orders", 0, 0)]).0,
+        ErrorCode::GroupNotEmpty
+    );
+    let (e, _) = group_result(
+        &mut admin,
+        Request::DeleteGroup(Box::new(DeleteGroup { group: "g".into() })),
+    );
+    assert_eq!(e, ErrorCode::GroupNotEmpty);
+
+    // Member 2 stops heartbeating: after its session timeout the others
+    // are told to rebalance, rejoin, and share its partitions.
+    let (_, dead) = members.pop().unwrap();
+    let started = Instant::now();
+    let mut rejoin = Vec::new();
+    while rejoin.len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no rebalance after the session timeout"
+        );
+        for (i, (c, j)) in members.iter_mut().enumerate() {
+            if rejoin.contains(&i) {
+                continue;
+            }
+            let e = heartbeat(c, "g", j.member_id.as_deref().unwrap(), j.generation);
+            if e == ErrorCode::RebalanceInProgress {
+                rejoin.push(i);
+            } else {
+                assert_eq!(e, ErrorCode::None);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(2500),
+        "expired before its session timeout"
+    );
+    let ids: Vec<String> = members
+        .iter()
+        .map(|(_, j)| j.member_id.clone().unwrap())
+        .collect();
+    drop(members);
+    let members = join_many(b.addr, 2, ids.clone());
+    let mut all = BTreeSet::new();
+    for (_, j) in &members {
+        assert!(j.generation > gen);
+        assert!(
+            ids.contains(j.member_id.as_ref().unwrap()),
+            "members keep their ids"
+        );
+        assert_eq!(partitions(j).len(), 3);
+        all.extend(partitions(j));
+    }
+    assert_eq!(all.len(), 6, "the dead member's partitions were reassigned");
+    // The expelled member is told so.
+    let mut c = Raw::hello(&b);
+    assert_eq!(
+        heartbeat(
+            &mut c,
+            "g",
+            dead.member_id.as_deref().unwrap(),
+            dead.generation
+        ),
+        ErrorCode::UnknownMemberId
+    );
+
+    // Describe and list.
+    let (h, _) = admin.call(
+        Request::DescribeGroup(Box::new(DescribeGroup { group: "g".into() })),
+        &[],
+    );
+    let Some(Response::GroupDescription(d)) = h.response else {
+        panic!()
+    };
+    assert_eq!(d.state.as_deref(), Some("Stable"));
+    assert_eq!(d.members.unwrap().len(), 2);
+    let (h, _) = admin.call(Request::ListGroups(Box::new(ListGroups {})), &[]);
+    let Some(Response::ListGroupsResponse(l)) = h.response else {
+        panic!()
+    };
+    assert_eq!(l.groups.unwrap()[0].group.as_deref(), Some("g"));
+
+    // Leaving empties the group; offsets survive a kill -9 and restart.
+    for (mut c, j) in members {
+        let (e, _) = group_result(
+            &mut c,
+            Request::LeaveGroup(Box::new(LeaveGroup {
+                group: "g".into(),
+                member_id: j.member_id.unwrap(),
+            })),
+        );
+        assert_eq!(e, ErrorCode::None);
+    }
+    assert_eq!(
+        commit(&mut admin, "g", "", -1, &[("orders", 2, 11)]).0,
+        ErrorCode::None
+    );
+    drop(admin);
+    b.kill();
+    b.spawn();
+    let mut admin = Raw::hello(&b);
+    let mut got = fetch_offsets(&mut admin, "g");
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("orders".into(), 0, 5),
+            ("orders".into(), 1, 7),
+            ("orders".into(), 2, 11)
+        ]
+    );
+    let (e, _) = group_result(
+        &mut admin,
+        Request::DeleteGroup(Box::new(DeleteGroup { group: "g".into() })),
+    );
+    assert_eq!(e, ErrorCode::None);
+    assert!(fetch_offsets(&mut admin, "g").is_empty());
+    let (e, _) = group_result(
+        &mut admin,
+        Request::DeleteGroup(Box::new(DeleteGroup { group: "g".into() })),
+    );
+    assert_eq!(e, ErrorCode::UnknownGroup);
+}
