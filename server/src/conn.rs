@@ -136,8 +136,11 @@ async fn read_loop(
             .acquire_static_permit((len as u64).min(shard.inflight_limit))
             .await
             .map_err(|_| "shutting down".to_string())?;
-        let mut body = vec![0u8; len];
-        read_exact_or_shutdown(shard, r, &mut body, false).await?;
+        let mut body = shard.take_buffer(len);
+        if let Err(e) = read_exact_or_shutdown(shard, r, &mut body, false).await {
+            shard.return_buffer(body);
+            return Err(e);
+        }
         let started = Instant::now();
         let (header, payload_at) = match decode_request(&body) {
             Ok((h, payload)) => {
@@ -147,6 +150,7 @@ async fn read_loop(
             Err(e) => {
                 bump(&shard.metrics.errors);
                 let frame = error_frame(0, e.code(), &format!("undecodable request: {e}"));
+                shard.return_buffer(body);
                 send_ready(tx, frame, Some(permit)).await;
                 continue;
             }
@@ -192,6 +196,7 @@ async fn read_loop(
             let is_produce = matches!(&header.request, Request::Produce(_));
             let payload = &body[payload_at..];
             let res = process(&s, header.request, payload, &peer).await;
+            s.return_buffer(body);
             let elapsed = started.elapsed();
             match &res {
                 Ok(_) => bump(&s.metrics.requests_ok),

@@ -243,7 +243,14 @@ pub struct Shard {
     admin_lock: Semaphore,
     /// The consumer groups this shard coordinates.
     pub groups: crate::groups::Groups,
+    /// Request buffers kept for reuse: reading a large request into a fresh
+    /// allocation costs page faults and zeroing on every request.
+    buffers: RefCell<Vec<Vec<u8>>>,
 }
+
+/// Request buffers a shard keeps for reuse, and the largest kept.
+const POOLED_BUFFERS: usize = 16;
+const POOLED_BUFFER_MAX: usize = 4 << 20;
 
 type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
@@ -271,12 +278,38 @@ impl Shard {
             shutdown_event: LocalEvent::default(),
             admin_lock: Semaphore::new(1),
             groups: crate::groups::Groups::new(&cfg.data_dir),
+            buffers: RefCell::new(Vec::new()),
             cfg,
         })
     }
 
     pub fn owner(&self, topic: &str, partition: u32) -> usize {
         topics::owner_shard(topic, partition, self.nshards)
+    }
+
+    /// A buffer of exactly `len` bytes to read a request into (contents
+    /// unspecified), reused from earlier requests when possible.
+    pub fn take_buffer(&self, len: usize) -> Vec<u8> {
+        let reused = {
+            let mut pool = self.buffers.borrow_mut();
+            pool.iter()
+                .position(|b| b.capacity() >= len)
+                .map(|i| pool.swap_remove(i))
+        };
+        let mut b = reused.unwrap_or_else(|| Vec::with_capacity(len.max(64 << 10)));
+        // Zero-fills only bytes this buffer never held.
+        b.resize(len, 0);
+        b
+    }
+
+    /// Gives a request buffer back for reuse (bounded in count and size).
+    pub fn return_buffer(&self, b: Vec<u8>) {
+        if b.capacity() <= POOLED_BUFFER_MAX {
+            let mut pool = self.buffers.borrow_mut();
+            if pool.len() < POOLED_BUFFERS {
+                pool.push(b);
+            }
+        }
     }
 
     /// The shard that coordinates a consumer group.
@@ -340,8 +373,8 @@ impl Shard {
             let cfg = self.cfg.log_config(
                 fsync,
                 pos(meta.segment_bytes).map(|v| v as u64),
-                Some(meta.retention_bytes),
-                Some(meta.retention_ms),
+                pos(meta.retention_bytes),
+                pos(meta.retention_ms),
             );
             let dir = topics::partition_dir(&self.cfg.data_dir, name, p);
             let log = Log::open(&dir, cfg).await.map_err(OpError::from_log)?;

@@ -1,0 +1,572 @@
+//! The replicated state machine: cluster metadata, changed only by applying
+//! committed [`Command`]s in log order. `apply` is deterministic (no clocks,
+//! no randomness, ordered maps), so every coordinator holds the same
+//! metadata at the same index. It is serialised as JSON into snapshots.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One topic's settings, mirroring the broker's `TopicMeta`. `-1` / empty
+/// means "the broker default".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicConfig {
+    pub partitions: u32,
+    pub replication_factor: u16,
+    pub retention_bytes: i64,
+    pub retention_ms: i64,
+    pub fsync: String,
+    pub max_backlog_bytes: i64,
+    pub segment_bytes: i64,
+}
+
+impl TopicConfig {
+    /// `partitions` x `replication_factor`, everything else at the default.
+    pub fn new(partitions: u32, replication_factor: u16) -> Self {
+        TopicConfig {
+            partitions,
+            replication_factor,
+            retention_bytes: -1,
+            retention_ms: -1,
+            fsync: String::new(),
+            max_backlog_bytes: -1,
+            segment_bytes: -1,
+        }
+    }
+}
+
+/// A broker known to the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerInfo {
+    pub node_id: u64,
+    /// Address clients connect to.
+    pub client_addr: String,
+    pub shards: u32,
+    /// As last decided by the controller (leases live in the leader's memory).
+    pub alive: bool,
+}
+
+/// Replica set, leader and ISR of one partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionInfo {
+    /// Replicas in preference order: the first is the preferred leader.
+    pub replicas: Vec<u64>,
+    /// `None` while no in-sync replica is alive.
+    pub leader: Option<u64>,
+    /// Increases with every leader change; never reused.
+    pub leader_epoch: u64,
+    pub isr: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicInfo {
+    pub config: TopicConfig,
+    pub partitions: Vec<PartitionInfo>,
+}
+
+/// The whole cluster metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// Incremented by every command that applies (rejected ones change
+    /// nothing, version included).
+    pub version: u64,
+    /// Raft index of the last applied entry.
+    pub applied_index: u64,
+    pub brokers: BTreeMap<u64, BrokerInfo>,
+    pub topics: BTreeMap<String, TopicInfo>,
+}
+
+/// A metadata change, proposed through Raft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Adds or updates a broker and marks it alive.
+    RegisterBroker {
+        node_id: u64,
+        client_addr: String,
+        shards: u32,
+    },
+    /// The broker's lease expired. Also drops it from every ISR it is in,
+    /// unless it is the last member (Kafka's rule: the last in-sync replica
+    /// stays in the ISR so that only it can be elected cleanly later).
+    BrokerDown {
+        node_id: u64,
+    },
+    /// The broker heartbeats again.
+    BrokerUp {
+        node_id: u64,
+    },
+    /// Creates a topic with a placement computed by the leader: `replicas[p]`
+    /// is partition p's replica list; its first member leads at epoch 0.
+    CreateTopic {
+        name: String,
+        config: TopicConfig,
+        replicas: Vec<Vec<u64>>,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    /// Sets the leader (or none) of a partition; applies only if `epoch` is
+    /// greater than the current epoch, and the leader is an in-sync replica.
+    SetLeader {
+        topic: String,
+        partition: u32,
+        leader: Option<u64>,
+        epoch: u64,
+    },
+    /// Sets the ISR, as reported by the leader of `epoch`; applies only if
+    /// `epoch` is the current one and the ISR holds the leader.
+    UpdateIsr {
+        topic: String,
+        partition: u32,
+        isr: Vec<u64>,
+        epoch: u64,
+    },
+}
+
+impl Metadata {
+    /// Applies one command. On `Err` nothing changed.
+    pub fn apply(&mut self, cmd: &Command) -> Result<(), String> {
+        self.check(cmd)?;
+        match cmd {
+            Command::RegisterBroker {
+                node_id,
+                client_addr,
+                shards,
+            } => {
+                self.brokers.insert(
+                    *node_id,
+                    BrokerInfo {
+                        node_id: *node_id,
+                        client_addr: client_addr.clone(),
+                        shards: *shards,
+                        alive: true,
+                    },
+                );
+            }
+            Command::BrokerDown { node_id } => {
+                if let Some(b) = self.brokers.get_mut(node_id) {
+                    b.alive = false;
+                }
+                for t in self.topics.values_mut() {
+                    for p in &mut t.partitions {
+                        if p.isr.len() > 1 {
+                            p.isr.retain(|r| r != node_id);
+                        }
+                    }
+                }
+            }
+            Command::BrokerUp { node_id } => {
+                if let Some(b) = self.brokers.get_mut(node_id) {
+                    b.alive = true;
+                }
+            }
+            Command::CreateTopic {
+                name,
+                config,
+                replicas,
+            } => {
+                let partitions = replicas
+                    .iter()
+                    .map(|r| PartitionInfo {
+                        replicas: r.clone(),
+                        leader: r.first().copied(),
+                        leader_epoch: 0,
+                        isr: r.clone(),
+                    })
+                    .collect();
+                self.topics.insert(
+                    name.clone(),
+                    TopicInfo {
+                        config: config.clone(),
+                        partitions,
+                    },
+                );
+            }
+            Command::DeleteTopic { name } => {
+                self.topics.remove(name);
+            }
+            Command::SetLeader {
+                topic,
+                partition,
+                leader,
+                epoch,
+            } => {
+                if let Some(p) = self.partition_mut(topic, *partition) {
+                    p.leader = *leader;
+                    p.leader_epoch = *epoch;
+                }
+            }
+            Command::UpdateIsr {
+                topic,
+                partition,
+                isr,
+                ..
+            } => {
+                if let Some(p) = self.partition_mut(topic, *partition) {
+                    p.isr = isr.clone();
+                }
+            }
+        }
+        self.version += 1;
+        Ok(())
+    }
+
+    fn partition_mut(&mut self, topic: &str, partition: u32) -> Option<&mut PartitionInfo> {
+        self.topics
+            .get_mut(topic)
+            .and_then(|t| t.partitions.get_mut(partition as usize))
+    }
+
+    /// The partition `topic`/`partition`, if it exists.
+    pub fn partition(&self, topic: &str, partition: u32) -> Option<&PartitionInfo> {
+        self.topics
+            .get(topic)
+            .and_then(|t| t.partitions.get(partition as usize))
+    }
+
+    /// Whether broker `id` is registered and alive.
+    pub fn is_alive(&self, id: u64) -> bool {
+        self.brokers.get(&id).is_some_and(|b| b.alive)
+    }
+
+    fn check(&self, cmd: &Command) -> Result<(), String> {
+        match cmd {
+            Command::RegisterBroker { node_id, .. } => {
+                if *node_id == 0 {
+                    return Err("broker id 0 is reserved".into());
+                }
+            }
+            Command::BrokerDown { node_id } | Command::BrokerUp { node_id } => {
+                if !self.brokers.contains_key(node_id) {
+                    return Err(format!("broker {node_id} is not registered"));
+                }
+            }
+            Command::CreateTopic {
+                name,
+                config,
+                replicas,
+            } => {
+                validate_topic_name(name)?;
+                if self.topics.contains_key(name) {
+                    return Err(format!("topic `{name}` already exists"));
+                }
+                if config.partitions == 0 || replicas.len() != config.partitions as usize {
+                    return Err(format!(
+                        "topic `{name}`: {} partitions configured, {} placed",
+                        config.partitions,
+                        replicas.len()
+                    ));
+                }
+                for r in replicas {
+                    let mut s = r.clone();
+                    s.sort_unstable();
+                    s.dedup();
+                    if r.is_empty()
+                        || s.len() != r.len()
+                        || r.len() != config.replication_factor as usize
+                    {
+                        return Err(format!("topic `{name}`: bad replica list {r:?}"));
+                    }
+                    if let Some(x) = r.iter().find(|x| !self.brokers.contains_key(x)) {
+                        return Err(format!("topic `{name}`: broker {x} is not registered"));
+                    }
+                }
+            }
+            Command::DeleteTopic { name } => {
+                if !self.topics.contains_key(name) {
+                    return Err(format!("topic `{name}` does not exist"));
+                }
+            }
+            Command::SetLeader {
+                topic,
+                partition,
+                leader,
+                epoch,
+            } => {
+                let p = self
+                    .partition(topic, *partition)
+                    .ok_or_else(|| format!("no partition {topic}/{partition}"))?;
+                if *epoch <= p.leader_epoch {
+                    return Err(format!(
+                        "stale epoch {epoch} for {topic}/{partition} (current {})",
+                        p.leader_epoch
+                    ));
+                }
+                if let Some(l) = leader {
+                    if !p.isr.contains(l) {
+                        return Err(format!(
+                            "broker {l} is not in the ISR {:?} of {topic}/{partition}",
+                            p.isr
+                        ));
+                    }
+                }
+            }
+            Command::UpdateIsr {
+                topic,
+                partition,
+                isr,
+                epoch,
+            } => {
+                let p = self
+                    .partition(topic, *partition)
+                    .ok_or_else(|| format!("no partition {topic}/{partition}"))?;
+                if *epoch != p.leader_epoch {
+                    return Err(format!(
+                        "ISR update for epoch {epoch} of {topic}/{partition}, current is {}",
+                        p.leader_epoch
+                    ));
+                }
+                if isr.is_empty() || isr.iter().any(|r| !p.replicas.contains(r)) {
+                    return Err(format!(
+                        "ISR {isr:?} is not a non-empty subset of the replicas {:?}",
+                        p.replicas
+                    ));
+                }
+                if let Some(l) = p.leader {
+                    if !isr.contains(&l) {
+                        return Err(format!("ISR {isr:?} does not hold the leader {l}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Replica placement for a new topic: partition p's replicas are the
+    /// alive brokers (sorted by id) starting at `(start + p) mod n`, so the
+    /// preferred leaders rotate over the nodes; `start` rotates with the
+    /// number of partitions already in the cluster, so successive topics do
+    /// not all start on the same node.
+    pub fn place(&self, config: &TopicConfig) -> Result<Vec<Vec<u64>>, String> {
+        let alive: Vec<u64> = self
+            .brokers
+            .values()
+            .filter(|b| b.alive)
+            .map(|b| b.node_id)
+            .collect();
+        let rf = config.replication_factor as usize;
+        if rf == 0 {
+            return Err("replication factor must be at least 1".into());
+        }
+        if config.partitions == 0 {
+            return Err("a topic needs at least one partition".into());
+        }
+        if alive.len() < rf {
+            return Err(format!(
+                "replication factor {rf} needs {rf} live brokers, {} are live",
+                alive.len()
+            ));
+        }
+        let n = alive.len();
+        let start: usize = self
+            .topics
+            .values()
+            .map(|t| t.partitions.len())
+            .sum::<usize>()
+            % n;
+        Ok((0..config.partitions as usize)
+            .map(|p| (0..rf).map(|r| alive[(start + p + r) % n]).collect())
+            .collect())
+    }
+}
+
+/// Kafka's topic name rules: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 249 || name == "." || name == ".." {
+        return Err(format!("bad topic name `{name}`"));
+    }
+    if name
+        .chars()
+        .any(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "topic name `{name}`: use only letters, digits, `.`, `_` and `-`"
+        ));
+    }
+    Ok(())
+}
+
+/// What the controller wants changed, given the metadata (pure function).
+///
+/// For every partition:
+/// - leader missing or dead: the first replica (in preference order) that is
+///   alive and in the ISR becomes leader at epoch+1; if there is none and a
+///   (dead) leader is still recorded, the partition becomes leaderless at
+///   epoch+1 (fencing the old leader; no unclean election);
+/// - leader alive but not the preferred replica, while the preferred one is
+///   alive and in the ISR: leadership moves back to it at epoch+1.
+pub fn controller_actions(md: &Metadata) -> Vec<Command> {
+    let mut out = Vec::new();
+    for (name, t) in &md.topics {
+        for (i, p) in t.partitions.iter().enumerate() {
+            let pick = p
+                .replicas
+                .iter()
+                .copied()
+                .find(|r| p.isr.contains(r) && md.is_alive(*r));
+            let leader_ok = p.leader.is_some_and(|l| md.is_alive(l));
+            let new_leader = if !leader_ok {
+                match pick {
+                    Some(c) => Some(Some(c)),
+                    None if p.leader.is_some() => Some(None),
+                    None => None,
+                }
+            } else {
+                match (p.leader, p.replicas.first()) {
+                    (Some(l), Some(&pref)) if l != pref && pick == Some(pref) => Some(Some(pref)),
+                    _ => None,
+                }
+            };
+            if let Some(leader) = new_leader {
+                out.push(Command::SetLeader {
+                    topic: name.clone(),
+                    partition: i as u32,
+                    leader,
+                    epoch: p.leader_epoch + 1,
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(md: &mut Metadata, id: u64) {
+        md.apply(&Command::RegisterBroker {
+            node_id: id,
+            client_addr: format!("127.0.0.1:{}", 9000 + id),
+            shards: 2,
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn placement_spreads_leaders() {
+        let mut md = Metadata::default();
+        for id in 1..=3 {
+            reg(&mut md, id);
+        }
+        let cfg = TopicConfig::new(6, 3);
+        let r = md.place(&cfg).unwrap();
+        let mut leaders = [0; 4];
+        for rs in &r {
+            leaders[rs[0] as usize] += 1;
+        }
+        assert_eq!(&leaders[1..], &[2, 2, 2]);
+        md.apply(&Command::CreateTopic {
+            name: "a".into(),
+            config: TopicConfig::new(1, 1),
+            replicas: vec![vec![1]],
+        })
+        .unwrap();
+        // The next topic starts one node further.
+        assert_eq!(md.place(&TopicConfig::new(1, 1)).unwrap(), vec![vec![2]]);
+        assert!(md.place(&TopicConfig::new(1, 4)).is_err());
+    }
+
+    #[test]
+    fn failover_and_preferred_leader_return() {
+        let mut md = Metadata::default();
+        for id in 1..=3 {
+            reg(&mut md, id);
+        }
+        let replicas = md.place(&TopicConfig::new(3, 3)).unwrap();
+        md.apply(&Command::CreateTopic {
+            name: "t".into(),
+            config: TopicConfig::new(3, 3),
+            replicas,
+        })
+        .unwrap();
+        assert!(controller_actions(&md).is_empty());
+        let led_by_1: Vec<u32> = (0..3)
+            .filter(|&p| md.partition("t", p).unwrap().leader == Some(1))
+            .collect();
+        md.apply(&Command::BrokerDown { node_id: 1 }).unwrap();
+        let acts = controller_actions(&md);
+        assert_eq!(acts.len(), led_by_1.len());
+        for a in &acts {
+            md.apply(a).unwrap();
+            // The same action again is stale and refused.
+            assert!(md.apply(a).is_err());
+        }
+        for p in &led_by_1 {
+            let pi = md.partition("t", *p).unwrap();
+            assert_eq!(pi.leader_epoch, 1);
+            assert_ne!(pi.leader, Some(1));
+            assert!(!pi.isr.contains(&1));
+        }
+        // Broker 1 returns, catches up, re-enters the ISR: leadership returns.
+        md.apply(&Command::BrokerUp { node_id: 1 }).unwrap();
+        assert!(controller_actions(&md).is_empty());
+        for p in &led_by_1 {
+            let pi = md.partition("t", *p).unwrap().clone();
+            md.apply(&Command::UpdateIsr {
+                topic: "t".into(),
+                partition: *p,
+                isr: pi.replicas.clone(),
+                epoch: pi.leader_epoch,
+            })
+            .unwrap();
+        }
+        for a in controller_actions(&md) {
+            md.apply(&a).unwrap();
+        }
+        for p in &led_by_1 {
+            let pi = md.partition("t", *p).unwrap();
+            assert_eq!(pi.leader, Some(1));
+            assert_eq!(pi.leader_epoch, 2);
+        }
+    }
+
+    #[test]
+    fn no_unclean_election() {
+        let mut md = Metadata::default();
+        for id in 1..=2 {
+            reg(&mut md, id);
+        }
+        md.apply(&Command::CreateTopic {
+            name: "t".into(),
+            config: TopicConfig::new(1, 2),
+            replicas: vec![vec![1, 2]],
+        })
+        .unwrap();
+        md.apply(&Command::UpdateIsr {
+            topic: "t".into(),
+            partition: 0,
+            isr: vec![1],
+            epoch: 0,
+        })
+        .unwrap();
+        md.apply(&Command::BrokerDown { node_id: 1 }).unwrap();
+        // Broker 2 is alive but out of sync: the partition goes leaderless.
+        let acts = controller_actions(&md);
+        assert_eq!(
+            acts,
+            vec![Command::SetLeader {
+                topic: "t".into(),
+                partition: 0,
+                leader: None,
+                epoch: 1
+            }]
+        );
+        md.apply(&acts[0]).unwrap();
+        assert!(controller_actions(&md).is_empty());
+        assert!(md
+            .apply(&Command::SetLeader {
+                topic: "t".into(),
+                partition: 0,
+                leader: Some(2),
+                epoch: 2
+            })
+            .is_err());
+        // The last in-sync replica comes back: it is elected.
+        md.apply(&Command::BrokerUp { node_id: 1 }).unwrap();
+        let acts = controller_actions(&md);
+        assert_eq!(acts.len(), 1);
+        md.apply(&acts[0]).unwrap();
+        assert_eq!(md.partition("t", 0).unwrap().leader, Some(1));
+        assert_eq!(md.partition("t", 0).unwrap().leader_epoch, 2);
+    }
+}
