@@ -1,5 +1,5 @@
 //! The client side of the `levee` command line: `topic`, `produce`,
-//! `consume`. The broker binary embeds [`ClientCommand`] in its own parser
+//! `consume`, `group`. The broker binary embeds [`ClientCommand`] in its own parser
 //! (`#[command(flatten)]`) and calls [`run`].
 
 use std::collections::VecDeque;
@@ -10,9 +10,12 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 use tokio::sync::mpsc;
 
-use crate::client::{Client, ClientConfig, TopicSettings};
-use crate::consumer::{Consumer, ConsumerConfig, StartPosition};
+use crate::client::{Client, ClientConfig, OffsetSpec, TopicSettings};
+use crate::consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartPosition};
 use crate::error::ClientError;
+use crate::group::{
+    lag, Assignment, GroupConsumer, GroupConsumerConfig, OffsetCommit, OffsetReset,
+};
 use crate::producer::{Acks, DeliveryFuture, Producer, ProducerConfig};
 use crate::Compression;
 
@@ -23,9 +26,16 @@ pub enum ClientCommand {
     Topic(TopicArgs),
     /// Send one message per line of stdin to a topic.
     Produce(ProduceArgs),
-    /// Print a topic's messages, one per line.
+    /// Print a topic's messages, one per line (as a member of a consumer
+    /// group unless --partition or --from is given; see --group).
     Consume(ConsumeArgs),
+    /// List, describe, reset and delete consumer groups.
+    Group(GroupArgs),
 }
+
+/// The group `levee consume TOPIC` joins when neither `--group`,
+/// `--partition` nor `--from` is given.
+pub const DEFAULT_GROUP: &str = "levee-default";
 
 /// Where the brokers are.
 #[derive(Debug, Clone, Args)]
@@ -141,15 +151,45 @@ pub struct ProduceArgs {
 
 /// `levee consume`
 #[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Which partitions, and from where:
+  levee consume T                  joins the group `levee-default`: resumes where the
+                                   group left off (its committed offsets), else earliest
+  levee consume T --group G        joins group G the same way; the broker splits the
+                                   partitions between G's members
+  levee consume T --from X         no group: every partition, from X (nothing committed)
+  levee consume T --partition P    no group: partition P only, from --from (earliest)
+
+With a group, offsets are committed after each batch is written to stdout, and
+the consumer leaves the group on exit (including Ctrl-C). With --group, `--from
+earliest|latest` only applies to partitions the group has no committed offset
+for (Kafka's auto.offset.reset), while `--from OFFSET` moves every partition
+assigned at the first join to OFFSET.")]
 pub struct ConsumeArgs {
     /// Topic to read.
     pub topic: String,
-    /// earliest, latest or an offset.
-    #[arg(long, default_value = "earliest")]
-    pub from: StartPosition,
-    /// Read only this partition (default: all).
+    /// earliest, latest or an offset. Without --group: where to start (and
+    /// no group is joined). With --group: earliest/latest is the reset
+    /// policy for partitions without a committed offset [default: earliest];
+    /// an OFFSET moves every assigned partition there.
     #[arg(long)]
+    pub from: Option<StartPosition>,
+    /// Read only this partition (no consumer group).
+    #[arg(long, conflicts_with = "group")]
     pub partition: Option<u32>,
+    /// Consume as a member of this consumer group, committing offsets after
+    /// each printed batch [default without --partition and --from:
+    /// levee-default].
+    #[arg(long)]
+    pub group: Option<String>,
+    /// How the broker assigns partitions to the group's members: range,
+    /// roundrobin or sticky.
+    #[arg(long, default_value = "range", value_parser = ["range", "roundrobin", "sticky"])]
+    pub group_strategy: String,
+    /// The broker removes a group member that has not sent a heartbeat for
+    /// this long.
+    #[arg(long, default_value_t = 10_000)]
+    pub session_timeout_ms: u64,
     /// Stop after this many messages.
     #[arg(long)]
     pub count: Option<u64>,
@@ -165,6 +205,106 @@ pub struct ConsumeArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub connect: ConnectArgs,
+}
+
+/// `levee group ...`
+#[derive(Debug, Clone, Args)]
+pub struct GroupArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: GroupCommand,
+}
+
+/// Consumer group administration.
+#[derive(Debug, Clone, Subcommand)]
+pub enum GroupCommand {
+    /// One line per group: `name<TAB>state<TAB>members`.
+    List(GroupListArgs),
+    /// Print a group's state, members and their partitions, and the
+    /// committed offset, end and lag of every partition it consumes.
+    Describe(GroupNameArgs),
+    /// Set an inactive group's committed offsets for a topic (stop its
+    /// consumers first).
+    ResetOffsets(ResetOffsetsArgs),
+    /// Delete an inactive group and its committed offsets.
+    Delete(GroupNameArgs),
+}
+
+/// `levee group list`
+#[derive(Debug, Clone, Args)]
+pub struct GroupListArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub connect: ConnectArgs,
+}
+
+/// `levee group describe|delete NAME`
+#[derive(Debug, Clone, Args)]
+pub struct GroupNameArgs {
+    /// Group name.
+    pub group: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub connect: ConnectArgs,
+}
+
+/// `levee group reset-offsets`
+#[derive(Debug, Clone, Args)]
+pub struct ResetOffsetsArgs {
+    /// Group name.
+    pub group: String,
+    /// The topic whose offsets to set.
+    #[arg(long)]
+    pub topic: String,
+    /// earliest, latest, an OFFSET (clamped to the partition's log) or
+    /// @TIMESTAMP_MS (the first offset at or after that time; the end if
+    /// none).
+    #[arg(long, value_name = "TARGET")]
+    pub to: ResetTarget,
+    /// Only this partition (default: every partition of the topic).
+    #[arg(long)]
+    pub partition: Option<u32>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub connect: ConnectArgs,
+}
+
+/// Where `levee group reset-offsets` moves the committed offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTarget {
+    /// The log start.
+    Earliest,
+    /// The end of the log.
+    Latest,
+    /// This offset, clamped to `[log start, end]`.
+    Offset(u64),
+    /// The first offset at or after this time (ms); the end if none.
+    Timestamp(i64),
+}
+
+impl std::str::FromStr for ResetTarget {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ResetTarget, String> {
+        match s {
+            "earliest" | "beginning" => Ok(ResetTarget::Earliest),
+            "latest" | "end" => Ok(ResetTarget::Latest),
+            _ => {
+                if let Some(ts) = s.strip_prefix('@') {
+                    ts.parse::<i64>()
+                        .ok()
+                        .filter(|t| *t >= 0)
+                        .map(ResetTarget::Timestamp)
+                        .ok_or_else(|| {
+                            format!("expected @TIMESTAMP_MS (ms since the Unix epoch), not `{s}`")
+                        })
+                } else {
+                    s.parse::<u64>().map(ResetTarget::Offset).map_err(|_| {
+                        format!("expected earliest, latest, an offset or @TIMESTAMP_MS, not `{s}`")
+                    })
+                }
+            }
+        }
+    }
 }
 
 fn parse_fsync(s: &str) -> Result<String, String> {
@@ -217,9 +357,18 @@ async fn connect(args: &ConnectArgs) -> Result<Client, ClientError> {
 
 async fn execute(cmd: ClientCommand) -> Result<(), String> {
     match cmd {
-        ClientCommand::Topic(t) => topic(t.command).await.map_err(|e| e.to_string()),
+        ClientCommand::Topic(t) => topic(t.command).await.or_else(quiet_broken_pipe),
         ClientCommand::Produce(p) => produce(p).await,
         ClientCommand::Consume(c) => consume(c).await,
+        ClientCommand::Group(g) => group(g.command).await.or_else(quiet_broken_pipe),
+    }
+}
+
+/// A closed stdout (`| head`) ends an admin command quietly.
+fn quiet_broken_pipe(e: ClientError) -> Result<(), String> {
+    match &e {
+        ClientError::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        _ => Err(e.to_string()),
     }
 }
 
@@ -459,23 +608,134 @@ async fn produce(a: ProduceArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// How `levee consume` reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ConsumeMode {
+    /// No group: these partitions (`None`: all) from `from`.
+    Manual {
+        partitions: Option<Vec<u32>>,
+        from: StartPosition,
+    },
+    /// As a member of `group`.
+    Group {
+        group: String,
+        /// For partitions without a committed offset.
+        reset: OffsetReset,
+        /// Move every partition assigned at the first join here.
+        seek: Option<u64>,
+    },
+}
+
+fn consume_mode(a: &ConsumeArgs) -> ConsumeMode {
+    if let Some(p) = a.partition {
+        return ConsumeMode::Manual {
+            partitions: Some(vec![p]),
+            from: a.from.unwrap_or(StartPosition::Earliest),
+        };
+    }
+    let group = match (&a.group, a.from) {
+        (Some(g), _) => g.clone(),
+        (None, Some(from)) => {
+            return ConsumeMode::Manual {
+                partitions: None,
+                from,
+            }
+        }
+        (None, None) => DEFAULT_GROUP.to_string(),
+    };
+    let (reset, seek) = match a.from {
+        None | Some(StartPosition::Earliest) | Some(StartPosition::Timestamp(_)) => {
+            (OffsetReset::Earliest, None)
+        }
+        Some(StartPosition::Latest) => (OffsetReset::Latest, None),
+        Some(StartPosition::Offset(o)) => (OffsetReset::Earliest, Some(o)),
+    };
+    ConsumeMode::Group { group, reset, seek }
+}
+
+/// What `levee consume` reads from.
+enum Source {
+    Manual(Consumer),
+    Group(Box<GroupConsumer>),
+}
+
+impl Source {
+    async fn poll(&mut self) -> Result<Vec<ConsumedRecord>, ClientError> {
+        match self {
+            Source::Manual(c) => c.poll().await,
+            Source::Group(g) => g.poll().await,
+        }
+    }
+}
+
+/// For records fetched but not printed: the first offset of each partition,
+/// where its position must go back to before committing.
+fn unprinted_positions(rest: &[ConsumedRecord]) -> Vec<(String, u32, u64)> {
+    let mut out: Vec<(String, u32, u64)> = Vec::new();
+    for r in rest {
+        if !out
+            .iter()
+            .any(|(t, p, _)| *t == r.topic && *p == r.partition)
+        {
+            out.push((r.topic.clone(), r.partition, r.offset));
+        }
+    }
+    out
+}
+
 async fn consume(a: ConsumeArgs) -> Result<(), String> {
     let client = connect(&a.connect).await.map_err(|e| e.to_string())?;
     let max_wait = match a.timeout_ms {
         0 => Duration::from_millis(500),
         t => Duration::from_millis(t.min(500)),
     };
-    let mut consumer = Consumer::new(
-        client,
-        ConsumerConfig {
-            max_wait,
-            ..ConsumerConfig::default()
-        },
-    );
-    consumer
-        .assign(&a.topic, a.partition.map(|p| vec![p]), a.from)
-        .await
-        .map_err(|e| e.to_string())?;
+    let fetch = ConsumerConfig {
+        max_wait,
+        ..ConsumerConfig::default()
+    };
+    let mut source = match consume_mode(&a) {
+        ConsumeMode::Manual { partitions, from } => {
+            let mut consumer = Consumer::new(client, fetch);
+            consumer
+                .assign(&a.topic, partitions, from)
+                .await
+                .map_err(|e| e.to_string())?;
+            Source::Manual(consumer)
+        }
+        ConsumeMode::Group { group, reset, seek } => {
+            // Fail fast on a missing topic instead of waiting for partitions.
+            client
+                .describe_topic(&a.topic)
+                .await
+                .map_err(|e| e.to_string())?;
+            if a.count == Some(0) {
+                return Ok(());
+            }
+            let config = GroupConsumerConfig {
+                strategy: a.group_strategy.clone(),
+                session_timeout: Duration::from_millis(a.session_timeout_ms),
+                // Committed explicitly after each printed batch.
+                auto_commit: None,
+                reset,
+                fetch,
+                ..GroupConsumerConfig::new(group, [a.topic.clone()])
+            };
+            let mut gc = GroupConsumer::join(client, config)
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(o) = seek {
+                let assigned: Vec<(String, u32)> = gc
+                    .assignment()
+                    .iter()
+                    .flat_map(|(t, ps)| ps.iter().map(move |&p| (t.clone(), p)))
+                    .collect();
+                for (t, p) in assigned {
+                    gc.seek(&t, p, o).map_err(|e| e.to_string())?;
+                }
+            }
+            Source::Group(Box::new(gc))
+        }
+    };
     if a.count == Some(0) {
         return Ok(());
     }
@@ -484,48 +744,296 @@ async fn consume(a: ConsumeArgs) -> Result<(), String> {
     let mut seen: u64 = 0;
     let mut last_data = Instant::now();
     let idle_limit = (a.timeout_ms > 0).then(|| Duration::from_millis(a.timeout_ms));
+    let is_group = matches!(source, Source::Group(_));
+    let interrupted = async {
+        if is_group {
+            // Leave the group cleanly on Ctrl-C.
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(interrupted);
     let result = 'outer: loop {
-        let records = match consumer.poll().await {
+        let polled = tokio::select! {
+            r = source.poll() => r,
+            _ = &mut interrupted => break Ok(()),
+        };
+        let records = match polled {
             Ok(r) => r,
-            Err(e) if e.is_retriable() => {
+            Err(e) if e.is_retriable() || e.needs_rejoin() => {
                 tracing::debug!(error = %e, "poll failed; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 Vec::new()
             }
             Err(e) => break Err(e.to_string()),
         };
-        if records.is_empty() {
-            if let Err(e) = out.flush() {
-                break 'outer write_result(e);
-            }
-            if let Some(limit) = idle_limit {
-                if last_data.elapsed() >= limit {
-                    break match a.count {
-                        Some(n) => Err(format!(
-                            "no new messages for {} ms; received {seen} of {n}",
-                            a.timeout_ms
-                        )),
-                        None => Ok(()),
-                    };
-                }
-            }
-            continue;
-        }
-        last_data = Instant::now();
-        for r in records {
-            if let Err(e) = print_record(&mut out, &r, a.print_offsets, a.print_keys) {
+        let got_data = !records.is_empty();
+        let mut done = false;
+        let mut printed = records.len();
+        for (i, r) in records.iter().enumerate() {
+            if let Err(e) = print_record(&mut out, r, a.print_offsets, a.print_keys) {
                 break 'outer write_result(e);
             }
             seen += 1;
             if a.count.is_some_and(|n| seen >= n) {
-                break 'outer Ok(());
+                done = true;
+                printed = i + 1;
+                break;
+            }
+        }
+        if let Source::Group(gc) = &mut source {
+            // Commit only what has reached stdout.
+            if let Err(e) = out.flush() {
+                break 'outer write_result(e);
+            }
+            for (t, p, o) in unprinted_positions(&records[printed..]) {
+                if let Err(e) = gc.seek(&t, p, o) {
+                    break 'outer Err(e.to_string());
+                }
+            }
+            match gc.commit().await {
+                Ok(()) => {}
+                Err(e) if e.is_retriable() || e.needs_rejoin() => {
+                    // Not fatal: the messages may be printed again by
+                    // whichever member reads the partition next.
+                    tracing::warn!(error = %e, "commit failed");
+                }
+                Err(e) => break 'outer Err(e.to_string()),
+            }
+        }
+        if done {
+            break Ok(());
+        }
+        if got_data {
+            last_data = Instant::now();
+            continue;
+        }
+        if let Err(e) = out.flush() {
+            break 'outer write_result(e);
+        }
+        if let Some(limit) = idle_limit {
+            if last_data.elapsed() >= limit {
+                break match a.count {
+                    Some(n) => Err(format!(
+                        "no new messages for {} ms; received {seen} of {n}",
+                        a.timeout_ms
+                    )),
+                    None => Ok(()),
+                };
             }
         }
     };
-    match out.flush() {
+    let result = match out.flush() {
         Ok(()) => result,
         Err(e) => result.and(write_result(e)),
+    };
+    if let Source::Group(gc) = source {
+        if let Err(e) = gc.close().await {
+            tracing::warn!(error = %e, "leaving the group failed");
+        }
     }
+    result
+}
+
+async fn group(cmd: GroupCommand) -> Result<(), ClientError> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        GroupCommand::List(a) => {
+            let client = connect(&a.connect).await?;
+            for g in client.list_groups().await? {
+                writeln!(out, "{}\t{}\t{}", g.group, g.state, g.members)?;
+            }
+        }
+        GroupCommand::Describe(a) => {
+            let client = connect(&a.connect).await?;
+            let g = client.describe_group(&a.group).await?;
+            writeln!(out, "group: {}", g.group)?;
+            writeln!(out, "state: {}", g.state)?;
+            writeln!(out, "generation: {}", g.generation)?;
+            writeln!(out, "strategy: {}", or_dash(&g.strategy))?;
+            writeln!(out, "members: {}", g.members.len())?;
+            writeln!(out, "member\tclient_id\thost\tpartitions")?;
+            for m in &g.members {
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\t{}",
+                    m.member_id,
+                    or_dash(&m.client_id),
+                    or_dash(&m.host),
+                    format_assignment(&m.assignment)
+                )?;
+            }
+            writeln!(out, "topic\tpartition\tcommitted\tend\tlag\tmember")?;
+            let mut topics: Vec<&str> = g.offsets.iter().map(|o| o.topic.as_str()).collect();
+            for m in &g.members {
+                topics.extend(m.assignment.keys().map(String::as_str));
+            }
+            topics.sort_unstable();
+            topics.dedup();
+            for topic in topics {
+                let committed = |p: u32| {
+                    g.offsets
+                        .iter()
+                        .find(|o| o.topic == topic && o.partition == p)
+                        .map(|o| o.offset)
+                };
+                let owner = |p: u32| {
+                    g.members
+                        .iter()
+                        .find(|m| m.assignment.get(topic).is_some_and(|ps| ps.contains(&p)))
+                        .map_or("-", |m| m.member_id.as_str())
+                };
+                match client.describe_topic(topic).await {
+                    Ok(info) => {
+                        for p in &info.partitions {
+                            let c = committed(p.partition);
+                            writeln!(
+                                out,
+                                "{topic}\t{}\t{}\t{}\t{}\t{}",
+                                p.partition,
+                                c.map_or_else(|| "-".to_string(), |c| c.to_string()),
+                                p.high_watermark,
+                                lag(c, p.log_start_offset, p.high_watermark),
+                                owner(p.partition)
+                            )?;
+                        }
+                    }
+                    // A deleted topic: its committed offsets remain.
+                    Err(ClientError::UnknownTopicOrPartition { .. }) => {
+                        for o in g.offsets.iter().filter(|o| o.topic == topic) {
+                            writeln!(
+                                out,
+                                "{topic}\t{}\t{}\t-\t-\t{}",
+                                o.partition,
+                                o.offset,
+                                owner(o.partition)
+                            )?;
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        GroupCommand::ResetOffsets(a) => {
+            let client = connect(&a.connect).await?;
+            let offsets = reset_targets(&client, &a.topic, a.partition, a.to).await?;
+            client.commit_offsets(&a.group, "", -1, &offsets).await?;
+            writeln!(out, "topic\tpartition\tnew_offset")?;
+            for o in &offsets {
+                if let Some(v) = o.offset {
+                    writeln!(out, "{}\t{}\t{v}", o.topic, o.partition)?;
+                }
+            }
+        }
+        GroupCommand::Delete(a) => {
+            let client = connect(&a.connect).await?;
+            client.delete_group(&a.group).await?;
+            writeln!(out, "deleted group {}", a.group)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+/// `topic:0,1,2 other:3`, or `-` for none.
+fn format_assignment(a: &Assignment) -> String {
+    let parts: Vec<String> = a
+        .iter()
+        .filter(|(_, ps)| !ps.is_empty())
+        .map(|(t, ps)| {
+            let ps: Vec<String> = ps.iter().map(u32::to_string).collect();
+            format!("{t}:{}", ps.join(","))
+        })
+        .collect();
+    if parts.is_empty() {
+        "-".to_string()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// Where an explicit offset lands: inside `[log_start, end]`.
+fn clamp_offset(o: u64, log_start: u64, end: u64) -> u64 {
+    o.max(log_start).min(end.max(log_start))
+}
+
+/// The offsets `reset-offsets` commits, one per partition.
+async fn reset_targets(
+    client: &Client,
+    topic: &str,
+    partition: Option<u32>,
+    to: ResetTarget,
+) -> Result<Vec<OffsetCommit>, ClientError> {
+    let info = client.describe_topic(topic).await?;
+    let count = info.partition_count();
+    let partitions: Vec<u32> = match partition {
+        Some(p) if p >= count => {
+            return Err(ClientError::InvalidArgument(format!(
+                "topic `{topic}` has {count} partition(s) (0..{count}); there is no partition {p}"
+            )))
+        }
+        Some(p) => vec![p],
+        None => (0..count).collect(),
+    };
+    let bounds = |p: u32| {
+        info.partitions
+            .iter()
+            .find(|i| i.partition == p)
+            .map(|i| (i.log_start_offset, i.high_watermark))
+    };
+    let looked_up = match to {
+        ResetTarget::Earliest => Some(OffsetSpec::Earliest),
+        ResetTarget::Latest => Some(OffsetSpec::Latest),
+        ResetTarget::Timestamp(t) => Some(OffsetSpec::Timestamp(t)),
+        ResetTarget::Offset(_) => None,
+    };
+    let found = match looked_up {
+        Some(spec) => client.list_offsets(topic, &partitions, spec).await?,
+        None => Vec::new(),
+    };
+    let mut ends = Vec::new();
+    if matches!(to, ResetTarget::Timestamp(_)) {
+        ends = client
+            .list_offsets(topic, &partitions, OffsetSpec::Latest)
+            .await?;
+    }
+    let lookup =
+        |v: &[(u32, Option<u64>)], p: u32| v.iter().find(|(fp, _)| *fp == p).and_then(|(_, o)| *o);
+    let mut out = Vec::with_capacity(partitions.len());
+    for p in partitions {
+        let offset = match to {
+            ResetTarget::Offset(o) => {
+                let (start, end) = bounds(p).ok_or_else(|| {
+                    ClientError::Protocol(format!("describe topic returned no partition {p}"))
+                })?;
+                clamp_offset(o, start, end)
+            }
+            ResetTarget::Timestamp(_) => match lookup(&found, p).or_else(|| lookup(&ends, p)) {
+                Some(o) => o,
+                None => {
+                    return Err(ClientError::Protocol(format!(
+                        "list offsets returned no offset for {topic}/{p}"
+                    )))
+                }
+            },
+            ResetTarget::Earliest | ResetTarget::Latest => lookup(&found, p).ok_or_else(|| {
+                ClientError::Protocol(format!("list offsets returned no offset for {topic}/{p}"))
+            })?,
+        };
+        out.push(OffsetCommit::new(topic, p, offset));
+    }
+    Ok(out)
 }
 
 /// A closed stdout (`| head`) ends the command quietly.
@@ -539,7 +1047,7 @@ fn write_result(e: std::io::Error) -> Result<(), String> {
 
 fn print_record(
     out: &mut impl Write,
-    r: &crate::consumer::ConsumedRecord,
+    r: &ConsumedRecord,
     offsets: bool,
     keys: bool,
 ) -> std::io::Result<()> {
@@ -640,14 +1148,14 @@ mod tests {
         .unwrap() else {
             panic!("not consume");
         };
-        assert_eq!(c.from, StartPosition::Offset(42));
+        assert_eq!(c.from, Some(StartPosition::Offset(42)));
         assert_eq!(c.count, Some(5));
         assert!(c.print_offsets && c.print_keys);
         let ClientCommand::Consume(c) = parse(&["consume", "t", "--from", "latest"]).unwrap()
         else {
             panic!("not consume");
         };
-        assert_eq!(c.from, StartPosition::Latest);
+        assert_eq!(c.from, Some(StartPosition::Latest));
         assert_eq!(c.timeout_ms, 0);
         for sub in [
             &["topic", "list"][..],
@@ -656,6 +1164,184 @@ mod tests {
         ] {
             assert!(parse(sub).is_ok(), "{sub:?}");
         }
+    }
+
+    fn consume_args(args: &[&str]) -> ConsumeArgs {
+        let mut v = vec!["consume", "t"];
+        v.extend_from_slice(args);
+        match parse(&v) {
+            Ok(ClientCommand::Consume(c)) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn consume_mode_follows_group_partition_and_from() {
+        let group = |g: &str, reset, seek| ConsumeMode::Group {
+            group: g.into(),
+            reset,
+            seek,
+        };
+        // Neither: the default group, resuming, else from the start.
+        assert_eq!(
+            consume_mode(&consume_args(&[])),
+            group(DEFAULT_GROUP, OffsetReset::Earliest, None)
+        );
+        // --from alone: no group, every partition from there (as before groups).
+        assert_eq!(
+            consume_mode(&consume_args(&["--from", "earliest"])),
+            ConsumeMode::Manual {
+                partitions: None,
+                from: StartPosition::Earliest
+            }
+        );
+        assert_eq!(
+            consume_mode(&consume_args(&["--from", "7"])),
+            ConsumeMode::Manual {
+                partitions: None,
+                from: StartPosition::Offset(7)
+            }
+        );
+        // --partition: no group.
+        assert_eq!(
+            consume_mode(&consume_args(&["--partition", "2"])),
+            ConsumeMode::Manual {
+                partitions: Some(vec![2]),
+                from: StartPosition::Earliest
+            }
+        );
+        assert_eq!(
+            consume_mode(&consume_args(&["--partition", "2", "--from", "latest"])),
+            ConsumeMode::Manual {
+                partitions: Some(vec![2]),
+                from: StartPosition::Latest
+            }
+        );
+        // --group: --from earliest|latest is the reset policy, OFFSET seeks.
+        assert_eq!(
+            consume_mode(&consume_args(&["--group", "g"])),
+            group("g", OffsetReset::Earliest, None)
+        );
+        assert_eq!(
+            consume_mode(&consume_args(&["--group", "g", "--from", "latest"])),
+            group("g", OffsetReset::Latest, None)
+        );
+        assert_eq!(
+            consume_mode(&consume_args(&["--group", "g", "--from", "earliest"])),
+            group("g", OffsetReset::Earliest, None)
+        );
+        assert_eq!(
+            consume_mode(&consume_args(&["--group", "g", "--from", "42"])),
+            group("g", OffsetReset::Earliest, Some(42))
+        );
+        assert!(parse(&["consume", "t", "--group", "g", "--partition", "1"]).is_err());
+        let c = consume_args(&[
+            "--group",
+            "g",
+            "--group-strategy",
+            "sticky",
+            "--session-timeout-ms",
+            "3000",
+        ]);
+        assert_eq!(c.group_strategy, "sticky");
+        assert_eq!(c.session_timeout_ms, 3000);
+        assert_eq!(consume_args(&[]).group_strategy, "range");
+        assert_eq!(consume_args(&[]).session_timeout_ms, 10_000);
+        assert!(parse(&["consume", "t", "--group-strategy", "random"]).is_err());
+    }
+
+    #[test]
+    fn group_command_line() {
+        let ClientCommand::Group(GroupArgs {
+            command: GroupCommand::ResetOffsets(r),
+        }) = parse(&[
+            "group",
+            "reset-offsets",
+            "g",
+            "--topic",
+            "t",
+            "--to",
+            "@1700000000000",
+            "--partition",
+            "3",
+            "--bootstrap",
+            "h:1",
+        ])
+        .unwrap()
+        else {
+            panic!("not reset-offsets");
+        };
+        assert_eq!(r.group, "g");
+        assert_eq!(r.topic, "t");
+        assert_eq!(r.to, ResetTarget::Timestamp(1_700_000_000_000));
+        assert_eq!(r.partition, Some(3));
+        assert_eq!(r.connect.bootstrap, vec!["h:1"]);
+        assert!(parse(&["group", "reset-offsets", "g", "--to", "earliest"]).is_err());
+        assert!(parse(&["group", "reset-offsets", "g", "--topic", "t"]).is_err());
+        for sub in [
+            &["group", "list"][..],
+            &["group", "describe", "g"],
+            &["group", "delete", "g"],
+        ] {
+            assert!(parse(sub).is_ok(), "{sub:?}");
+        }
+        assert!(parse(&["group", "describe"]).is_err());
+    }
+
+    #[test]
+    fn reset_targets_parse() {
+        assert_eq!("earliest".parse(), Ok(ResetTarget::Earliest));
+        assert_eq!("latest".parse(), Ok(ResetTarget::Latest));
+        assert_eq!("0".parse(), Ok(ResetTarget::Offset(0)));
+        assert_eq!("123".parse(), Ok(ResetTarget::Offset(123)));
+        assert_eq!("@0".parse(), Ok(ResetTarget::Timestamp(0)));
+        assert_eq!(
+            "@1700000000000".parse(),
+            Ok(ResetTarget::Timestamp(1_700_000_000_000))
+        );
+        for bad in ["", "-1", "@", "@-5", "@x", "soon", "1.5"] {
+            let e = bad.parse::<ResetTarget>().unwrap_err();
+            assert!(e.contains(&format!("`{bad}`")), "{e}");
+        }
+    }
+
+    #[test]
+    fn explicit_offsets_are_clamped_to_the_log() {
+        assert_eq!(clamp_offset(5, 0, 10), 5);
+        assert_eq!(clamp_offset(50, 0, 10), 10);
+        assert_eq!(clamp_offset(1, 3, 10), 3);
+        assert_eq!(clamp_offset(0, 0, 0), 0);
+    }
+
+    #[test]
+    fn unprinted_records_rewind_each_partition_to_its_first() {
+        let r = |p: u32, o: u64| ConsumedRecord {
+            topic: "t".into(),
+            partition: p,
+            offset: o,
+            timestamp: 0,
+            key: None,
+            value: None,
+            headers: vec![],
+        };
+        let rest = [r(0, 5), r(0, 6), r(1, 9), r(0, 7), r(1, 10)];
+        assert_eq!(
+            unprinted_positions(&rest),
+            vec![("t".to_string(), 0, 5), ("t".to_string(), 1, 9)]
+        );
+        assert!(unprinted_positions(&[]).is_empty());
+    }
+
+    #[test]
+    fn assignments_print_compactly() {
+        let mut a = Assignment::new();
+        assert_eq!(format_assignment(&a), "-");
+        a.insert("t".into(), vec![0, 1, 2]);
+        a.insert("u".into(), vec![]);
+        a.insert("v".into(), vec![3]);
+        assert_eq!(format_assignment(&a), "t:0,1,2 v:3");
+        assert_eq!(or_dash(""), "-");
+        assert_eq!(or_dash("x"), "x");
     }
 
     #[test]
@@ -677,7 +1363,7 @@ mod tests {
 
     #[test]
     fn record_printing() {
-        let r = crate::consumer::ConsumedRecord {
+        let r = ConsumedRecord {
             topic: "t".into(),
             partition: 1,
             offset: 7,

@@ -248,7 +248,7 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
-fn required<T>(v: Option<T>) -> Vec<T::Item>
+pub(crate) fn required<T>(v: Option<T>) -> Vec<T::Item>
 where
     T: IntoIterator,
 {
@@ -319,7 +319,7 @@ impl Client {
         })
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         request: Request,
         payload: Vec<Bytes>,
@@ -454,17 +454,30 @@ impl Client {
         Ok(out)
     }
 
-    /// Sends record batches (each entry: topic, partition, one or more whole
-    /// batches). With `acks` 0 the broker sends no response: this returns an
-    /// empty list once the request is written. Per-partition errors are in
-    /// the entries (see [`ProducedPartition::result`]); a whole-request
-    /// failure is an `Err`.
+    /// Produces batches (each `(topic, partition, batch bytes)`) and waits
+    /// for the response. With `acks = 0` the result is empty once written.
     pub async fn produce(
         &self,
         acks: i8,
         timeout: Duration,
         batches: Vec<(String, u32, Bytes)>,
     ) -> Result<Vec<ProducedPartition>> {
+        self.start_produce(acks, timeout, batches)
+            .await?
+            .wait()
+            .await
+    }
+
+    /// Queues a produce request on the connection now, and returns the handle
+    /// that waits for its outcome. Requests started one after another are
+    /// written, appended and answered in that order, which is how a producer
+    /// keeps per-partition order with several requests in flight.
+    pub async fn start_produce(
+        &self,
+        acks: i8,
+        timeout: Duration,
+        batches: Vec<(String, u32, Bytes)>,
+    ) -> Result<InFlightProduce> {
         let mut partitions = Vec::with_capacity(batches.len());
         let mut payload = Vec::with_capacity(batches.len());
         let mut pos: u64 = 0;
@@ -502,26 +515,16 @@ impl Client {
             partitions: Some(partitions),
         }));
         let wait = self.inner.config.request_timeout + timeout;
-        if acks == 0 {
-            conn.send_only(req, payload, wait, "produce").await?;
-            return Ok(Vec::new());
-        }
-        let reply = conn.call(req, payload, wait, "produce").await?;
-        match reply.header.response {
-            Some(Response::ProduceResponse(r)) => Ok(required(r.partitions)
-                .into_iter()
-                .map(|p| ProducedPartition {
-                    topic: p.topic.unwrap_or_default(),
-                    partition: p.partition,
-                    error: p.error,
-                    message: p.message,
-                    base_offset: p.base_offset,
-                    last_offset: p.last_offset,
-                    log_start_offset: p.log_start_offset,
-                })
-                .collect()),
-            other => Err(unexpected("ProduceResponse", other.as_ref())),
-        }
+        let pending = if acks == 0 {
+            Pending::Written(conn.enqueue_only(req, payload)?)
+        } else {
+            Pending::Reply(conn.enqueue(req, payload)?)
+        };
+        Ok(InFlightProduce {
+            conn,
+            pending,
+            wait,
+        })
     }
 
     /// Fetches stored batches. The broker waits up to `max_wait` for
@@ -609,4 +612,45 @@ fn topic_info(d: proto::TopicDescription, name: &str) -> Result<TopicInfo> {
         settings,
         partitions,
     })
+}
+
+enum Pending {
+    Reply(crate::connection::PendingReply),
+    Written(crate::connection::PendingWrite),
+}
+
+/// A produce request already queued on its connection; see
+/// [`Client::start_produce`].
+pub struct InFlightProduce {
+    conn: Arc<Connection>,
+    pending: Pending,
+    wait: Duration,
+}
+
+impl InFlightProduce {
+    /// Waits for the response (or, with `acks = 0`, for the write).
+    pub async fn wait(self) -> Result<Vec<ProducedPartition>> {
+        let reply = match self.pending {
+            Pending::Written(w) => {
+                self.conn.wait_written(w, self.wait, "produce").await?;
+                return Ok(Vec::new());
+            }
+            Pending::Reply(r) => self.conn.wait(r, self.wait, "produce").await?,
+        };
+        match reply.header.response {
+            Some(Response::ProduceResponse(r)) => Ok(required(r.partitions)
+                .into_iter()
+                .map(|p| ProducedPartition {
+                    topic: p.topic.unwrap_or_default(),
+                    partition: p.partition,
+                    error: p.error,
+                    message: p.message,
+                    base_offset: p.base_offset,
+                    last_offset: p.last_offset,
+                    log_start_offset: p.log_start_offset,
+                })
+                .collect()),
+            other => Err(unexpected("ProduceResponse", other.as_ref())),
+        }
+    }
 }

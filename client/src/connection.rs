@@ -277,6 +277,14 @@ impl Connection {
         timeout: Duration,
         what: &str,
     ) -> Result<Reply> {
+        let pending = self.enqueue(request, payload)?;
+        self.wait(pending, timeout, what).await
+    }
+
+    /// Queues a request for writing, in call order, and returns the handle to
+    /// wait for its response with [`Connection::wait`]. Requests queued on one
+    /// connection are written, and answered by the broker, in this order.
+    pub fn enqueue(&self, request: Request, payload: Vec<Bytes>) -> Result<PendingReply> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let payload_len = payload.iter().map(Bytes::len).sum();
         let head = encode_request(id, request, payload_len);
@@ -297,6 +305,18 @@ impl Connection {
             self.shared.lock().waiters.remove(&id);
             return Err(self.closed_error("the writer stopped"));
         }
+        Ok(PendingReply { id, rx })
+    }
+
+    /// Waits up to `timeout` for the response to a request queued with
+    /// [`Connection::enqueue`].
+    pub async fn wait(
+        &self,
+        pending: PendingReply,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<Reply> {
+        let PendingReply { id, rx } = pending;
         let reply = match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => r?,
             Ok(Err(_)) => return Err(self.closed_error("the reader stopped")),
@@ -326,6 +346,12 @@ impl Connection {
         timeout: Duration,
         what: &str,
     ) -> Result<()> {
+        let written = self.enqueue_only(request, payload)?;
+        self.wait_written(written, timeout, what).await
+    }
+
+    /// Queues a request that gets no response, in call order.
+    pub fn enqueue_only(&self, request: Request, payload: Vec<Bytes>) -> Result<PendingWrite> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let payload_len = payload.iter().map(Bytes::len).sum();
         let head = encode_request(id, request, payload_len);
@@ -341,6 +367,17 @@ impl Connection {
         if self.tx.send(out).is_err() {
             return Err(self.closed_error("the writer stopped"));
         }
+        Ok(PendingWrite { rx })
+    }
+
+    /// Waits until a request queued with [`Connection::enqueue_only`] is written.
+    pub async fn wait_written(
+        &self,
+        pending: PendingWrite,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<()> {
+        let rx = pending.rx;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => {
@@ -377,6 +414,17 @@ fn response_name(r: Option<&Response>) -> &'static str {
         Some(Response::ListGroupsResponse(_)) => "ListGroupsResponse",
         Some(Response::GroupDescription(_)) => "GroupDescription",
     }
+}
+
+/// A queued request's response, to wait for with [`Connection::wait`].
+pub struct PendingReply {
+    id: u64,
+    rx: oneshot::Receiver<Result<Reply>>,
+}
+
+/// A queued request without a response, to wait for with [`Connection::wait_written`].
+pub struct PendingWrite {
+    rx: oneshot::Receiver<()>,
 }
 
 /// Names a response kind for error messages.

@@ -211,6 +211,54 @@ impl Consumer {
     /// retention) moves to the log start; a position past the end is an
     /// [`ClientError::OffsetOutOfRange`].
     pub async fn poll(&mut self) -> Result<Vec<ConsumedRecord>> {
+        let fetched = self.fetch_once().await?;
+        if let Some(e) = fetched
+            .out_of_range
+            .iter()
+            .find(|e| e.offset >= e.log_start)
+        {
+            return Err(e.error());
+        }
+        for e in &fetched.out_of_range {
+            tracing::warn!(topic = %e.topic, partition = e.partition, pos = e.offset,
+                log_start = e.log_start, "position was deleted by retention; moving to the log start");
+            self.seek(&e.topic, e.partition, e.log_start);
+        }
+        Ok(self.apply(fetched))
+    }
+
+    /// Moves the positions past the fetched records and returns them.
+    pub(crate) fn apply(&mut self, fetched: Fetched) -> Vec<ConsumedRecord> {
+        for (k, o) in fetched.moves {
+            self.positions.insert(k, o);
+        }
+        fetched.records
+    }
+
+    /// Whether nothing is assigned.
+    pub(crate) fn is_unassigned(&self) -> bool {
+        self.positions.is_empty()
+    }
+
+    /// Drops every assignment.
+    pub(crate) fn clear(&mut self) {
+        self.positions.clear();
+    }
+
+    /// The configuration.
+    pub(crate) fn config(&self) -> &ConsumerConfig {
+        &self.config
+    }
+
+    /// The client.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// One fetch from every assigned partition, decoded, without moving any
+    /// position (see [`Consumer::apply`]). Partitions whose position is out
+    /// of range are reported, not handled.
+    pub(crate) async fn fetch_once(&self) -> Result<Fetched> {
         if self.positions.is_empty() {
             return Err(ClientError::InvalidArgument(
                 "poll with nothing assigned (call assign first)".into(),
@@ -235,8 +283,7 @@ impl Consumer {
                 &request,
             )
             .await?;
-        let mut out = Vec::new();
-        let mut moves = Vec::new();
+        let mut out = Fetched::default();
         let mut decoded: Vec<DecodedRecord> = Vec::new();
         for (i, f) in fetched.into_iter().enumerate() {
             // Entries should name their partition; fall back to request order.
@@ -254,20 +301,15 @@ impl Consumer {
             let (topic, partition) = key;
             match f.error {
                 ErrorCode::None => {}
-                ErrorCode::OffsetOutOfRange if pos < f.log_start_offset => {
-                    tracing::warn!(%topic, partition, pos, log_start = f.log_start_offset,
-                        "position was deleted by retention; moving to the log start");
-                    moves.push(((topic, partition), f.log_start_offset));
-                    continue;
-                }
                 ErrorCode::OffsetOutOfRange => {
-                    return Err(ClientError::OffsetOutOfRange {
+                    out.out_of_range.push(OutOfRange {
                         topic,
                         partition,
                         offset: pos,
                         log_start: f.log_start_offset,
                         high_watermark: f.high_watermark,
-                    })
+                    });
+                    continue;
                 }
                 code if levee_schemas::is_retriable(code) => {
                     tracing::debug!(%topic, partition, code = levee_schemas::error_name(code), "retriable fetch error");
@@ -313,7 +355,7 @@ impl Consumer {
                 };
                 next = next.max(batch_next);
                 for r in decoded.drain(..) {
-                    out.push(ConsumedRecord {
+                    out.records.push(ConsumedRecord {
                         topic: topic.clone(),
                         partition,
                         offset: r.offset,
@@ -329,12 +371,41 @@ impl Consumer {
                     "fetch returned no complete batch; raise partition_max_bytes");
             }
             if next != pos {
-                moves.push(((topic, partition), next));
+                out.moves.push(((topic, partition), next));
             }
-        }
-        for (k, o) in moves {
-            self.positions.insert(k, o);
         }
         Ok(out)
     }
+}
+
+/// A partition whose position was outside its log in a fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OutOfRange {
+    pub topic: String,
+    pub partition: u32,
+    /// The position fetched at.
+    pub offset: u64,
+    pub log_start: u64,
+    pub high_watermark: u64,
+}
+
+impl OutOfRange {
+    pub(crate) fn error(&self) -> ClientError {
+        ClientError::OffsetOutOfRange {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+            log_start: self.log_start,
+            high_watermark: self.high_watermark,
+        }
+    }
+}
+
+/// The decoded result of one fetch, before positions move.
+#[derive(Debug, Default)]
+pub(crate) struct Fetched {
+    pub records: Vec<ConsumedRecord>,
+    /// (topic, partition) → the position after the records read.
+    pub moves: Vec<((String, u32), u64)>,
+    pub out_of_range: Vec<OutOfRange>,
 }

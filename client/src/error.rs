@@ -105,6 +105,91 @@ pub enum ClientError {
     /// The producer or consumer was closed.
     #[error("the producer is closed")]
     Closed,
+    /// The consumer group is rebalancing: the member must commit what it
+    /// has processed and join again with its member id.
+    /// [`crate::GroupConsumer`] does this itself.
+    #[error("group `{group}` is rebalancing: join the group again (the group consumer does this by itself)")]
+    Rebalance {
+        /// The group.
+        group: String,
+    },
+    /// The member is no longer part of the group's current generation
+    /// (`UnknownMemberId`: expelled, e.g. after missing heartbeats for the
+    /// session timeout; `IllegalGeneration`: a stale generation). Its
+    /// partitions may belong to another member now: it must join again, and
+    /// its uncommitted progress will be read again by whoever owns them.
+    #[error("this member was fenced from group `{group}` ({}): {}{}", error_name(*.code), if .message.is_empty() { "no message" } else { .message.as_str() }, fenced_hint(*.code))]
+    Fenced {
+        /// The group.
+        group: String,
+        /// `UnknownMemberId` or `IllegalGeneration`.
+        code: ErrorCode,
+        /// The broker's message (may be empty).
+        message: String,
+    },
+    /// Another consumer-group error (`InvalidGroupId`, `UnknownGroup`,
+    /// `GroupNotEmpty`).
+    #[error("{}", group_error_message(.group, *.code, .message))]
+    Group {
+        /// The group.
+        group: String,
+        /// The broker's code.
+        code: ErrorCode,
+        /// The broker's message (may be empty).
+        message: String,
+    },
+    /// A group consumer was assigned a partition for which the group has no
+    /// committed offset, and its reset policy is `error`.
+    #[error("group `{group}` has no committed offset for {topic}/{partition} and the offset reset policy is `error` (commit one with `levee group reset-offsets {group} --topic {topic} --to earliest|latest|OFFSET`, or use the earliest/latest policy)")]
+    NoCommittedOffset {
+        /// The group.
+        group: String,
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+    },
+}
+
+fn fenced_hint(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::UnknownMemberId => " (the member was removed from the group, e.g. it missed heartbeats for longer than the session timeout; join again with a new member id)",
+        _ => " (the member's generation is stale; join the group again)",
+    }
+}
+
+fn group_error_message(group: &str, code: ErrorCode, message: &str) -> String {
+    let (default, hint) = match code {
+        ErrorCode::UnknownGroup => (
+            format!("group `{group}` does not exist"),
+            " (list groups with `levee group list`)".to_string(),
+        ),
+        ErrorCode::GroupNotEmpty => (
+            format!("group `{group}` has active members"),
+            format!(" (stop its consumers first; see `levee group describe {group}`)"),
+        ),
+        ErrorCode::InvalidGroupId => (
+            format!("invalid group name `{group}`"),
+            if message.is_empty() {
+                " (use 1 to 249 letters, digits, '.', '_' and '-')".to_string()
+            } else {
+                String::new()
+            },
+        ),
+        _ => (
+            format!("broker error {} for group `{group}`", error_name(code)),
+            String::new(),
+        ),
+    };
+    // The broker's message usually names the group itself.
+    let text = if message.is_empty() {
+        default
+    } else if message.contains(group) {
+        message.to_string()
+    } else {
+        format!("{default}: {message}")
+    };
+    format!("{text}{hint}")
 }
 
 fn unknown_topic_message(topic: &str, partition: Option<u32>) -> String {
@@ -156,8 +241,40 @@ impl ClientError {
         }
     }
 
+    /// Builds the error for a non-`None` code returned by a group request.
+    pub fn from_group_code(code: ErrorCode, message: Option<String>, group: &str) -> ClientError {
+        let message = message.unwrap_or_default();
+        let group = group.to_string();
+        match code {
+            ErrorCode::RebalanceInProgress => ClientError::Rebalance { group },
+            ErrorCode::UnknownMemberId | ErrorCode::IllegalGeneration => ClientError::Fenced {
+                group,
+                code,
+                message,
+            },
+            ErrorCode::UnknownGroup | ErrorCode::GroupNotEmpty | ErrorCode::InvalidGroupId => {
+                ClientError::Group {
+                    group,
+                    code,
+                    message,
+                }
+            }
+            _ => ClientError::Server { code, message },
+        }
+    }
+
+    /// Whether the member must join its group again: the group is
+    /// rebalancing, or the member was fenced.
+    pub fn needs_rejoin(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Rebalance { .. } | ClientError::Fenced { .. }
+        )
+    }
+
     /// Whether retrying the same request may succeed: retriable broker codes,
-    /// lost connections and timeouts.
+    /// lost connections and timeouts. Group membership errors are not
+    /// retriable as such: see [`ClientError::needs_rejoin`].
     pub fn is_retriable(&self) -> bool {
         match self {
             ClientError::Server { code, .. } => is_retriable(*code),
@@ -174,6 +291,8 @@ impl ClientError {
             ClientError::Server { code, .. } => Some(*code),
             ClientError::UnknownTopicOrPartition { .. } => Some(ErrorCode::UnknownTopicOrPartition),
             ClientError::OffsetOutOfRange { .. } => Some(ErrorCode::OffsetOutOfRange),
+            ClientError::Rebalance { .. } => Some(ErrorCode::RebalanceInProgress),
+            ClientError::Fenced { code, .. } | ClientError::Group { code, .. } => Some(*code),
             _ => None,
         }
     }

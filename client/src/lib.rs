@@ -7,13 +7,17 @@
 //!   delivery reports.
 //! - [`Consumer`]: assigned partitions, long-poll fetch, CRC validation,
 //!   decompression, position tracking.
-//! - `cli` (feature `cli`): the `levee topic|produce|consume` commands.
+//! - [`GroupConsumer`]: a member of a consumer group: partitions assigned by
+//!   the broker, committed positions, heartbeats and rebalances handled in
+//!   the background; the group admin requests are on [`Client`].
+//! - `cli` (feature `cli`): the `levee topic|produce|consume|group` commands.
 
 pub mod client;
 pub mod codec;
 pub mod connection;
 pub mod consumer;
 pub mod error;
+pub mod group;
 pub mod producer;
 
 #[cfg(feature = "cli")]
@@ -26,6 +30,10 @@ pub use client::{
 pub use codec::{murmur2, partition_for_key};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartPosition};
 pub use error::{ClientError, Result};
+pub use group::{
+    lag, Assignment, GroupConsumer, GroupConsumerConfig, GroupInfo, GroupMemberInfo, GroupOffset,
+    GroupSummary, JoinGroupRequest, JoinedGroup, OffsetCommit, OffsetReset,
+};
 pub use levee_engine::Compression;
 pub use levee_schemas::proto::ErrorCode;
 pub use producer::{Acks, DeliveryFuture, DeliveryReport, Producer, ProducerConfig};

@@ -483,8 +483,18 @@ impl Worker {
         };
         let client = self.client.clone();
         let config = self.config.clone();
+        // Queue the request on the connection here, in dispatch order, so
+        // requests in flight keep each partition's order; only the wait for
+        // the response (and any retry) runs in the spawned task.
+        let first = client
+            .start_produce(
+                config.acks.to_wire(),
+                config.produce_timeout,
+                request_of(&parts),
+            )
+            .await;
         tokio::spawn(async move {
-            run_request(client, config, parts).await;
+            run_request(client, config, parts, first).await;
             drop(permit);
         });
     }
@@ -507,16 +517,34 @@ fn backoff(config: &ProducerConfig, attempt: u32) -> Duration {
 
 /// Sends one produce request, retrying the partitions that fail with a
 /// retriable error, and resolves every message's future.
-async fn run_request(client: Client, config: Arc<ProducerConfig>, mut parts: Vec<Ready>) {
+fn request_of(parts: &[Ready]) -> Vec<(String, u32, Bytes)> {
+    parts
+        .iter()
+        .map(|p| (p.topic.clone(), p.partition, p.bytes.clone()))
+        .collect()
+}
+
+async fn run_request(
+    client: Client,
+    config: Arc<ProducerConfig>,
+    mut parts: Vec<Ready>,
+    first: Result<crate::client::InFlightProduce>,
+) {
     let acks = config.acks.to_wire();
     let mut attempt = 0u32;
+    let mut first = Some(first);
     loop {
-        let req = parts
-            .iter()
-            .map(|p| (p.topic.clone(), p.partition, p.bytes.clone()))
-            .collect();
         let can_retry = attempt < config.retries;
-        match client.produce(acks, config.produce_timeout, req).await {
+        let outcome = match first.take() {
+            Some(Ok(inflight)) => inflight.wait().await,
+            Some(Err(e)) => Err(e),
+            None => {
+                client
+                    .produce(acks, config.produce_timeout, request_of(&parts))
+                    .await
+            }
+        };
+        match outcome {
             Ok(_) if acks == 0 => {
                 for p in parts {
                     p.deliver(None);

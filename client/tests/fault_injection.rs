@@ -2,8 +2,11 @@
 //! the real wire protocol (frames, Hello, admin, produce, fetch, list
 //! offsets) over real TCP and can be told to misbehave in ways the real
 //! broker cannot be made to on demand (NotLeader replies, corrupted fetch
-//! bytes, dropped connections mid-request). The client's behaviour against
-//! the real `levee` binary is tested in the top-level `tests/` folder.
+//! bytes, dropped connections mid-request, expelled group members). It also
+//! runs a minimal group coordinator (join returns at once; a membership
+//! change makes the other members' heartbeats answer RebalanceInProgress
+//! until they join again). The client's behaviour against the real `levee`
+//! binary is tested in the top-level `tests/` folder.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -11,8 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use levee_client::{
-    Client, ClientConfig, ClientError, Compression, Consumer, ConsumerConfig, ErrorCode,
-    OffsetSpec, Producer, ProducerConfig, StartPosition, TopicSettings,
+    Client, ClientConfig, ClientError, Compression, ConsumedRecord, Consumer, ConsumerConfig,
+    ErrorCode, GroupConsumer, GroupConsumerConfig, OffsetCommit, OffsetReset, OffsetSpec, Producer,
+    ProducerConfig, StartPosition, TopicSettings,
 };
 use levee_engine::batch::{self, BatchHeader};
 use levee_schemas::proto::*;
@@ -26,9 +30,70 @@ struct Log {
     next: u64,
 }
 
+struct Member {
+    id: String,
+    topics: Vec<String>,
+    /// The group changed since this member joined: heartbeats answer
+    /// RebalanceInProgress until it joins again.
+    stale: bool,
+    /// The generation it joined.
+    generation: i32,
+}
+
+#[derive(Default)]
+struct Group {
+    generation: i32,
+    members: Vec<Member>,
+    offsets: BTreeMap<(String, u32), i64>,
+    next_id: u32,
+}
+
+impl Group {
+    fn changed(&mut self) {
+        self.generation += 1;
+        for m in &mut self.members {
+            m.stale = true;
+        }
+    }
+
+    /// Round robin over the members, in join order.
+    fn assignment(
+        &self,
+        topics: &BTreeMap<String, Vec<Log>>,
+        member: &str,
+    ) -> Vec<TopicPartitions> {
+        let mut subscribed: Vec<&String> = self.members.iter().flat_map(|m| &m.topics).collect();
+        subscribed.sort();
+        subscribed.dedup();
+        let all: Vec<(String, u32)> = subscribed
+            .into_iter()
+            .flat_map(|t| {
+                let n = topics.get(t).map_or(0, Vec::len) as u32;
+                (0..n).map(move |p| (t.clone(), p))
+            })
+            .collect();
+        let Some(idx) = self.members.iter().position(|m| m.id == member) else {
+            return Vec::new();
+        };
+        let mut out: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for (i, (t, p)) in all.into_iter().enumerate() {
+            if i % self.members.len() == idx {
+                out.entry(t).or_default().push(p);
+            }
+        }
+        out.into_iter()
+            .map(|(topic, ps)| TopicPartitions {
+                topic,
+                partitions: Some(ps),
+            })
+            .collect()
+    }
+}
+
 #[derive(Default)]
 struct State {
     topics: BTreeMap<String, Vec<Log>>,
+    groups: BTreeMap<String, Group>,
     corrupt_fetch: AtomicBool,
     /// Close the connection instead of answering the next fetch.
     drop_next_fetch: AtomicBool,
@@ -36,6 +101,7 @@ struct State {
     not_leader: AtomicUsize,
     produce_requests: AtomicUsize,
     connections: AtomicUsize,
+    heartbeats: AtomicUsize,
 }
 
 async fn start() -> (String, Arc<Mutex<State>>) {
@@ -334,12 +400,244 @@ fn handle(state: &Mutex<State>, body: &[u8]) -> Action {
                     &[],
                 )
             }
-            // Consumer groups are not simulated here; tests/groups.rs covers
-            // them against the real broker.
-            _ => return Action::Close,
+            // A minimal coordinator; tests/ covers the real broker's.
+            Request::JoinGroup(j) => {
+                let st = &mut *st;
+                let g = st.groups.entry(j.group.clone()).or_default();
+                let mut mid = j.member_id.clone().unwrap_or_default();
+                let topics = j.topics.clone().unwrap_or_default();
+                let error = if mid.is_empty() {
+                    g.next_id += 1;
+                    mid = format!("member-{}", g.next_id);
+                    g.changed();
+                    g.members.push(Member {
+                        id: mid.clone(),
+                        topics,
+                        stale: false,
+                        generation: 0,
+                    });
+                    ErrorCode::None
+                } else if g.members.iter().any(|m| m.id == mid) {
+                    ErrorCode::None
+                } else {
+                    ErrorCode::UnknownMemberId
+                };
+                let generation = g.generation;
+                if let Some(m) = g.members.iter_mut().find(|m| m.id == mid) {
+                    m.stale = false;
+                    m.generation = generation;
+                }
+                let assignment = g.assignment(&st.topics, &mid);
+                reply(
+                    id,
+                    Response::JoinGroupResponse(Box::new(JoinGroupResponse {
+                        error,
+                        message: None,
+                        generation,
+                        member_id: Some(mid),
+                        strategy: Some("roundrobin".into()),
+                        assignment: Some(assignment),
+                        heartbeat_interval_ms: 100,
+                    })),
+                    &[],
+                )
+            }
+            Request::Heartbeat(h) => {
+                let error = match st.groups.get(&h.group).and_then(|g| {
+                    g.members
+                        .iter()
+                        .find(|m| m.id == h.member_id)
+                        .map(|m| (g, m))
+                }) {
+                    None => ErrorCode::UnknownMemberId,
+                    Some((_, m)) if m.stale => ErrorCode::RebalanceInProgress,
+                    Some((g, _)) if g.generation != h.generation => ErrorCode::IllegalGeneration,
+                    Some(_) => ErrorCode::None,
+                };
+                st.heartbeats.fetch_add(1, Ordering::SeqCst);
+                if error == ErrorCode::None {
+                    group_result(id, &h.group, error)
+                } else {
+                    // As the real broker does: the error in the header.
+                    response_frame(
+                        &ResponseHeader {
+                            correlation_id: id,
+                            error,
+                            message: Some("refused".into()),
+                            response: None,
+                        },
+                        &[],
+                    )
+                }
+            }
+            Request::LeaveGroup(l) => {
+                let error = match st.groups.get_mut(&l.group) {
+                    Some(g) if g.members.iter().any(|m| m.id == l.member_id) => {
+                        g.members.retain(|m| m.id != l.member_id);
+                        g.changed();
+                        ErrorCode::None
+                    }
+                    _ => ErrorCode::UnknownMemberId,
+                };
+                group_result(id, &l.group, error)
+            }
+            Request::CommitOffsets(c) => {
+                let g = st.groups.entry(c.group.clone()).or_default();
+                let member_id = c.member_id.clone().unwrap_or_default();
+                let error = if member_id.is_empty() {
+                    if g.members.is_empty() {
+                        ErrorCode::None
+                    } else {
+                        ErrorCode::GroupNotEmpty
+                    }
+                } else {
+                    match g.members.iter().find(|m| m.id == member_id) {
+                        None => ErrorCode::UnknownMemberId,
+                        Some(m) if m.generation != c.generation => ErrorCode::IllegalGeneration,
+                        Some(_) => ErrorCode::None,
+                    }
+                };
+                if error == ErrorCode::None {
+                    for o in c.offsets.unwrap_or_default() {
+                        if o.offset < 0 {
+                            g.offsets.remove(&(o.topic, o.partition));
+                        } else {
+                            g.offsets.insert((o.topic, o.partition), o.offset);
+                        }
+                    }
+                }
+                reply(
+                    id,
+                    Response::OffsetsResponse(Box::new(OffsetsResponse {
+                        group: Some(c.group),
+                        error,
+                        ..Default::default()
+                    })),
+                    &[],
+                )
+            }
+            Request::FetchOffsets(f) => {
+                let wanted: Vec<(String, u32)> = f
+                    .partitions
+                    .unwrap_or_default()
+                    .into_iter()
+                    .flat_map(|tp| {
+                        let t = tp.topic;
+                        tp.partitions
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(move |p| (t.clone(), p))
+                    })
+                    .collect();
+                let offsets = st
+                    .groups
+                    .get(&f.group)
+                    .map(|g| committed(g, |k| wanted.is_empty() || wanted.contains(k)))
+                    .unwrap_or_default();
+                reply(
+                    id,
+                    Response::OffsetsResponse(Box::new(OffsetsResponse {
+                        group: Some(f.group),
+                        offsets: Some(offsets),
+                        ..Default::default()
+                    })),
+                    &[],
+                )
+            }
+            Request::ListGroups(_) => reply(
+                id,
+                Response::ListGroupsResponse(Box::new(ListGroupsResponse {
+                    groups: Some(
+                        st.groups
+                            .iter()
+                            .map(|(name, g)| GroupSummary {
+                                group: Some(name.clone()),
+                                state: Some(group_state(g).into()),
+                                members: g.members.len() as u32,
+                            })
+                            .collect(),
+                    ),
+                })),
+                &[],
+            ),
+            Request::DescribeGroup(d) => {
+                let desc = match st.groups.get(&d.group) {
+                    None => GroupDescription {
+                        group: Some(d.group),
+                        error: ErrorCode::UnknownGroup,
+                        ..Default::default()
+                    },
+                    Some(g) => GroupDescription {
+                        group: Some(d.group),
+                        state: Some(group_state(g).into()),
+                        generation: g.generation,
+                        strategy: Some("roundrobin".into()),
+                        members: Some(
+                            g.members
+                                .iter()
+                                .map(|m| GroupMember {
+                                    member_id: Some(m.id.clone()),
+                                    client_id: Some("c".into()),
+                                    host: Some("127.0.0.1".into()),
+                                    assignment: Some(g.assignment(&st.topics, &m.id)),
+                                })
+                                .collect(),
+                        ),
+                        offsets: Some(committed(g, |_| true)),
+                        ..Default::default()
+                    },
+                };
+                reply(id, Response::GroupDescription(Box::new(desc)), &[])
+            }
+            Request::DeleteGroup(d) => {
+                let error = match st.groups.get(&d.group) {
+                    None => ErrorCode::UnknownGroup,
+                    Some(g) if !g.members.is_empty() => ErrorCode::GroupNotEmpty,
+                    Some(_) => {
+                        st.groups.remove(&d.group);
+                        ErrorCode::None
+                    }
+                };
+                group_result(id, &d.group, error)
+            }
         }
     };
     Action::Reply(frame, delay)
+}
+
+fn group_state(g: &Group) -> &'static str {
+    if g.members.is_empty() {
+        "Empty"
+    } else if g.members.iter().any(|m| m.stale) {
+        "PreparingRebalance"
+    } else {
+        "Stable"
+    }
+}
+
+fn committed(g: &Group, keep: impl Fn(&(String, u32)) -> bool) -> Vec<CommittedOffset> {
+    g.offsets
+        .iter()
+        .filter(|(k, _)| keep(k))
+        .map(|((t, p), o)| CommittedOffset {
+            topic: t.clone(),
+            partition: *p,
+            offset: *o,
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn group_result(id: u64, group: &str, error: ErrorCode) -> Vec<u8> {
+    reply(
+        id,
+        Response::GroupResult(Box::new(GroupResult {
+            group: Some(group.into()),
+            error,
+            message: None,
+        })),
+        &[],
+    )
 }
 
 fn config(addr: &str) -> ClientConfig {
@@ -654,4 +952,290 @@ async fn connect_failure_names_the_addresses() {
     let msg = err.to_string();
     assert!(msg.contains("127.0.0.1:1,127.0.0.1:2"), "{msg}");
     assert!(err.is_retriable());
+}
+
+async fn produce_values(client: &Client, topic: &str, values: impl IntoIterator<Item = String>) {
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            linger: Duration::from_millis(1),
+            ..Default::default()
+        },
+    );
+    let mut futures = Vec::new();
+    for v in values {
+        futures.push(producer.send(topic, None, v.into_bytes()).await.unwrap());
+    }
+    producer.flush().await.unwrap();
+    for f in futures {
+        f.await.unwrap();
+    }
+}
+
+fn group_config(group: &str, reset: OffsetReset) -> GroupConsumerConfig {
+    GroupConsumerConfig {
+        auto_commit: None,
+        reset,
+        session_timeout: Duration::from_secs(3),
+        fetch: ConsumerConfig {
+            max_wait: Duration::from_millis(50),
+            ..Default::default()
+        },
+        ..GroupConsumerConfig::new(group, ["t"])
+    }
+}
+
+fn values(records: &[ConsumedRecord]) -> Vec<String> {
+    let mut v: Vec<String> = records
+        .iter()
+        .map(|r| String::from_utf8(r.value.clone().unwrap()).unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Polls until `until` holds for the consumer (checked after each poll).
+async fn poll_until(
+    c: &mut GroupConsumer,
+    got: &mut Vec<ConsumedRecord>,
+    until: impl Fn(&GroupConsumer, &[ConsumedRecord]) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !until(c, got) {
+        assert!(tokio::time::Instant::now() < deadline, "timed out");
+        got.extend(c.poll().await.unwrap());
+    }
+}
+
+fn committed_sum(state: &Mutex<State>, group: &str) -> i64 {
+    state.lock().unwrap().groups[group].offsets.values().sum()
+}
+
+#[tokio::test]
+async fn group_members_split_partitions_commit_and_follow_rebalances() {
+    let (addr, state) = start().await;
+    let client = Client::connect(config(&addr)).await.unwrap();
+    client
+        .create_topic(
+            "t",
+            &TopicSettings {
+                partitions: 4,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    produce_values(&client, "t", (0..400).map(|i| format!("a{i:03}"))).await;
+
+    let mut a = GroupConsumer::join(client.clone(), group_config("g", OffsetReset::Earliest))
+        .await
+        .unwrap();
+    assert_eq!(a.assignment()["t"], vec![0, 1, 2, 3]);
+    assert!(a.member_id().starts_with("member-"));
+    let first_generation = a.generation();
+    let mut got = Vec::new();
+    poll_until(&mut a, &mut got, |_, g| g.len() >= 400).await;
+    assert_eq!(
+        values(&got),
+        (0..400).map(|i| format!("a{i:03}")).collect::<Vec<_>>()
+    );
+    a.commit().await.unwrap();
+    assert_eq!(committed_sum(&state, "g"), 400);
+    // Nothing changed: no second commit request needed, and none fails.
+    a.commit().await.unwrap();
+
+    // A second member: the first one's heartbeat sees the rebalance and it
+    // joins again inside poll, keeping half of the partitions.
+    let mut b = GroupConsumer::join(client.clone(), group_config("g", OffsetReset::Earliest))
+        .await
+        .unwrap();
+    assert_eq!(b.assignment()["t"], vec![1, 3]);
+    let mut got_a = Vec::new();
+    poll_until(&mut a, &mut got_a, |c, _| c.generation() > first_generation).await;
+    assert_eq!(a.assignment()["t"], vec![0, 2]);
+    // Only a heartbeat could have told a.
+    assert!(state.lock().unwrap().heartbeats.load(Ordering::SeqCst) > 0);
+    // Kept partitions keep their positions; b starts from the commits.
+    assert_eq!(a.position("t", 0), a.committed("t", 0));
+    assert!(got_a.is_empty(), "nothing new was produced");
+
+    produce_values(&client, "t", (0..400).map(|i| format!("b{i:03}"))).await;
+    let mut got_b = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while got_a.len() + got_b.len() < 400 {
+        assert!(tokio::time::Instant::now() < deadline, "timed out");
+        got_a.extend(a.poll().await.unwrap());
+        got_b.extend(b.poll().await.unwrap());
+    }
+    assert!(got_a.iter().all(|r| r.partition % 2 == 0));
+    assert!(got_b.iter().all(|r| r.partition % 2 == 1));
+    let mut all = got_a.clone();
+    all.extend(got_b.iter().cloned());
+    assert_eq!(
+        values(&all),
+        (0..400).map(|i| format!("b{i:03}")).collect::<Vec<_>>()
+    );
+    a.commit().await.unwrap();
+    b.commit().await.unwrap();
+    assert_eq!(committed_sum(&state, "g"), 800);
+
+    let info = client.describe_group("g").await.unwrap();
+    assert_eq!(info.members.len(), 2);
+    assert_eq!(info.offsets.len(), 4);
+    let groups = client.list_groups().await.unwrap();
+    assert_eq!(groups.len(), 1);
+    assert_eq!((groups[0].group.as_str(), groups[0].members), ("g", 2));
+
+    // Administrative operations are refused while the group has members.
+    let err = client.delete_group("g").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::GroupNotEmpty));
+    assert!(err.to_string().contains("active members"), "{err}");
+    let err = client
+        .commit_offsets("g", "", -1, &[OffsetCommit::new("t", 0, 0)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Group {
+                code: ErrorCode::GroupNotEmpty,
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // b leaves: a gets every partition back at the next rebalance.
+    b.close().await.unwrap();
+    let mut rest = Vec::new();
+    poll_until(&mut a, &mut rest, |c, _| c.assignment()["t"].len() == 4).await;
+    poll_until(&mut a, &mut rest, |_, _| true).await;
+    assert!(
+        rest.is_empty(),
+        "b's partitions resume from b's commits: {rest:?}"
+    );
+    a.close().await.unwrap();
+
+    assert_eq!(client.list_groups().await.unwrap()[0].members, 0);
+    // Reset offsets of the now empty group, then delete it.
+    client
+        .commit_offsets(
+            "g",
+            "",
+            -1,
+            &[
+                OffsetCommit::new("t", 0, 5),
+                OffsetCommit {
+                    offset: None,
+                    ..OffsetCommit::new("t", 1, 0)
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    let offsets = client
+        .fetch_offsets("g", &[("t".to_string(), vec![0, 1])].into_iter().collect())
+        .await
+        .unwrap();
+    assert_eq!(offsets.len(), 1);
+    assert_eq!((offsets[0].partition, offsets[0].offset), (0, 5));
+    client.delete_group("g").await.unwrap();
+    let err = client.describe_group("g").await.unwrap_err();
+    assert!(err.to_string().contains("`g` does not exist"), "{err}");
+}
+
+#[tokio::test]
+async fn expelled_member_joins_again_and_resumes_from_commits() {
+    let (addr, state) = start().await;
+    let client = Client::connect(config(&addr)).await.unwrap();
+    client
+        .create_topic(
+            "t",
+            &TopicSettings {
+                partitions: 2,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    produce_values(&client, "t", (0..50).map(|i| format!("x{i:02}"))).await;
+    let mut a = GroupConsumer::join(client.clone(), group_config("g", OffsetReset::Earliest))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    poll_until(&mut a, &mut got, |_, g| g.len() >= 50).await;
+    a.commit().await.unwrap();
+    let old_id = a.member_id().to_string();
+
+    // The broker drops the member (as after a missed session timeout).
+    {
+        let mut st = state.lock().unwrap();
+        let g = st.groups.get_mut("g").unwrap();
+        g.members.clear();
+        g.changed();
+    }
+    // A commit now is fenced, and the next poll joins with a new id.
+    produce_values(&client, "t", (0..10).map(|i| format!("y{i}"))).await;
+    let mut more = Vec::new();
+    poll_until(&mut a, &mut more, |_, g| !g.is_empty()).await;
+    let err = a.commit().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Fenced {
+                code: ErrorCode::UnknownMemberId,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.needs_rejoin());
+    poll_until(&mut a, &mut more, |c, g| {
+        c.member_id() != old_id && g.len() >= 10
+    })
+    .await;
+    // At least once: the uncommitted records may come again, nothing is lost.
+    let v = values(&more);
+    for i in 0..10 {
+        assert!(v.contains(&format!("y{i}")), "{v:?}");
+    }
+    assert!(v.iter().all(|s| s.starts_with('y')), "{v:?}");
+    a.commit().await.unwrap();
+    assert_eq!(committed_sum(&state, "g"), 60);
+    a.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn reset_policy_applies_without_committed_offsets() {
+    let (addr, _state) = start().await;
+    let client = Client::connect(config(&addr)).await.unwrap();
+    client
+        .create_topic("t", &TopicSettings::default())
+        .await
+        .unwrap();
+    produce_values(&client, "t", (0..5).map(|i| format!("old{i}"))).await;
+
+    let err = GroupConsumer::join(client.clone(), group_config("e", OffsetReset::Error))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::NoCommittedOffset { .. }),
+        "{err}"
+    );
+
+    let mut l = GroupConsumer::join(client.clone(), group_config("l", OffsetReset::Latest))
+        .await
+        .unwrap();
+    assert_eq!(l.position("t", 0), Some(5));
+    assert!(l.poll().await.unwrap().is_empty());
+    produce_values(&client, "t", (0..3).map(|i| format!("new{i}"))).await;
+    let mut got = Vec::new();
+    poll_until(&mut l, &mut got, |_, g| g.len() >= 3).await;
+    assert_eq!(values(&got), vec!["new0", "new1", "new2"]);
+    // A position past the end of the log follows the reset policy.
+    l.seek("t", 0, 1000).unwrap();
+    assert!(l.seek("t", 1, 0).is_err(), "partition 1 is not assigned");
+    assert!(l.poll().await.unwrap().is_empty());
+    assert_eq!(l.position("t", 0), Some(8));
+    l.close().await.unwrap();
 }

@@ -49,20 +49,19 @@ fn bench(c: &mut Criterion) {
     let (cmd_tx, cmd_rx) = mpsc::channel::<Cmd>();
     let cmd_rx = Arc::new(std::sync::Mutex::new(Some(cmd_rx)));
     let done = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let handles: Vec<_> = (0..2)
         .map(|i| {
-            let (cfg, topics, mesh, cmd_rx, done) = (
+            let (cfg, topics, mesh, cmd_rx, done, ready) = (
                 cfg.clone(),
                 topics.clone(),
                 mesh.clone(),
                 cmd_rx.clone(),
                 done.clone(),
+                ready.clone(),
             );
-            let spin = std::env::var("LEVEE_SPIN_US")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0u64);
+            let spin = cfg.idle_spin_us;
             let b = LocalExecutorBuilder::new(Placement::Fixed(i % cpus));
             let b = if spin > 0 {
                 b.spin_before_park(Duration::from_micros(spin))
@@ -75,6 +74,11 @@ fn bench(c: &mut Criterion) {
                 let shard = Shard::new(id, 2, cfg, topics.clone(), Some(senders));
                 shard.serve_mesh(receivers);
                 shard.open_topic("fwd", &topics["fwd"]).await.unwrap();
+                // Both shards own an open partition before any call.
+                ready.fetch_add(1, Ordering::SeqCst);
+                while ready.load(Ordering::SeqCst) < 2 {
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                }
                 let rx = if id == 0 {
                     cmd_rx.lock().unwrap().take()
                 } else {
@@ -119,7 +123,13 @@ fn bench(c: &mut Criterion) {
                                         data: batch.clone(),
                                     },
                                 };
-                                shard.call(owner, op).await.unwrap();
+                                if let Err(e) = shard.call(owner, op).await {
+                                    panic!(
+                                        "shard {id} (local partition {local}) to shard {owner} for partition {p} failed: {} {}",
+                                        e.message,
+                                        levee_schemas::error_name(e.code)
+                                    );
+                                }
                             }
                             let _ = reply.send(start.elapsed());
                         }

@@ -487,13 +487,17 @@ async fn process(
                 _ => String::new(),
             };
             crate::groups::validate_group_name(&group)?;
+            // Errors travel inside the request's own response type, as the
+            // schema says (the header's error is for undecodable requests).
+            let wrap = group_error_wrapper(&req);
             let op = Op::Group {
                 req,
                 host: peer.to_string(),
             };
-            match shard.call(shard.group_owner(&group), op).await? {
-                OpOk::Response(r) => Ok((r, none())),
-                _ => Err(unexpected()),
+            match shard.call(shard.group_owner(&group), op).await {
+                Ok(OpOk::Response(r)) => Ok((r, none())),
+                Ok(_) => Err(unexpected()),
+                Err(e) => Ok((wrap(group, e), none())),
             }
         }
         Request::ListGroups(_) => {
@@ -549,6 +553,51 @@ async fn process(
                 none(),
             ))
         }
+    }
+}
+
+/// How a group request's failure is carried in its response type.
+fn group_error_wrapper(req: &Request) -> fn(String, OpError) -> Response {
+    match req {
+        Request::JoinGroup(_) => |_, e| {
+            Response::JoinGroupResponse(Box::new(proto::JoinGroupResponse {
+                error: e.code,
+                message: Some(e.message),
+                generation: -1,
+                member_id: None,
+                strategy: None,
+                assignment: None,
+                heartbeat_interval_ms: 0,
+            }))
+        },
+        Request::CommitOffsets(_) | Request::FetchOffsets(_) => |g, e| {
+            Response::OffsetsResponse(Box::new(proto::OffsetsResponse {
+                group: Some(g),
+                error: e.code,
+                message: Some(e.message),
+                offsets: None,
+                failed: None,
+            }))
+        },
+        Request::DescribeGroup(_) => |g, e| {
+            Response::GroupDescription(Box::new(proto::GroupDescription {
+                group: Some(g),
+                error: e.code,
+                message: Some(e.message),
+                state: None,
+                generation: -1,
+                strategy: None,
+                members: None,
+                offsets: None,
+            }))
+        },
+        _ => |g, e| {
+            Response::GroupResult(Box::new(proto::GroupResult {
+                group: Some(g),
+                error: e.code,
+                message: Some(e.message),
+            }))
+        },
     }
 }
 

@@ -525,13 +525,15 @@ impl Group {
             }
             let id = match j.member_id.filter(|m| !m.is_empty()) {
                 Some(id) if st.members.contains_key(&id) => id,
-                Some(id) => return Err(err(
-                    ErrorCode::UnknownMemberId,
-                    format!(
+                Some(id) => {
+                    return Err(err(
+                        ErrorCode::UnknownMemberId,
+                        format!(
                         "member `{id}` is not in group `{}`; join again with an empty member id",
                         self.name
                     ),
-                )),
+                    ))
+                }
                 None => groups.new_member_id(j.client_id.as_deref().unwrap_or("")),
             };
             if let Some(s) = j.strategy.filter(|s| !s.is_empty()) {

@@ -24,6 +24,8 @@ enum Command {
     Serve(ServeArgs),
     /// Host checks and tuning for a dedicated Levee host.
     Tune(tune::TuneArgs),
+    /// Load generator: throughput, latency and burst absorption against a running broker.
+    Bench(Box<levee_bench::BenchArgs>),
     #[command(flatten)]
     Client(levee_client::cli::ClientCommand),
 }
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Command::Tune(args) => tune::run(args),
+        Command::Bench(args) => levee_bench::run(*args),
         Command::Client(cmd) => levee_client::cli::run(cmd),
         Command::Serve(args) => {
             tracing_subscriber::fmt()

@@ -1,0 +1,1826 @@
+//! `levee bench`: a load generator for a running Levee broker.
+//!
+//! Producers and consumers are tokio tasks, each with its own client
+//! connection. Every message carries (run id, producer, partition,
+//! sequence number, send time) and a CRC32C of the rest (see [`payload`]);
+//! consumers verify every one of them. Acknowledgement and end-to-end
+//! latencies go into HdrHistograms (every message, no sampling). A progress
+//! line is printed each second; at the end a summary, and optionally JSON
+//! (`--json`) and a self-contained HTML page with charts (`--report`).
+//!
+//! Exit codes: 0 success, 1 verification failures (lost, duplicated or
+//! corrupt messages, failed deliveries), 2 usage or connection errors.
+
+pub mod memory;
+pub mod payload;
+pub mod rate;
+pub mod report;
+pub mod stats;
+pub mod verify;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use levee_client::{
+    partition_for_key, Acks, Client, ClientConfig, ClientError, Compression, Consumer,
+    ConsumerConfig, DeliveryFuture, DeliveryReport, ErrorCode, OffsetSpec, Producer,
+    ProducerConfig, StartPosition, TopicSettings,
+};
+use levee_engine::Record;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use memory::MemorySource;
+use payload::{FillerPool, Header, SplitMix};
+use rate::{Pacer, RateShape};
+use report::{BacklogSummary, MemorySummary, Report, Throughput, Verification};
+use stats::{fmt_bytes, quantile_ms, summarize, Phase, Point, TaskHists};
+use verify::{Checked, Counts, Sent, Stream, Verifier};
+
+/// Message keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keys {
+    /// No key: partitions round-robin.
+    None,
+    /// A random 16-hex-digit key per message.
+    Random,
+    /// Keys drawn at random from this many distinct ones.
+    Distinct(u64),
+}
+
+fn parse_keys(s: &str) -> Result<Keys, String> {
+    match s {
+        "none" => Ok(Keys::None),
+        "random" => Ok(Keys::Random),
+        _ => {
+            let n = s.strip_suffix("-distinct").unwrap_or(s);
+            match n.parse::<u64>() {
+                Ok(n) if n > 0 => Ok(Keys::Distinct(n)),
+                _ => Err(format!(
+                    "--keys wants none, random or N-distinct (e.g. 1000-distinct), not `{s}`"
+                )),
+            }
+        }
+    }
+}
+
+fn parse_compression(s: &str) -> Result<Compression, String> {
+    match s {
+        "none" => Ok(Compression::None),
+        "lz4" => Ok(Compression::Lz4),
+        "zstd" => Ok(Compression::Zstd),
+        _ => Err(format!("--compression wants none, lz4 or zstd, not `{s}`")),
+    }
+}
+
+fn parse_acks(s: &str) -> Result<Acks, String> {
+    s.parse()
+}
+
+fn parse_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("expected a number of seconds, not `{s}`")),
+    }
+}
+
+fn parse_from(s: &str) -> Result<StartPosition, String> {
+    match s {
+        "earliest" => Ok(StartPosition::Earliest),
+        "latest" => Ok(StartPosition::Latest),
+        _ => Err(format!("--from wants earliest or latest, not `{s}`")),
+    }
+}
+
+/// Load generator options.
+#[derive(clap::Args, Debug, Clone)]
+#[command(after_help = "\
+Rates are in MB/s of payload (1 MB = 10^6 bytes). The run produces for --warmup + --duration \
+seconds (or until --messages are sent), then consumers drain what was acknowledged. \
+Figures from the warmup are excluded. Exit codes: 0 OK, 1 verification failures, 2 usage or \
+connection errors.
+
+Examples:
+  levee bench --producers 2 --consumers 2 --partitions 4 --duration 30 --warmup 5
+  levee bench --burst 20:200:5:30 --consume-rate 40 --duration 120 --report burst.html
+  levee bench --producers 0 --consumers 4 --topic existing   # catch-up read from disk")]
+pub struct BenchArgs {
+    /// Broker addresses HOST:PORT[,...].
+    #[arg(
+        long,
+        env = "LEVEE_BOOTSTRAP",
+        default_value = "127.0.0.1:9092",
+        value_delimiter = ','
+    )]
+    pub bootstrap: Vec<String>,
+    /// Broker admin HOST:PORT, for its resident memory ("" disables).
+    #[arg(long, default_value = "127.0.0.1:9644")]
+    pub admin: String,
+    /// Read the broker's memory from /proc/PID/statm instead of the admin endpoint.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+    /// Producer tasks, each with its own connection (0: consume only).
+    #[arg(long, default_value_t = 1)]
+    pub producers: usize,
+    /// Consumer tasks, each with its own connection and a disjoint set of partitions (0: produce only).
+    #[arg(long, default_value_t = 1)]
+    pub consumers: usize,
+    /// Topic (created if missing).
+    #[arg(long, default_value = "levee-bench")]
+    pub topic: String,
+    /// Partitions of the topic when it is created.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: u32,
+    /// fsync policy of the topic when it is created: always, never, interval:<ms> [default: the broker's].
+    #[arg(long)]
+    pub topic_fsync: Option<String>,
+    /// Payload bytes per message (at least 40: the verification header).
+    #[arg(long, default_value_t = 1024)]
+    pub message_size: usize,
+    /// Producer batch size in bytes.
+    #[arg(long, default_value_t = 65536)]
+    pub batch_size: usize,
+    /// Producer linger in ms.
+    #[arg(long, default_value_t = 5)]
+    pub linger_ms: u64,
+    /// Acknowledgements: 0, 1 or all.
+    #[arg(long, default_value = "1", value_parser = parse_acks)]
+    pub acks: Acks,
+    /// Message keys: none, random or N-distinct.
+    #[arg(long, default_value = "none", value_parser = parse_keys)]
+    pub keys: Keys,
+    /// Batch compression: none, lz4 or zstd.
+    #[arg(long, default_value = "none", value_parser = parse_compression)]
+    pub compression: Compression,
+    /// Seconds to produce after the warmup [default: 30, unless --messages is given].
+    #[arg(long, value_parser = parse_secs)]
+    pub duration: Option<f64>,
+    /// Messages to produce in total (consume-only: to consume).
+    #[arg(long)]
+    pub messages: Option<u64>,
+    /// Seconds at the start whose figures are excluded.
+    #[arg(long, default_value = "0", value_parser = parse_secs)]
+    pub warmup: f64,
+    /// Total produce rate in MB/s across producers [default: unlimited].
+    #[arg(long, value_parser = rate::parse_mbps, conflicts_with = "burst")]
+    pub rate: Option<f64>,
+    /// Burst profile BASE_MBPS:PEAK_MBPS:PEAK_SECS:PERIOD_SECS: each period runs at BASE, then PEAK for its last PEAK_SECS.
+    #[arg(long, value_parser = RateShape::parse_burst)]
+    pub burst: Option<RateShape>,
+    /// Total consume rate in MB/s across consumers (a slow downstream) [default: unlimited].
+    #[arg(long, value_parser = rate::parse_mbps)]
+    pub consume_rate: Option<f64>,
+    /// Where consumers start: earliest or latest [default: latest with producers, earliest without].
+    #[arg(long, value_parser = parse_from)]
+    pub from: Option<StartPosition>,
+    /// Seconds consumers may take after producers stop to read everything acknowledged.
+    #[arg(long, default_value = "60", value_parser = parse_secs)]
+    pub drain_timeout: f64,
+    /// Write every figure and the per-second time series as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write a self-contained HTML report with charts here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Tokio worker threads of the load generator [default: the number of CPUs].
+    #[arg(long)]
+    pub client_threads: Option<usize>,
+    /// Produce requests in flight per producer.
+    #[arg(long, default_value_t = 5)]
+    pub max_in_flight: usize,
+    /// Bytes each producer buffers unacknowledged before send() waits.
+    #[arg(long, default_value_t = 32 << 20)]
+    pub buffer_bytes: usize,
+    /// Largest fetch per partition in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub fetch_partition_bytes: u32,
+    /// No progress lines.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Producers build whole record batches themselves and pipeline them
+    /// (`--max-in-flight` per producer) instead of going through the client's
+    /// per-message Producer API: far less client CPU per message, to measure
+    /// the broker on a host it shares with the load generator. Needs
+    /// `--keys none`; every message is still numbered, checksummed, verified
+    /// and timed (with its batch's acknowledgement).
+    #[arg(long)]
+    pub direct_batches: bool,
+}
+
+/// What made the run stop early or fail to start.
+#[derive(Debug, thiserror::Error)]
+enum BenchError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Client(String),
+}
+
+fn usage(s: impl Into<String>) -> BenchError {
+    BenchError::Usage(s.into())
+}
+
+fn client_err(what: &str, e: &ClientError) -> BenchError {
+    BenchError::Client(format!("{what}: {e}"))
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+struct Config {
+    args: BenchArgs,
+    duration: Option<f64>,
+    produce_shape: RateShape,
+    consume_shape: RateShape,
+    from: StartPosition,
+    threads: usize,
+    memory: Option<MemorySource>,
+}
+
+fn host_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Config {
+    fn new(args: BenchArgs) -> Result<Config, BenchError> {
+        if args.producers == 0 && args.consumers == 0 {
+            return Err(usage(
+                "--producers and --consumers are both 0: nothing to do",
+            ));
+        }
+        if args.bootstrap.iter().all(|b| b.trim().is_empty()) {
+            return Err(usage("--bootstrap is empty"));
+        }
+        if args.partitions == 0 {
+            return Err(usage("--partitions must be at least 1"));
+        }
+        if args.direct_batches && !matches!(args.keys, Keys::None) {
+            return Err(usage("--direct-batches needs --keys none"));
+        }
+        if args.message_size < payload::HEADER_LEN {
+            return Err(usage(format!(
+                "--message-size must be at least {} bytes (the verification header)",
+                payload::HEADER_LEN
+            )));
+        }
+        if args.message_size > 64 << 20 {
+            return Err(usage("--message-size must be at most 64 MiB"));
+        }
+        if args.batch_size == 0 {
+            return Err(usage("--batch-size must be at least 1"));
+        }
+        if args.messages == Some(0) {
+            return Err(usage("--messages must be at least 1"));
+        }
+        if args.duration == Some(0.0) {
+            return Err(usage("--duration must be above 0"));
+        }
+        if args.client_threads == Some(0) {
+            return Err(usage("--client-threads must be at least 1"));
+        }
+        if args.topic.is_empty() {
+            return Err(usage("--topic is empty"));
+        }
+        if args.producers == 0 && (args.rate.is_some() || args.burst.is_some()) {
+            return Err(usage("--rate/--burst need producers"));
+        }
+        if let Some(f) = &args.topic_fsync {
+            let ok = f == "always"
+                || f == "never"
+                || f.strip_prefix("interval:")
+                    .is_some_and(|ms| ms.parse::<u64>().is_ok());
+            if !ok {
+                return Err(usage(format!(
+                    "--topic-fsync wants always, never or interval:<ms>, not `{f}`"
+                )));
+            }
+        }
+        let duration = match (args.duration, args.messages, args.producers) {
+            (Some(d), _, _) => Some(d),
+            (None, None, p) if p > 0 => Some(30.0),
+            _ => None,
+        };
+        let produce_shape = match (args.rate, args.burst) {
+            (Some(r), _) => RateShape::Fixed(r),
+            (None, Some(b)) => b,
+            (None, None) => RateShape::Unlimited,
+        };
+        let consume_shape = args
+            .consume_rate
+            .map_or(RateShape::Unlimited, RateShape::Fixed);
+        let from = args.from.unwrap_or(if args.producers > 0 {
+            StartPosition::Latest
+        } else {
+            StartPosition::Earliest
+        });
+        let memory = match (args.broker_pid, args.admin.trim()) {
+            (Some(pid), _) => Some(MemorySource::Pid(pid)),
+            (None, "") => None,
+            (None, a) => Some(MemorySource::Admin(a.to_string())),
+        };
+        Ok(Config {
+            threads: args.client_threads.unwrap_or_else(host_cpus),
+            duration,
+            produce_shape,
+            consume_shape,
+            from,
+            memory,
+            args,
+        })
+    }
+
+    fn params(&self) -> serde_json::Value {
+        let a = &self.args;
+        let rate = match self.produce_shape {
+            RateShape::Unlimited => "unlimited".to_string(),
+            RateShape::Fixed(r) => format!("{} MB/s", r / rate::MB),
+            RateShape::Burst {
+                base,
+                peak,
+                peak_secs,
+                period_secs,
+            } => format!(
+                "burst: {} MB/s, {} MB/s for the last {} s of every {} s",
+                base / rate::MB,
+                peak / rate::MB,
+                peak_secs,
+                period_secs
+            ),
+        };
+        serde_json::json!({
+            "bootstrap": a.bootstrap.join(","),
+            "memory_source": self.memory.as_ref().map(MemorySource::describe),
+            "producers": a.producers,
+            "consumers": a.consumers,
+            "topic": a.topic,
+            "partitions_requested": a.partitions,
+            "topic_fsync": a.topic_fsync,
+            "message_size": a.message_size,
+            "batch_size": a.batch_size,
+            "linger_ms": a.linger_ms,
+            "acks": match a.acks { Acks::None => "0", Acks::Leader => "1", Acks::All => "all" },
+            "keys": match a.keys {
+                Keys::None => "none".to_string(),
+                Keys::Random => "random".to_string(),
+                Keys::Distinct(n) => format!("{n}-distinct"),
+            },
+            "compression": format!("{:?}", a.compression).to_lowercase(),
+            "duration_s": self.duration,
+            "messages": a.messages,
+            "warmup_s": a.warmup,
+            "produce_rate": rate,
+            "consume_rate": self.args.consume_rate.map_or("unlimited".to_string(), |r| format!("{} MB/s", r / rate::MB)),
+            "from": match self.from { StartPosition::Earliest => "earliest", _ => "latest" },
+            "drain_timeout_s": a.drain_timeout,
+            "max_in_flight": a.max_in_flight,
+            "buffer_bytes": a.buffer_bytes,
+            "fetch_partition_bytes": a.fetch_partition_bytes,
+        })
+    }
+}
+
+/// Runs `levee bench` and returns its exit code.
+pub fn run(args: BenchArgs) -> ExitCode {
+    let cfg = match Config::new(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.threads)
+        .thread_name("levee-bench")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the tokio runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = rt.block_on(bench(cfg.clone()));
+    // Producers dropped at the end may still hold background tasks.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    let (report, fatal) = match outcome {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("{}", report.text().trim_end());
+    let mut write_error = None;
+    if let Some(path) = &cfg.args.json {
+        let res = report
+            .json()
+            .map_err(|e| e.to_string())
+            .and_then(|s| std::fs::write(path, s).map_err(|e| e.to_string()));
+        match res {
+            Ok(()) => eprintln!("wrote {}", path.display()),
+            Err(e) => write_error = Some(format!("cannot write {}: {e}", path.display())),
+        }
+    }
+    if let Some(path) = &cfg.args.report {
+        match std::fs::write(path, report.html()) {
+            Ok(()) => eprintln!("wrote {}", path.display()),
+            Err(e) => write_error = Some(format!("cannot write {}: {e}", path.display())),
+        }
+    }
+    if let Some(e) = fatal {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    if let Some(e) = write_error {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    if !report.verification.failures.is_empty() {
+        eprintln!(
+            "error: verification failed: {}",
+            report.verification.failures.join("; ")
+        );
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}
+
+/// State shared by every task.
+struct Shared {
+    start: Instant,
+    warmup_end: Instant,
+    /// Unix time of `start`, ns; payload timestamps are this plus elapsed
+    /// monotonic time, so they never go backwards within the run.
+    base_ns: u64,
+    warmup_end_ns: u64,
+    run_id: u64,
+    stop_producing: AtomicBool,
+    stop_consuming: AtomicBool,
+    draining: AtomicBool,
+    acked_msgs: AtomicU64,
+    acked_bytes: AtomicU64,
+    failed_msgs: AtomicU64,
+    consumed_msgs: AtomicU64,
+    consumed_bytes: AtomicU64,
+    own_msgs: AtomicU64,
+    own_bytes: AtomicU64,
+    errors: Mutex<Vec<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn now_ns(&self) -> u64 {
+        self.base_ns + self.start.elapsed().as_nanos() as u64
+    }
+    fn secs(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+    /// Keeps the first occurrence of each kind of error (up to 20).
+    fn note(&self, e: String) {
+        let mut v = lock(&self.errors);
+        let kind: String = e.chars().take(60).collect();
+        if v.len() < 20 && !v.iter().any(|x| x.starts_with(&kind)) {
+            v.push(e);
+        }
+    }
+    fn snapshot(&self) -> Snap {
+        Snap {
+            at: self.secs(),
+            acked_msgs: self.acked_msgs.load(Relaxed),
+            acked_bytes: self.acked_bytes.load(Relaxed),
+            consumed_msgs: self.consumed_msgs.load(Relaxed),
+            consumed_bytes: self.consumed_bytes.load(Relaxed),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Snap {
+    at: f64,
+    acked_msgs: u64,
+    acked_bytes: u64,
+    consumed_msgs: u64,
+    consumed_bytes: u64,
+}
+
+fn client_config(cfg: &Config, name: String) -> ClientConfig {
+    ClientConfig {
+        client_id: name,
+        ..ClientConfig::new(
+            cfg.args
+                .bootstrap
+                .iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty()),
+        )
+    }
+}
+
+/// Describes the topic, creating it if missing; returns its partition count.
+async fn ensure_topic(cfg: &Config, client: &Client) -> Result<u32, BenchError> {
+    let topic = &cfg.args.topic;
+    match client.describe_topic(topic).await {
+        Ok(info) => {
+            let n = info.partition_count();
+            if n != cfg.args.partitions {
+                eprintln!(
+                    "note: topic `{topic}` exists with {n} partition(s); using them (--partitions {} applies only when creating it)",
+                    cfg.args.partitions
+                );
+            }
+            if n == 0 {
+                return Err(BenchError::Client(format!(
+                    "topic `{topic}` has no partitions"
+                )));
+            }
+            return Ok(n);
+        }
+        Err(e) if e.code() == Some(ErrorCode::UnknownTopicOrPartition) => {}
+        Err(e) => return Err(client_err(&format!("describe topic `{topic}`"), &e)),
+    }
+    if cfg.args.producers == 0 {
+        return Err(BenchError::Usage(format!(
+            "topic `{topic}` does not exist and there are no producers to fill it"
+        )));
+    }
+    let settings = TopicSettings {
+        partitions: cfg.args.partitions,
+        fsync: cfg.args.topic_fsync.clone(),
+        ..TopicSettings::default()
+    };
+    match client.create_topic(topic, &settings).await {
+        Ok(()) => eprintln!(
+            "created topic `{topic}` with {} partition(s), fsync {}",
+            cfg.args.partitions,
+            cfg.args
+                .topic_fsync
+                .as_deref()
+                .unwrap_or("(broker default)")
+        ),
+        Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => {}
+        Err(e) => return Err(client_err(&format!("create topic `{topic}`"), &e)),
+    }
+    // The broker may take a moment to open the partitions.
+    let mut last = None;
+    for _ in 0..50 {
+        match client.describe_topic(topic).await {
+            Ok(info) if info.partition_count() > 0 => return Ok(info.partition_count()),
+            Ok(_) => {}
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(match last {
+        Some(e) => client_err(&format!("describe topic `{topic}` after creating it"), &e),
+        None => BenchError::Client(format!("topic `{topic}` has no partitions after creation")),
+    })
+}
+
+/// One message handed to the producer, waiting for its delivery report.
+struct InFlight {
+    fut: DeliveryFuture,
+    t0: Instant,
+    partition: u32,
+    seq: u64,
+}
+
+async fn track(m: InFlight) -> (Result<DeliveryReport, ClientError>, Instant, u32, u64) {
+    (m.fut.await, m.t0, m.partition, m.seq)
+}
+
+/// Awaits delivery futures concurrently and records their latency.
+async fn collect(
+    mut rx: mpsc::Receiver<InFlight>,
+    shared: Arc<Shared>,
+    hists: Arc<Mutex<TaskHists>>,
+    size: u64,
+) -> HashMap<u32, verify::RangeSet> {
+    let mut inflight = FuturesUnordered::new();
+    let mut open = true;
+    let mut failed: HashMap<u32, verify::RangeSet> = HashMap::new();
+    loop {
+        tokio::select! {
+            m = rx.recv(), if open => match m {
+                Some(m) => inflight.push(track(m)),
+                None => open = false,
+            },
+            Some((res, t0, partition, seq)) = inflight.next(), if !inflight.is_empty() => {
+                let now = Instant::now();
+                match res {
+                    Ok(_) => {
+                        let us = now.saturating_duration_since(t0).as_micros() as u64;
+                        shared.acked_msgs.fetch_add(1, Relaxed);
+                        shared.acked_bytes.fetch_add(size, Relaxed);
+                        lock(&hists).record(us, t0 >= shared.warmup_end);
+                    }
+                    Err(e) => {
+                        shared.failed_msgs.fetch_add(1, Relaxed);
+                        shared.note(format!("delivery failed: {e}"));
+                        failed.entry(partition).or_default().insert(seq);
+                    }
+                }
+            }
+            else => break,
+        }
+    }
+    failed
+}
+
+struct ProducerDone {
+    sent: HashMap<(u32, u32), Sent>,
+    fatal: Option<String>,
+}
+
+async fn producer_task(
+    id: u32,
+    cfg: Arc<Config>,
+    shared: Arc<Shared>,
+    hists: Arc<Mutex<TaskHists>>,
+    partitions: u32,
+    quota: Option<u64>,
+) -> ProducerDone {
+    let a = &cfg.args;
+    let mut done = ProducerDone {
+        sent: HashMap::new(),
+        fatal: None,
+    };
+    let client = match Client::connect(client_config(&cfg, format!("levee-bench-p{id}"))).await {
+        Ok(c) => c,
+        Err(e) => {
+            done.fatal = Some(format!("producer {id}: {e}"));
+            shared.stop_producing.store(true, Relaxed);
+            return done;
+        }
+    };
+    let producer = Producer::new(
+        client,
+        ProducerConfig {
+            acks: a.acks,
+            compression: a.compression,
+            batch_size: a.batch_size,
+            linger: Duration::from_millis(a.linger_ms),
+            max_in_flight: a.max_in_flight,
+            buffer_bytes: a.buffer_bytes,
+            ..ProducerConfig::default()
+        },
+    );
+    let (tx, rx) = mpsc::channel::<InFlight>(16 * 1024);
+    let collector = tokio::spawn(collect(rx, shared.clone(), hists, a.message_size as u64));
+    let pool = FillerPool::new(shared.run_id ^ u64::from(id), a.message_size);
+    let mut rng = SplitMix(
+        shared
+            .run_id
+            .wrapping_add(u64::from(id).wrapping_mul(0x9E37)),
+    );
+    let mut seqs = vec![0u64; partitions as usize];
+    let share = 1.0 / a.producers.max(1) as f64;
+    let mut pacer = Pacer::new(
+        cfg.produce_shape.scaled(share),
+        0.05,
+        (a.message_size.max(a.batch_size)) as f64,
+    );
+    let mut next_partition = id % partitions;
+    let mut sent = 0u64;
+    'send: while !shared.stop_producing.load(Relaxed) {
+        if quota.is_some_and(|q| sent >= q) {
+            break;
+        }
+        if !pacer.is_unlimited() {
+            let wait = pacer.acquire(shared.secs(), a.message_size as f64);
+            if wait > 0.001 {
+                let until = Instant::now() + Duration::from_secs_f64(wait.min(3600.0));
+                while Instant::now() < until {
+                    if shared.stop_producing.load(Relaxed) {
+                        break 'send;
+                    }
+                    let step = until
+                        .saturating_duration_since(Instant::now())
+                        .min(Duration::from_millis(100));
+                    tokio::time::sleep(step).await;
+                }
+            }
+        }
+        let (key, partition) = match a.keys {
+            Keys::None => {
+                let p = next_partition;
+                next_partition = (next_partition + 1) % partitions;
+                (None, p)
+            }
+            Keys::Random => {
+                let k = format!("{:016x}", rng.next_u64()).into_bytes();
+                let p = partition_for_key(&k, partitions);
+                (Some(k), p)
+            }
+            Keys::Distinct(n) => {
+                let k = format!("key-{}", rng.next_u64() % n).into_bytes();
+                let p = partition_for_key(&k, partitions);
+                (Some(k), p)
+            }
+        };
+        let Some(slot) = seqs.get_mut(partition as usize) else {
+            done.fatal = Some(format!(
+                "producer {id}: partitioner chose partition {partition} of {partitions}"
+            ));
+            break;
+        };
+        let seq = *slot;
+        *slot += 1;
+        let sent_ns = shared.now_ns();
+        let t0 = Instant::now();
+        let value = payload::encode(
+            &Header {
+                run_id: shared.run_id,
+                producer: id,
+                partition,
+                seq,
+                sent_ns,
+            },
+            a.message_size,
+            &pool,
+        );
+        let record = Record {
+            timestamp: (sent_ns / 1_000_000) as i64,
+            key,
+            value: Some(value),
+            headers: Vec::new(),
+        };
+        match producer
+            .send_record(&a.topic, Some(partition), record)
+            .await
+        {
+            Ok(fut) => {
+                let m = InFlight {
+                    fut,
+                    t0,
+                    partition,
+                    seq,
+                };
+                if tx.send(m).await.is_err() {
+                    done.fatal = Some(format!("producer {id}: delivery collector stopped"));
+                    break;
+                }
+            }
+            Err(e) => {
+                // Never queued: neither sent nor acknowledged.
+                *slot -= 1;
+                done.fatal = Some(format!("producer {id}: send failed: {e}"));
+                break;
+            }
+        }
+        sent += 1;
+    }
+    drop(tx);
+    // Send what is lingering now; the collector sees every outcome.
+    if let Err(e) = producer.flush().await {
+        shared.note(format!("producer {id}: flush failed: {e}"));
+    }
+    let failed = match collector.await {
+        Ok(f) => f,
+        Err(e) => {
+            done.fatal = Some(format!("producer {id}: collector task failed: {e}"));
+            HashMap::new()
+        }
+    };
+    let mut failed = failed;
+    for (p, count) in seqs.into_iter().enumerate() {
+        if count == 0 {
+            continue;
+        }
+        let p = p as u32;
+        done.sent.insert(
+            (id, p),
+            Sent {
+                count,
+                failed: failed.remove(&p).unwrap_or_default(),
+            },
+        );
+    }
+    done
+}
+
+/// One batch in flight in `--direct-batches` mode.
+struct BatchInFlight {
+    t0: Instant,
+    partition: u32,
+    first_seq: u64,
+    count: u64,
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Records a batch's outcome for each of its messages.
+fn settle_batch(
+    b: BatchInFlight,
+    res: Result<Vec<levee_client::ProducedPartition>, ClientError>,
+    shared: &Shared,
+    hists: &Mutex<TaskHists>,
+    size: u64,
+    failed: &mut HashMap<u32, verify::RangeSet>,
+) {
+    let err = match res {
+        Ok(parts) => parts.first().and_then(|p| p.result().err()),
+        Err(e) => Some(e),
+    };
+    match err {
+        None => {
+            let us = Instant::now().saturating_duration_since(b.t0).as_micros() as u64;
+            shared.acked_msgs.fetch_add(b.count, Relaxed);
+            shared.acked_bytes.fetch_add(size * b.count, Relaxed);
+            let mut h = lock(hists);
+            for _ in 0..b.count {
+                h.record(us, b.t0 >= shared.warmup_end);
+            }
+        }
+        Some(e) => {
+            shared.failed_msgs.fetch_add(b.count, Relaxed);
+            shared.note(format!("delivery failed: {e}"));
+            failed
+                .entry(b.partition)
+                .or_default()
+                .insert_range(b.first_seq, b.first_seq + b.count);
+        }
+    }
+}
+
+/// A producer that builds record batches itself and keeps
+/// `--max-in-flight` of them in flight on its connection.
+async fn batch_producer_task(
+    id: u32,
+    cfg: Arc<Config>,
+    shared: Arc<Shared>,
+    hists: Arc<Mutex<TaskHists>>,
+    partitions: u32,
+    quota: Option<u64>,
+) -> ProducerDone {
+    let a = &cfg.args;
+    let mut done = ProducerDone {
+        sent: HashMap::new(),
+        fatal: None,
+    };
+    let client = match Client::connect(client_config(&cfg, format!("levee-bench-p{id}"))).await {
+        Ok(c) => c,
+        Err(e) => {
+            done.fatal = Some(format!("producer {id}: {e}"));
+            shared.stop_producing.store(true, Relaxed);
+            return done;
+        }
+    };
+    let size = a.message_size.max(payload::HEADER_LEN);
+    let per_batch = (a.batch_size / (size + 12)).max(1) as u64;
+    let pool = FillerPool::new(shared.run_id ^ u64::from(id), a.message_size);
+    let mut seqs = vec![0u64; partitions as usize];
+    let share = 1.0 / a.producers.max(1) as f64;
+    let mut pacer = Pacer::new(
+        cfg.produce_shape.scaled(share),
+        0.05,
+        (size as u64 * per_batch) as f64,
+    );
+    let mut next_partition = id % partitions;
+    let mut sent = 0u64;
+    let mut queue: std::collections::VecDeque<(
+        levee_client::client::InFlightProduce,
+        BatchInFlight,
+    )> = std::collections::VecDeque::new();
+    let mut failed: HashMap<u32, verify::RangeSet> = HashMap::new();
+    let mut records = Vec::with_capacity(a.batch_size + 4096);
+    let acks = a.acks.to_wire();
+    'send: while !shared.stop_producing.load(Relaxed) {
+        let n = match quota {
+            Some(q) if sent >= q => break,
+            Some(q) => per_batch.min(q - sent),
+            None => per_batch,
+        };
+        if !pacer.is_unlimited() {
+            let wait = pacer.acquire(shared.secs(), (size as u64 * n) as f64);
+            if wait > 0.001 {
+                let until = Instant::now() + Duration::from_secs_f64(wait.min(3600.0));
+                while Instant::now() < until {
+                    if shared.stop_producing.load(Relaxed) {
+                        break 'send;
+                    }
+                    let step = until
+                        .saturating_duration_since(Instant::now())
+                        .min(Duration::from_millis(100));
+                    tokio::time::sleep(step).await;
+                }
+            }
+        }
+        let partition = next_partition;
+        next_partition = (next_partition + 1) % partitions;
+        let first_seq = seqs[partition as usize];
+        let sent_ns = shared.now_ns();
+        let ts = (sent_ns / 1_000_000) as i64;
+        records.clear();
+        let mut value = Vec::with_capacity(size);
+        for i in 0..n {
+            value.clear();
+            payload::encode_into(
+                &Header {
+                    run_id: shared.run_id,
+                    producer: id,
+                    partition,
+                    seq: first_seq + i,
+                    sent_ns,
+                },
+                size,
+                &pool,
+                &mut value,
+            );
+            // One record: attributes, timestamp delta 0, offset delta, null
+            // key (zigzag -1), value, no headers.
+            let mut head = Vec::with_capacity(16);
+            head.push(0u8);
+            head.push(0u8);
+            put_varint(&mut head, i);
+            head.push(1u8);
+            put_varint(&mut head, (value.len() as u64) << 1);
+            let body_len = head.len() + value.len() + 1;
+            let mut len_buf = Vec::with_capacity(4);
+            put_varint(&mut len_buf, body_len as u64);
+            records.extend_from_slice(&len_buf);
+            records.extend_from_slice(&head);
+            records.extend_from_slice(&value);
+            records.push(0u8);
+        }
+        let batch = levee_engine::batch::build_batch_raw(
+            &records,
+            n as u32,
+            ts,
+            ts,
+            levee_engine::batch::BatchMeta::default(),
+        );
+        if queue.len() >= a.max_in_flight.max(1) {
+            if let Some((inflight, b)) = queue.pop_front() {
+                let res = inflight.wait().await;
+                settle_batch(b, res, &shared, &hists, size as u64, &mut failed);
+            }
+        }
+        let t0 = Instant::now();
+        match client
+            .start_produce(
+                acks,
+                Duration::from_secs(30),
+                vec![(a.topic.clone(), partition, bytes::Bytes::from(batch))],
+            )
+            .await
+        {
+            Ok(inflight) => {
+                seqs[partition as usize] += n;
+                sent += n;
+                queue.push_back((
+                    inflight,
+                    BatchInFlight {
+                        t0,
+                        partition,
+                        first_seq,
+                        count: n,
+                    },
+                ));
+            }
+            Err(e) => {
+                done.fatal = Some(format!("producer {id}: send failed: {e}"));
+                break;
+            }
+        }
+    }
+    while let Some((inflight, b)) = queue.pop_front() {
+        let res = inflight.wait().await;
+        settle_batch(b, res, &shared, &hists, size as u64, &mut failed);
+    }
+    for (p, count) in seqs.into_iter().enumerate() {
+        if count == 0 {
+            continue;
+        }
+        let p = p as u32;
+        done.sent.insert(
+            (id, p),
+            Sent {
+                count,
+                failed: failed.remove(&p).unwrap_or_default(),
+            },
+        );
+    }
+    done
+}
+
+struct ConsumerDone {
+    verifier: Verifier,
+    /// Reached the end offsets it was asked to.
+    complete: bool,
+    fatal: Option<String>,
+}
+
+struct ConsumerCtx {
+    id: usize,
+    cfg: Arc<Config>,
+    shared: Arc<Shared>,
+    hists: Arc<Mutex<TaskHists>>,
+    partitions: Vec<u32>,
+    /// End offsets to reach; `None` until producers are done.
+    targets: watch::Receiver<Option<Arc<HashMap<u32, u64>>>>,
+    /// Stop after this many records in total (consume-only --messages).
+    limit: Option<u64>,
+}
+
+fn reached(consumer: &Consumer, topic: &str, parts: &[u32], targets: &HashMap<u32, u64>) -> bool {
+    parts.iter().all(|p| {
+        let target = targets.get(p).copied().unwrap_or(0);
+        consumer.position(topic, *p).unwrap_or(0) >= target
+    })
+}
+
+async fn consumer_task(
+    ctx: ConsumerCtx,
+    ready: oneshot::Sender<Result<(), String>>,
+) -> ConsumerDone {
+    let ConsumerCtx {
+        id,
+        cfg,
+        shared,
+        hists,
+        partitions,
+        mut targets,
+        limit,
+    } = ctx;
+    let a = &cfg.args;
+    let mut done = ConsumerDone {
+        verifier: Verifier::new(shared.run_id),
+        complete: false,
+        fatal: None,
+    };
+    let client = match Client::connect(client_config(&cfg, format!("levee-bench-c{id}"))).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send(Err(format!("consumer {id}: {e}")));
+            return done;
+        }
+    };
+    let mut consumer = Consumer::new(
+        client,
+        ConsumerConfig {
+            max_wait: Duration::from_millis(100),
+            partition_max_bytes: a.fetch_partition_bytes,
+            max_bytes: a.fetch_partition_bytes.saturating_mul(16).max(16 << 20),
+            ..ConsumerConfig::default()
+        },
+    );
+    if let Err(e) = consumer
+        .assign(&a.topic, Some(partitions.clone()), cfg.from)
+        .await
+    {
+        let _ = ready.send(Err(format!("consumer {id}: assign: {e}")));
+        return done;
+    }
+    let _ = ready.send(Ok(()));
+    let share = 1.0 / a.consumers.max(1) as f64;
+    let mut pacer = Pacer::new(
+        cfg.consume_shape.scaled(share),
+        0.05,
+        f64::from(a.fetch_partition_bytes),
+    );
+    let mut retries = 0u32;
+    loop {
+        if shared.stop_consuming.load(Relaxed) {
+            break;
+        }
+        let target = targets.borrow_and_update().clone();
+        if let Some(t) = target {
+            if reached(&consumer, &a.topic, &partitions, &t) {
+                done.complete = true;
+                break;
+            }
+        }
+        if limit.is_some_and(|l| shared.consumed_msgs.load(Relaxed) >= l) {
+            done.complete = true;
+            break;
+        }
+        let records = match consumer.poll().await {
+            Ok(r) => {
+                retries = 0;
+                r
+            }
+            Err(e @ (ClientError::Checksum { .. } | ClientError::MalformedBatch { .. })) => {
+                done.verifier.counts.corrupt_batches += 1;
+                shared.note(format!("consumer {id}: {e}"));
+                // The position cannot move past a batch it cannot read.
+                break;
+            }
+            Err(e) if e.is_retriable() && retries < 50 => {
+                retries += 1;
+                shared.note(format!("consumer {id}: retrying: {e}"));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(e) => {
+                done.fatal = Some(format!("consumer {id}: {e}"));
+                break;
+            }
+        };
+        if records.is_empty() {
+            continue;
+        }
+        let now_ns = shared.now_ns();
+        let mut bytes = 0u64;
+        let mut own_msgs = 0u64;
+        let mut own_bytes = 0u64;
+        {
+            let mut h = lock(&hists);
+            for r in &records {
+                let value = r.value.as_deref().unwrap_or(&[]);
+                let len = value.len() as u64;
+                bytes += len;
+                if let Checked::Own { sent_ns, first } = done.verifier.check(r.partition, value) {
+                    if first {
+                        own_msgs += 1;
+                        own_bytes += len;
+                    }
+                    let us = now_ns.saturating_sub(sent_ns) / 1000;
+                    h.record(us, sent_ns >= shared.warmup_end_ns);
+                }
+            }
+        }
+        shared
+            .consumed_msgs
+            .fetch_add(records.len() as u64, Relaxed);
+        shared.consumed_bytes.fetch_add(bytes, Relaxed);
+        shared.own_msgs.fetch_add(own_msgs, Relaxed);
+        shared.own_bytes.fetch_add(own_bytes, Relaxed);
+        if !pacer.is_unlimited() {
+            let wait = pacer.acquire(shared.secs(), bytes as f64);
+            if wait > 0.0 {
+                let until = Instant::now() + Duration::from_secs_f64(wait.min(3600.0));
+                while Instant::now() < until && !shared.stop_consuming.load(Relaxed) {
+                    let step = until
+                        .saturating_duration_since(Instant::now())
+                        .min(Duration::from_millis(100));
+                    tokio::time::sleep(step).await;
+                }
+            }
+        }
+    }
+    done
+}
+
+/// End offsets of every partition.
+async fn end_offsets(
+    client: &Client,
+    topic: &str,
+    partitions: u32,
+    spec: OffsetSpec,
+) -> Result<HashMap<u32, u64>, ClientError> {
+    let ps: Vec<u32> = (0..partitions).collect();
+    let found = client.list_offsets(topic, &ps, spec).await?;
+    Ok(found
+        .into_iter()
+        .filter_map(|(p, o)| o.map(|o| (p, o)))
+        .collect())
+}
+
+/// The per-second reporter's state.
+struct Reporter {
+    cfg: Arc<Config>,
+    shared: Arc<Shared>,
+    ack_hists: Vec<Arc<Mutex<TaskHists>>>,
+    e2e_hists: Vec<Arc<Mutex<TaskHists>>>,
+    series: Arc<Mutex<Vec<Point>>>,
+    /// Consume-only: records to read in total (backlog = this minus consumed).
+    catchup_total: Option<u64>,
+}
+
+impl Reporter {
+    fn take_interval(hs: &[Arc<Mutex<TaskHists>>]) -> hdrhistogram::Histogram<u64> {
+        let mut merged = stats::new_histogram();
+        for h in hs {
+            let mut g = lock(h);
+            // Same bounds everywhere, so adding cannot fail.
+            let _ = merged.add(&g.interval);
+            g.interval.reset();
+        }
+        merged
+    }
+
+    fn backlog(&self) -> (i64, i64) {
+        let s = &self.shared;
+        let consumed = s.consumed_msgs.load(Relaxed);
+        match self.catchup_total {
+            Some(total) => {
+                let msgs = total.saturating_sub(consumed) as i64;
+                let avg = if consumed > 0 {
+                    s.consumed_bytes.load(Relaxed) as f64 / consumed as f64
+                } else {
+                    self.cfg.args.message_size as f64
+                };
+                (msgs, (msgs as f64 * avg) as i64)
+            }
+            // A consumer may read a message before its producer has seen
+            // the acknowledgement: never report a negative backlog.
+            None => (
+                (s.acked_msgs.load(Relaxed) as i64 - s.own_msgs.load(Relaxed) as i64).max(0),
+                (s.acked_bytes.load(Relaxed) as i64 - s.own_bytes.load(Relaxed) as i64).max(0),
+            ),
+        }
+    }
+
+    async fn run(self, stop: Arc<AtomicBool>) {
+        let start = self.shared.start;
+        let mut tick =
+            tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = Snap::default();
+        let mut rss_warned = false;
+        loop {
+            tick.tick().await;
+            if stop.load(Relaxed) {
+                break;
+            }
+            let now = self.shared.snapshot();
+            let dt = (now.at - last.at).max(1e-3);
+            let ack = Self::take_interval(&self.ack_hists);
+            let e2e = Self::take_interval(&self.e2e_hists);
+            let (backlog_msgs, backlog_bytes) = self.backlog();
+            let rss = match &self.cfg.memory {
+                Some(m) => m.sample().await,
+                None => None,
+            };
+            if rss.is_none() && !rss_warned {
+                if let Some(m) = &self.cfg.memory {
+                    eprintln!("note: cannot read broker memory from {}", m.describe());
+                }
+                rss_warned = true;
+            }
+            let phase = if self.shared.draining.load(Relaxed) {
+                Phase::Drain
+            } else if Instant::now() < self.shared.warmup_end {
+                Phase::Warmup
+            } else {
+                Phase::Measure
+            };
+            let p = Point {
+                t_s: (now.at * 1000.0).round() / 1000.0,
+                phase,
+                produce_mb_s: (now.acked_bytes - last.acked_bytes) as f64 / dt / rate::MB,
+                produce_msgs_s: (now.acked_msgs - last.acked_msgs) as f64 / dt,
+                consume_mb_s: (now.consumed_bytes - last.consumed_bytes) as f64 / dt / rate::MB,
+                consume_msgs_s: (now.consumed_msgs - last.consumed_msgs) as f64 / dt,
+                ack_p50_ms: quantile_ms(&ack, 0.5),
+                ack_p99_ms: quantile_ms(&ack, 0.99),
+                e2e_p50_ms: quantile_ms(&e2e, 0.5),
+                e2e_p99_ms: quantile_ms(&e2e, 0.99),
+                backlog_msgs,
+                backlog_bytes,
+                rss_bytes: rss,
+            };
+            if !self.cfg.args.quiet {
+                eprintln!(
+                    "[{:>5.0}s {:<7}] produce {:>8.2} MB/s {:>9.0} msg/s | consume {:>8.2} MB/s {:>9.0} msg/s | ack p99 {:>9} | backlog {:>9} msgs {:>10} | rss {}",
+                    now.at,
+                    format!("{phase:?}").to_lowercase(),
+                    p.produce_mb_s,
+                    p.produce_msgs_s,
+                    p.consume_mb_s,
+                    p.consume_msgs_s,
+                    p.ack_p99_ms.map_or("-".to_string(), stats::fmt_ms),
+                    backlog_msgs,
+                    fmt_bytes(backlog_bytes as f64),
+                    rss.map_or("-".to_string(), |b| fmt_bytes(b as f64)),
+                );
+            }
+            lock(&self.series).push(p);
+            last = now;
+        }
+    }
+}
+
+fn random_run_id() -> u64 {
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut r = SplitMix(t ^ (u64::from(std::process::id()) << 32));
+    r.next_u64()
+}
+
+/// Runs the benchmark; returns the report and a fatal error (exit 2) if a
+/// task failed in a way that makes the figures incomplete.
+async fn bench(cfg: Config) -> Result<(Report, Option<String>), BenchError> {
+    let cfg = Arc::new(cfg);
+    let a = &cfg.args;
+    let admin = Client::connect(client_config(&cfg, "levee-bench".into()))
+        .await
+        .map_err(|e| client_err("connect", &e))?;
+    let partitions = ensure_topic(&cfg, &admin).await?;
+    let run_id = random_run_id();
+    eprintln!(
+        "levee bench: run {run_id:016x}: {} producer(s), {} consumer(s), topic `{}` ({} partitions), {} B messages, acks={}, keys {}, compression {}; {} tokio worker thread(s) on a {}-CPU host (a local broker competes for the same CPUs)",
+        a.producers,
+        a.consumers,
+        a.topic,
+        partitions,
+        a.message_size,
+        match a.acks { Acks::None => "0", Acks::Leader => "1", Acks::All => "all" },
+        cfg.params()["keys"].as_str().unwrap_or("?"),
+        cfg.params()["compression"].as_str().unwrap_or("?"),
+        cfg.threads,
+        host_cpus()
+    );
+    let consumers_used = a.consumers.min(partitions as usize);
+    if a.consumers > consumers_used {
+        eprintln!(
+            "note: {} consumer(s) but {partitions} partition(s): {} consumer(s) stay idle and are not started",
+            a.consumers,
+            a.consumers - consumers_used
+        );
+    }
+
+    // Consumers first, so that from `latest` they see every message.
+    let (targets_tx, targets_rx) = watch::channel::<Option<Arc<HashMap<u32, u64>>>>(None);
+    let start_wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let start = Instant::now();
+    let warmup = Duration::from_secs_f64(a.warmup);
+    let shared = Arc::new(Shared {
+        start,
+        warmup_end: start + warmup,
+        base_ns: start_wall,
+        warmup_end_ns: start_wall + warmup.as_nanos() as u64,
+        run_id,
+        stop_producing: AtomicBool::new(false),
+        stop_consuming: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
+        acked_msgs: AtomicU64::new(0),
+        acked_bytes: AtomicU64::new(0),
+        failed_msgs: AtomicU64::new(0),
+        consumed_msgs: AtomicU64::new(0),
+        consumed_bytes: AtomicU64::new(0),
+        own_msgs: AtomicU64::new(0),
+        own_bytes: AtomicU64::new(0),
+        errors: Mutex::new(Vec::new()),
+    });
+    let mut catchup_total = None;
+    if a.producers == 0 {
+        let ends = end_offsets(&admin, &a.topic, partitions, OffsetSpec::Latest)
+            .await
+            .map_err(|e| client_err("list offsets", &e))?;
+        let starts = match cfg.from {
+            StartPosition::Earliest => {
+                end_offsets(&admin, &a.topic, partitions, OffsetSpec::Earliest)
+                    .await
+                    .map_err(|e| client_err("list offsets", &e))?
+            }
+            _ => ends.clone(),
+        };
+        let total: u64 = ends
+            .iter()
+            .map(|(p, e)| e.saturating_sub(starts.get(p).copied().unwrap_or(0)))
+            .sum();
+        eprintln!(
+            "consume-only: {total} record(s) to read up to the current end of `{}`",
+            a.topic
+        );
+        catchup_total = Some(total);
+        let _ = targets_tx.send(Some(Arc::new(ends)));
+    }
+    let mut e2e_hists = Vec::new();
+    let mut consumer_handles = Vec::new();
+    let mut readies = Vec::new();
+    for id in 0..consumers_used {
+        let parts: Vec<u32> = (0..partitions)
+            .filter(|p| *p as usize % consumers_used == id)
+            .collect();
+        let h = Arc::new(Mutex::new(TaskHists::default()));
+        e2e_hists.push(h.clone());
+        let (rtx, rrx) = oneshot::channel();
+        readies.push(rrx);
+        let ctx = ConsumerCtx {
+            id,
+            cfg: cfg.clone(),
+            shared: shared.clone(),
+            hists: h,
+            partitions: parts,
+            targets: targets_rx.clone(),
+            limit: if a.producers == 0 { a.messages } else { None },
+        };
+        consumer_handles.push(tokio::spawn(consumer_task(ctx, rtx)));
+    }
+    for r in readies {
+        match r.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                shared.stop_consuming.store(true, Relaxed);
+                return Err(BenchError::Client(e));
+            }
+            Err(_) => {
+                shared.stop_consuming.store(true, Relaxed);
+                return Err(BenchError::Client(
+                    "a consumer task ended before it was ready".into(),
+                ));
+            }
+        }
+    }
+
+    let reporter_stop = Arc::new(AtomicBool::new(false));
+    let mut ack_hists = Vec::new();
+    let mut producer_handles = Vec::new();
+    for id in 0..a.producers {
+        let h = Arc::new(Mutex::new(TaskHists::default()));
+        ack_hists.push(h.clone());
+        let quota = a.messages.map(|m| {
+            let n = a.producers as u64;
+            m / n + u64::from((id as u64) < m % n)
+        });
+        producer_handles.push(if a.direct_batches {
+            tokio::spawn(batch_producer_task(
+                id as u32,
+                cfg.clone(),
+                shared.clone(),
+                h,
+                partitions,
+                quota,
+            ))
+        } else {
+            tokio::spawn(producer_task(
+                id as u32,
+                cfg.clone(),
+                shared.clone(),
+                h,
+                partitions,
+                quota,
+            ))
+        });
+    }
+    let series = Arc::new(Mutex::new(Vec::new()));
+    let reporter = tokio::spawn(
+        Reporter {
+            cfg: cfg.clone(),
+            shared: shared.clone(),
+            ack_hists: ack_hists.clone(),
+            e2e_hists: e2e_hists.clone(),
+            series: series.clone(),
+            catchup_total,
+        }
+        .run(reporter_stop.clone()),
+    );
+    // Warmup snapshot.
+    let warm_snap = {
+        let s = shared.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(s.warmup_end).await;
+            s.snapshot()
+        })
+    };
+    // Stop producing (or, consume-only, consuming) after warmup + duration,
+    // or on Ctrl-C; a second Ctrl-C stops the consumers too.
+    {
+        let s = shared.clone();
+        let deadline = cfg
+            .duration
+            .map(|d| s.warmup_end + Duration::from_secs_f64(d));
+        let consume_only = a.producers == 0;
+        tokio::spawn(async move {
+            let timer = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = timer => {}
+                r = tokio::signal::ctrl_c() => {
+                    if r.is_ok() {
+                        eprintln!("interrupted: stopping producers (Ctrl-C again stops consumers)");
+                    }
+                }
+            }
+            s.stop_producing.store(true, Relaxed);
+            if consume_only {
+                s.stop_consuming.store(true, Relaxed);
+            }
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("interrupted: stopping consumers");
+                s.stop_consuming.store(true, Relaxed);
+            }
+        });
+    }
+
+    let mut fatal: Vec<String> = Vec::new();
+    let mut sent: HashMap<(u32, u32), Sent> = HashMap::new();
+    for h in producer_handles {
+        match h.await {
+            Ok(d) => {
+                sent.extend(d.sent);
+                fatal.extend(d.fatal);
+            }
+            Err(e) => fatal.push(format!("producer task failed: {e}")),
+        }
+    }
+    let produce_end = shared.snapshot();
+    let produce_end_s = produce_end.at;
+    let mut drain_s = 0.0;
+    if a.producers > 0 && !consumer_handles.is_empty() {
+        shared.draining.store(true, Relaxed);
+        // With acks=0 the last messages may still be on their way: wait
+        // until the end offsets stop moving.
+        let mut ends = None;
+        for _ in 0..50 {
+            let e = end_offsets(&admin, &a.topic, partitions, OffsetSpec::Latest).await;
+            match e {
+                Ok(e) => {
+                    if a.acks != Acks::None || ends.as_ref() == Some(&e) {
+                        ends = Some(e);
+                        break;
+                    }
+                    ends = Some(e);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    shared.note(format!("list offsets for the drain: {e}"));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        match ends {
+            Some(e) => {
+                let _ = targets_tx.send(Some(Arc::new(e)));
+            }
+            None => {
+                fatal.push("cannot list the topic's end offsets to drain it".into());
+                shared.stop_consuming.store(true, Relaxed);
+            }
+        }
+        let s = shared.clone();
+        let timeout = Duration::from_secs_f64(a.drain_timeout);
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            s.stop_consuming.store(true, Relaxed);
+        });
+    }
+    let mut verifier_own: HashMap<(u32, u32), Stream> = HashMap::new();
+    let mut counts = Counts::default();
+    let mut complete = true;
+    for h in consumer_handles {
+        match h.await {
+            Ok(d) => {
+                counts.add(&d.verifier.counts);
+                verifier_own.extend(d.verifier.own);
+                complete &= d.complete;
+                fatal.extend(d.fatal);
+            }
+            Err(e) => {
+                complete = false;
+                fatal.push(format!("consumer task failed: {e}"));
+            }
+        }
+    }
+    let consume_end = shared.snapshot();
+    if a.producers > 0 && consumers_used > 0 {
+        drain_s = (consume_end.at - produce_end_s).max(0.0);
+    }
+    reporter_stop.store(true, Relaxed);
+    let _ = reporter.await;
+    let warm = if a.warmup > 0.0 {
+        // A run shorter than its warmup measures nothing.
+        taken(warm_snap).await.unwrap_or(consume_end)
+    } else {
+        warm_snap.abort();
+        Snap::default()
+    };
+
+    // Figures.
+    let produce = Throughput::new(
+        produce_end.acked_msgs.saturating_sub(warm.acked_msgs),
+        produce_end.acked_bytes.saturating_sub(warm.acked_bytes),
+        (produce_end.at - a.warmup).max(0.0),
+    );
+    let consume = Throughput::new(
+        consume_end.consumed_msgs.saturating_sub(warm.consumed_msgs),
+        consume_end
+            .consumed_bytes
+            .saturating_sub(warm.consumed_bytes),
+        if consumers_used > 0 {
+            (consume_end.at - a.warmup).max(0.0)
+        } else {
+            0.0
+        },
+    );
+    let merge_total = |hs: &[Arc<Mutex<TaskHists>>]| {
+        let mut m = stats::new_histogram();
+        for h in hs {
+            let _ = m.add(&lock(h).total);
+        }
+        summarize(&m)
+    };
+    let ack_latency = merge_total(&ack_hists);
+    let e2e_latency = merge_total(&e2e_hists);
+    let series = std::mem::take(&mut *lock(&series));
+    let mut backlog = BacklogSummary::default();
+    for p in &series {
+        if p.backlog_bytes > backlog.max_bytes || p.backlog_msgs > backlog.max_msgs {
+            backlog.max_bytes = backlog.max_bytes.max(p.backlog_bytes);
+            backlog.max_msgs = backlog.max_msgs.max(p.backlog_msgs);
+            backlog.max_at_s = p.t_s;
+        }
+    }
+    let consumed_own = shared.own_msgs.load(Relaxed);
+    if catchup_total.is_some() {
+        let total = catchup_total.unwrap_or(0);
+        backlog.end_msgs = total.saturating_sub(consume_end.consumed_msgs) as i64;
+    } else {
+        backlog.end_msgs = (consume_end.acked_msgs as i64 - consumed_own as i64).max(0);
+        backlog.end_bytes =
+            (consume_end.acked_bytes as i64 - shared.own_bytes.load(Relaxed) as i64).max(0);
+    }
+    let rss: Vec<u64> = series.iter().filter_map(|p| p.rss_bytes).collect();
+    let memory = MemorySummary {
+        source: cfg
+            .memory
+            .as_ref()
+            .map_or("disabled".to_string(), MemorySource::describe),
+        start_bytes: rss.first().copied(),
+        max_bytes: rss.iter().copied().max(),
+        end_bytes: rss.last().copied(),
+    };
+
+    // Verification.
+    let failed = shared.failed_msgs.load(Relaxed);
+    let mut verification = Verification {
+        checked: consumers_used > 0,
+        complete: complete && consumers_used > 0,
+        counts,
+        ..Verification::default()
+    };
+    let mut failures = Vec::new();
+    if consumers_used > 0 {
+        if a.producers > 0 {
+            verification.loss = verify::find_loss(&sent, &verifier_own);
+        }
+        let c = &verification.counts;
+        let l = &verification.loss;
+        if l.lost > 0 {
+            failures.push(format!(
+                "{} acknowledged message(s) never received{}",
+                l.lost,
+                if complete {
+                    ""
+                } else {
+                    " (consumers stopped before the end: drain timeout, interruption or error)"
+                }
+            ));
+        }
+        if c.duplicates > 0 {
+            failures.push(format!("{} duplicate message(s)", c.duplicates));
+        }
+        if c.corrupt > 0 {
+            failures.push(format!("{} message(s) failed their checksum", c.corrupt));
+        }
+        if c.corrupt_batches > 0 {
+            failures.push(format!(
+                "{} batch(es) rejected as corrupt by the client",
+                c.corrupt_batches
+            ));
+        }
+        if c.wrong_partition > 0 {
+            failures.push(format!(
+                "{} message(s) read from another partition than the one they were sent to",
+                c.wrong_partition
+            ));
+        }
+    }
+    if failed > 0 {
+        failures.push(format!("{failed} message(s) failed delivery (see notes)"));
+    }
+    verification.failures = failures;
+    let mut report = Report {
+        params: cfg.params(),
+        run_id: format!("{run_id:016x}"),
+        started_unix_ms: start_wall / 1_000_000,
+        client_threads: cfg.threads,
+        host_cpus: host_cpus(),
+        partitions,
+        warmup_s: a.warmup,
+        produce_end_s,
+        consume_end_s: consume_end.at,
+        drain_s,
+        produce,
+        produce_failed: failed,
+        consume,
+        ack_latency,
+        e2e_latency,
+        backlog,
+        memory,
+        verification,
+        errors: lock(&shared.errors).clone(),
+        timeseries: series,
+    };
+    if a.producers > 0 && cfg.produce_shape == RateShape::Unlimited {
+        report.errors.push(format!(
+            "unlimited rate: producers keep their {} buffer full, so acknowledgement and end-to-end latency include queueing in it (use --rate for latency at a given load)",
+            fmt_bytes(a.buffer_bytes as f64)
+        ));
+    }
+    let fatal = (!fatal.is_empty()).then(|| fatal.join("; "));
+    Ok((report, fatal))
+}
+
+/// The warmup snapshot if it was taken (the run outlasted the warmup).
+async fn taken(h: tokio::task::JoinHandle<Snap>) -> Option<Snap> {
+    if h.is_finished() {
+        h.await.ok()
+    } else {
+        h.abort();
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+
+    fn parse(v: &[&str]) -> Result<BenchArgs, clap::Error> {
+        let mut all = vec!["bench"];
+        all.extend_from_slice(v);
+        Cli::try_parse_from(all).map(|c| c.args)
+    }
+
+    #[test]
+    fn parses_flags() {
+        let a = parse(&[
+            "--producers",
+            "2",
+            "--consumers",
+            "3",
+            "--bootstrap",
+            "a:1,b:2",
+            "--acks",
+            "all",
+            "--keys",
+            "100-distinct",
+            "--compression",
+            "zstd",
+            "--rate",
+            "50",
+            "--message-size",
+            "512",
+            "--warmup",
+            "2.5",
+            "--topic-fsync",
+            "never",
+        ])
+        .unwrap();
+        assert_eq!(a.bootstrap, vec!["a:1", "b:2"]);
+        assert_eq!(a.acks, Acks::All);
+        assert_eq!(a.keys, Keys::Distinct(100));
+        assert_eq!(a.compression, Compression::Zstd);
+        assert_eq!(a.rate, Some(50.0 * rate::MB));
+        let c = Config::new(a).unwrap();
+        assert_eq!(c.duration, Some(30.0));
+        assert_eq!(c.from, StartPosition::Latest);
+        assert_eq!(c.produce_shape, RateShape::Fixed(50e6));
+        assert!(parse(&["--rate", "5", "--burst", "1:2:1:2"]).is_err());
+        assert!(parse(&["--keys", "zero"]).is_err());
+        assert!(parse(&["--acks", "2"]).is_err());
+        assert_eq!(parse(&["--keys", "7"]).unwrap().keys, Keys::Distinct(7));
+        assert_eq!(parse(&["--keys", "random"]).unwrap().keys, Keys::Random);
+    }
+
+    #[test]
+    fn validates_combinations() {
+        let bad = |v: &[&str]| Config::new(parse(v).unwrap()).is_err();
+        assert!(bad(&["--producers", "0", "--consumers", "0"]));
+        assert!(bad(&["--message-size", "10"]));
+        assert!(bad(&["--partitions", "0"]));
+        assert!(bad(&["--messages", "0"]));
+        assert!(bad(&["--topic-fsync", "sometimes"]));
+        assert!(bad(&["--producers", "0", "--rate", "5"]));
+        let c = Config::new(parse(&["--producers", "0"]).unwrap()).unwrap();
+        assert_eq!(c.from, StartPosition::Earliest);
+        assert_eq!(c.duration, None);
+        let c = Config::new(parse(&["--messages", "10"]).unwrap()).unwrap();
+        assert_eq!(c.duration, None);
+        let c = Config::new(parse(&["--broker-pid", "5"]).unwrap()).unwrap();
+        assert_eq!(c.memory, Some(MemorySource::Pid(5)));
+        let c = Config::new(parse(&["--admin", ""]).unwrap()).unwrap();
+        assert_eq!(c.memory, None);
+        assert!(c.params().get("produce_rate").is_some());
+    }
+}
