@@ -72,6 +72,15 @@ pub fn run(cfg: ServerConfig) -> Result<(), String> {
             .map_err(|e| format!("cannot start the shard on CPU {cpu}: {e}"))?;
         handles.push(h);
     }
+    // The coordinator shard and the membership heartbeats, on a cluster.
+    let mut extra = Vec::new();
+    if let Some(peers) = cfg.coordinator_peers().map_err(|e| e.to_string())? {
+        let me = u64::from(cfg.node_id);
+        if peers.iter().any(|p| p.id == me) {
+            extra.push(start_coordinator(&cfg, peers.clone(), &phases)?);
+        }
+        extra.push(start_membership(&cfg, &peers, n, &phases)?);
+    }
     let started = Instant::now();
     while phases.ready.load(Ordering::SeqCst) < n && !phases.failed.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(5));
@@ -99,6 +108,17 @@ pub fn run(cfg: ServerConfig) -> Result<(), String> {
             }
         }
     }
+    for h in extra {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(_) => {
+                first_err.get_or_insert("the coordinator thread failed".to_string());
+            }
+        }
+    }
     match first_err {
         Some(e) => Err(e),
         None => {
@@ -106,6 +126,103 @@ pub fn run(cfg: ServerConfig) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// Runs this node's coordinator (Raft member) on a dedicated executor until
+/// shutdown.
+fn start_coordinator(
+    cfg: &Arc<ServerConfig>,
+    peers: Vec<levee_coordinator::PeerSpec>,
+    phases: &Arc<Phases>,
+) -> Result<std::thread::JoinHandle<Result<(), String>>, String> {
+    let mut cc =
+        levee_coordinator::CoordinatorConfig::new(cfg.node_id.into(), peers, cfg.data_dir.clone());
+    cc.broker_lease_ms = cfg.broker_lease_ms;
+    let phases = phases.clone();
+    let h = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("coordinator")
+        .spawn(move || async move {
+            let handle = match levee_coordinator::Coordinator::start(cc).await {
+                Ok(h) => h,
+                Err(e) => {
+                    let msg = format!("the coordinator failed to start: {e}");
+                    error!("{msg}");
+                    phases.failed.store(true, Ordering::SeqCst);
+                    phases.shutdown.store(true, Ordering::SeqCst);
+                    return Err(msg);
+                }
+            };
+            info!(addr = %handle.local_addr(), "coordinator started");
+            while !phases.shutdown.load(Ordering::SeqCst) {
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+            handle.shutdown().await;
+            Ok(())
+        })
+        .map_err(|e| format!("cannot start the coordinator executor: {e}"))?;
+    // `LocalExecutorBuilder::spawn` returns glommio's join handle; wrap it so
+    // the caller can join it like the shards.
+    Ok(std::thread::spawn(move || {
+        h.join()
+            .map_err(|e| format!("the coordinator thread failed: {e}"))?
+    }))
+}
+
+/// Registers this broker with the coordinator quorum and heartbeats its
+/// leader every second, on a plain thread (blocking client; not the data path).
+fn start_membership(
+    cfg: &Arc<ServerConfig>,
+    peers: &[levee_coordinator::PeerSpec],
+    shards: usize,
+    phases: &Arc<Phases>,
+) -> Result<std::thread::JoinHandle<Result<(), String>>, String> {
+    let addrs: Vec<String> = peers.iter().map(|p| p.addr.to_string()).collect();
+    let (node_id, listen) = (u64::from(cfg.node_id), cfg.listen.clone());
+    let phases = phases.clone();
+    std::thread::Builder::new()
+        .name("membership".into())
+        .spawn(move || {
+            let timeout = Duration::from_secs(2);
+            let mut registered = false;
+            let mut last_warn = Instant::now() - Duration::from_secs(60);
+            while !phases.shutdown.load(Ordering::SeqCst) {
+                let r = if registered {
+                    levee_coordinator::client::heartbeat(&addrs, node_id, timeout)
+                } else {
+                    levee_coordinator::client::propose(
+                        &addrs,
+                        levee_coordinator::Command::RegisterBroker {
+                            node_id,
+                            client_addr: listen.clone(),
+                            shards: shards as u32,
+                        },
+                        timeout,
+                    )
+                    .map(|_| ())
+                };
+                match r {
+                    Ok(()) if !registered => {
+                        info!(node_id, "registered with the coordinator quorum");
+                        registered = true;
+                    }
+                    Ok(()) => {}
+                    Err(e) => {
+                        if last_warn.elapsed() > Duration::from_secs(10) {
+                            warn!(error = %e, "cannot reach the coordinator quorum; metadata changes wait for it");
+                            last_warn = Instant::now();
+                        }
+                    }
+                }
+                for _ in 0..10 {
+                    if phases.shutdown.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| format!("cannot start the membership thread: {e}"))
 }
 
 /// Refuses to start a second broker on the same data directory.

@@ -37,6 +37,15 @@ pub struct ServerConfig {
     /// A consumer group with no members keeps its committed offsets this
     /// long, then is deleted.
     pub group_offsets_retention_ms: u64,
+    /// The cluster's coordinators, `id@host:port,...` (1, 3 or 5). Empty: a
+    /// single node without a coordinator quorum. A node whose `node_id` is
+    /// listed runs a coordinator on a dedicated executor and listens on its
+    /// entry's address; every node registers with the quorum and
+    /// heartbeats its leader.
+    pub coordinators: String,
+    /// A broker without a heartbeat for this long is declared down by the
+    /// coordinator leader.
+    pub broker_lease_ms: u64,
     pub log: LogDefaults,
 }
 
@@ -78,6 +87,8 @@ impl Default for ServerConfig {
             shutdown_timeout_ms: 10_000,
             idle_spin_us: 50,
             group_offsets_retention_ms: 7 * 24 * 3600 * 1000,
+            coordinators: String::new(),
+            broker_lease_ms: 6000,
             log: LogDefaults::default(),
         }
     }
@@ -167,6 +178,18 @@ impl ServerConfig {
         })
     }
 
+    /// The parsed coordinator list; `None` for a single node.
+    pub fn coordinator_peers(
+        &self,
+    ) -> Result<Option<Vec<levee_coordinator::PeerSpec>>, ConfigError> {
+        if self.coordinators.trim().is_empty() {
+            return Ok(None);
+        }
+        levee_coordinator::PeerSpec::parse_list(&self.coordinators)
+            .map(Some)
+            .map_err(|m| invalid("coordinators", m))
+    }
+
     /// The CPUs to run shards on, one shard per entry.
     pub fn cpu_list(&self) -> Result<Vec<usize>, ConfigError> {
         let online = std::thread::available_parallelism()
@@ -205,6 +228,24 @@ impl ServerConfig {
             return Err(invalid("log.default_partitions", "must be at least 1"));
         }
         parse_fsync(&self.log.fsync).map_err(|m| invalid("log.fsync", m))?;
+        if let Some(peers) = self.coordinator_peers()? {
+            if self.node_id == 0 {
+                return Err(invalid(
+                    "node_id",
+                    "must be 1 or more in a cluster (set --node-id)",
+                ));
+            }
+            let mut cc = levee_coordinator::CoordinatorConfig::new(
+                self.node_id.into(),
+                peers.clone(),
+                self.data_dir.clone(),
+            );
+            if !peers.iter().any(|p| p.id == u64::from(self.node_id)) {
+                // Not a coordinator itself: validate the list with a member's view.
+                cc.node_id = peers[0].id;
+            }
+            cc.validate().map_err(|m| invalid("coordinators", m))?;
+        }
         self.log_config(None, None, None, None)
             .validate()
             .map_err(|e| invalid("log", e.to_string()))?;

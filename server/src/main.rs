@@ -26,8 +26,68 @@ enum Command {
     Tune(tune::TuneArgs),
     /// Load generator: throughput, latency and burst absorption against a running broker.
     Bench(Box<levee_bench::BenchArgs>),
+    /// The cluster's coordinator quorum.
+    Coordinator(CoordinatorArgs),
     #[command(flatten)]
     Client(levee_client::cli::ClientCommand),
+}
+
+#[derive(clap::Args)]
+struct CoordinatorArgs {
+    #[command(subcommand)]
+    cmd: CoordinatorCommand,
+}
+
+#[derive(Subcommand)]
+enum CoordinatorCommand {
+    /// Print one coordinator's role (`Mode: leader` or `Mode: follower`),
+    /// term, leader, commit and applied index, and its peers.
+    Status {
+        /// The coordinator's address (its entry in `coordinators`).
+        #[arg(long, env = "LEVEE_COORDINATOR", default_value = "127.0.0.1:9093")]
+        coordinator: String,
+    },
+    /// Print the cluster metadata the coordinator has applied: brokers and
+    /// their liveness, topics, partition leaders, epochs and in-sync replicas.
+    Metadata {
+        /// The coordinator's address.
+        #[arg(long, env = "LEVEE_COORDINATOR", default_value = "127.0.0.1:9093")]
+        coordinator: String,
+    },
+}
+
+fn coordinator(args: CoordinatorArgs) -> ExitCode {
+    let timeout = std::time::Duration::from_secs(5);
+    let out = match args.cmd {
+        CoordinatorCommand::Status { coordinator } => {
+            levee_coordinator::client::status(&coordinator, timeout).map(|s| s.render())
+        }
+        CoordinatorCommand::Metadata { coordinator } => {
+            levee_coordinator::client::metadata(&coordinator, timeout).map(|m| {
+                let mut out = format!("version: {}\n", m.version);
+                for b in m.brokers.values() {
+                    out += &format!(
+                        "broker {}\t{}\tshards {}\t{}\n",
+                        b.node_id,
+                        b.client_addr,
+                        b.shards,
+                        if b.alive { "alive" } else { "down" }
+                    );
+                }
+                out
+            })
+        }
+    };
+    match out {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -47,9 +107,12 @@ struct ServeArgs {
     /// Shards: "all", a count, or a CPU list like "0,2-3" [default: all].
     #[arg(long)]
     cores: Option<String>,
-    /// This node's id [default: 0].
+    /// This node's id [default: 0; 1 or more in a cluster].
     #[arg(long)]
     node_id: Option<u32>,
+    /// The cluster's coordinators, `id@host:port,...` [default: none, a single node].
+    #[arg(long)]
+    coordinators: Option<String>,
 }
 
 fn serve(args: ServeArgs) -> Result<(), String> {
@@ -72,6 +135,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if let Some(v) = args.node_id {
         cfg.node_id = v;
     }
+    if let Some(v) = args.coordinators {
+        cfg.coordinators = v;
+    }
     broker::run(cfg)
 }
 
@@ -79,6 +145,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Command::Tune(args) => tune::run(args),
+        Command::Coordinator(args) => coordinator(args),
         Command::Bench(args) => levee_bench::run(*args),
         Command::Client(cmd) => levee_client::cli::run(cmd),
         Command::Serve(args) => {
