@@ -8,6 +8,15 @@
 //! line is printed each second; at the end a summary, and optionally JSON
 //! (`--json`) and a self-contained HTML page with charts (`--report`).
 //!
+//! Consumers either split the partitions between them (the default) or, with
+//! `--group G`, join consumer group G: the broker assigns the partitions,
+//! each consumer commits what it has verified, and the group's lag (end
+//! offsets minus committed offsets) is sampled every second. One verifier,
+//! shared by the group's consumers, follows partitions across rebalances:
+//! a message read again after its partition changed hands is counted as
+//! redelivered (the group delivers at least once), a message the same
+//! consumer reads twice in one generation as a duplicate.
+//!
 //! Exit codes: 0 success, 1 verification failures (lost, duplicated or
 //! corrupt messages, failed deliveries), 2 usage or connection errors.
 
@@ -18,7 +27,7 @@ pub mod report;
 pub mod stats;
 pub mod verify;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -27,8 +36,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use levee_client::{
-    partition_for_key, Acks, Client, ClientConfig, ClientError, Compression, Consumer,
-    ConsumerConfig, DeliveryFuture, DeliveryReport, ErrorCode, OffsetSpec, Producer,
+    partition_for_key, Acks, Assignment, Client, ClientConfig, ClientError, Compression,
+    ConsumedRecord, Consumer, ConsumerConfig, DeliveryFuture, DeliveryReport, ErrorCode,
+    GroupConsumer, GroupConsumerConfig, OffsetCommit, OffsetReset, OffsetSpec, Producer,
     ProducerConfig, StartPosition, TopicSettings,
 };
 use levee_engine::Record;
@@ -38,9 +48,9 @@ use tokio::time::Instant;
 use memory::MemorySource;
 use payload::{FillerPool, Header, SplitMix};
 use rate::{Pacer, RateShape};
-use report::{BacklogSummary, MemorySummary, Report, Throughput, Verification};
+use report::{BacklogSummary, GroupReport, MemorySummary, Report, Throughput, Verification};
 use stats::{fmt_bytes, quantile_ms, summarize, Phase, Point, TaskHists};
-use verify::{Checked, Counts, Sent, Stream, Verifier};
+use verify::{Checked, Counts, Owner, Sent, Stream, Verifier};
 
 /// Message keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +118,8 @@ connection errors.
 Examples:
   levee bench --producers 2 --consumers 2 --partitions 4 --duration 30 --warmup 5
   levee bench --burst 20:200:5:30 --consume-rate 40 --duration 120 --report burst.html
-  levee bench --producers 0 --consumers 4 --topic existing   # catch-up read from disk")]
+  levee bench --producers 0 --consumers 4 --topic existing   # catch-up read from disk
+  levee bench --producers 2 --consumers 3 --group bench-g --partitions 6 --rate 50   # consumer group, lag")]
 pub struct BenchArgs {
     /// Broker addresses HOST:PORT[,...].
     #[arg(
@@ -127,7 +138,7 @@ pub struct BenchArgs {
     /// Producer tasks, each with its own connection (0: consume only).
     #[arg(long, default_value_t = 1)]
     pub producers: usize,
-    /// Consumer tasks, each with its own connection and a disjoint set of partitions (0: produce only).
+    /// Consumer tasks, each with its own connection and a disjoint set of partitions, or with --group a member of the group (0: produce only).
     #[arg(long, default_value_t = 1)]
     pub consumers: usize,
     /// Topic (created if missing).
@@ -178,6 +189,15 @@ pub struct BenchArgs {
     /// Where consumers start: earliest or latest [default: latest with producers, earliest without].
     #[arg(long, value_parser = parse_from)]
     pub from: Option<StartPosition>,
+    /// Consumers join this consumer group: the broker assigns them the topic's partitions and they commit what they have verified (auto-commit off); the report adds the group's lag and rebalances. --from is the group's reset policy for partitions without a committed offset.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// With --group: commit every this many ms instead of after each polled batch.
+    #[arg(long, requires = "group")]
+    pub commit_interval_ms: Option<u64>,
+    /// With --group: every this many seconds while producing, one consumer in turn leaves the group without committing and joins again, forcing two rebalances; its uncommitted records are redelivered to their next owner (counted, not failures).
+    #[arg(long, requires = "group", value_parser = parse_secs)]
+    pub churn_interval: Option<f64>,
     /// Seconds consumers may take after producers stop to read everything acknowledged.
     #[arg(long, default_value = "60", value_parser = parse_secs)]
     pub drain_timeout: f64,
@@ -285,6 +305,22 @@ impl Config {
         if args.topic.is_empty() {
             return Err(usage("--topic is empty"));
         }
+        if let Some(g) = &args.group {
+            if g.trim().is_empty() {
+                return Err(usage("--group is empty"));
+            }
+            if args.consumers == 0 {
+                return Err(usage("--group needs consumers (--consumers 1 or more)"));
+            }
+        }
+        if args.churn_interval.is_some_and(|s| s < 0.1) {
+            return Err(usage("--churn-interval must be at least 0.1 s"));
+        }
+        if args.commit_interval_ms == Some(0) {
+            return Err(usage(
+                "--commit-interval-ms must be at least 1 (leave it out to commit after each batch)",
+            ));
+        }
         if args.producers == 0 && (args.rate.is_some() || args.burst.is_some()) {
             return Err(usage("--rate/--burst need producers"));
         }
@@ -333,6 +369,22 @@ impl Config {
         })
     }
 
+    /// When group consumers commit, in words.
+    fn commit_policy(&self) -> String {
+        match self.args.commit_interval_ms {
+            Some(ms) => format!("every {ms} ms"),
+            None => "after each batch".to_string(),
+        }
+    }
+
+    /// The group's reset policy: `--from`.
+    fn reset(&self) -> OffsetReset {
+        match self.from {
+            StartPosition::Earliest => OffsetReset::Earliest,
+            _ => OffsetReset::Latest,
+        }
+    }
+
     fn params(&self) -> serde_json::Value {
         let a = &self.args;
         let rate = match self.produce_shape {
@@ -376,6 +428,9 @@ impl Config {
             "consume_rate": self.args.consume_rate.map_or("unlimited".to_string(), |r| format!("{} MB/s", r / rate::MB)),
             "from": match self.from { StartPosition::Earliest => "earliest", _ => "latest" },
             "drain_timeout_s": a.drain_timeout,
+            "group": a.group,
+            "commit": a.group.as_ref().map(|_| self.commit_policy()),
+            "churn_interval_s": a.churn_interval,
             "max_in_flight": a.max_in_flight,
             "buffer_bytes": a.buffer_bytes,
             "fetch_partition_bytes": a.fetch_partition_bytes,
@@ -470,6 +525,18 @@ struct Shared {
     own_msgs: AtomicU64,
     own_bytes: AtomicU64,
     errors: Mutex<Vec<String>>,
+    /// Group mode: every partition's committed offset reached its target.
+    group_done: AtomicBool,
+    /// Group generations the consumers have fetched in.
+    generations: Mutex<BTreeSet<i32>>,
+    /// Group mode: commits of polled records that succeeded.
+    commits: AtomicU64,
+    /// Group mode: commits refused (rebalance in progress or fenced).
+    commits_refused: AtomicU64,
+    /// `--churn-interval`: the turn number; consumer `turn % consumers` leaves and rejoins.
+    churn_turn: AtomicU64,
+    /// Forced leaves done.
+    churns: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -490,6 +557,12 @@ impl Shared {
         if v.len() < 20 && !v.iter().any(|x| x.starts_with(&kind)) {
             v.push(e);
         }
+    }
+    fn saw_generation(&self, generation: i32) {
+        lock(&self.generations).insert(generation);
+    }
+    fn newest_generation(&self) -> Option<i32> {
+        lock(&self.generations).last().copied()
     }
     fn snapshot(&self) -> Snap {
         Snap {
@@ -1018,7 +1091,6 @@ async fn batch_producer_task(
 }
 
 struct ConsumerDone {
-    verifier: Verifier,
     /// Reached the end offsets it was asked to.
     complete: bool,
     fatal: Option<String>,
@@ -1029,6 +1101,9 @@ struct ConsumerCtx {
     cfg: Arc<Config>,
     shared: Arc<Shared>,
     hists: Arc<Mutex<TaskHists>>,
+    /// This task's own verifier, or with `--group` the one every member shares.
+    verifier: Arc<Mutex<Verifier>>,
+    /// The partitions to read (unused with `--group`: the broker assigns them).
     partitions: Vec<u32>,
     /// End offsets to reach; `None` until producers are done.
     targets: watch::Receiver<Option<Arc<HashMap<u32, u64>>>>,
@@ -1043,6 +1118,88 @@ fn reached(consumer: &Consumer, topic: &str, parts: &[u32], targets: &HashMap<u3
     })
 }
 
+fn consumer_fetch_config(a: &BenchArgs) -> ConsumerConfig {
+    ConsumerConfig {
+        max_wait: Duration::from_millis(100),
+        partition_max_bytes: a.fetch_partition_bytes,
+        max_bytes: a.fetch_partition_bytes.saturating_mul(16).max(16 << 20),
+        ..ConsumerConfig::default()
+    }
+}
+
+/// Verifies a polled batch (checksums outside the verifier's lock, stream
+/// state under it), records end-to-end latencies and the shared counters.
+/// `owner`: who read it, with `--group`. Returns the batch's payload bytes.
+fn account(
+    records: &[ConsumedRecord],
+    owner: Option<Owner>,
+    verifier: &Mutex<Verifier>,
+    hists: &Mutex<TaskHists>,
+    shared: &Shared,
+) -> u64 {
+    let now_ns = shared.now_ns();
+    let parsed: Vec<_> = records
+        .iter()
+        .map(|r| payload::verify(r.value.as_deref().unwrap_or(&[])))
+        .collect();
+    let mut checked = Vec::with_capacity(records.len());
+    {
+        let mut v = lock(verifier);
+        let mut last_partition = None;
+        for (r, p) in records.iter().zip(parsed) {
+            if let Some(o) = owner {
+                if last_partition != Some(r.partition) {
+                    v.owner(r.partition, o);
+                    last_partition = Some(r.partition);
+                }
+            }
+            checked.push(v.check_parsed(r.partition, p));
+        }
+    }
+    let mut bytes = 0u64;
+    let mut own_msgs = 0u64;
+    let mut own_bytes = 0u64;
+    {
+        let mut h = lock(hists);
+        for (r, c) in records.iter().zip(checked) {
+            let len = r.value.as_deref().map_or(0, <[u8]>::len) as u64;
+            bytes += len;
+            if let Checked::Own { sent_ns, first } = c {
+                if first {
+                    own_msgs += 1;
+                    own_bytes += len;
+                }
+                let us = now_ns.saturating_sub(sent_ns) / 1000;
+                h.record(us, sent_ns >= shared.warmup_end_ns);
+            }
+        }
+    }
+    shared
+        .consumed_msgs
+        .fetch_add(records.len() as u64, Relaxed);
+    shared.consumed_bytes.fetch_add(bytes, Relaxed);
+    shared.own_msgs.fetch_add(own_msgs, Relaxed);
+    shared.own_bytes.fetch_add(own_bytes, Relaxed);
+    bytes
+}
+
+/// Waits as long as the consume pacer asks (a slow downstream).
+async fn pace(pacer: &mut Pacer, shared: &Shared, bytes: u64) {
+    if pacer.is_unlimited() {
+        return;
+    }
+    let wait = pacer.acquire(shared.secs(), bytes as f64);
+    if wait > 0.0 {
+        let until = Instant::now() + Duration::from_secs_f64(wait.min(3600.0));
+        while Instant::now() < until && !shared.stop_consuming.load(Relaxed) {
+            let step = until
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100));
+            tokio::time::sleep(step).await;
+        }
+    }
+}
+
 async fn consumer_task(
     ctx: ConsumerCtx,
     ready: oneshot::Sender<Result<(), String>>,
@@ -1052,13 +1209,13 @@ async fn consumer_task(
         cfg,
         shared,
         hists,
+        verifier,
         partitions,
         mut targets,
         limit,
     } = ctx;
     let a = &cfg.args;
     let mut done = ConsumerDone {
-        verifier: Verifier::new(shared.run_id),
         complete: false,
         fatal: None,
     };
@@ -1069,15 +1226,7 @@ async fn consumer_task(
             return done;
         }
     };
-    let mut consumer = Consumer::new(
-        client,
-        ConsumerConfig {
-            max_wait: Duration::from_millis(100),
-            partition_max_bytes: a.fetch_partition_bytes,
-            max_bytes: a.fetch_partition_bytes.saturating_mul(16).max(16 << 20),
-            ..ConsumerConfig::default()
-        },
-    );
+    let mut consumer = Consumer::new(client, consumer_fetch_config(a));
     if let Err(e) = consumer
         .assign(&a.topic, Some(partitions.clone()), cfg.from)
         .await
@@ -1114,7 +1263,7 @@ async fn consumer_task(
                 r
             }
             Err(e @ (ClientError::Checksum { .. } | ClientError::MalformedBatch { .. })) => {
-                done.verifier.counts.corrupt_batches += 1;
+                lock(&verifier).counts.corrupt_batches += 1;
                 shared.note(format!("consumer {id}: {e}"));
                 // The position cannot move past a batch it cannot read.
                 break;
@@ -1133,46 +1282,377 @@ async fn consumer_task(
         if records.is_empty() {
             continue;
         }
-        let now_ns = shared.now_ns();
-        let mut bytes = 0u64;
-        let mut own_msgs = 0u64;
-        let mut own_bytes = 0u64;
-        {
-            let mut h = lock(&hists);
-            for r in &records {
-                let value = r.value.as_deref().unwrap_or(&[]);
-                let len = value.len() as u64;
-                bytes += len;
-                if let Checked::Own { sent_ns, first } = done.verifier.check(r.partition, value) {
-                    if first {
-                        own_msgs += 1;
-                        own_bytes += len;
-                    }
-                    let us = now_ns.saturating_sub(sent_ns) / 1000;
-                    h.record(us, sent_ns >= shared.warmup_end_ns);
-                }
-            }
-        }
-        shared
-            .consumed_msgs
-            .fetch_add(records.len() as u64, Relaxed);
-        shared.consumed_bytes.fetch_add(bytes, Relaxed);
-        shared.own_msgs.fetch_add(own_msgs, Relaxed);
-        shared.own_bytes.fetch_add(own_bytes, Relaxed);
-        if !pacer.is_unlimited() {
-            let wait = pacer.acquire(shared.secs(), bytes as f64);
-            if wait > 0.0 {
-                let until = Instant::now() + Duration::from_secs_f64(wait.min(3600.0));
-                while Instant::now() < until && !shared.stop_consuming.load(Relaxed) {
-                    let step = until
-                        .saturating_duration_since(Instant::now())
-                        .min(Duration::from_millis(100));
-                    tokio::time::sleep(step).await;
-                }
-            }
-        }
+        let bytes = account(&records, None, &verifier, &hists, &shared);
+        pace(&mut pacer, &shared, bytes).await;
     }
     done
+}
+
+/// Whether every partition assigned to a group member is at or past its target.
+fn group_reached(gc: &GroupConsumer, topic: &str, targets: &HashMap<u32, u64>) -> bool {
+    gc.assignment().get(topic).is_none_or(|ps| {
+        ps.iter().all(|p| {
+            let target = targets.get(p).copied().unwrap_or(0);
+            gc.position(topic, *p).unwrap_or(0) >= target
+        })
+    })
+}
+
+/// Commits a group member's positions; a refusal (rebalance, fencing) is
+/// counted, not fatal: the next poll joins again and the next owner reads
+/// the uncommitted records again. Returns whether the commit went through.
+async fn group_commit(gc: &mut GroupConsumer, shared: &Shared, id: usize, dirty: bool) -> bool {
+    match gc.commit().await {
+        Ok(()) => {
+            if dirty {
+                shared.commits.fetch_add(1, Relaxed);
+            }
+            true
+        }
+        Err(e) if e.needs_rejoin() => {
+            shared.commits_refused.fetch_add(1, Relaxed);
+            false
+        }
+        Err(e) => {
+            shared.note(format!("consumer {id}: commit failed: {e}"));
+            false
+        }
+    }
+}
+
+/// A member of consumer group `group`: the broker assigns its partitions;
+/// it verifies each polled batch, then commits (after each batch, or every
+/// `--commit-interval-ms`). It stops when the whole group has committed up
+/// to the targets (see [`watch_group_progress`]).
+async fn group_consumer_task(
+    ctx: ConsumerCtx,
+    group: String,
+    ready: oneshot::Sender<Result<(), String>>,
+) -> ConsumerDone {
+    let ConsumerCtx {
+        id,
+        cfg,
+        shared,
+        hists,
+        verifier,
+        partitions: _,
+        targets,
+        limit,
+    } = ctx;
+    let a = &cfg.args;
+    let mut done = ConsumerDone {
+        complete: false,
+        fatal: None,
+    };
+    let mut gc = match join_member(&cfg, id, &group).await {
+        Ok(gc) => gc,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return done;
+        }
+    };
+    shared.saw_generation(gc.generation());
+    let _ = ready.send(Ok(()));
+    let share = 1.0 / a.consumers.max(1) as f64;
+    let mut pacer = Pacer::new(
+        cfg.consume_shape.scaled(share),
+        0.05,
+        f64::from(a.fetch_partition_bytes),
+    );
+    let commit_every = a.commit_interval_ms.map(Duration::from_millis);
+    let mut last_commit = Instant::now();
+    // Records polled since the last commit that went through.
+    let mut dirty = false;
+    let mut retries = 0u32;
+    let mut churn_seen = 0u64;
+    loop {
+        if shared.stop_consuming.load(Relaxed) {
+            break;
+        }
+        let turn = shared.churn_turn.load(Relaxed);
+        if turn != churn_seen {
+            churn_seen = turn;
+            if (turn % a.consumers.max(1) as u64) as usize == id {
+                // Leave as a crashed member would: without committing.
+                if let Err(e) = gc.close().await {
+                    shared.note(format!("consumer {id}: leaving group `{group}`: {e}"));
+                }
+                shared.churns.fetch_add(1, Relaxed);
+                dirty = false;
+                gc = match join_member(&cfg, id, &group).await {
+                    Ok(gc) => gc,
+                    Err(e) => {
+                        done.fatal = Some(e);
+                        return done;
+                    }
+                };
+                shared.saw_generation(gc.generation());
+            }
+        }
+        if shared.group_done.load(Relaxed) {
+            done.complete = true;
+            break;
+        }
+        if limit.is_some_and(|l| shared.consumed_msgs.load(Relaxed) >= l) {
+            done.complete = true;
+            break;
+        }
+        let records = match gc.poll().await {
+            Ok(r) => {
+                retries = 0;
+                r
+            }
+            Err(e @ (ClientError::Checksum { .. } | ClientError::MalformedBatch { .. })) => {
+                lock(&verifier).counts.corrupt_batches += 1;
+                shared.note(format!("consumer {id}: {e}"));
+                break;
+            }
+            // A rejoin that failed is tried again by the next poll.
+            Err(e) if (e.is_retriable() || e.needs_rejoin()) && retries < 50 => {
+                retries += 1;
+                shared.note(format!("consumer {id}: retrying: {e}"));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(e) => {
+                done.fatal = Some(format!("consumer {id}: {e}"));
+                break;
+            }
+        };
+        let generation = gc.generation();
+        shared.saw_generation(generation);
+        let mut bytes = 0;
+        if !records.is_empty() {
+            let owner = Owner {
+                consumer: id,
+                generation,
+            };
+            bytes = account(&records, Some(owner), &verifier, &hists, &shared);
+            dirty = true;
+        }
+        let due = match commit_every {
+            None => true,
+            Some(every) => {
+                last_commit.elapsed() >= every
+                    || targets
+                        .borrow()
+                        .as_ref()
+                        .is_some_and(|t| group_reached(&gc, &a.topic, t))
+            }
+        };
+        if due {
+            if group_commit(&mut gc, &shared, id, dirty).await {
+                dirty = false;
+            }
+            last_commit = Instant::now();
+        }
+        pace(&mut pacer, &shared, bytes).await;
+    }
+    if dirty {
+        group_commit(&mut gc, &shared, id, dirty).await;
+    }
+    if let Err(e) = gc.close().await {
+        shared.note(format!("consumer {id}: leaving group `{group}`: {e}"));
+    }
+    done
+}
+
+/// Connects and joins the group as consumer `id` (auto-commit off).
+async fn join_member(cfg: &Config, id: usize, group: &str) -> Result<GroupConsumer, String> {
+    let a = &cfg.args;
+    let client = Client::connect(client_config(cfg, format!("levee-bench-c{id}")))
+        .await
+        .map_err(|e| format!("consumer {id}: {e}"))?;
+    let config = GroupConsumerConfig {
+        auto_commit: None,
+        reset: cfg.reset(),
+        fetch: consumer_fetch_config(a),
+        ..GroupConsumerConfig::new(group, [a.topic.clone()])
+    };
+    GroupConsumer::join(client, config)
+        .await
+        .map_err(|e| format!("consumer {id}: join group `{group}`: {e}"))
+}
+
+/// With `--group`: once the targets are known, checks the group's committed
+/// offsets until every partition's reaches its target, then sets
+/// `group_done` (the members stop). Commits follow verification, so every
+/// message below the targets has been checked by then.
+async fn watch_group_progress(
+    admin: Client,
+    group: String,
+    topic: String,
+    partitions: u32,
+    mut targets: watch::Receiver<Option<Arc<HashMap<u32, u64>>>>,
+    shared: Arc<Shared>,
+) {
+    let t = loop {
+        if shared.stop_consuming.load(Relaxed) {
+            return;
+        }
+        let current = targets.borrow_and_update().clone();
+        if let Some(t) = current {
+            break t;
+        }
+        tokio::select! {
+            r = targets.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    };
+    while !shared.stop_consuming.load(Relaxed) {
+        match admin.fetch_offsets(&group, &Assignment::new()).await {
+            Ok(found) => {
+                let committed: HashMap<u32, u64> = found
+                    .into_iter()
+                    .filter(|o| o.topic == topic)
+                    .map(|o| (o.partition, o.offset))
+                    .collect();
+                if group_targets_reached(&committed, &t, partitions) {
+                    shared.group_done.store(true, Relaxed);
+                    return;
+                }
+            }
+            Err(e) => shared.note(format!("fetch the group's offsets: {e}")),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether every partition's committed offset (none: 0) is at its target.
+fn group_targets_reached(
+    committed: &HashMap<u32, u64>,
+    targets: &HashMap<u32, u64>,
+    partitions: u32,
+) -> bool {
+    (0..partitions)
+        .all(|p| committed.get(&p).copied().unwrap_or(0) >= targets.get(&p).copied().unwrap_or(0))
+}
+
+/// Samples a group's lag: end offsets (high watermarks) minus committed
+/// offsets, summed over the topic's partitions.
+#[derive(Clone)]
+struct LagProbe {
+    client: Client,
+    group: String,
+    topic: String,
+}
+
+impl LagProbe {
+    async fn sample(&self) -> Result<i64, String> {
+        let fut = async {
+            let info = self
+                .client
+                .describe_topic(&self.topic)
+                .await
+                .map_err(|e| format!("describe topic: {e}"))?;
+            let found = self
+                .client
+                .fetch_offsets(&self.group, &Assignment::new())
+                .await
+                .map_err(|e| format!("fetch the group's offsets: {e}"))?;
+            let committed: HashMap<u32, u64> = found
+                .into_iter()
+                .filter(|o| o.topic == self.topic)
+                .map(|o| (o.partition, o.offset))
+                .collect();
+            let total: u64 = info
+                .partitions
+                .iter()
+                .map(|p| {
+                    levee_client::lag(
+                        committed.get(&p.partition).copied(),
+                        p.log_start_offset,
+                        p.high_watermark,
+                    )
+                })
+                .sum();
+            Ok(i64::try_from(total).unwrap_or(i64::MAX))
+        };
+        match tokio::time::timeout(Duration::from_millis(800), fut).await {
+            Ok(r) => r,
+            Err(_) => Err("lag sample timed out".into()),
+        }
+    }
+}
+
+/// With `--from latest`, commits the current end offsets for the partitions
+/// the group has no offset for, before any member joins: members then start
+/// exactly there even if a partition moves between them (during the group's
+/// formation) before its first commit, when a later `latest` lookup would
+/// skip what was produced in between.
+async fn prepare_group(
+    cfg: &Config,
+    admin: &Client,
+    group: &str,
+    partitions: u32,
+) -> Result<(), BenchError> {
+    let topic = &cfg.args.topic;
+    let existing = admin
+        .fetch_offsets(group, &Assignment::new())
+        .await
+        .map_err(|e| client_err(&format!("fetch offsets of group `{group}`"), &e))?;
+    let have: HashSet<u32> = existing
+        .iter()
+        .filter(|o| &o.topic == topic)
+        .map(|o| o.partition)
+        .collect();
+    if !have.is_empty() {
+        eprintln!(
+            "note: group `{group}` has committed offsets for {} of {partitions} partition(s) of `{topic}`: its members resume from them",
+            have.len()
+        );
+    }
+    if cfg.reset() != OffsetReset::Latest {
+        return Ok(());
+    }
+    let ends = end_offsets(admin, topic, partitions, OffsetSpec::Latest)
+        .await
+        .map_err(|e| client_err("list offsets", &e))?;
+    let mut commits: Vec<OffsetCommit> = ends
+        .iter()
+        .filter(|(p, _)| !have.contains(p))
+        .map(|(p, o)| OffsetCommit::new(topic.clone(), *p, *o))
+        .collect();
+    if commits.is_empty() {
+        return Ok(());
+    }
+    commits.sort_by_key(|c| c.partition);
+    match admin.commit_offsets(group, "", -1, &commits).await {
+        Ok(()) => {
+            eprintln!(
+                "group `{group}`: committed the end offsets of {} partition(s) so that members start there (--from latest)",
+                commits.len()
+            );
+            Ok(())
+        }
+        Err(e) if e.code() == Some(ErrorCode::GroupNotEmpty) => {
+            eprintln!(
+                "note: group `{group}` already has members: partitions without a committed offset start at the end of the log when first read"
+            );
+            Ok(())
+        }
+        Err(e) => Err(client_err(
+            &format!("commit starting offsets of group `{group}`"),
+            &e,
+        )),
+    }
+}
+
+/// Waits (up to 15 s) until the group is stable with at least `members`
+/// members; returns its generation then.
+async fn wait_for_group(admin: &Client, group: &str, members: usize) -> Option<i32> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(info) = admin.describe_group(group).await {
+            if info.state == "Stable" && info.members.len() >= members {
+                return Some(info.generation);
+            }
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// End offsets of every partition.
@@ -1199,6 +1679,8 @@ struct Reporter {
     series: Arc<Mutex<Vec<Point>>>,
     /// Consume-only: records to read in total (backlog = this minus consumed).
     catchup_total: Option<u64>,
+    /// With `--group`: samples the group's lag.
+    lag: Option<LagProbe>,
 }
 
 impl Reporter {
@@ -1262,6 +1744,21 @@ impl Reporter {
                 }
                 rss_warned = true;
             }
+            let lag = match &self.lag {
+                Some(probe) => match probe.sample().await {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        self.shared.note(format!("consumer lag: {e}"));
+                        None
+                    }
+                },
+                None => None,
+            };
+            let generation = if self.lag.is_some() {
+                self.shared.newest_generation()
+            } else {
+                None
+            };
             let phase = if self.shared.draining.load(Relaxed) {
                 Phase::Drain
             } else if Instant::now() < self.shared.warmup_end {
@@ -1283,10 +1780,12 @@ impl Reporter {
                 backlog_msgs,
                 backlog_bytes,
                 rss_bytes: rss,
+                lag_msgs: lag,
+                generation,
             };
             if !self.cfg.args.quiet {
                 eprintln!(
-                    "[{:>5.0}s {:<7}] produce {:>8.2} MB/s {:>9.0} msg/s | consume {:>8.2} MB/s {:>9.0} msg/s | ack p99 {:>9} | backlog {:>9} msgs {:>10} | rss {}",
+                    "[{:>5.0}s {:<7}] produce {:>8.2} MB/s {:>9.0} msg/s | consume {:>8.2} MB/s {:>9.0} msg/s | ack p99 {:>9} | backlog {:>9} msgs {:>10} | rss {}{}",
                     now.at,
                     format!("{phase:?}").to_lowercase(),
                     p.produce_mb_s,
@@ -1297,6 +1796,14 @@ impl Reporter {
                     backlog_msgs,
                     fmt_bytes(backlog_bytes as f64),
                     rss.map_or("-".to_string(), |b| fmt_bytes(b as f64)),
+                    match (&self.lag, lag) {
+                        (None, _) => String::new(),
+                        (Some(_), l) => format!(
+                            " | lag {} gen {}",
+                            l.map_or("-".to_string(), |v| v.to_string()),
+                            generation.map_or("-".to_string(), |g| g.to_string())
+                        ),
+                    },
                 );
             }
             lock(&self.series).push(p);
@@ -1336,7 +1843,19 @@ async fn bench(cfg: Config) -> Result<(Report, Option<String>), BenchError> {
         cfg.threads,
         host_cpus()
     );
-    let consumers_used = a.consumers.min(partitions as usize);
+    let group = a.group.clone();
+    let consumers_used = if group.is_some() {
+        a.consumers
+    } else {
+        a.consumers.min(partitions as usize)
+    };
+    if group.is_some() && a.consumers > partitions as usize {
+        eprintln!(
+            "note: {} consumer(s) but {partitions} partition(s): the group leaves {} member(s) idle",
+            a.consumers,
+            a.consumers - partitions as usize
+        );
+    }
     if a.consumers > consumers_used {
         eprintln!(
             "note: {} consumer(s) but {partitions} partition(s): {} consumer(s) stay idle and are not started",
@@ -1369,13 +1888,22 @@ async fn bench(cfg: Config) -> Result<(Report, Option<String>), BenchError> {
         own_msgs: AtomicU64::new(0),
         own_bytes: AtomicU64::new(0),
         errors: Mutex::new(Vec::new()),
+        group_done: AtomicBool::new(false),
+        generations: Mutex::new(BTreeSet::new()),
+        commits: AtomicU64::new(0),
+        commits_refused: AtomicU64::new(0),
+        churn_turn: AtomicU64::new(0),
+        churns: AtomicU64::new(0),
     });
+    if let Some(g) = &group {
+        prepare_group(&cfg, &admin, g, partitions).await?;
+    }
     let mut catchup_total = None;
     if a.producers == 0 {
         let ends = end_offsets(&admin, &a.topic, partitions, OffsetSpec::Latest)
             .await
             .map_err(|e| client_err("list offsets", &e))?;
-        let starts = match cfg.from {
+        let mut starts = match cfg.from {
             StartPosition::Earliest => {
                 end_offsets(&admin, &a.topic, partitions, OffsetSpec::Earliest)
                     .await
@@ -1383,6 +1911,16 @@ async fn bench(cfg: Config) -> Result<(Report, Option<String>), BenchError> {
             }
             _ => ends.clone(),
         };
+        if let Some(g) = &group {
+            // The group resumes from its committed offsets.
+            let found = admin
+                .fetch_offsets(g, &Assignment::new())
+                .await
+                .map_err(|e| client_err(&format!("fetch offsets of group `{g}`"), &e))?;
+            for o in found.into_iter().filter(|o| o.topic == a.topic) {
+                starts.insert(o.partition, o.offset);
+            }
+        }
         let total: u64 = ends
             .iter()
             .map(|(p, e)| e.saturating_sub(starts.get(p).copied().unwrap_or(0)))
@@ -1397,6 +1935,9 @@ async fn bench(cfg: Config) -> Result<(Report, Option<String>), BenchError> {
     let mut e2e_hists = Vec::new();
     let mut consumer_handles = Vec::new();
     let mut readies = Vec::new();
+    // One verifier per consumer, or one shared by the group's members (a
+    // partition's streams move with it between them).
+    let mut verifiers: Vec<Arc<Mutex<Verifier>>> = Vec::new();
     for id in 0..consumers_used {
         let parts: Vec<u32> = (0..partitions)
             .filter(|p| *p as usize % consumers_used == id)
@@ -1405,16 +1946,28 @@ async fn bench(cfg: Config) -> Result<(Report, Option<String>), BenchError> {
         e2e_hists.push(h.clone());
         let (rtx, rrx) = oneshot::channel();
         readies.push(rrx);
+        let verifier = match verifiers.first() {
+            Some(v) if group.is_some() => v.clone(),
+            _ => {
+                let v = Arc::new(Mutex::new(Verifier::new(run_id)));
+                verifiers.push(v.clone());
+                v
+            }
+        };
         let ctx = ConsumerCtx {
             id,
             cfg: cfg.clone(),
             shared: shared.clone(),
             hists: h,
+            verifier,
             partitions: parts,
             targets: targets_rx.clone(),
             limit: if a.producers == 0 { a.messages } else { None },
         };
-        consumer_handles.push(tokio::spawn(consumer_task(ctx, rtx)));
+        consumer_handles.push(match &group {
+            Some(g) => tokio::spawn(group_consumer_task(ctx, g.clone(), rtx)),
+            None => tokio::spawn(consumer_task(ctx, rtx)),
+        });
     }
     for r in readies {
         match r.await {
@@ -1430,6 +1983,48 @@ async fn bench(cfg: Config) -> Result<(Report, Option<String>), BenchError> {
                 ));
             }
         }
+    }
+    let mut start_generation = None;
+    let mut lag_probe = None;
+    if let Some(g) = &group {
+        // Keep the group's formation out of the measurement: wait until
+        // every member is in one stable generation.
+        start_generation = wait_for_group(&admin, g, consumers_used).await;
+        match start_generation {
+            Some(gen) => eprintln!(
+                "group `{g}`: {consumers_used} member(s) stable in generation {gen}"
+            ),
+            None => shared.note(format!(
+                "group `{g}` was not stable with {consumers_used} member(s) after 15 s; starting anyway"
+            )),
+        }
+        lag_probe = Some(LagProbe {
+            client: admin.clone(),
+            group: g.clone(),
+            topic: a.topic.clone(),
+        });
+        if let Some(every) = a.churn_interval {
+            let s = shared.clone();
+            tokio::spawn(async move {
+                let every = Duration::from_secs_f64(every);
+                let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+                loop {
+                    tick.tick().await;
+                    if s.stop_producing.load(Relaxed) {
+                        return;
+                    }
+                    s.churn_turn.fetch_add(1, Relaxed);
+                }
+            });
+        }
+        tokio::spawn(watch_group_progress(
+            admin.clone(),
+            g.clone(),
+            a.topic.clone(),
+            partitions,
+            targets_rx.clone(),
+            shared.clone(),
+        ));
     }
 
     let reporter_stop = Arc::new(AtomicBool::new(false));
@@ -1471,6 +2066,7 @@ async fn bench(cfg: Config) -> Result<(Report, Option<String>), BenchError> {
             e2e_hists: e2e_hists.clone(),
             series: series.clone(),
             catchup_total,
+            lag: lag_probe.clone(),
         }
         .run(reporter_stop.clone()),
     );
@@ -1574,8 +2170,6 @@ async fn bench(cfg: Config) -> Result<(Report, Option<String>), BenchError> {
     for h in consumer_handles {
         match h.await {
             Ok(d) => {
-                counts.add(&d.verifier.counts);
-                verifier_own.extend(d.verifier.own);
                 complete &= d.complete;
                 fatal.extend(d.fatal);
             }
@@ -1585,7 +2179,22 @@ async fn bench(cfg: Config) -> Result<(Report, Option<String>), BenchError> {
             }
         }
     }
+    for v in verifiers {
+        let v = std::mem::replace(&mut *lock(&v), Verifier::new(run_id));
+        counts.add(&v.counts);
+        verifier_own.extend(v.own);
+    }
     let consume_end = shared.snapshot();
+    let end_lag = match &lag_probe {
+        Some(p) => match p.sample().await {
+            Ok(v) => Some(v),
+            Err(e) => {
+                shared.note(format!("consumer lag at the end: {e}"));
+                None
+            }
+        },
+        None => None,
+    };
     if a.producers > 0 && consumers_used > 0 {
         drain_s = (consume_end.at - produce_end_s).max(0.0);
     }
@@ -1643,6 +2252,29 @@ async fn bench(cfg: Config) -> Result<(Report, Option<String>), BenchError> {
         backlog.end_bytes =
             (consume_end.acked_bytes as i64 - shared.own_bytes.load(Relaxed) as i64).max(0);
     }
+    let group_report = group.as_ref().map(|g| {
+        let mut r = GroupReport {
+            group: g.clone(),
+            commit: cfg.commit_policy(),
+            end_lag_msgs: end_lag,
+            start_generation,
+            end_generation: shared.newest_generation(),
+            rebalances: count_rebalances(&lock(&shared.generations), start_generation),
+            commits: shared.commits.load(Relaxed),
+            commits_refused: shared.commits_refused.load(Relaxed),
+            forced_leaves: shared.churns.load(Relaxed),
+            ..GroupReport::default()
+        };
+        for p in &series {
+            if let Some(l) = p.lag_msgs {
+                if r.max_lag_msgs.is_none_or(|m| l > m) {
+                    r.max_lag_msgs = Some(l);
+                    r.max_lag_at_s = p.t_s;
+                }
+            }
+        }
+        r
+    });
     let rss: Vec<u64> = series.iter().filter_map(|p| p.rss_bytes).collect();
     let memory = MemorySummary {
         source: cfg
@@ -1720,6 +2352,7 @@ async fn bench(cfg: Config) -> Result<(Report, Option<String>), BenchError> {
         ack_latency,
         e2e_latency,
         backlog,
+        group: group_report,
         memory,
         verification,
         errors: lock(&shared.errors).clone(),
@@ -1733,6 +2366,15 @@ async fn bench(cfg: Config) -> Result<(Report, Option<String>), BenchError> {
     }
     let fatal = (!fatal.is_empty()).then(|| fatal.join("; "));
     Ok((report, fatal))
+}
+
+/// Generation changes after the group formed (in `start`): the generations
+/// seen past it. Without a known start, every change after the first seen.
+fn count_rebalances(seen: &BTreeSet<i32>, start: Option<i32>) -> u64 {
+    match start {
+        Some(s) => seen.range(s.saturating_add(1)..).count() as u64,
+        None => seen.len().saturating_sub(1) as u64,
+    }
 }
 
 /// The warmup snapshot if it was taken (the run outlasted the warmup).
@@ -1822,5 +2464,67 @@ mod tests {
         let c = Config::new(parse(&["--admin", ""]).unwrap()).unwrap();
         assert_eq!(c.memory, None);
         assert!(c.params().get("produce_rate").is_some());
+    }
+
+    #[test]
+    fn group_flags() {
+        let c = Config::new(parse(&["--group", "g1"]).unwrap()).unwrap();
+        assert_eq!(c.args.group.as_deref(), Some("g1"));
+        assert_eq!(c.reset(), OffsetReset::Latest);
+        assert_eq!(c.params()["group"], "g1");
+        assert_eq!(c.params()["commit"], "after each batch");
+        let c = Config::new(
+            parse(&[
+                "--group",
+                "g1",
+                "--commit-interval-ms",
+                "250",
+                "--from",
+                "earliest",
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(c.commit_policy(), "every 250 ms");
+        assert_eq!(c.reset(), OffsetReset::Earliest);
+        let c = Config::new(parse(&[]).unwrap()).unwrap();
+        assert_eq!(c.params()["group"], serde_json::Value::Null);
+        assert_eq!(c.params()["commit"], serde_json::Value::Null);
+        // --commit-interval-ms needs --group.
+        assert!(parse(&["--commit-interval-ms", "100"]).is_err());
+        let bad = |v: &[&str]| Config::new(parse(v).unwrap()).is_err();
+        assert!(bad(&["--group", ""]));
+        assert!(bad(&["--group", "g", "--consumers", "0"]));
+        assert!(bad(&["--group", "g", "--commit-interval-ms", "0"]));
+        assert!(bad(&["--group", "g", "--churn-interval", "0.01"]));
+        assert!(parse(&["--churn-interval", "5"]).is_err());
+        let c = Config::new(parse(&["--group", "g", "--churn-interval", "2.5"]).unwrap()).unwrap();
+        assert_eq!(c.params()["churn_interval_s"], 2.5);
+    }
+
+    #[test]
+    fn rebalances_count_generations_after_the_group_formed() {
+        let seen: BTreeSet<i32> = [1, 2, 3, 5].into_iter().collect();
+        assert_eq!(count_rebalances(&seen, Some(2)), 2);
+        assert_eq!(count_rebalances(&seen, Some(5)), 0);
+        assert_eq!(count_rebalances(&seen, None), 3);
+        assert_eq!(count_rebalances(&BTreeSet::new(), None), 0);
+        assert_eq!(count_rebalances(&seen, Some(i32::MAX)), 0);
+    }
+
+    #[test]
+    fn group_done_when_every_committed_offset_reaches_its_target() {
+        let targets: HashMap<u32, u64> = [(0, 10), (1, 0), (2, 5)].into_iter().collect();
+        let mut committed: HashMap<u32, u64> = [(0, 10), (2, 4)].into_iter().collect();
+        assert!(!group_targets_reached(&committed, &targets, 3));
+        committed.insert(2, 6);
+        // Partition 1 has nothing to read: no commit needed.
+        assert!(group_targets_reached(&committed, &targets, 3));
+        // A partition with a target but no commit is not done.
+        assert!(!group_targets_reached(
+            &committed,
+            &[(3, 1)].into_iter().collect(),
+            4
+        ));
     }
 }

@@ -110,18 +110,8 @@ pub fn encode_into(h: &Header, size: usize, pool: &FillerPool, out: &mut Vec<u8>
 
 /// Builds a payload of `size` bytes (at least [`HEADER_LEN`]).
 pub fn encode(h: &Header, size: usize, pool: &FillerPool) -> Vec<u8> {
-    let size = size.max(HEADER_LEN);
-    let mut out = Vec::with_capacity(size);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&h.run_id.to_le_bytes());
-    out.extend_from_slice(&h.producer.to_le_bytes());
-    out.extend_from_slice(&h.partition.to_le_bytes());
-    out.extend_from_slice(&h.seq.to_le_bytes());
-    out.extend_from_slice(&h.sent_ns.to_le_bytes());
-    out.extend_from_slice(pool.window(h.seq, size - HEADER_LEN));
-    let crc = crc32c::crc32c(&out[8..]);
-    out[4..8].copy_from_slice(&crc.to_le_bytes());
+    let mut out = Vec::with_capacity(size.max(HEADER_LEN));
+    encode_into(h, size, pool, &mut out);
     out
 }
 

@@ -60,6 +60,34 @@ pub struct BacklogSummary {
     pub end_bytes: i64,
 }
 
+/// Consumer-group figures (`--group`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct GroupReport {
+    /// The group's name.
+    pub group: String,
+    /// When consumers committed: "after each batch" or "every N ms".
+    pub commit: String,
+    /// Largest lag sampled (messages).
+    pub max_lag_msgs: Option<i64>,
+    /// When it was largest (s since start).
+    pub max_lag_at_s: f64,
+    /// Lag after the consumers stopped (messages).
+    pub end_lag_msgs: Option<i64>,
+    /// Generation when the group had formed, before producing started.
+    pub start_generation: Option<i32>,
+    /// Newest generation the consumers saw.
+    pub end_generation: Option<i32>,
+    /// Generation changes the consumers saw after the group had formed.
+    pub rebalances: u64,
+    /// Offset commits sent.
+    pub commits: u64,
+    /// Commits refused because the group was rebalancing or the member
+    /// was fenced (its records are redelivered to the next owner).
+    pub commits_refused: u64,
+    /// Members made to leave and rejoin (`--churn-interval`).
+    pub forced_leaves: u64,
+}
+
 /// Broker memory over the run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct MemorySummary {
@@ -123,6 +151,8 @@ pub struct Report {
     pub e2e_latency: LatencySummary,
     /// Backlog extremes.
     pub backlog: BacklogSummary,
+    /// Consumer-group figures (`--group`), `None` without a group.
+    pub group: Option<GroupReport>,
     /// Broker memory.
     pub memory: MemorySummary,
     /// Message checks.
@@ -131,6 +161,10 @@ pub struct Report {
     pub errors: Vec<String>,
     /// One point per second.
     pub timeseries: Vec<Point>,
+}
+
+fn opt_num<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "n/a".to_string(), |n| n.to_string())
 }
 
 fn opt_bytes(v: Option<u64>) -> String {
@@ -180,6 +214,37 @@ impl Report {
             self.backlog.end_msgs,
             fmt_bytes(self.backlog.end_bytes as f64)
         );
+        if let Some(g) = &self.group {
+            let _ = writeln!(
+                s,
+                "consumer lag (group `{}`, commit {}): max {}; end {}",
+                g.group,
+                g.commit,
+                g.max_lag_msgs
+                    .map_or("not sampled".to_string(), |m| format!(
+                        "{m} msgs at {:.0} s",
+                        g.max_lag_at_s
+                    )),
+                g.end_lag_msgs
+                    .map_or("not sampled".to_string(), |m| format!("{m} msgs")),
+            );
+            let _ = writeln!(
+                s,
+                "group: {} rebalance(s) after it formed (generation {} → {}{}); {} commits, {} refused; {} partition handover(s), {} message(s) redelivered after rebalance",
+                g.rebalances,
+                opt_num(g.start_generation),
+                opt_num(g.end_generation),
+                if g.forced_leaves > 0 {
+                    format!("; {} forced leave(s)", g.forced_leaves)
+                } else {
+                    String::new()
+                },
+                g.commits,
+                g.commits_refused,
+                self.verification.counts.handovers,
+                self.verification.counts.redelivered,
+            );
+        }
         let _ = writeln!(
             s,
             "broker RSS ({}): start {}, max {}, end {}",
@@ -193,13 +258,14 @@ impl Report {
         if v.checked {
             let _ = writeln!(
                 s,
-                "verification: {} records read ({} of this run, {} of earlier runs, {} not bench messages): {} lost, {} duplicates, {} corrupt, {} corrupt batches, {} wrong partition, {} reordered{}",
+                "verification: {} records read ({} of this run, {} of earlier runs, {} not bench messages): {} lost, {} duplicates, {} redelivered after rebalance, {} corrupt, {} corrupt batches, {} wrong partition, {} reordered{}",
                 c.records,
                 c.own,
                 c.earlier_runs,
                 c.not_bench,
                 v.loss.lost,
                 c.duplicates,
+                c.redelivered,
                 c.corrupt,
                 c.corrupt_batches,
                 c.wrong_partition,
@@ -363,6 +429,42 @@ impl Report {
             false,
             &marks,
         ));
+        h.push_str("<h2>Consumer lag</h2>\n");
+        match &self.group {
+            Some(g) => {
+                let _ = writeln!(
+                    h,
+                    "<p>Group <code>{}</code>: end offset minus committed offset, summed over partitions, sampled every second. Dashed lines: end of warmup, producers stopped, and rebalances (generation changes; hover for the label).</p>",
+                    esc(&g.group)
+                );
+                let mut lag_marks = marks.clone();
+                let mut last_gen = g.start_generation;
+                for p in ts {
+                    if let Some(gen) = p.generation {
+                        if last_gen.is_some_and(|l| gen > l) {
+                            lag_marks.push((p.t_s, "rebalance"));
+                        }
+                        last_gen = Some(last_gen.map_or(gen, |l| l.max(gen)));
+                    }
+                }
+                h.push_str(&line_chart(
+                    "messages",
+                    &x,
+                    &[(
+                        "lag",
+                        "#e377c2",
+                        ts.iter().map(|p| p.lag_msgs.map(|v| v as f64)).collect(),
+                    )],
+                    false,
+                    &lag_marks,
+                ));
+            }
+            None => h.push_str(
+                "<p>Not measured: consumer lag needs consumers in a group (<code>--group G</code>), \
+                 which commit offsets. Without one, the backlog chart above shows what was \
+                 acknowledged and not yet consumed.</p>\n",
+            ),
+        }
         h.push_str("<h2>Broker resident memory</h2>\n");
         h.push_str(&line_chart(
             "MiB",
@@ -637,6 +739,8 @@ mod tests {
                 backlog_msgs: 10 * i,
                 backlog_bytes: 10240 * i,
                 rss_bytes: Some(200 << 20),
+                lag_msgs: None,
+                generation: None,
             })
             .collect();
         Report {
@@ -663,6 +767,7 @@ mod tests {
                 max_msgs: 50,
                 ..BacklogSummary::default()
             },
+            group: None,
             memory: MemorySummary {
                 source: "admin".into(),
                 start_bytes: Some(1),
@@ -733,6 +838,97 @@ mod tests {
             let close = h.matches(&format!("</{tag}>")).count();
             assert_eq!(open, close, "{tag}");
         }
+    }
+
+    /// A group run: lag sampled every second (one second missing), a
+    /// rebalance at 3 s.
+    fn sample_group() -> Report {
+        let mut r = sample();
+        for (i, p) in r.timeseries.iter_mut().enumerate() {
+            p.lag_msgs = if i == 1 {
+                None
+            } else {
+                Some([40, 0, 75, 30, 0][i])
+            };
+            p.generation = Some(if i < 2 { 2 } else { 3 });
+        }
+        r.group = Some(GroupReport {
+            group: "bench<g>".into(),
+            commit: "after each batch".into(),
+            max_lag_msgs: Some(75),
+            max_lag_at_s: 3.0,
+            end_lag_msgs: Some(0),
+            start_generation: Some(2),
+            end_generation: Some(3),
+            rebalances: 1,
+            commits: 12,
+            commits_refused: 1,
+            forced_leaves: 0,
+        });
+        r.verification.counts.redelivered = 7;
+        r.verification.counts.handovers = 2;
+        r
+    }
+
+    #[test]
+    fn json_has_the_lag_series_and_group_figures() {
+        let v: serde_json::Value = serde_json::from_str(&sample_group().json().unwrap()).unwrap();
+        let ts = v["timeseries"].as_array().unwrap();
+        let lag: Vec<serde_json::Value> = ts.iter().map(|p| p["lag_msgs"].clone()).collect();
+        assert_eq!(
+            lag,
+            vec![
+                serde_json::json!(40),
+                serde_json::Value::Null,
+                serde_json::json!(75),
+                serde_json::json!(30),
+                serde_json::json!(0)
+            ]
+        );
+        assert_eq!(ts[2]["generation"], 3);
+        assert_eq!(v["group"]["max_lag_msgs"], 75);
+        assert_eq!(v["group"]["end_lag_msgs"], 0);
+        assert_eq!(v["group"]["rebalances"], 1);
+        assert_eq!(v["verification"]["counts"]["redelivered"], 7);
+        // Without a group: the field is there, null, and so is every lag.
+        let v: serde_json::Value = serde_json::from_str(&sample().json().unwrap()).unwrap();
+        assert_eq!(v["group"], serde_json::Value::Null);
+        assert_eq!(v["timeseries"][0]["lag_msgs"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn html_has_a_consumer_lag_chart_in_group_mode() {
+        let h = sample_group().html();
+        assert!(h.contains("<h2>Consumer lag</h2>"));
+        assert_eq!(h.matches("<svg").count(), 5);
+        let lag_chart = &h[h.find("<h2>Consumer lag</h2>").unwrap()..];
+        let lag_chart = &lag_chart[..lag_chart.find("</svg>").unwrap()];
+        assert!(lag_chart.contains("bench&lt;g&gt;"), "group name, escaped");
+        assert!(lag_chart.contains("<title>lag</title>"));
+        // The missing second breaks the line: two segments.
+        let start = lag_chart.find("<path d=\"").unwrap() + 9;
+        let d = &lag_chart[start..start + lag_chart[start..].find('"').unwrap()];
+        assert_eq!(d.matches('M').count(), 2, "{d}");
+        assert!(lag_chart.contains("<title>rebalance</title>"));
+        let t = sample_group().text();
+        assert!(t.contains("consumer lag (group `bench<g>`, commit after each batch): max 75 msgs at 3 s; end 0 msgs"), "{t}");
+        assert!(
+            t.contains("1 rebalance(s) after it formed (generation 2 → 3)"),
+            "{t}"
+        );
+        assert!(t.contains("7 redelivered after rebalance"), "{t}");
+        // Without a group the chart is left out, with a note.
+        let h = sample().html();
+        assert!(h.contains("<h2>Consumer lag</h2>"));
+        assert!(h.contains("Not measured"));
+        assert_eq!(h.matches("<svg").count(), 4);
+        assert!(!sample().text().contains("consumer lag"));
+        let mut r = sample_group();
+        if let Some(g) = r.group.as_mut() {
+            g.max_lag_msgs = None;
+            g.end_lag_msgs = None;
+        }
+        assert!(r.text().contains("max not sampled; end not sampled"));
     }
 
     #[test]

@@ -181,6 +181,12 @@ pub struct Point {
     pub backlog_bytes: i64,
     /// Broker resident memory.
     pub rss_bytes: Option<u64>,
+    /// Consumer lag of the group (`--group`): the sum over partitions of
+    /// the end offset minus the group's committed offset; `None` outside
+    /// group mode or when it could not be read this second.
+    pub lag_msgs: Option<i64>,
+    /// The newest group generation the consumers had seen (`--group`).
+    pub generation: Option<i32>,
 }
 
 /// Quantile of a histogram in ms, `None` if empty.

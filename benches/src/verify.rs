@@ -123,6 +123,10 @@ pub enum Seen {
     Reordered,
     /// A sequence number already received.
     Duplicate,
+    /// A sequence number received before the stream's partition last changed
+    /// hands (a group rebalance), received again for the first time since:
+    /// the at-least-once redelivery of an uncommitted window.
+    Redelivered,
 }
 
 /// One (run, producer, partition) stream's state.
@@ -133,6 +137,11 @@ pub struct Stream {
     /// Skipped sequence numbers not (yet) received.
     pub missing: RangeSet,
     started: bool,
+    /// `next` when the partition last changed hands: sequence numbers below
+    /// it may legitimately arrive once more.
+    handover_next: u64,
+    /// Sequence numbers below `handover_next` received since the handover.
+    since_handover: RangeSet,
 }
 
 impl Stream {
@@ -154,11 +163,36 @@ impl Stream {
             self.next = seq + 1;
             Seen::Gap(skipped)
         } else if self.missing.remove(seq) {
+            if seq < self.handover_next {
+                self.since_handover.insert(seq);
+            }
             Seen::Reordered
+        } else if seq < self.handover_next && !self.since_handover.contains(seq) {
+            self.since_handover.insert(seq);
+            Seen::Redelivered
         } else {
             Seen::Duplicate
         }
     }
+
+    /// The stream's partition changed hands (another consumer, or the same
+    /// one in a new group generation): everything received so far may be
+    /// delivered once more.
+    pub fn handover(&mut self) {
+        self.handover_next = self.next;
+        self.since_handover = RangeSet::default();
+    }
+}
+
+/// Who read a batch: a consumer task and its group generation (0 outside a
+/// group). A partition read under another owner than the previous batch's
+/// has changed hands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// The consumer task.
+    pub consumer: usize,
+    /// Its group generation when it fetched the batch.
+    pub generation: i32,
 }
 
 /// Counters of one consumer's verification.
@@ -176,8 +210,15 @@ pub struct Counts {
     pub corrupt: u64,
     /// Records whose header names another partition than the one they were read from.
     pub wrong_partition: u64,
-    /// Duplicates of this run's messages.
+    /// Duplicates of this run's messages not explained by a rebalance
+    /// (failures).
     pub duplicates: u64,
+    /// This run's messages read again after their partition changed hands in
+    /// a group rebalance (at-least-once delivery of the uncommitted window;
+    /// not failures).
+    pub redelivered: u64,
+    /// Times a partition changed hands between batches (group mode).
+    pub handovers: u64,
     /// This run's messages that arrived after a later one of the same stream.
     pub reordered: u64,
     /// Sequence numbers skipped when a later one arrived (may arrive later: see `reordered`).
@@ -200,6 +241,8 @@ impl Counts {
         self.corrupt += o.corrupt;
         self.wrong_partition += o.wrong_partition;
         self.duplicates += o.duplicates;
+        self.redelivered += o.redelivered;
+        self.handovers += o.handovers;
         self.reordered += o.reordered;
         self.gaps_seen += o.gaps_seen;
         self.earlier_duplicates += o.earlier_duplicates;
@@ -215,20 +258,23 @@ pub enum Checked {
     Own {
         /// Send time.
         sent_ns: u64,
-        /// First arrival (not a duplicate).
+        /// First arrival (not a duplicate or a redelivery).
         first: bool,
     },
     /// Anything else.
     Other,
 }
 
-/// Checks the records one consumer reads.
+/// Checks the records one consumer reads, or (behind a mutex) those every
+/// member of a group reads, so that a partition can move between them.
 #[derive(Debug, Clone)]
 pub struct Verifier {
     run_id: u64,
     /// This run's streams: (producer, partition) → state.
     pub own: HashMap<(u32, u32), Stream>,
     earlier: HashMap<(u64, u32, u32), Stream>,
+    /// Who read each partition's last batch.
+    owners: HashMap<u32, Owner>,
     /// Counters.
     pub counts: Counts,
 }
@@ -240,14 +286,50 @@ impl Verifier {
             run_id,
             own: HashMap::new(),
             earlier: HashMap::new(),
+            owners: HashMap::new(),
             counts: Counts::default(),
+        }
+    }
+
+    /// Notes who reads `partition`'s next records. When the owner differs
+    /// from the previous batch's, the partition has changed hands: its
+    /// streams accept one redelivery of what was received before. Returns
+    /// whether it changed hands.
+    pub fn owner(&mut self, partition: u32, owner: Owner) -> bool {
+        match self.owners.insert(partition, owner) {
+            Some(prev) if prev != owner => {
+                self.counts.handovers += 1;
+                for ((_, p), s) in self.own.iter_mut() {
+                    if *p == partition {
+                        s.handover();
+                    }
+                }
+                for ((_, _, p), s) in self.earlier.iter_mut() {
+                    if *p == partition {
+                        s.handover();
+                    }
+                }
+                true
+            }
+            _ => false,
         }
     }
 
     /// Checks one record read from `partition`.
     pub fn check(&mut self, partition: u32, value: &[u8]) -> Checked {
+        self.check_parsed(partition, payload::verify(value))
+    }
+
+    /// Checks one record read from `partition` whose payload was already
+    /// verified with [`payload::verify`] (the checksum, the costly part, can
+    /// run outside the lock of a shared verifier).
+    pub fn check_parsed(
+        &mut self,
+        partition: u32,
+        parsed: Result<payload::Header, PayloadError>,
+    ) -> Checked {
         self.counts.records += 1;
-        let h = match payload::verify(value) {
+        let h = match parsed {
             Ok(h) => h,
             Err(PayloadError::Foreign) => {
                 self.counts.not_bench += 1;
@@ -271,6 +353,7 @@ impl Verifier {
             match s.observe(h.seq, false) {
                 Seen::Gap(n) => self.counts.earlier_gaps += n,
                 Seen::Duplicate => self.counts.earlier_duplicates += 1,
+                Seen::Redelivered => {}
                 Seen::Reordered => {
                     self.counts.earlier_gaps = self.counts.earlier_gaps.saturating_sub(1)
                 }
@@ -292,6 +375,10 @@ impl Verifier {
             }
             Seen::Duplicate => {
                 self.counts.duplicates += 1;
+                false
+            }
+            Seen::Redelivered => {
+                self.counts.redelivered += 1;
                 false
             }
         };
@@ -477,6 +564,111 @@ mod tests {
         total.add(c);
         total.add(c);
         assert_eq!(total.records, 22);
+    }
+
+    const A0: Owner = Owner {
+        consumer: 0,
+        generation: 1,
+    };
+    const B0: Owner = Owner {
+        consumer: 1,
+        generation: 1,
+    };
+    const A1: Owner = Owner {
+        consumer: 0,
+        generation: 2,
+    };
+    const B1: Owner = Owner {
+        consumer: 1,
+        generation: 2,
+    };
+
+    fn read(v: &mut Verifier, owner: Owner, partition: u32, seqs: impl IntoIterator<Item = u64>) {
+        v.owner(partition, owner);
+        for q in seqs {
+            v.check(partition, &msg(1, 0, partition, q));
+        }
+    }
+
+    #[test]
+    fn rebalance_redelivery_is_not_a_duplicate() {
+        let mut v = Verifier::new(1);
+        // Consumer A reads 0..10 of partition 0 but committed only up to 6
+        // when the partition moved to B, which reads 6..15.
+        read(&mut v, A0, 0, 0..10);
+        assert!(v.owner(0, B1), "a new owner is a handover");
+        assert!(!v.owner(0, B1), "the same owner is not");
+        assert_eq!(
+            v.check(0, &msg(1, 0, 0, 6)),
+            Checked::Own {
+                sent_ns: 1006,
+                first: false
+            }
+        );
+        read(&mut v, B1, 0, 7..15);
+        assert_eq!(v.counts.redelivered, 4);
+        assert_eq!(v.counts.duplicates, 0);
+        assert_eq!(v.counts.handovers, 1);
+        // B reads 8 once more within its generation: a real duplicate, and
+        // so is 12, read first after the handover.
+        read(&mut v, B1, 0, [8, 12]);
+        assert_eq!(v.counts.duplicates, 2);
+        assert_eq!(v.counts.redelivered, 4);
+        // Nothing is lost: 0..15 all arrived.
+        let mut sent = HashMap::new();
+        sent.insert(
+            (0, 0),
+            Sent {
+                count: 15,
+                failed: RangeSet::default(),
+            },
+        );
+        assert_eq!(find_loss(&sent, &v.own), Loss::default());
+    }
+
+    #[test]
+    fn the_same_consumer_in_a_new_generation_may_read_again() {
+        let mut v = Verifier::new(1);
+        read(&mut v, A0, 0, 0..5);
+        // A keeps partition 0 across a rebalance but its position was
+        // looked up again from the committed offset 3.
+        read(&mut v, A1, 0, 3..6);
+        assert_eq!((v.counts.redelivered, v.counts.duplicates), (2, 0));
+        // Without a rebalance in between, reading again is a duplicate.
+        read(&mut v, A1, 0, [4]);
+        assert_eq!((v.counts.redelivered, v.counts.duplicates), (2, 1));
+        // Other partitions are unaffected by partition 0's handovers.
+        read(&mut v, B0, 1, 0..3);
+        read(&mut v, B0, 1, [2]);
+        assert_eq!(v.counts.duplicates, 2);
+        assert_eq!(v.counts.handovers, 1);
+    }
+
+    #[test]
+    fn each_handover_allows_one_more_redelivery() {
+        let mut v = Verifier::new(1);
+        read(&mut v, A0, 0, 0..4);
+        read(&mut v, B1, 0, 2..4); // redelivered: 2, 3
+        read(&mut v, A1, 0, 3..5); // B left 3 uncommitted: 3 again, then 4
+        read(&mut v, A1, 0, [3]); // and once more within A1: duplicate
+        assert_eq!(v.counts.redelivered, 3);
+        assert_eq!(v.counts.duplicates, 1);
+        assert_eq!(v.counts.handovers, 2);
+        assert_eq!(v.counts.own, 9);
+    }
+
+    #[test]
+    fn a_late_message_after_a_handover_is_reordered_then_a_duplicate() {
+        let mut v = Verifier::new(1);
+        // Sequence 1 is missing when the partition changes hands...
+        read(&mut v, A0, 0, [0, 2]);
+        assert_eq!(v.counts.gaps_seen, 1);
+        // ...then arrives (reordered), and arrives once more in the same
+        // generation: that second copy is a real duplicate.
+        read(&mut v, B1, 0, [1, 1]);
+        assert_eq!(v.counts.reordered, 1);
+        assert_eq!(v.counts.duplicates, 1);
+        assert_eq!(v.counts.redelivered, 0);
     }
 
     #[test]
