@@ -236,3 +236,53 @@ fn long_poll_fetch_wakes_when_data_arrives_on_another_shard() {
     let recs = levee_engine::batch::records(&payload).unwrap();
     assert_eq!(recs[0].value, Some(&b"late"[..]));
 }
+
+#[test]
+fn retention_deletes_old_segments_by_broker_default_and_topic_override() {
+    let dir = common::temp_dir("proto-retention-cfg");
+    let cfg = dir.join("levee.toml");
+    std::fs::write(
+        &cfg,
+        "[log]\nsegment_bytes = 65536\nretention_bytes = 262144\nretention_check_interval_ms = 100\npreallocate_bytes = 65536\n",
+    )
+    .unwrap();
+    let b = Broker::start_with("proto-retention", &["--config", cfg.to_str().unwrap()]);
+    let mut c = Raw::hello(&b);
+    c.create("inherits", 1);
+    let mut own = common::raw::config(1);
+    own.retention_bytes = 131072;
+    c.create_with("own", own);
+    let big = batch(&[&"r".repeat(8000)]);
+    for _ in 0..200 {
+        for t in ["inherits", "own"] {
+            assert_eq!(c.produce(t, 0, &big).error, ErrorCode::None);
+        }
+    }
+    // About 1.6 MB went into each; retention keeps about its bound.
+    let start = std::time::Instant::now();
+    loop {
+        let (a, _) = c.fetch("inherits", 0, 199);
+        let (o, _) = c.fetch("own", 0, 199);
+        let kept_a = 200 - a.log_start_offset;
+        let kept_o = 200 - o.log_start_offset;
+        if a.log_start_offset > 0 && o.log_start_offset > 0 {
+            // Each batch is about 8 KiB: the broker default keeps at most
+            // 256 KiB plus a segment, the topic's own bound half of that.
+            assert!(
+                kept_a <= (262_144 + 65_536) / 8000 + 1,
+                "inherits kept {kept_a}"
+            );
+            assert!(kept_o <= (131_072 + 65_536) / 8000 + 1, "own kept {kept_o}");
+            assert!(kept_o < kept_a, "the topic's own bound is smaller");
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "retention never ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Below the log start is a typed error.
+    let (r, _) = c.fetch("own", 0, 0);
+    assert_eq!(r.error, ErrorCode::OffsetOutOfRange);
+}
