@@ -312,3 +312,56 @@ fn group_protocol_end_to_end() {
     );
     assert_eq!(e, ErrorCode::UnknownGroup);
 }
+
+#[test]
+fn empty_groups_expire_after_the_offsets_retention() {
+    let dir = common::temp_dir("groups-retention-cfg");
+    let cfg = dir.join("levee.toml");
+    std::fs::write(&cfg, "group_offsets_retention_ms = 1500\n").unwrap();
+    let b = Broker::start_with("groups-retention", &["--config", cfg.to_str().unwrap()]);
+    let mut c = Raw::hello(&b);
+    c.create("t", 1);
+    assert_eq!(
+        commit(&mut c, "old", "", -1, &[("t", 0, 3)]).0,
+        ErrorCode::None
+    );
+    assert_eq!(fetch_offsets(&mut c, "old").len(), 1);
+    // A group with a member is kept however long it lives.
+    let j = join(&mut c, "live", "", &["t"], 10_000);
+    let started = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            heartbeat(
+                &mut c,
+                "live",
+                j.member_id.as_deref().unwrap(),
+                j.generation
+            ),
+            ErrorCode::None
+        );
+        if fetch_offsets(&mut c, "old").is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the empty group never expired"
+        );
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "expired too early"
+    );
+    let (h, _) = c.call(Request::ListGroups(Box::new(ListGroups {})), &[]);
+    let Some(Response::ListGroupsResponse(l)) = h.response else {
+        panic!()
+    };
+    let names: Vec<_> = l
+        .groups
+        .unwrap()
+        .into_iter()
+        .filter_map(|g| g.group)
+        .collect();
+    assert_eq!(names, vec!["live".to_string()]);
+    assert!(!b.data_dir.join("__groups").join("old").exists());
+}
