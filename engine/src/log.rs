@@ -568,18 +568,24 @@ impl Log {
                 (out.end, out.next_offset, out.max_ts, start)
             }
         };
-        // Reload the partial last block so later rewrites of it keep its bytes.
+        // Reload the partial last block so later rewrites of it keep its
+        // bytes. A log that ends on a block boundary (a new one, among
+        // others) gets its write chunk on its first append, so idle
+        // partitions hold no chunk.
         let chunk_pos = align_down(end);
-        let mut chunk = file.alloc_dma_buffer(cfg.write_chunk_bytes);
-        chunk.as_bytes_mut().fill(0);
         let fill = (end - chunk_pos) as usize;
-        if fill > 0 {
+        let chunk = if fill > 0 {
+            let mut chunk = file.alloc_dma_buffer(cfg.write_chunk_bytes);
+            chunk.as_bytes_mut().fill(0);
             let r = file
                 .read_at(chunk_pos, fill)
                 .await
                 .map_err(|e| glommio_err(apath.display().to_string(), e))?;
             chunk.as_bytes_mut()[..fill].copy_from_slice(&r[..fill]);
-        }
+            Some(chunk)
+        } else {
+            None
+        };
         size_bytes += end;
         let log_start = sealed.keys().next().copied().unwrap_or(active_base);
         stats.segments = sealed.len() + 1;
@@ -592,7 +598,7 @@ impl Log {
                 index,
                 end,
                 max_ts,
-                chunk: Some(chunk),
+                chunk,
                 chunk_pos,
                 fill,
                 preallocated: end,
@@ -1037,8 +1043,6 @@ impl Log {
             .map_err(|e| glommio_err(path.display().to_string(), e))?;
         sync_dir(&dir)?;
         let mut s = self.st.borrow_mut();
-        let mut chunk = f.alloc_dma_buffer(s.cfg.write_chunk_bytes);
-        chunk.as_bytes_mut().fill(0);
         let old = std::mem::replace(
             &mut s.active,
             Active {
@@ -1047,7 +1051,8 @@ impl Log {
                 index: SegmentIndex::default(),
                 end: 0,
                 max_ts: i64::MIN,
-                chunk: Some(chunk),
+                // Allocated by the first append to the new segment.
+                chunk: None,
                 chunk_pos: 0,
                 fill: 0,
                 preallocated: 0,
