@@ -1261,6 +1261,12 @@ impl Log {
             let taken = if at + HEADER_LEN <= buf.len() {
                 let h = *BatchHeader::parse(&buf[at..]).map_err(|e| corrupt(pos, e.to_string()))?;
                 let blen = h.len();
+                if is_active && (HEADER_LEN..=max_batch).contains(&blen) && pos + blen as u64 > end
+                {
+                    // Half written: the rest is still in the chunk being
+                    // filled; the tail cache holds the whole batch.
+                    break;
+                }
                 if blen < HEADER_LEN || blen > max_batch || pos + blen as u64 > end {
                     return Err(corrupt(pos, format!("batch length {blen}")));
                 }
@@ -1294,6 +1300,10 @@ impl Log {
                 let blen = BatchHeader::parse(&r)
                     .map_err(|e| corrupt(pos, e.to_string()))?
                     .len();
+                if is_active && (HEADER_LEN..=max_batch).contains(&blen) && pos + blen as u64 > end
+                {
+                    break;
+                }
                 if blen < HEADER_LEN || blen > max_batch || pos + blen as u64 > end {
                     return Err(corrupt(pos, format!("batch length {blen}")));
                 }

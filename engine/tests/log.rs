@@ -347,3 +347,49 @@ fn interval_policy_flushes_in_background() {
         bg.await.unwrap();
     });
 }
+
+/// Under `fsync = never` a batch can be half on disk (a full write chunk
+/// ended inside it) and half in the chunk being filled; a reader must get it
+/// whole from the tail cache, never a "corrupt" error.
+#[test]
+fn batches_straddling_the_written_end_are_read_whole() {
+    let dir = tempdir();
+    run(async {
+        let cfg = LogConfig {
+            fsync: FsyncPolicy::Never,
+            write_chunk_bytes: 4096,
+            max_inflight_writes: 1,
+            tail_cache_bytes: 16 << 10,
+            read_ahead_bytes: 4096,
+            read_ahead_windows: 2,
+            ..small_config()
+        };
+        let log = Log::open(dir.path(), cfg).await.unwrap();
+        let mut end = 0;
+        for i in 0..300u64 {
+            // About 3 KiB batches: most straddle a 4 KiB chunk boundary.
+            let info = log.append(make_batch(i, 3, 1000, 0)).await.unwrap();
+            end = info.last_offset + 1;
+            // A sequential reader trailing behind the writer.
+            if i % 7 == 0 {
+                let from = (i * 3).saturating_sub(40);
+                let out = log.read(from, 64 << 10, None).await.unwrap();
+                let (first, _, _) = check_read(&out, from);
+                assert!(first <= from);
+            }
+        }
+        // Without any flush: read everything from every position.
+        for from in (0..end).step_by(13) {
+            let out = log.read(from, 32 << 10, None).await.unwrap();
+            check_read(&out, from);
+        }
+        let mut next = 0;
+        while next < end {
+            let out = log.read(next, 8 << 10, None).await.unwrap();
+            let (_, n, _) = check_read(&out, next);
+            assert!(n > next);
+            next = n;
+        }
+        log.close().await.unwrap();
+    });
+}
