@@ -895,10 +895,29 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
+/// A batch's outcome and when it arrived.
+type Settled = (
+    Result<Vec<levee_client::ProducedPartition>, ClientError>,
+    Instant,
+);
+
+async fn settled(waiter: tokio::task::JoinHandle<Settled>) -> Settled {
+    match waiter.await {
+        Ok(s) => s,
+        Err(e) => (
+            Err(ClientError::Protocol(format!(
+                "the acknowledgement task failed: {e}"
+            ))),
+            Instant::now(),
+        ),
+    }
+}
+
 /// Records a batch's outcome for each of its messages.
 fn settle_batch(
     b: BatchInFlight,
     res: Result<Vec<levee_client::ProducedPartition>, ClientError>,
+    done_at: Instant,
     shared: &Shared,
     hists: &Mutex<TaskHists>,
     size: u64,
@@ -910,7 +929,7 @@ fn settle_batch(
     };
     match err {
         None => {
-            let us = Instant::now().saturating_duration_since(b.t0).as_micros() as u64;
+            let us = done_at.saturating_duration_since(b.t0).as_micros() as u64;
             shared.acked_msgs.fetch_add(b.count, Relaxed);
             shared.acked_bytes.fetch_add(size * b.count, Relaxed);
             let mut h = lock(hists);
@@ -964,10 +983,8 @@ async fn batch_producer_task(
     );
     let mut next_partition = id % partitions;
     let mut sent = 0u64;
-    let mut queue: std::collections::VecDeque<(
-        levee_client::client::InFlightProduce,
-        BatchInFlight,
-    )> = std::collections::VecDeque::new();
+    let mut queue: std::collections::VecDeque<(tokio::task::JoinHandle<Settled>, BatchInFlight)> =
+        std::collections::VecDeque::new();
     let mut failed: HashMap<u32, verify::RangeSet> = HashMap::new();
     let mut records = Vec::with_capacity(a.batch_size + 4096);
     let acks = a.acks.to_wire();
@@ -1037,9 +1054,9 @@ async fn batch_producer_task(
             levee_engine::batch::BatchMeta::default(),
         );
         if queue.len() >= a.max_in_flight.max(1) {
-            if let Some((inflight, b)) = queue.pop_front() {
-                let res = inflight.wait().await;
-                settle_batch(b, res, &shared, &hists, size as u64, &mut failed);
+            if let Some((waiter, b)) = queue.pop_front() {
+                let (res, done_at) = settled(waiter).await;
+                settle_batch(b, res, done_at, &shared, &hists, size as u64, &mut failed);
             }
         }
         let t0 = Instant::now();
@@ -1054,8 +1071,14 @@ async fn batch_producer_task(
             Ok(inflight) => {
                 seqs[partition as usize] += n;
                 sent += n;
+                // The acknowledgement is timed when it arrives, not when
+                // this loop gets round to looking at it.
+                let waiter = tokio::spawn(async move {
+                    let res = inflight.wait().await;
+                    (res, Instant::now())
+                });
                 queue.push_back((
-                    inflight,
+                    waiter,
                     BatchInFlight {
                         t0,
                         partition,
@@ -1070,9 +1093,9 @@ async fn batch_producer_task(
             }
         }
     }
-    while let Some((inflight, b)) = queue.pop_front() {
-        let res = inflight.wait().await;
-        settle_batch(b, res, &shared, &hists, size as u64, &mut failed);
+    while let Some((waiter, b)) = queue.pop_front() {
+        let (res, done_at) = settled(waiter).await;
+        settle_batch(b, res, done_at, &shared, &hists, size as u64, &mut failed);
     }
     for (p, count) in seqs.into_iter().enumerate() {
         if count == 0 {
@@ -2333,6 +2356,13 @@ async fn bench(cfg: Config) -> Result<(Report, Option<String>), BenchError> {
     }
     if failed > 0 {
         failures.push(format!("{failed} message(s) failed delivery (see notes)"));
+    }
+    if consumers_used > 0 && !complete {
+        // Whatever was not read was not verified: never an OK verdict.
+        failures.push(
+            "consumers did not read up to the end offsets (drain timeout, interruption or an error: see notes)"
+                .to_string(),
+        );
     }
     verification.failures = failures;
     let mut report = Report {

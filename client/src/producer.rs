@@ -319,10 +319,32 @@ impl Ready {
 impl Worker {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
         loop {
-            let deadline = self.batches.values().map(|b| b.deadline).min();
+            // While every in-flight slot is taken, messages keep joining
+            // their batches instead of each waiting to go alone (with a
+            // short linger, that is what fills batches under load).
+            let slot_free = self.inflight.available_permits() > 0;
+            let deadline = if slot_free {
+                self.batches.values().map(|b| b.deadline).min()
+            } else {
+                None
+            };
+            let waiting = !slot_free && !self.batches.is_empty();
             tokio::select! {
                 cmd = rx.recv() => match cmd {
-                    Some(Cmd::Send(m)) => self.add(m).await,
+                    Some(Cmd::Send(m)) => {
+                        self.add(m).await;
+                        // Take everything already queued before sending.
+                        while let Ok(cmd) = rx.try_recv() {
+                            match cmd {
+                                Cmd::Send(m) => self.add(m).await,
+                                Cmd::Flush(done) => {
+                                    self.send_ready(true).await;
+                                    self.wait_inflight().await;
+                                    let _ = done.send(());
+                                }
+                            }
+                        }
+                    }
                     Some(Cmd::Flush(done)) => {
                         self.send_ready(true).await;
                         self.wait_inflight().await;
@@ -335,8 +357,11 @@ impl Worker {
                     }
                 },
                 _ = sleep_until_opt(deadline) => {}
+                permit = self.inflight.clone().acquire_owned(), if waiting => drop(permit),
             }
-            self.send_ready(false).await;
+            if self.inflight.available_permits() > 0 {
+                self.send_ready(false).await;
+            }
         }
     }
 
