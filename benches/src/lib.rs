@@ -712,6 +712,58 @@ struct ProducerDone {
     fatal: Option<String>,
 }
 
+async fn connect_producer(cfg: &Config, shared: &Shared, id: u32) -> Result<Client, String> {
+    Client::connect(client_config(cfg, format!("levee-bench-p{id}")))
+        .await
+        .map_err(|e| {
+            shared.stop_producing.store(true, Relaxed);
+            format!("producer {id}: {e}")
+        })
+}
+
+/// Waits for the rate limiter to allow `bytes`; false once producers stop.
+async fn pace_producer(pacer: &mut Pacer, shared: &Shared, bytes: f64) -> bool {
+    if pacer.is_unlimited() {
+        return true;
+    }
+    let wait = pacer.acquire(shared.secs(), bytes);
+    if wait > 0.001 {
+        let until = Instant::now() + Duration::from_secs_f64(wait.min(3600.0));
+        while Instant::now() < until {
+            if shared.stop_producing.load(Relaxed) {
+                return false;
+            }
+            let step = until
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100));
+            tokio::time::sleep(step).await;
+        }
+    }
+    true
+}
+
+/// What a producer sent to each partition, with the sequence numbers that failed.
+fn record_sent(
+    done: &mut ProducerDone,
+    id: u32,
+    seqs: Vec<u64>,
+    mut failed: HashMap<u32, verify::RangeSet>,
+) {
+    for (p, count) in seqs.into_iter().enumerate() {
+        if count == 0 {
+            continue;
+        }
+        let p = p as u32;
+        done.sent.insert(
+            (id, p),
+            Sent {
+                count,
+                failed: failed.remove(&p).unwrap_or_default(),
+            },
+        );
+    }
+}
+
 async fn producer_task(
     id: u32,
     cfg: Arc<Config>,
@@ -725,11 +777,10 @@ async fn producer_task(
         sent: HashMap::new(),
         fatal: None,
     };
-    let client = match Client::connect(client_config(&cfg, format!("levee-bench-p{id}"))).await {
+    let client = match connect_producer(&cfg, &shared, id).await {
         Ok(c) => c,
         Err(e) => {
-            done.fatal = Some(format!("producer {id}: {e}"));
-            shared.stop_producing.store(true, Relaxed);
+            done.fatal = Some(e);
             return done;
         }
     };
@@ -766,20 +817,8 @@ async fn producer_task(
         if quota.is_some_and(|q| sent >= q) {
             break;
         }
-        if !pacer.is_unlimited() {
-            let wait = pacer.acquire(shared.secs(), a.message_size as f64);
-            if wait > 0.001 {
-                let until = Instant::now() + Duration::from_secs_f64(wait.min(3600.0));
-                while Instant::now() < until {
-                    if shared.stop_producing.load(Relaxed) {
-                        break 'send;
-                    }
-                    let step = until
-                        .saturating_duration_since(Instant::now())
-                        .min(Duration::from_millis(100));
-                    tokio::time::sleep(step).await;
-                }
-            }
+        if !pace_producer(&mut pacer, &shared, a.message_size as f64).await {
+            break 'send;
         }
         let (key, partition) = match a.keys {
             Keys::None => {
@@ -862,20 +901,7 @@ async fn producer_task(
             HashMap::new()
         }
     };
-    let mut failed = failed;
-    for (p, count) in seqs.into_iter().enumerate() {
-        if count == 0 {
-            continue;
-        }
-        let p = p as u32;
-        done.sent.insert(
-            (id, p),
-            Sent {
-                count,
-                failed: failed.remove(&p).unwrap_or_default(),
-            },
-        );
-    }
+    record_sent(&mut done, id, seqs, failed);
     done
 }
 
@@ -963,11 +989,10 @@ async fn batch_producer_task(
         sent: HashMap::new(),
         fatal: None,
     };
-    let client = match Client::connect(client_config(&cfg, format!("levee-bench-p{id}"))).await {
+    let client = match connect_producer(&cfg, &shared, id).await {
         Ok(c) => c,
         Err(e) => {
-            done.fatal = Some(format!("producer {id}: {e}"));
-            shared.stop_producing.store(true, Relaxed);
+            done.fatal = Some(e);
             return done;
         }
     };
@@ -994,20 +1019,8 @@ async fn batch_producer_task(
             Some(q) => per_batch.min(q - sent),
             None => per_batch,
         };
-        if !pacer.is_unlimited() {
-            let wait = pacer.acquire(shared.secs(), (size as u64 * n) as f64);
-            if wait > 0.001 {
-                let until = Instant::now() + Duration::from_secs_f64(wait.min(3600.0));
-                while Instant::now() < until {
-                    if shared.stop_producing.load(Relaxed) {
-                        break 'send;
-                    }
-                    let step = until
-                        .saturating_duration_since(Instant::now())
-                        .min(Duration::from_millis(100));
-                    tokio::time::sleep(step).await;
-                }
-            }
+        if !pace_producer(&mut pacer, &shared, (size as u64 * n) as f64).await {
+            break 'send;
         }
         let partition = next_partition;
         next_partition = (next_partition + 1) % partitions;
@@ -1097,19 +1110,7 @@ async fn batch_producer_task(
         let (res, done_at) = settled(waiter).await;
         settle_batch(b, res, done_at, &shared, &hists, size as u64, &mut failed);
     }
-    for (p, count) in seqs.into_iter().enumerate() {
-        if count == 0 {
-            continue;
-        }
-        let p = p as u32;
-        done.sent.insert(
-            (id, p),
-            Sent {
-                count,
-                failed: failed.remove(&p).unwrap_or_default(),
-            },
-        );
-    }
+    record_sent(&mut done, id, seqs, failed);
     done
 }
 
