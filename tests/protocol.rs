@@ -243,7 +243,7 @@ fn retention_deletes_old_segments_by_broker_default_and_topic_override() {
     let cfg = dir.join("levee.toml");
     std::fs::write(
         &cfg,
-        "[log]\nsegment_bytes = 65536\nretention_bytes = 262144\nretention_check_interval_ms = 100\npreallocate_bytes = 65536\n",
+        "[log]\nsegment_bytes = 65536\nretention_bytes = 262144\nretention_ms = -1\nretention_check_interval_ms = 100\npreallocate_bytes = 65536\n",
     )
     .unwrap();
     let b = Broker::start_with("proto-retention", &["--config", cfg.to_str().unwrap()]);
@@ -265,20 +265,22 @@ fn retention_deletes_old_segments_by_broker_default_and_topic_override() {
         let (o, _) = c.fetch("own", 0, 199);
         let kept_a = 200 - a.log_start_offset;
         let kept_o = 200 - o.log_start_offset;
-        if a.log_start_offset > 0 && o.log_start_offset > 0 {
-            // Each batch is about 8 KiB: the broker default keeps at most
-            // 256 KiB plus a segment, the topic's own bound half of that.
+        // Each batch is about 8 KiB: the broker default keeps at most 256 KiB
+        // plus a segment, the topic's own bound half of that. Retention runs
+        // every 100 ms, so wait for the pass after the last append.
+        let bound_a = (262_144 + 65_536) / 8000 + 1;
+        let bound_o = (131_072 + 65_536) / 8000 + 1;
+        if kept_a <= bound_a && kept_o <= bound_o {
+            assert!(a.log_start_offset > 0 && o.log_start_offset > 0);
             assert!(
-                kept_a <= (262_144 + 65_536) / 8000 + 1,
-                "inherits kept {kept_a}"
+                kept_o < kept_a,
+                "the topic's own bound is smaller: own kept {kept_o}, inherits kept {kept_a}"
             );
-            assert!(kept_o <= (131_072 + 65_536) / 8000 + 1, "own kept {kept_o}");
-            assert!(kept_o < kept_a, "the topic's own bound is smaller");
             break;
         }
         assert!(
             start.elapsed() < std::time::Duration::from_secs(20),
-            "retention never ran"
+            "retention did not bring the logs down to their bounds: inherits kept {kept_a} (bound {bound_a}), own kept {kept_o} (bound {bound_o})"
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }

@@ -191,7 +191,9 @@ pub fn batch(values: &[&str]) -> Vec<u8> {
     let recs: Vec<Record> = values
         .iter()
         .map(|v| Record {
-            timestamp: 1_700_000_000_000,
+            timestamp: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
             key: None,
             value: Some(v.as_bytes().to_vec()),
             headers: vec![],
