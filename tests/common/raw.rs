@@ -129,29 +129,15 @@ impl Raw {
         Ok(id)
     }
 
+    /// Produces with acks=all; panics if the connection is lost.
     pub fn produce(
         &mut self,
         topic: &str,
         partition: u32,
         payload: &[u8],
     ) -> ProducePartitionResponse {
-        let (h, _) = self.call(
-            Request::Produce(Box::new(Produce {
-                acks: -1,
-                timeout_ms: 10_000,
-                partitions: Some(vec![ProducePartition {
-                    topic: topic.into(),
-                    partition,
-                    payload_offset: 0,
-                    payload_len: payload.len() as u32,
-                }]),
-            })),
-            payload,
-        );
-        match h.response {
-            Some(Response::ProduceResponse(mut p)) => p.partitions.take().unwrap().remove(0),
-            other => panic!("unexpected {other:?} {:?}", h.message),
-        }
+        self.try_produce(topic, partition, payload)
+            .unwrap_or_else(|e| panic!("produce: {e}"))
     }
 
     pub fn fetch(
