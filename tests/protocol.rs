@@ -216,9 +216,11 @@ fn long_poll_fetch_wakes_when_data_arrives_on_another_shard() {
                         partition: p,
                         offset: 0,
                         max_bytes: 1 << 20,
+                        leader_epoch: -1,
                     })
                     .collect(),
             ),
+            replica_id: -1,
         })),
         &[],
     );

@@ -550,9 +550,11 @@ impl Client {
                         partition: p.partition,
                         offset: p.offset,
                         max_bytes: p.max_bytes,
+                        leader_epoch: -1,
                     })
                     .collect(),
             ),
+            replica_id: -1,
         }));
         let reply = self.call(req, Vec::new(), max_wait, "fetch").await?;
         let payload = reply.payload;

@@ -413,6 +413,8 @@ fn response_name(r: Option<&Response>) -> &'static str {
         Some(Response::OffsetsResponse(_)) => "OffsetsResponse",
         Some(Response::ListGroupsResponse(_)) => "ListGroupsResponse",
         Some(Response::GroupDescription(_)) => "GroupDescription",
+        Some(Response::EpochEndOffset(_)) => "EpochEndOffset",
+        Some(Response::ClusterStatusResponse(_)) => "ClusterStatusResponse",
     }
 }
 

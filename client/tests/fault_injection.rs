@@ -264,7 +264,9 @@ fn handle(state: &Mutex<State>, body: &[u8]) -> Action {
                 Response::TopicDescription(Box::new(describe(&d.name, st.topics.get(&d.name)))),
                 &[],
             ),
-            Request::Metadata(_) => unimplemented!(),
+            Request::Metadata(_) | Request::OffsetForLeaderEpoch(_) | Request::ClusterStatus(_) => {
+                unimplemented!()
+            }
             Request::Produce(p) => {
                 st.produce_requests.fetch_add(1, Ordering::SeqCst);
                 let not_leader = st.not_leader.load(Ordering::SeqCst) > 0;

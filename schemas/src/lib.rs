@@ -184,6 +184,9 @@ pub fn error_name(code: ErrorCode) -> &'static str {
         ErrorCode::IllegalGeneration => "illegal_generation",
         ErrorCode::RebalanceInProgress => "rebalance_in_progress",
         ErrorCode::GroupNotEmpty => "group_not_empty",
+        ErrorCode::NotEnoughReplicas => "not_enough_replicas",
+        ErrorCode::FencedLeaderEpoch => "fenced_leader_epoch",
+        ErrorCode::CoordinatorUnavailable => "coordinator_unavailable",
     }
 }
 
@@ -191,7 +194,12 @@ pub fn error_name(code: ErrorCode) -> &'static str {
 pub fn is_retriable(code: ErrorCode) -> bool {
     matches!(
         code,
-        ErrorCode::RequestTimedOut | ErrorCode::NotLeader | ErrorCode::ShuttingDown
+        ErrorCode::RequestTimedOut
+            | ErrorCode::NotLeader
+            | ErrorCode::ShuttingDown
+            | ErrorCode::NotEnoughReplicas
+            | ErrorCode::FencedLeaderEpoch
+            | ErrorCode::CoordinatorUnavailable
     )
 }
 
@@ -213,7 +221,9 @@ mod tests {
                     partition: 3,
                     offset: 7,
                     max_bytes: 4096,
+                    leader_epoch: -1,
                 }]),
+                replica_id: -1,
             })),
         };
         let frame = request_frame(&header, b"payload");

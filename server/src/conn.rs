@@ -469,6 +469,10 @@ async fn process(
             ))
         }
         Request::Fetch(f) => fetch(shard, *f).await,
+        Request::OffsetForLeaderEpoch(_) | Request::ClusterStatus(_) => Err(OpError::new(
+            ErrorCode::InvalidRequest,
+            "this broker is not part of a cluster",
+        )),
         Request::JoinGroup(_)
         | Request::Heartbeat(_)
         | Request::LeaveGroup(_)
@@ -662,6 +666,9 @@ async fn describe(shard: &Rc<Shard>, name: &str) -> proto::TopicDescription {
             log_end_offset: st.log_end,
             high_watermark: st.high_watermark,
             size_bytes: st.size_bytes,
+            leader_epoch: 0,
+            replicas: Some(vec![shard.cfg.node_id]),
+            isr: Some(vec![shard.cfg.node_id]),
         });
     }
     proto::TopicDescription {

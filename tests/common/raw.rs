@@ -156,7 +156,9 @@ impl Raw {
                     partition,
                     offset,
                     max_bytes: 1 << 20,
+                    leader_epoch: -1,
                 }]),
+                replica_id: -1,
             })),
             &[],
         );
