@@ -54,6 +54,8 @@ pub enum LogError {
     Closed,
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("a replicated batch starts at offset {got}, but the log ends at {expected}")]
+    NotContiguous { expected: u64, got: u64 },
 }
 
 pub type Result<T, E = LogError> = std::result::Result<T, E>;

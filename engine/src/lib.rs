@@ -9,6 +9,8 @@
 
 pub mod batch;
 pub mod config;
+#[cfg(feature = "storage")]
+pub mod epochs;
 pub mod error;
 #[cfg(feature = "storage")]
 pub mod event;

@@ -6,6 +6,7 @@
 
 use crate::batch::{self, BatchHeader, HEADER_LEN};
 use crate::config::{FsyncPolicy, LogConfig};
+use crate::epochs::{EpochCache, EPOCH_FILE};
 use crate::error::{glommio_err, io_err, LogError, Result};
 use crate::event::LocalEvent;
 use crate::index::{self, SegmentIndex, Summary};
@@ -140,6 +141,10 @@ struct State {
     /// A group-commit leader is flushing.
     flushing: bool,
     stats: LogStats,
+    /// Leader epochs and their start offsets.
+    epochs: EpochCache,
+    /// Closed only while `truncate_to` rewrites the files and reopens.
+    reopening: bool,
 }
 
 impl State {
@@ -323,6 +328,80 @@ fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io_err(format!("fsync of directory {}", dir.display()), e))
+}
+
+/// Cuts a closed log's files at the batch holding `offset`: later segments
+/// are deleted, the segment holding it is cut and its indexes removed (the
+/// reopen rebuilds them). Plain file calls: this runs rarely (a follower
+/// truncating after a leader change), on a log that is closed meanwhile.
+fn cut_files(dir: &Path, offset: u64) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut bases = Vec::new();
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| io_err(format!("listing {}", dir.display()), e))?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(b) = name
+            .strip_suffix(".log")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            bases.push(b);
+        }
+    }
+    bases.sort_unstable();
+    let remove = |b: u64, exts: &[&str]| {
+        for ext in exts {
+            let p = dir.join(segment_name(b, ext));
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(format!("removing {}", p.display()), e)),
+            }
+        }
+        Ok(())
+    };
+    match bases.iter().rposition(|&b| b < offset) {
+        None => {
+            for &b in &bases {
+                remove(b, &["log", "index", "timeindex"])?;
+            }
+            let p = dir.join(segment_name(offset, "log"));
+            std::fs::File::create(&p).map_err(|e| io_err(p.display().to_string(), e))?;
+        }
+        Some(i) => {
+            for &b in &bases[i + 1..] {
+                remove(b, &["log", "index", "timeindex"])?;
+            }
+            let base = bases[i];
+            let p = dir.join(segment_name(base, "log"));
+            let ctx = || p.display().to_string();
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&p)
+                .map_err(|e| io_err(ctx(), e))?;
+            let size = f.metadata().map_err(|e| io_err(ctx(), e))?.len();
+            let mut pos = 0u64;
+            let mut hdr = [0u8; HEADER_LEN];
+            while pos + HEADER_LEN as u64 <= size {
+                f.read_exact_at(&mut hdr, pos)
+                    .map_err(|e| io_err(ctx(), e))?;
+                let Ok(h) = BatchHeader::parse(&hdr) else {
+                    break;
+                };
+                if h.next_offset() > offset || h.len() < HEADER_LEN {
+                    break;
+                }
+                pos += h.len() as u64;
+            }
+            f.set_len(pos).map_err(|e| io_err(ctx(), e))?;
+            f.sync_all().map_err(|e| io_err(ctx(), e))?;
+            remove(base, &["index", "timeindex"])?;
+        }
+    }
+    let marker = dir.join(CLEAN_MARKER);
+    let _ = std::fs::remove_file(marker);
+    sync_dir(dir)
 }
 
 /// Writes a whole small file with direct I/O, durably, replacing any old one.
@@ -588,6 +667,18 @@ impl Log {
         };
         size_bytes += end;
         let log_start = sealed.keys().next().copied().unwrap_or(active_base);
+        let epoch_path = dir.join(EPOCH_FILE);
+        let mut epochs = match std::fs::read(&epoch_path) {
+            Ok(b) => EpochCache::decode(&b).unwrap_or_else(|| {
+                warn!(file = %epoch_path.display(), "damaged leader-epoch checkpoint: starting it afresh");
+                EpochCache::default()
+            }),
+            Err(_) => EpochCache::default(),
+        };
+        if epochs.truncate_from(next_offset) {
+            // Epochs whose batches were lost in the crash.
+            write_file_atomic(&epoch_path, &epochs.encode()).await?;
+        }
         stats.segments = sealed.len() + 1;
         info!(dir = %dir.display(), log_start, next_offset, clean, "opened log");
         let st = State {
@@ -623,6 +714,8 @@ impl Log {
             closed: false,
             flushing: false,
             stats,
+            epochs,
+            reopening: false,
         };
         Ok(Log {
             st: Rc::new(RefCell::new(st)),
@@ -678,21 +771,50 @@ impl Log {
         self.append_with_epoch(batch, 0).await
     }
 
-    pub async fn append_with_epoch(
-        &self,
-        mut batch: Vec<u8>,
-        leader_epoch: i32,
-    ) -> Result<AppendInfo> {
-        let (count, max_ts) = {
+    pub async fn append_with_epoch(&self, batch: Vec<u8>, leader_epoch: i32) -> Result<AppendInfo> {
+        self.append_inner(batch, Some(leader_epoch)).await
+    }
+
+    /// Appends a batch copied from the partition's leader as it is stored
+    /// there: offsets and leader epoch kept, both CRCs checked. It must
+    /// start exactly at this log's end.
+    pub async fn append_replica(&self, batch: Vec<u8>) -> Result<AppendInfo> {
+        self.append_inner(batch, None).await
+    }
+
+    async fn append_inner(&self, mut batch: Vec<u8>, assign: Option<i32>) -> Result<AppendInfo> {
+        let (count, max_ts, stored_epoch) = {
             let max = self.st.borrow().cfg.max_batch_bytes;
-            let h = batch::validate_produced(&batch, max)?;
-            (h.record_count(), h.max_timestamp.get())
+            let h = match assign {
+                Some(_) => batch::validate_produced(&batch, max)?,
+                None => batch::validate_stored(&batch, max)?,
+            };
+            (
+                h.record_count(),
+                h.max_timestamp.get(),
+                h.leader_epoch.get(),
+            )
         };
         let _permit = self
             .append_lock
             .acquire_permit(1)
             .await
             .map_err(|_| LogError::Closed)?;
+        let leader_epoch = assign.unwrap_or(stored_epoch);
+        {
+            let s = self.st.borrow();
+            s.check_writable()?;
+            if assign.is_none() {
+                let got = BatchHeader::parse(&batch)?.base_offset();
+                if got != s.next_offset {
+                    return Err(LogError::NotContiguous {
+                        expected: s.next_offset,
+                        got,
+                    });
+                }
+            }
+        }
+        self.note_epoch(leader_epoch).await?;
         let len = batch.len() as u64;
         let must_roll = {
             let s = self.st.borrow();
@@ -728,7 +850,9 @@ impl Log {
         let (base_offset, pos, seg_base) = {
             let s = self.st.borrow_mut();
             let base = s.next_offset;
-            batch::assign(&mut batch, base, leader_epoch);
+            if assign.is_some() {
+                batch::assign(&mut batch, base, leader_epoch);
+            }
             (base, s.active.end, s.active.base)
         };
         // Copy into aligned chunks; full chunks are written in the background.
@@ -784,6 +908,133 @@ impl Log {
             last_offset: next_offset - 1,
             max_timestamp: max_ts,
         })
+    }
+
+    /// Records `epoch` as starting at the log end if it is newer than the
+    /// latest known epoch, durably, before any batch of it is written.
+    /// Caller holds `append_lock`.
+    async fn note_epoch(&self, epoch: i32) -> Result<()> {
+        let changed = {
+            let mut s = self.st.borrow_mut();
+            let next = s.next_offset;
+            let latest = s.epochs.latest();
+            if latest.is_some_and(|(e, _)| epoch <= e) || (latest.is_none() && epoch <= 0) {
+                None
+            } else {
+                s.epochs.assign(epoch, next);
+                Some((s.dir.join(EPOCH_FILE), s.epochs.encode()))
+            }
+        };
+        if let Some((path, bytes)) = changed {
+            write_file_atomic(&path, &bytes).await?;
+        }
+        Ok(())
+    }
+
+    /// A new leader of `epoch` marks where its epoch starts (the log end),
+    /// so followers asking for the previous epoch learn where it ended.
+    pub async fn assign_epoch_start(&self, epoch: i32) -> Result<()> {
+        let _permit = self
+            .append_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        self.st.borrow().check_writable()?;
+        self.note_epoch(epoch).await
+    }
+
+    /// The latest leader epoch that appended to (or started on) this log.
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.st.borrow().epochs.latest().map(|(e, _)| e)
+    }
+
+    /// The end offset of `epoch` here (see [`EpochCache::end_offset_for`]).
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, u64) {
+        let s = self.st.borrow();
+        s.epochs.end_offset_for(epoch, s.next_offset)
+    }
+
+    /// Removes every batch at or after `offset` (a follower dropping a suffix
+    /// the new leader does not have). Cuts at the start of the batch holding
+    /// `offset`. The log is flushed, its files cut and reopened; reads and
+    /// appends meanwhile fail with [`LogError::Closed`].
+    pub async fn truncate_to(&self, offset: u64) -> Result<()> {
+        let _a = self
+            .append_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        let _f = self
+            .flush_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        {
+            let s = self.st.borrow();
+            s.check_writable()?;
+            if offset >= s.next_offset {
+                return Ok(());
+            }
+        }
+        self.flush_locked().await?;
+        {
+            let mut s = self.st.borrow_mut();
+            s.closed = true;
+            s.reopening = true;
+        }
+        let (dir, cfg) = {
+            let s = self.st.borrow();
+            (s.dir.clone(), s.cfg.clone())
+        };
+        let res = self.seal_active_files().await;
+        let res = match res {
+            Ok(_) => cut_files(&dir, offset),
+            Err(e) => Err(e),
+        };
+        let res = match res {
+            Ok(()) => {
+                let mut epochs = self.st.borrow().epochs.clone();
+                epochs.truncate_from(offset);
+                write_file_atomic(&dir.join(EPOCH_FILE), &epochs.encode()).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = res {
+            let mut s = self.st.borrow_mut();
+            s.poisoned = Some(format!("truncating to offset {offset} failed: {e}"));
+            s.reopening = false;
+            return Err(e);
+        }
+        // Drop the old files before reopening.
+        {
+            let mut s = self.st.borrow_mut();
+            s.cache.clear();
+            s.cache_bytes = 0;
+            s.prefetch.clear();
+            s.last_window = None;
+            s.index_cache = IndexCache::default();
+            for sealed in s.sealed.values_mut() {
+                sealed.file = None;
+            }
+        }
+        let reopened = match Log::open(&dir, cfg).await {
+            Ok(l) => l,
+            Err(e) => {
+                let mut s = self.st.borrow_mut();
+                s.poisoned = Some(format!("reopening after truncation failed: {e}"));
+                s.reopening = false;
+                return Err(e);
+            }
+        };
+        let fresh = Rc::try_unwrap(reopened.st)
+            .map_err(|_| LogError::Closed)?
+            .into_inner();
+        let old = std::mem::replace(&mut *self.st.borrow_mut(), fresh);
+        let _ = old.active.file.close_rc().await;
+        info!(dir = %dir.display(), offset, "truncated log");
+        self.io.notify();
+        self.flushed.notify();
+        Ok(())
     }
 
     /// Hands the full current chunk to a background write, waiting while too
@@ -1522,8 +1773,14 @@ impl Log {
         let mut last_retention = Instant::now();
         loop {
             glommio::timer::sleep(tick).await;
-            if self.st.borrow().closed {
-                return Ok(());
+            {
+                let s = self.st.borrow();
+                if s.reopening {
+                    continue;
+                }
+                if s.closed {
+                    return Ok(());
+                }
             }
             if matches!(policy, FsyncPolicy::Interval(_)) {
                 self.flush().await?;
