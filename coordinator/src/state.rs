@@ -95,7 +95,7 @@ pub enum Command {
         node_id: u64,
     },
     /// Creates a topic with a placement computed by the leader: `replicas[p]`
-    /// is partition p's replica list; its first member leads at epoch 0.
+    /// is partition p's replica list; its first member leads at epoch 1 (0 is a single node's epoch).
     CreateTopic {
         name: String,
         config: TopicConfig,
@@ -169,7 +169,7 @@ impl Metadata {
                     .map(|r| PartitionInfo {
                         replicas: r.clone(),
                         leader: r.first().copied(),
-                        leader_epoch: 0,
+                        leader_epoch: 1,
                         isr: r.clone(),
                     })
                     .collect();
@@ -493,7 +493,7 @@ mod tests {
         }
         for p in &led_by_1 {
             let pi = md.partition("t", *p).unwrap();
-            assert_eq!(pi.leader_epoch, 1);
+            assert_eq!(pi.leader_epoch, 2);
             assert_ne!(pi.leader, Some(1));
             assert!(!pi.isr.contains(&1));
         }
@@ -516,7 +516,7 @@ mod tests {
         for p in &led_by_1 {
             let pi = md.partition("t", *p).unwrap();
             assert_eq!(pi.leader, Some(1));
-            assert_eq!(pi.leader_epoch, 2);
+            assert_eq!(pi.leader_epoch, 3);
         }
     }
 
@@ -536,7 +536,7 @@ mod tests {
             topic: "t".into(),
             partition: 0,
             isr: vec![1],
-            epoch: 0,
+            epoch: 1,
         })
         .unwrap();
         md.apply(&Command::BrokerDown { node_id: 1 }).unwrap();
@@ -548,7 +548,7 @@ mod tests {
                 topic: "t".into(),
                 partition: 0,
                 leader: None,
-                epoch: 1
+                epoch: 2
             }]
         );
         md.apply(&acts[0]).unwrap();
@@ -558,7 +558,7 @@ mod tests {
                 topic: "t".into(),
                 partition: 0,
                 leader: Some(2),
-                epoch: 2
+                epoch: 3
             })
             .is_err());
         // The last in-sync replica comes back: it is elected.
@@ -567,6 +567,6 @@ mod tests {
         assert_eq!(acts.len(), 1);
         md.apply(&acts[0]).unwrap();
         assert_eq!(md.partition("t", 0).unwrap().leader, Some(1));
-        assert_eq!(md.partition("t", 0).unwrap().leader_epoch, 2);
+        assert_eq!(md.partition("t", 0).unwrap().leader_epoch, 3);
     }
 }

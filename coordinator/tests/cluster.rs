@@ -236,7 +236,7 @@ fn quorum_elects_one_leader_replicates_and_fails_over() {
     for p in &t.partitions {
         led[p.leader.unwrap() as usize] += 1;
         assert_eq!(p.leader, Some(p.replicas[0]));
-        assert_eq!(p.leader_epoch, 0);
+        assert_eq!(p.leader_epoch, 1);
     }
     assert_eq!(&led[1..], &[2, 2, 2], "leaders spread evenly");
     // Creating it again is refused, deterministically.
@@ -411,7 +411,7 @@ fn controller_moves_leadership_off_an_expired_broker_and_back() {
         let md = c.metadata(1);
         observe(&md);
         let p = &md.topics["t"].partitions[p1 as usize];
-        if p.leader_epoch >= 1 {
+        if p.leader_epoch >= 2 {
             assert!(!md.brokers[&1].alive);
             assert_ne!(p.leader, Some(1));
             assert!(p.leader.is_some());
