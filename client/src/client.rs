@@ -1,8 +1,9 @@
 //! [`Client`]: a reconnecting handle on a broker with the admin requests and
 //! the raw produce and fetch requests.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use levee_schemas::proto::{
@@ -235,14 +236,86 @@ pub struct FetchedPartition {
     pub batches: Bytes,
 }
 
+/// `PartitionInfo::leader` when a partition has no leader right now.
+pub const NO_LEADER: u32 = u32::MAX;
+
+/// How long after a metadata refresh another one may start (a burst of
+/// NotLeader answers costs one refresh, not one per partition).
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(20);
+
+/// The routing part of the cluster metadata.
+#[derive(Debug, Default)]
+struct MetaCache {
+    /// node id → `host:port`.
+    brokers: HashMap<u32, String>,
+    /// (topic, partition) → (leader node id, leader epoch).
+    leaders: HashMap<(String, u32), (u32, u64)>,
+    /// Set when an answer showed the cache is out of date.
+    stale: bool,
+    /// Whether a refresh ever succeeded.
+    loaded: bool,
+    /// Bumped by each refresh.
+    generation: u64,
+    /// When the last refresh finished.
+    refreshed_at: Option<Instant>,
+}
+
+/// A connection to one broker node, made lazily.
 #[derive(Debug)]
-struct Inner {
-    config: ClientConfig,
+struct NodeSlot {
+    addr: String,
     conn: Mutex<Option<Arc<Connection>>>,
 }
 
-/// A handle on the cluster: one pipelined connection, re-established on the
-/// next call after it fails. Cheap to clone (shared).
+#[derive(Debug)]
+struct Inner {
+    config: ClientConfig,
+    /// The bootstrap connection (admin and group requests) and the
+    /// bootstrap address it was made to.
+    conn: Mutex<Option<(String, Arc<Connection>)>>,
+    /// A copy of the bootstrap connection readable without waiting.
+    boot: StdMutex<Option<Arc<Connection>>>,
+    meta: StdMutex<MetaCache>,
+    /// One metadata refresh at a time.
+    refreshing: Mutex<()>,
+    /// Connections to partition leaders, by node id.
+    nodes: StdMutex<HashMap<u32, Arc<NodeSlot>>>,
+}
+
+fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where one partition of a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Route {
+    /// The leader's node id.
+    Node(u32),
+    /// Not in the metadata (unknown topic, or a topic just created): the
+    /// bootstrap connection, whose broker answers for it.
+    Bootstrap,
+    /// The partition has no leader right now.
+    NoLeader,
+}
+
+/// The answer to a cluster-status request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// One entry per node.
+    pub nodes: Vec<proto::NodeStatus>,
+    /// Coordinators reachable by the quorum.
+    pub coordinators_up: u32,
+    /// Coordinators configured.
+    pub coordinators_total: u32,
+    /// The quorum's leader, if it has one.
+    pub leader: Option<u64>,
+}
+
+/// A handle on the cluster: a bootstrap connection for admin and group
+/// requests, and one connection per partition leader for produce, fetch
+/// and offset lookups, routed by a metadata cache that is refreshed when
+/// an answer shows it is out of date. Connections are re-established on
+/// the next call after they fail. Cheap to clone (shared).
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -253,6 +326,91 @@ where
     T: IntoIterator,
 {
     v.into_iter().flatten().collect()
+}
+
+/// The host part of `host:port` (without IPv6 brackets).
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// `host:port` for a broker's advertised address; an unspecified host
+/// (0.0.0.0, ::) is replaced by the host of the address `via` that the
+/// metadata was read through.
+pub(crate) fn broker_addr(host: &str, port: u16, via: &str) -> String {
+    let host = host.trim().trim_start_matches('[').trim_end_matches(']');
+    let unspecified = host.is_empty()
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified());
+    let host = if unspecified { host_of(via) } else { host };
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Whether a per-partition error code means the routing is out of date.
+fn routing_stale(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::NotLeader
+            | ErrorCode::FencedLeaderEpoch
+            | ErrorCode::UnknownTopicOrPartition
+            | ErrorCode::NotEnoughReplicas
+    )
+}
+
+/// Whether a whole-request failure means the node may be gone.
+fn transport_failure(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::ConnectionLost { .. }
+            | ClientError::Connect { .. }
+            | ClientError::Timeout { .. }
+    ) || e.code().is_some_and(|c| c == ErrorCode::ShuttingDown)
+}
+
+fn no_leader_message(topic: &str, partition: u32) -> String {
+    format!("{topic}/{partition} has no leader right now (leader election in progress)")
+}
+
+/// Groups request positions by route, keeping first-seen order.
+fn group_by_route(routes: &[Route]) -> Vec<(Route, Vec<usize>)> {
+    let mut out: Vec<(Route, Vec<usize>)> = Vec::new();
+    for (i, r) in routes.iter().enumerate() {
+        match out.iter_mut().find(|(k, _)| k == r) {
+            Some((_, v)) => v.push(i),
+            None => out.push((*r, vec![i])),
+        }
+    }
+    out
+}
+
+/// Matches a sub-request's answers to its positions: by (topic,
+/// partition), else by position. `keys[i]` is the i-th entry of the
+/// sub-request. Returns, per answer, the index into `keys`.
+fn match_entries<'a>(
+    keys: &[(&str, u32)],
+    answers: impl Iterator<Item = (Option<&'a str>, u32)>,
+) -> Vec<Option<usize>> {
+    let mut used = vec![false; keys.len()];
+    let mut out = Vec::new();
+    for (j, (topic, partition)) in answers.enumerate() {
+        let found = match topic {
+            Some(t) if !t.is_empty() => keys
+                .iter()
+                .enumerate()
+                .position(|(i, k)| !used[i] && k.0 == t && k.1 == partition),
+            _ => (j < keys.len() && !used[j]).then_some(j),
+        };
+        if let Some(i) = found {
+            used[i] = true;
+        }
+        out.push(found);
+    }
+    out
 }
 
 impl Client {
@@ -267,6 +425,10 @@ impl Client {
             inner: Arc::new(Inner {
                 config,
                 conn: Mutex::new(None),
+                boot: StdMutex::new(None),
+                meta: StdMutex::new(MetaCache::default()),
+                refreshing: Mutex::new(()),
+                nodes: StdMutex::new(HashMap::new()),
             }),
         };
         client.connection().await?;
@@ -278,15 +440,21 @@ impl Client {
         &self.inner.config
     }
 
-    /// The current connection, reconnecting if it failed.
+    /// The bootstrap connection (admin and group requests), reconnecting
+    /// if it failed: to the first bootstrap address that answers.
     pub async fn connection(&self) -> Result<Arc<Connection>> {
+        self.bootstrap().await.map(|(_, c)| c)
+    }
+
+    async fn bootstrap(&self) -> Result<(String, Arc<Connection>)> {
         let mut guard = self.inner.conn.lock().await;
-        if let Some(c) = guard.as_ref() {
+        if let Some((addr, c)) = guard.as_ref() {
             if !c.is_closed() {
-                return Ok(c.clone());
+                return Ok((addr.clone(), c.clone()));
             }
         }
         *guard = None;
+        *lock(&self.inner.boot) = None;
         let cfg = &self.inner.config;
         let mut last = None;
         for addr in &cfg.bootstrap {
@@ -300,8 +468,9 @@ impl Client {
             {
                 Ok(c) => {
                     let c = Arc::new(c);
-                    *guard = Some(c.clone());
-                    return Ok(c);
+                    *guard = Some((addr.clone(), c.clone()));
+                    *lock(&self.inner.boot) = Some(c.clone());
+                    return Ok((addr.clone(), c));
                 }
                 Err(e) => {
                     tracing::debug!(addr, error = %e, "connect failed");
@@ -334,6 +503,287 @@ impl Client {
             what,
         )
         .await
+    }
+
+    /// Marks the cached partition leaders out of date: the next produce,
+    /// fetch or offset lookup reads the metadata again first.
+    pub fn invalidate_metadata(&self) {
+        lock(&self.inner.meta).stale = true;
+    }
+
+    /// The cached leader of a partition and its epoch (`None`: unknown, or
+    /// no leader right now). Reads the metadata if it was never read.
+    pub async fn leader(&self, topic: &str, partition: u32) -> Result<Option<(u32, u64)>> {
+        let key = (topic.to_string(), partition);
+        if !lock(&self.inner.meta).loaded {
+            self.refresh_metadata().await?;
+        }
+        let meta = lock(&self.inner.meta);
+        Ok(meta
+            .leaders
+            .get(&key)
+            .copied()
+            .filter(|(l, _)| *l != NO_LEADER))
+    }
+
+    /// Reads the cluster metadata again (from the bootstrap connection,
+    /// else from any known broker) into the routing cache.
+    pub async fn refresh_metadata(&self) -> Result<()> {
+        let generation = lock(&self.inner.meta).generation;
+        let _one = self.inner.refreshing.lock().await;
+        let last = {
+            let meta = lock(&self.inner.meta);
+            if meta.generation != generation {
+                // Another caller refreshed while this one waited.
+                return Ok(());
+            }
+            meta.refreshed_at
+        };
+        if let Some(at) = last {
+            let next = at + MIN_REFRESH_INTERVAL;
+            if next > Instant::now() {
+                tokio::time::sleep_until(next.into()).await;
+            }
+        }
+        let mut last_err = match self.bootstrap().await {
+            Ok((addr, conn)) => match self.metadata_on(&conn, &addr).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        let known: Vec<String> = {
+            let meta = lock(&self.inner.meta);
+            let mut v: Vec<String> = meta.brokers.values().cloned().collect();
+            v.sort();
+            v
+        };
+        let cfg = &self.inner.config;
+        for addr in known {
+            if cfg.bootstrap.contains(&addr) {
+                continue;
+            }
+            let conn = match Connection::connect(
+                &addr,
+                &cfg.client_id,
+                cfg.max_frame_bytes,
+                cfg.request_timeout,
+            )
+            .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    last_err = e;
+                    continue;
+                }
+            };
+            match self.metadata_on(&conn, &addr).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last_err = e,
+            }
+        }
+        lock(&self.inner.meta).refreshed_at = Some(Instant::now());
+        Err(last_err)
+    }
+
+    async fn metadata_on(&self, conn: &Connection, via: &str) -> Result<()> {
+        let req = Request::Metadata(Box::new(Metadata {
+            topics: Some(Vec::new()),
+        }));
+        let reply = conn
+            .call(
+                req,
+                Vec::new(),
+                self.inner.config.request_timeout,
+                "metadata",
+            )
+            .await?;
+        let m = match reply.header.response {
+            Some(Response::MetadataResponse(m)) => m,
+            other => return Err(unexpected("MetadataResponse", other.as_ref())),
+        };
+        let brokers: HashMap<u32, String> = required(m.brokers)
+            .into_iter()
+            .map(|b| {
+                let addr = broker_addr(b.host.as_deref().unwrap_or(""), b.port, via);
+                (b.node_id, addr)
+            })
+            .collect();
+        let mut leaders = HashMap::new();
+        for d in required(m.topics) {
+            if d.error != ErrorCode::None {
+                continue;
+            }
+            let Some(name) = d.name else { continue };
+            for p in required(d.partitions) {
+                leaders.insert((name.clone(), p.partition), (p.leader, p.leader_epoch));
+            }
+        }
+        let mut meta = lock(&self.inner.meta);
+        meta.brokers = brokers;
+        meta.leaders = leaders;
+        meta.stale = false;
+        meta.loaded = true;
+        meta.generation += 1;
+        meta.refreshed_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// The route of each partition, reading the metadata first if it is
+    /// missing, stale, or lacks a leader for one of them.
+    async fn routes(&self, keys: &[(&str, u32)]) -> Vec<Route> {
+        let lookup = |meta: &MetaCache| -> (Vec<Route>, bool) {
+            let mut incomplete = !meta.loaded || meta.stale;
+            let routes = keys
+                .iter()
+                .map(|(t, p)| match meta.leaders.get(&(t.to_string(), *p)) {
+                    Some((l, _)) if *l == NO_LEADER => {
+                        incomplete = true;
+                        Route::NoLeader
+                    }
+                    Some((l, _)) if meta.brokers.contains_key(l) => Route::Node(*l),
+                    Some(_) => {
+                        incomplete = true;
+                        Route::NoLeader
+                    }
+                    None => {
+                        incomplete = true;
+                        Route::Bootstrap
+                    }
+                })
+                .collect();
+            (routes, incomplete)
+        };
+        let (routes, incomplete) = lookup(&lock(&self.inner.meta));
+        if !incomplete {
+            return routes;
+        }
+        if let Err(e) = self.refresh_metadata().await {
+            tracing::debug!(error = %e, "metadata refresh failed");
+            // Leave the cache as it was; the broker answers will tell.
+            lock(&self.inner.meta).stale = true;
+            return routes;
+        }
+        let meta = lock(&self.inner.meta);
+        let (routes, _) = lookup(&meta);
+        routes
+    }
+
+    /// The connection to a node, connecting if needed. On failure the
+    /// metadata is marked stale.
+    async fn node_connection(&self, node: u32) -> Result<Arc<Connection>> {
+        if let Some(c) = lock(&self.inner.boot).as_ref() {
+            if !c.is_closed() && c.hello().node_id == node {
+                return Ok(c.clone());
+            }
+        }
+        let addr = lock(&self.inner.meta).brokers.get(&node).cloned();
+        let Some(addr) = addr else {
+            self.invalidate_metadata();
+            return Err(ClientError::Server {
+                code: ErrorCode::NotLeader,
+                message: format!("node {node} is not in the cluster metadata"),
+            });
+        };
+        let slot = {
+            let mut nodes = lock(&self.inner.nodes);
+            let slot = nodes.entry(node).or_insert_with(|| {
+                Arc::new(NodeSlot {
+                    addr: addr.clone(),
+                    conn: Mutex::new(None),
+                })
+            });
+            if slot.addr != addr {
+                *slot = Arc::new(NodeSlot {
+                    addr: addr.clone(),
+                    conn: Mutex::new(None),
+                });
+            }
+            slot.clone()
+        };
+        let mut guard = slot.conn.lock().await;
+        if let Some(c) = guard.as_ref() {
+            if !c.is_closed() {
+                return Ok(c.clone());
+            }
+        }
+        *guard = None;
+        let cfg = &self.inner.config;
+        match Connection::connect(
+            &addr,
+            &cfg.client_id,
+            cfg.max_frame_bytes,
+            cfg.request_timeout,
+        )
+        .await
+        {
+            Ok(c) => {
+                let c = Arc::new(c);
+                *guard = Some(c.clone());
+                Ok(c)
+            }
+            Err(e) => {
+                tracing::debug!(node, addr, error = %e, "connecting to a partition leader failed");
+                self.invalidate_metadata();
+                Err(e)
+            }
+        }
+    }
+
+    async fn route_connection(&self, route: Route) -> Result<Arc<Connection>> {
+        match route {
+            Route::Node(n) => self.node_connection(n).await,
+            Route::Bootstrap => self.connection().await,
+            Route::NoLeader => Err(ClientError::Server {
+                code: ErrorCode::NotLeader,
+                message: "no leader".into(),
+            }),
+        }
+    }
+
+    /// Notes a whole-request failure: the node may be gone.
+    fn request_failed(&self, e: &ClientError) {
+        if transport_failure(e) || e.code().is_some_and(routing_stale) {
+            self.invalidate_metadata();
+        }
+    }
+
+    /// Notes a per-partition error code.
+    fn partition_error(&self, code: ErrorCode) {
+        if routing_stale(code) {
+            self.invalidate_metadata();
+        }
+    }
+
+    /// The cluster's status: every node's role, liveness and partitions,
+    /// and the coordinator quorum's state. A single-node broker answers
+    /// with an `InvalidRequest` error.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus> {
+        let req = Request::ClusterStatus(Box::new(proto::ClusterStatus {}));
+        let reply = self
+            .call(req, Vec::new(), Duration::ZERO, "cluster status")
+            .await?;
+        match reply.header.response {
+            Some(Response::ClusterStatusResponse(r)) => {
+                if r.error != ErrorCode::None {
+                    return Err(ClientError::Server {
+                        code: r.error,
+                        message: r.message.unwrap_or_default(),
+                    });
+                }
+                Ok(ClusterStatus {
+                    nodes: required(r.nodes),
+                    coordinators_up: r.coordinators_up,
+                    coordinators_total: r.coordinators_total,
+                    leader: if r.has_leader {
+                        u64::try_from(r.leader_id).ok()
+                    } else {
+                        None
+                    },
+                })
+            }
+            other => Err(unexpected("ClusterStatusResponse", other.as_ref())),
+        }
     }
 
     /// Creates a topic.
@@ -412,50 +862,151 @@ impl Client {
         }
     }
 
-    /// Looks up one offset per partition of `topic`. `None`: no record
-    /// matches the timestamp.
+    /// Queues one request per leader among `routes` (built by `build` from
+    /// the positions it carries), in the order the leaders first appear.
+    /// Requests queued one after another on one connection keep their order.
+    async fn send_routed(
+        &self,
+        routes: &[Route],
+        no_response: bool,
+        build: impl Fn(&[usize]) -> (Request, Vec<Bytes>),
+    ) -> Vec<Sub> {
+        let mut subs = Vec::new();
+        for (route, idx) in group_by_route(routes) {
+            if route == Route::NoLeader {
+                subs.push(Sub {
+                    idx,
+                    state: SubState::NoLeader,
+                });
+                continue;
+            }
+            let conn = match self.route_connection(route).await {
+                Ok(c) => c,
+                Err(e) => {
+                    subs.push(Sub {
+                        idx,
+                        state: SubState::Failed(e),
+                    });
+                    continue;
+                }
+            };
+            let (req, payload) = build(&idx);
+            let len: u64 = payload.iter().map(|b| b.len() as u64).sum();
+            let max = conn.broker_max_frame_bytes() as u64;
+            if len > 0 && len + 4096 > max {
+                subs.push(Sub {
+                    idx,
+                    state: SubState::Failed(ClientError::Server {
+                        code: ErrorCode::MessageTooLarge,
+                        message: format!(
+                            "produce request of {len} bytes exceeds the broker's max_frame_bytes {max}"
+                        ),
+                    }),
+                });
+                continue;
+            }
+            let state = if no_response {
+                conn.enqueue_only(req, payload)
+                    .map(|w| SubState::Written(conn.clone(), w))
+            } else {
+                conn.enqueue(req, payload)
+                    .map(|r| SubState::Queued(conn.clone(), r))
+            };
+            let state = state.unwrap_or_else(|e| {
+                self.request_failed(&e);
+                SubState::Failed(e)
+            });
+            subs.push(Sub { idx, state });
+        }
+        subs
+    }
+
+    /// Looks up one offset per partition of `topic`, in the order given.
+    /// `None`: no record matches the timestamp.
     pub async fn list_offsets(
         &self,
         topic: &str,
         partitions: &[u32],
         spec: OffsetSpec,
     ) -> Result<Vec<(u32, Option<u64>)>> {
-        let req = Request::ListOffsets(Box::new(ListOffsets {
-            partitions: Some(
-                partitions
-                    .iter()
-                    .map(|&p| ListOffsetsPartition {
-                        topic: topic.to_string(),
-                        partition: p,
-                        spec: spec.to_wire(),
-                    })
-                    .collect(),
-            ),
-        }));
-        let reply = self
-            .call(req, Vec::new(), Duration::ZERO, "list offsets")
-            .await?;
-        let entries = match reply.header.response {
-            Some(Response::ListOffsetsResponse(r)) => required(r.partitions),
-            other => return Err(unexpected("ListOffsetsResponse", other.as_ref())),
-        };
-        let mut out = Vec::with_capacity(entries.len());
-        for e in entries {
-            if e.error != ErrorCode::None {
-                return Err(ClientError::from_code(
-                    e.error,
-                    e.message,
-                    e.topic.as_deref().unwrap_or(topic),
-                    Some(e.partition),
-                ));
+        let keys: Vec<(&str, u32)> = partitions.iter().map(|&p| (topic, p)).collect();
+        let routes = self.routes(&keys).await;
+        let subs = self
+            .send_routed(&routes, false, |idx| {
+                let req = Request::ListOffsets(Box::new(ListOffsets {
+                    partitions: Some(
+                        idx.iter()
+                            .map(|&i| ListOffsetsPartition {
+                                topic: topic.to_string(),
+                                partition: partitions[i],
+                                spec: spec.to_wire(),
+                            })
+                            .collect(),
+                    ),
+                }));
+                (req, Vec::new())
+            })
+            .await;
+        let mut out: Vec<Option<Result<OffsetEntry>>> = vec![None; partitions.len()];
+        let timeout = self.inner.config.request_timeout;
+        for sub in subs {
+            let reply = match sub.state {
+                SubState::Queued(conn, pending) => {
+                    conn.wait(pending, timeout, "list offsets").await
+                }
+                SubState::Written(..) => Err(ClientError::Protocol("no response".into())),
+                SubState::Failed(e) => Err(e),
+                SubState::NoLeader => {
+                    for &i in &sub.idx {
+                        out[i] = Some(Err(ClientError::Server {
+                            code: ErrorCode::NotLeader,
+                            message: no_leader_message(topic, partitions[i]),
+                        }));
+                    }
+                    continue;
+                }
+            };
+            let entries = match reply {
+                Ok(reply) => match reply.header.response {
+                    Some(Response::ListOffsetsResponse(r)) => required(r.partitions),
+                    other => return Err(unexpected("ListOffsetsResponse", other.as_ref())),
+                },
+                Err(e) => {
+                    self.request_failed(&e);
+                    for &i in &sub.idx {
+                        out[i] = Some(Err(e.clone()));
+                    }
+                    continue;
+                }
+            };
+            let sub_keys: Vec<(&str, u32)> = sub.idx.iter().map(|&i| keys[i]).collect();
+            let matched = match_entries(
+                &sub_keys,
+                entries.iter().map(|e| (e.topic.as_deref(), e.partition)),
+            );
+            for (e, m) in entries.into_iter().zip(matched) {
+                let Some(j) = m else { continue };
+                let r = if e.error != ErrorCode::None {
+                    self.partition_error(e.error);
+                    Err(ClientError::from_code(
+                        e.error,
+                        e.message,
+                        e.topic.as_deref().unwrap_or(topic),
+                        Some(e.partition),
+                    ))
+                } else {
+                    Ok((e.partition, u64::try_from(e.offset).ok()))
+                };
+                out[sub.idx[j]] = Some(r);
             }
-            out.push((e.partition, u64::try_from(e.offset).ok()));
         }
-        Ok(out)
+        out.into_iter().flatten().collect()
     }
 
     /// Produces batches (each `(topic, partition, batch bytes)`) and waits
     /// for the response. With `acks = 0` the result is empty once written.
+    /// Each partition goes to its leader; the entries come back in the order
+    /// of `batches`.
     pub async fn produce(
         &self,
         acks: i8,
@@ -468,9 +1019,10 @@ impl Client {
             .await
     }
 
-    /// Queues a produce request on the connection now, and returns the handle
-    /// that waits for its outcome. Requests started one after another are
-    /// written, appended and answered in that order, which is how a producer
+    /// Queues a produce request on each partition leader's connection now
+    /// (one request per leader), and returns the handle that waits for the
+    /// outcome. Requests started one after another are written, appended
+    /// and answered in that order on each leader, which is how a producer
     /// keeps per-partition order with several requests in flight.
     pub async fn start_produce(
         &self,
@@ -478,59 +1030,72 @@ impl Client {
         timeout: Duration,
         batches: Vec<(String, u32, Bytes)>,
     ) -> Result<InFlightProduce> {
-        let mut partitions = Vec::with_capacity(batches.len());
-        let mut payload = Vec::with_capacity(batches.len());
-        let mut pos: u64 = 0;
-        for (topic, partition, bytes) in batches {
-            let len = u32::try_from(bytes.len()).ok();
-            let off = u32::try_from(pos).ok();
-            let (Some(len), Some(off)) = (len, off) else {
+        for (_, _, bytes) in &batches {
+            if u32::try_from(bytes.len()).is_err() {
                 return Err(ClientError::InvalidArgument(
                     "produce payload exceeds 4 GiB".into(),
                 ));
-            };
-            partitions.push(ProducePartition {
-                topic,
-                partition,
-                payload_offset: off,
-                payload_len: len,
-            });
-            pos += u64::from(len);
-            payload.push(bytes);
+            }
         }
-        let conn = self.connection().await?;
-        let max = conn.broker_max_frame_bytes() as u64;
-        if pos + 4096 > max {
-            return Err(ClientError::Server {
-                code: ErrorCode::MessageTooLarge,
-                message: format!(
-                    "produce request of {pos} bytes exceeds the broker's max_frame_bytes {max}"
-                ),
-            });
-        }
+        let keys: Vec<(&str, u32)> = batches.iter().map(|(t, p, _)| (t.as_str(), *p)).collect();
+        let routes = self.routes(&keys).await;
         let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
-        let req = Request::Produce(Box::new(Produce {
-            acks,
-            timeout_ms,
-            partitions: Some(partitions),
-        }));
-        let wait = self.inner.config.request_timeout + timeout;
-        let pending = if acks == 0 {
-            Pending::Written(conn.enqueue_only(req, payload)?)
-        } else {
-            Pending::Reply(conn.enqueue(req, payload)?)
-        };
+        let mut too_big = false;
+        let subs = self
+            .send_routed(&routes, acks == 0, |idx| {
+                let mut partitions = Vec::with_capacity(idx.len());
+                let mut payload = Vec::with_capacity(idx.len());
+                let mut pos: u64 = 0;
+                for &i in idx {
+                    let (topic, partition, bytes) = &batches[i];
+                    let off = u32::try_from(pos).unwrap_or(u32::MAX);
+                    partitions.push(ProducePartition {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        payload_offset: off,
+                        payload_len: bytes.len() as u32,
+                    });
+                    pos += bytes.len() as u64;
+                    payload.push(bytes.clone());
+                }
+                let req = Request::Produce(Box::new(Produce {
+                    acks,
+                    timeout_ms,
+                    partitions: Some(partitions),
+                }));
+                (req, payload)
+            })
+            .await;
+        for s in &subs {
+            if let SubState::Failed(e) = &s.state {
+                too_big |= e.code() == Some(ErrorCode::MessageTooLarge);
+            }
+        }
+        if too_big && subs.len() == 1 {
+            if let Some(Sub {
+                state: SubState::Failed(e),
+                ..
+            }) = subs.into_iter().next()
+            {
+                return Err(e);
+            }
+            return Err(ClientError::Protocol("produce request vanished".into()));
+        }
         Ok(InFlightProduce {
-            conn,
-            pending,
-            wait,
+            client: self.clone(),
+            keys: batches.into_iter().map(|(t, p, _)| (t, p)).collect(),
+            subs,
+            wait: self.inner.config.request_timeout + timeout,
         })
     }
 
     /// Fetches stored batches. The broker waits up to `max_wait` for
     /// `min_bytes`; the response is at most `max_bytes` (at least one batch
     /// per partition with data). Batches are returned unvalidated: see
-    /// [`crate::consumer::Consumer`] for validation and decoding.
+    /// [`crate::consumer::Consumer`] for validation and decoding. Each
+    /// partition is read from its leader; the entries come back in the
+    /// order of `partitions`. A partition without a leader right now comes
+    /// back with `NotLeader`.
     pub async fn fetch(
         &self,
         max_wait: Duration,
@@ -538,51 +1103,139 @@ impl Client {
         max_bytes: u32,
         partitions: &[FetchRequestPartition],
     ) -> Result<Vec<FetchedPartition>> {
-        let req = Request::Fetch(Box::new(Fetch {
-            max_wait_ms: u32::try_from(max_wait.as_millis()).unwrap_or(u32::MAX),
-            min_bytes,
-            max_bytes,
-            partitions: Some(
-                partitions
-                    .iter()
-                    .map(|p| FetchPartition {
-                        topic: p.topic.clone(),
-                        partition: p.partition,
-                        offset: p.offset,
-                        max_bytes: p.max_bytes,
-                        leader_epoch: -1,
-                    })
-                    .collect(),
-            ),
-            replica_id: -1,
-        }));
-        let reply = self.call(req, Vec::new(), max_wait, "fetch").await?;
-        let payload = reply.payload;
-        let entries = match reply.header.response {
-            Some(Response::FetchResponse(r)) => required(r.partitions),
-            other => return Err(unexpected("FetchResponse", other.as_ref())),
-        };
-        let mut out = Vec::with_capacity(entries.len());
-        for e in entries {
-            let batches = if e.payload_len == 0 {
-                Bytes::new()
-            } else {
-                let s = payload_slice(&payload, e.payload_offset, e.payload_len)
-                    .map_err(|err| ClientError::Protocol(format!("fetch response: {err}")))?;
-                payload.slice_ref(s)
-            };
-            out.push(FetchedPartition {
-                topic: e.topic.unwrap_or_default(),
-                partition: e.partition,
-                error: e.error,
-                message: e.message,
-                high_watermark: e.high_watermark,
-                log_start_offset: e.log_start_offset,
-                batches,
-            });
-        }
-        Ok(out)
+        self.fetch_each(max_wait, min_bytes, max_bytes, partitions)
+            .await
+            .into_iter()
+            .collect()
     }
+
+    /// As [`Client::fetch`], with one result per requested partition: a
+    /// leader whose request failed fails only its own partitions.
+    pub async fn fetch_each(
+        &self,
+        max_wait: Duration,
+        min_bytes: u32,
+        max_bytes: u32,
+        partitions: &[FetchRequestPartition],
+    ) -> Vec<Result<FetchedPartition>> {
+        let keys: Vec<(&str, u32)> = partitions
+            .iter()
+            .map(|p| (p.topic.as_str(), p.partition))
+            .collect();
+        let routes = self.routes(&keys).await;
+        let subs = self
+            .send_routed(&routes, false, |idx| {
+                let req = Request::Fetch(Box::new(Fetch {
+                    max_wait_ms: u32::try_from(max_wait.as_millis()).unwrap_or(u32::MAX),
+                    min_bytes,
+                    max_bytes,
+                    partitions: Some(
+                        idx.iter()
+                            .map(|&i| {
+                                let p = &partitions[i];
+                                FetchPartition {
+                                    topic: p.topic.clone(),
+                                    partition: p.partition,
+                                    offset: p.offset,
+                                    max_bytes: p.max_bytes,
+                                    leader_epoch: -1,
+                                }
+                            })
+                            .collect(),
+                    ),
+                    replica_id: -1,
+                }));
+                (req, Vec::new())
+            })
+            .await;
+        let mut out: Vec<Option<Result<FetchedPartition>>> = vec![None; partitions.len()];
+        let timeout = self.inner.config.request_timeout + max_wait;
+        for sub in subs {
+            let reply = match sub.state {
+                SubState::Queued(conn, pending) => conn.wait(pending, timeout, "fetch").await,
+                SubState::Written(..) => Err(ClientError::Protocol("no response".into())),
+                SubState::Failed(e) => Err(e),
+                SubState::NoLeader => {
+                    for &i in &sub.idx {
+                        let p = &partitions[i];
+                        out[i] = Some(Ok(FetchedPartition {
+                            topic: p.topic.clone(),
+                            partition: p.partition,
+                            error: ErrorCode::NotLeader,
+                            message: Some(no_leader_message(&p.topic, p.partition)),
+                            high_watermark: 0,
+                            log_start_offset: 0,
+                            batches: Bytes::new(),
+                        }));
+                    }
+                    continue;
+                }
+            };
+            let parsed = reply.and_then(|reply| {
+                let payload = reply.payload;
+                match reply.header.response {
+                    Some(Response::FetchResponse(r)) => Ok((required(r.partitions), payload)),
+                    other => Err(unexpected("FetchResponse", other.as_ref())),
+                }
+            });
+            let (entries, payload) = match parsed {
+                Ok(v) => v,
+                Err(e) => {
+                    self.request_failed(&e);
+                    for &i in &sub.idx {
+                        out[i] = Some(Err(e.clone()));
+                    }
+                    continue;
+                }
+            };
+            let sub_keys: Vec<(&str, u32)> = sub.idx.iter().map(|&i| keys[i]).collect();
+            let matched = match_entries(
+                &sub_keys,
+                entries.iter().map(|e| (e.topic.as_deref(), e.partition)),
+            );
+            for (e, m) in entries.into_iter().zip(matched) {
+                let Some(j) = m else { continue };
+                let i = sub.idx[j];
+                if e.error != ErrorCode::None {
+                    self.partition_error(e.error);
+                }
+                let batches = if e.payload_len == 0 {
+                    Ok(Bytes::new())
+                } else {
+                    payload_slice(&payload, e.payload_offset, e.payload_len)
+                        .map(|s| payload.slice_ref(s))
+                        .map_err(|err| ClientError::Protocol(format!("fetch response: {err}")))
+                };
+                out[i] = Some(batches.map(|batches| FetchedPartition {
+                    topic: e.topic.unwrap_or_else(|| partitions[i].topic.clone()),
+                    partition: e.partition,
+                    error: e.error,
+                    message: e.message,
+                    high_watermark: e.high_watermark,
+                    log_start_offset: e.log_start_offset,
+                    batches,
+                }));
+            }
+        }
+        out.into_iter().flatten().collect()
+    }
+}
+
+/// A partition and its offset, as [`Client::list_offsets`] returns them.
+type OffsetEntry = (u32, Option<u64>);
+
+/// One leader's part of a routed request.
+struct Sub {
+    /// Positions in the caller's request.
+    idx: Vec<usize>,
+    state: SubState,
+}
+
+enum SubState {
+    Queued(Arc<Connection>, crate::connection::PendingReply),
+    Written(Arc<Connection>, crate::connection::PendingWrite),
+    Failed(ClientError),
+    NoLeader,
 }
 
 fn topic_result(reply: Reply, name: &str) -> Result<()> {
@@ -616,43 +1269,130 @@ fn topic_info(d: proto::TopicDescription, name: &str) -> Result<TopicInfo> {
     })
 }
 
-enum Pending {
-    Reply(crate::connection::PendingReply),
-    Written(crate::connection::PendingWrite),
-}
-
-/// A produce request already queued on its connection; see
+/// A produce request already queued on its leaders' connections; see
 /// [`Client::start_produce`].
 pub struct InFlightProduce {
-    conn: Arc<Connection>,
-    pending: Pending,
+    client: Client,
+    keys: Vec<(String, u32)>,
+    subs: Vec<Sub>,
     wait: Duration,
 }
 
+/// What happened to one partition of a produce request.
+#[derive(Debug, Clone)]
+pub enum ProduceOutcome {
+    /// Written to the socket (acks = 0: no answer comes).
+    Written,
+    /// The broker's answer for the partition (which may be an error code).
+    Answered(ProducedPartition),
+    /// The request carrying the partition failed as a whole.
+    Failed(ClientError),
+}
+
 impl InFlightProduce {
-    /// Waits for the response (or, with `acks = 0`, for the write).
+    /// Waits for the responses (or, with `acks = 0`, for the writes). A
+    /// leader whose request failed as a whole fails the call.
     pub async fn wait(self) -> Result<Vec<ProducedPartition>> {
-        let reply = match self.pending {
-            Pending::Written(w) => {
-                self.conn.wait_written(w, self.wait, "produce").await?;
-                return Ok(Vec::new());
+        let mut out = Vec::new();
+        for o in self.wait_each().await {
+            match o {
+                ProduceOutcome::Written => {}
+                ProduceOutcome::Answered(p) => out.push(p),
+                ProduceOutcome::Failed(e) => return Err(e),
             }
-            Pending::Reply(r) => self.conn.wait(r, self.wait, "produce").await?,
-        };
-        match reply.header.response {
-            Some(Response::ProduceResponse(r)) => Ok(required(r.partitions)
-                .into_iter()
-                .map(|p| ProducedPartition {
-                    topic: p.topic.unwrap_or_default(),
+        }
+        Ok(out)
+    }
+
+    /// Waits for every leader's response; one outcome per batch, in the
+    /// order the batches were given.
+    pub async fn wait_each(self) -> Vec<ProduceOutcome> {
+        let InFlightProduce {
+            client,
+            keys,
+            subs,
+            wait,
+        } = self;
+        let mut out: Vec<Option<ProduceOutcome>> = vec![None; keys.len()];
+        for sub in subs {
+            let reply = match sub.state {
+                SubState::Written(conn, w) => match conn.wait_written(w, wait, "produce").await {
+                    Ok(()) => {
+                        for &i in &sub.idx {
+                            out[i] = Some(ProduceOutcome::Written);
+                        }
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
+                SubState::Queued(conn, r) => conn.wait(r, wait, "produce").await,
+                SubState::Failed(e) => Err(e),
+                SubState::NoLeader => {
+                    for &i in &sub.idx {
+                        let (topic, partition) = &keys[i];
+                        out[i] = Some(ProduceOutcome::Answered(ProducedPartition {
+                            topic: topic.clone(),
+                            partition: *partition,
+                            error: ErrorCode::NotLeader,
+                            message: Some(no_leader_message(topic, *partition)),
+                            base_offset: 0,
+                            last_offset: 0,
+                            log_start_offset: 0,
+                        }));
+                    }
+                    continue;
+                }
+            };
+            let entries = reply.and_then(|reply| match reply.header.response {
+                Some(Response::ProduceResponse(r)) => Ok(required(r.partitions)),
+                other => Err(unexpected("ProduceResponse", other.as_ref())),
+            });
+            let entries = match entries {
+                Ok(e) => e,
+                Err(e) => {
+                    client.request_failed(&e);
+                    for &i in &sub.idx {
+                        out[i] = Some(ProduceOutcome::Failed(e.clone()));
+                    }
+                    continue;
+                }
+            };
+            let sub_keys: Vec<(&str, u32)> = sub
+                .idx
+                .iter()
+                .map(|&i| (keys[i].0.as_str(), keys[i].1))
+                .collect();
+            let matched = match_entries(
+                &sub_keys,
+                entries.iter().map(|e| (e.topic.as_deref(), e.partition)),
+            );
+            for (p, m) in entries.into_iter().zip(matched) {
+                let Some(j) = m else { continue };
+                let i = sub.idx[j];
+                if p.error != ErrorCode::None {
+                    client.partition_error(p.error);
+                }
+                out[i] = Some(ProduceOutcome::Answered(ProducedPartition {
+                    topic: p.topic.unwrap_or_else(|| keys[i].0.clone()),
                     partition: p.partition,
                     error: p.error,
                     message: p.message,
                     base_offset: p.base_offset,
                     last_offset: p.last_offset,
                     log_start_offset: p.log_start_offset,
-                })
-                .collect()),
-            other => Err(unexpected("ProduceResponse", other.as_ref())),
+                }));
+            }
+            for &i in &sub.idx {
+                if out[i].is_none() {
+                    out[i] = Some(ProduceOutcome::Failed(ClientError::Protocol(format!(
+                        "the produce response has no entry for {}/{}",
+                        keys[i].0, keys[i].1
+                    ))));
+                }
+            }
         }
+        out.into_iter()
+            .map(|o| o.unwrap_or(ProduceOutcome::Failed(ClientError::Closed)))
+            .collect()
     }
 }

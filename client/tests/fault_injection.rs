@@ -90,6 +90,9 @@ impl Group {
     }
 }
 
+/// Brokers, and each partition's leader.
+type ClusterView = (Vec<Broker>, BTreeMap<(String, u32), u32>);
+
 #[derive(Default)]
 struct State {
     topics: BTreeMap<String, Vec<Log>>,
@@ -102,12 +105,31 @@ struct State {
     produce_requests: AtomicUsize,
     connections: AtomicUsize,
     heartbeats: AtomicUsize,
+    /// This double's node id (in Hello and its own metadata).
+    node_id: u32,
+    /// Its address, `127.0.0.1:PORT`.
+    addr: String,
+    /// What Metadata answers instead of "just me, leading everything":
+    /// the brokers, and each partition's leader (u32::MAX: none).
+    cluster: Option<ClusterView>,
+    /// Answer every produce and fetch partition with NotLeader.
+    not_leader_always: AtomicBool,
+    metadata_requests: AtomicUsize,
+    fetch_requests: AtomicUsize,
 }
 
 async fn start() -> (String, Arc<Mutex<State>>) {
+    start_node(0).await
+}
+
+async fn start_node(node_id: u32) -> (String, Arc<Mutex<State>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let state = Arc::new(Mutex::new(State::default()));
+    let state = Arc::new(Mutex::new(State {
+        node_id,
+        addr: addr.clone(),
+        ..State::default()
+    }));
     let s = state.clone();
     tokio::spawn(async move {
         while let Ok((sock, _)) = listener.accept().await {
@@ -212,7 +234,7 @@ fn handle(state: &Mutex<State>, body: &[u8]) -> Action {
                     Response::HelloResponse(Box::new(HelloResponse {
                         version: 1,
                         server: Some("mock".into()),
-                        node_id: 0,
+                        node_id: st.node_id,
                         max_frame_bytes: 64 << 20,
                     })),
                     &[],
@@ -264,12 +286,51 @@ fn handle(state: &Mutex<State>, body: &[u8]) -> Action {
                 Response::TopicDescription(Box::new(describe(&d.name, st.topics.get(&d.name)))),
                 &[],
             ),
-            Request::Metadata(_) | Request::OffsetForLeaderEpoch(_) | Request::ClusterStatus(_) => {
-                unimplemented!()
+            Request::Metadata(_) => {
+                st.metadata_requests.fetch_add(1, Ordering::SeqCst);
+                let (brokers, leaders) = match &st.cluster {
+                    Some((b, l)) => (b.clone(), l.clone()),
+                    None => {
+                        let (host, port) = st.addr.rsplit_once(':').unwrap();
+                        (
+                            vec![Broker {
+                                node_id: st.node_id,
+                                host: Some(host.to_string()),
+                                port: port.parse().unwrap(),
+                            }],
+                            BTreeMap::new(),
+                        )
+                    }
+                };
+                let topics = st
+                    .topics
+                    .iter()
+                    .map(|(name, logs)| {
+                        let mut d = describe(name, Some(logs));
+                        for p in d.partitions.iter_mut().flatten() {
+                            p.leader = leaders
+                                .get(&(name.clone(), p.partition))
+                                .copied()
+                                .unwrap_or(st.node_id);
+                            p.leader_epoch = 1;
+                        }
+                        d
+                    })
+                    .collect();
+                reply(
+                    id,
+                    Response::MetadataResponse(Box::new(MetadataResponse {
+                        brokers: Some(brokers),
+                        topics: Some(topics),
+                    })),
+                    &[],
+                )
             }
+            Request::OffsetForLeaderEpoch(_) | Request::ClusterStatus(_) => unimplemented!(),
             Request::Produce(p) => {
                 st.produce_requests.fetch_add(1, Ordering::SeqCst);
-                let not_leader = st.not_leader.load(Ordering::SeqCst) > 0;
+                let not_leader = st.not_leader.load(Ordering::SeqCst) > 0
+                    || st.not_leader_always.load(Ordering::SeqCst);
                 if not_leader {
                     st.not_leader.fetch_sub(1, Ordering::SeqCst);
                 }
@@ -320,9 +381,11 @@ fn handle(state: &Mutex<State>, body: &[u8]) -> Action {
                 )
             }
             Request::Fetch(f) => {
+                st.fetch_requests.fetch_add(1, Ordering::SeqCst);
                 if st.drop_next_fetch.swap(false, Ordering::SeqCst) {
                     return Action::Close;
                 }
+                let not_leader = st.not_leader_always.load(Ordering::SeqCst);
                 let mut data = Vec::new();
                 let mut out = Vec::new();
                 for e in f.partitions.unwrap_or_default() {
@@ -336,6 +399,7 @@ fn handle(state: &Mutex<State>, body: &[u8]) -> Action {
                         .get(&e.topic)
                         .and_then(|l| l.get(e.partition as usize))
                     {
+                        _ if not_leader => r.error = ErrorCode::NotLeader,
                         None => r.error = ErrorCode::UnknownTopicOrPartition,
                         Some(log) if e.offset > log.next => {
                             r.error = ErrorCode::OffsetOutOfRange;
