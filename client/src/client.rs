@@ -654,19 +654,47 @@ impl Client {
                 .collect();
             (routes, incomplete)
         };
-        let (routes, incomplete) = lookup(&lock(&self.inner.meta));
+        let (before, incomplete, was_stale) = {
+            let meta = lock(&self.inner.meta);
+            let (r, i) = lookup(&meta);
+            (r, i, meta.stale || !meta.loaded)
+        };
         if !incomplete {
-            return routes;
+            return before;
         }
         if let Err(e) = self.refresh_metadata().await {
             tracing::debug!(error = %e, "metadata refresh failed");
             // Leave the cache as it was; the broker answers will tell.
             lock(&self.inner.meta).stale = true;
-            return routes;
+            return before;
         }
         let meta = lock(&self.inner.meta);
-        let (routes, _) = lookup(&meta);
-        routes
+        let (after, _) = lookup(&meta);
+        if was_stale {
+            return after;
+        }
+        // The refresh was for other partitions: a partition that had a
+        // leader keeps the route it had (see `Client::cached_route`).
+        before
+            .into_iter()
+            .zip(after)
+            .map(|(b, a)| if matches!(b, Route::Node(_)) { b } else { a })
+            .collect()
+    }
+
+    /// Where a produce for this partition would go now without reading the
+    /// metadata again: its leader's node id, or `None` when the cache is
+    /// stale, never read, or has no leader for it. A request started right
+    /// after this answered `Some(n)` goes to node `n`.
+    pub fn cached_route(&self, topic: &str, partition: u32) -> Option<u32> {
+        let meta = lock(&self.inner.meta);
+        if meta.stale || !meta.loaded {
+            return None;
+        }
+        match meta.leaders.get(&(topic.to_string(), partition)) {
+            Some((l, _)) if *l != NO_LEADER && meta.brokers.contains_key(l) => Some(*l),
+            _ => None,
+        }
     }
 
     /// The connection to a node, connecting if needed. On failure the
@@ -875,6 +903,7 @@ impl Client {
         for (route, idx) in group_by_route(routes) {
             if route == Route::NoLeader {
                 subs.push(Sub {
+                    route,
                     idx,
                     state: SubState::NoLeader,
                 });
@@ -884,6 +913,7 @@ impl Client {
                 Ok(c) => c,
                 Err(e) => {
                     subs.push(Sub {
+                        route,
                         idx,
                         state: SubState::Failed(e),
                     });
@@ -895,6 +925,7 @@ impl Client {
             let max = conn.broker_max_frame_bytes() as u64;
             if len > 0 && len + 4096 > max {
                 subs.push(Sub {
+                    route,
                     idx,
                     state: SubState::Failed(ClientError::Server {
                         code: ErrorCode::MessageTooLarge,
@@ -916,7 +947,7 @@ impl Client {
                 self.request_failed(&e);
                 SubState::Failed(e)
             });
-            subs.push(Sub { idx, state });
+            subs.push(Sub { route, idx, state });
         }
         subs
     }
@@ -1226,6 +1257,7 @@ type OffsetEntry = (u32, Option<u64>);
 
 /// One leader's part of a routed request.
 struct Sub {
+    route: Route,
     /// Positions in the caller's request.
     idx: Vec<usize>,
     state: SubState,
@@ -1290,6 +1322,22 @@ pub enum ProduceOutcome {
 }
 
 impl InFlightProduce {
+    /// The node each batch was sent to, in the order the batches were
+    /// given (`None`: the bootstrap connection, or not sent).
+    pub fn leaders(&self) -> Vec<Option<u32>> {
+        let mut out = vec![None; self.keys.len()];
+        for sub in &self.subs {
+            if let (Route::Node(n), SubState::Queued(..) | SubState::Written(..)) =
+                (sub.route, &sub.state)
+            {
+                for &i in &sub.idx {
+                    out[i] = Some(n);
+                }
+            }
+        }
+        out
+    }
+
     /// Waits for the responses (or, with `acks = 0`, for the writes). A
     /// leader whose request failed as a whole fails the call.
     pub async fn wait(self) -> Result<Vec<ProducedPartition>> {

@@ -1,7 +1,8 @@
 //! Async client for Levee's native protocol, on tokio.
 //!
-//! - [`Client`]: one pipelined connection (reconnecting on the next call
-//!   after a failure) with the admin requests and raw produce/fetch.
+//! - [`Client`]: a bootstrap connection for admin and group requests and
+//!   one pipelined connection per partition leader for produce, fetch and
+//!   offset lookups, routed by a metadata cache that follows leader changes.
 //! - [`Producer`]: per-partition batching, compression, Kafka's murmur2
 //!   partitioner, bounded buffering (backpressure), retries, per-message
 //!   delivery reports.
@@ -24,8 +25,9 @@ pub mod producer;
 pub mod cli;
 
 pub use client::{
-    Client, ClientConfig, ClusterMetadata, FetchRequestPartition, FetchedPartition, OffsetSpec,
-    PartitionInfo, ProducedPartition, TopicInfo, TopicSettings,
+    Client, ClientConfig, ClusterMetadata, ClusterStatus, FetchRequestPartition, FetchedPartition,
+    InFlightProduce, OffsetSpec, PartitionInfo, ProduceOutcome, ProducedPartition, TopicInfo,
+    TopicSettings, NO_LEADER,
 };
 pub use codec::{murmur2, partition_for_key};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartPosition};
@@ -36,4 +38,5 @@ pub use group::{
 };
 pub use levee_engine::Compression;
 pub use levee_schemas::proto::ErrorCode;
+pub use levee_schemas::proto::NodeStatus;
 pub use producer::{Acks, DeliveryFuture, DeliveryReport, Producer, ProducerConfig};

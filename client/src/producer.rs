@@ -4,8 +4,17 @@
 //!
 //! Memory is bounded by [`ProducerConfig::buffer_bytes`]: `send` waits while
 //! that many bytes of messages are neither acknowledged nor failed.
-//! Ordering within a partition is kept unless a request is retried while
-//! later ones are in flight (as in Kafka without idempotence).
+//!
+//! Each partition's batches go to its leader (see [`Client`]); retriable
+//! failures (no leader, `NotLeader`, lost connections, timeouts) are retried
+//! with backoff until [`ProducerConfig::delivery_timeout`], so a leader
+//! failover is a pause, not an error. Order within a partition is kept
+//! across retries: a partition's batches are pipelined only to one leader
+//! connection at a time, a failed batch holds back the partition's later
+//! batches until it is acknowledged (batches already in flight with it
+//! are retried with it, in order), and after a failure the partition has
+//! one request in flight until one succeeds. A retry may write a batch
+//! twice (no idempotence yet).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,7 +28,7 @@ use levee_engine::{Compression, Record};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::client::Client;
+use crate::client::{Client, InFlightProduce, ProduceOutcome};
 use crate::codec::{build_batch, partition_for_key};
 use crate::error::{ClientError, Result};
 
@@ -74,12 +83,17 @@ pub struct ProducerConfig {
     pub buffer_bytes: usize,
     /// Largest produce request (default 8 MiB; a single larger batch is still sent alone).
     pub max_request_bytes: usize,
-    /// Retries of a retriable failure (default 5).
+    /// Retries of a batch after retriable failures (default: unlimited,
+    /// bounded by `delivery_timeout`).
     pub retries: u32,
-    /// First retry delay, doubled per attempt up to `max_retry_backoff` (default 100 ms).
+    /// First retry delay, doubled per attempt up to `max_retry_backoff` (default 50 ms).
     pub retry_backoff: Duration,
-    /// Largest retry delay (default 2 s).
+    /// Largest retry delay (default 500 ms).
     pub max_retry_backoff: Duration,
+    /// How long a message may take from `send` to its acknowledgement,
+    /// retries included, before it fails with the last retriable error
+    /// (default 30 s).
+    pub delivery_timeout: Duration,
     /// The broker-side produce timeout (default 30 s).
     pub produce_timeout: Duration,
     /// Send every message to this partition instead of partitioning.
@@ -96,9 +110,10 @@ impl Default for ProducerConfig {
             max_in_flight: 5,
             buffer_bytes: 32 << 20,
             max_request_bytes: 8 << 20,
-            retries: 5,
-            retry_backoff: Duration::from_millis(100),
-            max_retry_backoff: Duration::from_secs(2),
+            retries: u32::MAX,
+            retry_backoff: Duration::from_millis(50),
+            max_retry_backoff: Duration::from_millis(500),
+            delivery_timeout: Duration::from_secs(30),
             produce_timeout: Duration::from_secs(30),
             partition: None,
         }
@@ -188,6 +203,7 @@ impl Producer {
         let (tx, rx) = mpsc::unbounded_channel();
         let buffer = Arc::new(Semaphore::new(config.buffer_bytes));
         let buffer_bytes = config.buffer_bytes;
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
         let worker = Worker {
             inflight: Arc::new(Semaphore::new(config.max_in_flight)),
             client,
@@ -195,8 +211,11 @@ impl Producer {
             topics: HashMap::new(),
             failed: HashMap::new(),
             batches: HashMap::new(),
+            parts: HashMap::new(),
+            next_seq: 0,
+            done_tx,
         };
-        tokio::spawn(worker.run(rx));
+        tokio::spawn(worker.run(rx, done_rx));
         Producer {
             tx,
             buffer,
@@ -270,11 +289,30 @@ struct Pending {
     replies: Vec<(Reply, OwnedSemaphorePermit)>,
     bytes: usize,
     deadline: Instant,
+    /// When the first message joined (its delivery timeout runs from here).
+    created: Instant,
 }
 
 struct TopicMeta {
     partitions: u32,
     next: u32,
+}
+
+type Key = (String, u32);
+
+/// A partition with batches in flight or waiting for a retry.
+#[derive(Default)]
+struct PartState {
+    /// Batches in flight.
+    inflight: usize,
+    /// The node they were sent to (`None`: not a known leader).
+    node: Option<u32>,
+    /// Failed batches waiting to be sent again, in sequence order.
+    retry: Vec<Ready>,
+    /// Consecutive failed attempts (0 once a batch succeeds).
+    attempts: u32,
+    /// When the retry may go.
+    retry_at: Option<Instant>,
 }
 
 struct Worker {
@@ -285,7 +323,10 @@ struct Worker {
     /// Recent metadata failures, so that a burst of messages to a missing
     /// topic costs one lookup, not one per message.
     failed: HashMap<String, (ClientError, Instant)>,
-    batches: HashMap<(String, u32), Pending>,
+    batches: HashMap<Key, Pending>,
+    parts: HashMap<Key, PartState>,
+    next_seq: u64,
+    done_tx: mpsc::UnboundedSender<Done>,
 }
 
 /// How long a failed topic lookup is remembered.
@@ -295,11 +336,30 @@ const FAILED_LOOKUP_TTL: Duration = Duration::from_secs(1);
 struct Ready {
     topic: String,
     partition: u32,
+    /// Order of the batch within its partition.
+    seq: u64,
     bytes: Bytes,
     replies: Vec<(Reply, OwnedSemaphorePermit)>,
+    /// Past this, a retriable failure fails the messages.
+    deadline: Instant,
+    /// Failed attempts so far.
+    attempts: u32,
+}
+
+/// The outcome of one request, reported back to the worker.
+struct Done {
+    /// Every partition the request carried.
+    keys: Vec<Key>,
+    /// The partitions acknowledged.
+    ok: Vec<Key>,
+    /// The batches to send again, and why.
+    retry: Vec<(Ready, ClientError)>,
 }
 
 impl Ready {
+    fn key(&self) -> Key {
+        (self.topic.clone(), self.partition)
+    }
     fn fail(self, e: &ClientError) {
         for (r, _permit) in self.replies {
             let _ = r.send(Err(e.clone()));
@@ -314,23 +374,58 @@ impl Ready {
             }));
         }
     }
+    /// One batch out of several of one partition, in sequence order: the
+    /// stored batches end to end (the broker appends them in order).
+    fn merge(mut v: Vec<Ready>) -> Option<Ready> {
+        v.sort_by_key(|r| r.seq);
+        let mut it = v.into_iter();
+        let mut first = it.next()?;
+        let rest: Vec<Ready> = it.collect();
+        if rest.is_empty() {
+            return Some(first);
+        }
+        let mut bytes = bytes::BytesMut::from(&first.bytes[..]);
+        for r in rest {
+            bytes.extend_from_slice(&r.bytes);
+            first.replies.extend(r.replies);
+            first.deadline = first.deadline.min(r.deadline);
+            first.attempts = first.attempts.max(r.attempts);
+        }
+        first.bytes = bytes.freeze();
+        Some(first)
+    }
 }
 
 impl Worker {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Cmd>,
+        mut done_rx: mpsc::UnboundedReceiver<Done>,
+    ) {
+        let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut closing = false;
         loop {
+            if (closing || !flushes.is_empty()) && self.idle() {
+                for f in flushes.drain(..) {
+                    let _ = f.send(());
+                }
+                if closing {
+                    return;
+                }
+            }
+            let force = closing || !flushes.is_empty();
             // While every in-flight slot is taken, messages keep joining
             // their batches instead of each waiting to go alone (with a
             // short linger, that is what fills batches under load).
             let slot_free = self.inflight.available_permits() > 0;
-            let deadline = if slot_free {
-                self.batches.values().map(|b| b.deadline).min()
+            let wake = if slot_free {
+                self.next_wake(force)
             } else {
                 None
             };
-            let waiting = !slot_free && !self.batches.is_empty();
+            let waiting = !slot_free && self.has_work();
             tokio::select! {
-                cmd = rx.recv() => match cmd {
+                cmd = rx.recv(), if !force => match cmd {
                     Some(Cmd::Send(m)) => {
                         self.add(m).await;
                         // Take everything already queued before sending.
@@ -338,37 +433,115 @@ impl Worker {
                             match cmd {
                                 Cmd::Send(m) => self.add(m).await,
                                 Cmd::Flush(done) => {
-                                    self.send_ready(true).await;
-                                    self.wait_inflight().await;
-                                    let _ = done.send(());
+                                    flushes.push(done);
+                                    break;
                                 }
                             }
                         }
                     }
-                    Some(Cmd::Flush(done)) => {
-                        self.send_ready(true).await;
-                        self.wait_inflight().await;
-                        let _ = done.send(());
-                    }
-                    None => {
-                        self.send_ready(true).await;
-                        self.wait_inflight().await;
-                        return;
-                    }
+                    Some(Cmd::Flush(done)) => flushes.push(done),
+                    None => closing = true,
                 },
-                _ = sleep_until_opt(deadline) => {}
+                Some(done) = done_rx.recv() => {
+                    self.on_done(done);
+                    while let Ok(done) = done_rx.try_recv() {
+                        self.on_done(done);
+                    }
+                }
+                _ = sleep_until_opt(wake) => {}
                 permit = self.inflight.clone().acquire_owned(), if waiting => drop(permit),
             }
-            if self.inflight.available_permits() > 0 {
-                self.send_ready(false).await;
-            }
+            let force = closing || !flushes.is_empty();
+            self.send_ready(force).await;
         }
     }
 
-    async fn wait_inflight(&self) {
-        let n = self.config.max_in_flight as u32;
-        // Holding every permit means no request is in flight.
-        let _all = self.inflight.acquire_many(n).await;
+    /// Nothing buffered, in flight or waiting for a retry.
+    fn idle(&self) -> bool {
+        self.batches.is_empty()
+            && self
+                .parts
+                .values()
+                .all(|s| s.inflight == 0 && s.retry.is_empty())
+    }
+
+    fn has_work(&self) -> bool {
+        !self.batches.is_empty() || self.parts.values().any(|s| !s.retry.is_empty())
+    }
+
+    /// Whether new batches of `key` must wait: it has batches waiting for
+    /// a retry, or batches in flight that a new one could overtake (sent to
+    /// another node than it would go to now, or after a failure).
+    fn held(&self, key: &Key) -> bool {
+        let Some(s) = self.parts.get(key) else {
+            return false;
+        };
+        if !s.retry.is_empty() {
+            return true;
+        }
+        if s.inflight == 0 {
+            return false;
+        }
+        s.attempts > 0 || s.node.is_none() || self.client.cached_route(&key.0, key.1) != s.node
+    }
+
+    fn retry_due(&self, s: &PartState, now: Instant) -> bool {
+        !s.retry.is_empty() && s.inflight == 0 && s.retry_at.is_none_or(|t| t <= now)
+    }
+
+    /// When something may become ready to send.
+    fn next_wake(&self, force: bool) -> Option<Instant> {
+        let now = Instant::now();
+        let batches = self
+            .batches
+            .iter()
+            .filter(|(k, _)| !self.held(k))
+            .map(|(_, b)| if force { now } else { b.deadline });
+        let retries = self
+            .parts
+            .values()
+            .filter(|s| !s.retry.is_empty() && s.inflight == 0)
+            .map(|s| s.retry_at.unwrap_or(now));
+        batches.chain(retries).min()
+    }
+
+    fn on_done(&mut self, done: Done) {
+        let now = Instant::now();
+        for k in &done.keys {
+            if let Some(s) = self.parts.get_mut(k) {
+                s.inflight = s.inflight.saturating_sub(1);
+            }
+        }
+        for k in &done.ok {
+            if let Some(s) = self.parts.get_mut(k) {
+                s.attempts = 0;
+            }
+        }
+        let mut failed_keys: Vec<Key> = Vec::new();
+        for (mut r, e) in done.retry {
+            r.attempts += 1;
+            if now >= r.deadline || r.attempts > self.config.retries {
+                tracing::debug!(topic = %r.topic, partition = r.partition, error = %e, "giving up");
+                r.fail(&e);
+                continue;
+            }
+            tracing::debug!(topic = %r.topic, partition = r.partition, error = %e, attempt = r.attempts, "retrying");
+            let k = r.key();
+            let s = self.parts.entry(k.clone()).or_default();
+            let at = s.retry.partition_point(|x| x.seq < r.seq);
+            s.retry.insert(at, r);
+            if !failed_keys.contains(&k) {
+                failed_keys.push(k);
+            }
+        }
+        for k in failed_keys {
+            if let Some(s) = self.parts.get_mut(&k) {
+                s.attempts += 1;
+                s.retry_at = Some(now + backoff(&self.config, s.attempts));
+            }
+        }
+        self.parts
+            .retain(|_, s| s.inflight > 0 || !s.retry.is_empty() || s.attempts > 0);
     }
 
     async fn partition_count(&mut self, topic: &str) -> Result<&mut TopicMeta> {
@@ -379,10 +552,15 @@ impl Worker {
                 }
             }
             let mut attempt = 0;
+            let deadline = Instant::now() + self.config.delivery_timeout;
             let info = loop {
                 match self.client.describe_topic(topic).await {
                     Ok(i) => break i,
-                    Err(e) if e.is_retriable() && attempt < self.config.retries => {
+                    Err(e)
+                        if e.is_retriable()
+                            && attempt < self.config.retries
+                            && Instant::now() < deadline =>
+                    {
                         attempt += 1;
                         tokio::time::sleep(backoff(&self.config, attempt)).await;
                     }
@@ -433,93 +611,138 @@ impl Worker {
             },
         };
         let linger = self.config.linger;
-        let b = self
-            .batches
-            .entry((m.topic, partition))
-            .or_insert_with(|| Pending {
+        let b = self.batches.entry((m.topic, partition)).or_insert_with(|| {
+            let now = Instant::now();
+            Pending {
                 records: Vec::new(),
                 replies: Vec::new(),
                 bytes: 0,
-                deadline: Instant::now() + linger,
-            });
+                deadline: now + linger,
+                created: now,
+            }
+        });
         b.records.push(m.record);
         b.replies.push((m.reply, m.permit));
         b.bytes += m.size;
     }
 
-    /// Sends the batches that are full or whose linger expired (all with
-    /// `force`), grouped into requests of at most `max_request_bytes`.
+    /// Sends due retries and the batches that are full or whose linger
+    /// expired (all with `force`), grouped into requests of at most
+    /// `max_request_bytes`, while in-flight slots are free.
     async fn send_ready(&mut self, force: bool) {
+        loop {
+            let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
+                return;
+            };
+            // From here to `start_produce` nothing awaits, so the routes
+            // checked by `held` are the routes the request takes.
+            let parts = self.collect(force);
+            if parts.is_empty() {
+                return;
+            }
+            self.dispatch(parts, permit).await;
+        }
+    }
+
+    /// The batches for one request.
+    fn collect(&mut self, force: bool) -> Vec<Ready> {
         let now = Instant::now();
-        let size = self.config.batch_size;
-        let keys: Vec<(String, u32)> = self
-            .batches
+        let max = self.config.max_request_bytes;
+        let mut request: Vec<Ready> = Vec::new();
+        let mut bytes = 0;
+        let due: Vec<Key> = self
+            .parts
             .iter()
-            .filter(|(_, b)| force || b.bytes >= size || b.deadline <= now)
+            .filter(|(_, s)| self.retry_due(s, now))
             .map(|(k, _)| k.clone())
             .collect();
-        if keys.is_empty() {
-            return;
+        for k in due {
+            if !request.is_empty() && bytes >= max {
+                break;
+            }
+            let Some(s) = self.parts.get_mut(&k) else {
+                continue;
+            };
+            let Some(r) = Ready::merge(std::mem::take(&mut s.retry)) else {
+                continue;
+            };
+            bytes += r.bytes.len();
+            request.push(r);
         }
-        let mut request: Vec<Ready> = Vec::new();
-        let mut request_bytes = 0;
+        let size = self.config.batch_size;
+        let keys: Vec<Key> = self
+            .batches
+            .iter()
+            .filter(|(k, b)| (force || b.bytes >= size || b.deadline <= now) && !self.held(k))
+            .map(|(k, _)| k.clone())
+            .collect();
         for key in keys {
+            if !request.is_empty() && bytes >= max {
+                break;
+            }
+            let Some(p) = self.batches.get(&key) else {
+                continue;
+            };
+            // Would this batch overflow the request? Leave it for the next.
+            if !request.is_empty() && bytes + p.bytes > max {
+                continue;
+            }
             let Some(p) = self.batches.remove(&key) else {
                 continue;
             };
-            let ready = match build_batch(&p.records, self.config.compression) {
-                Ok(bytes) => Ready {
-                    topic: key.0,
-                    partition: key.1,
-                    bytes: Bytes::from(bytes),
-                    replies: p.replies,
-                },
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            match build_batch(&p.records, self.config.compression) {
+                Ok(b) => {
+                    bytes += b.len();
+                    request.push(Ready {
+                        topic: key.0,
+                        partition: key.1,
+                        seq,
+                        bytes: Bytes::from(b),
+                        replies: p.replies,
+                        deadline: p.created + self.config.delivery_timeout,
+                        attempts: 0,
+                    });
+                }
                 Err(e) => {
                     for (r, _permit) in p.replies {
                         let _ = r.send(Err(ClientError::InvalidArgument(e.clone())));
                     }
-                    continue;
                 }
-            };
-            if !request.is_empty()
-                && request_bytes + ready.bytes.len() > self.config.max_request_bytes
-            {
-                self.dispatch(std::mem::take(&mut request)).await;
-                request_bytes = 0;
             }
-            request_bytes += ready.bytes.len();
-            request.push(ready);
         }
-        if !request.is_empty() {
-            self.dispatch(request).await;
-        }
+        request
     }
 
-    /// Waits for an in-flight slot, then sends `parts` in the background.
-    async fn dispatch(&self, parts: Vec<Ready>) {
-        let permit = match self.inflight.clone().acquire_owned().await {
-            Ok(p) => p,
-            Err(_) => {
-                for p in parts {
-                    p.fail(&ClientError::Closed);
-                }
-                return;
-            }
-        };
-        let client = self.client.clone();
-        let config = self.config.clone();
-        // Queue the request on the connection here, in dispatch order, so
-        // requests in flight keep each partition's order; only the wait for
-        // the response (and any retry) runs in the spawned task.
-        let first = client
+    /// Queues `parts` on their leaders' connections now (in dispatch
+    /// order, which keeps each partition's order on a connection) and
+    /// waits for the outcome in the background.
+    async fn dispatch(&mut self, parts: Vec<Ready>, permit: OwnedSemaphorePermit) {
+        for p in &parts {
+            self.parts.entry(p.key()).or_default().inflight += 1;
+        }
+        let first = self
+            .client
             .start_produce(
-                config.acks.to_wire(),
-                config.produce_timeout,
+                self.config.acks.to_wire(),
+                self.config.produce_timeout,
                 request_of(&parts),
             )
             .await;
+        let nodes = match &first {
+            Ok(f) => f.leaders(),
+            Err(_) => vec![None; parts.len()],
+        };
+        for (p, node) in parts.iter().zip(nodes) {
+            if let Some(s) = self.parts.get_mut(&p.key()) {
+                s.node = node;
+            }
+        }
+        let done_tx = self.done_tx.clone();
         tokio::spawn(async move {
-            run_request(client, config, parts, first).await;
+            let done = run_request(parts, first).await;
+            let _ = done_tx.send(done);
             drop(permit);
         });
     }
@@ -540,8 +763,6 @@ fn backoff(config: &ProducerConfig, attempt: u32) -> Duration {
         .min(config.max_retry_backoff)
 }
 
-/// Sends one produce request, retrying the partitions that fail with a
-/// retriable error, and resolves every message's future.
 fn request_of(parts: &[Ready]) -> Vec<(String, u32, Bytes)> {
     parts
         .iter()
@@ -549,76 +770,39 @@ fn request_of(parts: &[Ready]) -> Vec<(String, u32, Bytes)> {
         .collect()
 }
 
-async fn run_request(
-    client: Client,
-    config: Arc<ProducerConfig>,
-    mut parts: Vec<Ready>,
-    first: Result<crate::client::InFlightProduce>,
-) {
-    let acks = config.acks.to_wire();
-    let mut attempt = 0u32;
-    let mut first = Some(first);
-    loop {
-        let can_retry = attempt < config.retries;
-        let outcome = match first.take() {
-            Some(Ok(inflight)) => inflight.wait().await,
-            Some(Err(e)) => Err(e),
-            None => {
-                client
-                    .produce(acks, config.produce_timeout, request_of(&parts))
-                    .await
+/// Waits for one request's outcome, resolves the futures of the messages
+/// acknowledged or failed for good, and returns the rest for a retry.
+async fn run_request(parts: Vec<Ready>, first: Result<InFlightProduce>) -> Done {
+    let outcomes = match first {
+        Ok(f) => f.wait_each().await,
+        Err(e) => vec![ProduceOutcome::Failed(e); parts.len()],
+    };
+    let mut done = Done {
+        keys: Vec::with_capacity(parts.len()),
+        ok: Vec::new(),
+        retry: Vec::new(),
+    };
+    for (p, o) in parts.into_iter().zip(outcomes) {
+        let key = p.key();
+        done.keys.push(key.clone());
+        match o {
+            ProduceOutcome::Written => {
+                p.deliver(None);
+                done.ok.push(key);
             }
-        };
-        match outcome {
-            Ok(_) if acks == 0 => {
-                for p in parts {
-                    p.deliver(None);
+            ProduceOutcome::Answered(r) => match r.result() {
+                Ok((base, _)) => {
+                    p.deliver(Some(base));
+                    done.ok.push(key);
                 }
-                return;
-            }
-            Ok(results) => {
-                let mut retry = Vec::new();
-                let positional = results.len() == parts.len();
-                for (i, p) in parts.into_iter().enumerate() {
-                    let found = results
-                        .iter()
-                        .find(|r| r.topic == p.topic && r.partition == p.partition)
-                        .or_else(|| if positional { results.get(i) } else { None });
-                    let Some(r) = found else {
-                        let e = ClientError::Protocol(format!(
-                            "the produce response has no entry for {}/{}",
-                            p.topic, p.partition
-                        ));
-                        p.fail(&e);
-                        continue;
-                    };
-                    match r.result() {
-                        Ok((base, _)) => p.deliver(Some(base)),
-                        Err(e) if e.is_retriable() && can_retry => {
-                            tracing::debug!(topic = %p.topic, partition = p.partition, error = %e, "retrying");
-                            retry.push(p);
-                        }
-                        Err(e) => p.fail(&e),
-                    }
-                }
-                parts = retry;
-            }
-            Err(e) if e.is_retriable() && can_retry => {
-                tracing::debug!(error = %e, attempt, "produce failed; retrying");
-            }
-            Err(e) => {
-                for p in parts {
-                    p.fail(&e);
-                }
-                return;
-            }
+                Err(e) if e.is_retriable() => done.retry.push((p, e)),
+                Err(e) => p.fail(&e),
+            },
+            ProduceOutcome::Failed(e) if e.is_retriable() => done.retry.push((p, e)),
+            ProduceOutcome::Failed(e) => p.fail(&e),
         }
-        if parts.is_empty() {
-            return;
-        }
-        attempt += 1;
-        tokio::time::sleep(backoff(&config, attempt)).await;
     }
+    done
 }
 
 #[cfg(test)]
@@ -636,9 +820,9 @@ mod tests {
     #[test]
     fn backoff_grows_and_caps() {
         let c = ProducerConfig::default();
-        assert_eq!(backoff(&c, 1), Duration::from_millis(100));
-        assert_eq!(backoff(&c, 2), Duration::from_millis(200));
-        assert_eq!(backoff(&c, 10), Duration::from_secs(2));
-        assert_eq!(backoff(&c, 1000), Duration::from_secs(2));
+        assert_eq!(backoff(&c, 1), Duration::from_millis(50));
+        assert_eq!(backoff(&c, 2), Duration::from_millis(100));
+        assert_eq!(backoff(&c, 10), Duration::from_millis(500));
+        assert_eq!(backoff(&c, 1000), Duration::from_millis(500));
     }
 }
