@@ -1305,3 +1305,128 @@ async fn reset_policy_applies_without_committed_offsets() {
     assert_eq!(l.position("t", 0), Some(8));
     l.close().await.unwrap();
 }
+
+fn broker(node_id: u32, addr: &str) -> Broker {
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    Broker {
+        node_id,
+        host: Some(host.to_string()),
+        port: port.parse().unwrap(),
+    }
+}
+
+/// Sets what both doubles' Metadata answers: t/0 led by `leader`.
+fn set_leader(states: &[&Arc<Mutex<State>>], brokers: &[Broker], leader: u32) {
+    for s in states {
+        let leaders = BTreeMap::from([(("t".to_string(), 0u32), leader)]);
+        s.lock().unwrap().cluster = Some((brokers.to_vec(), leaders));
+    }
+}
+
+fn count(state: &Mutex<State>, f: impl Fn(&State) -> &AtomicUsize) -> usize {
+    f(&state.lock().unwrap()).load(Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn produce_and_fetch_follow_the_partition_leader_through_a_failover() {
+    let (addr_a, a) = start_node(1).await;
+    let (addr_b, b) = start_node(2).await;
+    // The cluster's client address of node 1 is advertised as 0.0.0.0: the
+    // client reaches it through the host it bootstrapped from.
+    let port_a = addr_a.rsplit_once(':').unwrap().1;
+    let brokers = vec![broker(1, &format!("0.0.0.0:{port_a}")), broker(2, &addr_b)];
+    set_leader(&[&a, &b], &brokers, 2);
+    for addr in [&addr_a, &addr_b] {
+        Client::connect(config(addr))
+            .await
+            .unwrap()
+            .create_topic("t", &TopicSettings::default())
+            .await
+            .unwrap();
+    }
+    // Bootstrap through A only; t/0 is led by B.
+    let client = Client::connect(config(&addr_a)).await.unwrap();
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            partition: Some(0),
+            linger: Duration::from_millis(1),
+            batch_size: 200,
+            delivery_timeout: Duration::from_secs(5),
+            ..Default::default()
+        },
+    );
+    let mut futures = Vec::new();
+    for i in 0..20 {
+        futures.push(
+            producer
+                .send("t", None, format!("b{i}").into_bytes())
+                .await
+                .unwrap(),
+        );
+    }
+    for (i, f) in futures.into_iter().enumerate() {
+        let r = f.await.unwrap();
+        assert_eq!(r.offset, Some(i as u64));
+    }
+    assert_eq!(count(&a, |s| &s.produce_requests), 0);
+    assert!(count(&b, |s| &s.produce_requests) > 0);
+    assert_eq!(client.leader("t", 0).await.unwrap(), Some((2, 1)));
+
+    // Failover: B stops leading; for a while nobody leads, then A does.
+    b.lock()
+        .unwrap()
+        .not_leader_always
+        .store(true, Ordering::SeqCst);
+    set_leader(&[&a, &b], &brokers, u32::MAX);
+    {
+        let (a, b, brokers) = (a.clone(), b.clone(), brokers.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            set_leader(&[&a, &b], &brokers, 1);
+        });
+    }
+    let mut futures = Vec::new();
+    for i in 0..200 {
+        futures.push(
+            producer
+                .send("t", None, format!("a{i}").into_bytes())
+                .await
+                .unwrap(),
+        );
+        if i % 20 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    producer.flush().await.unwrap();
+    for f in futures {
+        let r = f.await.expect("no error surfaces during the failover");
+        assert!(r.offset.is_some());
+    }
+    assert!(count(&a, |s| &s.produce_requests) > 0);
+    assert!(count(&a, |s| &s.metadata_requests) >= 3);
+
+    // The new leader holds every message once, in send order (the double
+    // never half-applies a request, so no duplicates either).
+    let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
+    consumer
+        .assign("t", Some(vec![0]), StartPosition::Earliest)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while got.len() < 200 {
+        assert!(tokio::time::Instant::now() < deadline, "timed out");
+        got.extend(consumer.poll().await.unwrap());
+    }
+    let in_order: Vec<String> = got
+        .iter()
+        .map(|r| String::from_utf8(r.value.clone().unwrap()).unwrap())
+        .collect();
+    assert_eq!(
+        in_order,
+        (0..200).map(|i| format!("a{i}")).collect::<Vec<_>>()
+    );
+    assert!(count(&a, |s| &s.fetch_requests) > 0);
+    assert_eq!(count(&b, |s| &s.fetch_requests), 0);
+}
