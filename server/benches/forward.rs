@@ -71,7 +71,7 @@ fn bench(c: &mut Criterion) {
             b.spawn(move || async move {
                 let (senders, receivers) = mesh.join().await.unwrap();
                 let id = senders.peer_id();
-                let shard = Shard::new(id, 2, cfg, topics.clone(), Some(senders));
+                let shard = Shard::new(id, 2, cfg, topics.clone(), Some(senders), None);
                 shard.serve_mesh(receivers);
                 shard.open_topic("fwd", &topics["fwd"]).await.unwrap();
                 // Both shards own an open partition before any call.

@@ -34,7 +34,20 @@ pub fn run(cfg: ServerConfig) -> Result<(), String> {
         )
     })?;
     let _lock = lock_data_dir(&cfg)?;
-    let topics = topics::load(&cfg.data_dir)?;
+    let peers = cfg.coordinator_peers().map_err(|e| e.to_string())?;
+    // A cluster node takes its topics from the coordinators, not topics.toml.
+    let topics = if peers.is_some() {
+        BTreeMap::new()
+    } else {
+        topics::load(&cfg.data_dir)?
+    };
+    let view = peers.as_ref().map(|peers| {
+        crate::cluster::ClusterView::new(
+            u64::from(cfg.node_id),
+            peers.iter().map(|p| (p.id, p.addr.to_string())).collect(),
+            cfg.broker_lease_ms,
+        )
+    });
     let cpus = cfg.cpu_list().map_err(|e| e.to_string())?;
     let n = cpus.len();
     let phases = Arc::new(Phases {
@@ -52,8 +65,13 @@ pub fn run(cfg: ServerConfig) -> Result<(), String> {
     let mesh = MeshBuilder::full(n, 1024);
     let mut handles = Vec::with_capacity(n);
     for cpu in &cpus {
-        let (cfg, phases, topics, mesh) =
-            (cfg.clone(), phases.clone(), topics.clone(), mesh.clone());
+        let (cfg, phases, topics, mesh, view) = (
+            cfg.clone(),
+            phases.clone(),
+            topics.clone(),
+            mesh.clone(),
+            view.clone(),
+        );
         let mut builder =
             LocalExecutorBuilder::new(Placement::Fixed(*cpu)).name(&format!("shard-cpu{cpu}"));
         if cfg.idle_spin_us > 0 {
@@ -61,7 +79,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), String> {
         }
         let h = builder
             .spawn(move || async move {
-                let r = run_shard(cfg, phases.clone(), topics, mesh, n).await;
+                let r = run_shard(cfg, phases.clone(), topics, mesh, n, view).await;
                 if let Err(e) = &r {
                     error!("{e}");
                     phases.failed.store(true, Ordering::SeqCst);
@@ -74,12 +92,18 @@ pub fn run(cfg: ServerConfig) -> Result<(), String> {
     }
     // The coordinator shard and the membership heartbeats, on a cluster.
     let mut extra = Vec::new();
-    if let Some(peers) = cfg.coordinator_peers().map_err(|e| e.to_string())? {
+    if let (Some(peers), Some(view)) = (peers, view) {
         let me = u64::from(cfg.node_id);
         if peers.iter().any(|p| p.id == me) {
             extra.push(start_coordinator(&cfg, peers.clone(), &phases)?);
         }
-        extra.push(start_membership(&cfg, &peers, n, &phases)?);
+        extra.push(crate::cluster::start_membership(
+            view,
+            cfg.listen.clone(),
+            n,
+            Duration::from_millis(cfg.heartbeat_interval_ms),
+            phases.shutdown.clone(),
+        )?);
     }
     let started = Instant::now();
     while phases.ready.load(Ordering::SeqCst) < n && !phases.failed.load(Ordering::SeqCst) {
@@ -138,6 +162,7 @@ fn start_coordinator(
     let mut cc =
         levee_coordinator::CoordinatorConfig::new(cfg.node_id.into(), peers, cfg.data_dir.clone());
     cc.broker_lease_ms = cfg.broker_lease_ms;
+    cc.propose_timeout_ms = cc.propose_timeout_ms.min(cfg.broker_lease_ms * 2);
     let phases = phases.clone();
     let h = LocalExecutorBuilder::new(Placement::Unbound)
         .name("coordinator")
@@ -166,63 +191,6 @@ fn start_coordinator(
         h.join()
             .map_err(|e| format!("the coordinator thread failed: {e}"))?
     }))
-}
-
-/// Registers this broker with the coordinator quorum and heartbeats its
-/// leader every second, on a plain thread (blocking client; not the data path).
-fn start_membership(
-    cfg: &Arc<ServerConfig>,
-    peers: &[levee_coordinator::PeerSpec],
-    shards: usize,
-    phases: &Arc<Phases>,
-) -> Result<std::thread::JoinHandle<Result<(), String>>, String> {
-    let addrs: Vec<String> = peers.iter().map(|p| p.addr.to_string()).collect();
-    let (node_id, listen) = (u64::from(cfg.node_id), cfg.listen.clone());
-    let phases = phases.clone();
-    std::thread::Builder::new()
-        .name("membership".into())
-        .spawn(move || {
-            let timeout = Duration::from_secs(2);
-            let mut registered = false;
-            let mut last_warn = Instant::now() - Duration::from_secs(60);
-            while !phases.shutdown.load(Ordering::SeqCst) {
-                let r = if registered {
-                    levee_coordinator::client::heartbeat(&addrs, node_id, timeout)
-                } else {
-                    levee_coordinator::client::propose(
-                        &addrs,
-                        levee_coordinator::Command::RegisterBroker {
-                            node_id,
-                            client_addr: listen.clone(),
-                            shards: shards as u32,
-                        },
-                        timeout,
-                    )
-                    .map(|_| ())
-                };
-                match r {
-                    Ok(()) if !registered => {
-                        info!(node_id, "registered with the coordinator quorum");
-                        registered = true;
-                    }
-                    Ok(()) => {}
-                    Err(e) => {
-                        if last_warn.elapsed() > Duration::from_secs(10) {
-                            warn!(error = %e, "cannot reach the coordinator quorum; metadata changes wait for it");
-                            last_warn = Instant::now();
-                        }
-                    }
-                }
-                for _ in 0..10 {
-                    if phases.shutdown.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-            Ok(())
-        })
-        .map_err(|e| format!("cannot start the membership thread: {e}"))
 }
 
 /// Refuses to start a second broker on the same data directory.
@@ -262,14 +230,19 @@ async fn run_shard(
     topics: BTreeMap<String, TopicMeta>,
     mesh: MeshBuilder<crate::shard::ShardMsg, glommio::channels::channel_mesh::Full>,
     n: usize,
+    view: Option<Arc<crate::cluster::ClusterView>>,
 ) -> Result<(), String> {
     let (senders, receivers) = mesh
         .join()
         .await
         .map_err(|_| "joining the shard mesh failed".to_string())?;
     let id = senders.peer_id();
-    let shard = Shard::new(id, n, cfg.clone(), topics.clone(), Some(senders));
+    let shard = Shard::new(id, n, cfg.clone(), topics.clone(), Some(senders), view);
     shard.serve_mesh(receivers);
+    if shard.cluster.is_some() {
+        glommio::spawn_local(shard.clone().run_metadata_watch()).detach();
+        glommio::spawn_local(shard.clone().run_isr_manager()).detach();
+    }
     for (name, meta) in &topics {
         shard
             .open_topic(name, meta)

@@ -46,6 +46,14 @@ pub struct ServerConfig {
     /// A broker without a heartbeat for this long is declared down by the
     /// coordinator leader.
     pub broker_lease_ms: u64,
+    /// How often a cluster node heartbeats the coordinator leader.
+    pub heartbeat_interval_ms: u64,
+    /// In-sync replicas an `acks=all` write needs; 0 means a majority of
+    /// the partition's replication factor.
+    pub min_insync_replicas: u16,
+    /// A follower that has not caught up with its leader for this long
+    /// leaves the in-sync replica set.
+    pub replica_lag_time_max_ms: u64,
     pub log: LogDefaults,
 }
 
@@ -88,7 +96,10 @@ impl Default for ServerConfig {
             idle_spin_us: 50,
             group_offsets_retention_ms: 7 * 24 * 3600 * 1000,
             coordinators: String::new(),
-            broker_lease_ms: 6000,
+            broker_lease_ms: 1500,
+            heartbeat_interval_ms: 250,
+            min_insync_replicas: 0,
+            replica_lag_time_max_ms: 5000,
             log: LogDefaults::default(),
         }
     }
@@ -245,6 +256,17 @@ impl ServerConfig {
                 cc.node_id = peers[0].id;
             }
             cc.validate().map_err(|m| invalid("coordinators", m))?;
+            if self.heartbeat_interval_ms == 0
+                || self.heartbeat_interval_ms * 2 > self.broker_lease_ms
+            {
+                return Err(invalid(
+                    "heartbeat_interval_ms",
+                    format!(
+                        "must be between 1 and half of broker_lease_ms ({} ms)",
+                        self.broker_lease_ms
+                    ),
+                ));
+            }
         }
         self.log_config(None, None, None, None)
             .validate()

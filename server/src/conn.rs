@@ -341,6 +341,10 @@ async fn process(
                 segment_bytes: cfg.as_ref().map_or(-1, |c| c.segment_bytes),
             };
             let name = c.name;
+            if let Some(view) = shard.cluster.clone() {
+                let res = crate::replica_admin::create_topic(shard, &view, &name, meta).await;
+                return Ok((topic_result(name, res), none()));
+            }
             let res = shard
                 .call(
                     0,
@@ -354,6 +358,10 @@ async fn process(
         }
         Request::DeleteTopic(d) => {
             let name = d.name;
+            if let Some(view) = shard.cluster.clone() {
+                let res = crate::replica_admin::delete_topic(shard, &view, &name).await;
+                return Ok((topic_result(name, res), none()));
+            }
             let res = shard.call(0, Op::DeleteTopic { name: name.clone() }).await;
             Ok((topic_result(name, res), none()))
         }
@@ -380,13 +388,29 @@ async fn process(
                 Ok(a) => (a.ip().to_string(), a.port()),
                 Err(_) => (String::new(), 0),
             };
+            let mut brokers = vec![proto::Broker {
+                node_id: shard.cfg.node_id,
+                host: Some(host),
+                port,
+            }];
+            if let Some(md) = shard.cluster.as_ref().and_then(|v| v.metadata()) {
+                brokers = md
+                    .brokers
+                    .values()
+                    .filter(|b| b.alive)
+                    .filter_map(|b| {
+                        let a: std::net::SocketAddr = b.client_addr.parse().ok()?;
+                        Some(proto::Broker {
+                            node_id: b.node_id as u32,
+                            host: Some(a.ip().to_string()),
+                            port: a.port(),
+                        })
+                    })
+                    .collect();
+            }
             Ok((
                 Response::MetadataResponse(Box::new(proto::MetadataResponse {
-                    brokers: Some(vec![proto::Broker {
-                        node_id: shard.cfg.node_id,
-                        host: Some(host),
-                        port,
-                    }]),
+                    brokers: Some(brokers),
                     topics: Some(topics),
                 })),
                 none(),
@@ -469,10 +493,45 @@ async fn process(
             ))
         }
         Request::Fetch(f) => fetch(shard, *f).await,
-        Request::OffsetForLeaderEpoch(_) | Request::ClusterStatus(_) => Err(OpError::new(
-            ErrorCode::InvalidRequest,
-            "this broker is not part of a cluster",
-        )),
+        Request::OffsetForLeaderEpoch(o) => {
+            let res = shard
+                .call(
+                    shard.owner(&o.topic, o.partition),
+                    Op::EpochEnd {
+                        topic: o.topic.clone(),
+                        partition: o.partition,
+                        epoch: o.epoch,
+                    },
+                )
+                .await;
+            let mut r = proto::EpochEndOffset {
+                error: ErrorCode::None,
+                message: None,
+                epoch: -1,
+                end_offset: -1,
+            };
+            match res {
+                Ok(OpOk::EpochEnd(e, end)) => {
+                    r.epoch = e;
+                    r.end_offset = end;
+                }
+                Ok(_) => set_err(&mut r.error, &mut r.message, unexpected()),
+                Err(e) => set_err(&mut r.error, &mut r.message, e),
+            }
+            Ok((Response::EpochEndOffset(Box::new(r)), none()))
+        }
+        Request::ClusterStatus(_) => match shard.cluster.clone() {
+            Some(view) => Ok((
+                Response::ClusterStatusResponse(Box::new(
+                    crate::replica_admin::cluster_status(&view).await,
+                )),
+                none(),
+            )),
+            None => Err(OpError::new(
+                ErrorCode::InvalidRequest,
+                "this broker is not part of a cluster (it runs without --coordinators)",
+            )),
+        },
         Request::JoinGroup(_)
         | Request::Heartbeat(_)
         | Request::LeaveGroup(_)
@@ -640,35 +699,61 @@ async fn describe(shard: &Rc<Shard>, name: &str) -> proto::TopicDescription {
             partitions: None,
         };
     };
+    let cluster_md = shard.cluster.as_ref().and_then(|v| v.metadata());
+    let placement = cluster_md
+        .as_ref()
+        .and_then(|md| md.topics.get(name).cloned());
+    let me = u64::from(shard.cfg.node_id);
     let tasks: Vec<_> = (0..meta.partitions)
         .map(|p| {
             let op = Op::Info {
                 topic: name.to_string(),
                 partition: p,
             };
+            let local = placement.as_ref().is_none_or(|t| {
+                t.partitions
+                    .get(p as usize)
+                    .is_some_and(|pi| pi.replicas.contains(&me))
+            });
             (
                 p,
-                glommio::spawn_local(shard.call(shard.owner(name, p), op)),
+                local.then(|| glommio::spawn_local(shard.call(shard.owner(name, p), op))),
             )
         })
         .collect();
     let mut parts = Vec::with_capacity(tasks.len());
     for (p, t) in tasks {
-        let st = match t.await {
-            Ok(OpOk::Info(st)) => st,
-            _ => PartitionState::default(),
+        let st = match t {
+            Some(t) => match t.await {
+                Ok(OpOk::Info(st)) => st,
+                _ => PartitionState::default(),
+            },
+            None => PartitionState::default(),
         };
+        let pi = placement
+            .as_ref()
+            .and_then(|t| t.partitions.get(p as usize).cloned());
+        let ids = |v: &[u64]| v.iter().map(|&x| x as u32).collect::<Vec<u32>>();
         parts.push(proto::PartitionInfo {
             partition: p,
-            leader: shard.cfg.node_id,
+            leader: match &pi {
+                Some(pi) => pi.leader.map_or(u32::MAX, |l| l as u32),
+                None => shard.cfg.node_id,
+            },
             shard: shard.owner(name, p) as u32,
             log_start_offset: st.log_start,
             log_end_offset: st.log_end,
             high_watermark: st.high_watermark,
             size_bytes: st.size_bytes,
-            leader_epoch: 0,
-            replicas: Some(vec![shard.cfg.node_id]),
-            isr: Some(vec![shard.cfg.node_id]),
+            leader_epoch: pi.as_ref().map_or(0, |pi| pi.leader_epoch),
+            replicas: Some(
+                pi.as_ref()
+                    .map_or(vec![shard.cfg.node_id], |pi| ids(&pi.replicas)),
+            ),
+            isr: Some(
+                pi.as_ref()
+                    .map_or(vec![shard.cfg.node_id], |pi| ids(&pi.isr)),
+            ),
         });
     }
     proto::TopicDescription {
@@ -708,6 +793,7 @@ async fn fetch(shard: &Rc<Shard>, f: proto::Fetch) -> Result<Processed, OpError>
                     partition: fp.partition,
                     offset: fp.offset,
                     max_bytes: (fp.max_bytes as usize).clamp(1, max_total.max(1)),
+                    replica: (f.replica_id >= 0).then_some((f.replica_id as u64, fp.leader_epoch)),
                 };
                 let owner = shard.owner(&fp.topic, fp.partition);
                 check.map(|_| glommio::spawn_local(shard.call(owner, op)))
@@ -742,6 +828,7 @@ async fn fetch(shard: &Rc<Shard>, f: proto::Fetch) -> Result<Processed, OpError>
                     partition: fp.partition,
                     offset: fp.offset,
                     wait,
+                    replica: f.replica_id >= 0,
                 };
                 shard.call(shard.owner(&fp.topic, fp.partition), op)
             })

@@ -4,10 +4,13 @@
 
 pub mod admin;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod groups;
 pub mod metrics;
+pub mod replica;
+pub mod replica_admin;
 pub mod shard;
 pub mod topics;
 pub mod tune;

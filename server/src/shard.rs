@@ -52,6 +52,7 @@ impl OpError {
             LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
             LogError::Closed => ErrorCode::ShuttingDown,
             LogError::Config(_) => ErrorCode::InvalidConfig,
+            LogError::NotContiguous { .. } => ErrorCode::InvalidRequest,
             LogError::Io { .. } | LogError::Poisoned(_) | LogError::Corrupt { .. } => {
                 ErrorCode::StorageError
             }
@@ -77,13 +78,23 @@ pub enum Op {
         partition: u32,
         offset: u64,
         max_bytes: usize,
+        /// A follower's fetch: (its node id, the leader epoch it knows).
+        replica: Option<(u64, i64)>,
     },
-    /// Completes when the partition has data at `offset`, or after `wait`.
+    /// Completes when the partition has data at `offset` (committed data,
+    /// unless for a replica), or after `wait`.
     WaitData {
         topic: String,
         partition: u32,
         offset: u64,
         wait: Duration,
+        replica: bool,
+    },
+    /// Leader: where `epoch` ends in its log.
+    EpochEnd {
+        topic: String,
+        partition: u32,
+        epoch: i64,
     },
     ListOffsets {
         topic: String,
@@ -137,6 +148,8 @@ pub enum OpOk {
         state: PartitionState,
     },
     Offset(i64),
+    /// (largest epoch not above the asked one, its end offset).
+    EpochEnd(i64, i64),
     Info(PartitionState),
     Done,
     Metrics(Vec<Sample>),
@@ -155,6 +168,10 @@ pub struct Partition {
     pub partition: u32,
     pub log: Log,
     pub appended: LocalEvent,
+    /// Replication state (role, epoch, ISR, high watermark).
+    pub repl: RefCell<crate::replica::Repl>,
+    /// Notified when the high watermark moves or the role changes.
+    pub hw_changed: LocalEvent,
     max_backlog: Option<u64>,
     bytes_in: Cell<u64>,
     msgs_in: Cell<u64>,
@@ -177,7 +194,7 @@ impl Partition {
         PartitionState {
             log_start: st.log_start_offset,
             log_end: st.log_end_offset,
-            high_watermark: st.log_end_offset,
+            high_watermark: self.high_watermark(),
             size_bytes: st.size_bytes,
         }
     }
@@ -229,6 +246,10 @@ pub struct Shard {
     pub id: usize,
     pub nshards: usize,
     pub cfg: Arc<ServerConfig>,
+    /// Set on a cluster node: the metadata this node follows.
+    pub cluster: Option<Arc<crate::cluster::ClusterView>>,
+    /// Leaders this shard runs a replica fetch stream from.
+    pub fetchers: RefCell<std::collections::HashSet<u64>>,
     topics: RefCell<BTreeMap<String, TopicMeta>>,
     parts: RefCell<HashMap<(String, u32), Rc<Partition>>>,
     senders: Option<Senders<ShardMsg>>,
@@ -261,11 +282,14 @@ impl Shard {
         cfg: Arc<ServerConfig>,
         topics: BTreeMap<String, TopicMeta>,
         senders: Option<Senders<ShardMsg>>,
+        cluster: Option<Arc<crate::cluster::ClusterView>>,
     ) -> Rc<Shard> {
         let limit = cfg.max_inflight_bytes_per_shard;
         Rc::new(Shard {
             id,
             nshards,
+            cluster,
+            fetchers: RefCell::new(Default::default()),
             topics: RefCell::new(topics),
             parts: RefCell::new(HashMap::new()),
             senders,
@@ -325,6 +349,15 @@ impl Shard {
         self.topics.borrow().keys().cloned().collect()
     }
 
+    /// Replaces the topic metadata (cluster mode: from the coordinators).
+    pub fn set_topics(&self, topics: BTreeMap<String, TopicMeta>) {
+        *self.topics.borrow_mut() = topics;
+    }
+
+    pub fn all_partitions(&self) -> Vec<Rc<Partition>> {
+        self.parts.borrow().values().cloned().collect()
+    }
+
     /// Checks that a partition exists in the metadata this shard holds.
     pub fn check_partition(&self, topic: &str, partition: u32) -> Result<(), OpError> {
         match self.topics.borrow().get(topic) {
@@ -356,11 +389,25 @@ impl Shard {
     /// Opens (recovering if needed) every partition of `name` this shard owns.
     pub async fn open_topic(&self, name: &str, meta: &TopicMeta) -> Result<(), OpError> {
         for p in 0..meta.partitions {
-            if self.owner(name, p) != self.id
-                || self.parts.borrow().contains_key(&(name.to_string(), p))
-            {
+            if self.owner(name, p) != self.id {
                 continue;
             }
+            self.open_partition(name, p, meta).await?;
+        }
+        Ok(())
+    }
+
+    /// The partition's log, opened (and recovered) on first use.
+    pub async fn open_partition(
+        &self,
+        name: &str,
+        p: u32,
+        meta: &TopicMeta,
+    ) -> Result<Rc<Partition>, OpError> {
+        if let Some(part) = self.parts.borrow().get(&(name.to_string(), p)) {
+            return Ok(part.clone());
+        }
+        {
             let fsync = if meta.fsync.is_empty() {
                 None
             } else {
@@ -379,11 +426,18 @@ impl Shard {
             let dir = topics::partition_dir(&self.cfg.data_dir, name, p);
             let log = Log::open(&dir, cfg).await.map_err(OpError::from_log)?;
             let end = log.log_end_offset();
+            let mut repl = crate::replica::Repl::single();
+            if self.cluster.is_some() {
+                // Offline until the metadata names a role.
+                repl.role = crate::replica::Role::Offline;
+            }
             let part = Rc::new(Partition {
                 topic: name.to_string(),
                 partition: p,
                 log,
                 appended: LocalEvent::default(),
+                repl: RefCell::new(repl),
+                hw_changed: LocalEvent::default(),
                 max_backlog: pos(meta.max_backlog_bytes).map(|v| v as u64),
                 bytes_in: Cell::new(0),
                 msgs_in: Cell::new(0),
@@ -400,9 +454,11 @@ impl Shard {
                 }
             })
             .detach();
-            self.parts.borrow_mut().insert((name.to_string(), p), part);
+            self.parts
+                .borrow_mut()
+                .insert((name.to_string(), p), part.clone());
+            Ok(part)
         }
-        Ok(())
     }
 
     /// Closes every log cleanly (flush, indexes, clean marker).
@@ -499,21 +555,44 @@ impl Shard {
                     data,
                 } => {
                     let p = self.partition(&topic, partition)?;
-                    produce(&p, acks, timeout, data).await
+                    produce(&self, &p, acks, timeout, data).await
                 }
                 Op::Read {
                     topic,
                     partition,
                     offset,
                     max_bytes,
+                    replica,
                 } => {
                     let p = self.partition(&topic, partition)?;
+                    let visible = match replica {
+                        Some((node, epoch)) => {
+                            crate::replica::check_replica_fetch(&p, epoch)?;
+                            if offset > p.log.log_end_offset() {
+                                return Err(OpError::new(
+                                    ErrorCode::OffsetOutOfRange,
+                                    format!(
+                                        "follower {node} fetches at {offset}, past the leader's log end {}",
+                                        p.log.log_end_offset()
+                                    ),
+                                ));
+                            }
+                            p.record_follower_fetch(u64::from(self.cfg.node_id), node, offset);
+                            None
+                        }
+                        None => {
+                            p.check_leader()?;
+                            p.is_clustered().then(|| p.high_watermark())
+                        }
+                    };
                     let out = p
                         .log
-                        .read(offset, max_bytes, None)
+                        .read(offset, max_bytes, visible)
                         .await
                         .map_err(OpError::from_log)?;
-                    p.note_fetch(offset, &out.data, out.log_end_offset);
+                    if replica.is_none() {
+                        p.note_fetch(offset, &out.data, out.log_end_offset);
+                    }
                     Ok(OpOk::Read {
                         data: out.data,
                         state: p.state(),
@@ -524,12 +603,24 @@ impl Shard {
                     partition,
                     offset,
                     wait,
+                    replica,
                 } => {
                     let p = self.partition(&topic, partition)?;
                     let deadline = Instant::now() + wait;
+                    let role = (p.role(), p.repl.borrow().epoch);
                     loop {
-                        let listen = p.appended.listen();
-                        if p.log.log_end_offset() > offset || self.shutting_down.get() {
+                        let listen = if replica {
+                            p.appended.listen()
+                        } else {
+                            p.hw_changed.listen()
+                        };
+                        let end = if replica {
+                            p.log.log_end_offset()
+                        } else {
+                            p.high_watermark()
+                        };
+                        let changed = (p.role(), p.repl.borrow().epoch) != role;
+                        if end > offset || changed || self.shutting_down.get() {
                             break;
                         }
                         let left = deadline.saturating_duration_since(Instant::now());
@@ -568,6 +659,15 @@ impl Shard {
                         }
                     };
                     Ok(OpOk::Offset(off))
+                }
+                Op::EpochEnd {
+                    topic,
+                    partition,
+                    epoch,
+                } => {
+                    let p = self.partition(&topic, partition)?;
+                    let (e, end) = self.epoch_end(&p, epoch)?;
+                    Ok(OpOk::EpochEnd(e, end))
                 }
                 Op::Info { topic, partition } => {
                     let p = self.partition(&topic, partition)?;
@@ -761,7 +861,7 @@ impl Shard {
         first_err.map_or(Ok(OpOk::Done), Err)
     }
 
-    async fn drop_topic(&self, name: &str) {
+    pub async fn drop_topic(&self, name: &str) {
         self.topics.borrow_mut().remove(name);
         let gone: Vec<Rc<Partition>> = {
             let mut parts = self.parts.borrow_mut();
@@ -872,7 +972,35 @@ impl Shard {
 
 /// Splits `data` into whole batches, checks the backlog bound, appends each
 /// batch, and for acks=all waits until the last one is durable.
-async fn produce(p: &Partition, acks: i8, timeout: Duration, data: Vec<u8>) -> OpResult {
+async fn produce(
+    shard: &Shard,
+    p: &Partition,
+    acks: i8,
+    timeout: Duration,
+    data: Vec<u8>,
+) -> OpResult {
+    p.check_leader()?;
+    let (clustered, epoch) = {
+        let r = p.repl.borrow();
+        if r.role == crate::replica::Role::Leader && acks == -1 {
+            let isr = r.isr.len();
+            if isr < r.min_insync {
+                return Err(OpError::new(
+                    ErrorCode::NotEnoughReplicas,
+                    format!(
+                        "partition {} of `{}` has {isr} in-sync replicas {:?} of {}; acks=all needs {} (min_insync_replicas). Bring the other replicas back, or use acks=1",
+                        p.partition,
+                        p.topic,
+                        r.isr,
+                        r.replicas.len(),
+                        r.min_insync
+                    ),
+                ));
+            }
+        }
+        (r.role == crate::replica::Role::Leader, r.epoch)
+    };
+    let batch_epoch = crate::replica::batch_epoch(epoch);
     let mut bounds = Vec::new();
     let mut pos = 0usize;
     let mut msgs = 0u64;
@@ -926,10 +1054,22 @@ async fn produce(p: &Partition, acks: i8, timeout: Duration, data: Vec<u8>) -> O
         } else {
             data.as_ref().map(|d| d[r].to_vec()).unwrap_or_default()
         };
-        let info = p.log.append(batch).await.map_err(OpError::from_log)?;
+        // Leadership may have moved while an earlier batch was appended.
+        if clustered && (p.role() != crate::replica::Role::Leader || p.repl.borrow().epoch != epoch)
+        {
+            p.check_leader()?;
+        }
+        let info = p
+            .log
+            .append_with_epoch(batch, batch_epoch)
+            .await
+            .map_err(OpError::from_log)?;
         first.get_or_insert(info.base_offset);
         last = info.last_offset;
         p.appended.notify();
+    }
+    if clustered {
+        p.recompute_hw(u64::from(shard.cfg.node_id));
     }
     p.bytes_in.set(p.bytes_in.get() + total);
     p.msgs_in.set(p.msgs_in.get() + msgs);
@@ -952,6 +1092,9 @@ async fn produce(p: &Partition, acks: i8, timeout: Duration, data: Vec<u8>) -> O
                     ),
                 ))
             }
+        }
+        if clustered {
+            crate::replica::wait_committed(p, epoch, last, timeout).await?;
         }
     }
     Ok(OpOk::Produced {

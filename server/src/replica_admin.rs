@@ -1,0 +1,197 @@
+//! Cluster-mode administration: topic creation and deletion through the
+//! coordinator quorum, and the cluster status a node reports. The
+//! coordinator client is blocking, so its calls run on glommio's blocking
+//! thread pool, off the shard's reactor.
+
+use crate::cluster::ClusterView;
+use crate::config::parse_fsync;
+use crate::shard::{OpError, OpOk, OpResult, Shard};
+use crate::topics::{self, TopicMeta};
+use levee_coordinator::{CoordError, TopicConfig};
+use levee_schemas::proto::{ClusterStatusResponse, ErrorCode, NodeStatus};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const COORD_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn coord_error(e: CoordError) -> OpError {
+    match e {
+        CoordError::Rejected(m) if m.contains("already exists") => {
+            OpError::new(ErrorCode::TopicAlreadyExists, m)
+        }
+        CoordError::Rejected(m) | CoordError::Invalid(m) => {
+            OpError::new(ErrorCode::InvalidConfig, m)
+        }
+        e @ (CoordError::NoQuorum { .. }
+        | CoordError::Timeout { .. }
+        | CoordError::Unreachable { .. }
+        | CoordError::NotLeader { .. }
+        | CoordError::Stopped(_)) => OpError::new(
+            ErrorCode::CoordinatorUnavailable,
+            format!("the coordinator quorum cannot make metadata changes now: {e}"),
+        ),
+        e @ CoordError::Protocol(_) => OpError::new(ErrorCode::Unknown, e.to_string()),
+    }
+}
+
+/// Waits until this shard has applied metadata of at least `version`.
+async fn wait_applied(
+    shard: &Rc<Shard>,
+    view: &ClusterView,
+    version: u64,
+    done: impl Fn(&Shard) -> bool,
+) -> OpResult {
+    let until = Instant::now() + COORD_TIMEOUT;
+    view.request_refresh();
+    while view.version() <= version || !done(shard) {
+        if Instant::now() >= until {
+            return Err(OpError::new(
+                ErrorCode::RequestTimedOut,
+                "the change committed, but this node has not seen it yet; it will shortly",
+            ));
+        }
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(OpOk::Done)
+}
+
+pub async fn create_topic(
+    shard: &Rc<Shard>,
+    view: &Arc<ClusterView>,
+    name: &str,
+    meta: TopicMeta,
+) -> OpResult {
+    topics::validate_name(name).map_err(|m| OpError::new(ErrorCode::InvalidTopicName, m))?;
+    if meta.partitions == 0 || meta.partitions > 100_000 {
+        return Err(OpError::new(
+            ErrorCode::InvalidConfig,
+            format!("partitions must be 1 to 100000, not {}", meta.partitions),
+        ));
+    }
+    if !meta.fsync.is_empty() {
+        parse_fsync(&meta.fsync).map_err(|m| OpError::new(ErrorCode::InvalidConfig, m))?;
+    }
+    let config = TopicConfig {
+        partitions: meta.partitions,
+        replication_factor: meta.replication_factor,
+        retention_bytes: meta.retention_bytes,
+        retention_ms: meta.retention_ms,
+        fsync: meta.fsync.clone(),
+        max_backlog_bytes: meta.max_backlog_bytes,
+        segment_bytes: meta.segment_bytes,
+    };
+    let (addrs, n) = (view.addrs(), name.to_string());
+    let applied = glommio::executor()
+        .spawn_blocking(move || {
+            levee_coordinator::client::create_topic(&addrs, &n, config, COORD_TIMEOUT)
+        })
+        .await
+        .map_err(coord_error)?;
+    tracing::info!(topic = %name, "created topic through the coordinators");
+    wait_applied(shard, view, applied.version, |s| s.topic(name).is_some()).await
+}
+
+pub async fn delete_topic(shard: &Rc<Shard>, view: &Arc<ClusterView>, name: &str) -> OpResult {
+    if shard.topic(name).is_none() {
+        return Err(OpError::new(
+            ErrorCode::UnknownTopicOrPartition,
+            format!("topic `{name}` does not exist"),
+        ));
+    }
+    let (addrs, n) = (view.addrs(), name.to_string());
+    let applied = glommio::executor()
+        .spawn_blocking(move || {
+            levee_coordinator::client::propose(
+                &addrs,
+                levee_coordinator::Command::DeleteTopic { name: n },
+                COORD_TIMEOUT,
+            )
+        })
+        .await
+        .map_err(coord_error)?;
+    wait_applied(shard, view, applied.version, |s| s.topic(name).is_none()).await
+}
+
+/// Every node with its role in the quorum, liveness and leadership counts.
+pub async fn cluster_status(view: &Arc<ClusterView>) -> ClusterStatusResponse {
+    let coords = view.coordinators.clone();
+    let statuses = glommio::executor()
+        .spawn_blocking(move || {
+            coords
+                .iter()
+                .map(|(id, addr)| {
+                    (
+                        *id,
+                        levee_coordinator::client::status(addr, Duration::from_millis(500)).ok(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+    let up = statuses.iter().filter(|(_, s)| s.is_some()).count();
+    let leader = statuses
+        .iter()
+        .filter_map(|(_, s)| s.as_ref())
+        .find(|s| s.role == levee_coordinator::Role::Leader)
+        .map(|s| s.node_id);
+    let md = view.metadata();
+    let mut ids: Vec<u64> = view.coordinators.iter().map(|(id, _)| *id).collect();
+    if let Some(md) = &md {
+        ids.extend(md.brokers.keys().copied());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let nodes = ids
+        .into_iter()
+        .map(|id| {
+            let b = md.as_ref().and_then(|m| m.brokers.get(&id));
+            let role = match statuses.iter().find(|(c, _)| *c == id) {
+                None => "-".to_string(),
+                Some((_, None)) => "unreachable".to_string(),
+                Some((_, Some(s))) => s.role.to_string(),
+            };
+            let (mut led, mut under) = (0u32, 0u32);
+            if let Some(md) = &md {
+                for t in md.topics.values() {
+                    for p in &t.partitions {
+                        if p.leader == Some(id) {
+                            led += 1;
+                            if p.isr.len() < p.replicas.len() {
+                                under += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            NodeStatus {
+                node_id: id as u32,
+                address: Some(b.map(|b| b.client_addr.clone()).unwrap_or_default()),
+                role: Some(role),
+                live: b.is_some_and(|b| b.alive),
+                partitions_led: led,
+                under_replicated: under,
+            }
+        })
+        .collect();
+    let (error, message) = if leader.is_none() {
+        (
+            ErrorCode::None,
+            Some(format!(
+                "no coordinator leader ({up} of {} coordinators reachable): metadata changes (topic creation, leader election) wait for a majority",
+                view.coordinators.len()
+            )),
+        )
+    } else {
+        (ErrorCode::None, None)
+    };
+    ClusterStatusResponse {
+        error,
+        message,
+        nodes: Some(nodes),
+        coordinators_up: up as u32,
+        coordinators_total: view.coordinators.len() as u32,
+        has_leader: leader.is_some(),
+        leader_id: leader.map_or(-1, |l| l as i64),
+    }
+}
