@@ -2,7 +2,8 @@
 //! every batch's CRCs, decompresses, and tracks a position per partition.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use levee_schemas::proto::ErrorCode;
 
@@ -51,6 +52,12 @@ pub struct ConsumerConfig {
     pub partition_max_bytes: u32,
     /// Largest batch accepted when validating (default 64 MiB).
     pub max_batch_bytes: usize,
+    /// How long fetches may keep failing with retriable errors (no leader,
+    /// `NotLeader`, lost connections, e.g. during a leader failover) before
+    /// `poll` returns the error; until then the failing partitions are
+    /// retried, from the same position, after reading the metadata again
+    /// (default 30 s).
+    pub retry_timeout: Duration,
 }
 
 impl Default for ConsumerConfig {
@@ -61,6 +68,7 @@ impl Default for ConsumerConfig {
             max_bytes: 16 << 20,
             partition_max_bytes: 1 << 20,
             max_batch_bytes: 64 << 20,
+            retry_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -91,6 +99,8 @@ pub struct Consumer {
     config: ConsumerConfig,
     /// (topic, partition) → next offset to read.
     positions: BTreeMap<(String, u32), u64>,
+    /// Since when every fetch failed with a retriable error.
+    failing_since: Mutex<Option<Instant>>,
 }
 
 impl Consumer {
@@ -100,6 +110,7 @@ impl Consumer {
             client,
             config,
             positions: BTreeMap::new(),
+            failing_since: Mutex::new(None),
         }
     }
 
@@ -205,7 +216,11 @@ impl Consumer {
     /// Fetches once from every assigned partition (the broker waits up to
     /// `max_wait` for data) and returns the records read, in offset order
     /// per partition. Empty when nothing arrived in time. Positions advance
-    /// past the returned records; on error no position moves.
+    /// past the returned records; on error no position moves. Each
+    /// partition is read from its leader; partitions failing with a
+    /// retriable error (leader change, lost connection) return nothing and
+    /// are fetched again from the same position by the next poll (see
+    /// [`ConsumerConfig::retry_timeout`]).
     ///
     /// A position below the partition's log start (data deleted by
     /// retention) moves to the log start; a position past the end is an
@@ -276,16 +291,28 @@ impl Consumer {
             .collect();
         let fetched = self
             .client
-            .fetch(
+            .fetch_each(
                 self.config.max_wait,
                 self.config.min_bytes,
                 self.config.max_bytes,
                 &request,
             )
-            .await?;
+            .await;
         let mut out = Fetched::default();
         let mut decoded: Vec<DecodedRecord> = Vec::new();
+        // A retriable failure of some partition, and whether any answered.
+        let mut retriable: Option<ClientError> = None;
+        let mut answered = false;
         for (i, f) in fetched.into_iter().enumerate() {
+            let f = match f {
+                Ok(f) => f,
+                Err(e) if e.is_retriable() => {
+                    tracing::debug!(error = %e, "fetch failed; retrying after a metadata refresh");
+                    retriable = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             // Entries should name their partition; fall back to request order.
             let key = if f.topic.is_empty() {
                 match request.get(i) {
@@ -300,8 +327,9 @@ impl Consumer {
             };
             let (topic, partition) = key;
             match f.error {
-                ErrorCode::None => {}
+                ErrorCode::None => answered = true,
                 ErrorCode::OffsetOutOfRange => {
+                    answered = true;
                     out.out_of_range.push(OutOfRange {
                         topic,
                         partition,
@@ -313,6 +341,12 @@ impl Consumer {
                 }
                 code if levee_schemas::is_retriable(code) => {
                     tracing::debug!(%topic, partition, code = levee_schemas::error_name(code), "retriable fetch error");
+                    retriable = Some(ClientError::from_code(
+                        code,
+                        f.message,
+                        &topic,
+                        Some(partition),
+                    ));
                     continue;
                 }
                 code => {
@@ -374,9 +408,30 @@ impl Consumer {
                 out.moves.push(((topic, partition), next));
             }
         }
+        match retriable {
+            Some(e) if !answered => {
+                // Nothing answered: wait a little (the leader may be moving),
+                // and give up once this has lasted `retry_timeout`.
+                let since = *self
+                    .failing_since
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.config.retry_timeout {
+                    return Err(e);
+                }
+                tokio::time::sleep(self.config.max_wait.min(RETRY_BACKOFF)).await;
+            }
+            _ => {
+                *self.failing_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+        }
         Ok(out)
     }
 }
+
+/// The pause before fetching again when nothing answered.
+const RETRY_BACKOFF: Duration = Duration::from_millis(100);
 
 /// A partition whose position was outside its log in a fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -956,12 +956,55 @@ async fn dead_connection_fails_pending_and_reconnects() {
         .assign("t", None, StartPosition::Earliest)
         .await
         .unwrap();
-    let err = consumer.poll().await.unwrap_err();
-    assert!(matches!(err, ClientError::ConnectionLost { .. }), "{err}");
-    assert!(err.is_retriable());
-    // The next call reconnects.
+    // The lost connection is retriable: the poll returns nothing, the
+    // position stays, and the next poll reconnects.
+    assert!(consumer.poll().await.unwrap().is_empty());
+    assert_eq!(consumer.position("t", 0), Some(0));
     assert!(consumer.poll().await.unwrap().is_empty());
     assert_eq!(state.lock().unwrap().connections.load(Ordering::SeqCst), 2);
+    // A raw fetch reports the lost connection.
+    state
+        .lock()
+        .unwrap()
+        .drop_next_fetch
+        .store(true, Ordering::SeqCst);
+    let req = [levee_client::FetchRequestPartition {
+        topic: "t".into(),
+        partition: 0,
+        offset: 0,
+        max_bytes: 1 << 20,
+    }];
+    let err = client
+        .fetch(Duration::from_millis(10), 1, 1 << 20, &req)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::ConnectionLost { .. }), "{err}");
+    assert!(err.is_retriable());
+
+    // A broker that stays unreachable fails the poll after retry_timeout.
+    let mut consumer = Consumer::new(
+        client.clone(),
+        ConsumerConfig {
+            retry_timeout: Duration::from_millis(300),
+            ..ConsumerConfig::default()
+        },
+    );
+    consumer.seek("t", 0, 0);
+    state
+        .lock()
+        .unwrap()
+        .not_leader_always
+        .store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let err = loop {
+        match consumer.poll().await {
+            Ok(r) => assert!(r.is_empty()),
+            Err(e) => break e,
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
+    };
+    assert_eq!(err.code(), Some(ErrorCode::NotLeader), "{err}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
 }
 
 #[tokio::test]
