@@ -73,8 +73,8 @@ pub fn metadata(addr: &str, timeout: Duration) -> Result<Metadata, CoordError> {
 }
 
 /// Sends `req` to the leader among `coordinators` (addresses), following
-/// `NotLeader` hints and skipping unreachable ones, until `timeout` has
-/// passed. Returns the last error if nothing succeeded.
+/// `NotLeader` hints and skipping unreachable ones (each attempt gets a
+/// share of `timeout`), until `timeout` has passed. Returns the last error if nothing succeeded.
 pub fn call_leader(
     coordinators: &[String],
     req: &Request,
@@ -92,8 +92,12 @@ pub fn call_leader(
             .take()
             .unwrap_or_else(|| coordinators[i % coordinators.len()].clone());
         i += 1;
+        // A paused or partitioned coordinator accepts connections but never
+        // answers: give each attempt only a share of the time, so the
+        // others are tried before the deadline.
         let left = deadline.saturating_duration_since(Instant::now());
-        match request(&addr, req, left.max(Duration::from_millis(50))) {
+        let share = (timeout / coordinators.len() as u32).max(Duration::from_millis(150));
+        match request(&addr, req, left.min(share).max(Duration::from_millis(50))) {
             Ok(r) => return Ok(r),
             Err(CoordError::NotLeader {
                 leader_id,

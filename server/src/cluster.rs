@@ -90,8 +90,10 @@ fn poll_metadata(view: &ClusterView, timeout: Duration) -> bool {
     }
 }
 
-/// Registers this broker with the coordinator quorum, heartbeats its leader
-/// every `heartbeat` and polls metadata about every 100 ms, until `stop`.
+/// Registers this broker with the coordinator quorum and heartbeats its
+/// leader every `heartbeat` on one thread, and polls metadata about every
+/// 100 ms on another (so a coordinator that hangs cannot delay heartbeats
+/// past the lease), until `stop`.
 pub fn start_membership(
     view: Arc<ClusterView>,
     client_addr: String,
@@ -99,57 +101,70 @@ pub fn start_membership(
     heartbeat: Duration,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<Result<(), String>>, String> {
+    let poller = {
+        let (view, stop) = (view.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("metadata".into())
+            .spawn(move || {
+                let timeout = Duration::from_millis(200);
+                while !stop.load(Ordering::SeqCst) {
+                    view.refresh.store(false, Ordering::Relaxed);
+                    poll_metadata(&view, timeout);
+                    let next = Instant::now() + Duration::from_millis(100);
+                    while Instant::now() < next
+                        && !stop.load(Ordering::SeqCst)
+                        && !view.refresh.load(Ordering::Relaxed)
+                    {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the metadata thread: {e}"))?
+    };
     std::thread::Builder::new()
         .name("membership".into())
         .spawn(move || {
             let addrs = view.addrs();
-            let timeout = Duration::from_millis(view.lease_ms.clamp(200, 2000) / 2);
+            // Below the lease, so one slow round still renews it in time.
+            let timeout = Duration::from_millis(view.lease_ms / 2).max(Duration::from_millis(200));
             let node_id = view.node_id;
             let mut registered = false;
             let mut last_warn = Instant::now() - Duration::from_secs(60);
-            let mut last_beat = Instant::now() - heartbeat;
-            let poll = Duration::from_millis(100).min(heartbeat);
             while !stop.load(Ordering::SeqCst) {
-                if last_beat.elapsed() >= heartbeat {
-                    last_beat = Instant::now();
-                    let r = if registered {
-                        levee_coordinator::client::heartbeat(&addrs, node_id, timeout)
-                    } else {
-                        levee_coordinator::client::propose(
-                            &addrs,
-                            Command::RegisterBroker {
-                                node_id,
-                                client_addr: client_addr.clone(),
-                                shards: shards as u32,
-                            },
-                            timeout,
-                        )
-                        .map(|_| ())
-                    };
-                    match r {
-                        Ok(()) if !registered => {
-                            info!(node_id, "registered with the coordinator quorum");
-                            registered = true;
-                        }
-                        Ok(()) => {}
-                        Err(e) => {
-                            if last_warn.elapsed() > Duration::from_secs(10) {
-                                warn!(error = %e, "cannot reach the coordinator quorum; metadata changes wait for it");
-                                last_warn = Instant::now();
-                            }
+                let started = Instant::now();
+                let r = if registered {
+                    levee_coordinator::client::heartbeat(&addrs, node_id, timeout)
+                } else {
+                    levee_coordinator::client::propose(
+                        &addrs,
+                        Command::RegisterBroker {
+                            node_id,
+                            client_addr: client_addr.clone(),
+                            shards: shards as u32,
+                        },
+                        timeout,
+                    )
+                    .map(|_| ())
+                };
+                match r {
+                    Ok(()) if !registered => {
+                        info!(node_id, "registered with the coordinator quorum");
+                        registered = true;
+                    }
+                    Ok(()) => {}
+                    Err(e) => {
+                        if last_warn.elapsed() > Duration::from_secs(10) {
+                            warn!(error = %e, "cannot reach the coordinator quorum; metadata changes wait for it");
+                            last_warn = Instant::now();
                         }
                     }
                 }
-                view.refresh.store(false, Ordering::Relaxed);
-                poll_metadata(&view, timeout);
-                let next = Instant::now() + poll;
-                while Instant::now() < next
-                    && !stop.load(Ordering::SeqCst)
-                    && !view.refresh.load(Ordering::Relaxed)
-                {
+                let next = started + heartbeat;
+                while Instant::now() < next && !stop.load(Ordering::SeqCst) {
                     std::thread::sleep(Duration::from_millis(10));
                 }
             }
+            let _ = poller.join();
             Ok(())
         })
         .map_err(|e| format!("cannot start the membership thread: {e}"))
