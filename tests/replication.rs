@@ -327,15 +327,22 @@ fn kill_leader_during_stream(c: &mut Cluster, topic: &str, n: usize, kill_after:
     );
     // Every acknowledged message (all of them: the producer exited 0) is
     // there, in order, without gaps.
-    let now = c.wait_leader(topic, 0, None);
-    let hw = c
-        .partition(now.leader.unwrap() as usize - 1, topic, 0)
-        .unwrap()
-        .high_watermark;
-    assert!(
-        hw >= n as u64,
-        "high watermark {hw} below {n} acknowledged messages"
-    );
+    // (A new leader's high watermark catches up once its followers fetch.)
+    let until = Instant::now() + Duration::from_secs(15);
+    let hw = loop {
+        let now = c.wait_leader(topic, 0, None);
+        let hw = c
+            .partition(now.leader.unwrap() as usize - 1, topic, 0)
+            .map_or(0, |r| r.high_watermark);
+        if hw >= n as u64 {
+            break hw;
+        }
+        assert!(
+            Instant::now() < until,
+            "high watermark {hw} below {n} acknowledged messages"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let got = consume_all(c, topic, hw as usize);
     let dups = check_sequence(&got, n);
     eprintln!("{n} messages read back in order; {dups} redelivered duplicates");

@@ -426,6 +426,7 @@ async fn process(
                 ));
             }
             let parts = p.partitions.unwrap_or_default();
+            await_topics(shard, parts.iter().map(|pp| pp.topic.as_str())).await;
             let mut tasks = Vec::with_capacity(parts.len());
             for pp in parts {
                 let check = shard
@@ -583,7 +584,9 @@ async fn process(
         }
         Request::ListOffsets(l) => {
             let mut out = Vec::new();
-            for lp in l.partitions.unwrap_or_default() {
+            let lps = l.partitions.unwrap_or_default();
+            await_topics(shard, lps.iter().map(|lp| lp.topic.as_str())).await;
+            for lp in lps {
                 let res = match shard.check_partition(&lp.topic, lp.partition) {
                     Ok(()) => {
                         let op = Op::ListOffsets {
@@ -777,10 +780,29 @@ async fn describe(shard: &Rc<Shard>, name: &str) -> proto::TopicDescription {
     }
 }
 
+/// Cluster mode: a topic unknown here may just have been created and this
+/// node's metadata may lag the coordinators by a poll; wait briefly for it
+/// before answering "unknown topic".
+async fn await_topics<'a>(shard: &Rc<Shard>, topics: impl Iterator<Item = &'a str>) {
+    let Some(view) = &shard.cluster else {
+        return;
+    };
+    let missing: Vec<&str> = topics.filter(|t| shard.topic(t).is_none()).collect();
+    if missing.is_empty() {
+        return;
+    }
+    view.request_refresh();
+    let until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < until && missing.iter().any(|t| shard.topic(t).is_none()) {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Long-polling fetch: read every partition; if fewer than `min_bytes` came
 /// back, wait until any of them gets data (or `max_wait_ms`), then read again.
 async fn fetch(shard: &Rc<Shard>, f: proto::Fetch) -> Result<Processed, OpError> {
     let parts = f.partitions.unwrap_or_default();
+    await_topics(shard, parts.iter().map(|fp| fp.topic.as_str())).await;
     let max_total = (f.max_bytes as usize).min(shard.cfg.max_frame_bytes as usize - (64 << 10));
     let deadline = Instant::now() + Duration::from_millis(u64::from(f.max_wait_ms));
     loop {

@@ -379,11 +379,21 @@ impl Shard {
     }
 
     fn partition(&self, topic: &str, partition: u32) -> Result<Rc<Partition>, OpError> {
-        self.parts
-            .borrow()
-            .get(&(topic.to_string(), partition))
-            .cloned()
-            .ok_or_else(|| OpError::unknown_partition(topic, partition))
+        if let Some(p) = self.parts.borrow().get(&(topic.to_string(), partition)) {
+            return Ok(p.clone());
+        }
+        if self.cluster.is_some() && self.check_partition(topic, partition).is_ok() {
+            // The partition exists in the cluster, but no replica of it is
+            // open here (another node hosts it, or it is still opening).
+            return Err(OpError::new(
+                ErrorCode::NotLeader,
+                format!(
+                    "node {} holds no replica of partition {partition} of `{topic}` (yet); refresh metadata and send to its leader",
+                    self.cfg.node_id
+                ),
+            ));
+        }
+        Err(OpError::unknown_partition(topic, partition))
     }
 
     /// Opens (recovering if needed) every partition of `name` this shard owns.
