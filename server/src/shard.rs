@@ -619,7 +619,7 @@ impl Shard {
                     let deadline = Instant::now() + wait;
                     let role = (p.role(), p.repl.borrow().epoch);
                     loop {
-                        let listen = if replica {
+                        let listen = if replica || !p.is_clustered() {
                             p.appended.listen()
                         } else {
                             p.hw_changed.listen()
