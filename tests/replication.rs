@@ -583,3 +583,31 @@ fn coordinator_leader_kill_elects_another_and_metadata_survives() {
     assert!(ok);
     assert!(String::from_utf8_lossy(&out).contains("replication_factor: 3"));
 }
+
+#[test]
+fn a_data_directory_keeps_its_node_id_and_cluster() {
+    let mut b = Broker::start_with("identity", &["--node-id", "4", "--cores", "1"]);
+    b.stop();
+    let run = |extra: &[&str]| {
+        let out = Command::new(common::levee_bin())
+            .args(["serve", "--admin-listen", "", "--cores", "1", "--listen"])
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg("--data-dir")
+            .arg(b.data_dir())
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let e = run(&["--node-id", "5"]);
+    assert!(e.contains("node_id `4`"), "{e}");
+    let e = run(&[
+        "--node-id",
+        "4",
+        "--coordinators",
+        &format!("4@127.0.0.1:{}", free_port()),
+    ]);
+    assert!(e.contains("cluster `single-node`"), "{e}");
+    b.spawn();
+}

@@ -34,6 +34,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), String> {
         )
     })?;
     let _lock = lock_data_dir(&cfg)?;
+    check_identity(&cfg)?;
     let peers = cfg.coordinator_peers().map_err(|e| e.to_string())?;
     // A cluster node takes its topics from the coordinators, not topics.toml.
     let topics = if peers.is_some() {
@@ -162,6 +163,7 @@ fn start_coordinator(
     let mut cc =
         levee_coordinator::CoordinatorConfig::new(cfg.node_id.into(), peers, cfg.data_dir.clone());
     cc.broker_lease_ms = cfg.broker_lease_ms;
+    cc.listen = cfg.cluster_listen_addr().map_err(|e| e.to_string())?;
     cc.propose_timeout_ms = cc.propose_timeout_ms.min(cfg.broker_lease_ms * 2);
     let phases = phases.clone();
     let h = LocalExecutorBuilder::new(Placement::Unbound)
@@ -191,6 +193,51 @@ fn start_coordinator(
         h.join()
             .map_err(|e| format!("the coordinator thread failed: {e}"))?
     }))
+}
+
+/// The node id and cluster a data directory belongs to, written at first
+/// start (`<data_dir>/meta.properties`, as Kafka names it). Starting it as
+/// another node, in another cluster, or switching between a single node and
+/// a cluster is refused: it would serve data that is not this node's.
+fn check_identity(cfg: &ServerConfig) -> Result<(), String> {
+    let cluster = match cfg.coordinator_peers().map_err(|e| e.to_string())? {
+        Some(peers) => {
+            let mut ids: Vec<String> = peers.iter().map(|p| p.id.to_string()).collect();
+            ids.sort();
+            format!("coordinators:{}", ids.join(","))
+        }
+        None => "single-node".to_string(),
+    };
+    let want = format!("node_id={}\ncluster={cluster}\n", cfg.node_id);
+    let path = cfg.data_dir.join("meta.properties");
+    match std::fs::read_to_string(&path) {
+        Ok(have) => {
+            let field = |text: &str, key: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_string))
+                    .unwrap_or_default()
+            };
+            for key in ["node_id", "cluster"] {
+                let (h, w) = (field(&have, key), field(&want, key));
+                if h != w {
+                    return Err(format!(
+                        "data directory {} belongs to {key} `{h}`, but this node starts with {key} `{w}`; use that node's settings, or another --data-dir",
+                        cfg.data_dir.display()
+                    ));
+                }
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, &want)
+                .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .and_then(|_| std::fs::File::open(&cfg.data_dir)?.sync_all())
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
 }
 
 /// Refuses to start a second broker on the same data directory.

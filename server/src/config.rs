@@ -43,6 +43,10 @@ pub struct ServerConfig {
     /// entry's address; every node registers with the quorum and
     /// heartbeats its leader.
     pub coordinators: String,
+    /// Node-to-node (coordinator/Raft) listener of a coordinator node;
+    /// empty: this node's own entry in `coordinators`. Set it to bind
+    /// another local address (e.g. 0.0.0.0:7170) than the one peers use.
+    pub cluster_listen: String,
     /// A broker without a heartbeat for this long is declared down by the
     /// coordinator leader.
     pub broker_lease_ms: u64,
@@ -96,6 +100,7 @@ impl Default for ServerConfig {
             idle_spin_us: 50,
             group_offsets_retention_ms: 7 * 24 * 3600 * 1000,
             coordinators: String::new(),
+            cluster_listen: String::new(),
             broker_lease_ms: 1500,
             heartbeat_interval_ms: 250,
             min_insync_replicas: 0,
@@ -189,6 +194,18 @@ impl ServerConfig {
         })
     }
 
+    pub fn cluster_listen_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.cluster_listen.is_empty() {
+            return Ok(None);
+        }
+        self.cluster_listen.parse().map(Some).map_err(|e| {
+            invalid(
+                "cluster_listen",
+                format!("`{}` is not ADDR:PORT ({e})", self.cluster_listen),
+            )
+        })
+    }
+
     /// The parsed coordinator list; `None` for a single node.
     pub fn coordinator_peers(
         &self,
@@ -256,6 +273,18 @@ impl ServerConfig {
                 cc.node_id = peers[0].id;
             }
             cc.validate().map_err(|m| invalid("coordinators", m))?;
+            self.cluster_listen_addr()?;
+            if !self.cluster_listen.is_empty()
+                && !peers.iter().any(|p| p.id == u64::from(self.node_id))
+            {
+                return Err(invalid(
+                    "cluster_listen",
+                    format!(
+                        "node {} is not in `coordinators`, so it has no node-to-node listener",
+                        self.node_id
+                    ),
+                ));
+            }
             if self.heartbeat_interval_ms == 0
                 || self.heartbeat_interval_ms * 2 > self.broker_lease_ms
             {

@@ -113,6 +113,9 @@ struct ServeArgs {
     /// The cluster's coordinators, `id@host:port,...` [default: none, a single node].
     #[arg(long)]
     coordinators: Option<String>,
+    /// Node-to-node (coordinator) listener ADDR:PORT [default: this node's entry in --coordinators].
+    #[arg(long)]
+    cluster_listen: Option<String>,
 }
 
 fn serve(args: ServeArgs) -> Result<(), String> {
@@ -137,6 +140,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     }
     if let Some(v) = args.coordinators {
         cfg.coordinators = v;
+    }
+    if let Some(v) = args.cluster_listen {
+        cfg.cluster_listen = v;
     }
     broker::run(cfg)
 }
