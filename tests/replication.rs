@@ -39,7 +39,7 @@ impl Cluster {
         let cfg = cfg_dir.join("levee.toml");
         std::fs::write(
             &cfg,
-            "broker_lease_ms = 1500\nheartbeat_interval_ms = 250\nreplica_lag_time_max_ms = 3000\n[log]\nfsync = \"never\"\n",
+            "broker_lease_ms = 1500\nheartbeat_interval_ms = 250\nreplica_lag_time_max_ms = 3000\n[log]\nfsync = \"never\"\nretention_check_interval_ms = 300\n",
         )
         .unwrap();
         let nodes = (1..=3)
@@ -152,6 +152,7 @@ impl Cluster {
                     epoch: f[col("leader_epoch")?].parse().ok()?,
                     isr: ids(f[col("isr")?]),
                     log_end: f[col("log_end")?].parse().ok()?,
+                    log_start: f[col("log_start")?].parse().ok()?,
                     high_watermark: f[col("high_watermark")?].parse().ok()?,
                 });
             }
@@ -194,6 +195,7 @@ struct PartitionRow {
     epoch: u64,
     isr: Vec<u64>,
     log_end: u64,
+    log_start: u64,
     high_watermark: u64,
 }
 
@@ -610,4 +612,65 @@ fn a_data_directory_keeps_its_node_id_and_cluster() {
     ]);
     assert!(e.contains("cluster `single-node`"), "{e}");
     b.spawn();
+}
+
+#[test]
+fn a_follower_behind_the_leaders_log_start_restarts_there() {
+    let mut c = Cluster::start("repl-behind");
+    let (ok, _, err) = levee(
+        &c.live_bootstrap(),
+        &[
+            "topic",
+            "create",
+            "short",
+            "--replication-factor",
+            "3",
+            "--segment-bytes",
+            "65536",
+            "--retention-bytes",
+            "131072",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let leader = c.wait_leader("short", 0, None).leader.unwrap();
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    c.nodes[follower as usize - 1].kill();
+    let line = "x".repeat(500);
+    let input: String = (0..2000).map(|i| format!("{i} {line}\n")).collect();
+    let (ok, _, err) = levee(
+        &c.live_bootstrap(),
+        &["produce", "short", "--acks", "all"],
+        Some(input.as_bytes()),
+    );
+    assert!(ok, "{err}");
+    let until = Instant::now() + Duration::from_secs(30);
+    while c
+        .partition(leader as usize - 1, "short", 0)
+        .unwrap()
+        .log_start
+        == 0
+    {
+        assert!(Instant::now() < until, "retention never removed a segment");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.nodes[follower as usize - 1].spawn();
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let l = c.partition(leader as usize - 1, "short", 0).unwrap();
+        let f = c.partition(follower as usize - 1, "short", 0);
+        if f.as_ref()
+            .is_some_and(|f| f.log_end == l.log_end && f.log_start > 0)
+            && l.isr.len() == 3
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "follower did not catch up: {f:?} vs {l:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = c.node(follower).log_text();
+    assert!(log.contains("restarting it there"), "{log}");
 }

@@ -334,7 +334,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
 /// are deleted, the segment holding it is cut and its indexes removed (the
 /// reopen rebuilds them). Plain file calls: this runs rarely (a follower
 /// truncating after a leader change), on a log that is closed meanwhile.
-fn cut_files(dir: &Path, offset: u64) -> Result<()> {
+fn cut_files(dir: &Path, offset: u64, empty: bool) -> Result<()> {
     use std::os::unix::fs::FileExt;
     let mut bases = Vec::new();
     let entries =
@@ -360,7 +360,12 @@ fn cut_files(dir: &Path, offset: u64) -> Result<()> {
         }
         Ok(())
     };
-    match bases.iter().rposition(|&b| b < offset) {
+    let holding = if empty {
+        None
+    } else {
+        bases.iter().rposition(|&b| b < offset)
+    };
+    match holding {
         None => {
             for &b in &bases {
                 remove(b, &["log", "index", "timeindex"])?;
@@ -959,6 +964,17 @@ impl Log {
     /// `offset`. The log is flushed, its files cut and reopened; reads and
     /// appends meanwhile fail with [`LogError::Closed`].
     pub async fn truncate_to(&self, offset: u64) -> Result<()> {
+        self.cut(offset, false).await
+    }
+
+    /// Drops the whole log and restarts it empty at `offset` (a follower
+    /// whose log ends before the leader's log start: the leader no longer
+    /// has what lies between).
+    pub async fn reset_to(&self, offset: u64) -> Result<()> {
+        self.cut(offset, true).await
+    }
+
+    async fn cut(&self, offset: u64, empty: bool) -> Result<()> {
         let _a = self
             .append_lock
             .acquire_permit(1)
@@ -972,7 +988,7 @@ impl Log {
         {
             let s = self.st.borrow();
             s.check_writable()?;
-            if offset >= s.next_offset {
+            if offset >= s.next_offset && !empty {
                 return Ok(());
             }
         }
@@ -988,13 +1004,13 @@ impl Log {
         };
         let res = self.seal_active_files().await;
         let res = match res {
-            Ok(_) => cut_files(&dir, offset),
+            Ok(_) => cut_files(&dir, offset, empty),
             Err(e) => Err(e),
         };
         let res = match res {
             Ok(()) => {
                 let mut epochs = self.st.borrow().epochs.clone();
-                epochs.truncate_from(offset);
+                epochs.truncate_from(if empty { 0 } else { offset });
                 write_file_atomic(&dir.join(EPOCH_FILE), &epochs.encode()).await
             }
             Err(e) => Err(e),

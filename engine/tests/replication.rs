@@ -131,6 +131,13 @@ fn truncation_drops_the_suffix_across_segments_and_appends_continue() {
             .await
             .unwrap();
         assert_eq!(info.base_offset, 0);
+        // A follower behind its leader's log start restarts there.
+        log.reset_to(500).await.unwrap();
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (500, 500));
+        assert_eq!(log.latest_epoch(), None);
+        log.close().await.unwrap();
+        let log = Log::open(dir.path(), cfg()).await.unwrap();
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (500, 500));
         log.close().await.unwrap();
     });
 }

@@ -604,7 +604,19 @@ impl Shard {
                 if p.role() != Role::Follower {
                     break;
                 }
-                match p.log.append_replica(b.to_vec()).await {
+                let mut res = p.log.append_replica(b.to_vec()).await;
+                if let Err(LogError::NotContiguous { expected, got }) = res {
+                    if got > expected && last.is_none() {
+                        // The leader's log starts after ours ends (retention
+                        // removed the rest): restart ours there.
+                        info!(topic = %p.topic, partition = p.partition, from = expected, to = got, "replica is behind the leader's log start; restarting it there");
+                        res = match p.log.reset_to(got).await {
+                            Ok(()) => p.log.append_replica(b.to_vec()).await,
+                            Err(e) => Err(e),
+                        };
+                    }
+                }
+                match res {
                     Ok(info) => last = Some(info.last_offset),
                     Err(LogError::NotContiguous { .. }) => {
                         p.repl.borrow_mut().needs_reconcile = true;

@@ -570,7 +570,7 @@ impl Shard {
                 Op::Read {
                     topic,
                     partition,
-                    offset,
+                    mut offset,
                     max_bytes,
                     replica,
                 } => {
@@ -588,6 +588,9 @@ impl Shard {
                                 ));
                             }
                             p.record_follower_fetch(u64::from(self.cfg.node_id), node, offset);
+                            // A follower behind our log start gets our first
+                            // batch and restarts its log there.
+                            offset = offset.max(p.log.log_start_offset());
                             None
                         }
                         None => {
