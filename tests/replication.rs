@@ -28,6 +28,13 @@ struct Cluster {
 
 impl Cluster {
     fn start(name: &str) -> Cluster {
+        Self::start_with(
+            name,
+            "broker_lease_ms = 1500\nheartbeat_interval_ms = 250\nreplica_lag_time_max_ms = 3000\n[log]\nfsync = \"never\"\nretention_check_interval_ms = 300\n",
+        )
+    }
+
+    fn start_with(name: &str, config: &str) -> Cluster {
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let list = ports
             .iter()
@@ -37,11 +44,7 @@ impl Cluster {
             .join(",");
         let cfg_dir = common::temp_dir(&format!("{name}-cfg"));
         let cfg = cfg_dir.join("levee.toml");
-        std::fs::write(
-            &cfg,
-            "broker_lease_ms = 1500\nheartbeat_interval_ms = 250\nreplica_lag_time_max_ms = 3000\n[log]\nfsync = \"never\"\nretention_check_interval_ms = 300\n",
-        )
-        .unwrap();
+        std::fs::write(&cfg, config).unwrap();
         let nodes = (1..=3)
             .map(|id| {
                 Broker::start_with(
@@ -673,4 +676,114 @@ fn a_follower_behind_the_leaders_log_start_restarts_there() {
     }
     let log = c.node(follower).log_text();
     assert!(log.contains("restarting it there"), "{log}");
+}
+
+/// Not a pass/fail test: measures the time from kill -9 of a partition
+/// leader to the first acks=all write acknowledged by the new leader, with
+/// one write in flight at a time through the client library. Prints each
+/// round and the median. `LEVEE_FAILOVER_CONFIG` (TOML) overrides the
+/// broker config (default: the shipped defaults, fsync=never); rounds from
+/// `LEVEE_FAILOVER_ROUNDS` (default 5). The partition chosen is led by a
+/// node that is not the coordinator leader, so the figure is the partition
+/// failover alone; one more line reports a kill of the coordinator leader.
+#[test]
+#[ignore = "measurement: cargo test --release --test replication failover_time -- --ignored --nocapture"]
+fn failover_time() {
+    use std::sync::{Arc, Mutex};
+    let config = std::env::var("LEVEE_FAILOVER_CONFIG")
+        .unwrap_or_else(|_| "[log]\nfsync = \"never\"\n".to_string());
+    let rounds: usize = std::env::var("LEVEE_FAILOVER_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let mut c = Cluster::start_with("repl-ftime", &config);
+    let coord_leader = |c: &Cluster| -> u64 {
+        let s = c.wait_status(|s| s.contains("leader: node"));
+        s.split("leader: node ")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|t| t.parse().ok())
+            .unwrap()
+    };
+    let mut gaps = Vec::new();
+    for round in 0..=rounds {
+        // The last round kills the coordinator leader as well.
+        let with_coordinator = round == rounds;
+        let topic = format!("f{round}");
+        c.create(&topic, 3);
+        let cl = coord_leader(&c);
+        let (p, leader) = (0..3)
+            .map(|p| (p, c.wait_leader(&topic, p, None).leader.unwrap()))
+            .find(|&(_, l)| (l == cl) == with_coordinator)
+            .expect("a partition led by the wanted node");
+        let acks: Arc<Mutex<Vec<Instant>>> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (acks, stop, topic, bootstrap) =
+                (acks.clone(), stop.clone(), topic.clone(), c.bootstrap());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let client = levee_client::Client::connect(levee_client::ClientConfig::new(
+                        bootstrap.split(',').map(str::to_string),
+                    ))
+                    .await
+                    .unwrap();
+                    let producer = levee_client::Producer::new(
+                        client,
+                        levee_client::ProducerConfig {
+                            linger: Duration::ZERO,
+                            partition: Some(p),
+                            ..Default::default()
+                        },
+                    );
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        let d = producer.send(&topic, None, b"x".to_vec()).await.unwrap();
+                        d.await.unwrap();
+                        acks.lock().unwrap().push(Instant::now());
+                    }
+                });
+            })
+        };
+        std::thread::sleep(Duration::from_millis(1500));
+        let killed = Instant::now();
+        c.nodes[leader as usize - 1].kill();
+        // Acks that arrive before the process is gone are the old leader's.
+        let gone = Instant::now();
+        let until = killed + Duration::from_secs(30);
+        let gap = loop {
+            if let Some(t) = acks.lock().unwrap().iter().find(|&&t| t > gone) {
+                break *t - killed;
+            }
+            assert!(Instant::now() < until, "no write succeeded after the kill");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        writer.join().unwrap();
+        eprintln!(
+            "round {round}: partition {p} leader {leader}{} killed; first acks=all write on the new leader after {} ms",
+            if with_coordinator { " (also the coordinator leader)" } else { "" },
+            gap.as_millis()
+        );
+        if !with_coordinator {
+            gaps.push(gap);
+        }
+        c.nodes[leader as usize - 1].spawn();
+        let until = Instant::now() + Duration::from_secs(30);
+        while c.partition(0, &topic, p).is_none_or(|r| r.isr.len() < 3) {
+            assert!(Instant::now() < until, "the node did not rejoin");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    gaps.sort();
+    eprintln!(
+        "median over {} partition-leader kills: {} ms (min {} ms, max {} ms)",
+        gaps.len(),
+        gaps[gaps.len() / 2].as_millis(),
+        gaps[0].as_millis(),
+        gaps[gaps.len() - 1].as_millis()
+    );
 }

@@ -86,9 +86,9 @@ pub struct ProducerConfig {
     /// Retries of a batch after retriable failures (default: unlimited,
     /// bounded by `delivery_timeout`).
     pub retries: u32,
-    /// First retry delay, doubled per attempt up to `max_retry_backoff` (default 50 ms).
+    /// First retry delay, doubled per attempt up to `max_retry_backoff` (default 20 ms).
     pub retry_backoff: Duration,
-    /// Largest retry delay (default 500 ms).
+    /// Largest retry delay (default 100 ms).
     pub max_retry_backoff: Duration,
     /// How long a message may take from `send` to its acknowledgement,
     /// retries included, before it fails with the last retriable error
@@ -111,8 +111,8 @@ impl Default for ProducerConfig {
             buffer_bytes: 32 << 20,
             max_request_bytes: 8 << 20,
             retries: u32::MAX,
-            retry_backoff: Duration::from_millis(50),
-            max_retry_backoff: Duration::from_millis(500),
+            retry_backoff: Duration::from_millis(20),
+            max_retry_backoff: Duration::from_millis(100),
             delivery_timeout: Duration::from_secs(30),
             produce_timeout: Duration::from_secs(30),
             partition: None,
@@ -820,9 +820,9 @@ mod tests {
     #[test]
     fn backoff_grows_and_caps() {
         let c = ProducerConfig::default();
-        assert_eq!(backoff(&c, 1), Duration::from_millis(50));
-        assert_eq!(backoff(&c, 2), Duration::from_millis(100));
-        assert_eq!(backoff(&c, 10), Duration::from_millis(500));
-        assert_eq!(backoff(&c, 1000), Duration::from_millis(500));
+        assert_eq!(backoff(&c, 1), Duration::from_millis(20));
+        assert_eq!(backoff(&c, 2), Duration::from_millis(40));
+        assert_eq!(backoff(&c, 10), Duration::from_millis(100));
+        assert_eq!(backoff(&c, 1000), Duration::from_millis(100));
     }
 }

@@ -72,6 +72,21 @@ pub fn metadata(addr: &str, timeout: Duration) -> Result<Metadata, CoordError> {
     }
 }
 
+/// Waits up to `wait` for the metadata at `addr` to pass version `after`
+/// and returns it (or the current one when the wait ends).
+pub fn watch_metadata(addr: &str, after: u64, wait: Duration) -> Result<Metadata, CoordError> {
+    let req = Request::WatchMetadata {
+        after,
+        wait_ms: wait.as_millis() as u64,
+    };
+    match request(addr, &req, wait + Duration::from_secs(1))? {
+        Response::Metadata(m) => Ok(m),
+        other => Err(CoordError::Protocol(format!(
+            "expected metadata, got {other:?}"
+        ))),
+    }
+}
+
 /// Sends `req` to the leader among `coordinators` (addresses), following
 /// `NotLeader` hints and skipping unreachable ones (each attempt gets a
 /// share of `timeout`), until `timeout` has passed. Returns the last error if nothing succeeded.

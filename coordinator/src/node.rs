@@ -304,8 +304,8 @@ impl CoordinatorHandle {
         self.wait_reply(rx).await
     }
 
-    /// Renews broker `node_id`'s lease. Leader only: a follower answers
-    /// `NotLeader`. A broker that was down is brought back up (`BrokerUp`).
+    /// Renews broker `node_id`'s lease. A follower records it too, but
+    /// answers `NotLeader`. A broker that was down is brought back up (`BrokerUp`).
     pub async fn heartbeat(&self, node_id: u64) -> Result<(), CoordError> {
         let (tx, rx) = oneshot::channel();
         self.push(Event::Heartbeat { node_id, reply: tx })?;
@@ -500,6 +500,15 @@ async fn handle_request(inner: &Rc<Inner>, req: Request) -> Response {
     match req {
         Request::Status => Response::Status(h.status()),
         Request::Metadata => Response::Metadata((*h.metadata()).clone()),
+        Request::WatchMetadata { after, wait_ms } => {
+            let wait = Duration::from_millis(wait_ms.min(60_000));
+            let md = futures_lite::future::or(h.changed(after), async {
+                glommio::timer::sleep(wait).await;
+                h.metadata()
+            })
+            .await;
+            Response::Metadata((*md).clone())
+        }
         Request::Propose { command } => match h.propose(command).await {
             Ok(a) => Response::Applied(a),
             Err(e) => Response::Error(e),
@@ -531,7 +540,8 @@ struct RaftLoop {
     nonce: u64,
     seq: u64,
     pending: BTreeMap<u64, Pending>,
-    /// Broker leases (leader only): last heartbeat per broker.
+    /// Broker leases: last heartbeat per broker (a follower records them
+    /// too, for when it becomes leader).
     leases: HashMap<u64, Instant>,
     /// Controller commands in flight, to avoid proposing them again.
     in_flight: HashMap<String, Instant>,
@@ -666,6 +676,9 @@ impl RaftLoop {
             }
             Event::Heartbeat { node_id, reply } => {
                 if !self.is_leader() {
+                    // Kept so that, should this node become leader, it
+                    // knows which brokers were alive.
+                    self.leases.insert(node_id, Instant::now());
                     let _ = reply.send(Err(self.leader_hint()));
                     return;
                 }
@@ -780,9 +793,17 @@ impl RaftLoop {
         let leader = self.is_leader();
         if leader != self.was_leader {
             self.was_leader = leader;
-            self.leases.clear();
             self.in_flight.clear();
             if leader {
+                // Brokers heartbeat every coordinator. A new leader counts
+                // the heartbeats it saw as a follower, but gives every live
+                // broker at least half a lease from now (its record may be
+                // stale, e.g. after a partition).
+                let lease = Duration::from_millis(self.inner.cfg.broker_lease_ms);
+                let floor = now.checked_sub(lease / 2).unwrap_or(now);
+                for t in self.leases.values_mut() {
+                    *t = (*t).max(floor);
+                }
                 info!(
                     node = self.inner.cfg.node_id,
                     term = self.node.raft.term,
@@ -826,15 +847,29 @@ impl RaftLoop {
             .filter(|b| b.alive)
             .map(|b| b.node_id)
             .collect();
+        let mut expired = Vec::new();
         for id in alive {
-            // A new leader grants every live broker a full lease.
+            // A broker never heard from gets a full lease from now.
             let t = *self.leases.entry(id).or_insert(now);
             if now.duration_since(t) > lease {
                 warn!(broker = id, "broker lease expired; declaring it down");
                 self.controller_propose(Command::BrokerDown { node_id: id });
+                expired.push(id);
             }
         }
-        for cmd in controller_actions(&self.sm) {
+        // New leaders are chosen as if those BrokerDowns had applied, and
+        // proposed right behind them (they apply in order), which saves a
+        // round of the controller in a failover.
+        let actions = if expired.is_empty() {
+            controller_actions(&self.sm)
+        } else {
+            let mut projected = self.sm.clone();
+            for id in &expired {
+                let _ = projected.apply(&Command::BrokerDown { node_id: *id });
+            }
+            controller_actions(&projected)
+        };
+        for cmd in actions {
             if let Command::SetLeader {
                 topic,
                 partition,

@@ -53,6 +53,9 @@ pub enum Request {
     CreateTopic { name: String, config: TopicConfig },
     /// A broker's liveness heartbeat. Leader only.
     Heartbeat { node_id: u64 },
+    /// Long poll: answers with the metadata as soon as its version exceeds
+    /// `after`, or after `wait_ms` with whatever it is then.
+    WatchMetadata { after: u64, wait_ms: u64 },
 }
 
 /// A committed command's position.

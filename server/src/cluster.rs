@@ -21,9 +21,6 @@ pub struct ClusterView {
     md: Mutex<Option<Arc<Metadata>>>,
     /// Metadata version + 1 (0: none yet).
     version: AtomicU64,
-    /// Set by a shard that saw a sign of stale metadata; the membership
-    /// thread then polls at once.
-    refresh: AtomicBool,
 }
 
 impl ClusterView {
@@ -34,7 +31,6 @@ impl ClusterView {
             lease_ms,
             md: Mutex::new(None),
             version: AtomicU64::new(0),
-            refresh: AtomicBool::new(false),
         })
     }
 
@@ -64,30 +60,44 @@ impl ClusterView {
         self.version.store(v, Ordering::Release);
         true
     }
-
-    /// Asks the membership thread to poll the coordinators now.
-    pub fn request_refresh(&self) {
-        self.refresh.store(true, Ordering::Relaxed);
-    }
 }
 
-/// Polls every coordinator for its metadata and publishes the newest.
-fn poll_metadata(view: &ClusterView, timeout: Duration) -> bool {
-    let mut best: Option<Metadata> = None;
-    for (_, addr) in &view.coordinators {
-        if let Ok(md) = levee_coordinator::client::metadata(addr, timeout) {
-            if best.as_ref().is_none_or(|b| md.version > b.version) {
-                best = Some(md);
+/// Heartbeats every coordinator: the leader renews the lease, the others
+/// record it, so a newly elected leader knows who was alive. Succeeds if
+/// the leader answered.
+fn heartbeat_all(
+    addrs: &[String],
+    node_id: u64,
+    timeout: Duration,
+) -> Result<(), levee_coordinator::CoordError> {
+    use levee_coordinator::wire::{Request, Response};
+    let each = (timeout / addrs.len().max(1) as u32).max(Duration::from_millis(100));
+    let mut last = None;
+    for addr in addrs {
+        match levee_coordinator::client::request(addr, &Request::Heartbeat { node_id }, each) {
+            Ok(Response::HeartbeatOk) => {
+                // The rest are best effort; keep them from delaying us.
+                for other in addrs.iter().filter(|a| *a != addr) {
+                    let _ = levee_coordinator::client::request(
+                        other,
+                        &Request::Heartbeat { node_id },
+                        Duration::from_millis(100),
+                    );
+                }
+                return Ok(());
             }
+            Ok(other) => {
+                last = Some(levee_coordinator::CoordError::Protocol(format!(
+                    "expected heartbeat ok, got {other:?}"
+                )))
+            }
+            Err(e) => last = Some(e),
         }
     }
-    match best {
-        Some(md) => {
-            view.publish(md);
-            true
-        }
-        None => false,
-    }
+    Err(last.unwrap_or(levee_coordinator::CoordError::NoQuorum {
+        reachable: 0,
+        total: addrs.len(),
+    }))
 }
 
 /// Registers this broker with the coordinator quorum and heartbeats its
@@ -101,26 +111,36 @@ pub fn start_membership(
     heartbeat: Duration,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<Result<(), String>>, String> {
-    let poller = {
+    // One long-polling watcher per coordinator: a change reaches this node
+    // as soon as any coordinator has applied it.
+    let mut pollers = Vec::new();
+    for (id, addr) in view.coordinators.clone() {
         let (view, stop) = (view.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("metadata".into())
+        let h = std::thread::Builder::new()
+            .name(format!("metadata-{id}"))
             .spawn(move || {
-                let timeout = Duration::from_millis(200);
+                let mut after = 0u64;
                 while !stop.load(Ordering::SeqCst) {
-                    view.refresh.store(false, Ordering::Relaxed);
-                    poll_metadata(&view, timeout);
-                    let next = Instant::now() + Duration::from_millis(100);
-                    while Instant::now() < next
-                        && !stop.load(Ordering::SeqCst)
-                        && !view.refresh.load(Ordering::Relaxed)
-                    {
-                        std::thread::sleep(Duration::from_millis(5));
+                    match levee_coordinator::client::watch_metadata(
+                        &addr,
+                        after,
+                        Duration::from_millis(500),
+                    ) {
+                        Ok(md) => {
+                            after = md.version;
+                            view.publish(md);
+                        }
+                        Err(_) => {
+                            // Down or hung: try again soon, from scratch.
+                            after = 0;
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
                     }
                 }
             })
-            .map_err(|e| format!("cannot start the metadata thread: {e}"))?
-    };
+            .map_err(|e| format!("cannot start a metadata thread: {e}"))?;
+        pollers.push(h);
+    }
     std::thread::Builder::new()
         .name("membership".into())
         .spawn(move || {
@@ -133,7 +153,7 @@ pub fn start_membership(
             while !stop.load(Ordering::SeqCst) {
                 let started = Instant::now();
                 let r = if registered {
-                    levee_coordinator::client::heartbeat(&addrs, node_id, timeout)
+                    heartbeat_all(&addrs, node_id, timeout)
                 } else {
                     levee_coordinator::client::propose(
                         &addrs,
@@ -164,7 +184,9 @@ pub fn start_membership(
                     std::thread::sleep(Duration::from_millis(10));
                 }
             }
-            let _ = poller.join();
+            for p in pollers {
+                let _ = p.join();
+            }
             Ok(())
         })
         .map_err(|e| format!("cannot start the membership thread: {e}"))

@@ -784,14 +784,13 @@ async fn describe(shard: &Rc<Shard>, name: &str) -> proto::TopicDescription {
 /// node's metadata may lag the coordinators by a poll; wait briefly for it
 /// before answering "unknown topic".
 async fn await_topics<'a>(shard: &Rc<Shard>, topics: impl Iterator<Item = &'a str>) {
-    let Some(view) = &shard.cluster else {
+    if shard.cluster.is_none() {
         return;
     };
     let missing: Vec<&str> = topics.filter(|t| shard.topic(t).is_none()).collect();
     if missing.is_empty() {
         return;
     }
-    view.request_refresh();
     let until = Instant::now() + Duration::from_millis(500);
     while Instant::now() < until && missing.iter().any(|t| shard.topic(t).is_none()) {
         glommio::timer::sleep(Duration::from_millis(10)).await;

@@ -509,9 +509,6 @@ impl Shard {
                     Ok(c) => conn = Some(c),
                     Err(e) => {
                         debug!(leader, %addr, error = %e, "cannot connect to the leader");
-                        if let Some(v) = &self.cluster {
-                            v.request_refresh();
-                        }
                         glommio::timer::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
@@ -524,9 +521,6 @@ impl Shard {
                 Err(e) => {
                     debug!(leader, error = %e, "replica fetch failed; reconnecting");
                     conn = None;
-                    if let Some(v) = &self.cluster {
-                        v.request_refresh();
-                    }
                     glommio::timer::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -585,13 +579,8 @@ impl Shard {
         for (fp, p) in r.partitions.unwrap_or_default().into_iter().zip(&ready) {
             if fp.error != ErrorCode::None {
                 debug!(topic = %p.topic, partition = p.partition, error = ?fp.error, message = ?fp.message, "replica fetch error");
-                match fp.error {
-                    ErrorCode::OffsetOutOfRange => p.repl.borrow_mut().needs_reconcile = true,
-                    _ => {
-                        if let Some(v) = &self.cluster {
-                            v.request_refresh();
-                        }
-                    }
+                if fp.error == ErrorCode::OffsetOutOfRange {
+                    p.repl.borrow_mut().needs_reconcile = true;
                 }
                 continue;
             }
@@ -725,9 +714,6 @@ impl Shard {
                         warn!(topic = %p.topic, partition = p.partition, error = %e, "ISR change refused");
                         r.pending_isr = None;
                     }
-                }
-                if res.is_ok() {
-                    view.request_refresh();
                 }
                 p.recompute_hw(me);
             }

@@ -43,7 +43,6 @@ async fn wait_applied(
     done: impl Fn(&Shard) -> bool,
 ) -> OpResult {
     let until = Instant::now() + COORD_TIMEOUT;
-    view.request_refresh();
     while view.version() <= version || !done(shard) {
         if Instant::now() >= until {
             return Err(OpError::new(
