@@ -174,6 +174,12 @@ fn unsafe_kill(pid: u32, sig: i32) {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.kill();
+        // Keep the data and log of a failed test for inspection; remove
+        // them otherwise (preallocated segments add up over many runs).
+        if !std::thread::panicking() && !self.data_dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
