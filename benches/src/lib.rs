@@ -911,6 +911,48 @@ struct BatchInFlight {
     partition: u32,
     first_seq: u64,
     count: u64,
+    /// The batch, kept to send again after a retriable failure.
+    batch: bytes::Bytes,
+}
+
+/// How long `--direct-batches` keeps retrying a batch that failed with a
+/// retriable error (a leader change, a lost connection): the producer
+/// library's default delivery timeout.
+const DIRECT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends a batch again after a retriable failure, with backoff, until it is
+/// acknowledged, fails for good, or `DIRECT_DELIVERY_TIMEOUT` has passed
+/// since it was first sent. The producer waits meanwhile (a failover shows
+/// as a pause and as the retried batches' latency). A retried batch can
+/// land after later batches of its partition (counted as reordered).
+async fn retry_batch(
+    client: &levee_client::Client,
+    topic: &str,
+    acks: i8,
+    b: &BatchInFlight,
+    mut res: Settled,
+) -> Settled {
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let err = match &res.0 {
+            Ok(parts) => parts.first().and_then(|p| p.result().err()),
+            Err(e) => Some(e.clone()),
+        };
+        match err {
+            Some(e) if e.is_retriable() && b.t0.elapsed() < DIRECT_DELIVERY_TIMEOUT => {}
+            _ => return res,
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(100));
+        let r = client
+            .produce(
+                acks,
+                Duration::from_secs(30),
+                vec![(topic.to_string(), b.partition, b.batch.clone())],
+            )
+            .await;
+        res = (r, Instant::now());
+    }
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -1068,16 +1110,18 @@ async fn batch_producer_task(
         );
         if queue.len() >= a.max_in_flight.max(1) {
             if let Some((waiter, b)) = queue.pop_front() {
-                let (res, done_at) = settled(waiter).await;
+                let first = settled(waiter).await;
+                let (res, done_at) = retry_batch(&client, &a.topic, acks, &b, first).await;
                 settle_batch(b, res, done_at, &shared, &hists, size as u64, &mut failed);
             }
         }
         let t0 = Instant::now();
+        let batch = bytes::Bytes::from(batch);
         match client
             .start_produce(
                 acks,
                 Duration::from_secs(30),
-                vec![(a.topic.clone(), partition, bytes::Bytes::from(batch))],
+                vec![(a.topic.clone(), partition, batch.clone())],
             )
             .await
         {
@@ -1097,6 +1141,7 @@ async fn batch_producer_task(
                         partition,
                         first_seq,
                         count: n,
+                        batch,
                     },
                 ));
             }
@@ -1107,7 +1152,8 @@ async fn batch_producer_task(
         }
     }
     while let Some((waiter, b)) = queue.pop_front() {
-        let (res, done_at) = settled(waiter).await;
+        let first = settled(waiter).await;
+        let (res, done_at) = retry_batch(&client, &a.topic, acks, &b, first).await;
         settle_batch(b, res, done_at, &shared, &hists, size as u64, &mut failed);
     }
     record_sent(&mut done, id, seqs, failed);
