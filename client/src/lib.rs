@@ -11,6 +11,8 @@
 //! - [`GroupConsumer`]: a member of a consumer group: partitions assigned by
 //!   the broker, committed positions, heartbeats and rebalances handled in
 //!   the background; the group admin requests are on [`Client`].
+//! - [`remote`]: the client from glommio or any other executor (it runs
+//!   on a tokio runtime of its own).
 //! - `cli` (feature `cli`): the `levee topic|produce|consume|group` commands.
 
 pub mod client;
@@ -20,6 +22,7 @@ pub mod consumer;
 pub mod error;
 pub mod group;
 pub mod producer;
+pub mod remote;
 
 #[cfg(feature = "cli")]
 pub mod cli;
