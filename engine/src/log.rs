@@ -330,6 +330,18 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| io_err(format!("fsync of directory {}", dir.display()), e))
 }
 
+/// `sync_dir` through the shard's io_uring, for the paths that run on a
+/// shard (open, roll, close): the reactor is not blocked meanwhile.
+async fn sync_dir_async(dir: &Path) -> Result<()> {
+    let ctx = || format!("fsync of directory {}", dir.display());
+    let d = glommio::io::Directory::open(dir)
+        .await
+        .map_err(|e| glommio_err(ctx(), e))?;
+    let r = d.sync().await.map_err(|e| glommio_err(ctx(), e));
+    let _ = d.close().await;
+    r
+}
+
 /// Cuts a closed log's files at the batch holding `offset`: later segments
 /// are deleted, the segment holding it is cut and its indexes removed (the
 /// reopen rebuilds them). Plain file calls: this runs rarely (a follower
@@ -475,7 +487,7 @@ impl Log {
         let clean = marker.exists();
         if clean {
             std::fs::remove_file(&marker).map_err(|e| io_err(marker.display().to_string(), e))?;
-            sync_dir(&dir)?;
+            sync_dir_async(&dir).await?;
         }
         let mut bases = Vec::new();
         let entries =
@@ -544,7 +556,7 @@ impl Log {
                                 let _ = std::fs::remove_file(dir.join(segment_name(later, ext)));
                             }
                         }
-                        sync_dir(&dir)?;
+                        sync_dir_async(&dir).await?;
                         for ext in ["index", "timeindex"] {
                             let _ = std::fs::remove_file(dir.join(segment_name(base, ext)));
                         }
@@ -599,7 +611,7 @@ impl Log {
                 .dma_open(&apath)
                 .await
                 .map_err(|e| glommio_err(apath.display().to_string(), e))?;
-            sync_dir(&dir)?;
+            sync_dir_async(&dir).await?;
             f
         };
         let size = file
@@ -1308,7 +1320,7 @@ impl Log {
             .dma_open(&path)
             .await
             .map_err(|e| glommio_err(path.display().to_string(), e))?;
-        sync_dir(&dir)?;
+        sync_dir_async(&dir).await?;
         let mut s = self.st.borrow_mut();
         let old = std::mem::replace(
             &mut s.active,
@@ -1828,7 +1840,7 @@ impl Log {
         self.st.borrow_mut().closed = true;
         let (dir, _, summary) = self.seal_active_files().await?;
         write_file_atomic(&dir.join(CLEAN_MARKER), b"").await?;
-        sync_dir(&dir)?;
+        sync_dir_async(&dir).await?;
         info!(dir = %dir.display(), next_offset = summary.next_offset, "closed log cleanly");
         Ok(())
     }
