@@ -69,10 +69,17 @@ pub struct LogConfig {
     pub read_ahead_bytes: usize,
     /// Windows of `read_ahead_bytes` read ahead of a sequential reader (default 4).
     pub read_ahead_windows: usize,
-    /// Preallocate the active segment in steps of this size (default 64 MiB).
+    /// Preallocate the active segment in steps of up to this size (default
+    /// 64 MiB); steps start at 1 MiB and grow with the segment.
     pub preallocate_bytes: u64,
     /// How often `run_background` applies retention (default 60 s).
     pub retention_check_interval: Duration,
+    /// A log with no append or read for this long gives back its memory
+    /// (write chunk, tail cache, read-ahead windows, index cache, file
+    /// handles of sealed segments) after a flush, so memory follows the
+    /// number of busy partitions, not of partitions (default 10 s; `None`:
+    /// never).
+    pub idle_release: Option<Duration>,
 }
 
 impl Default for LogConfig {
@@ -94,6 +101,7 @@ impl Default for LogConfig {
             read_ahead_windows: 4,
             preallocate_bytes: 64 << 20,
             retention_check_interval: Duration::from_secs(60),
+            idle_release: Some(Duration::from_secs(10)),
         }
     }
 }

@@ -145,6 +145,10 @@ struct State {
     epochs: EpochCache,
     /// Closed only while `truncate_to` rewrites the files and reopens.
     reopening: bool,
+    /// Last append or read.
+    last_active: Instant,
+    /// Idle memory was given back (see `LogConfig::idle_release`).
+    released: bool,
 }
 
 impl State {
@@ -334,7 +338,10 @@ fn sync_dir(dir: &Path) -> Result<()> {
 /// shard (open, roll, close): the reactor is not blocked meanwhile.
 async fn sync_dir_async(dir: &Path) -> Result<()> {
     let ctx = || format!("fsync of directory {}", dir.display());
-    let d = glommio::io::Directory::open(dir)
+    // glommio opens directories relative to no directory: give it an
+    // absolute path (a relative data directory is common: ./levee-data).
+    let dir = std::path::absolute(dir).map_err(|e| io_err(ctx(), e))?;
+    let d = glommio::io::Directory::open(&dir)
         .await
         .map_err(|e| glommio_err(ctx(), e))?;
     let r = d.sync().await.map_err(|e| glommio_err(ctx(), e));
@@ -733,6 +740,8 @@ impl Log {
             stats,
             epochs,
             reopening: false,
+            last_active: Instant::now(),
+            released: false,
         };
         Ok(Log {
             st: Rc::new(RefCell::new(st)),
@@ -832,6 +841,7 @@ impl Log {
             }
         }
         self.note_epoch(leader_epoch).await?;
+        self.reload_partial_chunk().await?;
         let len = batch.len() as u64;
         let must_roll = {
             let s = self.st.borrow();
@@ -848,13 +858,16 @@ impl Log {
         if must_roll {
             self.roll().await?;
         }
-        // Preallocate ahead of the write position.
+        // Preallocate ahead of the write position, in steps that grow with
+        // the segment (1 MiB up to `preallocate_bytes`): a busy partition
+        // extends its file rarely, and a thousand quiet ones do not reserve
+        // `preallocate_bytes` of disk each.
         let prealloc = {
             let s = self.st.borrow();
             let a = &s.active;
             (a.end + len > a.preallocated).then(|| {
-                let target = (a.end + len + s.cfg.preallocate_bytes)
-                    .min(s.cfg.segment_bytes.max(a.end + len));
+                let step = a.end.clamp(1 << 20, s.cfg.preallocate_bytes.max(1 << 20));
+                let target = (a.end + len + step).min(s.cfg.segment_bytes.max(a.end + len));
                 (a.file.clone(), align_up(target))
             })
         };
@@ -925,6 +938,90 @@ impl Log {
             last_offset: next_offset - 1,
             max_timestamp: max_ts,
         })
+    }
+
+    /// After an idle release, the partial last block comes back from disk
+    /// before the next append continues it. Caller holds `append_lock`.
+    async fn reload_partial_chunk(&self) -> Result<()> {
+        let reload = {
+            let mut s = self.st.borrow_mut();
+            s.last_active = Instant::now();
+            s.released = false;
+            let a = &s.active;
+            (a.chunk.is_none() && a.fill > 0)
+                .then(|| (a.file.clone(), a.chunk_pos, a.fill, s.cfg.write_chunk_bytes))
+        };
+        if let Some((file, pos, fill, len)) = reload {
+            let r = file
+                .read_at(pos, fill)
+                .await
+                .map_err(|e| glommio_err("reloading the partial last block", e))?;
+            if r.len() < fill {
+                return Err(LogError::Corrupt {
+                    file: "active segment".into(),
+                    pos,
+                    reason: format!("partial block reads back {} of {fill} bytes", r.len()),
+                });
+            }
+            let mut c = file.alloc_dma_buffer(len);
+            c.as_bytes_mut()[..fill].copy_from_slice(&r[..fill]);
+            self.st.borrow_mut().active.chunk = Some(c);
+        }
+        Ok(())
+    }
+
+    /// Gives back an idle log's memory (see `LogConfig::idle_release`).
+    async fn release_if_idle(&self) -> Result<()> {
+        let idle_for = {
+            let s = self.st.borrow();
+            match s.cfg.idle_release {
+                Some(d) if !s.released && !s.closed && s.last_active.elapsed() >= d => d,
+                _ => return Ok(()),
+            }
+        };
+        let _a = self
+            .append_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        let _f = self
+            .flush_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        self.flush_locked().await?;
+        let mut s = self.st.borrow_mut();
+        let a = &s.active;
+        if s.closed
+            || s.last_active.elapsed() < idle_for
+            || s.durable_next < s.next_offset
+            || !a.inflight.is_empty()
+            || a.partial_inflight
+        {
+            return Ok(());
+        }
+        s.active.chunk = None;
+        s.cache.clear();
+        s.cache_bytes = 0;
+        s.prefetch.clear();
+        s.last_window = None;
+        s.index_cache = IndexCache::default();
+        for sealed in s.sealed.values_mut() {
+            sealed.file = None;
+        }
+        s.released = true;
+        debug!(dir = %s.dir.display(), "idle log released its memory");
+        Ok(())
+    }
+
+    /// Bytes of write chunk this log holds (0 when idle or released).
+    pub fn write_chunk_bytes_held(&self) -> usize {
+        self.st
+            .borrow()
+            .active
+            .chunk
+            .as_ref()
+            .map_or(0, |c| c.len())
     }
 
     /// Records `epoch` as starting at the log end if it is newer than the
@@ -1363,7 +1460,9 @@ impl Log {
         visible_end: Option<u64>,
     ) -> Result<ReadOutcome> {
         let (log_start, log_end) = {
-            let s = self.st.borrow();
+            let mut s = self.st.borrow_mut();
+            s.last_active = Instant::now();
+            s.released = false;
             (s.log_start, s.next_offset)
         };
         if offset < log_start || offset > log_end {
@@ -1817,6 +1916,7 @@ impl Log {
                 self.enforce_retention()?;
                 last_retention = Instant::now();
             }
+            self.release_if_idle().await?;
         }
     }
 

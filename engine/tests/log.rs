@@ -393,3 +393,50 @@ fn batches_straddling_the_written_end_are_read_whole() {
         log.close().await.unwrap();
     });
 }
+
+#[test]
+fn idle_logs_give_back_their_memory_and_continue_their_partial_block() {
+    let dir = tempdir();
+    run(async {
+        let cfg = LogConfig {
+            fsync: FsyncPolicy::Never,
+            idle_release: Some(Duration::from_millis(150)),
+            retention_check_interval: Duration::from_millis(20),
+            ..small_config()
+        };
+        let log = std::rc::Rc::new(Log::open(dir.path(), cfg.clone()).await.unwrap());
+        let bg = {
+            let log = log.clone();
+            glommio::spawn_local(async move { log.run_background().await })
+        };
+        // A partial last block, still in the write chunk and the tail cache.
+        for i in 0..3 {
+            log.append(make_batch(i, 3, 333, 0)).await.unwrap();
+        }
+        assert!(log.write_chunk_bytes_held() > 0);
+        assert!(log.stats().tail_cache_bytes > 0);
+        let mut waited = 0;
+        while log.write_chunk_bytes_held() > 0 && waited < 100 {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+            waited += 1;
+        }
+        assert_eq!(log.write_chunk_bytes_held(), 0, "idle log kept its chunk");
+        assert_eq!(log.stats().tail_cache_bytes, 0);
+        assert_eq!(log.durable_offset(), 9, "released only after a flush");
+        // Appends continue the partial block (reloaded from disk).
+        for i in 3..6 {
+            log.append(make_batch(i, 3, 333, 0)).await.unwrap();
+        }
+        let r = log.read(0, 1 << 20, None).await.unwrap();
+        let (_, next, n) = check_read(&r, 0);
+        assert_eq!((next, n), (18, 6));
+        log.flush().await.unwrap();
+        drop(bg);
+        drop(log);
+        // After a crash the same bytes are there.
+        let log = Log::open(dir.path(), cfg).await.unwrap();
+        let r2 = log.read(0, 1 << 20, None).await.unwrap();
+        assert_eq!(r2.data, r.data);
+        log.close().await.unwrap();
+    });
+}

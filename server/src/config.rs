@@ -82,6 +82,9 @@ pub struct LogDefaults {
     pub max_batch_bytes: usize,
     pub preallocate_bytes: u64,
     pub retention_check_interval_ms: u64,
+    /// A partition idle (no append or read) this long gives back its
+    /// buffers after a flush; 0 keeps them.
+    pub idle_release_ms: u64,
     pub default_partitions: u32,
 }
 
@@ -128,6 +131,7 @@ impl Default for LogDefaults {
             max_batch_bytes: e.max_batch_bytes,
             preallocate_bytes: e.preallocate_bytes,
             retention_check_interval_ms: 60_000,
+            idle_release_ms: 10_000,
             default_partitions: 1,
         }
     }
@@ -328,6 +332,7 @@ impl ServerConfig {
             max_batch_bytes: d.max_batch_bytes,
             preallocate_bytes: d.preallocate_bytes,
             retention_check_interval: Duration::from_millis(d.retention_check_interval_ms.max(100)),
+            idle_release: (d.idle_release_ms > 0).then(|| Duration::from_millis(d.idle_release_ms)),
             ..LogConfig::default()
         }
     }
