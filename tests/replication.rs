@@ -236,6 +236,21 @@ fn raw_produce(b: &Broker, topic: &str, values: &[&str], acks: i8, timeout_ms: u
     }
 }
 
+/// `raw_produce` with acks=all, retried while the node is still taking up
+/// its leadership (it learns it from the metadata a moment after others).
+fn raw_produce_ok(b: &Broker, topic: &str, values: &[&str]) {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        match raw_produce(b, topic, values, -1, 10_000) {
+            ErrorCode::None => return,
+            ErrorCode::NotLeader if Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            e => panic!("produce to {}: {e:?}", b.bootstrap()),
+        }
+    }
+}
+
 /// Every value of partition 0 from the start, through any live node.
 fn consume_all(c: &Cluster, topic: &str, count: usize) -> Vec<String> {
     let (ok, out, err) = levee(
@@ -409,10 +424,7 @@ fn two_of_three_down_refuses_acks_all_then_resumes() {
     c.create("m", 1);
     let r = c.wait_leader("m", 0, None);
     let leader = r.leader.unwrap();
-    assert_eq!(
-        raw_produce(c.node(leader), "m", &["a", "b"], -1, 10_000),
-        ErrorCode::None
-    );
+    raw_produce_ok(c.node(leader), "m", &["a", "b"]);
     let others: Vec<u64> = (1..=3).filter(|&i| i != leader).collect();
     for &o in &others {
         c.nodes[o as usize - 1].kill();
@@ -467,10 +479,7 @@ fn a_paused_leader_is_fenced_and_truncates_its_unacknowledged_suffix() {
     let followers: Vec<u64> = (1..=3).filter(|&i| i != old).collect();
     let committed: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
     for v in &committed {
-        assert_eq!(
-            raw_produce(c.node(old), "p", &[v], -1, 10_000),
-            ErrorCode::None
-        );
+        raw_produce_ok(c.node(old), "p", &[v]);
     }
     // Followers paused: the old leader appends a suffix nobody copies, and
     // acks=all cannot acknowledge it.
@@ -507,10 +516,7 @@ fn a_paused_leader_is_fenced_and_truncates_its_unacknowledged_suffix() {
         paused.elapsed()
     );
     let new_leader = new.leader.unwrap();
-    assert_eq!(
-        raw_produce(c.node(new_leader), "p", &["after"], -1, 10_000),
-        ErrorCode::None
-    );
+    raw_produce_ok(c.node(new_leader), "p", &["after"]);
     // Resume the old leader: it must not acknowledge writes any more.
     signal(c.node(old), "CONT");
     let e = raw_produce(c.node(old), "p", &["stale"], -1, 3_000);
