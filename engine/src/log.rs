@@ -134,8 +134,10 @@ struct State {
     index_cache: IndexCache,
     /// Read-ahead windows being read or read: ((segment, position, length), read).
     prefetch: VecDeque<(WindowKey, PendingRead)>,
-    /// The window the last disk read ended in.
-    last_window: Option<((u64, u64, usize), glommio::io::ReadResult)>,
+    /// The two windows most recently read. Two, because a fetch that ends
+    /// on a batch spanning windows k and k+1 (read whole, but too big for
+    /// what was left of the fetch) is continued by the next fetch from k.
+    last_window: VecDeque<((u64, u64, usize), glommio::io::ReadResult)>,
     poisoned: Option<String>,
     closed: bool,
     /// A group-commit leader is flushing.
@@ -733,7 +735,7 @@ impl Log {
             cache_bytes: 0,
             index_cache: IndexCache::default(),
             prefetch: VecDeque::new(),
-            last_window: None,
+            last_window: VecDeque::new(),
             poisoned: None,
             closed: false,
             flushing: false,
@@ -1004,7 +1006,7 @@ impl Log {
         s.cache.clear();
         s.cache_bytes = 0;
         s.prefetch.clear();
-        s.last_window = None;
+        s.last_window.clear();
         s.index_cache = IndexCache::default();
         for sealed in s.sealed.values_mut() {
             sealed.file = None;
@@ -1136,7 +1138,7 @@ impl Log {
             s.cache.clear();
             s.cache_bytes = 0;
             s.prefetch.clear();
-            s.last_window = None;
+            s.last_window.clear();
             s.index_cache = IndexCache::default();
             for sealed in s.sealed.values_mut() {
                 sealed.file = None;
@@ -1721,10 +1723,8 @@ impl Log {
         };
         let len = w.min(end.saturating_sub(start)) as usize;
         let key = (seg_base, start, len);
-        if let Some((k, r)) = &self.st.borrow().last_window {
-            if *k == key {
-                return Ok(r.clone());
-            }
+        if let Some((_, r)) = self.st.borrow().last_window.iter().find(|(k, _)| *k == key) {
+            return Ok(r.clone());
         }
         let pre = {
             let mut s = self.st.borrow_mut();
@@ -1741,7 +1741,11 @@ impl Log {
         if start.is_multiple_of(w) {
             let mut s = self.st.borrow_mut();
             // The next read usually continues inside this window.
-            s.last_window = Some((key, r.clone()));
+            s.last_window.retain(|(k, _)| *k != key);
+            s.last_window.push_back((key, r.clone()));
+            while s.last_window.len() > 2 {
+                s.last_window.pop_front();
+            }
             for j in 1..=depth as u64 {
                 let ps = start + j * w;
                 if ps >= end {
