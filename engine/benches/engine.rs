@@ -63,8 +63,15 @@ fn batch_of(batch_bytes: usize) -> Vec<u8> {
 
 const APPEND_BYTES: u64 = 256 << 20;
 /// Producers appending concurrently (each waits for its batch to be durable
-/// before sending the next, like a producer with one request in flight).
-const PRODUCERS: usize = 16;
+/// before sending the next, like a producer with one request in flight):
+/// 16, or `LEVEE_BENCH_PRODUCERS`.
+fn producers() -> usize {
+    std::env::var("LEVEE_BENCH_PRODUCERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16)
+        .max(1)
+}
 
 fn append(c: &mut Criterion) {
     let mut g = c.benchmark_group("append");
@@ -94,9 +101,10 @@ fn append(c: &mut Criterion) {
                             let n = (APPEND_BYTES / proto.len() as u64).max(1) as usize;
                             // Batches arrive as owned buffers (from the
                             // network, in the broker): build them untimed.
-                            let mut per_producer: Vec<Vec<Vec<u8>>> = vec![Vec::new(); PRODUCERS];
+                            let mut per_producer: Vec<Vec<Vec<u8>>> = vec![Vec::new(); producers()];
                             for i in 0..n {
-                                per_producer[i % PRODUCERS].push(proto.clone());
+                                let k = i % per_producer.len();
+                                per_producer[k].push(proto.clone());
                             }
                             let start = Instant::now();
                             // Concurrent producers keep appends in flight so
