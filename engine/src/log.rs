@@ -942,6 +942,22 @@ impl Log {
         })
     }
 
+    /// Both locks, in the order every caller takes them (appends, then
+    /// flushes): for the operations that rewrite the log's files.
+    async fn lock_all(&self) -> Result<(glommio::sync::Permit<'_>, glommio::sync::Permit<'_>)> {
+        let a = self
+            .append_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        let f = self
+            .flush_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        Ok((a, f))
+    }
+
     /// After an idle release, the partial last block comes back from disk
     /// before the next append continues it. Caller holds `append_lock`.
     async fn reload_partial_chunk(&self) -> Result<()> {
@@ -981,16 +997,7 @@ impl Log {
                 _ => return Ok(()),
             }
         };
-        let _a = self
-            .append_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| LogError::Closed)?;
-        let _f = self
-            .flush_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| LogError::Closed)?;
+        let _locks = self.lock_all().await?;
         self.flush_locked().await?;
         let mut s = self.st.borrow_mut();
         let a = &s.active;
@@ -1086,16 +1093,7 @@ impl Log {
     }
 
     async fn cut(&self, offset: u64, empty: bool) -> Result<()> {
-        let _a = self
-            .append_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| LogError::Closed)?;
-        let _f = self
-            .flush_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| LogError::Closed)?;
+        let _locks = self.lock_all().await?;
         {
             let s = self.st.borrow();
             s.check_writable()?;
@@ -1927,16 +1925,7 @@ impl Log {
     /// Flushes, writes the indexes, trims preallocated space and marks the log
     /// clean, so the next open skips the recovery scan.
     pub async fn close(&self) -> Result<()> {
-        let _a = self
-            .append_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| LogError::Closed)?;
-        let _f = self
-            .flush_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| LogError::Closed)?;
+        let _locks = self.lock_all().await?;
         if self.st.borrow().closed {
             return Ok(());
         }
