@@ -514,7 +514,9 @@ impl Shard {
                     }
                 }
             }
-            let c = conn.as_mut().expect("connected above");
+            let Some(c) = conn.as_mut() else {
+                continue;
+            };
             match self.fetch_round(c, &parts, me).await {
                 Ok(true) => {}
                 Ok(false) => glommio::timer::sleep(Duration::from_millis(50)).await,
