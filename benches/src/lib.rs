@@ -955,12 +955,16 @@ async fn retry_batch(
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+/// Writes `v` as a varint at the start of `out`; returns its length.
+fn put_varint_slice(out: &mut [u8], mut v: u64) -> usize {
+    let mut n = 0;
     while v >= 0x80 {
-        out.push((v as u8) | 0x80);
+        out[n] = (v as u8) | 0x80;
         v >>= 7;
+        n += 1;
     }
-    out.push(v as u8);
+    out[n] = v as u8;
+    n + 1
 }
 
 /// A batch's outcome and when it arrived.
@@ -1053,7 +1057,6 @@ async fn batch_producer_task(
     let mut queue: std::collections::VecDeque<(tokio::task::JoinHandle<Settled>, BatchInFlight)> =
         std::collections::VecDeque::new();
     let mut failed: HashMap<u32, verify::RangeSet> = HashMap::new();
-    let mut records = Vec::with_capacity(a.batch_size + 4096);
     let acks = a.acks.to_wire();
     'send: while !shared.stop_producing.load(Relaxed) {
         let n = match quota {
@@ -1069,10 +1072,26 @@ async fn batch_producer_task(
         let first_seq = seqs[partition as usize];
         let sent_ns = shared.now_ns();
         let ts = (sent_ns / 1_000_000) as i64;
-        records.clear();
-        let mut value = Vec::with_capacity(size);
+        // Built in place after the header space: each payload is written
+        // once, straight into the batch.
+        let mut records = levee_engine::batch::batch_buffer(n as usize * (size + 12));
         for i in 0..n {
-            value.clear();
+            // One record: attributes, timestamp delta 0, offset delta, null
+            // key (zigzag -1), value, no headers.
+            let mut head = [0u8; 32];
+            let mut at = 0;
+            head[at..at + 2].copy_from_slice(&[0, 0]);
+            at += 2;
+            at += put_varint_slice(&mut head[at..], i);
+            head[at] = 1;
+            at += 1;
+            at += put_varint_slice(&mut head[at..], (size as u64) << 1);
+            let body_len = at + size + 1;
+            let mut len_buf = [0u8; 10];
+            let l = put_varint_slice(&mut len_buf, body_len as u64);
+            records.extend_from_slice(&len_buf[..l]);
+            records.extend_from_slice(&head[..at]);
+            let before = records.len();
             payload::encode_into(
                 &Header {
                     run_id: shared.run_id,
@@ -1083,26 +1102,13 @@ async fn batch_producer_task(
                 },
                 size,
                 &pool,
-                &mut value,
+                &mut records,
             );
-            // One record: attributes, timestamp delta 0, offset delta, null
-            // key (zigzag -1), value, no headers.
-            let mut head = Vec::with_capacity(16);
-            head.push(0u8);
-            head.push(0u8);
-            put_varint(&mut head, i);
-            head.push(1u8);
-            put_varint(&mut head, (value.len() as u64) << 1);
-            let body_len = head.len() + value.len() + 1;
-            let mut len_buf = Vec::with_capacity(4);
-            put_varint(&mut len_buf, body_len as u64);
-            records.extend_from_slice(&len_buf);
-            records.extend_from_slice(&head);
-            records.extend_from_slice(&value);
+            debug_assert_eq!(records.len() - before, size);
             records.push(0u8);
         }
-        let batch = levee_engine::batch::build_batch_raw(
-            &records,
+        let batch = levee_engine::batch::finish_batch(
+            records,
             n as u32,
             ts,
             ts,

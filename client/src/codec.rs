@@ -58,19 +58,20 @@ pub fn build_batch(records: &[Record], compression: Compression) -> Result<Vec<u
     }
     let first = records.iter().map(|r| r.timestamp).min().unwrap_or(0);
     let max = records.iter().map(|r| r.timestamp).max().unwrap_or(0);
+    let count = u32::try_from(records.len()).map_err(|_| "too many records in one batch")?;
+    let meta = BatchMeta {
+        compression,
+        ..BatchMeta::default()
+    };
+    if compression == Compression::None {
+        // Encoded straight after the header space: no copy of the records.
+        let mut buf = batch::batch_buffer(0);
+        batch::encode_records_into(&mut buf, records, first);
+        return Ok(batch::finish_batch(buf, count, first, max, meta));
+    }
     let raw = batch::encode_records(records, first);
     let payload = compress(&raw, compression)?;
-    let count = u32::try_from(records.len()).map_err(|_| "too many records in one batch")?;
-    Ok(batch::build_batch_raw(
-        &payload,
-        count,
-        first,
-        max,
-        BatchMeta {
-            compression,
-            ..BatchMeta::default()
-        },
-    ))
+    Ok(batch::build_batch_raw(&payload, count, first, max, meta))
 }
 
 /// Compresses a records region.

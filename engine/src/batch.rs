@@ -207,6 +207,22 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn zigzag_len(v: i64) -> usize {
+    varint_len(zigzag(v))
+}
+
+fn bytes_len(b: Option<&[u8]>) -> usize {
+    b.map_or(1, |b| zigzag_len(b.len() as i64) + b.len())
+}
+
 fn put_zigzag(out: &mut Vec<u8>, v: i64) {
     put_varint(out, ((v << 1) ^ (v >> 63)) as u64);
 }
@@ -244,22 +260,62 @@ impl Default for BatchMeta {
 /// Encodes the records region (uncompressed) of a batch.
 pub fn encode_records(records: &[Record], first_timestamp: i64) -> Vec<u8> {
     let mut out = Vec::new();
-    let mut rec = Vec::new();
+    encode_records_into(&mut out, records, first_timestamp);
+    out
+}
+
+/// An upper bound on the encoded size of `records`' region, to size buffers.
+pub fn encoded_records_bound(records: &[Record]) -> usize {
+    let opt = |b: &Option<Vec<u8>>| b.as_ref().map_or(0, Vec::len) + 10;
+    records
+        .iter()
+        .map(|r| {
+            32 + opt(&r.key)
+                + opt(&r.value)
+                + r.headers
+                    .iter()
+                    .map(|(k, v)| k.len() + 10 + opt(v))
+                    .sum::<usize>()
+        })
+        .sum()
+}
+
+/// Appends the records region (uncompressed) of a batch to `out`.
+pub fn encode_records_into(out: &mut Vec<u8>, records: &[Record], first_timestamp: i64) {
+    out.reserve(encoded_records_bound(records));
     for (i, r) in records.iter().enumerate() {
-        rec.clear();
-        rec.push(0u8); // record attributes
-        put_zigzag(&mut rec, r.timestamp.wrapping_sub(first_timestamp));
-        put_varint(&mut rec, i as u64);
-        put_bytes(&mut rec, r.key.as_deref());
-        put_bytes(&mut rec, r.value.as_deref());
-        put_varint(&mut rec, r.headers.len() as u64);
+        let ts_delta = r.timestamp.wrapping_sub(first_timestamp);
+        let body = 1
+            + zigzag_len(ts_delta)
+            + varint_len(i as u64)
+            + bytes_len(r.key.as_deref())
+            + bytes_len(r.value.as_deref())
+            + varint_len(r.headers.len() as u64)
+            + r.headers
+                .iter()
+                .map(|(k, v)| bytes_len(Some(k)) + bytes_len(v.as_deref()))
+                .sum::<usize>();
+        // Written straight into `out`: the value is copied once.
+        put_varint(out, body as u64);
+        out.push(0u8); // record attributes
+        put_zigzag(out, ts_delta);
+        put_varint(out, i as u64);
+        put_bytes(out, r.key.as_deref());
+        put_bytes(out, r.value.as_deref());
+        put_varint(out, r.headers.len() as u64);
         for (k, v) in &r.headers {
-            put_bytes(&mut rec, Some(k));
-            put_bytes(&mut rec, v.as_deref());
+            put_bytes(out, Some(k));
+            put_bytes(out, v.as_deref());
         }
-        put_varint(&mut out, rec.len() as u64);
-        out.extend_from_slice(&rec);
     }
+}
+
+/// A buffer to build a batch in without copying it afterwards: the header's
+/// [`HEADER_LEN`] bytes are reserved at the front; append the records region
+/// after them, then call [`finish_batch`].
+pub fn batch_buffer(records_capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + records_capacity);
+    out.resize(HEADER_LEN, 0);
     out
 }
 
@@ -273,10 +329,29 @@ pub fn build_batch_raw(
     max_timestamp: i64,
     meta: BatchMeta,
 ) -> Vec<u8> {
-    let len = HEADER_LEN + payload.len();
-    let mut out = vec![0u8; len];
+    let mut out = batch_buffer(payload.len());
+    out.extend_from_slice(payload);
+    finish_batch(out, record_count, first_timestamp, max_timestamp, meta)
+}
+
+/// Completes a batch built in place: `buf` is a [`batch_buffer`] (header
+/// space, then the records region, compressed if `meta.compression` says
+/// so). Writes the header and both CRCs, base offset 0.
+///
+/// # Panics
+/// If `buf` is shorter than a header.
+pub fn finish_batch(
+    mut buf: Vec<u8>,
+    record_count: u32,
+    first_timestamp: i64,
+    max_timestamp: i64,
+    meta: BatchMeta,
+) -> Vec<u8> {
+    let len = buf.len();
+    assert!(len >= HEADER_LEN, "a batch buffer starts with header space");
+    buf[..HEADER_LEN].fill(0);
     {
-        let (h, _) = BatchHeader::mut_from_prefix(&mut out[..]).expect("buffer holds a header");
+        let (h, _) = BatchHeader::mut_from_prefix(&mut buf[..]).expect("buffer holds a header");
         h.batch_len = U32::new(len as u32);
         h.magic = MAGIC;
         h.attributes = U16::new(meta.compression as u16);
@@ -287,16 +362,15 @@ pub fn build_batch_raw(
         h.max_timestamp = I64::new(max_timestamp);
         h.producer_id = I64::new(meta.producer_id);
     }
-    out[HEADER_LEN..].copy_from_slice(payload);
-    let crc = crc32c::crc32c(&out[CRC_START..]);
+    let crc = crc32c::crc32c(&buf[CRC_START..]);
     {
-        let (h, _) = BatchHeader::mut_from_prefix(&mut out[..]).expect("buffer holds a header");
+        let (h, _) = BatchHeader::mut_from_prefix(&mut buf[..]).expect("buffer holds a header");
         h.crc = U32::new(crc);
     }
-    let hcrc = header_crc_of(&out);
-    let (h, _) = BatchHeader::mut_from_prefix(&mut out[..]).expect("buffer holds a header");
+    let hcrc = header_crc_of(&buf);
+    let (h, _) = BatchHeader::mut_from_prefix(&mut buf[..]).expect("buffer holds a header");
     h.header_crc = U32::new(hcrc);
-    out
+    buf
 }
 
 /// Builds an uncompressed batch from records.
@@ -304,14 +378,9 @@ pub fn build_batch(records: &[Record]) -> Vec<u8> {
     assert!(!records.is_empty(), "a batch holds at least one record");
     let first = records.iter().map(|r| r.timestamp).min().unwrap_or(0);
     let max = records.iter().map(|r| r.timestamp).max().unwrap_or(0);
-    let payload = encode_records(records, first);
-    build_batch_raw(
-        &payload,
-        records.len() as u32,
-        first,
-        max,
-        BatchMeta::default(),
-    )
+    let mut buf = batch_buffer(0);
+    encode_records_into(&mut buf, records, first);
+    finish_batch(buf, records.len() as u32, first, max, BatchMeta::default())
 }
 
 struct Cursor<'a> {

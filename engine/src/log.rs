@@ -1400,6 +1400,7 @@ impl Log {
 
     /// Seals the active segment and starts a new one. Caller holds `append_lock`.
     async fn roll(&self) -> Result<()> {
+        let started = Instant::now();
         let _p = self
             .flush_lock
             .acquire_permit(1)
@@ -1446,7 +1447,12 @@ impl Log {
                 file: Some(old.file),
             },
         );
-        debug!(sealed = base, new = new_base, "rolled segment");
+        debug!(
+            sealed = base,
+            new = new_base,
+            took_ms = started.elapsed().as_secs_f64() * 1e3,
+            "rolled segment"
+        );
         Ok(())
     }
 
