@@ -72,6 +72,12 @@ pub struct LogConfig {
     /// Preallocate the active segment in steps of up to this size (default
     /// 64 MiB); steps start at 1 MiB and grow with the segment.
     pub preallocate_bytes: u64,
+    /// Keep the newest segment that retention deletes and reuse its file
+    /// for the next segment of the same log, so steady writes at the
+    /// retention limit overwrite blocks the disk already holds instead of
+    /// allocating new ones (default true). Costs at most one segment of disk
+    /// per log beyond retention; the file is deleted at close.
+    pub recycle_segments: bool,
     /// How often `run_background` applies retention (default 60 s).
     pub retention_check_interval: Duration,
     /// A log with no append or read for this long gives back its memory
@@ -100,6 +106,7 @@ impl Default for LogConfig {
             read_ahead_bytes: 1 << 20,
             read_ahead_windows: 4,
             preallocate_bytes: 64 << 20,
+            recycle_segments: true,
             retention_check_interval: Duration::from_secs(60),
             idle_release: Some(Duration::from_secs(10)),
         }

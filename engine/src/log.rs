@@ -79,6 +79,21 @@ struct Sealed {
     file: Option<Rc<DmaFile>>,
 }
 
+/// A segment file retention removed, kept to become the next segment
+/// (`LogConfig::recycle_segments`). Only this log's own retention feeds it,
+/// so every batch left in it has an offset below the log start: recovery
+/// stops at the first of them (offsets must continue), and readers never go
+/// past the written end.
+struct Recycled {
+    path: PathBuf,
+    len: u64,
+    /// The segment's open handle when retention took it: while a reader
+    /// still holds a clone, the file is not reused.
+    holder: Option<Rc<DmaFile>>,
+}
+
+const RECYCLE_EXT: &str = "recycle";
+
 struct Active {
     base: u64,
     file: Rc<DmaFile>,
@@ -147,6 +162,8 @@ struct State {
     epochs: EpochCache,
     /// Closed only while `truncate_to` rewrites the files and reopens.
     reopening: bool,
+    /// A retired segment file waiting to be reused by the next roll.
+    recycled: Option<Recycled>,
     /// Last append or read.
     last_active: Instant,
     /// Idle memory was given back (see `LogConfig::idle_release`).
@@ -226,6 +243,9 @@ pub struct Log {
     flush_lock: Semaphore,
 }
 
+/// How a scan names the batches a recycled file still holds.
+const STALE: &str = "stale batch of a recycled segment";
+
 struct ScanOutcome {
     end: u64,
     next_offset: u64,
@@ -279,10 +299,18 @@ async fn scan_segment(
             break;
         }
         if h.base_offset() != next {
-            stop_reason = Some(format!(
-                "batch offset {} where {next} was expected",
-                h.base_offset()
-            ));
+            stop_reason = Some(if h.base_offset() < seg_base {
+                // Left in a recycled file by the segment it used to be.
+                format!(
+                    "{STALE} (offset {}) where {next} was expected",
+                    h.base_offset()
+                )
+            } else {
+                format!(
+                    "batch offset {} where {next} was expected",
+                    h.base_offset()
+                )
+            });
             break;
         }
         if pos + len > win_start + win.len() as u64 {
@@ -508,7 +536,7 @@ impl Log {
                 if let Ok(b) = stem.parse::<u64>() {
                     bases.push(b);
                 }
-            } else if name.ends_with(".tmp") {
+            } else if name.ends_with(".tmp") || name.ends_with(&format!(".{RECYCLE_EXT}")) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -656,7 +684,7 @@ impl Log {
                         || out
                             .stop_reason
                             .as_deref()
-                            .is_some_and(|r| r.contains("header CRC"));
+                            .is_some_and(|r| r.contains("header CRC") || r.starts_with(STALE));
                     if !zeros_only {
                         warn!(segment = active_base, pos = out.end, reason = ?out.stop_reason, "truncating corrupt log tail");
                     }
@@ -742,6 +770,7 @@ impl Log {
             stats,
             epochs,
             reopening: false,
+            recycled: None,
             last_active: Instant::now(),
             released: false,
         };
@@ -1398,6 +1427,56 @@ impl Log {
         Ok((dir, base, summary))
     }
 
+    /// Renames the recycled file (if any, and no reader holds it) to
+    /// `path` and opens it for the new active segment, with the bytes it
+    /// already has on disk. `None`: create a new file.
+    async fn reuse_recycled(&self, path: &Path) -> Option<(DmaFile, u64)> {
+        let r = {
+            let mut s = self.st.borrow_mut();
+            let busy = s
+                .recycled
+                .as_ref()?
+                .holder
+                .as_ref()
+                .is_some_and(|h| Rc::strong_count(h) > 1);
+            if busy {
+                return None;
+            }
+            s.recycled.take()?
+        };
+        if let Some(h) = r.holder {
+            let _ = h.close_rc().await;
+        }
+        if let Err(e) = glommio::io::rename(&r.path, path).await {
+            warn!(from = %r.path.display(), error = %e, "could not reuse a recycled segment file: deleting it");
+            let _ = std::fs::remove_file(&r.path);
+            return None;
+        }
+        match OpenOptions::new().read(true).write(true).dma_open(path).await {
+            Ok(f) => {
+                debug!(path = %path.display(), bytes = r.len, "reusing a recycled segment file");
+                Some((f, align_down(r.len)))
+            }
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "could not open a recycled segment file: deleting it");
+                let _ = std::fs::remove_file(path);
+                None
+            }
+        }
+    }
+
+    /// Deletes the recycled file, if any.
+    fn remove_recycled(&self) {
+        if let Some(r) = self.st.borrow_mut().recycled.take() {
+            drop(r.holder);
+            if let Err(e) = std::fs::remove_file(&r.path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    warn!(path = %r.path.display(), error = %e, "could not delete a recycled segment file");
+                }
+            }
+        }
+    }
+
     /// Seals the active segment and starts a new one. Caller holds `append_lock`.
     async fn roll(&self) -> Result<()> {
         let started = Instant::now();
@@ -1410,14 +1489,20 @@ impl Log {
         let (dir, base, summary) = self.seal_active_files().await?;
         let new_base = summary.next_offset;
         let path = dir.join(segment_name(new_base, "log"));
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .dma_open(&path)
-            .await
-            .map_err(|e| glommio_err(path.display().to_string(), e))?;
+        let (f, preallocated) = match self.reuse_recycled(&path).await {
+            Some(reused) => reused,
+            None => (
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .dma_open(&path)
+                    .await
+                    .map_err(|e| glommio_err(path.display().to_string(), e))?,
+                0,
+            ),
+        };
         sync_dir_async(&dir).await?;
         let mut s = self.st.borrow_mut();
         let old = std::mem::replace(
@@ -1432,7 +1517,7 @@ impl Log {
                 chunk: None,
                 chunk_pos: 0,
                 fill: 0,
-                preallocated: 0,
+                preallocated,
                 inflight: BTreeSet::new(),
                 partial_inflight: false,
                 written_end: 0,
@@ -1865,7 +1950,7 @@ impl Log {
                 if !(by_size || by_age) {
                     break;
                 }
-                s.sealed.remove(&base);
+                let seg = s.sealed.remove(&base).expect("just seen");
                 s.size_bytes -= len;
                 s.log_start = s.sealed.keys().next().copied().unwrap_or(s.active.base);
                 if let Some(i) = s.index_cache.map.remove(&base) {
@@ -1876,11 +1961,35 @@ impl Log {
                     let c = s.cache.pop_front().expect("checked");
                     s.cache_bytes -= c.bytes.len();
                 }
-                doomed.push(base);
+                doomed.push((base, len, seg.file));
             }
         }
-        let dir = self.st.borrow().dir.clone();
-        for base in &doomed {
+        let (dir, recycle) = {
+            let s = self.st.borrow();
+            (s.dir.clone(), s.cfg.recycle_segments && s.recycled.is_none())
+        };
+        let count = doomed.len();
+        // The newest doomed segment's file is kept for the next roll.
+        let keep = if recycle { doomed.pop() } else { None };
+        if let Some((base, len, holder)) = keep {
+            let from = dir.join(segment_name(base, "log"));
+            let to = dir.join(segment_name(base, RECYCLE_EXT));
+            match std::fs::rename(&from, &to) {
+                Ok(()) => {
+                    info!(segment = base, "retention: segment deleted, its file kept for reuse");
+                    self.st.borrow_mut().recycled = Some(Recycled {
+                        path: to,
+                        len,
+                        holder,
+                    });
+                    for ext in ["index", "timeindex"] {
+                        let _ = std::fs::remove_file(dir.join(segment_name(base, ext)));
+                    }
+                }
+                Err(_) => doomed.push((base, len, holder)),
+            }
+        }
+        for (base, _, _) in &doomed {
             info!(segment = base, "retention: deleting segment");
             for ext in ["log", "index", "timeindex"] {
                 let p = dir.join(segment_name(*base, ext));
@@ -1891,7 +2000,7 @@ impl Log {
                 }
             }
         }
-        Ok(doomed.len())
+        Ok(count)
     }
 
     /// Periodic work for this log: the interval flush and retention. Spawn it
@@ -1938,6 +2047,7 @@ impl Log {
         self.flush_locked().await?;
         self.st.borrow_mut().closed = true;
         let (dir, _, summary) = self.seal_active_files().await?;
+        self.remove_recycled();
         write_file_atomic(&dir.join(CLEAN_MARKER), b"").await?;
         sync_dir_async(&dir).await?;
         info!(dir = %dir.display(), next_offset = summary.next_offset, "closed log cleanly");

@@ -440,3 +440,131 @@ fn idle_logs_give_back_their_memory_and_continue_their_partial_block() {
         log.close().await.unwrap();
     });
 }
+
+/// A batch of exactly 4 KiB, so a log of them ends on block boundaries and
+/// a recycled file's old batches sit right after the last written one.
+fn block_batch(tag: u64) -> Vec<u8> {
+    let mut value_len = 4096 - 200;
+    loop {
+        let b = make_batch(tag, 1, value_len, tag as i64);
+        match b.len().cmp(&4096) {
+            std::cmp::Ordering::Equal => return b,
+            std::cmp::Ordering::Less => value_len += 4096 - b.len(),
+            std::cmp::Ordering::Greater => value_len -= b.len() - 4096,
+        }
+    }
+}
+
+fn recycled_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "recycle"))
+        .collect()
+}
+
+#[test]
+fn retired_segment_files_are_reused_and_their_batches_never_resurface() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempdir();
+    let cfg = LogConfig {
+        segment_bytes: 32 << 10,
+        retention_bytes: Some(64 << 10),
+        retention_age: None,
+        ..small_config()
+    };
+    let mut next = 0u64;
+    run(async {
+        let log = Log::open(dir.path(), cfg.clone()).await.unwrap();
+        for _ in 0..40 {
+            log.append(block_batch(next)).await.unwrap();
+            next += 1;
+        }
+        assert!(log.enforce_retention().unwrap() >= 2);
+        let kept = recycled_files(dir.path());
+        assert_eq!(kept.len(), 1, "one retired file is kept: {kept:?}");
+        let inode = std::fs::metadata(&kept[0]).unwrap().ino();
+        // Append until the log rolls: the new segment is the kept file.
+        let bases = log.segment_bases();
+        while log.segment_bases() == bases {
+            log.append(block_batch(next)).await.unwrap();
+            next += 1;
+        }
+        assert!(recycled_files(dir.path()).is_empty());
+        let active = *log.segment_bases().last().unwrap();
+        let path = dir.path().join(format!("{active:020}.log"));
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), inode, "file not reused");
+        // A few more blocks (fewer than the old segment held, so its old
+        // batches follow them), flushed, then a crash.
+        for _ in 0..3 {
+            log.append_durable(block_batch(next)).await.unwrap();
+            next += 1;
+        }
+        drop(log);
+    });
+    run(async {
+        let log = Log::open(dir.path(), cfg.clone()).await.unwrap();
+        assert_eq!(log.log_end_offset(), next, "recovery took old batches");
+        assert!(log.stats().truncated_bytes > 0, "the old batches were cut");
+        // Everything readable is what was appended, in order.
+        let mut at = log.log_start_offset();
+        while at < next {
+            let out = log.read(at, 1 << 20, None).await.unwrap();
+            let (_, n, _) = check_read(&out, at);
+            for b in levee_engine::batch::split_batches(&out.data) {
+                let h = levee_engine::batch::BatchHeader::parse(b).unwrap();
+                let rec = levee_engine::batch::records(b).unwrap();
+                let v = rec[0].value.unwrap();
+                assert_eq!(
+                    u64::from_le_bytes(v[..8].try_into().unwrap()),
+                    h.base_offset(),
+                    "batch {} holds another batch's records",
+                    h.base_offset()
+                );
+            }
+            at = n;
+        }
+        // Appends continue at the right offset; a crash with a kept file
+        // pending leaves nothing behind at the next open.
+        let info = log.append(block_batch(next)).await.unwrap();
+        assert_eq!(info.base_offset, next);
+        next += 1;
+        for _ in 0..20 {
+            log.append(block_batch(next)).await.unwrap();
+            next += 1;
+        }
+        log.flush().await.unwrap();
+        log.enforce_retention().unwrap();
+        assert_eq!(recycled_files(dir.path()).len(), 1);
+        drop(log);
+    });
+    run(async {
+        let log = Log::open(dir.path(), cfg.clone()).await.unwrap();
+        assert_eq!(log.log_end_offset(), next);
+        assert!(recycled_files(dir.path()).is_empty(), "left over at open");
+        for _ in 0..20 {
+            log.append(block_batch(next)).await.unwrap();
+            next += 1;
+        }
+        log.enforce_retention().unwrap();
+        assert_eq!(recycled_files(dir.path()).len(), 1);
+        // A clean close deletes it.
+        log.close().await.unwrap();
+        assert!(recycled_files(dir.path()).is_empty(), "left over at close");
+    });
+    run(async {
+        let cfg = LogConfig {
+            recycle_segments: false,
+            ..cfg.clone()
+        };
+        let log = Log::open(dir.path(), cfg).await.unwrap();
+        for _ in 0..40 {
+            log.append(block_batch(next)).await.unwrap();
+            next += 1;
+        }
+        assert!(log.enforce_retention().unwrap() >= 1);
+        assert!(recycled_files(dir.path()).is_empty(), "recycling is off");
+        log.close().await.unwrap();
+    });
+}

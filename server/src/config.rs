@@ -81,6 +81,9 @@ pub struct LogDefaults {
     pub read_ahead_windows: usize,
     pub max_batch_bytes: usize,
     pub preallocate_bytes: u64,
+    /// Reuse the file of the newest segment retention deletes for the
+    /// log's next segment (overwrites instead of new allocations).
+    pub recycle_segments: bool,
     pub retention_check_interval_ms: u64,
     /// A partition idle (no append or read) this long gives back its
     /// buffers after a flush; 0 keeps them.
@@ -130,6 +133,7 @@ impl Default for LogDefaults {
             read_ahead_windows: e.read_ahead_windows,
             max_batch_bytes: e.max_batch_bytes,
             preallocate_bytes: e.preallocate_bytes,
+            recycle_segments: e.recycle_segments,
             retention_check_interval_ms: 60_000,
             idle_release_ms: 10_000,
             default_partitions: 1,
@@ -331,6 +335,7 @@ impl ServerConfig {
             read_ahead_windows: d.read_ahead_windows,
             max_batch_bytes: d.max_batch_bytes,
             preallocate_bytes: d.preallocate_bytes,
+            recycle_segments: d.recycle_segments,
             retention_check_interval: Duration::from_millis(d.retention_check_interval_ms.max(100)),
             idle_release: (d.idle_release_ms > 0).then(|| Duration::from_millis(d.idle_release_ms)),
             ..LogConfig::default()
