@@ -11,8 +11,11 @@
 # data directory and deletes it afterwards):
 #   1. limits: fio direct-I/O sequential write and read bandwidth (1 MiB, QD8)
 #      and fdatasync latency (benches/disk-limits.sh; taken at the start and
-#      again at the end, ratios use the mean), loopback TCP bandwidth (iperf3,
+#      again at the end), loopback TCP bandwidth (iperf3,
 #      installed with apt-get if missing; else a python3 socket test).
+#   Steps 2 and 4 also run fio right before and after their measurements
+#   (fio-s2a/s2b/s2c, fio-s4a/s4b): their ratios divide by the mean of the
+#   fio runs around them, since the disk's bandwidth drifts within minutes.
 #   2. max produce (2 producers, --direct-batches, 1 MiB batches, acks=1,
 #      fsync never; and acks=all, fsync always) and max consume catching up
 #      from disk (a backlog of BACKLOG_GB produced first, the broker restarted
@@ -257,12 +260,17 @@ if [[ " $steps " == *" 1 "* ]]; then limits start; net_limit; fi
 pmax=""
 if [[ " $steps " == *" 2 "* ]] && check_space "max throughput"; then
   conf=$(write_conf default)
+  # fio right before and after each pair of runs: the ratios use the disk's
+  # bandwidth of those minutes (it moves by 2x within minutes on shared hosts).
+  limits s2a
   start_broker "$conf" produce-never || true
   bench produce-max --producers 2 --consumers 0 --direct-batches --batch-size 1048576 \
     --partitions 4 --topic-fsync never --acks 1 --duration "$dur" --warmup "$warm"
   start_broker "$conf" produce-all-always || true
   bench produce-max-acks-all --producers 2 --consumers 0 --direct-batches --batch-size 1048576 \
     --partitions 4 --topic-fsync always --acks all --duration "$dur" --warmup "$warm"
+  stop_broker
+  limits s2b
   # Catch-up: a backlog, a graceful restart (cold tail cache), then read it all.
   start_broker "$conf" catchup || true
   msgs=$((backlog_gb * 1000000000 / 1024))
@@ -271,6 +279,7 @@ if [[ " $steps " == *" 2 "* ]] && check_space "max throughput"; then
   start_broker "$conf" catchup keep || true
   bench consume-catchup --producers 0 --consumers 2 --fetch-partition-bytes 8388608
   stop_broker; rm -rf "$data"
+  limits s2c
 fi
 pmax=$(jget "$out/json/produce-max.json" produce.mb_s "")
 
@@ -295,6 +304,7 @@ if [[ " $steps " == *" 4 "* ]] && check_space "burst"; then
   conf=$(write_conf burst)
   base=$(python3 -c "print(round($burst_drain / 2, 3))")
   peak=$((burst_drain * 5))
+  limits s4a
   # Empty-backlog reference: the base rate alone, consumers keeping up.
   start_broker "$conf" burst-baseline || true
   bench burst-baseline --producers 2 --consumers 2 --partitions 4 --topic-fsync never --acks 1 \
@@ -306,6 +316,7 @@ if [[ " $steps " == *" 4 "* ]] && check_space "burst"; then
     --burst "$base:$peak:$burst_peak:$burst_period" --consume-rate "$burst_drain" \
     --duration "$burst_period" --drain-timeout 3
   bench burst-catchup --producers 0 --consumers 2 --fetch-partition-bytes 8388608
+  limits s4b
   echo "$base $peak $burst_peak $burst_period $burst_drain" > "$out/logs/burst-params.txt"
   stop_broker; rm -rf "$data"
 fi
@@ -385,6 +396,14 @@ f0, f1 = fio("start"), fio("end")
 fs = [f for f in (f0, f1) if f]
 W = statistics.mean(f["w"] for f in fs) if fs else None
 R = statistics.mean(f["r"] for f in fs) if fs else None
+def near(k, *tags):
+    """fio's bandwidth (k: 'w' or 'r') averaged over the runs taken right
+    before and after a measurement; the whole run's mean if there are none."""
+    fx = [x[k] for x in map(fio, tags) if x]
+    return statistics.mean(fx) if fx else (W if k == "w" else R)
+def near_txt(k, *tags):
+    fx = [x[k] for x in map(fio, tags) if x]
+    return " / ".join(f(x, 0) for x in fx) if fx else "run mean"
 N1, N2 = num(f"{out}/logs/net-P1.txt"), num(f"{out}/logs/net-P2.txt")
 NET = max([x for x in (N1, N2) if x] or [0]) or None
 try: net_tool = open(f"{out}/logs/net-tool.txt").read().strip()
@@ -443,16 +462,19 @@ p(f"| loopback TCP ({net_tool}), 1 stream (MiB/s) | {f(N1,1)} | | |")
 p(f"| loopback TCP ({net_tool}), 2 streams (MiB/s) | {f(N2,1)} | | {f(NET,1)} |")
 p("")
 p("## 2. Maximum throughput"); p("")
-p("| run | MB/s | MiB/s | ratio to disk | ratio to loopback TCP | ack p50 / p99 (ms) | broker RSS start / max (MiB) | exit |")
-p("|---|---:|---:|---:|---:|---:|---:|---:|")
-rows = [("produce-max", "produce, acks=1, fsync never", "produce", W),
-        ("produce-max-acks-all", "produce, acks=all, fsync always", "produce", W),
-        ("consume-catchup", "consume catch-up from disk (cold tail cache)", "consume", R)]
-for name, label, k, lim in rows:
+p("| run | MB/s | MiB/s | ratio to disk | fio before / after (MiB/s) | ratio to loopback TCP | ack p50 / p99 (ms) | broker RSS start / max (MiB) | exit |")
+p("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+rows = [("produce-max", "produce, acks=1, fsync never", "produce", ("w", "s2a", "s2b")),
+        ("produce-max-acks-all", "produce, acks=all, fsync always", "produce", ("w", "s2a", "s2b")),
+        ("consume-catchup", "consume catch-up from disk (cold tail cache)", "consume", ("r", "s2b", "s2c"))]
+for name, label, k, bracket in rows:
     j = load(name)
     v = mbs(j, k)
+    lim = near(*bracket)
     lt = f"{ms(lat(j,'ack','p50_ms'))} / {ms(lat(j,'ack','p99_ms'))}" if k == "produce" else "-"
-    p(f"| {label} | {f(v,0)} | {f(v*MIB if v else None,0)} | {ratio(v, lim)} of {'write' if k=='produce' else 'read'} | {ratio(v, NET)} | {lt} | {rss(j)} | {rc(name)} |")
+    p(f"| {label} | {f(v,0)} | {f(v*MIB if v else None,0)} | {ratio(v, lim)} of {'write' if k=='produce' else 'read'} | {near_txt(*bracket)} | {ratio(v, NET)} | {lt} | {rss(j)} | {rc(name)} |")
+p("\nRatios divide by the mean of the fio runs taken right before and right after each pair of runs "
+  "(the column \"fio before / after\"); section 1 has the whole run's start and end.")
 jb = load("catchup-backlog")
 if jb: p(f"\nCatch-up backlog: {jb['produce']['bytes']/1e9:.2f} GB in {jb['partitions']} partitions, then a graceful broker restart.")
 p("\nAck latencies at unlimited rate include queueing in the producers' buffers.")
@@ -531,8 +553,10 @@ if jb and base:
             cerr = [l.strip() for l in open(f"{out}/logs/bench-burst-catchup.log") if l.startswith("error:")][-1]
         except Exception: cerr = "see logs/bench-burst-catchup.log"
         cerr = f" **The catch-up run exited {crc}** (`{cerr}`), so it stopped before the end of the backlog."
-    ok3 = cu is not None and R and cu * MIB / R >= 0.8 and crc == "0"
-    p(f"| consumers catch up at disk read speed | unthrottled catch-up read right after the burst, no broker restart: {f(cu,0)} MB/s = {ratio(cu, R)} of fio read{cerr} "
+    R4 = near("r", "s4a", "s4b")
+    ok3 = cu is not None and R4 and cu * MIB / R4 >= 0.8 and crc == "0"
+    p(f"| consumers catch up at disk read speed | unthrottled catch-up read right after the burst, no broker restart: {f(cu,0)} MB/s = {ratio(cu, R4)} of fio read "
+      f"(fio before the step / after the catch-up: {near_txt('r', 's4a', 's4b')} MiB/s){cerr} "
       f"(the run's own drain, still throttled by --consume-rate: {f(statistics.mean(dr) if dr else None,0)} MB/s) | >= 80% | {'PASS' if ok3 else 'FAIL'} |")
     p("")
     p(f"Burst run: produce {f(mbs(jb,'produce'),0)} MB/s average, {jb['produce_failed']} failed; ack p99 over the whole run {ms(lat(jb,'ack','p99_ms'))} ms; "

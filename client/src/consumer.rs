@@ -58,6 +58,12 @@ pub struct ConsumerConfig {
     /// retried, from the same position, after reading the metadata again
     /// (default 30 s).
     pub retry_timeout: Duration,
+    /// After a poll that returned data, send the next fetch right away, so
+    /// the broker reads it (from disk, for a consumer catching up) while the
+    /// application processes this one, as Kafka's consumer does. The next
+    /// poll uses it if the positions are still the ones it was sent for.
+    /// Costs up to one more fetch response of memory (default true).
+    pub fetch_ahead: bool,
 }
 
 impl Default for ConsumerConfig {
@@ -69,7 +75,23 @@ impl Default for ConsumerConfig {
             partition_max_bytes: 1 << 20,
             max_batch_bytes: 64 << 20,
             retry_timeout: Duration::from_secs(30),
+            fetch_ahead: true,
         }
+    }
+}
+
+type FetchResults = Vec<Result<crate::client::FetchedPartition>>;
+
+/// A fetch sent ahead of the next poll (see [`ConsumerConfig::fetch_ahead`]).
+#[derive(Debug)]
+struct Ahead {
+    request: Vec<FetchRequestPartition>,
+    task: tokio::task::JoinHandle<FetchResults>,
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -101,6 +123,8 @@ pub struct Consumer {
     positions: BTreeMap<(String, u32), u64>,
     /// Since when every fetch failed with a retriable error.
     failing_since: Mutex<Option<Instant>>,
+    /// The fetch sent ahead, if any.
+    ahead: Mutex<Option<Ahead>>,
 }
 
 impl Consumer {
@@ -111,6 +135,7 @@ impl Consumer {
             config,
             positions: BTreeMap::new(),
             failing_since: Mutex::new(None),
+            ahead: Mutex::new(None),
         }
     }
 
@@ -244,10 +269,56 @@ impl Consumer {
 
     /// Moves the positions past the fetched records and returns them.
     pub(crate) fn apply(&mut self, fetched: Fetched) -> Vec<ConsumedRecord> {
+        let moved = !fetched.moves.is_empty();
         for (k, o) in fetched.moves {
             self.positions.insert(k, o);
         }
+        if moved && self.config.fetch_ahead {
+            self.send_ahead();
+        }
         fetched.records
+    }
+
+    /// The fetch for the current positions.
+    fn request(&self) -> Vec<FetchRequestPartition> {
+        self.positions
+            .iter()
+            .map(|((t, p), o)| FetchRequestPartition {
+                topic: t.clone(),
+                partition: *p,
+                offset: *o,
+                max_bytes: self.config.partition_max_bytes,
+            })
+            .collect()
+    }
+
+    /// Sends the fetch for the current positions in the background (on the
+    /// current tokio runtime; nothing outside one).
+    fn send_ahead(&self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let request = self.request();
+        let client = self.client.clone();
+        let (wait, min, max) = (
+            self.config.max_wait,
+            self.config.min_bytes,
+            self.config.max_bytes,
+        );
+        let req = request.clone();
+        let task = rt.spawn(async move { client.fetch_each(wait, min, max, &req).await });
+        *self.ahead.lock().unwrap_or_else(|p| p.into_inner()) = Some(Ahead { request, task });
+    }
+
+    /// Takes the fetch sent ahead if it was sent for `request`; drops
+    /// (aborts) it otherwise.
+    fn take_ahead(&self, request: &[FetchRequestPartition]) -> Option<Ahead> {
+        let a = self
+            .ahead
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()?;
+        (a.request == request).then_some(a)
     }
 
     /// Whether nothing is assigned.
@@ -279,25 +350,24 @@ impl Consumer {
                 "poll with nothing assigned (call assign first)".into(),
             ));
         }
-        let request: Vec<FetchRequestPartition> = self
-            .positions
-            .iter()
-            .map(|((t, p), o)| FetchRequestPartition {
-                topic: t.clone(),
-                partition: *p,
-                offset: *o,
-                max_bytes: self.config.partition_max_bytes,
-            })
-            .collect();
-        let fetched = self
-            .client
-            .fetch_each(
-                self.config.max_wait,
-                self.config.min_bytes,
-                self.config.max_bytes,
-                &request,
-            )
-            .await;
+        let request = self.request();
+        let ahead = match self.take_ahead(&request) {
+            Some(mut a) => (&mut a.task).await.ok(),
+            None => None,
+        };
+        let fetched = match ahead {
+            Some(f) => f,
+            None => {
+                self.client
+                    .fetch_each(
+                        self.config.max_wait,
+                        self.config.min_bytes,
+                        self.config.max_bytes,
+                        &request,
+                    )
+                    .await
+            }
+        };
         let mut out = Fetched::default();
         let mut decoded: Vec<DecodedRecord> = Vec::new();
         // A retriable failure of some partition, and whether any answered.

@@ -408,8 +408,15 @@ fn handle(state: &Mutex<State>, body: &[u8]) -> Action {
                         Some(log) => {
                             r.high_watermark = log.next;
                             r.payload_offset = data.len() as u32;
+                            let start = data.len();
                             for b in &log.batches {
                                 let h = BatchHeader::parse(b).unwrap();
+                                // Whole batches up to max_bytes, at least one.
+                                if data.len() > start
+                                    && data.len() - start + b.len() > e.max_bytes as usize
+                                {
+                                    break;
+                                }
                                 if h.next_offset() > e.offset {
                                     data.extend_from_slice(b);
                                 }
@@ -1472,4 +1479,79 @@ async fn produce_and_fetch_follow_the_partition_leader_through_a_failover() {
     );
     assert!(count(&a, |s| &s.fetch_requests) > 0);
     assert_eq!(count(&b, |s| &s.fetch_requests), 0);
+}
+
+#[tokio::test]
+async fn fetch_ahead_is_used_in_order_and_dropped_after_a_seek() {
+    let (addr, state) = start().await;
+    let client = Client::connect(config(&addr)).await.unwrap();
+    client
+        .create_topic("t", &TopicSettings::default())
+        .await
+        .unwrap();
+    // Small batches (one per send wave) and a small per-partition fetch, so
+    // reading them takes many polls.
+    for wave in 0..20 {
+        produce_values(
+            &client,
+            "t",
+            (0..10).map(|i| format!("{:04}", wave * 10 + i)),
+        )
+        .await;
+    }
+    let mut consumer = Consumer::new(
+        client.clone(),
+        ConsumerConfig {
+            max_wait: Duration::from_millis(20),
+            partition_max_bytes: 1,
+            ..ConsumerConfig::default()
+        },
+    );
+    consumer.seek("t", 0, 0);
+    let fetches = || state.lock().unwrap().fetch_requests.load(Ordering::SeqCst);
+    let before = fetches();
+    let first = consumer.poll().await.unwrap();
+    assert!(!first.is_empty() && first.len() < 200, "{}", first.len());
+    assert_eq!(first[0].offset, 0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(fetches(), before + 2, "no fetch was sent ahead");
+    // The fetch sent ahead was for the position after `first`: a seek back
+    // must not return it.
+    consumer.seek("t", 0, 3);
+    let again = consumer.poll().await.unwrap();
+    assert_eq!(
+        again[0].offset, 3,
+        "a seek was ignored by the fetch sent ahead"
+    );
+    // Reading on: every offset once, in order.
+    let mut got: Vec<u64> = again.iter().map(|r| r.offset).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while got.last() != Some(&199) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out at {got:?}"
+        );
+        got.extend(consumer.poll().await.unwrap().iter().map(|r| r.offset));
+    }
+    assert_eq!(got, (3..200).collect::<Vec<u64>>());
+    // Without fetch-ahead, the same.
+    let mut plain = Consumer::new(
+        client.clone(),
+        ConsumerConfig {
+            max_wait: Duration::from_millis(20),
+            partition_max_bytes: 1,
+            fetch_ahead: false,
+            ..ConsumerConfig::default()
+        },
+    );
+    plain.seek("t", 0, 0);
+    let mut got = Vec::new();
+    while got.last() != Some(&199) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out at {got:?}"
+        );
+        got.extend(plain.poll().await.unwrap().iter().map(|r| r.offset));
+    }
+    assert_eq!(got, (0..200).collect::<Vec<u64>>());
 }

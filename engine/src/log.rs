@@ -306,10 +306,7 @@ async fn scan_segment(
                     h.base_offset()
                 )
             } else {
-                format!(
-                    "batch offset {} where {next} was expected",
-                    h.base_offset()
-                )
+                format!("batch offset {} where {next} was expected", h.base_offset())
             });
             break;
         }
@@ -1452,7 +1449,12 @@ impl Log {
             let _ = std::fs::remove_file(&r.path);
             return None;
         }
-        match OpenOptions::new().read(true).write(true).dma_open(path).await {
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .dma_open(path)
+            .await
+        {
             Ok(f) => {
                 debug!(path = %path.display(), bytes = r.len, "reusing a recycled segment file");
                 Some((f, align_down(r.len)))
@@ -1966,7 +1968,10 @@ impl Log {
         }
         let (dir, recycle) = {
             let s = self.st.borrow();
-            (s.dir.clone(), s.cfg.recycle_segments && s.recycled.is_none())
+            (
+                s.dir.clone(),
+                s.cfg.recycle_segments && s.recycled.is_none(),
+            )
         };
         let count = doomed.len();
         // The newest doomed segment's file is kept for the next roll.
@@ -1976,7 +1981,10 @@ impl Log {
             let to = dir.join(segment_name(base, RECYCLE_EXT));
             match std::fs::rename(&from, &to) {
                 Ok(()) => {
-                    info!(segment = base, "retention: segment deleted, its file kept for reuse");
+                    info!(
+                        segment = base,
+                        "retention: segment deleted, its file kept for reuse"
+                    );
                     self.st.borrow_mut().recycled = Some(Recycled {
                         path: to,
                         len,

@@ -494,7 +494,11 @@ fn retired_segment_files_are_reused_and_their_batches_never_resurface() {
         assert!(recycled_files(dir.path()).is_empty());
         let active = *log.segment_bases().last().unwrap();
         let path = dir.path().join(format!("{active:020}.log"));
-        assert_eq!(std::fs::metadata(&path).unwrap().ino(), inode, "file not reused");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().ino(),
+            inode,
+            "file not reused"
+        );
         // A few more blocks (fewer than the old segment held, so its old
         // batches follow them), flushed, then a crash.
         for _ in 0..3 {
