@@ -479,7 +479,9 @@ async fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     f.fdatasync().await.map_err(|e| glommio_err(ctx(), e))?;
     f.close().await.map_err(|e| glommio_err(ctx(), e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_err(path.display().to_string(), e))
+    glommio::io::rename(&tmp, path)
+        .await
+        .map_err(|e| glommio_err(path.display().to_string(), e))
 }
 
 async fn write_index_files(
@@ -500,9 +502,26 @@ async fn write_index_files(
     .await
 }
 
-fn read_index_files(dir: &Path, base: u64) -> Option<(Summary, SegmentIndex)> {
-    let o = std::fs::read(dir.join(segment_name(base, "index"))).ok()?;
-    let t = std::fs::read(dir.join(segment_name(base, "timeindex"))).ok()?;
+/// Reads a whole small file through the shard's io_uring (direct I/O).
+/// `None` if it is missing or unreadable.
+async fn read_small_file(path: &Path) -> Option<Vec<u8>> {
+    let f = DmaFile::open(path).await.ok()?;
+    let res = async {
+        let size = f.file_size().await.ok()?;
+        if size == 0 {
+            return Some(Vec::new());
+        }
+        let r = f.read_at(0, size as usize).await.ok()?;
+        (r.len() as u64 == size).then(|| r.to_vec())
+    }
+    .await;
+    let _ = f.close().await;
+    res
+}
+
+async fn read_index_files(dir: &Path, base: u64) -> Option<(Summary, SegmentIndex)> {
+    let o = read_small_file(&dir.join(segment_name(base, "index"))).await?;
+    let t = read_small_file(&dir.join(segment_name(base, "timeindex"))).await?;
     let (s, offsets) = index::decode_offsets(&o)?;
     let (s2, times) = index::decode_times(&t)?;
     (s == s2).then_some((s, SegmentIndex { offsets, times }))
@@ -560,7 +579,7 @@ impl Log {
                     });
                 }
             }
-            let summary = match read_index_files(&dir, base) {
+            let summary = match read_index_files(&dir, base).await {
                 Some((s, _)) if s.covered_len == size => s,
                 _ => {
                     info!(segment = base, "rebuilding missing or damaged index");
@@ -653,7 +672,9 @@ impl Log {
             .await
             .map_err(|e| glommio_err(apath.display().to_string(), e))?;
         let mut index = SegmentIndex::default();
-        let (end, next_offset, max_ts, checkpointed) = match read_index_files(&dir, active_base) {
+        let (end, next_offset, max_ts, checkpointed) = match read_index_files(&dir, active_base)
+            .await
+        {
             Some((s, idx)) if clean && s.covered_len == size => {
                 debug!(
                     segment = active_base,
@@ -719,12 +740,12 @@ impl Log {
         size_bytes += end;
         let log_start = sealed.keys().next().copied().unwrap_or(active_base);
         let epoch_path = dir.join(EPOCH_FILE);
-        let mut epochs = match std::fs::read(&epoch_path) {
-            Ok(b) => EpochCache::decode(&b).unwrap_or_else(|| {
+        let mut epochs = match read_small_file(&epoch_path).await {
+            Some(b) => EpochCache::decode(&b).unwrap_or_else(|| {
                 warn!(file = %epoch_path.display(), "damaged leader-epoch checkpoint: starting it afresh");
                 EpochCache::default()
             }),
-            Err(_) => EpochCache::default(),
+            None => EpochCache::default(),
         };
         if epochs.truncate_from(next_offset) {
             // Epochs whose batches were lost in the crash.
@@ -1613,7 +1634,7 @@ impl Log {
             return Ok(i.clone());
         }
         let dir = self.st.borrow().dir.clone();
-        let idx = match read_index_files(&dir, base) {
+        let idx = match read_index_files(&dir, base).await {
             Some((_, idx)) => idx,
             None => {
                 // Rebuild a lost index of a sealed segment.
@@ -1931,11 +1952,13 @@ impl Log {
 
     /// Deletes whole sealed segments beyond the size or age limits, advancing
     /// the log start offset. Appends are not blocked. Returns segments deleted.
-    pub fn enforce_retention(&self) -> Result<usize> {
-        self.enforce_retention_at(now_ms())
+    /// The files are renamed and unlinked off the shard's thread (glommio's
+    /// blocking pool): unlinking a large segment can take milliseconds.
+    pub async fn enforce_retention(&self) -> Result<usize> {
+        self.enforce_retention_at(now_ms()).await
     }
 
-    pub fn enforce_retention_at(&self, now_ms: i64) -> Result<usize> {
+    pub async fn enforce_retention_at(&self, now_ms: i64) -> Result<usize> {
         let mut doomed = Vec::new();
         {
             let mut s = self.st.borrow_mut();
@@ -1979,30 +2002,38 @@ impl Log {
         if let Some((base, len, holder)) = keep {
             let from = dir.join(segment_name(base, "log"));
             let to = dir.join(segment_name(base, RECYCLE_EXT));
-            match std::fs::rename(&from, &to) {
+            match glommio::io::rename(&from, &to).await {
                 Ok(()) => {
                     info!(
                         segment = base,
                         "retention: segment deleted, its file kept for reuse"
                     );
-                    self.st.borrow_mut().recycled = Some(Recycled {
-                        path: to,
-                        len,
-                        holder,
-                    });
+                    let taken = self.st.borrow().recycled.is_some();
+                    if taken {
+                        // A concurrent retention pass kept one first.
+                        let _ = glommio::io::remove(&to).await;
+                    } else {
+                        self.st.borrow_mut().recycled = Some(Recycled {
+                            path: to,
+                            len,
+                            holder,
+                        });
+                    }
                     for ext in ["index", "timeindex"] {
-                        let _ = std::fs::remove_file(dir.join(segment_name(base, ext)));
+                        let _ = glommio::io::remove(dir.join(segment_name(base, ext))).await;
                     }
                 }
                 Err(_) => doomed.push((base, len, holder)),
             }
         }
-        for (base, _, _) in &doomed {
+        for (base, _, holder) in doomed {
             info!(segment = base, "retention: deleting segment");
+            drop(holder);
             for ext in ["log", "index", "timeindex"] {
-                let p = dir.join(segment_name(*base, ext));
-                if let Err(e) = std::fs::remove_file(&p) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
+                let p = dir.join(segment_name(base, ext));
+                if let Err(e) = glommio::io::remove(&p).await {
+                    let e = io::Error::from(e);
+                    if e.kind() != io::ErrorKind::NotFound {
                         return Err(io_err(format!("deleting {}", p.display()), e));
                     }
                 }
@@ -2038,7 +2069,7 @@ impl Log {
                 self.flush().await?;
             }
             if last_retention.elapsed() >= retention_every {
-                self.enforce_retention()?;
+                self.enforce_retention().await?;
                 last_retention = Instant::now();
             }
             self.release_if_idle().await?;

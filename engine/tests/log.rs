@@ -229,7 +229,7 @@ fn retention_by_size_and_age() {
         }
         let before = log.stats();
         assert!(before.size_bytes > 400 << 10);
-        let deleted = log.enforce_retention().unwrap();
+        let deleted = log.enforce_retention().await.unwrap();
         assert!(deleted > 5);
         let after = log.stats();
         assert!(after.size_bytes <= (100 << 10) + (32 << 10), "{after:?}");
@@ -267,7 +267,7 @@ fn retention_by_size_and_age() {
             log.append(make_batch(i, 1, 1000, now)).await.unwrap();
         }
         // Only segments with all records older than now - 1h go.
-        let deleted = log.enforce_retention_at(now + 1000).unwrap();
+        let deleted = log.enforce_retention_at(now + 1000).await.unwrap();
         assert!(deleted >= 2);
         let s = log.stats();
         assert!(s.log_start_offset > start);
@@ -275,7 +275,7 @@ fn retention_by_size_and_age() {
             s.log_start_offset <= 501,
             "deleted a segment holding fresh records: {s:?}"
         );
-        let deleted = log.enforce_retention_at(now + 3_600_001 + 1).unwrap();
+        let deleted = log.enforce_retention_at(now + 3_600_001 + 1).await.unwrap();
         assert!(deleted >= 1);
         assert_eq!(
             log.segment_bases().len(),
@@ -481,7 +481,7 @@ fn retired_segment_files_are_reused_and_their_batches_never_resurface() {
             log.append(block_batch(next)).await.unwrap();
             next += 1;
         }
-        assert!(log.enforce_retention().unwrap() >= 2);
+        assert!(log.enforce_retention().await.unwrap() >= 2);
         let kept = recycled_files(dir.path());
         assert_eq!(kept.len(), 1, "one retired file is kept: {kept:?}");
         let inode = std::fs::metadata(&kept[0]).unwrap().ino();
@@ -539,7 +539,7 @@ fn retired_segment_files_are_reused_and_their_batches_never_resurface() {
             next += 1;
         }
         log.flush().await.unwrap();
-        log.enforce_retention().unwrap();
+        log.enforce_retention().await.unwrap();
         assert_eq!(recycled_files(dir.path()).len(), 1);
         drop(log);
     });
@@ -551,7 +551,7 @@ fn retired_segment_files_are_reused_and_their_batches_never_resurface() {
             log.append(block_batch(next)).await.unwrap();
             next += 1;
         }
-        log.enforce_retention().unwrap();
+        log.enforce_retention().await.unwrap();
         assert_eq!(recycled_files(dir.path()).len(), 1);
         // A clean close deletes it.
         log.close().await.unwrap();
@@ -567,7 +567,7 @@ fn retired_segment_files_are_reused_and_their_batches_never_resurface() {
             log.append(block_batch(next)).await.unwrap();
             next += 1;
         }
-        assert!(log.enforce_retention().unwrap() >= 1);
+        assert!(log.enforce_retention().await.unwrap() >= 1);
         assert!(recycled_files(dir.path()).is_empty(), "recycling is off");
         log.close().await.unwrap();
     });
