@@ -1223,7 +1223,7 @@ impl Log {
             }
             listen.await;
         }
-        let (file, buf, pos) = {
+        let (file, buf, pos, skip) = {
             let mut s = self.st.borrow_mut();
             let a = &mut s.active;
             let buf = a.chunk.take().expect("a full chunk is present");
@@ -1231,7 +1231,18 @@ impl Log {
             a.chunk_pos += buf.len() as u64;
             a.fill = 0;
             a.inflight.insert(pos);
-            (a.file.clone(), buf, pos)
+            // Blocks that flushes of this chunk already wrote are skipped
+            // (the last block is always written).
+            let done = a.written_end.saturating_sub(pos).min(buf.len() as u64);
+            let skip = align_down(done).min(buf.len() as u64 - ALIGN) as usize;
+            (a.file.clone(), buf, pos, skip)
+        };
+        let (buf, write_pos) = if skip > 0 {
+            let mut rest = file.alloc_dma_buffer(buf.len() - skip);
+            rest.as_bytes_mut().copy_from_slice(&buf.as_bytes()[skip..]);
+            (rest, pos + skip as u64)
+        } else {
+            (buf, pos)
         };
         let st = self.st.clone();
         let io = self.io.clone();
@@ -1245,7 +1256,7 @@ impl Log {
                 listen.await;
             }
             let want = buf.len();
-            let res = file.write_at(buf, pos).await;
+            let res = file.write_at(buf, write_pos).await;
             {
                 let mut s = st.borrow_mut();
                 s.active.inflight.remove(&pos);
@@ -1280,12 +1291,19 @@ impl Log {
             let a = &mut s.active;
             let partial = if a.fill > 0 {
                 let chunk = a.chunk.as_ref().expect("fill > 0 implies a chunk");
-                let n = align_up(a.fill as u64) as usize;
+                // Only from the block where the last flush of this chunk
+                // ended: what lies before it is on disk already, and
+                // rewriting it at every group commit would multiply the
+                // bytes written under fsync=always with small batches.
+                let done = (a.written_end.saturating_sub(a.chunk_pos) as usize).min(a.fill);
+                let start = align_down(done as u64) as usize;
+                let n = align_up(a.fill as u64) as usize - start;
                 let mut buf = a.file.alloc_dma_buffer(n);
-                buf.as_bytes_mut()[..a.fill].copy_from_slice(&chunk.as_bytes()[..a.fill]);
-                buf.as_bytes_mut()[a.fill..].fill(0);
+                let have = a.fill - start;
+                buf.as_bytes_mut()[..have].copy_from_slice(&chunk.as_bytes()[start..a.fill]);
+                buf.as_bytes_mut()[have..].fill(0);
                 a.partial_inflight = true;
-                Some((buf, a.chunk_pos))
+                Some((buf, a.chunk_pos + start as u64))
             } else {
                 None
             };
