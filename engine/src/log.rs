@@ -22,6 +22,8 @@ use tracing::{debug, info, warn};
 
 const ALIGN: u64 = 4096;
 const CLEAN_MARKER: &str = "clean-shutdown";
+/// Largest buffer a disk read reserves up front.
+const MAX_READ_RESERVE: usize = 32 << 20;
 
 fn align_down(v: u64) -> u64 {
     v & !(ALIGN - 1)
@@ -1718,6 +1720,11 @@ impl Log {
         bound: u64,
     ) -> Result<()> {
         let want = out.next_offset;
+        if out.data.capacity() == 0 {
+            // A reader behind the tail cache usually fills its whole fetch:
+            // size the buffer once instead of growing (and copying) it.
+            out.data.reserve(max_bytes.min(MAX_READ_RESERVE));
+        }
         // Which segment holds `want`?
         let (seg_base, is_active) = {
             let s = self.st.borrow();
