@@ -252,3 +252,55 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     out
 }
+
+#[test]
+fn a_port_in_use_is_a_start_up_error_not_a_shared_listener() {
+    // The shards listen with SO_REUSEPORT; without a check, a second broker
+    // given the same port would start and take half of its connections.
+    let first = common::Broker::start("cli-port-a");
+    let dir = common::temp_dir("cli-port-b");
+    for (listen, admin) in [
+        (
+            first.addr.to_string(),
+            format!("127.0.0.1:{}", common::free_port()),
+        ),
+        (
+            format!("127.0.0.1:{}", common::free_port()),
+            first.admin.to_string(),
+        ),
+    ] {
+        let mut child = std::process::Command::new(common::levee_bin())
+            .args([
+                "serve",
+                "--listen",
+                &listen,
+                "--admin-listen",
+                &admin,
+                "--data-dir",
+            ])
+            .arg(dir.join("data"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("a second broker started on {listen} / {admin}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(!status.success());
+        assert!(err.contains("cannot listen on"), "{err}");
+    }
+    // The first broker is unaffected.
+    let (ok, _, err) = common::levee(&first.bootstrap(), &["topic", "list"], None);
+    assert!(ok, "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

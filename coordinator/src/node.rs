@@ -160,6 +160,15 @@ impl Coordinator {
         let logger = slog::Logger::root(slog::Fuse(TracingDrain), slog::o!());
         let node = RawNode::new(&raft_cfg, storage, &logger)
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        // glommio listens with SO_REUSEPORT, which would let another
+        // process listening the same way share (and split) this port: check
+        // with a plain bind first that nobody listens on it.
+        if addr.port() != 0 {
+            std::net::TcpListener::bind(addr).map_err(|e| StartError::Listen {
+                addr: addr.to_string(),
+                source: e,
+            })?;
+        }
         let listener = TcpListener::bind(addr).map_err(|e| StartError::Listen {
             addr: addr.to_string(),
             source: std::io::Error::other(e.to_string()),

@@ -25,6 +25,16 @@ struct Phases {
     failed: AtomicBool,
 }
 
+/// Fails if another socket already listens on `addr` (port 0 always passes).
+fn ensure_port_free(addr: std::net::SocketAddr, option: &str) -> Result<(), String> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    std::net::TcpListener::bind(addr).map(drop).map_err(|e| {
+        format!("cannot listen on {addr}: {e} (is another broker or coordinator using it? use {option})")
+    })
+}
+
 pub fn run(cfg: ServerConfig) -> Result<(), String> {
     cfg.validate().map_err(|e| e.to_string())?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
@@ -35,6 +45,14 @@ pub fn run(cfg: ServerConfig) -> Result<(), String> {
     })?;
     let _lock = lock_data_dir(&cfg)?;
     check_identity(&cfg)?;
+    // The shards listen with SO_REUSEPORT, which would also let them share
+    // a port with another process that listens the same way (another
+    // broker, a coordinator) and split its connections. Refuse instead.
+    let listen = cfg.listen_addr().map_err(|e| e.to_string())?;
+    ensure_port_free(listen, "--listen")?;
+    if let Some(admin) = cfg.admin_addr().map_err(|e| e.to_string())? {
+        ensure_port_free(admin, "--admin-listen")?;
+    }
     let peers = cfg.coordinator_peers().map_err(|e| e.to_string())?;
     // A cluster node takes its topics from the coordinators, not topics.toml.
     let topics = if peers.is_some() {

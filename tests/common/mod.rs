@@ -13,11 +13,23 @@ pub fn levee_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_levee"))
 }
 
+/// A loopback port nothing listens on, never the same twice in this test
+/// process: the kernel hands a released ephemeral port out again, and two
+/// nodes given the same port would share it (SO_REUSEPORT) instead of
+/// failing to start.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub fn temp_dir(name: &str) -> PathBuf {
