@@ -27,3 +27,25 @@ pub use state::{
     controller_actions, BrokerInfo, Command, Metadata, PartitionInfo, TopicConfig, TopicInfo,
 };
 pub use wire::{Applied, PeerStatus, Role, Status};
+
+/// Whether some process accepts TCP connections on `addr` (for an
+/// unspecified address, on loopback). glommio listeners use SO_REUSEPORT,
+/// which lets a second process listening the same way bind the same port
+/// and take a share of its connections; a listener checks this first to
+/// refuse a port in use. Port 0 never counts as in use.
+pub fn someone_listens(addr: std::net::SocketAddr) -> bool {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+    if addr.port() == 0 {
+        return false;
+    }
+    let ip = match addr.ip() {
+        IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    TcpStream::connect_timeout(
+        &SocketAddr::new(ip, addr.port()),
+        std::time::Duration::from_millis(300),
+    )
+    .is_ok()
+}

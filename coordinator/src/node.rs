@@ -161,13 +161,15 @@ impl Coordinator {
         let node = RawNode::new(&raft_cfg, storage, &logger)
             .map_err(|e| StartError::Raft(e.to_string()))?;
         // glommio listens with SO_REUSEPORT, which would let another
-        // process listening the same way share (and split) this port: check
-        // with a plain bind first that nobody listens on it.
-        if addr.port() != 0 {
-            std::net::TcpListener::bind(addr).map_err(|e| StartError::Listen {
+        // process listening the same way share (and split) this port.
+        if crate::someone_listens(addr) {
+            return Err(StartError::Listen {
                 addr: addr.to_string(),
-                source: e,
-            })?;
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another process listens there (another broker or coordinator?)",
+                ),
+            });
         }
         let listener = TcpListener::bind(addr).map_err(|e| StartError::Listen {
             addr: addr.to_string(),

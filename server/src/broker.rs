@@ -25,14 +25,16 @@ struct Phases {
     failed: AtomicBool,
 }
 
-/// Fails if another socket already listens on `addr` (port 0 always passes).
+/// Fails if another process already listens on `addr` (port 0 always
+/// passes). Tested by connecting, not by binding: a plain bind would also
+/// fail on the connections a just-stopped broker left behind on the port.
 fn ensure_port_free(addr: std::net::SocketAddr, option: &str) -> Result<(), String> {
-    if addr.port() == 0 {
-        return Ok(());
+    if levee_coordinator::someone_listens(addr) {
+        return Err(format!(
+            "cannot listen on {addr}: another process listens there (another broker or coordinator?); use {option}"
+        ));
     }
-    std::net::TcpListener::bind(addr).map(drop).map_err(|e| {
-        format!("cannot listen on {addr}: {e} (is another broker or coordinator using it? use {option})")
-    })
+    Ok(())
 }
 
 pub fn run(cfg: ServerConfig) -> Result<(), String> {
