@@ -28,12 +28,25 @@ pub use state::{
 };
 pub use wire::{Applied, PeerStatus, Role, Status};
 
-/// Whether some process accepts TCP connections on `addr` (for an
-/// unspecified address, on loopback). glommio listeners use SO_REUSEPORT,
-/// which lets a second process listening the same way bind the same port
-/// and take a share of its connections; a listener checks this first to
-/// refuse a port in use. Port 0 never counts as in use.
+/// Whether some process keeps accepting TCP connections on `addr` (for an
+/// unspecified address, on loopback) for 2 s. glommio listeners use
+/// SO_REUSEPORT, which lets a second process listening the same way bind
+/// the same port and take a share of its connections; a listener checks
+/// this first to refuse a port in use. A process killed just before still
+/// accepts for a few milliseconds (its io_uring, which holds the listening
+/// socket, is torn down after it exits), hence the retries. Port 0 never
+/// counts as in use.
 pub fn someone_listens(addr: std::net::SocketAddr) -> bool {
+    for _ in 0..20 {
+        if !accepts_now(addr) {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    true
+}
+
+fn accepts_now(addr: std::net::SocketAddr) -> bool {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
     if addr.port() == 0 {
         return false;
@@ -43,9 +56,11 @@ pub fn someone_listens(addr: std::net::SocketAddr) -> bool {
         IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         ip => ip,
     };
-    TcpStream::connect_timeout(
-        &SocketAddr::new(ip, addr.port()),
-        std::time::Duration::from_millis(300),
-    )
-    .is_ok()
+    let target = SocketAddr::new(ip, addr.port());
+    match TcpStream::connect_timeout(&target, std::time::Duration::from_millis(300)) {
+        // A connection to itself (the kernel picked the target port as the
+        // source port) means nobody listens.
+        Ok(s) => s.local_addr().ok() != Some(target),
+        Err(_) => false,
+    }
 }

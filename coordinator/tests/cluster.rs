@@ -17,15 +17,30 @@ use std::time::{Duration, Instant};
 
 const RPC: Duration = Duration::from_millis(1000);
 
-/// A free loopback port, never the same twice in this test process (the
-/// kernel hands released ephemeral ports out again).
+/// A loopback port nothing listens on, never the same twice in this test
+/// process. Picked outside the kernel's ephemeral range (32768 and up), so
+/// that no ephemeral port (a client's source port, a port the kernel hands
+/// out again after a node stopped) is ever one of the nodes' ports: two
+/// nodes on one port would share it (SO_REUSEPORT), and a node refuses to
+/// start on a port something else listens on.
 fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        ^ (u64::from(std::process::id()) << 32)
+        | 1;
     loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        if !given.contains(&port) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 20_000 + (x % 12_000) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             given.push(port);
             return port;
         }

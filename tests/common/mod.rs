@@ -14,18 +14,29 @@ pub fn levee_bin() -> PathBuf {
 }
 
 /// A loopback port nothing listens on, never the same twice in this test
-/// process: the kernel hands a released ephemeral port out again, and two
-/// nodes given the same port would share it (SO_REUSEPORT) instead of
-/// failing to start.
+/// process. Picked outside the kernel's ephemeral range (32768 and up), so
+/// that no ephemeral port (a client's source port, a port the kernel hands
+/// out again after a node stopped) is ever one of the nodes' ports: two
+/// nodes on one port would share it (SO_REUSEPORT), and a node refuses to
+/// start on a port something else listens on.
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        ^ (u64::from(std::process::id()) << 32)
+        | 1;
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free loopback port");
-        if !given.contains(&port) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 20_000 + (x % 12_000) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             given.push(port);
             return port;
         }
