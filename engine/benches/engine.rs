@@ -136,6 +136,79 @@ fn append(c: &mut Criterion) {
             });
         }
     }
+    // Steady state of a log at its retention limit: 64 MiB segments, 128 MiB
+    // retained, a retention pass every 10 ms, and 256 MiB appended untimed
+    // first, so every segment of the timed part reuses a retired file
+    // (`recycle_segments`) instead of newly allocated blocks.
+    for batch_bytes in [64 << 10, 1 << 20] {
+        let proto = batch_of(batch_bytes);
+        let id = BenchmarkId::new(
+            "fsync_always_at_retention",
+            format!("{}KiB", batch_bytes >> 10),
+        );
+        g.bench_function(id, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let dir = bench_dir();
+                    let proto = proto.clone();
+                    total += executor().run(async move {
+                        let mut cfg = LogConfig {
+                            fsync: FsyncPolicy::Always,
+                            segment_bytes: 64 << 20,
+                            retention_bytes: Some(128 << 20),
+                            ..LogConfig::default()
+                        };
+                        tune_from_env(&mut cfg);
+                        let log = Rc::new(Log::open(&dir, cfg).await.unwrap());
+                        let n = (APPEND_BYTES / proto.len() as u64).max(1) as usize;
+                        let stop = Rc::new(std::cell::Cell::new(false));
+                        let retention = {
+                            let (log, stop) = (log.clone(), stop.clone());
+                            glommio::spawn_local(async move {
+                                while !stop.get() {
+                                    log.enforce_retention().await.unwrap();
+                                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                                }
+                            })
+                        };
+                        let run = |log: Rc<Log>, proto: Vec<u8>| async move {
+                            let mut per_producer: Vec<Vec<Vec<u8>>> = vec![Vec::new(); producers()];
+                            for i in 0..n {
+                                let k = i % per_producer.len();
+                                per_producer[k].push(proto.clone());
+                            }
+                            let start = Instant::now();
+                            let mut tasks = Vec::new();
+                            for batches in per_producer {
+                                let log = log.clone();
+                                tasks.push(glommio::spawn_local(async move {
+                                    for b in batches {
+                                        log.append_durable(b).await.unwrap();
+                                    }
+                                }));
+                            }
+                            for t in tasks {
+                                t.await;
+                            }
+                            log.flush().await.unwrap();
+                            start.elapsed()
+                        };
+                        let _warm = run(log.clone(), proto.clone()).await;
+                        let el = run(log.clone(), proto).await;
+                        stop.set(true);
+                        retention.await;
+                        log.close().await.unwrap();
+                        drop(log);
+                        glommio::timer::sleep(Duration::from_millis(1)).await;
+                        let _ = std::fs::remove_dir_all(&dir);
+                        el
+                    });
+                }
+                total
+            })
+        });
+    }
     g.finish();
 }
 
