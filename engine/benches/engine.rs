@@ -73,6 +73,37 @@ fn producers() -> usize {
         .max(1)
 }
 
+/// Appends `APPEND_BYTES` of copies of `proto` from `producers()`
+/// concurrent producers, each waiting for its batch to be durable, then
+/// flushes; returns the time taken.
+async fn append_all(log: &Rc<Log>, proto: &[u8]) -> Duration {
+    let n = (APPEND_BYTES / proto.len() as u64).max(1) as usize;
+    // Batches arrive as owned buffers (from the network, in the broker):
+    // build them untimed.
+    let mut per_producer: Vec<Vec<Vec<u8>>> = vec![Vec::new(); producers()];
+    for i in 0..n {
+        let k = i % per_producer.len();
+        per_producer[k].push(proto.to_vec());
+    }
+    let start = Instant::now();
+    // Concurrent producers keep appends in flight so group commit has
+    // something to group.
+    let mut tasks = Vec::new();
+    for batches in per_producer {
+        let log = log.clone();
+        tasks.push(glommio::spawn_local(async move {
+            for b in batches {
+                log.append_durable(b).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await;
+    }
+    log.flush().await.unwrap();
+    start.elapsed()
+}
+
 fn append(c: &mut Criterion) {
     let mut g = c.benchmark_group("append");
     g.sample_size(10);
@@ -98,31 +129,7 @@ fn append(c: &mut Criterion) {
                             };
                             tune_from_env(&mut cfg);
                             let log = Rc::new(Log::open(&dir, cfg).await.unwrap());
-                            let n = (APPEND_BYTES / proto.len() as u64).max(1) as usize;
-                            // Batches arrive as owned buffers (from the
-                            // network, in the broker): build them untimed.
-                            let mut per_producer: Vec<Vec<Vec<u8>>> = vec![Vec::new(); producers()];
-                            for i in 0..n {
-                                let k = i % per_producer.len();
-                                per_producer[k].push(proto.clone());
-                            }
-                            let start = Instant::now();
-                            // Concurrent producers keep appends in flight so
-                            // group commit has something to group.
-                            let mut tasks = Vec::new();
-                            for batches in per_producer {
-                                let log = log.clone();
-                                tasks.push(glommio::spawn_local(async move {
-                                    for b in batches {
-                                        log.append_durable(b).await.unwrap();
-                                    }
-                                }));
-                            }
-                            for t in tasks {
-                                t.await;
-                            }
-                            log.flush().await.unwrap();
-                            let el = start.elapsed();
+                            let el = append_all(&log, &proto).await;
                             log.close().await.unwrap();
                             drop(log);
                             // Let the reactor run the files' asynchronous closes.
@@ -161,7 +168,6 @@ fn append(c: &mut Criterion) {
                         };
                         tune_from_env(&mut cfg);
                         let log = Rc::new(Log::open(&dir, cfg).await.unwrap());
-                        let n = (APPEND_BYTES / proto.len() as u64).max(1) as usize;
                         let stop = Rc::new(std::cell::Cell::new(false));
                         let retention = {
                             let (log, stop) = (log.clone(), stop.clone());
@@ -172,30 +178,8 @@ fn append(c: &mut Criterion) {
                                 }
                             })
                         };
-                        let run = |log: Rc<Log>, proto: Vec<u8>| async move {
-                            let mut per_producer: Vec<Vec<Vec<u8>>> = vec![Vec::new(); producers()];
-                            for i in 0..n {
-                                let k = i % per_producer.len();
-                                per_producer[k].push(proto.clone());
-                            }
-                            let start = Instant::now();
-                            let mut tasks = Vec::new();
-                            for batches in per_producer {
-                                let log = log.clone();
-                                tasks.push(glommio::spawn_local(async move {
-                                    for b in batches {
-                                        log.append_durable(b).await.unwrap();
-                                    }
-                                }));
-                            }
-                            for t in tasks {
-                                t.await;
-                            }
-                            log.flush().await.unwrap();
-                            start.elapsed()
-                        };
-                        let _warm = run(log.clone(), proto.clone()).await;
-                        let el = run(log.clone(), proto).await;
+                        let _warm = append_all(&log, &proto).await;
+                        let el = append_all(&log, &proto).await;
                         stop.set(true);
                         retention.await;
                         log.close().await.unwrap();

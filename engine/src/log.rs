@@ -2000,7 +2000,9 @@ impl Log {
                 if !(by_size || by_age) {
                     break;
                 }
-                let seg = s.sealed.remove(&base).expect("just seen");
+                let Some(seg) = s.sealed.remove(&base) else {
+                    break;
+                };
                 s.size_bytes -= len;
                 s.log_start = s.sealed.keys().next().copied().unwrap_or(s.active.base);
                 if let Some(i) = s.index_cache.map.remove(&base) {
