@@ -211,6 +211,19 @@ impl State {
         }
     }
 
+    /// Drops what reads keep: the tail cache, read-ahead windows, sealed
+    /// segments' indexes and file handles (all reloaded on demand).
+    fn drop_read_state(&mut self) {
+        self.cache.clear();
+        self.cache_bytes = 0;
+        self.prefetch.clear();
+        self.last_window.clear();
+        self.index_cache = IndexCache::default();
+        for sealed in self.sealed.values_mut() {
+            sealed.file = None;
+        }
+    }
+
     fn path(&self, base: u64, ext: &str) -> PathBuf {
         self.dir.join(segment_name(base, ext))
     }
@@ -1059,14 +1072,7 @@ impl Log {
             return Ok(());
         }
         s.active.chunk = None;
-        s.cache.clear();
-        s.cache_bytes = 0;
-        s.prefetch.clear();
-        s.last_window.clear();
-        s.index_cache = IndexCache::default();
-        for sealed in s.sealed.values_mut() {
-            sealed.file = None;
-        }
+        s.drop_read_state();
         s.released = true;
         debug!(dir = %s.dir.display(), "idle log released its memory");
         Ok(())
@@ -1180,17 +1186,7 @@ impl Log {
             return Err(e);
         }
         // Drop the old files before reopening.
-        {
-            let mut s = self.st.borrow_mut();
-            s.cache.clear();
-            s.cache_bytes = 0;
-            s.prefetch.clear();
-            s.last_window.clear();
-            s.index_cache = IndexCache::default();
-            for sealed in s.sealed.values_mut() {
-                sealed.file = None;
-            }
-        }
+        self.st.borrow_mut().drop_read_state();
         let reopened = match Log::open(&dir, cfg).await {
             Ok(l) => l,
             Err(e) => {
