@@ -62,14 +62,21 @@ fn batch_of(batch_bytes: usize) -> Vec<u8> {
 }
 
 const APPEND_BYTES: u64 = 256 << 20;
+/// Bytes the producers keep in flight together, whatever the batch size.
+const IN_FLIGHT_BYTES: usize = 16 << 20;
+
 /// Producers appending concurrently (each waits for its batch to be durable
 /// before sending the next, like a producer with one request in flight):
-/// 16, or `LEVEE_BENCH_PRODUCERS`.
-fn producers() -> usize {
+/// enough to keep `IN_FLIGHT_BYTES` in flight with batches of `batch_len`
+/// (16 for 1 MiB batches, 256 for 64 KiB), or `LEVEE_BENCH_PRODUCERS`.
+///
+/// Under `fsync = always` the bytes in flight, not the batch size, set how
+/// much one group commit can cover, so both batch sizes get the same.
+fn producers(batch_len: usize) -> usize {
     std::env::var("LEVEE_BENCH_PRODUCERS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(16)
+        .unwrap_or(IN_FLIGHT_BYTES / batch_len.max(1))
         .max(1)
 }
 
@@ -80,7 +87,7 @@ async fn append_all(log: &Rc<Log>, proto: &[u8]) -> Duration {
     let n = (APPEND_BYTES / proto.len() as u64).max(1) as usize;
     // Batches arrive as owned buffers (from the network, in the broker):
     // build them untimed.
-    let mut per_producer: Vec<Vec<Vec<u8>>> = vec![Vec::new(); producers()];
+    let mut per_producer: Vec<Vec<Vec<u8>>> = vec![Vec::new(); producers(proto.len())];
     for i in 0..n {
         let k = i % per_producer.len();
         per_producer[k].push(proto.to_vec());
