@@ -391,10 +391,50 @@ async fn sync_dir_async(dir: &Path) -> Result<()> {
     r
 }
 
+/// What `open` needs from the log's directory.
+struct Listing {
+    /// The last shutdown was clean (its marker is removed here).
+    clean: bool,
+    /// Segment base offsets and file sizes, in offset order.
+    segments: Vec<(u64, u64)>,
+}
+
+/// Creates the log directory if needed, consumes the clean-shutdown marker,
+/// deletes leftovers (temporary and recycled files) and lists the segments.
+/// Plain (blocking) file calls: `open` runs it on the blocking thread.
+fn list_log_dir(dir: &Path) -> Result<Listing> {
+    let listing = |e| io_err(format!("listing {}", dir.display()), e);
+    std::fs::create_dir_all(dir).map_err(|e| io_err(format!("creating {}", dir.display()), e))?;
+    let marker = dir.join(CLEAN_MARKER);
+    let clean = marker.exists();
+    if clean {
+        std::fs::remove_file(&marker).map_err(|e| io_err(marker.display().to_string(), e))?;
+    }
+    let mut segments = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(listing)? {
+        let e = e.map_err(listing)?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(stem) = name.strip_suffix(".log") {
+            if let Ok(b) = stem.parse::<u64>() {
+                let size = e
+                    .metadata()
+                    .map_err(|err| io_err(e.path().display().to_string(), err))?
+                    .len();
+                segments.push((b, size));
+            }
+        } else if name.ends_with(".tmp") || name.ends_with(&format!(".{RECYCLE_EXT}")) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    segments.sort_unstable();
+    Ok(Listing { clean, segments })
+}
+
 /// Cuts a closed log's files at the batch holding `offset`: later segments
 /// are deleted, the segment holding it is cut and its indexes removed (the
-/// reopen rebuilds them). Plain file calls: this runs rarely (a follower
-/// truncating after a leader change), on a log that is closed meanwhile.
+/// reopen rebuilds them). Plain (blocking) file calls: this runs rarely (a
+/// follower truncating after a leader change), on a log that is closed
+/// meanwhile, and `cut` runs it on the blocking thread.
 fn cut_files(dir: &Path, offset: u64, empty: bool) -> Result<()> {
     use std::os::unix::fs::FileExt;
     let mut bases = Vec::new();
@@ -548,30 +588,20 @@ impl Log {
     pub async fn open(dir: impl AsRef<Path>, cfg: LogConfig) -> Result<Log> {
         cfg.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| io_err(format!("creating {}", dir.display()), e))?;
+        // Directory calls have no io_uring form here: run them on the
+        // executor's blocking thread, not on the shard's.
+        let listing = {
+            let dir = dir.clone();
+            glommio::executor()
+                .spawn_blocking(move || list_log_dir(&dir))
+                .await?
+        };
         crate::probe::prepare_io_device(&dir).await?;
-        let marker = dir.join(CLEAN_MARKER);
-        let clean = marker.exists();
+        let clean = listing.clean;
         if clean {
-            std::fs::remove_file(&marker).map_err(|e| io_err(marker.display().to_string(), e))?;
             sync_dir_async(&dir).await?;
         }
-        let mut bases = Vec::new();
-        let entries =
-            std::fs::read_dir(&dir).map_err(|e| io_err(format!("listing {}", dir.display()), e))?;
-        for e in entries {
-            let e = e.map_err(|e| io_err(format!("listing {}", dir.display()), e))?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(stem) = name.strip_suffix(".log") {
-                if let Ok(b) = stem.parse::<u64>() {
-                    bases.push(b);
-                }
-            } else if name.ends_with(".tmp") || name.ends_with(&format!(".{RECYCLE_EXT}")) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-        bases.sort_unstable();
+        let (mut bases, sizes): (Vec<u64>, Vec<u64>) = listing.segments.into_iter().unzip();
         let mut stats = LogStats::default();
         let mut sealed = BTreeMap::new();
         let mut size_bytes = 0u64;
@@ -582,9 +612,7 @@ impl Log {
         while i + 1 < bases.len() {
             let base = bases[i];
             let path = dir.join(segment_name(base, "log"));
-            let size = std::fs::metadata(&path)
-                .map_err(|e| io_err(path.display().to_string(), e))?
-                .len();
+            let size = sizes[i];
             if let Some(exp) = expected_next {
                 if exp != base {
                     return Err(LogError::Corrupt {
@@ -621,12 +649,13 @@ impl Log {
                         stats.truncated_bytes += size - out.end;
                         for &later in &bases[i + 1..] {
                             for ext in ["log", "index", "timeindex"] {
-                                let _ = std::fs::remove_file(dir.join(segment_name(later, ext)));
+                                let _ =
+                                    glommio::io::remove(dir.join(segment_name(later, ext))).await;
                             }
                         }
                         sync_dir_async(&dir).await?;
                         for ext in ["index", "timeindex"] {
-                            let _ = std::fs::remove_file(dir.join(segment_name(base, ext)));
+                            let _ = glommio::io::remove(dir.join(segment_name(base, ext))).await;
                         }
                         bases.truncate(i + 1);
                         let _ = f.close().await;
@@ -668,7 +697,7 @@ impl Log {
             }
         }
         let apath = dir.join(segment_name(active_base, "log"));
-        let existed = apath.exists();
+        let existed = !bases.is_empty();
         let file = if existed {
             open_rw(&apath).await?
         } else {
@@ -1168,7 +1197,12 @@ impl Log {
         };
         let res = self.seal_active_files().await;
         let res = match res {
-            Ok(_) => cut_files(&dir, offset, empty),
+            Ok(_) => {
+                let dir = dir.clone();
+                glommio::executor()
+                    .spawn_blocking(move || cut_files(&dir, offset, empty))
+                    .await
+            }
             Err(e) => Err(e),
         };
         let res = match res {
@@ -1483,7 +1517,7 @@ impl Log {
         }
         if let Err(e) = glommio::io::rename(&r.path, path).await {
             warn!(from = %r.path.display(), error = %e, "could not reuse a recycled segment file: deleting it");
-            let _ = std::fs::remove_file(&r.path);
+            let _ = glommio::io::remove(&r.path).await;
             return None;
         }
         match OpenOptions::new()
@@ -1498,18 +1532,22 @@ impl Log {
             }
             Err(e) => {
                 warn!(path = %path.display(), error = %e, "could not open a recycled segment file: deleting it");
-                let _ = std::fs::remove_file(path);
+                let _ = glommio::io::remove(path).await;
                 None
             }
         }
     }
 
     /// Deletes the recycled file, if any.
-    fn remove_recycled(&self) {
-        if let Some(r) = self.st.borrow_mut().recycled.take() {
-            drop(r.holder);
-            if let Err(e) = std::fs::remove_file(&r.path) {
-                if e.kind() != std::io::ErrorKind::NotFound {
+    async fn remove_recycled(&self) {
+        let taken = self.st.borrow_mut().recycled.take();
+        if let Some(r) = taken {
+            if let Some(h) = r.holder {
+                let _ = h.close_rc().await;
+            }
+            if let Err(e) = glommio::io::remove(&r.path).await {
+                if !matches!(&e, glommio::GlommioError::IoError(io) if io.kind() == std::io::ErrorKind::NotFound)
+                {
                     warn!(path = %r.path.display(), error = %e, "could not delete a recycled segment file");
                 }
             }
@@ -2109,7 +2147,7 @@ impl Log {
         self.flush_locked().await?;
         self.st.borrow_mut().closed = true;
         let (dir, _, summary) = self.seal_active_files().await?;
-        self.remove_recycled();
+        self.remove_recycled().await;
         write_file_atomic(&dir.join(CLEAN_MARKER), b"").await?;
         sync_dir_async(&dir).await?;
         info!(dir = %dir.display(), next_offset = summary.next_offset, "closed log cleanly");
