@@ -1406,6 +1406,9 @@ impl Log {
                 (s.dir.clone(), a.base, idx, summary)
             })
         };
+        // Waiters are answered now, not after the index checkpoint below:
+        // it only shortens a later recovery scan.
+        self.flushed.notify();
         if let Some((dir, base, idx, summary)) = checkpoint {
             write_index_files(&dir, base, &idx, &summary).await?;
             self.st.borrow_mut().active.checkpointed = summary.covered_len;
