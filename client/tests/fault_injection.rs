@@ -719,6 +719,16 @@ fn config(addr: &str) -> ClientConfig {
     c
 }
 
+/// A client of the fake broker at `addr`, with topic "t" created.
+async fn client_with_topic_t(addr: &str) -> Client {
+    let client = Client::connect(config(addr)).await.unwrap();
+    client
+        .create_topic("t", &TopicSettings::default())
+        .await
+        .unwrap();
+    client
+}
+
 #[tokio::test]
 async fn admin_produce_consume_round_trip() {
     let (addr, _state) = start().await;
@@ -869,11 +879,7 @@ async fn unknown_topic_is_a_typed_error_naming_the_topic() {
 #[tokio::test]
 async fn acks_zero_and_retries() {
     let (addr, state) = start().await;
-    let client = Client::connect(config(&addr)).await.unwrap();
-    client
-        .create_topic("t", &TopicSettings::default())
-        .await
-        .unwrap();
+    let client = client_with_topic_t(&addr).await;
     let producer = Producer::new(
         client.clone(),
         ProducerConfig {
@@ -918,11 +924,7 @@ async fn acks_zero_and_retries() {
 #[tokio::test]
 async fn corrupt_fetch_is_a_checksum_error() {
     let (addr, state) = start().await;
-    let client = Client::connect(config(&addr)).await.unwrap();
-    client
-        .create_topic("t", &TopicSettings::default())
-        .await
-        .unwrap();
+    let client = client_with_topic_t(&addr).await;
     let producer = Producer::new(client.clone(), ProducerConfig::default());
     producer
         .send("t", None, b"hello".to_vec())
@@ -948,11 +950,7 @@ async fn corrupt_fetch_is_a_checksum_error() {
 #[tokio::test]
 async fn dead_connection_fails_pending_and_reconnects() {
     let (addr, state) = start().await;
-    let client = Client::connect(config(&addr)).await.unwrap();
-    client
-        .create_topic("t", &TopicSettings::default())
-        .await
-        .unwrap();
+    let client = client_with_topic_t(&addr).await;
     state
         .lock()
         .unwrap()
@@ -1324,11 +1322,7 @@ async fn expelled_member_joins_again_and_resumes_from_commits() {
 #[tokio::test]
 async fn reset_policy_applies_without_committed_offsets() {
     let (addr, _state) = start().await;
-    let client = Client::connect(config(&addr)).await.unwrap();
-    client
-        .create_topic("t", &TopicSettings::default())
-        .await
-        .unwrap();
+    let client = client_with_topic_t(&addr).await;
     produce_values(&client, "t", (0..5).map(|i| format!("old{i}"))).await;
 
     let err = GroupConsumer::join(client.clone(), group_config("e", OffsetReset::Error))
@@ -1484,11 +1478,7 @@ async fn produce_and_fetch_follow_the_partition_leader_through_a_failover() {
 #[tokio::test]
 async fn fetch_ahead_is_used_in_order_and_dropped_after_a_seek() {
     let (addr, state) = start().await;
-    let client = Client::connect(config(&addr)).await.unwrap();
-    client
-        .create_topic("t", &TopicSettings::default())
-        .await
-        .unwrap();
+    let client = client_with_topic_t(&addr).await;
     // Small batches (one per send wave) and a small per-partition fetch, so
     // reading them takes many polls.
     for wave in 0..20 {

@@ -169,15 +169,22 @@ pub fn validate_stored_header(bytes: &[u8], max_len: usize) -> Result<&BatchHead
     Ok(h)
 }
 
+/// The header at the front of `buf`. Every caller has checked that `buf`
+/// holds one (validation, or the header space a batch buffer starts with).
+fn header_mut(buf: &mut [u8]) -> &mut BatchHeader {
+    BatchHeader::mut_from_prefix(buf)
+        .map(|(h, _)| h)
+        .expect("buffer starts with a whole batch header")
+}
+
 /// Stamps the broker-assigned base offset and leader epoch and reseals the
 /// header CRC. The producer's CRC is untouched (it does not cover these).
 pub fn assign(bytes: &mut [u8], base_offset: u64, leader_epoch: i32) {
-    let (h, _) = BatchHeader::mut_from_prefix(bytes).expect("caller validated the header length");
+    let h = header_mut(bytes);
     h.base_offset = U64::new(base_offset);
     h.leader_epoch = I32::new(leader_epoch);
     let crc = header_crc_of(bytes);
-    let (h, _) = BatchHeader::mut_from_prefix(bytes).expect("caller validated the header length");
-    h.header_crc = U32::new(crc);
+    header_mut(bytes).header_crc = U32::new(crc);
 }
 
 /// One record to put in a batch.
@@ -351,7 +358,7 @@ pub fn finish_batch(
     assert!(len >= HEADER_LEN, "a batch buffer starts with header space");
     buf[..HEADER_LEN].fill(0);
     {
-        let (h, _) = BatchHeader::mut_from_prefix(&mut buf[..]).expect("buffer holds a header");
+        let h = header_mut(&mut buf);
         h.batch_len = U32::new(len as u32);
         h.magic = MAGIC;
         h.attributes = U16::new(meta.compression as u16);
@@ -363,13 +370,9 @@ pub fn finish_batch(
         h.producer_id = I64::new(meta.producer_id);
     }
     let crc = crc32c::crc32c(&buf[CRC_START..]);
-    {
-        let (h, _) = BatchHeader::mut_from_prefix(&mut buf[..]).expect("buffer holds a header");
-        h.crc = U32::new(crc);
-    }
+    header_mut(&mut buf).crc = U32::new(crc);
     let hcrc = header_crc_of(&buf);
-    let (h, _) = BatchHeader::mut_from_prefix(&mut buf[..]).expect("buffer holds a header");
-    h.header_crc = U32::new(hcrc);
+    header_mut(&mut buf).header_crc = U32::new(hcrc);
     buf
 }
 
