@@ -339,7 +339,7 @@ async fn run_shard(
             let l = TcpListener::bind(admin).map_err(|e| {
                 format!("cannot listen on admin address {admin}: {e} (use --admin-listen)")
             })?;
-            glommio::spawn_local(crate::admin::serve(shard.clone(), l)).detach();
+            glommio::spawn_local(crate::net::admin::serve(shard.clone(), l)).detach();
         }
     }
     phases.ready.fetch_add(1, Ordering::SeqCst);
@@ -348,7 +348,8 @@ async fn run_shard(
         loop {
             match listener.accept().await {
                 Ok(stream) => {
-                    glommio::spawn_local(crate::conn::serve(accept_shard.clone(), stream)).detach();
+                    glommio::spawn_local(crate::net::native::serve(accept_shard.clone(), stream))
+                        .detach();
                 }
                 Err(e) => {
                     warn!(error = %e, "accept failed");

@@ -169,7 +169,7 @@ pub struct Partition {
     pub log: Log,
     pub appended: LocalEvent,
     /// Replication state (role, epoch, ISR, high watermark).
-    pub repl: RefCell<crate::replica::Repl>,
+    pub repl: RefCell<crate::replication::Repl>,
     /// Notified when the high watermark moves or the role changes.
     pub hw_changed: LocalEvent,
     max_backlog: Option<u64>,
@@ -436,10 +436,10 @@ impl Shard {
             let dir = topics::partition_dir(&self.cfg.data_dir, name, p);
             let log = Log::open(&dir, cfg).await.map_err(OpError::from_log)?;
             let end = log.log_end_offset();
-            let mut repl = crate::replica::Repl::single();
+            let mut repl = crate::replication::Repl::single();
             if self.cluster.is_some() {
                 // Offline until the metadata names a role.
-                repl.role = crate::replica::Role::Offline;
+                repl.role = crate::replication::Role::Offline;
             }
             let part = Rc::new(Partition {
                 topic: name.to_string(),
@@ -577,7 +577,7 @@ impl Shard {
                     let p = self.partition(&topic, partition)?;
                     let visible = match replica {
                         Some((node, epoch)) => {
-                            crate::replica::check_replica_fetch(&p, epoch)?;
+                            crate::replication::check_replica_fetch(&p, epoch)?;
                             if offset > p.log.log_end_offset() {
                                 return Err(OpError::new(
                                     ErrorCode::OffsetOutOfRange,
@@ -995,7 +995,7 @@ async fn produce(
     p.check_leader()?;
     let (clustered, epoch) = {
         let r = p.repl.borrow();
-        if r.role == crate::replica::Role::Leader && acks == -1 {
+        if r.role == crate::replication::Role::Leader && acks == -1 {
             let isr = r.isr.len();
             if isr < r.min_insync {
                 return Err(OpError::new(
@@ -1011,9 +1011,9 @@ async fn produce(
                 ));
             }
         }
-        (r.role == crate::replica::Role::Leader, r.epoch)
+        (r.role == crate::replication::Role::Leader, r.epoch)
     };
-    let batch_epoch = crate::replica::batch_epoch(epoch);
+    let batch_epoch = crate::replication::batch_epoch(epoch);
     let mut bounds = Vec::new();
     let mut pos = 0usize;
     let mut msgs = 0u64;
@@ -1068,7 +1068,8 @@ async fn produce(
             data.as_ref().map(|d| d[r].to_vec()).unwrap_or_default()
         };
         // Leadership may have moved while an earlier batch was appended.
-        if clustered && (p.role() != crate::replica::Role::Leader || p.repl.borrow().epoch != epoch)
+        if clustered
+            && (p.role() != crate::replication::Role::Leader || p.repl.borrow().epoch != epoch)
         {
             p.check_leader()?;
         }
@@ -1107,7 +1108,7 @@ async fn produce(
             }
         }
         if clustered {
-            crate::replica::wait_committed(p, epoch, last, timeout).await?;
+            crate::replication::wait_committed(p, epoch, last, timeout).await?;
         }
     }
     Ok(OpOk::Produced {

@@ -4,7 +4,9 @@
 //! with the coordinator quorum, heartbeats its leader, and polls the
 //! coordinators for metadata. The newest metadata is published in a
 //! [`ClusterView`]; each shard watches its version and applies changes to
-//! the partitions it owns (see `replica.rs`).
+//! the partitions it owns (see `replication/`).
+
+pub mod admin;
 
 use levee_coordinator::{Command, Metadata};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -342,7 +342,7 @@ async fn process(
             };
             let name = c.name;
             if let Some(view) = shard.cluster.clone() {
-                let res = crate::replica_admin::create_topic(shard, &view, &name, meta).await;
+                let res = crate::cluster::admin::create_topic(shard, &view, &name, meta).await;
                 return Ok((topic_result(name, res), none()));
             }
             let res = shard
@@ -359,7 +359,7 @@ async fn process(
         Request::DeleteTopic(d) => {
             let name = d.name;
             if let Some(view) = shard.cluster.clone() {
-                let res = crate::replica_admin::delete_topic(shard, &view, &name).await;
+                let res = crate::cluster::admin::delete_topic(shard, &view, &name).await;
                 return Ok((topic_result(name, res), none()));
             }
             let res = shard.call(0, Op::DeleteTopic { name: name.clone() }).await;
@@ -524,7 +524,7 @@ async fn process(
         Request::ClusterStatus(_) => match shard.cluster.clone() {
             Some(view) => Ok((
                 Response::ClusterStatusResponse(Box::new(
-                    crate::replica_admin::cluster_status(&view).await,
+                    crate::cluster::admin::cluster_status(&view).await,
                 )),
                 none(),
             )),
