@@ -6,9 +6,10 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// One topic's settings, mirroring the broker's `TopicMeta`. `-1` / empty
-/// means "the broker default".
+/// One topic's settings, on a single node (in `topics.toml`) and in the
+/// cluster metadata. `-1` / empty means "the broker default".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TopicConfig {
     pub partitions: u32,
     pub replication_factor: u16,

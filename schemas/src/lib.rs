@@ -187,6 +187,8 @@ pub fn error_name(code: ErrorCode) -> &'static str {
         ErrorCode::NotEnoughReplicas => "not_enough_replicas",
         ErrorCode::FencedLeaderEpoch => "fenced_leader_epoch",
         ErrorCode::CoordinatorUnavailable => "coordinator_unavailable",
+        ErrorCode::InconsistentGroupProtocol => "inconsistent_group_protocol",
+        ErrorCode::MemberIdRequired => "member_id_required",
     }
 }
 

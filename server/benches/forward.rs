@@ -8,7 +8,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 use levee_engine::batch::{build_batch, Record};
 use levee_server::config::ServerConfig;
-use levee_server::shard::{Op, Shard};
+use levee_server::shard::Shard;
 use levee_server::topics::TopicMeta;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -110,20 +110,26 @@ fn bench(c: &mut Criterion) {
                             let owner = shard.owner("fwd", p);
                             let start = Instant::now();
                             for _ in 0..iters {
-                                let op = match kind {
-                                    Kind::Info => Op::Info {
-                                        topic: "fwd".into(),
-                                        partition: p,
-                                    },
-                                    Kind::Produce64K => Op::Produce {
-                                        topic: "fwd".into(),
-                                        partition: p,
-                                        acks: 1,
-                                        timeout: Duration::from_secs(10),
-                                        data: batch.clone(),
-                                    },
+                                let res = match kind {
+                                    Kind::Info => shard
+                                        .submit_to(owner, move |s| async move {
+                                            s.partition("fwd", p).map(|part| part.state())
+                                        })
+                                        .await
+                                        .map(drop),
+                                    Kind::Produce64K => {
+                                        let data = batch.clone();
+                                        shard
+                                            .submit_to(owner, move |s| async move {
+                                                s.partition("fwd", p)?
+                                                    .produce(1, Duration::from_secs(10), data)
+                                                    .await
+                                            })
+                                            .await
+                                            .map(drop)
+                                    }
                                 };
-                                if let Err(e) = shard.call(owner, op).await {
+                                if let Err(e) = res {
                                     panic!(
                                         "shard {id} (local partition {local}) to shard {owner} for partition {p} failed: {} {}",
                                         e.message,

@@ -295,7 +295,7 @@ async fn run_shard(
     cfg: Arc<ServerConfig>,
     phases: Arc<Phases>,
     topics: BTreeMap<String, TopicMeta>,
-    mesh: MeshBuilder<crate::shard::ShardMsg, glommio::channels::channel_mesh::Full>,
+    mesh: MeshBuilder<crate::shard::MeshMsg, glommio::channels::channel_mesh::Full>,
     n: usize,
     view: Option<Arc<crate::cluster::ClusterView>>,
 ) -> Result<(), String> {
@@ -324,7 +324,7 @@ async fn run_shard(
     let expiry_shard = shard.clone();
     let retention = Duration::from_millis(cfg.group_offsets_retention_ms);
     glommio::spawn_local(async move {
-        while !expiry_shard.shutting_down.get() {
+        while !expiry_shard.shutdown.is_set() {
             glommio::timer::sleep(Duration::from_secs(1).min(retention)).await;
             expiry_shard.groups.expire(retention).await;
         }
@@ -363,8 +363,7 @@ async fn run_shard(
     }
     // 1. Stop accepting; idle connections close, busy ones finish.
     drop(acceptor);
-    shard.shutting_down.set(true);
-    shard.shutdown_event.notify();
+    shard.shutdown.trigger();
     let limit = Duration::from_millis(cfg.shutdown_timeout_ms);
     let s = shard.clone();
     if !wait_until(|| s.inflight.available() >= s.inflight_limit, limit).await {

@@ -5,9 +5,12 @@
 pub mod broker;
 pub mod cluster;
 pub mod config;
+pub mod error;
 pub mod groups;
+pub mod handlers;
 pub mod metrics;
 pub mod net;
+pub mod partition;
 pub mod replication;
 pub mod shard;
 pub mod topics;

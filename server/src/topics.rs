@@ -3,6 +3,8 @@
 //! rename, fsync of the directory). Shard 0 writes it; every shard holds a
 //! copy, updated by messages from shard 0.
 
+use crate::error::OpError;
+use levee_schemas::proto::ErrorCode;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -10,18 +12,9 @@ use std::path::{Path, PathBuf};
 
 pub const TOPICS_FILE: &str = "topics.toml";
 
-/// One topic's settings. `-1` / empty means "the broker default".
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TopicMeta {
-    pub partitions: u32,
-    pub replication_factor: u16,
-    pub retention_bytes: i64,
-    pub retention_ms: i64,
-    pub fsync: String,
-    pub max_backlog_bytes: i64,
-    pub segment_bytes: i64,
-}
+/// One topic's settings (`-1` / empty: the broker default): the same type
+/// the coordinators replicate on a cluster.
+pub use levee_coordinator::TopicConfig as TopicMeta;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct TopicsFile {
@@ -72,6 +65,35 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     {
         return Err(format!(
             "topic name `{name}` has `{c}`; use only letters, digits, `.`, `_` and `-`"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a topic about to be created: its name, partition count,
+/// replication factor (above 1 only on a cluster), fsync policy and
+/// segment size. The one rule for a single node and a cluster.
+pub fn check_new_topic(name: &str, meta: &TopicMeta, cluster: bool) -> Result<(), OpError> {
+    let invalid = |m: String| OpError::new(ErrorCode::InvalidConfig, m);
+    validate_name(name).map_err(|m| OpError::new(ErrorCode::InvalidTopicName, m))?;
+    if meta.partitions == 0 || meta.partitions > 100_000 {
+        return Err(invalid(format!(
+            "partitions must be 1 to 100000, not {}",
+            meta.partitions
+        )));
+    }
+    if !cluster && meta.replication_factor != 1 {
+        return Err(invalid(format!(
+            "replication factor {} needs a cluster; a single node supports 1",
+            meta.replication_factor
+        )));
+    }
+    if !meta.fsync.is_empty() {
+        crate::config::parse_fsync(&meta.fsync).map_err(invalid)?;
+    }
+    if meta.segment_bytes >= 0 && !(4096..=(u32::MAX as i64)).contains(&meta.segment_bytes) {
+        return Err(invalid(
+            "segment_bytes must be between 4096 and 4 GiB".to_string(),
         ));
     }
     Ok(())

@@ -4,10 +4,10 @@
 //! thread pool, off the shard's reactor.
 
 use crate::cluster::ClusterView;
-use crate::config::parse_fsync;
-use crate::shard::{OpError, OpOk, OpResult, Shard};
+use crate::error::{OpError, OpResult};
+use crate::shard::Shard;
 use crate::topics::{self, TopicMeta};
-use levee_coordinator::{CoordError, TopicConfig};
+use levee_coordinator::CoordError;
 use levee_schemas::proto::{ClusterStatusResponse, ErrorCode, NodeStatus};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -41,7 +41,7 @@ async fn wait_applied(
     view: &ClusterView,
     version: u64,
     done: impl Fn(&Shard) -> bool,
-) -> OpResult {
+) -> OpResult<()> {
     let until = Instant::now() + COORD_TIMEOUT;
     while view.version() <= version || !done(shard) {
         if Instant::now() >= until {
@@ -52,7 +52,7 @@ async fn wait_applied(
         }
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
-    Ok(OpOk::Done)
+    Ok(())
 }
 
 pub async fn create_topic(
@@ -60,30 +60,12 @@ pub async fn create_topic(
     view: &Arc<ClusterView>,
     name: &str,
     meta: TopicMeta,
-) -> OpResult {
-    topics::validate_name(name).map_err(|m| OpError::new(ErrorCode::InvalidTopicName, m))?;
-    if meta.partitions == 0 || meta.partitions > 100_000 {
-        return Err(OpError::new(
-            ErrorCode::InvalidConfig,
-            format!("partitions must be 1 to 100000, not {}", meta.partitions),
-        ));
-    }
-    if !meta.fsync.is_empty() {
-        parse_fsync(&meta.fsync).map_err(|m| OpError::new(ErrorCode::InvalidConfig, m))?;
-    }
-    let config = TopicConfig {
-        partitions: meta.partitions,
-        replication_factor: meta.replication_factor,
-        retention_bytes: meta.retention_bytes,
-        retention_ms: meta.retention_ms,
-        fsync: meta.fsync.clone(),
-        max_backlog_bytes: meta.max_backlog_bytes,
-        segment_bytes: meta.segment_bytes,
-    };
+) -> OpResult<()> {
+    topics::check_new_topic(name, &meta, true)?;
     let (addrs, n) = (view.addrs(), name.to_string());
     let applied = glommio::executor()
         .spawn_blocking(move || {
-            levee_coordinator::client::create_topic(&addrs, &n, config, COORD_TIMEOUT)
+            levee_coordinator::client::create_topic(&addrs, &n, meta, COORD_TIMEOUT)
         })
         .await
         .map_err(coord_error)?;
@@ -91,7 +73,7 @@ pub async fn create_topic(
     wait_applied(shard, view, applied.version, |s| s.topic(name).is_some()).await
 }
 
-pub async fn delete_topic(shard: &Rc<Shard>, view: &Arc<ClusterView>, name: &str) -> OpResult {
+pub async fn delete_topic(shard: &Rc<Shard>, view: &Arc<ClusterView>, name: &str) -> OpResult<()> {
     if shard.topic(name).is_none() {
         return Err(OpError::new(
             ErrorCode::UnknownTopicOrPartition,

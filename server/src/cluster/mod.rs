@@ -7,6 +7,7 @@
 //! the partitions it owns (see `replication/`).
 
 pub mod admin;
+mod metadata;
 
 use levee_coordinator::{Command, Metadata};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

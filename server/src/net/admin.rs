@@ -3,7 +3,7 @@
 //! connection.
 
 use crate::metrics::{render, resident_bytes, Sample};
-use crate::shard::{Op, OpOk, Shard};
+use crate::shard::Shard;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use std::rc::Rc;
@@ -14,7 +14,7 @@ pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
     loop {
         let accept = async { Some(listener.accept().await) };
         let stop = async {
-            shard.shutdown_event.listen().await;
+            shard.shutdown.listen().await;
             None
         };
         match futures_lite::future::or(accept, stop).await {
@@ -34,7 +34,7 @@ pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
                 glommio::timer::sleep(Duration::from_millis(100)).await;
             }
         }
-        if shard.shutting_down.get() {
+        if shard.shutdown.is_set() {
             return;
         }
     }
@@ -78,7 +78,7 @@ async fn handle(shard: Rc<Shard>, mut stream: TcpStream) {
             let _ = respond(&mut stream, "200 OK", "text/plain; version=0.0.4", &body).await;
         }
         "/health" => {
-            if shard.shutting_down.get() {
+            if shard.shutdown.is_set() {
                 let _ = respond(
                     &mut stream,
                     "503 Service Unavailable",
@@ -104,11 +104,11 @@ async fn handle(shard: Rc<Shard>, mut stream: TcpStream) {
 
 async fn gather(shard: &Rc<Shard>) -> String {
     let tasks: Vec<_> = (0..shard.nshards)
-        .map(|s| glommio::spawn_local(shard.call(s, Op::Metrics)))
+        .map(|n| glommio::spawn_local(shard.submit_to(n, |s| async move { Ok(s.samples()) })))
         .collect();
     let mut samples = Vec::new();
     for t in tasks {
-        if let Ok(OpOk::Metrics(s)) = t.await {
+        if let Ok(s) = t.await {
             samples.extend(s);
         }
     }

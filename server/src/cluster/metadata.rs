@@ -1,0 +1,116 @@
+//! Each shard follows the cluster metadata: it adopts the topics the
+//! coordinators hold and gives every replica it owns the role the metadata
+//! names (leader, follower, offline) at the metadata's leader epoch.
+
+use crate::partition::Partition;
+use crate::replication::state::{batch_epoch, Placement, Role, Transition};
+use crate::shard::Shard;
+use crate::topics::TopicMeta;
+use levee_coordinator::Metadata;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+impl Shard {
+    /// Watches the cluster view and applies each new metadata version.
+    pub async fn run_metadata_watch(self: Rc<Self>) {
+        let Some(view) = self.cluster.clone() else {
+            return;
+        };
+        let mut seen = 0;
+        while !self.shutdown.is_set() {
+            let v = view.version();
+            if v != seen {
+                if let Some(md) = view.metadata() {
+                    self.apply_metadata(&md).await;
+                }
+                seen = v;
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Adopts topics and this shard's replicas' roles from the metadata.
+    pub async fn apply_metadata(self: &Rc<Self>, md: &Metadata) {
+        let me = u64::from(self.cfg.node_id);
+        let topics: BTreeMap<String, TopicMeta> = md
+            .topics
+            .iter()
+            .map(|(name, t)| (name.clone(), t.config.clone()))
+            .collect();
+        let gone: Vec<String> = self
+            .topic_names()
+            .into_iter()
+            .filter(|n| !topics.contains_key(n))
+            .collect();
+        self.set_topics(topics.clone());
+        for name in gone {
+            info!(topic = %name, "topic deleted by the cluster");
+            self.drop_topic(&name).await;
+        }
+        for (name, t) in &md.topics {
+            let meta = &topics[name];
+            for (i, pi) in t.partitions.iter().enumerate() {
+                let p = i as u32;
+                if self.owner(name, p) != self.id || !pi.replicas.contains(&me) {
+                    continue;
+                }
+                let part = match self.open_partition(name, p, meta).await {
+                    Ok(part) => part,
+                    Err(e) => {
+                        warn!(topic = %name, partition = p, error = %e.message, "cannot open a replica");
+                        continue;
+                    }
+                };
+                let pl = Placement {
+                    leader: pi.leader,
+                    leader_epoch: pi.leader_epoch,
+                    replicas: pi.replicas.clone(),
+                    isr: pi.isr.clone(),
+                };
+                self.apply_placement(&part, &pl).await;
+            }
+        }
+    }
+
+    async fn apply_placement(self: &Rc<Self>, part: &Rc<Partition>, pl: &Placement) {
+        let t = part.repl.borrow().classify(pl);
+        match t {
+            Transition::Stale => return,
+            Transition::Change(Role::Leader) => {
+                // Mark where this epoch starts before accepting any write in it.
+                if let Err(e) = part
+                    .log
+                    .assign_epoch_start(batch_epoch(pl.leader_epoch))
+                    .await
+                {
+                    warn!(topic = %part.topic, partition = part.partition, error = %e, "cannot start the leader epoch");
+                    return;
+                }
+            }
+            _ => {}
+        }
+        let end = part.log.log_end_offset();
+        part.repl
+            .borrow_mut()
+            .apply(pl, t, self.cfg.min_insync_replicas, end, Instant::now());
+        if let Transition::Change(role) = t {
+            info!(
+                topic = %part.topic,
+                partition = part.partition,
+                epoch = pl.leader_epoch,
+                leader = ?pl.leader,
+                role = ?role,
+                "replica role changed"
+            );
+            // Wake acks=all waiters and long polls so they see the change.
+            part.hw_changed.notify();
+            part.appended.notify();
+            if let (Role::Follower, Some(l)) = (role, pl.leader) {
+                self.ensure_fetcher(l);
+            }
+        }
+        part.recompute_hw();
+    }
+}

@@ -1,0 +1,45 @@
+//! Offset lookups: by time or position (ListOffsets), and where a leader
+//! epoch ends (for followers reconciling their logs).
+
+use crate::error::OpResult;
+use crate::shard::Shard;
+use std::rc::Rc;
+
+/// The offset for `spec` in each (topic, partition): -2 the log start, -1
+/// the log end, otherwise the first offset at or after that timestamp.
+pub async fn list_offsets(
+    shard: &Rc<Shard>,
+    wanted: Vec<(String, u32, i64)>,
+) -> Vec<(String, u32, OpResult<i64>)> {
+    super::await_topics(shard, wanted.iter().map(|w| w.0.as_str())).await;
+    let mut out = Vec::with_capacity(wanted.len());
+    for (topic, partition, spec) in wanted {
+        let res = match shard.check_partition(&topic, partition) {
+            Ok(()) => {
+                let t = topic.clone();
+                shard
+                    .submit_to(shard.owner(&topic, partition), move |s| async move {
+                        s.partition(&t, partition)?.list_offset(spec).await
+                    })
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        out.push((topic, partition, res));
+    }
+    out
+}
+
+/// Leader: (the largest epoch not above `epoch`, where it ends).
+pub async fn epoch_end(
+    shard: &Rc<Shard>,
+    topic: String,
+    partition: u32,
+    epoch: i64,
+) -> OpResult<(i64, i64)> {
+    shard
+        .submit_to(shard.owner(&topic, partition), move |s| async move {
+            s.partition(&topic, partition)?.epoch_end(epoch)
+        })
+        .await
+}

@@ -1,0 +1,126 @@
+//! Topic administration and description: create and delete (through shard
+//! 0's registry on a single node, through the coordinators on a cluster),
+//! list, describe.
+
+use crate::error::{OpError, OpResult};
+use crate::partition::PartitionState;
+use crate::shard::Shard;
+use crate::topics::TopicMeta;
+use levee_schemas::proto::ErrorCode;
+use std::rc::Rc;
+
+/// One partition, as described.
+#[derive(Debug, Clone)]
+pub struct PartitionDescription {
+    pub partition: u32,
+    /// The leader's node id (`None`: no leader now).
+    pub leader: Option<u32>,
+    /// The shard that owns it on its nodes.
+    pub shard: u32,
+    /// Offsets and size (zero where this node holds no replica).
+    pub state: PartitionState,
+    pub leader_epoch: u64,
+    pub replicas: Vec<u32>,
+    pub isr: Vec<u32>,
+}
+
+/// A topic, as described: its settings (the broker's fsync default filled
+/// in) and its partitions.
+#[derive(Debug, Clone)]
+pub struct TopicDescription {
+    pub name: String,
+    pub meta: TopicMeta,
+    pub partitions: Vec<PartitionDescription>,
+}
+
+pub async fn create(shard: &Rc<Shard>, name: String, meta: TopicMeta) -> OpResult<()> {
+    if let Some(view) = shard.cluster.clone() {
+        return crate::cluster::admin::create_topic(shard, &view, &name, meta).await;
+    }
+    shard
+        .submit_to(crate::shard::REGISTRY_SHARD, move |s| {
+            s.create_topic(name, meta)
+        })
+        .await
+}
+
+pub async fn delete(shard: &Rc<Shard>, name: String) -> OpResult<()> {
+    if let Some(view) = shard.cluster.clone() {
+        return crate::cluster::admin::delete_topic(shard, &view, &name).await;
+    }
+    shard
+        .submit_to(crate::shard::REGISTRY_SHARD, move |s| s.delete_topic(name))
+        .await
+}
+
+pub fn list(shard: &Shard) -> Vec<String> {
+    shard.topic_names()
+}
+
+/// Describes a topic: settings, and per partition its leader, replicas,
+/// ISR and (for replicas on this node) offsets and size.
+pub async fn describe(shard: &Rc<Shard>, name: &str) -> OpResult<TopicDescription> {
+    let Some(mut meta) = shard.topic(name) else {
+        return Err(OpError::new(
+            ErrorCode::UnknownTopicOrPartition,
+            format!("topic `{name}` does not exist"),
+        ));
+    };
+    if meta.fsync.is_empty() {
+        meta.fsync = shard.cfg.log.fsync.clone();
+    }
+    let placement = shard
+        .cluster
+        .as_ref()
+        .and_then(|v| v.metadata())
+        .and_then(|md| md.topics.get(name).cloned());
+    let me = u64::from(shard.cfg.node_id);
+    let tasks: Vec<_> = (0..meta.partitions)
+        .map(|p| {
+            let local = placement.as_ref().is_none_or(|t| {
+                t.partitions
+                    .get(p as usize)
+                    .is_some_and(|pi| pi.replicas.contains(&me))
+            });
+            let topic = name.to_string();
+            let task = local.then(|| {
+                glommio::spawn_local(shard.submit_to(shard.owner(name, p), move |s| async move {
+                    Ok(s.partition(&topic, p)?.state())
+                }))
+            });
+            (p, task)
+        })
+        .collect();
+    let ids = |v: &[u64]| v.iter().map(|&x| x as u32).collect::<Vec<u32>>();
+    let mut partitions = Vec::with_capacity(tasks.len());
+    for (p, t) in tasks {
+        let state = match t {
+            Some(t) => t.await.unwrap_or_default(),
+            None => PartitionState::default(),
+        };
+        let pi = placement
+            .as_ref()
+            .and_then(|t| t.partitions.get(p as usize).cloned());
+        partitions.push(PartitionDescription {
+            partition: p,
+            leader: match &pi {
+                Some(pi) => pi.leader.map(|l| l as u32),
+                None => Some(shard.cfg.node_id),
+            },
+            shard: shard.owner(name, p) as u32,
+            state,
+            leader_epoch: pi.as_ref().map_or(0, |pi| pi.leader_epoch),
+            replicas: pi
+                .as_ref()
+                .map_or(vec![shard.cfg.node_id], |pi| ids(&pi.replicas)),
+            isr: pi
+                .as_ref()
+                .map_or(vec![shard.cfg.node_id], |pi| ids(&pi.isr)),
+        });
+    }
+    Ok(TopicDescription {
+        name: name.to_string(),
+        meta,
+        partitions,
+    })
+}

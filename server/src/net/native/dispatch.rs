@@ -1,0 +1,549 @@
+//! The native protocol's requests, decoded, handed to the request layer
+//! (`handlers/`), and its results encoded as the protocol's responses.
+
+use crate::error::OpError;
+use crate::groups::state::{Join, Subscription};
+use crate::groups::{Assignment, JoinReply, OffsetCommit};
+use crate::handlers::{self, fetch::FetchPartition, fetch::FetchRequest};
+use crate::shard::Shard;
+use crate::topics::TopicMeta;
+use levee_schemas::payload_slice;
+use levee_schemas::proto::{self, ErrorCode, Request, Response};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// A response body and its payload chunks (fetched batches).
+pub type Processed = (Response, Vec<Vec<u8>>);
+
+fn err_fields(res: Result<(), OpError>) -> (ErrorCode, Option<String>) {
+    match res {
+        Ok(()) => (ErrorCode::None, None),
+        Err(e) => (e.code, Some(e.message)),
+    }
+}
+
+fn to_tp(a: &Assignment) -> Vec<proto::TopicPartitions> {
+    a.iter()
+        .map(|(t, ps)| proto::TopicPartitions {
+            topic: t.clone(),
+            partitions: Some(ps.clone()),
+        })
+        .collect()
+}
+
+fn committed(o: crate::groups::CommittedOffset) -> proto::CommittedOffset {
+    proto::CommittedOffset {
+        topic: o.topic,
+        partition: o.partition,
+        offset: o.committed.offset,
+        metadata: Some(o.committed.metadata),
+        commit_timestamp_ms: o.committed.timestamp_ms,
+    }
+}
+
+/// Executes one request; the result is the response body and its payload.
+pub async fn process(
+    shard: &Rc<Shard>,
+    req: Request,
+    payload: &[u8],
+    peer: &str,
+) -> Result<Processed, OpError> {
+    let none = Vec::new;
+    let resp = match req {
+        Request::Hello(_) => Response::HelloResponse(Box::new(proto::HelloResponse {
+            version: levee_schemas::PROTOCOL_VERSION,
+            server: Some(format!("levee {}", env!("CARGO_PKG_VERSION"))),
+            node_id: shard.cfg.node_id,
+            max_frame_bytes: shard.cfg.max_frame_bytes,
+        })),
+        Request::CreateTopic(c) => {
+            let meta = topic_meta(shard, c.config.map(|b| *b));
+            let res = handlers::topics::create(shard, c.name.clone(), meta).await;
+            topic_result(c.name, res)
+        }
+        Request::DeleteTopic(d) => {
+            let res = handlers::topics::delete(shard, d.name.clone()).await;
+            topic_result(d.name, res)
+        }
+        Request::ListTopics(_) => {
+            Response::ListTopicsResponse(Box::new(proto::ListTopicsResponse {
+                names: Some(handlers::topics::list(shard)),
+            }))
+        }
+        Request::DescribeTopic(d) => {
+            Response::TopicDescription(Box::new(describe(shard, &d.name).await))
+        }
+        Request::Metadata(m) => {
+            let names = match m.topics {
+                Some(t) if !t.is_empty() => t,
+                _ => handlers::topics::list(shard),
+            };
+            let mut topics = Vec::with_capacity(names.len());
+            for n in names {
+                topics.push(describe(shard, &n).await);
+            }
+            let brokers = handlers::metadata::brokers(shard)
+                .into_iter()
+                .map(|b| proto::Broker {
+                    node_id: b.node_id,
+                    host: Some(b.host),
+                    port: b.port,
+                })
+                .collect();
+            Response::MetadataResponse(Box::new(proto::MetadataResponse {
+                brokers: Some(brokers),
+                topics: Some(topics),
+            }))
+        }
+        Request::Produce(p) => produce(shard, *p, payload).await?,
+        Request::Fetch(f) => return Ok(fetch(shard, *f).await),
+        Request::OffsetForLeaderEpoch(o) => {
+            let res = handlers::offsets::epoch_end(shard, o.topic, o.partition, o.epoch).await;
+            let mut r = proto::EpochEndOffset {
+                error: ErrorCode::None,
+                message: None,
+                epoch: -1,
+                end_offset: -1,
+            };
+            match res {
+                Ok((e, end)) => (r.epoch, r.end_offset) = (e, end),
+                Err(e) => (r.error, r.message) = (e.code, Some(e.message)),
+            }
+            Response::EpochEndOffset(Box::new(r))
+        }
+        Request::ClusterStatus(_) => {
+            Response::ClusterStatusResponse(Box::new(handlers::cluster::status(shard).await?))
+        }
+        Request::ListGroups(_) => {
+            let groups = handlers::groups::list(shard)
+                .await?
+                .into_iter()
+                .map(|(group, state, members, _)| proto::GroupSummary {
+                    group: Some(group),
+                    state: Some(state.into()),
+                    members: members as u32,
+                })
+                .collect();
+            Response::ListGroupsResponse(Box::new(proto::ListGroupsResponse {
+                groups: Some(groups),
+            }))
+        }
+        Request::ListOffsets(l) => {
+            let wanted = l
+                .partitions
+                .unwrap_or_default()
+                .into_iter()
+                .map(|lp| (lp.topic, lp.partition, lp.spec))
+                .collect();
+            let out = handlers::offsets::list_offsets(shard, wanted)
+                .await
+                .into_iter()
+                .map(|(topic, partition, res)| {
+                    let (offset, r) = match res {
+                        Ok(o) => (o, Ok(())),
+                        Err(e) => (-1, Err(e)),
+                    };
+                    let (error, message) = err_fields(r);
+                    proto::ListOffsetsPartitionResponse {
+                        topic: Some(topic),
+                        partition,
+                        error,
+                        message,
+                        offset,
+                    }
+                })
+                .collect();
+            Response::ListOffsetsResponse(Box::new(proto::ListOffsetsResponse {
+                partitions: Some(out),
+            }))
+        }
+        req @ (Request::JoinGroup(_)
+        | Request::Heartbeat(_)
+        | Request::LeaveGroup(_)
+        | Request::CommitOffsets(_)
+        | Request::FetchOffsets(_)
+        | Request::DescribeGroup(_)
+        | Request::DeleteGroup(_)) => group_request(shard, req, peer).await,
+    };
+    Ok((resp, none()))
+}
+
+/// The topic settings a CreateTopic asks for, with the broker's defaults.
+fn topic_meta(shard: &Shard, cfg: Option<proto::TopicConfig>) -> TopicMeta {
+    let d = &shard.cfg.log;
+    TopicMeta {
+        partitions: cfg
+            .as_ref()
+            .map(|c| c.partitions)
+            .filter(|&p| p > 0)
+            .unwrap_or(d.default_partitions),
+        replication_factor: cfg.as_ref().map_or(1, |c| c.replication_factor.max(1)),
+        retention_bytes: cfg.as_ref().map_or(-1, |c| c.retention_bytes),
+        retention_ms: cfg.as_ref().map_or(-1, |c| c.retention_ms),
+        fsync: cfg
+            .as_ref()
+            .and_then(|c| c.fsync.clone())
+            .unwrap_or_default(),
+        max_backlog_bytes: cfg.as_ref().map_or(-1, |c| c.max_backlog_bytes),
+        segment_bytes: cfg.as_ref().map_or(-1, |c| c.segment_bytes),
+    }
+}
+
+fn topic_result(name: String, res: Result<(), OpError>) -> Response {
+    let (error, message) = err_fields(res);
+    Response::TopicResult(Box::new(proto::TopicResult {
+        name: Some(name),
+        error,
+        message,
+    }))
+}
+
+async fn describe(shard: &Rc<Shard>, name: &str) -> proto::TopicDescription {
+    let d = match handlers::topics::describe(shard, name).await {
+        Ok(d) => d,
+        Err(e) => {
+            return proto::TopicDescription {
+                name: Some(name.to_string()),
+                error: e.code,
+                message: Some(e.message),
+                config: None,
+                partitions: None,
+            }
+        }
+    };
+    let m = &d.meta;
+    proto::TopicDescription {
+        name: Some(d.name),
+        error: ErrorCode::None,
+        message: None,
+        config: Some(Box::new(proto::TopicConfig {
+            partitions: m.partitions,
+            replication_factor: m.replication_factor,
+            retention_bytes: m.retention_bytes,
+            retention_ms: m.retention_ms,
+            fsync: Some(m.fsync.clone()),
+            max_backlog_bytes: m.max_backlog_bytes,
+            segment_bytes: m.segment_bytes,
+        })),
+        partitions: Some(
+            d.partitions
+                .into_iter()
+                .map(|p| proto::PartitionInfo {
+                    partition: p.partition,
+                    leader: p.leader.unwrap_or(u32::MAX),
+                    shard: p.shard,
+                    log_start_offset: p.state.log_start,
+                    log_end_offset: p.state.log_end,
+                    high_watermark: p.state.high_watermark,
+                    size_bytes: p.state.size_bytes,
+                    leader_epoch: p.leader_epoch,
+                    replicas: Some(p.replicas),
+                    isr: Some(p.isr),
+                })
+                .collect(),
+        ),
+    }
+}
+
+async fn produce(
+    shard: &Rc<Shard>,
+    p: proto::Produce,
+    payload: &[u8],
+) -> Result<Response, OpError> {
+    let timeout = Duration::from_millis(u64::from(p.timeout_ms.max(1)));
+    if !(-1..=1).contains(&p.acks) {
+        return Err(OpError::new(
+            ErrorCode::InvalidRequest,
+            format!("acks must be 0, 1 or -1 (all), not {}", p.acks),
+        ));
+    }
+    let parts = p
+        .partitions
+        .unwrap_or_default()
+        .into_iter()
+        .map(|pp| handlers::produce::ProducePartition {
+            data: payload_slice(payload, pp.payload_offset, pp.payload_len)
+                .map(<[u8]>::to_vec)
+                .map_err(|e| OpError::new(ErrorCode::InvalidRequest, e.to_string())),
+            topic: pp.topic,
+            partition: pp.partition,
+        })
+        .collect();
+    let out = handlers::produce::produce(shard, p.acks, timeout, parts)
+        .await
+        .into_iter()
+        .map(|(topic, partition, res)| {
+            let mut r = proto::ProducePartitionResponse {
+                topic: Some(topic),
+                partition,
+                error: ErrorCode::None,
+                message: None,
+                base_offset: 0,
+                last_offset: 0,
+                log_start_offset: 0,
+            };
+            match res {
+                Ok(p) => {
+                    (r.base_offset, r.last_offset, r.log_start_offset) =
+                        (p.base, p.last, p.log_start)
+                }
+                Err(e) => (r.error, r.message) = (e.code, Some(e.message)),
+            }
+            r
+        })
+        .collect();
+    Ok(Response::ProduceResponse(Box::new(
+        proto::ProduceResponse {
+            partitions: Some(out),
+        },
+    )))
+}
+
+async fn fetch(shard: &Rc<Shard>, f: proto::Fetch) -> Processed {
+    let parts = f.partitions.unwrap_or_default();
+    // The response must fit in one frame with room for its header.
+    let frame_room = (shard.cfg.max_frame_bytes as usize)
+        .saturating_sub(64 << 10)
+        .max(1);
+    let req = FetchRequest {
+        max_wait: Duration::from_millis(u64::from(f.max_wait_ms)),
+        min_bytes: f.min_bytes as usize,
+        max_bytes: (f.max_bytes as usize).min(frame_room),
+        replica: (f.replica_id >= 0).then_some(f.replica_id as u64),
+        partitions: parts
+            .iter()
+            .map(|fp| FetchPartition {
+                topic: fp.topic.clone(),
+                partition: fp.partition,
+                offset: fp.offset,
+                max_bytes: fp.max_bytes as usize,
+                leader_epoch: fp.leader_epoch,
+            })
+            .collect(),
+    };
+    let results = handlers::fetch::fetch(shard, req).await;
+    let mut out = Vec::with_capacity(parts.len());
+    let mut payload = Vec::new();
+    let mut offset = 0usize;
+    for (fp, res) in parts.into_iter().zip(results) {
+        let mut r = proto::FetchPartitionResponse {
+            topic: Some(fp.topic),
+            partition: fp.partition,
+            error: ErrorCode::None,
+            message: None,
+            high_watermark: 0,
+            log_start_offset: 0,
+            payload_offset: offset as u32,
+            payload_len: 0,
+        };
+        match res {
+            Ok(read) => {
+                r.high_watermark = read.state.high_watermark;
+                r.log_start_offset = read.state.log_start;
+                if !read.data.is_empty() {
+                    r.payload_len = read.data.len() as u32;
+                    offset += read.data.len();
+                    payload.push(read.data);
+                }
+            }
+            Err(e) => (r.error, r.message) = (e.code, Some(e.message)),
+        }
+        out.push(r);
+    }
+    (
+        Response::FetchResponse(Box::new(proto::FetchResponse {
+            partitions: Some(out),
+        })),
+        payload,
+    )
+}
+
+/// Consumer-group requests. Errors travel inside each request's own
+/// response type, as the schema says (the header's error is for
+/// undecodable requests).
+async fn group_request(shard: &Rc<Shard>, req: Request, peer: &str) -> Response {
+    let group_result = |group: String, res: Result<(), OpError>| {
+        let (error, message) = err_fields(res);
+        Response::GroupResult(Box::new(proto::GroupResult {
+            group: Some(group),
+            error,
+            message,
+        }))
+    };
+    let offsets_response =
+        |group: String,
+         res: Result<(Vec<proto::CommittedOffset>, Vec<proto::PartitionError>), OpError>| {
+            let (offsets, failed, r) = match res {
+                Ok((o, f)) => (Some(o), Some(f), Ok(())),
+                Err(e) => (None, None, Err(e)),
+            };
+            let (error, message) = err_fields(r);
+            Response::OffsetsResponse(Box::new(proto::OffsetsResponse {
+                group: Some(group),
+                error,
+                message,
+                offsets,
+                failed,
+            }))
+        };
+    match req {
+        Request::JoinGroup(j) => join(shard, *j, peer).await,
+        Request::Heartbeat(h) => {
+            let res =
+                handlers::groups::heartbeat(shard, h.group.clone(), h.member_id, h.generation)
+                    .await;
+            group_result(h.group, res)
+        }
+        Request::LeaveGroup(l) => {
+            let res = handlers::groups::leave(shard, l.group.clone(), l.member_id).await;
+            group_result(l.group, res)
+        }
+        Request::DeleteGroup(d) => {
+            let res = handlers::groups::delete(shard, d.group.clone()).await;
+            group_result(d.group, res)
+        }
+        Request::CommitOffsets(c) => {
+            let offsets = c
+                .offsets
+                .unwrap_or_default()
+                .into_iter()
+                .map(|o| OffsetCommit {
+                    topic: o.topic,
+                    partition: o.partition,
+                    offset: o.offset,
+                    metadata: o.metadata.unwrap_or_default(),
+                })
+                .collect();
+            let member = c.member_id.unwrap_or_default();
+            let res =
+                handlers::groups::commit(shard, c.group.clone(), member, c.generation, offsets)
+                    .await
+                    .map(|results| {
+                        let failed = results
+                            .into_iter()
+                            .filter_map(|(topic, partition, r)| {
+                                r.err().map(|e| proto::PartitionError {
+                                    topic: Some(topic),
+                                    partition,
+                                    error: e.code,
+                                    message: Some(e.message),
+                                })
+                            })
+                            .collect();
+                        (Vec::new(), failed)
+                    });
+            let mut resp = offsets_response(c.group, res);
+            // A successful commit carries no offsets (as before).
+            if let Response::OffsetsResponse(r) = &mut resp {
+                if r.error == ErrorCode::None {
+                    r.offsets = None;
+                }
+            }
+            resp
+        }
+        Request::FetchOffsets(f) => {
+            let wanted = f.partitions.map(|tps| {
+                tps.into_iter()
+                    .map(|tp| (tp.topic, tp.partitions.unwrap_or_default()))
+                    .collect()
+            });
+            let res = handlers::groups::fetch_offsets(shard, f.group.clone(), wanted)
+                .await
+                .map(|o| (o.into_iter().map(committed).collect(), Vec::new()));
+            let mut resp = offsets_response(f.group, res);
+            if let Response::OffsetsResponse(r) = &mut resp {
+                r.failed = None;
+            }
+            resp
+        }
+        Request::DescribeGroup(d) => {
+            let res = handlers::groups::describe(shard, d.group.clone()).await;
+            Response::GroupDescription(Box::new(match res {
+                Ok(g) => proto::GroupDescription {
+                    group: Some(g.group),
+                    error: ErrorCode::None,
+                    message: None,
+                    state: Some(g.state.into()),
+                    generation: g.generation,
+                    strategy: Some(g.protocol),
+                    members: Some(
+                        g.members
+                            .into_iter()
+                            .map(|m| proto::GroupMember {
+                                member_id: Some(m.member_id),
+                                client_id: Some(m.client_id),
+                                host: Some(m.host),
+                                assignment: Some(to_tp(&m.assignment)),
+                            })
+                            .collect(),
+                    ),
+                    offsets: Some(g.offsets.into_iter().map(committed).collect()),
+                },
+                Err(e) => proto::GroupDescription {
+                    group: Some(d.group),
+                    error: e.code,
+                    message: Some(e.message),
+                    state: None,
+                    generation: -1,
+                    strategy: None,
+                    members: None,
+                    offsets: None,
+                },
+            }))
+        }
+        _ => group_result(
+            String::new(),
+            Err(OpError::new(
+                ErrorCode::InvalidRequest,
+                "not a consumer-group request",
+            )),
+        ),
+    }
+}
+
+async fn join(shard: &Rc<Shard>, j: proto::JoinGroup, peer: &str) -> Response {
+    let clamp = |ms: u32| Duration::from_millis(u64::from(ms.clamp(1000, 300_000)));
+    let join = Join {
+        member_id: j.member_id.unwrap_or_default(),
+        fresh_id: String::new(),
+        require_known_id: false,
+        client_id: j.client_id.unwrap_or_default(),
+        host: peer.to_string(),
+        session_timeout: clamp(j.session_timeout_ms),
+        rebalance_timeout: clamp(j.rebalance_timeout_ms),
+        subscription: Subscription::Native {
+            topics: j.topics.unwrap_or_default(),
+            strategy: j.strategy,
+        },
+    };
+    let res = handlers::groups::join(shard, j.group, join).await;
+    Response::JoinGroupResponse(Box::new(match res {
+        Ok(JoinReply::Joined(r)) => proto::JoinGroupResponse {
+            error: ErrorCode::None,
+            message: None,
+            generation: r.generation,
+            member_id: Some(r.member_id),
+            strategy: Some(r.protocol),
+            assignment: Some(to_tp(&r.assignment)),
+            heartbeat_interval_ms: r.heartbeat_interval.as_millis() as u32,
+        },
+        Ok(JoinReply::MemberIdRequired(id)) => proto::JoinGroupResponse {
+            error: ErrorCode::MemberIdRequired,
+            message: Some("join again with this member id".into()),
+            generation: -1,
+            member_id: Some(id),
+            strategy: None,
+            assignment: None,
+            heartbeat_interval_ms: 0,
+        },
+        Err(e) => proto::JoinGroupResponse {
+            error: e.code,
+            message: Some(e.message),
+            generation: -1,
+            member_id: None,
+            strategy: None,
+            assignment: None,
+            heartbeat_interval_ms: 0,
+        },
+    }))
+}

@@ -1,0 +1,491 @@
+//! One partition replica on the shard that owns it: its log, its
+//! replication state and its counters, and everything done to it: append
+//! (produce), read (consumer and follower fetches), waiting for data,
+//! offset lookups. Nothing here knows a wire protocol or another shard.
+
+use crate::error::{OpError, OpResult};
+use crate::metrics::{label, Sample};
+use crate::replication::state::{batch_epoch, Name, ReplicaState, Role};
+use crate::shard::Shutdown;
+use levee_engine::batch::{BatchHeader, HEADER_LEN};
+use levee_engine::event::LocalEvent;
+use levee_engine::{Log, LogConfig};
+use levee_schemas::proto::ErrorCode;
+use std::cell::{Cell, RefCell};
+use std::path::Path;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tracing::warn;
+
+/// A partition's offsets and size, as fetches and descriptions report them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PartitionState {
+    pub log_start: u64,
+    pub log_end: u64,
+    pub high_watermark: u64,
+    pub size_bytes: u64,
+}
+
+/// What a produce appended.
+#[derive(Debug, Clone, Copy)]
+pub struct Produced {
+    pub base: u64,
+    pub last: u64,
+    pub log_start: u64,
+}
+
+/// Whole stored batches read for a fetch, and the partition's state.
+#[derive(Debug, Default)]
+pub struct ReadOut {
+    pub data: Vec<u8>,
+    pub state: PartitionState,
+}
+
+/// Who reads: a consumer (below the high watermark) or a follower replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader {
+    Consumer,
+    /// A follower: its node id and the leader epoch it knows (-1: unknown).
+    Replica {
+        node: u64,
+        epoch: i64,
+    },
+}
+
+#[derive(Default)]
+struct Counters {
+    bytes_in: Cell<u64>,
+    msgs_in: Cell<u64>,
+    bytes_out: Cell<u64>,
+    msgs_out: Cell<u64>,
+    /// Bytes appended since start-up, and of those the bytes the furthest
+    /// consumer has fetched: the backlog that `max_backlog_bytes` bounds.
+    produced: Cell<u64>,
+    consumed: Cell<u64>,
+    fetch_next: Cell<u64>,
+}
+
+/// One partition's log, replication state and counters.
+pub struct Partition {
+    pub topic: String,
+    pub partition: u32,
+    pub log: Log,
+    /// Notified on every append.
+    pub appended: LocalEvent,
+    /// Replication state (role, epoch, ISR, high watermark).
+    pub repl: RefCell<ReplicaState>,
+    /// Notified when the high watermark moves or the role changes.
+    pub hw_changed: LocalEvent,
+    max_backlog: Option<u64>,
+    counters: Counters,
+}
+
+fn add(c: &Cell<u64>, v: u64) {
+    c.set(c.get() + v);
+}
+
+impl Partition {
+    /// Opens (recovering if needed) the log in `dir` and starts its
+    /// background work (flushes, retention). `me` is this node; a cluster
+    /// replica starts offline until the metadata names its role.
+    pub async fn open(
+        topic: &str,
+        partition: u32,
+        dir: &Path,
+        cfg: LogConfig,
+        max_backlog: Option<u64>,
+        me: Option<u64>,
+    ) -> OpResult<Rc<Partition>> {
+        let log = Log::open(dir, cfg).await.map_err(OpError::from_log)?;
+        let end = log.log_end_offset();
+        let repl = match me {
+            Some(me) => ReplicaState::clustered(me),
+            None => ReplicaState::single(0),
+        };
+        let part = Rc::new(Partition {
+            topic: topic.to_string(),
+            partition,
+            log,
+            appended: LocalEvent::default(),
+            repl: RefCell::new(repl),
+            hw_changed: LocalEvent::default(),
+            max_backlog,
+            counters: Counters::default(),
+        });
+        part.counters.fetch_next.set(end);
+        let bg = part.clone();
+        glommio::spawn_local(async move {
+            if let Err(e) = bg.log.run_background().await {
+                warn!(topic = %bg.topic, partition = bg.partition, error = %e, "partition background work stopped");
+            }
+        })
+        .detach();
+        Ok(part)
+    }
+
+    pub fn name(&self) -> Name<'_> {
+        Name {
+            topic: &self.topic,
+            partition: self.partition,
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.repl.borrow().role
+    }
+
+    pub fn is_clustered(&self) -> bool {
+        self.repl.borrow().is_clustered()
+    }
+
+    /// Offsets below this are committed and visible to consumers.
+    pub fn high_watermark(&self) -> u64 {
+        self.repl.borrow().high_watermark(self.log.log_end_offset())
+    }
+
+    pub fn check_leader(&self) -> Result<(), OpError> {
+        self.repl.borrow().check_leader(self.name())
+    }
+
+    /// Leader: recomputes the HW; wakes `acks=all` waiters and consumers if it moved.
+    pub fn recompute_hw(&self) {
+        let end = self.log.log_end_offset();
+        if self.repl.borrow_mut().recompute_hw(end) {
+            self.hw_changed.notify();
+        }
+    }
+
+    pub fn backlog(&self) -> u64 {
+        let c = &self.counters;
+        c.produced.get().saturating_sub(c.consumed.get())
+    }
+
+    pub fn state(&self) -> PartitionState {
+        let st = self.log.stats();
+        PartitionState {
+            log_start: st.log_start_offset,
+            log_end: st.log_end_offset,
+            high_watermark: self.high_watermark(),
+            size_bytes: st.size_bytes,
+        }
+    }
+
+    /// Appends the batches of one produce request (`data`: whole batches
+    /// end to end) and, for `acks=all`, waits until the last is durable
+    /// (and replicated, on a cluster).
+    pub async fn produce(&self, acks: i8, timeout: Duration, data: Vec<u8>) -> OpResult<Produced> {
+        self.check_leader()?;
+        let epoch = {
+            let r = self.repl.borrow();
+            if acks == -1 {
+                r.check_acks_all(self.name())?;
+            }
+            r.epoch
+        };
+        let clustered = self.role() == Role::Leader;
+        let (bounds, msgs) = split_request(&data)?;
+        if let Some(max) = self.max_backlog {
+            if self.backlog() + data.len() as u64 > max {
+                return Err(OpError::new(
+                    ErrorCode::BacklogFull,
+                    format!(
+                        "partition {} of `{}` has a backlog of {} bytes, its max_backlog_bytes is {max}: consumers must catch up before more is accepted",
+                        self.partition, self.topic, self.backlog()
+                    ),
+                ));
+            }
+        }
+        let total = data.len() as u64;
+        let mut first = None;
+        let mut last = 0;
+        let single = bounds.len() == 1;
+        let mut data = Some(data);
+        for r in bounds {
+            let batch = if single {
+                data.take().unwrap_or_default()
+            } else {
+                data.as_ref().map(|d| d[r].to_vec()).unwrap_or_default()
+            };
+            // Leadership may have moved while an earlier batch was appended.
+            if clustered && (self.role() != Role::Leader || self.repl.borrow().epoch != epoch) {
+                self.check_leader()?;
+            }
+            let info = self
+                .log
+                .append_with_epoch(batch, batch_epoch(epoch))
+                .await
+                .map_err(OpError::from_log)?;
+            first.get_or_insert(info.base_offset);
+            last = info.last_offset;
+            self.appended.notify();
+        }
+        if clustered {
+            self.recompute_hw();
+        }
+        let c = &self.counters;
+        add(&c.bytes_in, total);
+        add(&c.msgs_in, msgs);
+        add(&c.produced, total);
+        if acks == -1 {
+            self.wait_durable(last, timeout).await?;
+            if clustered {
+                self.wait_committed(epoch, last, timeout).await?;
+            }
+        }
+        Ok(Produced {
+            base: first.unwrap_or(0),
+            last,
+            log_start: self.log.log_start_offset(),
+        })
+    }
+
+    async fn wait_durable(&self, last: u64, timeout: Duration) -> OpResult<()> {
+        let durable =
+            futures_lite::future::or(async { Some(self.log.wait_durable(last).await) }, async {
+                glommio::timer::sleep(timeout).await;
+                None
+            })
+            .await;
+        match durable {
+            Some(r) => r.map_err(OpError::from_log),
+            None => Err(OpError::new(
+                ErrorCode::RequestTimedOut,
+                format!(
+                    "the batch was appended but not flushed within {} ms",
+                    timeout.as_millis()
+                ),
+            )),
+        }
+    }
+
+    /// Waits (bounded by `timeout`) until the HW passes `last`, for acks=all.
+    async fn wait_committed(&self, epoch: u64, last: u64, timeout: Duration) -> OpResult<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let listen = self.hw_changed.listen();
+            let end = self.log.log_end_offset();
+            if self
+                .repl
+                .borrow()
+                .committed(self.name(), epoch, last, end)?
+            {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.repl.borrow().replication_timeout(timeout, last));
+            }
+            futures_lite::future::or(listen, glommio::timer::sleep(left)).await;
+        }
+    }
+
+    /// Reads whole batches from `offset`: for a consumer, only committed
+    /// ones (below the HW); for a follower, up to the log end, and the
+    /// fetch tells the leader what the follower holds.
+    pub async fn read(&self, offset: u64, max_bytes: usize, reader: Reader) -> OpResult<ReadOut> {
+        let (offset, visible) = match reader {
+            Reader::Replica { node, epoch } => {
+                self.repl.borrow().check_replica_fetch(self.name(), epoch)?;
+                let end = self.log.log_end_offset();
+                if offset > end {
+                    return Err(OpError::new(
+                        ErrorCode::OffsetOutOfRange,
+                        format!(
+                            "follower {node} fetches at {offset}, past the leader's log end {end}"
+                        ),
+                    ));
+                }
+                if self
+                    .repl
+                    .borrow_mut()
+                    .record_follower_fetch(node, offset, end, Instant::now())
+                {
+                    self.hw_changed.notify();
+                }
+                // A follower behind our log start gets our first batch and
+                // restarts its log there.
+                (offset.max(self.log.log_start_offset()), None)
+            }
+            Reader::Consumer => {
+                self.check_leader()?;
+                (offset, self.is_clustered().then(|| self.high_watermark()))
+            }
+        };
+        let out = self
+            .log
+            .read(offset, max_bytes, visible)
+            .await
+            .map_err(OpError::from_log)?;
+        if reader == Reader::Consumer {
+            self.note_fetch(offset, &out.data, out.log_end_offset);
+        }
+        Ok(ReadOut {
+            data: out.data,
+            state: self.state(),
+        })
+    }
+
+    /// Accounts a consumer fetch that returned `data` from `offset`:
+    /// batches past the furthest position any consumer reached count as
+    /// consumed.
+    fn note_fetch(&self, offset: u64, data: &[u8], log_end: u64) {
+        let c = &self.counters;
+        let mut msgs = 0u64;
+        let mut fresh = 0u64;
+        let start = c.fetch_next.get();
+        let mut next = start;
+        for b in levee_engine::batch::split_batches(data) {
+            if let Ok(h) = BatchHeader::parse(b) {
+                msgs += u64::from(h.record_count());
+                if h.base_offset() >= start {
+                    fresh += b.len() as u64;
+                }
+                next = next.max(h.next_offset());
+            }
+        }
+        add(&c.bytes_out, data.len() as u64);
+        add(&c.msgs_out, msgs);
+        if next >= log_end || offset >= log_end {
+            // This consumer is at the end: nothing is left behind it.
+            c.consumed.set(c.produced.get());
+            c.fetch_next.set(log_end);
+        } else if next > start {
+            add(&c.consumed, fresh);
+            c.fetch_next.set(next);
+        }
+    }
+
+    /// Completes when the partition has data at `offset` (committed data,
+    /// unless for a replica), its role changes, the broker stops, or `wait`
+    /// passes.
+    pub async fn wait_data(&self, offset: u64, wait: Duration, replica: bool, stop: &Shutdown) {
+        let deadline = Instant::now() + wait;
+        let role = (self.role(), self.repl.borrow().epoch);
+        loop {
+            let listen = if replica || !self.is_clustered() {
+                self.appended.listen()
+            } else {
+                self.hw_changed.listen()
+            };
+            let end = if replica {
+                self.log.log_end_offset()
+            } else {
+                self.high_watermark()
+            };
+            let changed = (self.role(), self.repl.borrow().epoch) != role;
+            if end > offset || changed || stop.is_set() {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            futures_lite::future::or(
+                futures_lite::future::or(listen, stop.listen()),
+                glommio::timer::sleep(left),
+            )
+            .await;
+        }
+    }
+
+    /// The offset for `spec`: -2 the log start, -1 the log end, otherwise
+    /// the first offset with a timestamp at or after `spec` (-1: none).
+    pub async fn list_offset(&self, spec: i64) -> OpResult<i64> {
+        match spec {
+            -2 => Ok(self.log.log_start_offset() as i64),
+            -1 => Ok(self.log.log_end_offset() as i64),
+            ts if ts >= 0 => Ok(self
+                .log
+                .offset_for_timestamp(ts)
+                .await
+                .map_err(OpError::from_log)?
+                .map_or(-1, |o| o as i64)),
+            other => Err(OpError::new(
+                ErrorCode::InvalidRequest,
+                format!("offset spec {other} is not -2 (earliest), -1 (latest) or a timestamp"),
+            )),
+        }
+    }
+
+    /// Leader: (the largest epoch not above `epoch`, where it ends), for a
+    /// follower reconciling its log (KIP-101).
+    pub fn epoch_end(&self, epoch: i64) -> OpResult<(i64, i64)> {
+        if self.role() != Role::Leader {
+            return Err(OpError::new(
+                ErrorCode::NotLeader,
+                format!(
+                    "this node does not lead partition {} of `{}`",
+                    self.partition, self.topic
+                ),
+            ));
+        }
+        let (e, end) = self
+            .log
+            .end_offset_for_epoch(batch_epoch(epoch.max(0) as u64));
+        Ok((i64::from(e), end as i64))
+    }
+
+    /// This partition's metric samples.
+    pub fn samples(&self, out: &mut Vec<Sample>) {
+        let l = format!(
+            "topic=\"{}\",partition=\"{}\"",
+            label(&self.topic),
+            self.partition
+        );
+        let st = self.state();
+        let c = &self.counters;
+        for (family, value) in [
+            ("levee_partition_bytes_in_total", c.bytes_in.get()),
+            ("levee_partition_messages_in_total", c.msgs_in.get()),
+            ("levee_partition_bytes_out_total", c.bytes_out.get()),
+            ("levee_partition_messages_out_total", c.msgs_out.get()),
+            ("levee_partition_log_end_offset", st.log_end),
+            ("levee_partition_log_start_offset", st.log_start),
+            ("levee_partition_size_bytes", st.size_bytes),
+            ("levee_partition_backlog_bytes", self.backlog()),
+        ] {
+            out.push(Sample::Value {
+                family,
+                labels: l.clone(),
+                value: value as f64,
+            });
+        }
+    }
+}
+
+/// Splits a produce request's data into whole batches: their byte ranges
+/// and the number of records in all of them.
+fn split_request(data: &[u8]) -> OpResult<(Vec<std::ops::Range<usize>>, u64)> {
+    let mut bounds = Vec::new();
+    let mut pos = 0usize;
+    let mut msgs = 0u64;
+    while pos < data.len() {
+        let rest = &data[pos..];
+        let h = BatchHeader::parse(rest).map_err(|e| {
+            OpError::new(
+                ErrorCode::CorruptBatch,
+                format!("record batch at byte {pos}: {e}"),
+            )
+        })?;
+        let len = h.len();
+        if len < HEADER_LEN || len > rest.len() {
+            return Err(OpError::new(
+                ErrorCode::CorruptBatch,
+                format!(
+                    "record batch at byte {pos} declares {len} bytes but {} remain",
+                    rest.len()
+                ),
+            ));
+        }
+        msgs += u64::from(h.record_count());
+        bounds.push(pos..pos + len);
+        pos += len;
+    }
+    if bounds.is_empty() {
+        return Err(OpError::new(
+            ErrorCode::InvalidRequest,
+            "produce carries no record batch",
+        ));
+    }
+    Ok((bounds, msgs))
+}

@@ -1,0 +1,335 @@
+//! The follower side of replication: one fetch stream per (this shard,
+//! leader node), long-polled and batched over every partition the shard
+//! follows from that leader. A partition that just became a follower first
+//! reconciles with its leader (KIP-101: truncate what the leader does not
+//! have); then the stream appends the leader's stored batches as they are
+//! (offsets and epochs kept, CRCs checked) and follows the leader's high
+//! watermark.
+
+use crate::partition::Partition;
+use crate::replication::state::{truncation_point, Role};
+use crate::shard::Shard;
+use levee_engine::batch::split_batches;
+use levee_engine::LogError;
+use levee_schemas::proto::{
+    ErrorCode, Fetch, FetchPartition, Hello, OffsetForLeaderEpoch, Request, RequestHeader,
+    Response, ResponseHeader,
+};
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+impl Shard {
+    /// Starts the fetch stream from `leader` unless it runs already.
+    pub(crate) fn ensure_fetcher(self: &Rc<Self>, leader: u64) {
+        if !self.fetchers.borrow_mut().insert(leader) {
+            return;
+        }
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            shard.run_fetcher(leader).await;
+            shard.fetchers.borrow_mut().remove(&leader);
+        })
+        .detach();
+    }
+
+    fn followed_from(&self, leader: u64) -> Vec<Rc<Partition>> {
+        self.all_partitions()
+            .into_iter()
+            .filter(|p| {
+                let r = p.repl.borrow();
+                r.role == Role::Follower && r.leader == Some(leader)
+            })
+            .collect()
+    }
+
+    /// One fetch stream: copies every partition this shard follows from
+    /// `leader`, until there is none left or the shard stops.
+    async fn run_fetcher(self: &Rc<Self>, leader: u64) {
+        let me = u64::from(self.cfg.node_id);
+        let mut conn: Option<PeerConn> = None;
+        let mut idle_since = Instant::now();
+        while !self.shutdown.is_set() {
+            let parts = self.followed_from(leader);
+            if parts.is_empty() {
+                if idle_since.elapsed() > Duration::from_secs(5) {
+                    return;
+                }
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            idle_since = Instant::now();
+            if conn.is_none() {
+                let addr = self
+                    .cluster
+                    .as_ref()
+                    .and_then(|v| v.metadata())
+                    .and_then(|md| md.brokers.get(&leader).map(|b| b.client_addr.clone()));
+                let Some(addr) = addr else {
+                    glommio::timer::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                match PeerConn::connect(&addr, me, self.cfg.max_frame_bytes as usize).await {
+                    Ok(c) => conn = Some(c),
+                    Err(e) => {
+                        debug!(leader, %addr, error = %e, "cannot connect to the leader");
+                        glommio::timer::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = conn.as_mut() else {
+                continue;
+            };
+            match self.fetch_round(c, &parts, me).await {
+                Ok(true) => {}
+                Ok(false) => glommio::timer::sleep(Duration::from_millis(50)).await,
+                Err(e) => {
+                    debug!(leader, error = %e, "replica fetch failed; reconnecting");
+                    conn = None;
+                    glommio::timer::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Reconciles partitions that need it, then fetches once for all of
+    /// them. `Ok(false)`: nothing useful happened (back off a little).
+    async fn fetch_round(
+        &self,
+        c: &mut PeerConn,
+        parts: &[Rc<Partition>],
+        me: u64,
+    ) -> Result<bool, String> {
+        let mut ready = Vec::with_capacity(parts.len());
+        for p in parts {
+            if p.repl.borrow().needs_reconcile {
+                if !reconcile(c, p).await? {
+                    continue;
+                }
+                p.repl.borrow_mut().needs_reconcile = false;
+            }
+            ready.push(p.clone());
+        }
+        if ready.is_empty() {
+            return Ok(false);
+        }
+        let req = Request::Fetch(Box::new(Fetch {
+            max_wait_ms: 500,
+            min_bytes: 1,
+            max_bytes: 8 << 20,
+            partitions: Some(
+                ready
+                    .iter()
+                    .map(|p| FetchPartition {
+                        topic: p.topic.clone(),
+                        partition: p.partition,
+                        offset: p.log.log_end_offset(),
+                        max_bytes: 1 << 20,
+                        leader_epoch: p.repl.borrow().epoch as i64,
+                    })
+                    .collect(),
+            ),
+            replica_id: me as i64,
+        }));
+        let (h, body, start) = c.call(req, Duration::from_secs(5)).await?;
+        let payload = &body[start..];
+        let Some(Response::FetchResponse(r)) = h.response else {
+            return Err(format!(
+                "replica fetch refused: {:?} {}",
+                h.error,
+                h.message.unwrap_or_default()
+            ));
+        };
+        let mut useful = false;
+        for (fp, p) in r.partitions.unwrap_or_default().into_iter().zip(&ready) {
+            if fp.error != ErrorCode::None {
+                debug!(topic = %p.topic, partition = p.partition, error = ?fp.error, message = ?fp.message, "replica fetch error");
+                if fp.error == ErrorCode::OffsetOutOfRange {
+                    p.repl.borrow_mut().needs_reconcile = true;
+                }
+                continue;
+            }
+            useful = true;
+            let data = levee_schemas::payload_slice(payload, fp.payload_offset, fp.payload_len)
+                .map_err(|e| e.to_string())?;
+            let mut last = None;
+            for b in split_batches(data) {
+                // The role may have changed while the fetch was out.
+                if p.role() != Role::Follower {
+                    break;
+                }
+                let mut res = p.log.append_replica(b.to_vec()).await;
+                if let Err(LogError::NotContiguous { expected, got }) = res {
+                    if got > expected && last.is_none() {
+                        // The leader's log starts after ours ends (retention
+                        // removed the rest): restart ours there.
+                        info!(topic = %p.topic, partition = p.partition, from = expected, to = got, "replica is behind the leader's log start; restarting it there");
+                        res = match p.log.reset_to(got).await {
+                            Ok(()) => p.log.append_replica(b.to_vec()).await,
+                            Err(e) => Err(e),
+                        };
+                    }
+                }
+                match res {
+                    Ok(info) => last = Some(info.last_offset),
+                    Err(LogError::NotContiguous { .. }) => {
+                        p.repl.borrow_mut().needs_reconcile = true;
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(topic = %p.topic, partition = p.partition, error = %e, "appending a replicated batch failed");
+                        p.repl.borrow_mut().needs_reconcile = true;
+                        break;
+                    }
+                }
+            }
+            if let Some(last) = last {
+                // Report only durable data under fsync=always.
+                if let Err(e) = p.log.wait_durable(last).await {
+                    warn!(topic = %p.topic, partition = p.partition, error = %e, "flushing replicated batches failed");
+                }
+                p.appended.notify();
+            }
+            let end = p.log.log_end_offset();
+            if p.repl.borrow_mut().follow_hw(fp.high_watermark, end) {
+                p.hw_changed.notify();
+            }
+        }
+        Ok(useful)
+    }
+}
+
+/// Follower: asks the leader where our latest epoch ends and truncates
+/// anything we hold past it. `Ok(false)`: try again later.
+async fn reconcile(c: &mut PeerConn, p: &Partition) -> Result<bool, String> {
+    let Some(epoch) = p.log.latest_epoch() else {
+        return Ok(true);
+    };
+    let req = Request::OffsetForLeaderEpoch(Box::new(OffsetForLeaderEpoch {
+        topic: p.topic.clone(),
+        partition: p.partition,
+        epoch: i64::from(epoch),
+    }));
+    let (h, _, _) = c.call(req, Duration::from_secs(5)).await?;
+    let r = match h.response {
+        Some(Response::EpochEndOffset(r)) if r.error == ErrorCode::None => r,
+        Some(Response::EpochEndOffset(r)) => {
+            debug!(topic = %p.topic, partition = p.partition, error = ?r.error, message = ?r.message, "epoch lookup refused");
+            return Ok(false);
+        }
+        _ => return Err(format!("epoch lookup failed: {:?}", h.message)),
+    };
+    let end = p.log.log_end_offset();
+    let cut = truncation_point(epoch, r.epoch, r.end_offset, end, |e| {
+        p.log.end_offset_for_epoch(e).1
+    });
+    if let Some(cut) = cut {
+        info!(
+            topic = %p.topic,
+            partition = p.partition,
+            from = end,
+            to = cut,
+            "truncating a suffix the leader does not have"
+        );
+        p.log.truncate_to(cut).await.map_err(|e| e.to_string())?;
+        p.repl.borrow_mut().truncated(cut);
+    }
+    Ok(true)
+}
+
+/// A connection from a follower shard to a leader's client listener.
+struct PeerConn {
+    stream: glommio::net::TcpStream,
+    next_id: Cell<u64>,
+    max_frame: usize,
+}
+
+impl PeerConn {
+    async fn connect(addr: &str, me: u64, max_frame: usize) -> Result<PeerConn, String> {
+        let stream = futures_lite::future::or(
+            async {
+                glommio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| e.to_string())
+            },
+            async {
+                glommio::timer::sleep(Duration::from_secs(2)).await;
+                Err("connect timed out".to_string())
+            },
+        )
+        .await?;
+        let _ = stream.set_nodelay(true);
+        let mut c = PeerConn {
+            stream,
+            next_id: Cell::new(1),
+            max_frame,
+        };
+        let (h, _, _) = c
+            .call(
+                Request::Hello(Box::new(Hello {
+                    client_id: Some(format!("levee-replica-{me}")),
+                    min_version: levee_schemas::PROTOCOL_VERSION,
+                    max_version: levee_schemas::PROTOCOL_VERSION,
+                })),
+                Duration::from_secs(2),
+            )
+            .await?;
+        if h.error != ErrorCode::None {
+            return Err(format!("hello refused: {:?}", h.message));
+        }
+        Ok(c)
+    }
+
+    /// Sends one request and reads its response: (header, frame body,
+    /// start of the payload in the body).
+    async fn call(
+        &mut self,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<(ResponseHeader, Vec<u8>, usize), String> {
+        use futures_lite::{AsyncReadExt, AsyncWriteExt};
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let frame = levee_schemas::request_frame(
+            &RequestHeader {
+                correlation_id: id,
+                request,
+            },
+            &[],
+        );
+        let max = self.max_frame;
+        let stream = &mut self.stream;
+        let io = async move {
+            stream.write_all(&frame).await.map_err(|e| e.to_string())?;
+            stream.flush().await.map_err(|e| e.to_string())?;
+            let mut prefix = [0u8; 4];
+            stream
+                .read_exact(&mut prefix)
+                .await
+                .map_err(|e| e.to_string())?;
+            let len = levee_schemas::frame_len(prefix, max).map_err(|e| e.to_string())?;
+            let mut body = vec![0u8; len];
+            stream
+                .read_exact(&mut body)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(body)
+        };
+        let body = futures_lite::future::or(io, async {
+            glommio::timer::sleep(timeout).await;
+            Err("no response in time".to_string())
+        })
+        .await?;
+        let (h, payload) = levee_schemas::decode_response(&body).map_err(|e| e.to_string())?;
+        let start = body.len() - payload.len();
+        if h.correlation_id != id {
+            return Err(format!(
+                "response {} does not match request {id}",
+                h.correlation_id
+            ));
+        }
+        Ok((h, body, start))
+    }
+}

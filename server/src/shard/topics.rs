@@ -1,0 +1,102 @@
+//! The topic registry of a single node: shard 0 owns `topics.toml`, writes
+//! a change durably, then has every shard open (or close and delete) the
+//! partitions it owns. On a cluster the coordinators own topics instead
+//! (`cluster/admin.rs`, `cluster/metadata.rs`).
+
+use super::Shard;
+use crate::error::{OpError, OpResult};
+use crate::topics::{self, TopicMeta};
+use levee_schemas::proto::ErrorCode;
+use std::rc::Rc;
+use tracing::{info, warn};
+
+/// The shard that owns the single-node topic registry.
+pub const REGISTRY_SHARD: usize = 0;
+
+impl Shard {
+    /// Shard 0: creates a topic (validated, stored, opened everywhere).
+    pub async fn create_topic(self: Rc<Self>, name: String, meta: TopicMeta) -> OpResult<()> {
+        let _l = self
+            .admin_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| OpError::shutting_down())?;
+        topics::check_new_topic(&name, &meta, false)?;
+        if self.topics.borrow().contains_key(&name) {
+            return Err(OpError::new(
+                ErrorCode::TopicAlreadyExists,
+                format!("topic `{name}` already exists"),
+            ));
+        }
+        let mut all = self.topics.borrow().clone();
+        all.insert(name.clone(), meta.clone());
+        self.store_registry(&all)?;
+        let res = self.broadcast(&name, Some(meta)).await;
+        info!(topic = %name, "created topic");
+        res
+    }
+
+    /// Shard 0: deletes a topic (stored, then closed and removed everywhere).
+    pub async fn delete_topic(self: Rc<Self>, name: String) -> OpResult<()> {
+        let _l = self
+            .admin_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| OpError::shutting_down())?;
+        if !self.topics.borrow().contains_key(&name) {
+            return Err(OpError::new(
+                ErrorCode::UnknownTopicOrPartition,
+                format!("topic `{name}` does not exist"),
+            ));
+        }
+        let mut all = self.topics.borrow().clone();
+        all.remove(&name);
+        self.store_registry(&all)?;
+        let res = self.broadcast(&name, None).await;
+        info!(topic = %name, "deleted topic");
+        res
+    }
+
+    fn store_registry(&self, all: &std::collections::BTreeMap<String, TopicMeta>) -> OpResult<()> {
+        topics::store(&self.cfg.data_dir, all).map_err(|e| {
+            OpError::new(
+                ErrorCode::StorageError,
+                format!("writing topic metadata: {e}"),
+            )
+        })
+    }
+
+    /// Has every shard adopt (`Some`) or drop (`None`) the topic.
+    async fn broadcast(self: &Rc<Self>, name: &str, meta: Option<TopicMeta>) -> OpResult<()> {
+        let tasks: Vec<_> = (0..self.nshards)
+            .map(|s| {
+                let (name, meta) = (name.to_string(), meta.clone());
+                glommio::spawn_local(self.submit_to(s, move |shard| async move {
+                    shard.apply_topic(name, meta).await
+                }))
+            })
+            .collect();
+        let mut first_err = None;
+        for t in tasks {
+            if let Err(e) = t.await {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Adopts (opening its partitions here) or drops a topic.
+    async fn apply_topic(&self, name: String, meta: Option<TopicMeta>) -> OpResult<()> {
+        match meta {
+            Some(meta) => {
+                self.topics.borrow_mut().insert(name.clone(), meta.clone());
+                if let Err(e) = self.open_topic(&name, &meta).await {
+                    warn!(topic = %name, error = %e.message, "opening a partition failed");
+                    return Err(e);
+                }
+            }
+            None => self.drop_topic(&name).await,
+        }
+        Ok(())
+    }
+}
