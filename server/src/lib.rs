@@ -13,5 +13,6 @@ pub mod net;
 pub mod partition;
 pub mod replication;
 pub mod shard;
+pub mod shutdown;
 pub mod topics;
 pub mod tune;

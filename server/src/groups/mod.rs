@@ -14,7 +14,6 @@ pub mod state;
 pub mod store;
 
 use crate::error::{OpError, OpResult};
-use crate::shard::Shard;
 use levee_engine::event::LocalEvent;
 use levee_schemas::proto::ErrorCode;
 use state::{GroupMachine, Join, JoinOutcome, Joined};
@@ -27,6 +26,14 @@ use store::{Committed, OffsetChange, OffsetLog, OffsetMap};
 use tracing::{info, warn};
 
 pub use assign::Assignment;
+
+/// What groups need to know of the broker's topics (the shard provides it).
+pub trait TopicLookup {
+    /// The partition count of an existing topic.
+    fn partitions(&self, topic: &str) -> Option<u32>;
+    /// Whether a partition exists (an error that says why not).
+    fn check_partition(&self, topic: &str, partition: u32) -> Result<(), OpError>;
+}
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -279,11 +286,11 @@ impl Group {
 
     /// Runs while the group has members: ticks the machine at its next
     /// deadline (session expiry, the end of a rebalance) or when it changes.
-    fn ensure_driver(self: &Rc<Self>, shard: &Rc<Shard>) {
+    fn ensure_driver(self: &Rc<Self>, topics: Rc<dyn TopicLookup>) {
         if self.driver_running.replace(true) {
             return;
         }
-        let (group, shard) = (self.clone(), shard.clone());
+        let group = self.clone();
         glommio::spawn_local(async move {
             loop {
                 let listen = group.changed.listen();
@@ -296,7 +303,7 @@ impl Group {
                     .borrow()
                     .subscribed_topics()
                     .into_iter()
-                    .filter_map(|t| shard.topic(&t).map(|m| (t, m.partitions)))
+                    .filter_map(|t| topics.partitions(&t).map(|n| (t, n)))
                     .collect();
                 let now = Instant::now();
                 let (expired, completed) = group.machine.borrow_mut().tick(now, &counts);
@@ -322,7 +329,11 @@ impl Group {
     }
 
     /// Joins (or rejoins) a member and waits until the group has rebalanced.
-    pub async fn join(self: &Rc<Self>, shard: &Rc<Shard>, j: Join) -> OpResult<JoinReply> {
+    pub async fn join(
+        self: &Rc<Self>,
+        topics: Rc<dyn TopicLookup>,
+        j: Join,
+    ) -> OpResult<JoinReply> {
         self.check_alive()?;
         let give_up = Instant::now() + j.rebalance_timeout + Duration::from_secs(5);
         let outcome = self.machine.borrow_mut().join(j, Instant::now())?;
@@ -335,7 +346,7 @@ impl Group {
                 generation,
             } => (member_id, generation),
         };
-        self.ensure_driver(shard);
+        self.ensure_driver(topics);
         self.changed.notify();
         loop {
             let listen = self.changed.listen();
@@ -393,7 +404,7 @@ impl Group {
     /// not exist are refused one by one.
     pub async fn commit(
         &self,
-        shard: &Shard,
+        topics: &dyn TopicLookup,
         member_id: &str,
         generation: i32,
         offsets: Vec<OffsetCommit>,
@@ -404,7 +415,7 @@ impl Group {
         let mut results = Vec::with_capacity(offsets.len());
         let mut changes: Vec<OffsetChange> = Vec::new();
         for o in offsets {
-            if let Err(e) = shard.check_partition(&o.topic, o.partition) {
+            if let Err(e) = topics.check_partition(&o.topic, o.partition) {
                 results.push((o.topic, o.partition, Err(e)));
                 continue;
             }

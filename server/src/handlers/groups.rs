@@ -32,7 +32,7 @@ pub async fn join(shard: &Rc<Shard>, group: String, mut j: Join) -> OpResult<Joi
             if j.member_id.is_empty() {
                 j.fresh_id = s.groups.new_member_id(&j.client_id);
             }
-            g.join(&s, j).await
+            g.join(s.clone(), j).await
         })
         .await
 }
@@ -91,7 +91,7 @@ pub async fn commit(
     shard
         .submit_to(shard.group_owner(&group), move |s| async move {
             let g = s.groups.open(&group).await?;
-            g.commit(&s, &member_id, generation, offsets).await
+            g.commit(&*s, &member_id, generation, offsets).await
         })
         .await
 }

@@ -6,7 +6,7 @@
 use crate::error::{OpError, OpResult};
 use crate::metrics::{label, Sample};
 use crate::replication::state::{batch_epoch, Name, ReplicaState, Role};
-use crate::shard::Shutdown;
+use crate::shutdown::Shutdown;
 use levee_engine::batch::{BatchHeader, HEADER_LEN};
 use levee_engine::event::LocalEvent;
 use levee_engine::{Log, LogConfig};

@@ -7,6 +7,7 @@
 mod mesh;
 mod topics;
 
+pub use crate::shutdown::Shutdown;
 pub use mesh::MeshMsg;
 pub use topics::REGISTRY_SHARD;
 
@@ -17,36 +18,12 @@ use crate::partition::Partition;
 use crate::topics::TopicMeta;
 use glommio::channels::channel_mesh::Senders;
 use glommio::sync::Semaphore;
-use levee_engine::event::{Listen, LocalEvent};
 use levee_schemas::proto::ErrorCode;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use tracing::warn;
-
-/// The shard's shutdown: a flag and an event that wakes whoever waits on it.
-#[derive(Default)]
-pub struct Shutdown {
-    flag: Cell<bool>,
-    event: LocalEvent,
-}
-
-impl Shutdown {
-    pub fn is_set(&self) -> bool {
-        self.flag.get()
-    }
-
-    /// Completes when the shutdown starts (create it before checking `is_set`).
-    pub fn listen(&self) -> Listen<'_> {
-        self.event.listen()
-    }
-
-    pub fn trigger(&self) {
-        self.flag.set(true);
-        self.event.notify();
-    }
-}
 
 #[derive(Default)]
 pub struct ShardMetrics {
@@ -89,6 +66,16 @@ pub struct Shard {
 /// Request buffers a shard keeps for reuse, and the largest kept.
 const POOLED_BUFFERS: usize = 16;
 const POOLED_BUFFER_MAX: usize = 4 << 20;
+
+impl crate::groups::TopicLookup for Shard {
+    fn partitions(&self, topic: &str) -> Option<u32> {
+        self.topic(topic).map(|m| m.partitions)
+    }
+
+    fn check_partition(&self, topic: &str, partition: u32) -> Result<(), OpError> {
+        Shard::check_partition(self, topic, partition)
+    }
+}
 
 impl Shard {
     pub fn new(
