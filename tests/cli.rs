@@ -223,7 +223,7 @@ fn bad_configuration_is_a_start_up_error_naming_the_option() {
     )
     .unwrap();
     let out = std::process::Command::new(common::levee_bin())
-        .args(["serve", "--config"])
+        .args(["serve", "--kafka-listen", "none", "--config"])
         .arg(&cfg)
         .arg("--data-dir")
         .arg(dir.join("data"))
@@ -234,7 +234,14 @@ fn bad_configuration_is_a_start_up_error_naming_the_option() {
     assert!(err.contains("fsync_policy"), "{err}");
 
     let out = std::process::Command::new(common::levee_bin())
-        .args(["serve", "--cores", "999", "--data-dir"])
+        .args([
+            "serve",
+            "--kafka-listen",
+            "none",
+            "--cores",
+            "999",
+            "--data-dir",
+        ])
         .arg(dir.join("data"))
         .output()
         .unwrap();
@@ -272,6 +279,8 @@ fn a_port_in_use_is_a_start_up_error_not_a_shared_listener() {
         let mut child = std::process::Command::new(common::levee_bin())
             .args([
                 "serve",
+                "--kafka-listen",
+                "none",
                 "--listen",
                 &listen,
                 "--admin-listen",

@@ -601,7 +601,16 @@ fn a_data_directory_keeps_its_node_id_and_cluster() {
     b.stop();
     let run = |extra: &[&str]| {
         let out = Command::new(common::levee_bin())
-            .args(["serve", "--admin-listen", "", "--cores", "1", "--listen"])
+            .args([
+                "serve",
+                "--kafka-listen",
+                "none",
+                "--admin-listen",
+                "",
+                "--cores",
+                "1",
+                "--listen",
+            ])
             .arg(format!("127.0.0.1:{}", free_port()))
             .arg("--data-dir")
             .arg(b.data_dir())

@@ -125,7 +125,7 @@ pub struct BenchArgs {
     #[arg(
         long,
         env = "LEVEE_BOOTSTRAP",
-        default_value = "127.0.0.1:9092",
+        default_value = "127.0.0.1:9192",
         value_delimiter = ','
     )]
     pub bootstrap: Vec<String>,

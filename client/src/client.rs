@@ -35,7 +35,7 @@ pub struct ClientConfig {
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
-            bootstrap: vec!["127.0.0.1:9092".to_string()],
+            bootstrap: vec!["127.0.0.1:9192".to_string()],
             client_id: "levee-client".to_string(),
             request_timeout: Duration::from_secs(30),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as usize,

@@ -11,7 +11,7 @@
 //! ```ignore
 //! # fn main() -> levee_client::Result<()> {
 //! use levee_client::remote::RemoteClient;
-//! let client = RemoteClient::connect(levee_client::ClientConfig::new(["127.0.0.1:9092"]), 1)?;
+//! let client = RemoteClient::connect(levee_client::ClientConfig::new(["127.0.0.1:9192"]), 1)?;
 //! let producer = client.producer(Default::default());
 //! glommio::LocalExecutorBuilder::default().spawn(move || async move {
 //!     let report = producer.send("orders", None, b"hello".to_vec()).await;

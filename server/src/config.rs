@@ -7,8 +7,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Default native client port (Kafka's, so existing habits carry over).
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9092";
+/// Default native client port.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9192";
+/// Default Kafka API port: the one every Kafka client, tool and guide assumes.
+pub const DEFAULT_KAFKA_LISTEN: &str = "127.0.0.1:9092";
 /// Default admin (metrics) port.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9644";
 
@@ -18,6 +20,15 @@ pub struct ServerConfig {
     pub node_id: u32,
     pub data_dir: PathBuf,
     pub listen: String,
+    /// The Kafka API listener, ADDR:PORT; `none` (or empty) turns it off.
+    pub kafka_listen: String,
+    /// The Kafka address Metadata returns for this broker (HOST:PORT);
+    /// empty: `kafka_listen`, which must then name a concrete host.
+    pub kafka_advertise: String,
+    /// Topics named in a Kafka Metadata or Produce request that do not
+    /// exist are created with the broker's defaults (as Kafka's
+    /// `auto.create.topics.enable`; off by default, as in Redpanda).
+    pub auto_create_topics: bool,
     /// Empty string: no admin listener.
     pub admin_listen: String,
     /// "all", a count ("2"), or a list of CPU ids ("0,2-3").
@@ -97,6 +108,9 @@ impl Default for ServerConfig {
             node_id: 0,
             data_dir: PathBuf::from("./levee-data"),
             listen: DEFAULT_LISTEN.into(),
+            kafka_listen: DEFAULT_KAFKA_LISTEN.into(),
+            kafka_advertise: String::new(),
+            auto_create_topics: false,
             admin_listen: DEFAULT_ADMIN_LISTEN.into(),
             cores: "all".into(),
             max_frame_bytes: levee_schemas::DEFAULT_MAX_FRAME_BYTES,
@@ -190,6 +204,46 @@ impl ServerConfig {
         })
     }
 
+    /// The Kafka API listener; `None` when turned off.
+    pub fn kafka_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let v = self.kafka_listen.trim();
+        if v.is_empty() || v.eq_ignore_ascii_case("none") {
+            return Ok(None);
+        }
+        v.parse().map(Some).map_err(|e| {
+            invalid(
+                "kafka_listen",
+                format!("`{v}` is not ADDR:PORT or `none` ({e})"),
+            )
+        })
+    }
+
+    /// The (host, port) Kafka clients are told to reach this broker at;
+    /// `None` without a Kafka listener.
+    pub fn kafka_advertised(&self) -> Result<Option<(String, u16)>, ConfigError> {
+        let Some(listen) = self.kafka_addr()? else {
+            return Ok(None);
+        };
+        if self.kafka_advertise.trim().is_empty() {
+            if listen.ip().is_unspecified() {
+                return Err(invalid(
+                    "kafka_advertise",
+                    format!(
+                        "kafka_listen {listen} names no host clients can reach; set kafka_advertise (--kafka-advertise HOST:PORT)"
+                    ),
+                ));
+            }
+            return Ok(Some((listen.ip().to_string(), listen.port())));
+        }
+        let a = self.kafka_advertise.trim();
+        let (host, port) = a
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+            .filter(|(h, p)| !h.is_empty() && *p > 0)
+            .ok_or_else(|| invalid("kafka_advertise", format!("`{a}` is not HOST:PORT")))?;
+        Ok(Some((host.to_string(), port)))
+    }
+
     pub fn admin_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
         if self.admin_listen.is_empty() {
             return Ok(None);
@@ -238,6 +292,7 @@ impl ServerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         self.admin_addr()?;
+        self.kafka_advertised()?;
         self.cpu_list()?;
         if self.max_frame_bytes < 4096 {
             return Err(invalid("max_frame_bytes", "must be at least 4096"));

@@ -98,9 +98,20 @@ struct ServeArgs {
     /// Data directory [default: ./levee-data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Client listener ADDR:PORT [default: 127.0.0.1:9092].
+    /// Native-protocol listener ADDR:PORT [default: 127.0.0.1:9192].
     #[arg(long)]
     listen: Option<String>,
+    /// Kafka API listener ADDR:PORT, or `none` [default: 127.0.0.1:9092].
+    #[arg(long)]
+    kafka_listen: Option<String>,
+    /// The Kafka address (HOST:PORT) Metadata returns for this broker
+    /// [default: the Kafka listen address].
+    #[arg(long)]
+    kafka_advertise: Option<String>,
+    /// Create topics named in Kafka Metadata and Produce requests that do
+    /// not exist, with the broker's defaults.
+    #[arg(long)]
+    auto_create_topics: bool,
     /// Admin HTTP listener ADDR:PORT for /metrics and /health, "" to disable [default: 127.0.0.1:9644].
     #[arg(long)]
     admin_listen: Option<String>,
@@ -128,6 +139,15 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     }
     if let Some(v) = args.listen {
         cfg.listen = v;
+    }
+    if let Some(v) = args.kafka_listen {
+        cfg.kafka_listen = v;
+    }
+    if let Some(v) = args.kafka_advertise {
+        cfg.kafka_advertise = v;
+    }
+    if args.auto_create_topics {
+        cfg.auto_create_topics = true;
     }
     if let Some(v) = args.admin_listen {
         cfg.admin_listen = v;

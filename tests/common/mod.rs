@@ -55,6 +55,8 @@ pub fn temp_dir(name: &str) -> PathBuf {
 pub struct Broker {
     pub child: Option<Child>,
     pub addr: SocketAddr,
+    /// The Kafka API listener.
+    pub kafka: SocketAddr,
     pub admin: SocketAddr,
     pub data_dir: PathBuf,
     pub extra: Vec<String>,
@@ -72,6 +74,7 @@ impl Broker {
         let mut b = Broker {
             child: None,
             addr: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            kafka: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
             admin: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
             log: data_dir.with_extension("log"),
             data_dir,
@@ -87,6 +90,7 @@ impl Broker {
         Broker {
             child: None,
             addr,
+            kafka: addr,
             admin: addr,
             data_dir: PathBuf::new(),
             extra: Vec::new(),
@@ -113,6 +117,8 @@ impl Broker {
             .arg(self.addr.to_string())
             .arg("--admin-listen")
             .arg(self.admin.to_string())
+            .arg("--kafka-listen")
+            .arg(self.kafka.to_string())
             .args(&self.extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
