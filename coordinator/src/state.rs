@@ -39,8 +39,11 @@ impl TopicConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokerInfo {
     pub node_id: u64,
-    /// Address clients connect to.
+    /// Address native clients connect to.
     pub client_addr: String,
+    /// Address Kafka clients connect to (HOST:PORT; empty: none).
+    #[serde(default)]
+    pub kafka_addr: String,
     pub shards: u32,
     /// As last decided by the controller (leases live in the leader's memory).
     pub alive: bool,
@@ -83,6 +86,9 @@ pub enum Command {
     RegisterBroker {
         node_id: u64,
         client_addr: String,
+        /// The Kafka address it advertises (empty: no Kafka listener).
+        #[serde(default)]
+        kafka_addr: String,
         shards: u32,
     },
     /// The broker's lease expired. Also drops it from every ISR it is in,
@@ -131,6 +137,7 @@ impl Metadata {
             Command::RegisterBroker {
                 node_id,
                 client_addr,
+                kafka_addr,
                 shards,
             } => {
                 self.brokers.insert(
@@ -138,6 +145,7 @@ impl Metadata {
                     BrokerInfo {
                         node_id: *node_id,
                         client_addr: client_addr.clone(),
+                        kafka_addr: kafka_addr.clone(),
                         shards: *shards,
                         alive: true,
                     },
@@ -438,6 +446,7 @@ mod tests {
         md.apply(&Command::RegisterBroker {
             node_id: id,
             client_addr: format!("127.0.0.1:{}", 9000 + id),
+            kafka_addr: String::new(),
             shards: 2,
         })
         .unwrap();

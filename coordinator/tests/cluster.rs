@@ -228,6 +228,7 @@ fn register(id: u64) -> Command {
     Command::RegisterBroker {
         node_id: id,
         client_addr: format!("127.0.0.1:{}", 9000 + id),
+        kafka_addr: format!("127.0.0.1:{}", 19000 + id),
         shards: 2,
     }
 }
@@ -331,6 +332,7 @@ fn restarted_node_catches_up_from_a_snapshot() {
         let cmd = Command::RegisterBroker {
             node_id: 1 + i % 5,
             client_addr: format!("127.0.0.1:{}", 10_000 + i),
+            kafka_addr: String::new(),
             shards: 1,
         };
         last = Some(c.propose(cmd).unwrap());

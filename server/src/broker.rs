@@ -55,6 +55,9 @@ pub fn run(cfg: ServerConfig) -> Result<(), String> {
     if let Some(admin) = cfg.admin_addr().map_err(|e| e.to_string())? {
         ensure_port_free(admin, "--admin-listen")?;
     }
+    if let Some(kafka) = cfg.kafka_addr().map_err(|e| e.to_string())? {
+        ensure_port_free(kafka, "--kafka-listen (or `--kafka-listen none`)")?;
+    }
     let peers = cfg.coordinator_peers().map_err(|e| e.to_string())?;
     // A cluster node takes its topics from the coordinators, not topics.toml.
     let topics = if peers.is_some() {
@@ -118,9 +121,15 @@ pub fn run(cfg: ServerConfig) -> Result<(), String> {
         if peers.iter().any(|p| p.id == me) {
             extra.push(start_coordinator(&cfg, peers.clone(), &phases)?);
         }
+        let kafka = cfg
+            .kafka_advertised()
+            .map_err(|e| e.to_string())?
+            .map(|(h, p)| format!("{h}:{p}"))
+            .unwrap_or_default();
         extra.push(crate::cluster::start_membership(
             view,
             cfg.listen.clone(),
+            kafka,
             n,
             Duration::from_millis(cfg.heartbeat_interval_ms),
             phases.shutdown.clone(),
@@ -291,6 +300,32 @@ async fn wait_until(cond: impl Fn() -> bool, limit: Duration) -> bool {
     true
 }
 
+/// The protocol a listener serves.
+#[derive(Clone, Copy)]
+enum Front {
+    Kafka,
+}
+
+/// Accepts connections on `listener` and serves each on this shard.
+async fn accept(shard: std::rc::Rc<Shard>, listener: TcpListener, front: Front) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let s = shard.clone();
+                match front {
+                    Front::Kafka => {
+                        glommio::spawn_local(crate::net::kafka::serve(s, stream)).detach()
+                    }
+                };
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
 async fn run_shard(
     cfg: Arc<ServerConfig>,
     phases: Arc<Phases>,
@@ -342,7 +377,15 @@ async fn run_shard(
             glommio::spawn_local(crate::net::admin::serve(shard.clone(), l)).detach();
         }
     }
+    let kafka = match cfg.kafka_addr().map_err(|e| e.to_string())? {
+        Some(addr) => Some(TcpListener::bind(addr).map_err(|e| {
+            format!("cannot listen on Kafka address {addr}: {e} (use --kafka-listen, or `none`)")
+        })?),
+        None => None,
+    };
     phases.ready.fetch_add(1, Ordering::SeqCst);
+    let kafka_acceptor =
+        kafka.map(|l| glommio::spawn_local(accept(shard.clone(), l, Front::Kafka)));
     let accept_shard = shard.clone();
     let acceptor = glommio::spawn_local(async move {
         loop {
@@ -363,6 +406,7 @@ async fn run_shard(
     }
     // 1. Stop accepting; idle connections close, busy ones finish.
     drop(acceptor);
+    drop(kafka_acceptor);
     shard.shutdown.trigger();
     let limit = Duration::from_millis(cfg.shutdown_timeout_ms);
     let s = shard.clone();

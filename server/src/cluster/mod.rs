@@ -110,6 +110,7 @@ fn heartbeat_all(
 pub fn start_membership(
     view: Arc<ClusterView>,
     client_addr: String,
+    kafka_addr: String,
     shards: usize,
     heartbeat: Duration,
     stop: Arc<AtomicBool>,
@@ -163,6 +164,7 @@ pub fn start_membership(
                         Command::RegisterBroker {
                             node_id,
                             client_addr: client_addr.clone(),
+                            kafka_addr: kafka_addr.clone(),
                             shards: shards as u32,
                         },
                         timeout,

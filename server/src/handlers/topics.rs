@@ -57,9 +57,21 @@ pub fn list(shard: &Shard) -> Vec<String> {
     shard.topic_names()
 }
 
-/// Describes a topic: settings, and per partition its leader, replicas,
-/// ISR and (for replicas on this node) offsets and size.
-pub async fn describe(shard: &Rc<Shard>, name: &str) -> OpResult<TopicDescription> {
+/// A partition's placement: its leader, epoch, replicas and ISR (this
+/// node alone on a single node).
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub partition: u32,
+    /// The leader's node id (`None`: no leader now).
+    pub leader: Option<u32>,
+    pub leader_epoch: u64,
+    pub replicas: Vec<u32>,
+    pub isr: Vec<u32>,
+}
+
+/// A topic's settings (the broker's fsync default filled in) and where its
+/// partitions are, from the metadata this node holds (no cross-shard work).
+pub fn placement(shard: &Shard, name: &str) -> OpResult<(TopicMeta, Vec<Placement>)> {
     let Some(mut meta) = shard.topic(name) else {
         return Err(OpError::new(
             ErrorCode::UnknownTopicOrPartition,
@@ -69,53 +81,77 @@ pub async fn describe(shard: &Rc<Shard>, name: &str) -> OpResult<TopicDescriptio
     if meta.fsync.is_empty() {
         meta.fsync = shard.cfg.log.fsync.clone();
     }
-    let placement = shard
+    let cluster = shard
         .cluster
         .as_ref()
         .and_then(|v| v.metadata())
         .and_then(|md| md.topics.get(name).cloned());
-    let me = u64::from(shard.cfg.node_id);
-    let tasks: Vec<_> = (0..meta.partitions)
-        .map(|p| {
-            let local = placement.as_ref().is_none_or(|t| {
-                t.partitions
-                    .get(p as usize)
-                    .is_some_and(|pi| pi.replicas.contains(&me))
-            });
+    let ids = |v: &[u64]| v.iter().map(|&x| x as u32).collect::<Vec<u32>>();
+    let me = shard.cfg.node_id;
+    let parts = (0..meta.partitions)
+        .map(
+            |p| match cluster.as_ref().and_then(|t| t.partitions.get(p as usize)) {
+                Some(pi) => Placement {
+                    partition: p,
+                    leader: pi.leader.map(|l| l as u32),
+                    leader_epoch: pi.leader_epoch,
+                    replicas: ids(&pi.replicas),
+                    isr: ids(&pi.isr),
+                },
+                None if shard.cluster.is_some() => Placement {
+                    partition: p,
+                    leader: None,
+                    leader_epoch: 0,
+                    replicas: Vec::new(),
+                    isr: Vec::new(),
+                },
+                None => Placement {
+                    partition: p,
+                    leader: Some(me),
+                    leader_epoch: 0,
+                    replicas: vec![me],
+                    isr: vec![me],
+                },
+            },
+        )
+        .collect();
+    Ok((meta, parts))
+}
+
+/// Describes a topic: settings, and per partition its leader, replicas,
+/// ISR and (for replicas on this node) offsets and size.
+pub async fn describe(shard: &Rc<Shard>, name: &str) -> OpResult<TopicDescription> {
+    let (meta, placements) = placement(shard, name)?;
+    let me = shard.cfg.node_id;
+    let clustered = shard.cluster.is_some();
+    let tasks: Vec<_> = placements
+        .into_iter()
+        .map(|pl| {
+            let p = pl.partition;
             let topic = name.to_string();
+            let local = !clustered || pl.replicas.contains(&me);
             let task = local.then(|| {
                 glommio::spawn_local(shard.submit_to(shard.owner(name, p), move |s| async move {
                     Ok(s.partition(&topic, p)?.state())
                 }))
             });
-            (p, task)
+            (pl, task)
         })
         .collect();
-    let ids = |v: &[u64]| v.iter().map(|&x| x as u32).collect::<Vec<u32>>();
     let mut partitions = Vec::with_capacity(tasks.len());
-    for (p, t) in tasks {
+    for (pl, t) in tasks {
         let state = match t {
             Some(t) => t.await.unwrap_or_default(),
             None => PartitionState::default(),
         };
-        let pi = placement
-            .as_ref()
-            .and_then(|t| t.partitions.get(p as usize).cloned());
         partitions.push(PartitionDescription {
-            partition: p,
-            leader: match &pi {
-                Some(pi) => pi.leader.map(|l| l as u32),
-                None => Some(shard.cfg.node_id),
-            },
-            shard: shard.owner(name, p) as u32,
+            partition: pl.partition,
+            leader: pl.leader,
+            shard: shard.owner(name, pl.partition) as u32,
             state,
-            leader_epoch: pi.as_ref().map_or(0, |pi| pi.leader_epoch),
-            replicas: pi
-                .as_ref()
-                .map_or(vec![shard.cfg.node_id], |pi| ids(&pi.replicas)),
-            isr: pi
-                .as_ref()
-                .map_or(vec![shard.cfg.node_id], |pi| ids(&pi.isr)),
+            leader_epoch: pl.leader_epoch,
+            replicas: pl.replicas,
+            isr: pl.isr,
         });
     }
     Ok(TopicDescription {

@@ -388,12 +388,13 @@ impl Partition {
         }
     }
 
-    /// The offset for `spec`: -2 the log start, -1 the log end, otherwise
-    /// the first offset with a timestamp at or after `spec` (-1: none).
+    /// The offset for `spec`: -2 the log start, -1 the end of what
+    /// consumers may read (the high watermark), otherwise the first offset
+    /// with a timestamp at or after `spec` (-1: none).
     pub async fn list_offset(&self, spec: i64) -> OpResult<i64> {
         match spec {
             -2 => Ok(self.log.log_start_offset() as i64),
-            -1 => Ok(self.log.log_end_offset() as i64),
+            -1 => Ok(self.high_watermark() as i64),
             ts if ts >= 0 => Ok(self
                 .log
                 .offset_for_timestamp(ts)

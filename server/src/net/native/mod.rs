@@ -6,8 +6,10 @@
 
 mod dispatch;
 
+use crate::net::conn::{read_exact_or_shutdown, write_loop, Outgoing, Pending};
+
 use crate::shard::{bump, Shard};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncReadExt;
 use glommio::net::TcpStream;
 use glommio::sync::StaticPermit;
 use levee_schemas::proto::{self, ErrorCode, Request, Response, ResponseHeader};
@@ -15,17 +17,6 @@ use levee_schemas::{decode_request, encode_frame, frame_len, FrameError};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tracing::debug;
-
-/// A response ready to write: header frame bytes and payload chunks.
-struct Outgoing {
-    frame: Vec<u8>,
-    payload: Vec<Vec<u8>>,
-}
-
-type Pending = (
-    glommio::task::JoinHandle<Option<Outgoing>>,
-    Option<StaticPermit>,
-);
 
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
@@ -49,65 +40,6 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _ = writer_task.await;
     let c = &shard.metrics.connections;
     c.set(c.get().saturating_sub(1));
-}
-
-async fn write_loop(
-    rx: glommio::channels::local_channel::LocalReceiver<Pending>,
-    mut w: futures_lite::io::WriteHalf<TcpStream>,
-) {
-    while let Some((task, permit)) = rx.recv().await {
-        let out = task.await.flatten();
-        if let Some(out) = out {
-            let mut ok = w.write_all(&out.frame).await.is_ok();
-            for chunk in &out.payload {
-                ok = ok && w.write_all(chunk).await.is_ok();
-            }
-            ok = ok && w.flush().await.is_ok();
-            if !ok {
-                drop(permit);
-                // The peer is gone: drain what is queued so permits return.
-                while let Some((t, p)) = rx.recv().await {
-                    let _ = t.await;
-                    drop(p);
-                }
-                return;
-            }
-        }
-        drop(permit);
-    }
-    let _ = w.flush().await;
-    let _ = w.close().await;
-}
-
-async fn read_exact_or_shutdown(
-    shard: &Shard,
-    r: &mut futures_lite::io::ReadHalf<TcpStream>,
-    buf: &mut [u8],
-    idle: bool,
-) -> Result<bool, String> {
-    if idle {
-        // Between requests a shutdown ends the connection.
-        let shutdown = shard.shutdown.listen();
-        if shard.shutdown.is_set() {
-            return Ok(false);
-        }
-        let read = async { Some(r.read_exact(buf).await) };
-        let stop = async {
-            shutdown.await;
-            None
-        };
-        match futures_lite::future::or(read, stop).await {
-            None => Ok(false),
-            Some(Ok(())) => Ok(true),
-            Some(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
-            Some(Err(e)) => Err(e.to_string()),
-        }
-    } else {
-        r.read_exact(buf)
-            .await
-            .map(|_| true)
-            .map_err(|e| e.to_string())
-    }
 }
 
 async fn read_loop(
@@ -229,11 +161,16 @@ async fn read_loop(
                         total,
                         &mut frame,
                     );
-                    Outgoing { frame, payload }
+                    Outgoing {
+                        frame,
+                        payload,
+                        close: false,
+                    }
                 }
                 Err(e) => Outgoing {
                     frame: error_frame(corr, e.code, &e.message),
                     payload: Vec::new(),
+                    close: false,
                 },
             })
         })
@@ -253,6 +190,7 @@ async fn send_ready(
         Some(Outgoing {
             frame,
             payload: Vec::new(),
+            close: false,
         })
     })
     .detach();

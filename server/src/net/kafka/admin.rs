@@ -1,0 +1,307 @@
+//! Kafka's ApiVersions, CreateTopics, DeleteTopics, DescribeConfigs and
+//! DescribeCluster.
+
+use super::codec::{code, kafka_error, str_bytes, SUPPORTED};
+use super::metadata::{cluster_id, coordinator_node, kafka_brokers};
+use super::Ctx;
+use crate::error::OpError;
+use crate::handlers;
+use crate::topics::TopicMeta;
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
+use kafka_protocol::messages::*;
+use levee_schemas::proto::ErrorCode;
+
+fn versions() -> Vec<ApiVersion> {
+    SUPPORTED
+        .iter()
+        .map(|&(k, min, max)| {
+            let mut v = ApiVersion::default();
+            v.api_key = k as i16;
+            v.min_version = min;
+            v.max_version = max;
+            v
+        })
+        .collect()
+}
+
+pub async fn api_versions(_ctx: &Ctx, _req: ApiVersionsRequest) -> ApiVersionsResponse {
+    let mut r = ApiVersionsResponse::default();
+    r.api_keys = versions();
+    r
+}
+
+/// ApiVersions at a version this broker does not know: the v0 answer.
+pub fn api_versions_unsupported(correlation_id: i32) -> Vec<u8> {
+    let mut r = ApiVersionsResponse::default();
+    r.error_code = code::UNSUPPORTED_VERSION;
+    r.api_keys = versions();
+    super::codec::frame(ApiKey::ApiVersions, 0, correlation_id, &r)
+}
+
+/// A Kafka topic config applied to Levee's topic settings.
+fn apply_config(meta: &mut TopicMeta, name: &str, value: Option<&str>) -> Result<(), OpError> {
+    let invalid = |m: String| OpError::new(ErrorCode::InvalidConfig, m);
+    let Some(value) = value else {
+        return Ok(());
+    };
+    let int = |v: &str| {
+        v.parse::<i64>()
+            .map_err(|_| invalid(format!("config `{name}` must be an integer, not `{v}`")))
+    };
+    match name {
+        "retention.ms" => meta.retention_ms = int(value)?,
+        "retention.bytes" => meta.retention_bytes = int(value)?,
+        "segment.bytes" => meta.segment_bytes = int(value)?,
+        "levee.fsync" => meta.fsync = value.to_string(),
+        "levee.max.backlog.bytes" => meta.max_backlog_bytes = int(value)?,
+        "cleanup.policy" if value == "delete" => {}
+        "cleanup.policy" => {
+            return Err(invalid(format!(
+                "cleanup.policy `{value}` is not supported; Levee deletes by retention (`delete`)"
+            )))
+        }
+        other => {
+            return Err(invalid(format!(
+                "topic config `{other}` is not supported; Levee takes retention.ms, retention.bytes, segment.bytes, cleanup.policy=delete, levee.fsync and levee.max.backlog.bytes"
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// The settings a Kafka CreatableTopic asks for, with the broker's defaults.
+fn topic_meta(ctx: &Ctx, t: &CreatableTopic) -> Result<TopicMeta, OpError> {
+    let mut meta = TopicMeta::new(
+        if t.num_partitions > 0 {
+            t.num_partitions as u32
+        } else {
+            ctx.shard.cfg.log.default_partitions
+        },
+        if t.replication_factor > 0 {
+            t.replication_factor as u16
+        } else {
+            default_replication(ctx)
+        },
+    );
+    if !t.assignments.is_empty() {
+        return Err(OpError::new(
+            ErrorCode::InvalidConfig,
+            "manual replica assignments are not supported; give num_partitions and replication_factor",
+        ));
+    }
+    for c in &t.configs {
+        apply_config(
+            &mut meta,
+            c.name.as_str(),
+            c.value.as_ref().map(|v| v.as_str()),
+        )?;
+    }
+    Ok(meta)
+}
+
+/// Replicas per partition when a Kafka client does not say: one on a
+/// single node, min(3, brokers) on a cluster.
+pub fn default_replication(ctx: &Ctx) -> u16 {
+    match ctx.shard.cluster.as_ref().and_then(|v| v.metadata()) {
+        Some(md) => md.brokers.values().filter(|b| b.alive).count().clamp(1, 3) as u16,
+        None => 1,
+    }
+}
+
+pub async fn create_topics(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse {
+    let mut out = CreateTopicsResponse::default();
+    for t in req.topics {
+        let mut r = CreatableTopicResult::default();
+        r.name = t.name.clone();
+        let res = match topic_meta(ctx, &t) {
+            Ok(meta) => {
+                r.num_partitions = meta.partitions as i32;
+                r.replication_factor = meta.replication_factor as i16;
+                if req.validate_only {
+                    crate::topics::check_new_topic(
+                        t.name.as_str(),
+                        &meta,
+                        ctx.shard.cluster.is_some(),
+                    )
+                } else {
+                    handlers::topics::create(&ctx.shard, t.name.as_str().to_string(), meta).await
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = res {
+            r.error_code = match e.code {
+                ErrorCode::InvalidConfig if e.message.contains("partitions") => {
+                    code::INVALID_PARTITIONS
+                }
+                ErrorCode::InvalidConfig if e.message.contains("replication factor") => {
+                    code::INVALID_REPLICATION_FACTOR
+                }
+                c => kafka_error(c, false),
+            };
+            r.error_message = Some(str_bytes(e.message));
+            r.num_partitions = -1;
+            r.replication_factor = -1;
+        }
+        out.topics.push(r);
+    }
+    out
+}
+
+pub async fn delete_topics(ctx: &Ctx, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
+    let mut names: Vec<Option<TopicName>> = req.topic_names.into_iter().map(Some).collect();
+    names.extend(req.topics.into_iter().map(|t| t.name));
+    let mut out = DeleteTopicsResponse::default();
+    for name in names {
+        let mut r = DeletableTopicResult::default();
+        r.name = name.clone();
+        let res = match &name {
+            Some(n) => handlers::topics::delete(&ctx.shard, n.as_str().to_string()).await,
+            None => Err(OpError::new(
+                ErrorCode::UnknownTopicOrPartition,
+                "topics are deleted by name (Levee has no topic ids)",
+            )),
+        };
+        if let Err(e) = res {
+            r.error_code = kafka_error(e.code, false);
+            r.error_message = Some(str_bytes(e.message));
+        }
+        out.responses.push(r);
+    }
+    out
+}
+
+/// Kafka's resource types in DescribeConfigs.
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+/// Config sources.
+const SOURCE_TOPIC: i8 = 1;
+const SOURCE_DEFAULT: i8 = 5;
+
+fn entry(name: &str, value: String, source: i8) -> DescribeConfigsResourceResult {
+    let mut c = DescribeConfigsResourceResult::default();
+    c.name = str_bytes(name);
+    c.value = Some(str_bytes(value));
+    c.read_only = true;
+    c.config_source = source;
+    c
+}
+
+/// The topic and broker settings Levee has, read-only.
+pub async fn describe_configs(ctx: &Ctx, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
+    let mut out = DescribeConfigsResponse::default();
+    let cfg = &ctx.shard.cfg;
+    for res in req.resources {
+        let mut r = DescribeConfigsResult::default();
+        r.resource_type = res.resource_type;
+        r.resource_name = res.resource_name.clone();
+        let wanted = |n: &str| {
+            res.configuration_keys
+                .as_ref()
+                .is_none_or(|k| k.is_empty() || k.iter().any(|x| x.as_str() == n))
+        };
+        let mut all = Vec::new();
+        match res.resource_type {
+            RESOURCE_TOPIC => match ctx.shard.topic(res.resource_name.as_str()) {
+                Some(m) => {
+                    let or = |v: i64, d: i64| {
+                        if v >= 0 {
+                            (v, SOURCE_TOPIC)
+                        } else {
+                            (d, SOURCE_DEFAULT)
+                        }
+                    };
+                    let (ret_ms, s1) = or(m.retention_ms, cfg.log.retention_ms);
+                    let (ret_b, s2) = or(m.retention_bytes, cfg.log.retention_bytes);
+                    let (seg, s3) = or(m.segment_bytes, cfg.log.segment_bytes as i64);
+                    all.push(entry("retention.ms", ret_ms.to_string(), s1));
+                    all.push(entry("retention.bytes", ret_b.to_string(), s2));
+                    all.push(entry("segment.bytes", seg.to_string(), s3));
+                    all.push(entry("cleanup.policy", "delete".into(), SOURCE_DEFAULT));
+                    all.push(entry(
+                        "max.message.bytes",
+                        cfg.log.max_batch_bytes.to_string(),
+                        SOURCE_DEFAULT,
+                    ));
+                    let (fsync, s4) = if m.fsync.is_empty() {
+                        (cfg.log.fsync.clone(), SOURCE_DEFAULT)
+                    } else {
+                        (m.fsync.clone(), SOURCE_TOPIC)
+                    };
+                    all.push(entry("levee.fsync", fsync, s4));
+                }
+                None => {
+                    r.error_code = code::UNKNOWN_TOPIC_OR_PARTITION;
+                    r.error_message = Some(str_bytes(format!(
+                        "topic `{}` does not exist",
+                        res.resource_name.as_str()
+                    )));
+                }
+            },
+            RESOURCE_BROKER => {
+                all.push(entry("broker.id", cfg.node_id.to_string(), SOURCE_DEFAULT));
+                all.push(entry(
+                    "num.partitions",
+                    cfg.log.default_partitions.to_string(),
+                    SOURCE_DEFAULT,
+                ));
+                all.push(entry(
+                    "auto.create.topics.enable",
+                    cfg.auto_create_topics.to_string(),
+                    SOURCE_DEFAULT,
+                ));
+                all.push(entry(
+                    "message.max.bytes",
+                    cfg.log.max_batch_bytes.to_string(),
+                    SOURCE_DEFAULT,
+                ));
+                all.push(entry(
+                    "log.retention.ms",
+                    cfg.log.retention_ms.to_string(),
+                    SOURCE_DEFAULT,
+                ));
+                all.push(entry(
+                    "log.segment.bytes",
+                    cfg.log.segment_bytes.to_string(),
+                    SOURCE_DEFAULT,
+                ));
+            }
+            other => {
+                r.error_code = code::INVALID_REQUEST;
+                r.error_message = Some(str_bytes(format!(
+                    "resource type {other} has no configs here (topics: 2, brokers: 4)"
+                )));
+            }
+        }
+        r.configs = all
+            .into_iter()
+            .filter(|c| wanted(c.name.as_str()))
+            .collect();
+        out.results.push(r);
+    }
+    out
+}
+
+pub async fn describe_cluster(ctx: &Ctx, _req: DescribeClusterRequest) -> DescribeClusterResponse {
+    let mut out = DescribeClusterResponse::default();
+    out.cluster_id = str_bytes(cluster_id(&ctx.shard));
+    out.controller_id = BrokerId(coordinator_node(&ctx.shard));
+    out.brokers = kafka_brokers(&ctx.shard)
+        .into_iter()
+        .map(|(id, host, port)| {
+            let mut b = DescribeClusterBroker::default();
+            b.broker_id = BrokerId(id);
+            b.host = str_bytes(host);
+            b.port = port;
+            b
+        })
+        .collect();
+    out
+}

@@ -1,0 +1,269 @@
+//! Kafka's ListOffsets, OffsetCommit and OffsetFetch.
+
+use super::codec::{code, kafka_error, str_bytes};
+use super::groups::check_coordinator;
+use super::Ctx;
+use crate::groups::OffsetCommit;
+use crate::handlers;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::*;
+use std::collections::BTreeMap;
+
+pub async fn list_offsets(ctx: &Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
+    let mut wanted = Vec::new();
+    let mut bad = Vec::new();
+    for t in &req.topics {
+        for p in &t.partitions {
+            let name = t.name.as_str().to_string();
+            // -1 latest, -2 earliest, or a timestamp (-3, max timestamp,
+            // needs v7, which is not advertised).
+            if p.partition_index < 0 || p.timestamp < -2 {
+                bad.push((name, p.partition_index));
+            } else {
+                wanted.push((name, p.partition_index as u32, p.timestamp));
+            }
+        }
+    }
+    let results = handlers::offsets::list_offsets(&ctx.shard, wanted).await;
+    let mut topics: BTreeMap<String, Vec<ListOffsetsPartitionResponse>> = BTreeMap::new();
+    for (topic, partition, res) in results {
+        let mut r = ListOffsetsPartitionResponse::default();
+        r.partition_index = partition as i32;
+        r.timestamp = -1;
+        match res {
+            Ok(o) => {
+                r.offset = o;
+                r.leader_epoch = -1;
+            }
+            Err(e) => {
+                r.offset = -1;
+                r.error_code = kafka_error(e.code, false);
+            }
+        }
+        topics.entry(topic).or_default().push(r);
+    }
+    for (topic, partition) in bad {
+        let mut r = ListOffsetsPartitionResponse::default();
+        r.partition_index = partition;
+        r.timestamp = -1;
+        r.offset = -1;
+        r.error_code = code::UNKNOWN_TOPIC_OR_PARTITION;
+        topics.entry(topic).or_default().push(r);
+    }
+    let mut out = ListOffsetsResponse::default();
+    out.topics = topics
+        .into_iter()
+        .map(|(name, partitions)| {
+            let mut t = ListOffsetsTopicResponse::default();
+            t.name = TopicName(str_bytes(name));
+            t.partitions = partitions;
+            t
+        })
+        .collect();
+    out
+}
+
+pub async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse {
+    let group = req.group_id.as_str().to_string();
+    let offsets: Vec<OffsetCommit> = req
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| OffsetCommit {
+                topic: t.name.as_str().to_string(),
+                partition: p.partition_index.max(0) as u32,
+                offset: p.committed_offset,
+                metadata: p
+                    .committed_metadata
+                    .as_ref()
+                    .map(|m| m.as_str().to_string())
+                    .unwrap_or_default(),
+            })
+        })
+        .collect();
+    let whole = match check_coordinator(ctx) {
+        Err(e) => Err(e),
+        Ok(()) => {
+            handlers::groups::commit(
+                &ctx.shard,
+                group,
+                req.member_id.as_str().to_string(),
+                req.generation_id_or_member_epoch,
+                offsets,
+            )
+            .await
+        }
+    };
+    let mut out = OffsetCommitResponse::default();
+    let mut per: BTreeMap<(String, u32), i16> = BTreeMap::new();
+    let whole_err = match whole {
+        Ok(results) => {
+            for (t, p, r) in results {
+                per.insert(
+                    (t, p),
+                    r.err().map_or(code::NONE, |e| kafka_error(e.code, false)),
+                );
+            }
+            None
+        }
+        Err(e) => Some(kafka_error(e.code, true)),
+    };
+    for t in &req.topics {
+        let mut tr = OffsetCommitResponseTopic::default();
+        tr.name = t.name.clone();
+        for p in &t.partitions {
+            let mut pr = OffsetCommitResponsePartition::default();
+            pr.partition_index = p.partition_index;
+            pr.error_code = whole_err.unwrap_or_else(|| {
+                if p.partition_index < 0 {
+                    code::UNKNOWN_TOPIC_OR_PARTITION
+                } else {
+                    per.get(&(t.name.as_str().to_string(), p.partition_index as u32))
+                        .copied()
+                        .unwrap_or(code::NONE)
+                }
+            });
+            tr.partitions.push(pr);
+        }
+        out.topics.push(tr);
+    }
+    out
+}
+
+/// A partition's committed offset as OffsetFetch returns it: (partition,
+/// offset, metadata, error).
+type Fetched = (i32, i64, String, i16);
+
+/// One group's committed offsets by topic, for the partitions asked (or
+/// all committed ones).
+async fn fetch_group(
+    ctx: &Ctx,
+    group: &str,
+    topics: Option<Vec<(String, Vec<i32>)>>,
+) -> Result<Vec<(String, Vec<Fetched>)>, i16> {
+    check_coordinator(ctx).map_err(|e| kafka_error(e.code, true))?;
+    let wanted = topics.as_ref().map(|ts| {
+        ts.iter()
+            .map(|(t, ps)| (t.clone(), ps.iter().map(|&p| p.max(0) as u32).collect()))
+            .collect()
+    });
+    let committed = handlers::groups::fetch_offsets(&ctx.shard, group.to_string(), wanted)
+        .await
+        .map_err(|e| kafka_error(e.code, true))?;
+    let mut have: BTreeMap<(String, i32), (i64, String)> = committed
+        .into_iter()
+        .map(|c| {
+            (
+                (c.topic, c.partition as i32),
+                (c.committed.offset, c.committed.metadata),
+            )
+        })
+        .collect();
+    let mut out: Vec<(String, Vec<Fetched>)> = Vec::new();
+    match topics {
+        Some(ts) => {
+            for (t, ps) in ts {
+                let parts = ps
+                    .iter()
+                    .map(|&p| match have.remove(&(t.clone(), p)) {
+                        Some((o, m)) => (p, o, m, code::NONE),
+                        // No commit: offset -1, no error (Kafka's answer).
+                        None => (p, -1, String::new(), code::NONE),
+                    })
+                    .collect();
+                out.push((t, parts));
+            }
+        }
+        None => {
+            for ((t, p), (o, m)) in have {
+                match out.iter_mut().find(|(n, _)| *n == t) {
+                    Some((_, v)) => v.push((p, o, m, code::NONE)),
+                    None => out.push((t, vec![(p, o, m, code::NONE)])),
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub async fn offset_fetch(ctx: &Ctx, req: OffsetFetchRequest) -> OffsetFetchResponse {
+    let mut out = OffsetFetchResponse::default();
+    if ctx.version >= 8 {
+        for g in &req.groups {
+            let topics = g.topics.as_ref().map(|ts| {
+                ts.iter()
+                    .map(|t| (t.name.as_str().to_string(), t.partition_indexes.clone()))
+                    .collect()
+            });
+            let mut gr = OffsetFetchResponseGroup::default();
+            gr.group_id = g.group_id.clone();
+            match fetch_group(ctx, g.group_id.as_str(), topics).await {
+                Ok(ts) => {
+                    gr.topics = ts
+                        .into_iter()
+                        .map(|(name, parts)| {
+                            let mut t = OffsetFetchResponseTopics::default();
+                            t.name = TopicName(str_bytes(name));
+                            t.partitions = parts
+                                .into_iter()
+                                .map(|(p, o, m, e)| {
+                                    let mut r = OffsetFetchResponsePartitions::default();
+                                    r.partition_index = p;
+                                    r.committed_offset = o;
+                                    r.committed_leader_epoch = -1;
+                                    r.metadata = Some(str_bytes(m));
+                                    r.error_code = e;
+                                    r
+                                })
+                                .collect();
+                            t
+                        })
+                        .collect();
+                }
+                Err(e) => gr.error_code = e,
+            }
+            out.groups.push(gr);
+        }
+        return out;
+    }
+    let topics = req.topics.as_ref().map(|ts| {
+        ts.iter()
+            .map(|t| (t.name.as_str().to_string(), t.partition_indexes.clone()))
+            .collect()
+    });
+    match fetch_group(ctx, req.group_id.as_str(), topics).await {
+        Ok(ts) => {
+            out.topics = ts
+                .into_iter()
+                .map(|(name, parts)| {
+                    let mut t = OffsetFetchResponseTopic::default();
+                    t.name = TopicName(str_bytes(name));
+                    t.partitions = parts
+                        .into_iter()
+                        .map(|(p, o, m, e)| {
+                            let mut r = OffsetFetchResponsePartition::default();
+                            r.partition_index = p;
+                            r.committed_offset = o;
+                            r.committed_leader_epoch = -1;
+                            r.metadata = Some(str_bytes(m));
+                            r.error_code = e;
+                            r
+                        })
+                        .collect();
+                    t
+                })
+                .collect();
+        }
+        Err(e) => out.error_code = e,
+    }
+    out
+}
