@@ -1,6 +1,9 @@
-//! The Levee broker: thread-per-core shards on glommio, the native-protocol
-//! connection handler, the admin HTTP listener, topic metadata and the
-//! broker's configuration. The `levee` binary (`src/main.rs`) runs it.
+//! The Levee broker as a library: thread-per-core shards on glommio, the
+//! protocol front ends (`net/`: native and Kafka), the protocol-neutral
+//! request layer (`handlers/`), partitions, replication, consumer groups,
+//! cluster glue, configuration and metrics. It owns everything a running
+//! broker does and nothing else: it must not depend on the CLI, the client
+//! library or the load generator. See ARCHITECTURE.md for the map.
 
 pub mod broker;
 pub mod cluster;
