@@ -222,6 +222,24 @@ pub fn decode_any(frame_body: &[u8]) -> Result<(), String> {
     .map_err(|e| e.to_string())
 }
 
+/// A Kafka consumer's assignment (the ConsumerProtocol bytes the group's
+/// leader sends in SyncGroup) as topics and partitions, for describing
+/// Kafka members alongside native ones. `None`: not that protocol.
+pub fn consumer_assignment(bytes: &[u8]) -> Option<crate::groups::Assignment> {
+    use kafka_protocol::messages::ConsumerProtocolAssignment;
+    let mut b = Bytes::copy_from_slice(bytes);
+    let version = i16::from_be_bytes([*bytes.first()?, *bytes.get(1)?]);
+    bytes::Buf::advance(&mut b, 2);
+    let a = guarded(|| ConsumerProtocolAssignment::decode(&mut b, version)).ok()?;
+    let mut out = crate::groups::Assignment::new();
+    for tp in a.assigned_partitions {
+        let ps = out.entry(tp.topic.as_str().to_string()).or_default();
+        ps.extend(tp.partitions.iter().filter(|&&p| p >= 0).map(|&p| p as u32));
+        ps.sort_unstable();
+    }
+    Some(out)
+}
+
 pub fn str_bytes(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }
@@ -290,6 +308,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_consumer_protocol_assignment_reads_as_topics_and_partitions() {
+        // Version 0; one topic "t" with partitions 2 and 0; null user data.
+        let mut b = vec![
+            0, 0, 0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0,
+        ];
+        b.extend_from_slice(&(-1i32).to_be_bytes());
+        let a = consumer_assignment(&b).unwrap();
+        assert_eq!(a["t"], vec![0, 2]);
+        assert!(consumer_assignment(&[0]).is_none());
     }
 
     #[test]

@@ -473,7 +473,14 @@ async fn group_request(shard: &Rc<Shard>, req: Request, peer: &str) -> Response 
                                 member_id: Some(m.member_id),
                                 client_id: Some(m.client_id),
                                 host: Some(m.host),
-                                assignment: Some(to_tp(&m.assignment)),
+                                assignment: Some(to_tp(&if m.kafka_assignment.is_empty() {
+                                    m.assignment
+                                } else {
+                                    crate::net::kafka::codec::consumer_assignment(
+                                        &m.kafka_assignment,
+                                    )
+                                    .unwrap_or_default()
+                                })),
                             })
                             .collect(),
                     ),
