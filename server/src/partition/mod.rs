@@ -3,6 +3,8 @@
 //! (produce), read (consumer and follower fetches), waiting for data,
 //! offset lookups. Nothing here knows a wire protocol or another shard.
 
+pub mod producers;
+
 use crate::error::{OpError, OpResult};
 use crate::metrics::{label, Sample};
 use crate::replication::state::{batch_epoch, Name, ReplicaState, Role};
