@@ -313,3 +313,27 @@ fn a_port_in_use_is_a_start_up_error_not_a_shared_listener() {
     assert!(ok, "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_data_directory_of_the_old_storage_format_is_refused_at_start() {
+    // A directory written before the Kafka batch format: its
+    // meta.properties has no storage_format line.
+    let dir = common::temp_dir("cli-old-format");
+    std::fs::write(
+        dir.join("meta.properties"),
+        "node_id=0\ncluster=single-node\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::levee_bin())
+        .args(["serve", "--kafka-listen", "none", "--admin-listen", ""])
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", common::free_port()))
+        .arg("--data-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("storage format 1"), "{err}");
+    assert!(err.contains("new --data-dir"), "{err}");
+}

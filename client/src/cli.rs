@@ -346,9 +346,13 @@ fn parse_fsync(s: &str) -> Result<String, String> {
 fn parse_compression(s: &str) -> Result<Compression, String> {
     match s {
         "none" => Ok(Compression::None),
+        "gzip" => Ok(Compression::Gzip),
+        "snappy" => Ok(Compression::Snappy),
         "lz4" => Ok(Compression::Lz4),
         "zstd" => Ok(Compression::Zstd),
-        _ => Err(format!("expected none, lz4 or zstd, not `{s}`")),
+        _ => Err(format!(
+            "expected none, gzip, snappy, lz4 or zstd, not `{s}`"
+        )),
     }
 }
 
@@ -1210,7 +1214,8 @@ mod tests {
         assert_eq!(p.acks, Acks::None);
         assert_eq!(p.compression, Compression::Zstd);
         assert_eq!(p.partition, Some(2));
-        assert!(parse(&["produce", "t", "--compression", "gzip"]).is_err());
+        assert!(parse(&["produce", "t", "--compression", "brotli"]).is_err());
+        assert!(parse(&["produce", "t", "--compression", "gzip"]).is_ok());
 
         let ClientCommand::Consume(c) = parse(&[
             "consume",

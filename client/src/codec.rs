@@ -74,48 +74,117 @@ pub fn build_batch(records: &[Record], compression: Compression) -> Result<Vec<u
     Ok(batch::build_batch_raw(&payload, count, first, max, meta))
 }
 
-/// Compresses a records region.
+/// The header Kafka's Java client (xerial snappy-java) puts before snappy
+/// blocks: magic, then version 1 and compatible version 1.
+const XERIAL_HEADER: [u8; 16] = [
+    0x82, b'S', b'N', b'A', b'P', b'P', b'Y', 0, 0, 0, 0, 1, 0, 0, 0, 1,
+];
+/// Uncompressed bytes per xerial block (snappy-java's default).
+const XERIAL_BLOCK: usize = 32 << 10;
+
+/// Compresses a records region the way Kafka clients do: gzip, snappy in
+/// xerial framing (as the Java client), the LZ4 frame format (KIP-57), and
+/// a zstd frame.
 pub fn compress(raw: &[u8], compression: Compression) -> Result<Vec<u8>, String> {
+    use std::io::Write;
     match compression {
         Compression::None => Ok(raw.to_vec()),
-        Compression::Lz4 => Ok(lz4_flex::compress_prepend_size(raw)),
+        Compression::Gzip => {
+            let mut e = flate2::write::GzEncoder::new(
+                Vec::with_capacity(raw.len() / 2),
+                flate2::Compression::fast(),
+            );
+            e.write_all(raw)
+                .and_then(|_| e.finish())
+                .map_err(|e| format!("gzip compression failed: {e}"))
+        }
+        Compression::Snappy => {
+            let mut out = Vec::with_capacity(raw.len() / 2 + 32);
+            out.extend_from_slice(&XERIAL_HEADER);
+            let mut enc = snap::raw::Encoder::new();
+            for block in raw.chunks(XERIAL_BLOCK) {
+                let c = enc
+                    .compress_vec(block)
+                    .map_err(|e| format!("snappy compression failed: {e}"))?;
+                out.extend_from_slice(&(c.len() as u32).to_be_bytes());
+                out.extend_from_slice(&c);
+            }
+            Ok(out)
+        }
+        Compression::Lz4 => {
+            let mut e = lz4_flex::frame::FrameEncoder::new(Vec::with_capacity(raw.len() / 2));
+            e.write_all(raw)
+                .map_err(|e| format!("lz4 compression failed: {e}"))?;
+            e.finish()
+                .map_err(|e| format!("lz4 compression failed: {e}"))
+        }
         Compression::Zstd => {
             zstd::bulk::compress(raw, 3).map_err(|e| format!("zstd compression failed: {e}"))
         }
     }
 }
 
-/// Decompresses a records region, refusing to produce more than `limit` bytes.
+/// Reads at most `limit` bytes from a decompressing reader; more is an error.
+fn read_limited(r: impl Read, limit: usize, codec: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    r.take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("{codec} decompression failed: {e}"))?;
+    if out.len() > limit {
+        return Err(format!(
+            "{codec} data decompresses past the limit of {limit} bytes"
+        ));
+    }
+    Ok(out)
+}
+
+/// Raw snappy, with the decompressed size checked against `limit` first.
+fn unsnappy(block: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), String> {
+    let n = snap::raw::decompress_len(block)
+        .map_err(|e| format!("snappy decompression failed: {e}"))?;
+    if out.len() + n > limit {
+        return Err(format!(
+            "snappy data decompresses past the limit of {limit} bytes"
+        ));
+    }
+    let start = out.len();
+    out.resize(start + n, 0);
+    snap::raw::Decoder::new()
+        .decompress(block, &mut out[start..])
+        .map_err(|e| format!("snappy decompression failed: {e}"))?;
+    Ok(())
+}
+
+/// Decompresses a records region, refusing to produce more than `limit`
+/// bytes. Snappy is read in xerial framing (Kafka's Java client) or raw
+/// (librdkafka).
 pub fn decompress(data: &[u8], compression: Compression, limit: usize) -> Result<Vec<u8>, String> {
     match compression {
         Compression::None => Ok(data.to_vec()),
-        Compression::Lz4 => {
-            let Some(prefix) = data.get(..4) else {
-                return Err("lz4 block shorter than its size prefix".into());
-            };
-            let size = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
-            if size > limit {
-                return Err(format!(
-                    "lz4 block claims {size} decompressed bytes, over the limit of {limit}"
-                ));
+        Compression::Gzip => read_limited(flate2::read::GzDecoder::new(data), limit, "gzip"),
+        Compression::Snappy => {
+            let mut out = Vec::new();
+            if data.starts_with(&XERIAL_HEADER[..8]) {
+                let mut rest = data.get(16..).ok_or("snappy header cut short")?;
+                while !rest.is_empty() {
+                    let len = rest
+                        .get(..4)
+                        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                        .ok_or("snappy block length cut short")?;
+                    let block = rest.get(4..4 + len).ok_or("snappy block cut short")?;
+                    unsnappy(block, limit, &mut out)?;
+                    rest = &rest[4 + len..];
+                }
+            } else {
+                unsnappy(data, limit, &mut out)?;
             }
-            lz4_flex::block::decompress(&data[4..], size)
-                .map_err(|e| format!("lz4 decompression failed: {e}"))
+            Ok(out)
         }
+        Compression::Lz4 => read_limited(lz4_flex::frame::FrameDecoder::new(data), limit, "lz4"),
         Compression::Zstd => {
             let decoder = zstd::stream::read::Decoder::new(data)
                 .map_err(|e| format!("zstd decompression failed: {e}"))?;
-            let mut out = Vec::new();
-            decoder
-                .take(limit as u64 + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| format!("zstd decompression failed: {e}"))?;
-            if out.len() > limit {
-                return Err(format!(
-                    "zstd data decompresses past the limit of {limit} bytes"
-                ));
-            }
-            Ok(out)
+            read_limited(decoder, limit, "zstd")
         }
     }
 }
@@ -189,28 +258,28 @@ pub fn decode_records(
             });
         }
     };
-    if compression == Compression::None {
-        let views = batch::records(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        push(views, out);
+    if header.is_control() {
+        // Transaction markers carry no user records.
         return Ok(());
     }
     let region = bytes
         .get(HEADER_LEN..header.len().min(bytes.len()))
         .ok_or_else(|| DecodeError::Malformed("batch shorter than its header".into()))?;
-    let raw =
-        decompress(region, compression, MAX_DECOMPRESSED_BYTES).map_err(DecodeError::Malformed)?;
-    // Re-assemble an uncompressed batch: same header with the codec bits
-    // cleared and the length updated, then the decompressed records.
-    let total = HEADER_LEN + raw.len();
-    let total_u32 = u32::try_from(total)
-        .map_err(|_| DecodeError::Malformed("decompressed batch exceeds 4 GiB".into()))?;
-    let mut plain = Vec::with_capacity(total);
-    plain.extend_from_slice(&bytes[..HEADER_LEN]);
-    plain[8..12].copy_from_slice(&total_u32.to_le_bytes());
-    let attrs = header.attributes.get() & !7;
-    plain[28..30].copy_from_slice(&attrs.to_le_bytes());
-    plain.extend_from_slice(&raw);
-    let views = batch::records(&plain).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let raw;
+    let region = if compression == Compression::None {
+        region
+    } else {
+        raw = decompress(region, compression, MAX_DECOMPRESSED_BYTES)
+            .map_err(DecodeError::Malformed)?;
+        &raw[..]
+    };
+    let views = batch::decode_records(
+        region,
+        header.record_count(),
+        header.base_offset(),
+        header.first_timestamp(),
+    )
+    .map_err(|e| DecodeError::Malformed(e.to_string()))?;
     push(views, out);
     Ok(())
 }
@@ -263,7 +332,7 @@ mod tests {
     #[test]
     fn batch_round_trip_every_codec() {
         let recs = sample_records(200);
-        for codec in [Compression::None, Compression::Lz4, Compression::Zstd] {
+        for codec in ALL_CODECS {
             let b = build_batch(&recs, codec).unwrap();
             batch::validate_produced(&b, 1 << 24).unwrap();
             let h = BatchHeader::parse(&b).unwrap();
@@ -291,7 +360,8 @@ mod tests {
     fn compressed_batches_are_smaller() {
         let recs = sample_records(500);
         let plain = build_batch(&recs, Compression::None).unwrap();
-        for codec in [Compression::Lz4, Compression::Zstd] {
+        for codec in &ALL_CODECS[1..] {
+            let codec = *codec;
             let c = build_batch(&recs, codec).unwrap();
             assert!(
                 c.len() < plain.len(),
@@ -302,12 +372,23 @@ mod tests {
         }
     }
 
+    const ALL_CODECS: [Compression; 5] = [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ];
+
+    /// A flip anywhere the producer's CRC, the length or the magic covers.
+    /// (The base offset and leader epoch, bytes 0-7 and 12-15, are the
+    /// broker's: its log checks them by position.)
     #[test]
     fn corruption_is_a_checksum_error() {
         let recs = sample_records(10);
-        for codec in [Compression::None, Compression::Lz4, Compression::Zstd] {
+        for codec in ALL_CODECS {
             let b = stored(build_batch(&recs, codec).unwrap(), 5);
-            for pos in [0, 9, 21, 30, 70, b.len() - 1] {
+            for pos in [9, 16, 17, 21, 30, 70, b.len() - 1] {
                 let mut bad = b.clone();
                 bad[pos] ^= 0x10;
                 let mut out = Vec::new();
@@ -331,9 +412,19 @@ mod tests {
         let zs = compress(&raw, Compression::Zstd).unwrap();
         assert!(decompress(&zs, Compression::Zstd, 9_999).is_err());
         assert_eq!(decompress(&zs, Compression::Zstd, 10_000).unwrap(), raw);
-        assert!(decompress(&[1, 2], Compression::Lz4, 100).is_err());
-        assert!(decompress(&[0xff; 40], Compression::Lz4, 100).is_err());
-        assert!(decompress(&[0xff; 40], Compression::Zstd, 100).is_err());
+        for codec in &ALL_CODECS[1..] {
+            let c = compress(&raw, *codec).unwrap();
+            assert!(decompress(&c, *codec, 9_999).is_err(), "{codec:?}");
+            assert_eq!(decompress(&c, *codec, 10_000).unwrap(), raw, "{codec:?}");
+            assert!(decompress(&[1, 2], *codec, 100).is_err(), "{codec:?}");
+            assert!(decompress(&[0xff; 40], *codec, 100).is_err(), "{codec:?}");
+        }
+        // Raw snappy, as librdkafka writes it, reads too.
+        let rawsnappy = snap::raw::Encoder::new().compress_vec(&raw).unwrap();
+        assert_eq!(
+            decompress(&rawsnappy, Compression::Snappy, 10_000).unwrap(),
+            raw
+        );
     }
 
     #[test]

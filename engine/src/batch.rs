@@ -1,63 +1,80 @@
-//! The record batch: the unit of storage and of the wire. See `engine/FORMAT.md`.
+//! The record batch: the unit of storage and of the wire, Kafka's
+//! RecordBatch v2 byte for byte. See `engine/FORMAT.md`.
 //!
-//! A batch is a 64-byte little-endian header followed by its records. The
-//! producer builds the batch and computes `crc` over everything after the CRC
-//! field; the broker validates that CRC, then stamps the base offset and the
-//! leader epoch and seals them with `header_crc`. Stored bytes are exactly
-//! the producer's bytes except for those header fields, so a fetch returns
-//! what was stored without re-encoding.
+//! A batch is a 61-byte big-endian header followed by its records. The
+//! producer builds the batch and computes `crc` (CRC-32C) over everything
+//! from `attributes` to the end; the broker validates that CRC, then stamps
+//! the base offset and the partition leader epoch, which the CRC does not
+//! cover. Stored bytes are exactly the producer's bytes except for those two
+//! fields, so a fetch (native or Kafka) returns what was stored without
+//! re-encoding. The broker-owned fields are checked by position instead: a
+//! stored batch's base offset must continue the log, and its leader epoch
+//! must be the one the log's epoch cache gives that offset
+//! ([`check_placement`]).
 
 use crate::error::BatchError;
-use zerocopy::little_endian::{I16, I32, I64, U16, U32, U64};
+use zerocopy::big_endian::{I16, I32, I64, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-/// Current batch format version.
-pub const MAGIC: u8 = 1;
+/// The batch format version (Kafka's magic 2).
+pub const MAGIC: u8 = 2;
 /// Size of the fixed header.
-pub const HEADER_LEN: usize = 64;
-/// Bytes covered by `header_crc`: base offset, length, magic, epoch.
-pub const HEADER_CRC_SPAN: usize = 20;
-/// `crc` covers `[CRC_START, batch_len)`.
-pub const CRC_START: usize = 28;
+pub const HEADER_LEN: usize = 61;
+/// Bytes before the part `batch_length` counts: base offset and the length.
+pub const LOG_OVERHEAD: usize = 12;
+/// Where the magic byte is, in every Kafka batch format.
+pub const MAGIC_AT: usize = 16;
+/// `crc` covers `[CRC_START, len)`: attributes to the end.
+pub const CRC_START: usize = 21;
 
-/// Compression codec, bits 0..=2 of `attributes`.
+/// Compression codec, bits 0..=2 of `attributes` (Kafka's codes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
     None = 0,
-    Lz4 = 1,
-    Zstd = 2,
+    Gzip = 1,
+    Snappy = 2,
+    Lz4 = 3,
+    Zstd = 4,
 }
 
 impl Compression {
-    pub fn from_attributes(attrs: u16) -> Option<Self> {
+    pub fn from_attributes(attrs: i16) -> Option<Self> {
         match attrs & 0x7 {
             0 => Some(Compression::None),
-            1 => Some(Compression::Lz4),
-            2 => Some(Compression::Zstd),
+            1 => Some(Compression::Gzip),
+            2 => Some(Compression::Snappy),
+            3 => Some(Compression::Lz4),
+            4 => Some(Compression::Zstd),
             _ => None,
         }
     }
 }
 
+/// Attribute bit: the timestamps are the broker's append time.
+pub const ATTR_LOG_APPEND_TIME: i16 = 1 << 3;
+/// Attribute bit: the batch belongs to a transaction.
+pub const ATTR_TRANSACTIONAL: i16 = 1 << 4;
+/// Attribute bit: a control batch (transaction marker), not user records.
+pub const ATTR_CONTROL: i16 = 1 << 5;
+
 /// The fixed batch header, read in place from the batch bytes.
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 pub struct BatchHeader {
-    pub base_offset: U64,
-    pub batch_len: U32,
+    pub base_offset: I64,
+    /// Bytes after this field: the whole batch is `batch_length + 12`.
+    pub batch_length: I32,
+    pub partition_leader_epoch: I32,
     pub magic: u8,
-    pub reserved0: u8,
-    pub reserved1: U16,
-    pub leader_epoch: I32,
-    pub header_crc: U32,
     pub crc: U32,
-    pub attributes: U16,
-    pub producer_epoch: I16,
-    pub record_count: U32,
-    pub base_sequence: I32,
-    pub first_timestamp: I64,
+    pub attributes: I16,
+    pub last_offset_delta: I32,
+    pub base_timestamp: I64,
     pub max_timestamp: I64,
     pub producer_id: I64,
+    pub producer_epoch: I16,
+    pub base_sequence: I32,
+    pub records_count: I32,
 }
 
 const _: () = assert!(std::mem::size_of::<BatchHeader>() == HEADER_LEN);
@@ -73,54 +90,99 @@ impl BatchHeader {
             })
     }
     pub fn base_offset(&self) -> u64 {
-        self.base_offset.get()
+        self.base_offset.get().max(0) as u64
     }
-    /// Length of the whole batch, header included.
+    /// Length of the whole batch, header included (0 if the length field
+    /// is negative: never a valid batch).
     #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
-        self.batch_len.get() as usize
+        usize::try_from(self.batch_length.get()).map_or(0, |l| l + LOG_OVERHEAD)
     }
     pub fn record_count(&self) -> u32 {
-        self.record_count.get()
+        self.records_count.get().max(0) as u32
     }
     /// Offset of the last record in the batch.
     pub fn last_offset(&self) -> u64 {
-        self.base_offset() + u64::from(self.record_count().max(1)) - 1
+        self.base_offset() + self.last_offset_delta.get().max(0) as u64
     }
     pub fn next_offset(&self) -> u64 {
-        self.base_offset() + u64::from(self.record_count())
+        self.last_offset() + 1
     }
     pub fn compression(&self) -> Option<Compression> {
         Compression::from_attributes(self.attributes.get())
     }
+    pub fn leader_epoch(&self) -> i32 {
+        self.partition_leader_epoch.get()
+    }
+    pub fn first_timestamp(&self) -> i64 {
+        self.base_timestamp.get()
+    }
+    pub fn max_timestamp(&self) -> i64 {
+        self.max_timestamp.get()
+    }
+    pub fn producer_id(&self) -> i64 {
+        self.producer_id.get()
+    }
+    pub fn producer_epoch(&self) -> i16 {
+        self.producer_epoch.get()
+    }
+    pub fn base_sequence(&self) -> i32 {
+        self.base_sequence.get()
+    }
+    pub fn is_transactional(&self) -> bool {
+        self.attributes.get() & ATTR_TRANSACTIONAL != 0
+    }
+    pub fn is_control(&self) -> bool {
+        self.attributes.get() & ATTR_CONTROL != 0
+    }
 }
 
-fn header_crc_of(bytes: &[u8]) -> u32 {
-    crc32c::crc32c(&bytes[..HEADER_CRC_SPAN])
-}
-
-/// Checks length, magic and the producer's CRC: what the broker does before
-/// accepting a batch. `bytes` must be exactly one batch.
-pub fn validate_produced(bytes: &[u8], max_len: usize) -> Result<&BatchHeader, BatchError> {
-    let h = BatchHeader::parse(bytes)?;
-    let declared = h.len();
-    if declared != bytes.len() {
-        return Err(BatchError::LengthMismatch {
-            declared,
-            actual: bytes.len(),
-        });
-    }
-    if declared > max_len {
-        return Err(BatchError::TooLarge {
-            len: declared,
-            max: max_len,
-        });
-    }
+/// The structural checks shared by produced and stored batches: length
+/// field, magic, record count, offset delta, codec. `bytes` holds at least
+/// the header.
+fn check_header(h: &BatchHeader, max_len: usize) -> Result<(), BatchError> {
     if h.magic != MAGIC {
         return Err(BatchError::BadMagic(h.magic));
     }
-    if h.record_count() == 0 {
-        return Err(BatchError::BadRecordCount(0));
+    let len = h.len();
+    if len < HEADER_LEN {
+        return Err(BatchError::TooShort {
+            len,
+            min: HEADER_LEN,
+        });
+    }
+    if len > max_len {
+        return Err(BatchError::TooLarge { len, max: max_len });
+    }
+    let count = h.records_count.get();
+    if count < 1 {
+        return Err(BatchError::BadRecordCount(count));
+    }
+    if h.last_offset_delta.get() != count - 1 {
+        return Err(BatchError::BadOffsetDelta {
+            delta: h.last_offset_delta.get(),
+            count,
+        });
+    }
+    if h.compression().is_none() {
+        return Err(BatchError::UnknownCompression(
+            (h.attributes.get() & 7) as u8,
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a produced batch: exactly `bytes` long and within `max_len`,
+/// magic 2, a record count and last offset delta that agree, a known codec,
+/// and the producer's CRC. No decompression and no walk over the records.
+pub fn validate_produced(bytes: &[u8], max_len: usize) -> Result<&BatchHeader, BatchError> {
+    let h = BatchHeader::parse(bytes)?;
+    check_header(h, max_len)?;
+    if h.len() != bytes.len() {
+        return Err(BatchError::LengthMismatch {
+            declared: h.len(),
+            actual: bytes.len(),
+        });
     }
     let computed = crc32c::crc32c(&bytes[CRC_START..]);
     if computed != h.crc.get() {
@@ -132,41 +194,55 @@ pub fn validate_produced(bytes: &[u8], max_len: usize) -> Result<&BatchHeader, B
     Ok(h)
 }
 
-/// Validates a stored batch: everything `validate_produced` checks plus the
-/// broker's header CRC, so that every byte of a stored batch is covered.
+/// Validates a stored batch's own bytes: everything `validate_produced`
+/// checks. The broker-owned fields are checked by [`check_placement`].
 pub fn validate_stored(bytes: &[u8], max_len: usize) -> Result<&BatchHeader, BatchError> {
-    validate_stored_header(bytes, max_len)?;
     validate_produced(bytes, max_len)
 }
 
-/// Checks only the first `HEADER_CRC_SPAN` bytes (offset, length, magic,
-/// epoch) against `header_crc`: enough to trust the length field while
-/// scanning, before the whole batch has been read.
+/// Checks the header alone (length, magic, counts, codec), enough to trust
+/// the length field while scanning, before the whole batch has been read.
 pub fn validate_stored_header(bytes: &[u8], max_len: usize) -> Result<&BatchHeader, BatchError> {
     let h = BatchHeader::parse(bytes)?;
-    let computed = header_crc_of(bytes);
-    if computed != h.header_crc.get() {
-        return Err(BatchError::BadHeaderCrc {
-            stored: h.header_crc.get(),
-            computed,
-        });
-    }
-    if h.magic != MAGIC {
-        return Err(BatchError::BadMagic(h.magic));
-    }
-    if h.len() < HEADER_LEN {
-        return Err(BatchError::TooShort {
-            len: h.len(),
-            min: HEADER_LEN,
-        });
-    }
-    if h.len() > max_len {
-        return Err(BatchError::TooLarge {
-            len: h.len(),
-            max: max_len,
-        });
-    }
+    check_header(h, max_len)?;
     Ok(h)
+}
+
+/// Checks the fields the broker stamped, which the CRC does not cover: the
+/// base offset must be where the log continues, and the leader epoch the
+/// one the log's epoch cache gives that offset (`None`: not known).
+pub fn check_placement(
+    h: &BatchHeader,
+    expected_offset: u64,
+    expected_epoch: Option<i32>,
+) -> Result<(), BatchError> {
+    if h.base_offset.get() < 0 || h.base_offset() != expected_offset {
+        return Err(BatchError::BadOffset {
+            expected: expected_offset,
+            got: h.base_offset.get(),
+        });
+    }
+    if let Some(e) = expected_epoch {
+        if h.leader_epoch() != e {
+            return Err(BatchError::BadEpoch {
+                expected: e,
+                got: h.leader_epoch(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether `bytes` start with a batch of Levee's storage format 1 (the
+/// format before Kafka's: magic 1 at byte 12, and a CRC32C of bytes
+/// `[0, 20)` at byte 20, little-endian). Such a log must be refused, not
+/// read as corrupt Kafka batches and truncated.
+pub fn is_format_1(bytes: &[u8]) -> bool {
+    let (Some(&magic), Some(crc)) = (bytes.get(12), bytes.get(20..24)) else {
+        return false;
+    };
+    magic == 1
+        && crc32c::crc32c(&bytes[..20]) == u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]])
 }
 
 /// The header at the front of `buf`. Every caller has checked that `buf`
@@ -177,14 +253,12 @@ fn header_mut(buf: &mut [u8]) -> &mut BatchHeader {
         .expect("buffer starts with a whole batch header")
 }
 
-/// Stamps the broker-assigned base offset and leader epoch and reseals the
-/// header CRC. The producer's CRC is untouched (it does not cover these).
+/// Stamps the broker-assigned base offset and leader epoch. The producer's
+/// CRC is untouched (it does not cover them).
 pub fn assign(bytes: &mut [u8], base_offset: u64, leader_epoch: i32) {
     let h = header_mut(bytes);
-    h.base_offset = U64::new(base_offset);
-    h.leader_epoch = I32::new(leader_epoch);
-    let crc = header_crc_of(bytes);
-    header_mut(bytes).header_crc = U32::new(crc);
+    h.base_offset = I64::new(base_offset as i64);
+    h.partition_leader_epoch = I32::new(leader_epoch);
 }
 
 /// One record to put in a batch.
@@ -231,7 +305,7 @@ fn bytes_len(b: Option<&[u8]>) -> usize {
 }
 
 fn put_zigzag(out: &mut Vec<u8>, v: i64) {
-    put_varint(out, ((v << 1) ^ (v >> 63)) as u64);
+    put_varint(out, zigzag(v));
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
@@ -251,6 +325,7 @@ pub struct BatchMeta {
     pub producer_id: i64,
     pub producer_epoch: i16,
     pub base_sequence: i32,
+    pub transactional: bool,
 }
 
 impl Default for BatchMeta {
@@ -260,6 +335,7 @@ impl Default for BatchMeta {
             producer_id: -1,
             producer_epoch: -1,
             base_sequence: -1,
+            transactional: false,
         }
     }
 }
@@ -287,29 +363,34 @@ pub fn encoded_records_bound(records: &[Record]) -> usize {
         .sum()
 }
 
-/// Appends the records region (uncompressed) of a batch to `out`.
+/// The size of one encoded record after its length field.
+fn record_body_len(r: &Record, ts_delta: i64, offset_delta: i64) -> usize {
+    1 + zigzag_len(ts_delta)
+        + zigzag_len(offset_delta)
+        + bytes_len(r.key.as_deref())
+        + bytes_len(r.value.as_deref())
+        + zigzag_len(r.headers.len() as i64)
+        + r.headers
+            .iter()
+            .map(|(k, v)| bytes_len(Some(k)) + bytes_len(v.as_deref()))
+            .sum::<usize>()
+}
+
+/// Appends the records region (uncompressed) of a batch to `out`, in
+/// Kafka's record encoding (every varint zigzag-encoded).
 pub fn encode_records_into(out: &mut Vec<u8>, records: &[Record], first_timestamp: i64) {
     out.reserve(encoded_records_bound(records));
     for (i, r) in records.iter().enumerate() {
         let ts_delta = r.timestamp.wrapping_sub(first_timestamp);
-        let body = 1
-            + zigzag_len(ts_delta)
-            + varint_len(i as u64)
-            + bytes_len(r.key.as_deref())
-            + bytes_len(r.value.as_deref())
-            + varint_len(r.headers.len() as u64)
-            + r.headers
-                .iter()
-                .map(|(k, v)| bytes_len(Some(k)) + bytes_len(v.as_deref()))
-                .sum::<usize>();
+        let body = record_body_len(r, ts_delta, i as i64);
         // Written straight into `out`: the value is copied once.
-        put_varint(out, body as u64);
+        put_zigzag(out, body as i64);
         out.push(0u8); // record attributes
         put_zigzag(out, ts_delta);
-        put_varint(out, i as u64);
+        put_zigzag(out, i as i64);
         put_bytes(out, r.key.as_deref());
         put_bytes(out, r.value.as_deref());
-        put_varint(out, r.headers.len() as u64);
+        put_zigzag(out, r.headers.len() as i64);
         for (k, v) in &r.headers {
             put_bytes(out, Some(k));
             put_bytes(out, v.as_deref());
@@ -343,10 +424,11 @@ pub fn build_batch_raw(
 
 /// Completes a batch built in place: `buf` is a [`batch_buffer`] (header
 /// space, then the records region, compressed if `meta.compression` says
-/// so). Writes the header and both CRCs, base offset 0.
+/// so). Writes the header and the CRC, base offset 0 and leader epoch -1,
+/// as a Kafka producer does.
 ///
 /// # Panics
-/// If `buf` is shorter than a header.
+/// If `buf` is shorter than a header, or `record_count` is 0.
 pub fn finish_batch(
     mut buf: Vec<u8>,
     record_count: u32,
@@ -356,23 +438,29 @@ pub fn finish_batch(
 ) -> Vec<u8> {
     let len = buf.len();
     assert!(len >= HEADER_LEN, "a batch buffer starts with header space");
+    assert!(record_count >= 1, "a batch holds at least one record");
     buf[..HEADER_LEN].fill(0);
+    let mut attrs = meta.compression as i16;
+    if meta.transactional {
+        attrs |= ATTR_TRANSACTIONAL;
+    }
     {
         let h = header_mut(&mut buf);
-        h.batch_len = U32::new(len as u32);
+        h.base_offset = I64::new(0);
+        h.batch_length = I32::new((len - LOG_OVERHEAD) as i32);
+        h.partition_leader_epoch = I32::new(-1);
         h.magic = MAGIC;
-        h.attributes = U16::new(meta.compression as u16);
-        h.producer_epoch = I16::new(meta.producer_epoch);
-        h.record_count = U32::new(record_count);
-        h.base_sequence = I32::new(meta.base_sequence);
-        h.first_timestamp = I64::new(first_timestamp);
+        h.attributes = I16::new(attrs);
+        h.last_offset_delta = I32::new(record_count as i32 - 1);
+        h.base_timestamp = I64::new(first_timestamp);
         h.max_timestamp = I64::new(max_timestamp);
         h.producer_id = I64::new(meta.producer_id);
+        h.producer_epoch = I16::new(meta.producer_epoch);
+        h.base_sequence = I32::new(meta.base_sequence);
+        h.records_count = I32::new(record_count as i32);
     }
     let crc = crc32c::crc32c(&buf[CRC_START..]);
     header_mut(&mut buf).crc = U32::new(crc);
-    let hcrc = header_crc_of(&buf);
-    header_mut(&mut buf).header_crc = U32::new(hcrc);
     buf
 }
 
@@ -432,42 +520,43 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Decodes the records of an uncompressed batch in place.
-pub fn records(batch: &[u8]) -> Result<Vec<RecordView<'_>>, BatchError> {
-    let h = BatchHeader::parse(batch)?;
-    match h.compression() {
-        Some(Compression::None) => {}
-        _ => return Err(BatchError::Compressed((h.attributes.get() & 7) as u8)),
-    }
-    let end = h.len().min(batch.len());
+/// Decodes an uncompressed records region of `count` records, with the
+/// batch's base offset and timestamp.
+pub fn decode_records(
+    region: &[u8],
+    count: u32,
+    base_offset: u64,
+    base_timestamp: i64,
+) -> Result<Vec<RecordView<'_>>, BatchError> {
+    let end = region.len();
     let mut c = Cursor {
-        buf: &batch[..end],
-        pos: HEADER_LEN,
+        buf: region,
+        pos: 0,
         index: 0,
     };
-    let mut out = Vec::with_capacity((h.record_count() as usize).min(end / 8));
-    for index in 0..h.record_count() {
+    let mut out = Vec::with_capacity((count as usize).min(end / 7 + 1));
+    for index in 0..count {
         c.index = index;
-        let len = c.varint()? as usize;
+        let len = usize::try_from(c.zigzag()?).map_err(|_| c.err("negative record length"))?;
         let rec_end = c
             .pos
             .checked_add(len)
             .filter(|&e| e <= end)
             .ok_or(c.err("record runs past the batch"))?;
         let mut r = Cursor {
-            buf: &batch[..rec_end],
+            buf: &region[..rec_end],
             pos: c.pos,
             index,
         };
         let _attrs = *r.buf.get(r.pos).ok_or(r.err("missing attributes"))?;
         r.pos += 1;
         let ts_delta = r.zigzag()?;
-        let off_delta = r.varint()?;
+        let off_delta = u64::try_from(r.zigzag()?).map_err(|_| r.err("negative offset delta"))?;
         let key = r.bytes()?;
         let value = r.bytes()?;
-        let n = r.varint()?;
-        if n > len as u64 {
-            return Err(r.err("header count exceeds record size"));
+        let n = r.zigzag()?;
+        if n < 0 || n > len as i64 {
+            return Err(r.err("header count out of range"));
         }
         let mut headers = Vec::with_capacity(n as usize);
         for _ in 0..n {
@@ -478,8 +567,8 @@ pub fn records(batch: &[u8]) -> Result<Vec<RecordView<'_>>, BatchError> {
             return Err(r.err("record length disagrees with its fields"));
         }
         out.push(RecordView {
-            offset: h.base_offset() + off_delta,
-            timestamp: h.first_timestamp.get().wrapping_add(ts_delta),
+            offset: base_offset + off_delta,
+            timestamp: base_timestamp.wrapping_add(ts_delta),
             key,
             value,
             headers,
@@ -490,6 +579,22 @@ pub fn records(batch: &[u8]) -> Result<Vec<RecordView<'_>>, BatchError> {
         return Err(c.err("bytes left after the last record"));
     }
     Ok(out)
+}
+
+/// Decodes the records of an uncompressed batch in place.
+pub fn records(batch: &[u8]) -> Result<Vec<RecordView<'_>>, BatchError> {
+    let h = BatchHeader::parse(batch)?;
+    match h.compression() {
+        Some(Compression::None) => {}
+        _ => return Err(BatchError::Compressed((h.attributes.get() & 7) as u8)),
+    }
+    let end = h.len().clamp(HEADER_LEN, batch.len().max(HEADER_LEN));
+    decode_records(
+        &batch[HEADER_LEN..end],
+        h.record_count(),
+        h.base_offset(),
+        h.first_timestamp(),
+    )
 }
 
 /// Iterates over the batches laid end to end in `buf` (as a fetch returns

@@ -37,6 +37,16 @@ impl EpochCache {
         }
     }
 
+    /// The epoch that wrote `offset`: the latest one starting at or before
+    /// it (`None` before the first recorded epoch).
+    pub fn epoch_at(&self, offset: u64) -> Option<i32> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|&&(_, s)| s <= offset)
+            .map(|&(e, _)| e)
+    }
+
     /// Drops epochs that start at or after `offset` (the log was cut there).
     pub fn truncate_from(&mut self, offset: u64) -> bool {
         let before = self.entries.len();

@@ -11,14 +11,21 @@ pub enum BatchError {
     LengthMismatch { declared: usize, actual: usize },
     #[error("batch of {len} bytes exceeds the limit of {max} bytes")]
     TooLarge { len: usize, max: usize },
-    #[error("unknown batch magic {0:#x} (this build reads magic {expected:#x})", expected = crate::batch::MAGIC)]
+    /// Magic 0 and 1 are Kafka's formats before 0.11; only 2 is stored.
+    #[error("record batch magic {0} is not supported (RecordBatch v2, magic 2, is)")]
     BadMagic(u8),
     #[error("batch CRC32C mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     BadCrc { stored: u32, computed: u32 },
-    #[error("batch header CRC32C mismatch: stored {stored:#010x}, computed {computed:#010x}")]
-    BadHeaderCrc { stored: u32, computed: u32 },
     #[error("batch declares {0} records; a batch holds at least one")]
-    BadRecordCount(u32),
+    BadRecordCount(i32),
+    #[error("batch's last offset delta {delta} does not match its {count} records")]
+    BadOffsetDelta { delta: i32, count: i32 },
+    #[error("unknown compression codec {0} (Kafka's are 0 to 4)")]
+    UnknownCompression(u8),
+    #[error("stored batch at offset {got} where {expected} was expected")]
+    BadOffset { expected: u64, got: i64 },
+    #[error("stored batch has leader epoch {got} where the log's epochs say {expected}")]
+    BadEpoch { expected: i32, got: i32 },
     #[error("malformed record {index}: {reason}")]
     BadRecord { index: u32, reason: &'static str },
     #[error("records are compressed with codec {0}; decompress before iterating")]
@@ -56,6 +63,14 @@ pub enum LogError {
     Config(String),
     #[error("a replicated batch starts at offset {got}, but the log ends at {expected}")]
     NotContiguous { expected: u64, got: u64 },
+    #[error("a batch of leader epoch {epoch} at offset {offset}, after batches of epoch {latest}: the logs diverged")]
+    EpochRegression {
+        epoch: i32,
+        latest: i32,
+        offset: u64,
+    },
+    #[error("{dir} holds a log in Levee storage format 1 (before Kafka's RecordBatch v2); this version cannot read it: start with a new data directory (or read it with the release that wrote it)")]
+    OldFormat { dir: String },
 }
 
 pub type Result<T, E = LogError> = std::result::Result<T, E>;

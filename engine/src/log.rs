@@ -268,6 +268,36 @@ struct ScanOutcome {
     stop_reason: Option<String>,
 }
 
+/// Refuses a log written in Levee's storage format 1 (before Kafka's
+/// RecordBatch v2), rather than scanning it as corrupt and cutting it.
+async fn refuse_format_1(dir: &Path, first: u64) -> Result<()> {
+    let path = dir.join(segment_name(first, "log"));
+    let f = OpenOptions::new()
+        .read(true)
+        .dma_open(&path)
+        .await
+        .map_err(|e| glommio_err(path.display().to_string(), e))?;
+    let size = f
+        .file_size()
+        .await
+        .map_err(|e| glommio_err(path.display().to_string(), e))?;
+    let head = if size >= 24 {
+        f.read_at(0, 24)
+            .await
+            .map_err(|e| glommio_err(path.display().to_string(), e))?
+            .to_vec()
+    } else {
+        Vec::new()
+    };
+    let _ = f.close().await;
+    if batch::is_format_1(&head) {
+        return Err(LogError::OldFormat {
+            dir: dir.display().to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Validates batches of a segment from `pos`, adding index entries.
 #[allow(clippy::too_many_arguments)]
 async fn scan_segment(
@@ -279,6 +309,7 @@ async fn scan_segment(
     cfg: &LogConfig,
     index: &mut SegmentIndex,
     mut max_ts: i64,
+    epochs: &EpochCache,
 ) -> Result<ScanOutcome> {
     let window = cfg.read_ahead_bytes.max(1 << 20);
     let mut win_start = 0u64;
@@ -335,11 +366,13 @@ async fn scan_segment(
             win_start = pos;
         }
         let at = (pos - win_start) as usize;
-        if let Err(e) = batch::validate_stored(&win[at..at + len as usize], cfg.max_batch_bytes) {
+        if let Err(e) = batch::validate_stored(&win[at..at + len as usize], cfg.max_batch_bytes)
+            .and_then(|h| batch::check_placement(h, next, epochs.epoch_at(next)))
+        {
             stop_reason = Some(e.to_string());
             break;
         }
-        max_ts = max_ts.max(h.max_timestamp.get());
+        max_ts = max_ts.max(h.max_timestamp());
         let rel = (h.base_offset() - seg_base) as u32;
         index.maybe_add(rel, pos, max_ts, cfg.index_interval_bytes);
         next = h.next_offset();
@@ -602,6 +635,17 @@ impl Log {
             sync_dir_async(&dir).await?;
         }
         let (mut bases, sizes): (Vec<u64>, Vec<u64>) = listing.segments.into_iter().unzip();
+        if let Some(&first) = bases.first() {
+            refuse_format_1(&dir, first).await?;
+        }
+        let epoch_path = dir.join(EPOCH_FILE);
+        let mut epochs = match read_small_file(&epoch_path).await {
+            Some(b) => EpochCache::decode(&b).unwrap_or_else(|| {
+                warn!(file = %epoch_path.display(), "damaged leader-epoch checkpoint: starting it afresh");
+                EpochCache::default()
+            }),
+            None => EpochCache::default(),
+        };
         let mut stats = LogStats::default();
         let mut sealed = BTreeMap::new();
         let mut size_bytes = 0u64;
@@ -629,7 +673,8 @@ impl Log {
                     let f = open_rw(&path).await?;
                     let mut idx = SegmentIndex::default();
                     let out =
-                        scan_segment(&f, base, 0, base, size, &cfg, &mut idx, i64::MIN).await?;
+                        scan_segment(&f, base, 0, base, size, &cfg, &mut idx, i64::MIN, &epochs)
+                            .await?;
                     stats.recovered_bytes_scanned += out.end;
                     let s = Summary {
                         covered_len: out.end,
@@ -736,8 +781,18 @@ impl Log {
                     }
                     _ => (0, active_base, i64::MIN),
                 };
-                let out = scan_segment(&file, active_base, start, next, size, &cfg, &mut index, ts)
-                    .await?;
+                let out = scan_segment(
+                    &file,
+                    active_base,
+                    start,
+                    next,
+                    size,
+                    &cfg,
+                    &mut index,
+                    ts,
+                    &epochs,
+                )
+                .await?;
                 stats.recovered_bytes_scanned += out.end - start;
                 if out.end < size {
                     // The tail past the last valid batch is torn, corrupt or
@@ -746,7 +801,7 @@ impl Log {
                         || out
                             .stop_reason
                             .as_deref()
-                            .is_some_and(|r| r.contains("header CRC") || r.starts_with(STALE));
+                            .is_some_and(|r| r.contains("magic 0 ") || r.starts_with(STALE));
                     if !zeros_only {
                         warn!(segment = active_base, pos = out.end, reason = ?out.stop_reason, "truncating corrupt log tail");
                     }
@@ -783,14 +838,6 @@ impl Log {
         };
         size_bytes += end;
         let log_start = sealed.keys().next().copied().unwrap_or(active_base);
-        let epoch_path = dir.join(EPOCH_FILE);
-        let mut epochs = match read_small_file(&epoch_path).await {
-            Some(b) => EpochCache::decode(&b).unwrap_or_else(|| {
-                warn!(file = %epoch_path.display(), "damaged leader-epoch checkpoint: starting it afresh");
-                EpochCache::default()
-            }),
-            None => EpochCache::default(),
-        };
         if epochs.truncate_from(next_offset) {
             // Epochs whose batches were lost in the crash.
             write_file_atomic(&epoch_path, &epochs.encode()).await?;
@@ -908,11 +955,7 @@ impl Log {
                 Some(_) => batch::validate_produced(&batch, max)?,
                 None => batch::validate_stored(&batch, max)?,
             };
-            (
-                h.record_count(),
-                h.max_timestamp.get(),
-                h.leader_epoch.get(),
-            )
+            (h.record_count(), h.max_timestamp(), h.leader_epoch())
         };
         let _permit = self
             .append_lock
@@ -1124,12 +1167,29 @@ impl Log {
         let changed = {
             let mut s = self.st.borrow_mut();
             let next = s.next_offset;
-            let latest = s.epochs.latest();
-            if latest.is_some_and(|(e, _)| epoch <= e) || (latest.is_none() && epoch <= 0) {
-                None
-            } else {
-                s.epochs.assign(epoch, next);
-                Some((s.dir.join(EPOCH_FILE), s.epochs.encode()))
+            match s.epochs.latest() {
+                Some((e, _)) if epoch == e => None,
+                Some((e, start)) if epoch < e => {
+                    if start < next {
+                        // Batches of a newer epoch are already here: this
+                        // one comes from a log that diverged from ours.
+                        return Err(LogError::EpochRegression {
+                            epoch,
+                            latest: e,
+                            offset: next,
+                        });
+                    }
+                    // Epochs that started at the end and wrote nothing
+                    // (this replica led briefly) give way, as in Kafka.
+                    s.epochs.truncate_from(next);
+                    s.epochs.assign(epoch, next);
+                    Some((s.dir.join(EPOCH_FILE), s.epochs.encode()))
+                }
+                _ if epoch < 0 => None,
+                _ => {
+                    s.epochs.assign(epoch, next);
+                    Some((s.dir.join(EPOCH_FILE), s.epochs.encode()))
+                }
             }
         };
         if let Some((path, bytes)) = changed {
@@ -1697,8 +1757,19 @@ impl Log {
                 // Rebuild a lost index of a sealed segment.
                 let (file, size, cfg) = self.sealed_file(base).await?;
                 let mut idx = SegmentIndex::default();
-                let out =
-                    scan_segment(&file, base, 0, base, size, &cfg, &mut idx, i64::MIN).await?;
+                let epochs = self.st.borrow().epochs.clone();
+                let out = scan_segment(
+                    &file,
+                    base,
+                    0,
+                    base,
+                    size,
+                    &cfg,
+                    &mut idx,
+                    i64::MIN,
+                    &epochs,
+                )
+                .await?;
                 let summary = Summary {
                     covered_len: out.end,
                     next_offset: out.next_offset,
@@ -1778,22 +1849,31 @@ impl Log {
                 }
             }
         };
-        let (file, mut pos, end, max_batch) = if is_active {
+        let (file, pos, end, max_batch) = if is_active {
             let s = self.st.borrow();
             let a = &s.active;
-            let (_, pos) = a.index.lookup((want - a.base) as u32);
+            let (rel, pos) = a.index.lookup((want - a.base) as u32);
             (
                 a.file.clone(),
-                pos,
+                (pos, seg_base + u64::from(rel)),
                 s.active_readable_end(),
                 s.cfg.max_batch_bytes,
             )
         } else {
             let idx = self.segment_index(seg_base).await?;
             let (file, size, cfg) = self.sealed_file(seg_base).await?;
-            let (_, pos) = idx.lookup((want - seg_base) as u32);
-            (file, pos, size, cfg.max_batch_bytes)
+            let (rel, pos) = idx.lookup((want - seg_base) as u32);
+            (
+                file,
+                (pos, seg_base + u64::from(rel)),
+                size,
+                cfg.max_batch_bytes,
+            )
         };
+        // Where the batch at `pos` must start: the index says, then each
+        // batch continues the one before (the base offsets are not under
+        // the CRC, so this is what protects them on reads).
+        let (mut pos, mut expected) = pos;
         let corrupt = |pos: u64, reason: String| LogError::Corrupt {
             file: segment_name(seg_base, "log"),
             pos,
@@ -1825,8 +1905,15 @@ impl Log {
                     return Err(corrupt(pos, format!("batch length {blen}")));
                 }
                 if at + blen <= buf.len() {
-                    self.take_batch(out, &buf[at..at + blen], max_bytes, bound, max_batch)
-                        .map_err(|r| corrupt(pos, r))?
+                    self.take_batch(
+                        out,
+                        &buf[at..at + blen],
+                        max_bytes,
+                        bound,
+                        max_batch,
+                        &mut expected,
+                    )
+                    .map_err(|r| corrupt(pos, r))?
                 } else {
                     // The batch spans windows: assemble it.
                     let mut whole = Vec::with_capacity(blen);
@@ -1841,7 +1928,7 @@ impl Log {
                         whole.extend_from_slice(&r[..n]);
                         win = Some((next, r));
                     }
-                    self.take_batch(out, &whole, max_bytes, bound, max_batch)
+                    self.take_batch(out, &whole, max_bytes, bound, max_batch, &mut expected)
                         .map_err(|r| corrupt(pos, r))?
                 }
                 .then_some(blen)
@@ -1868,7 +1955,7 @@ impl Log {
                 if r.len() < blen {
                     return Err(corrupt(pos, "batch runs past the end of the file".into()));
                 }
-                self.take_batch(out, &r[..blen], max_bytes, bound, max_batch)
+                self.take_batch(out, &r[..blen], max_bytes, bound, max_batch, &mut expected)
                     .map_err(|r| corrupt(pos, r))?
                     .then_some(blen)
             };
@@ -1952,8 +2039,12 @@ impl Log {
         max_bytes: usize,
         bound: u64,
         max_batch: usize,
+        expected: &mut u64,
     ) -> std::result::Result<bool, String> {
         let h = batch::validate_stored(b, max_batch).map_err(|e| e.to_string())?;
+        let epoch = self.st.borrow().epochs.epoch_at(*expected);
+        batch::check_placement(h, *expected, epoch).map_err(|e| e.to_string())?;
+        *expected = h.next_offset();
         if h.next_offset() <= out.next_offset {
             return Ok(true); // before the wanted offset: skip
         }

@@ -35,7 +35,7 @@ proptest! {
         prop_assert_eq!(h.base_offset(), base);
         prop_assert_eq!(h.record_count() as usize, records.len());
         prop_assert_eq!(h.last_offset(), base + records.len() as u64 - 1);
-        prop_assert_eq!(h.first_timestamp.get(), records.iter().map(|r| r.timestamp).min().unwrap());
+        prop_assert_eq!(h.first_timestamp(), records.iter().map(|r| r.timestamp).min().unwrap());
         prop_assert_eq!(h.max_timestamp.get(), records.iter().map(|r| r.timestamp).max().unwrap());
         let views = batch::records(&b).unwrap();
         prop_assert_eq!(views.len(), records.len());
@@ -52,15 +52,25 @@ proptest! {
         }
     }
 
+    /// Every single-bit flip of a stored batch is caught: by the producer's
+    /// CRC (attributes to the end), by the length and magic checks, or, for
+    /// the fields the broker stamps outside the CRC (base offset, leader
+    /// epoch), by the log's position checks: the offset the log expects
+    /// there and the epoch its epoch cache gives that offset.
     #[test]
     fn every_single_bit_flip_is_rejected(records in proptest::collection::vec(record_strategy(), 1..4), base in any::<u32>()) {
+        let base = u64::from(base);
         let mut b = batch::build_batch(&records);
-        batch::assign(&mut b, u64::from(base), 7);
-        batch::validate_stored(&b, usize::MAX).unwrap();
+        batch::assign(&mut b, base, 7);
+        let stored = |c: &[u8]| {
+            batch::validate_stored(c, usize::MAX)
+                .and_then(|h| batch::check_placement(h, base, Some(7)))
+        };
+        stored(&b).unwrap();
         for bit in 0..b.len() * 8 {
             let mut c = b.clone();
             c[bit / 8] ^= 1 << (bit % 8);
-            prop_assert!(batch::validate_stored(&c, usize::MAX).is_err(), "flip of bit {} accepted", bit);
+            prop_assert!(stored(&c).is_err(), "flip of bit {} accepted", bit);
         }
     }
 
@@ -93,7 +103,7 @@ fn typed_errors() {
         Err(BatchError::TooLarge { .. })
     ));
     let mut m = b.clone();
-    m[12] = 9;
+    m[batch::MAGIC_AT] = 9;
     assert!(matches!(
         batch::validate_produced(&m, 1 << 20),
         Err(BatchError::BadMagic(9))
@@ -104,6 +114,47 @@ fn typed_errors() {
         batch::validate_produced(&c, 1 << 20),
         Err(BatchError::BadCrc { .. })
     ));
+}
+
+#[test]
+fn kafka_magic_0_and_1_and_bad_counts_are_typed() {
+    let b = batch::build_batch(&[Record {
+        timestamp: 5,
+        value: Some(b"hello".to_vec()),
+        ..Default::default()
+    }]);
+    for magic in [0, 1] {
+        let mut m = b.clone();
+        m[batch::MAGIC_AT] = magic;
+        assert_eq!(
+            batch::validate_produced(&m, 1 << 20).unwrap_err(),
+            BatchError::BadMagic(magic)
+        );
+    }
+    let mut c = b.clone();
+    c[60] = 2; // records_count 2, last_offset_delta 0
+    assert!(matches!(
+        batch::validate_produced(&c, 1 << 20),
+        Err(BatchError::BadOffsetDelta { .. })
+    ));
+    let mut z = b.clone();
+    z[22] = 5; // codec 5
+    assert!(matches!(
+        batch::validate_produced(&z, 1 << 20),
+        Err(BatchError::UnknownCompression(5))
+    ));
+}
+
+#[test]
+fn a_format_1_batch_is_recognised() {
+    let mut old = vec![0u8; 64];
+    old[12] = 1;
+    let crc = crc32c::crc32c(&old[..20]);
+    old[20..24].copy_from_slice(&crc.to_le_bytes());
+    assert!(batch::is_format_1(&old));
+    assert!(!batch::is_format_1(&batch::build_batch(&[
+        Record::default()
+    ])));
 }
 
 #[test]
@@ -118,5 +169,5 @@ fn producer_crc_survives_offset_assignment() {
     batch::assign(&mut b, 12345, 3);
     let h = batch::validate_stored(&b, usize::MAX).unwrap();
     assert_eq!(h.crc.get(), crc_before);
-    assert_eq!(h.leader_epoch.get(), 3);
+    assert_eq!(h.leader_epoch(), 3);
 }

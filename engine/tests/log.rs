@@ -572,3 +572,30 @@ fn retired_segment_files_are_reused_and_their_batches_never_resurface() {
         log.close().await.unwrap();
     });
 }
+
+/// A log written in storage format 1 (Levee's own batches) is refused,
+/// not scanned as corrupt Kafka batches and cut.
+#[test]
+fn a_format_1_log_is_refused_and_left_untouched() {
+    let dir = tempdir();
+    // A format-1 batch header: magic 1 at byte 12, header CRC at byte 20.
+    let mut old = vec![0u8; 4096];
+    old[8..12].copy_from_slice(&200u32.to_le_bytes());
+    old[12] = 1;
+    let crc = crc32c::crc32c(&old[..20]);
+    old[20..24].copy_from_slice(&crc.to_le_bytes());
+    let seg = dir.path().join("00000000000000000000.log");
+    std::fs::write(&seg, &old).unwrap();
+    run(async {
+        match Log::open(dir.path(), small_config()).await {
+            Err(LogError::OldFormat { .. }) => {}
+            Err(e) => panic!("expected OldFormat, got {e}"),
+            Ok(_) => panic!("a format-1 log was opened"),
+        }
+    });
+    assert_eq!(
+        std::fs::read(&seg).unwrap(),
+        old,
+        "the old log must not be cut"
+    );
+}

@@ -121,7 +121,7 @@ fn truncation_drops_the_suffix_across_segments_and_appends_continue() {
         let after = all_batches(&log).await;
         assert_eq!(after[..25], before[..25]);
         let h = BatchHeader::parse(&after[25]).unwrap();
-        assert_eq!((h.base_offset(), h.leader_epoch.get()), (100, 5));
+        assert_eq!((h.base_offset(), h.leader_epoch()), (100, 5));
         // Everything gone: the log restarts empty at the cut.
         log.truncate_to(0).await.unwrap();
         assert_eq!(log.log_end_offset(), 0);

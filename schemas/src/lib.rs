@@ -25,8 +25,11 @@ pub use planus;
 use planus::ReadAsRoot;
 use proto::{ErrorCode, RequestHeader, RequestHeaderRef, ResponseHeader, ResponseHeaderRef};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks. 2: record batches are Kafka's
+/// RecordBatch v2 (version 1 carried Levee's own batch format). The
+/// schema's Hello defaults stay 1, so an older client, which leaves its
+/// default-valued versions out, is read as speaking 1 and refused.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Bytes before the header: frame length and header length.
 pub const FRAME_PREFIX_LEN: usize = 8;
 /// Default upper bound on a frame (64 MiB).

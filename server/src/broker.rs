@@ -228,6 +228,11 @@ fn start_coordinator(
 /// start (`<data_dir>/meta.properties`, as Kafka names it). Starting it as
 /// another node, in another cluster, or switching between a single node and
 /// a cluster is refused: it would serve data that is not this node's.
+/// The on-disk format this build writes: 2 is Kafka's RecordBatch v2
+/// (`engine/FORMAT.md`); data directories without it were written by
+/// format 1.
+const STORAGE_FORMAT: &str = "2";
+
 fn check_identity(cfg: &ServerConfig) -> Result<(), String> {
     let cluster = match cfg.coordinator_peers().map_err(|e| e.to_string())? {
         Some(peers) => {
@@ -237,7 +242,10 @@ fn check_identity(cfg: &ServerConfig) -> Result<(), String> {
         }
         None => "single-node".to_string(),
     };
-    let want = format!("node_id={}\ncluster={cluster}\n", cfg.node_id);
+    let want = format!(
+        "node_id={}\ncluster={cluster}\nstorage_format={STORAGE_FORMAT}\n",
+        cfg.node_id
+    );
     let path = cfg.data_dir.join("meta.properties");
     match std::fs::read_to_string(&path) {
         Ok(have) => {
@@ -246,6 +254,14 @@ fn check_identity(cfg: &ServerConfig) -> Result<(), String> {
                     .find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_string))
                     .unwrap_or_default()
             };
+            let format = field(&have, "storage_format");
+            if format != STORAGE_FORMAT {
+                return Err(format!(
+                    "data directory {} was written in Levee storage format {} (Levee's own record batches); this version stores Kafka's RecordBatch v2 (format {STORAGE_FORMAT}) and cannot read it. Start with a new --data-dir, or keep using the release that wrote it",
+                    cfg.data_dir.display(),
+                    if format.is_empty() { "1" } else { format.as_str() }
+                ));
+            }
             for key in ["node_id", "cluster"] {
                 let (h, w) = (field(&have, key), field(&want, key));
                 if h != w {

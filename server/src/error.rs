@@ -41,10 +41,13 @@ impl OpError {
             LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
             LogError::Closed => ErrorCode::ShuttingDown,
             LogError::Config(_) => ErrorCode::InvalidConfig,
-            LogError::NotContiguous { .. } => ErrorCode::InvalidRequest,
-            LogError::Io { .. } | LogError::Poisoned(_) | LogError::Corrupt { .. } => {
-                ErrorCode::StorageError
+            LogError::NotContiguous { .. } | LogError::EpochRegression { .. } => {
+                ErrorCode::InvalidRequest
             }
+            LogError::Io { .. }
+            | LogError::Poisoned(_)
+            | LogError::Corrupt { .. }
+            | LogError::OldFormat { .. } => ErrorCode::StorageError,
         };
         OpError::new(code, e.to_string())
     }

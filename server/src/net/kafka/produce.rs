@@ -7,7 +7,6 @@ use crate::error::OpError;
 use crate::handlers::{self, produce::ProducePartition};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::*;
-use levee_schemas::proto::ErrorCode;
 use std::time::Duration;
 
 /// Byte of a record batch that holds its magic (format version).
@@ -19,13 +18,26 @@ fn records(r: Option<bytes::Bytes>) -> Result<Vec<u8>, (i16, String)> {
     let Some(r) = r.filter(|r| !r.is_empty()) else {
         return Err((code::CORRUPT_MESSAGE, "no record batch".into()));
     };
-    match r.get(MAGIC_AT) {
-        Some(&m) if m < 2 => Err((
-            code::UNSUPPORTED_FOR_MESSAGE_FORMAT,
-            format!("record batches of magic {m} are not supported; Levee stores RecordBatch v2 (Kafka 0.11 and later clients)"),
-        )),
-        _ => Ok(r.to_vec()),
+    // Every batch's magic, walking the length fields (the log checks the
+    // rest); a bad length is left for the log to call corrupt.
+    let mut pos = 0usize;
+    while let Some(&m) = r.get(pos + MAGIC_AT) {
+        if m < 2 {
+            return Err((
+                code::UNSUPPORTED_FOR_MESSAGE_FORMAT,
+                format!("record batches of magic {m} are not supported; Levee stores RecordBatch v2 (Kafka 0.11 and later clients)"),
+            ));
+        }
+        let Some(len) = r.get(pos + 8..pos + 12) else {
+            break;
+        };
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        if len <= 0 {
+            break;
+        }
+        pos += len as usize + 12;
     }
+    Ok(r.to_vec())
 }
 
 pub async fn produce(ctx: &Ctx, req: ProduceRequest) -> ProduceResponse {
@@ -136,11 +148,5 @@ pub async fn produce(ctx: &Ctx, req: ProduceRequest) -> ProduceResponse {
 }
 
 fn produce_error(e: &OpError) -> i16 {
-    match e.code {
-        // A batch whose magic the log refuses is an old format, not damage.
-        ErrorCode::CorruptBatch if e.message.contains("magic") => {
-            code::UNSUPPORTED_FOR_MESSAGE_FORMAT
-        }
-        c => kafka_error(c, false),
-    }
+    kafka_error(e.code, false)
 }
