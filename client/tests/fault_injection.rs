@@ -228,11 +228,11 @@ fn handle(state: &Mutex<State>, body: &[u8]) -> Action {
         match header.request {
             Request::Hello(h) => {
                 assert_eq!(id, 0);
-                assert_eq!(h.min_version, 1);
+                assert_eq!(h.min_version, levee_schemas::PROTOCOL_VERSION);
                 reply(
                     id,
                     Response::HelloResponse(Box::new(HelloResponse {
-                        version: 1,
+                        version: levee_schemas::PROTOCOL_VERSION,
                         server: Some("mock".into()),
                         node_id: st.node_id,
                         max_frame_bytes: 64 << 20,

@@ -27,8 +27,8 @@ impl Raw {
         let (h, _) = r.call(
             Request::Hello(Box::new(Hello {
                 client_id: Some("raw-test".into()),
-                min_version: 1,
-                max_version: 1,
+                min_version: levee_schemas::PROTOCOL_VERSION,
+                max_version: levee_schemas::PROTOCOL_VERSION,
             })),
             &[],
         );
