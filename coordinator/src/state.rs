@@ -77,6 +77,13 @@ pub struct Metadata {
     pub applied_index: u64,
     pub brokers: BTreeMap<u64, BrokerInfo>,
     pub topics: BTreeMap<String, TopicInfo>,
+    /// The next idempotent-producer id not handed out (ids are unique
+    /// across the cluster: brokers take blocks of them).
+    #[serde(default)]
+    pub next_producer_id: i64,
+    /// Per broker, the last block of producer ids it was given: (first, count).
+    #[serde(default)]
+    pub producer_id_blocks: BTreeMap<u64, (i64, u32)>,
 }
 
 /// A metadata change, proposed through Raft.
@@ -126,6 +133,11 @@ pub enum Command {
         partition: u32,
         isr: Vec<u64>,
         epoch: u64,
+    },
+    /// Gives broker `node_id` the next `count` producer ids.
+    AllocateProducerIds {
+        node_id: u64,
+        count: u32,
     },
 }
 
@@ -214,6 +226,11 @@ impl Metadata {
                     p.isr = isr.clone();
                 }
             }
+            Command::AllocateProducerIds { node_id, count } => {
+                let first = self.next_producer_id;
+                self.next_producer_id += i64::from(*count);
+                self.producer_id_blocks.insert(*node_id, (first, *count));
+            }
         }
         self.version += 1;
         Ok(())
@@ -242,6 +259,11 @@ impl Metadata {
             Command::RegisterBroker { node_id, .. } => {
                 if *node_id == 0 {
                     return Err("broker id 0 is reserved".into());
+                }
+            }
+            Command::AllocateProducerIds { count, .. } => {
+                if *count == 0 || self.next_producer_id > i64::MAX - i64::from(*count) {
+                    return Err("no producer ids left to allocate".into());
                 }
             }
             Command::BrokerDown { node_id } | Command::BrokerUp { node_id } => {
@@ -450,6 +472,35 @@ mod tests {
             shards: 2,
         })
         .unwrap();
+    }
+
+    #[test]
+    fn producer_id_blocks_never_overlap() {
+        let mut md = Metadata::default();
+        md.apply(&Command::AllocateProducerIds {
+            node_id: 1,
+            count: 100,
+        })
+        .unwrap();
+        md.apply(&Command::AllocateProducerIds {
+            node_id: 2,
+            count: 100,
+        })
+        .unwrap();
+        md.apply(&Command::AllocateProducerIds {
+            node_id: 1,
+            count: 100,
+        })
+        .unwrap();
+        assert_eq!(md.producer_id_blocks[&2], (100, 100));
+        assert_eq!(md.producer_id_blocks[&1], (200, 100));
+        assert_eq!(md.next_producer_id, 300);
+        assert!(md
+            .apply(&Command::AllocateProducerIds {
+                node_id: 1,
+                count: 0
+            })
+            .is_err());
     }
 
     #[test]

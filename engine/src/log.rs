@@ -1210,6 +1210,26 @@ impl Log {
         self.note_epoch(epoch).await
     }
 
+    /// Whether the log was closed (and is not just reopening after a cut).
+    pub fn is_closed(&self) -> bool {
+        let s = self.st.borrow();
+        s.closed && !s.reopening
+    }
+
+    /// Writes a small state file that belongs with this log (a snapshot of
+    /// state derived from it), atomically and durably, in its directory.
+    pub async fn write_state_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.st.borrow().dir.join(name);
+        write_file_atomic(&path, bytes).await
+    }
+
+    /// Reads a state file written by [`Log::write_state_file`] (`None`:
+    /// absent or unreadable).
+    pub async fn read_state_file(&self, name: &str) -> Option<Vec<u8>> {
+        let path = self.st.borrow().dir.join(name);
+        read_small_file(&path).await
+    }
+
     /// The latest leader epoch that appended to (or started on) this log.
     pub fn latest_epoch(&self) -> Option<i32> {
         self.st.borrow().epochs.latest().map(|(e, _)| e)

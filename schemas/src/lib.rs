@@ -192,6 +192,8 @@ pub fn error_name(code: ErrorCode) -> &'static str {
         ErrorCode::CoordinatorUnavailable => "coordinator_unavailable",
         ErrorCode::InconsistentGroupProtocol => "inconsistent_group_protocol",
         ErrorCode::MemberIdRequired => "member_id_required",
+        ErrorCode::OutOfOrderSequence => "out_of_order_sequence",
+        ErrorCode::InvalidProducerEpoch => "invalid_producer_epoch",
     }
 }
 

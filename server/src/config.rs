@@ -69,6 +69,9 @@ pub struct ServerConfig {
     /// A follower that has not caught up with its leader for this long
     /// leaves the in-sync replica set.
     pub replica_lag_time_max_ms: u64,
+    /// An idempotent producer that has written nothing to a partition for
+    /// this long is forgotten there (Kafka's `producer.id.expiration.ms`).
+    pub producer_id_expiration_ms: u64,
     pub log: LogDefaults,
 }
 
@@ -125,6 +128,7 @@ impl Default for ServerConfig {
             heartbeat_interval_ms: 200,
             min_insync_replicas: 0,
             replica_lag_time_max_ms: 5000,
+            producer_id_expiration_ms: 24 * 3600 * 1000,
             log: LogDefaults::default(),
         }
     }

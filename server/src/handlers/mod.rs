@@ -11,6 +11,7 @@ pub mod groups;
 pub mod metadata;
 pub mod offsets;
 pub mod produce;
+pub mod producers;
 pub mod topics;
 
 use crate::shard::Shard;

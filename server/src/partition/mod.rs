@@ -13,6 +13,7 @@ use levee_engine::batch::{BatchHeader, HEADER_LEN};
 use levee_engine::event::LocalEvent;
 use levee_engine::{Log, LogConfig};
 use levee_schemas::proto::ErrorCode;
+use producers::{last_seq, ProducerTable, SeqRange, Verdict};
 use std::cell::{Cell, RefCell};
 use std::path::Path;
 use std::rc::Rc;
@@ -80,6 +81,53 @@ pub struct Partition {
     pub hw_changed: LocalEvent,
     max_backlog: Option<u64>,
     counters: Counters,
+    /// Idempotent producers' sequences (KIP-98).
+    producers: RefCell<ProducerTable>,
+    /// Serializes a check of the producer table with the append it allows.
+    producer_lock: glommio::sync::Semaphore,
+    /// The producer table changed, and bytes appended, since its snapshot.
+    producers_dirty: Cell<bool>,
+    bytes_since_snapshot: Cell<u64>,
+}
+
+/// The state file holding the producer table's snapshot.
+const PRODUCER_SNAPSHOT: &str = "producer-state";
+const SNAPSHOT_MAGIC: &[u8; 4] = b"LVPS";
+/// A snapshot is taken once this much was appended after the last one
+/// (bounding the scan after a crash), or when the table changed and
+/// [`SNAPSHOT_INTERVAL`] passed.
+const SNAPSHOT_EVERY_BYTES: u64 = 64 << 20;
+const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The batch fields the producer table needs.
+#[derive(Debug, Clone, Copy)]
+struct ProducerFields {
+    pid: i64,
+    epoch: i16,
+    first_seq: i32,
+    count: u32,
+    max_ts: i64,
+}
+
+impl ProducerFields {
+    fn of(h: &BatchHeader) -> Option<ProducerFields> {
+        (h.producer_id() >= 0 && h.base_sequence() >= 0).then(|| ProducerFields {
+            pid: h.producer_id(),
+            epoch: h.producer_epoch(),
+            first_seq: h.base_sequence(),
+            count: h.record_count(),
+            max_ts: h.max_timestamp(),
+        })
+    }
+
+    fn range(&self, first_offset: u64, last_offset: u64) -> SeqRange {
+        SeqRange {
+            first_seq: self.first_seq,
+            last_seq: last_seq(self.first_seq, self.count),
+            first_offset,
+            last_offset,
+        }
+    }
 }
 
 fn add(c: &Cell<u64>, v: u64) {
@@ -113,8 +161,13 @@ impl Partition {
             hw_changed: LocalEvent::default(),
             max_backlog,
             counters: Counters::default(),
+            producers: RefCell::new(ProducerTable::default()),
+            producer_lock: glommio::sync::Semaphore::new(1),
+            producers_dirty: Cell::new(false),
+            bytes_since_snapshot: Cell::new(0),
         });
         part.counters.fetch_next.set(end);
+        part.load_producers().await?;
         let bg = part.clone();
         glommio::spawn_local(async move {
             if let Err(e) = bg.log.run_background().await {
@@ -185,7 +238,7 @@ impl Partition {
             r.epoch
         };
         let clustered = self.role() == Role::Leader;
-        let (bounds, msgs) = split_request(&data)?;
+        let (batches, msgs) = split_request(&data)?;
         if let Some(max) = self.max_backlog {
             if self.backlog() + data.len() as u64 > max {
                 return Err(OpError::new(
@@ -200,27 +253,58 @@ impl Partition {
         let total = data.len() as u64;
         let mut first = None;
         let mut last = 0;
-        let single = bounds.len() == 1;
+        let single = batches.len() == 1;
+        let idempotent = batches.iter().any(|b| b.producer.is_some());
+        // A check of the producer table and the append it allows happen
+        // together (appends to one log are serial anyway).
+        let _guard = match idempotent {
+            true => Some(
+                self.producer_lock
+                    .acquire_permit(1)
+                    .await
+                    .map_err(|_| OpError::shutting_down())?,
+            ),
+            false => None,
+        };
         let mut data = Some(data);
-        for r in bounds {
-            let batch = if single {
-                data.take().unwrap_or_default()
-            } else {
-                data.as_ref().map(|d| d[r].to_vec()).unwrap_or_default()
-            };
+        for b in batches {
             // Leadership may have moved while an earlier batch was appended.
             if clustered && (self.role() != Role::Leader || self.repl.borrow().epoch != epoch) {
                 self.check_leader()?;
             }
+            if let Some(pf) = b.producer {
+                if let Verdict::Duplicate {
+                    first_offset,
+                    last_offset,
+                } = self.check_producer(&pf)?
+                {
+                    // A retry of a batch already written: its offsets, no
+                    // second write. (Gaps and old epochs are errors above.)
+                    first.get_or_insert(first_offset);
+                    last = last_offset;
+                    continue;
+                }
+            }
+            let batch = if single {
+                data.take().unwrap_or_default()
+            } else {
+                data.as_ref()
+                    .map(|d| d[b.range.clone()].to_vec())
+                    .unwrap_or_default()
+            };
             let info = self
                 .log
                 .append_with_epoch(batch, batch_epoch(epoch))
                 .await
                 .map_err(OpError::from_log)?;
+            if let Some(pf) = b.producer {
+                self.record_producer(&pf, info.base_offset, info.last_offset);
+            }
             first.get_or_insert(info.base_offset);
             last = info.last_offset;
             self.appended.notify();
         }
+        add(&self.bytes_since_snapshot, total);
         if clustered {
             self.recompute_hw();
         }
@@ -228,6 +312,7 @@ impl Partition {
         add(&c.bytes_in, total);
         add(&c.msgs_in, msgs);
         add(&c.produced, total);
+        drop(_guard);
         if acks == -1 {
             self.wait_durable(last, timeout).await?;
             if clustered {
@@ -428,6 +513,142 @@ impl Partition {
         Ok((i64::from(e), end as i64))
     }
 
+    /// Judges an idempotent producer's batch: append, duplicate (its
+    /// original offsets), or an error for a gap or an old epoch.
+    fn check_producer(&self, pf: &ProducerFields) -> OpResult<Verdict> {
+        let last = last_seq(pf.first_seq, pf.count);
+        match self.producers.borrow().check(pf.pid, pf.epoch, pf.first_seq, last) {
+            Verdict::OutOfOrder { expected, got } => Err(OpError::new(
+                ErrorCode::OutOfOrderSequence,
+                format!(
+                    "producer {} sent sequence {got} to partition {} of `{}`, {expected} was expected",
+                    pf.pid, self.partition, self.topic
+                ),
+            )),
+            Verdict::Fenced { current, got } => Err(OpError::new(
+                ErrorCode::InvalidProducerEpoch,
+                format!(
+                    "producer {} has epoch {current}; a batch of its epoch {got} is fenced",
+                    pf.pid
+                ),
+            )),
+            v => Ok(v),
+        }
+    }
+
+    fn record_producer(&self, pf: &ProducerFields, first_offset: u64, last_offset: u64) {
+        self.producers.borrow_mut().record(
+            pf.pid,
+            pf.epoch,
+            pf.range(first_offset, last_offset),
+            pf.max_ts,
+        );
+        self.producers_dirty.set(true);
+    }
+
+    /// Follower: a batch copied from the leader was appended.
+    pub fn note_replicated(&self, batch: &[u8]) {
+        add(&self.bytes_since_snapshot, batch.len() as u64);
+        if let Ok(h) = BatchHeader::parse(batch) {
+            if let Some(pf) = ProducerFields::of(h) {
+                self.record_producer(&pf, h.base_offset(), h.last_offset());
+            }
+        }
+    }
+
+    /// The log was cut at `offset`: forget the producers' batches from there.
+    pub fn producers_truncated(&self, offset: u64) {
+        self.producers.borrow_mut().truncate(offset);
+        self.producers_dirty.set(true);
+    }
+
+    /// Rebuilds the producer table: the snapshot, then every batch after it.
+    async fn load_producers(&self) -> OpResult<()> {
+        let (mut table, mut from) = match self.log.read_state_file(PRODUCER_SNAPSHOT).await {
+            Some(b) => decode_snapshot(&b).unwrap_or_else(|| {
+                warn!(topic = %self.topic, partition = self.partition, "damaged producer-state snapshot: rebuilding from the log");
+                (ProducerTable::default(), 0)
+            }),
+            None => (ProducerTable::default(), 0),
+        };
+        let end = self.log.log_end_offset();
+        if from > end {
+            // The log lost its tail after the snapshot was taken.
+            table.truncate(end);
+            from = end;
+        }
+        let mut next = from.max(self.log.log_start_offset());
+        while next < end {
+            let out = self
+                .log
+                .read(next, 4 << 20, None)
+                .await
+                .map_err(OpError::from_log)?;
+            if out.data.is_empty() {
+                break;
+            }
+            for b in levee_engine::batch::split_batches(&out.data) {
+                if let Ok(h) = BatchHeader::parse(b) {
+                    if let Some(pf) = ProducerFields::of(h) {
+                        table.record(
+                            pf.pid,
+                            pf.epoch,
+                            pf.range(h.base_offset(), h.last_offset()),
+                            pf.max_ts,
+                        );
+                    }
+                }
+            }
+            next = out.next_offset;
+        }
+        *self.producers.borrow_mut() = table;
+        Ok(())
+    }
+
+    /// Writes the producer table's snapshot, covering the log up to its end.
+    pub async fn snapshot_producers(&self) -> OpResult<()> {
+        let end = self.log.log_end_offset();
+        let bytes = encode_snapshot(&self.producers.borrow(), end);
+        self.producers_dirty.set(false);
+        self.bytes_since_snapshot.set(0);
+        self.log
+            .write_state_file(PRODUCER_SNAPSHOT, &bytes)
+            .await
+            .map_err(OpError::from_log)
+    }
+
+    /// Every ten seconds: expires idle producers and takes a snapshot when
+    /// enough was appended or the table changed a while ago. Ends when the
+    /// log closes.
+    pub async fn run_producer_upkeep(&self, expiration: Duration) {
+        let mut last = Instant::now();
+        loop {
+            glommio::timer::sleep(Duration::from_secs(10)).await;
+            if self.log.is_closed() {
+                return;
+            }
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            if self
+                .producers
+                .borrow_mut()
+                .expire(now_ms, expiration.as_millis() as i64)
+                > 0
+            {
+                self.producers_dirty.set(true);
+            }
+            let due = self.bytes_since_snapshot.get() >= SNAPSHOT_EVERY_BYTES
+                || (self.producers_dirty.get() && last.elapsed() >= SNAPSHOT_INTERVAL);
+            if due {
+                if let Err(e) = self.snapshot_producers().await {
+                    warn!(topic = %self.topic, partition = self.partition, error = %e.message, "writing the producer-state snapshot failed");
+                }
+                last = Instant::now();
+            }
+        }
+    }
+
     /// This partition's metric samples.
     pub fn samples(&self, out: &mut Vec<Sample>) {
         let l = format!(
@@ -456,10 +677,18 @@ impl Partition {
     }
 }
 
-/// Splits a produce request's data into whole batches: their byte ranges
-/// and the number of records in all of them.
-fn split_request(data: &[u8]) -> OpResult<(Vec<std::ops::Range<usize>>, u64)> {
-    let mut bounds = Vec::new();
+/// One batch of a produce request.
+struct RequestBatch {
+    range: std::ops::Range<usize>,
+    /// Set for batches of an idempotent producer.
+    producer: Option<ProducerFields>,
+}
+
+/// Splits a produce request's data into whole batches (parsing each header
+/// once): their byte ranges and producer fields, and the number of records
+/// in all of them.
+fn split_request(data: &[u8]) -> OpResult<(Vec<RequestBatch>, u64)> {
+    let mut batches = Vec::new();
     let mut pos = 0usize;
     let mut msgs = 0u64;
     while pos < data.len() {
@@ -481,14 +710,41 @@ fn split_request(data: &[u8]) -> OpResult<(Vec<std::ops::Range<usize>>, u64)> {
             ));
         }
         msgs += u64::from(h.record_count());
-        bounds.push(pos..pos + len);
+        batches.push(RequestBatch {
+            range: pos..pos + len,
+            producer: ProducerFields::of(h),
+        });
         pos += len;
     }
-    if bounds.is_empty() {
+    if batches.is_empty() {
         return Err(OpError::new(
             ErrorCode::InvalidRequest,
             "produce carries no record batch",
         ));
     }
-    Ok((bounds, msgs))
+    Ok((batches, msgs))
+}
+
+/// `LVPS`, the log offset it covers up to, a CRC32C of the table, the table.
+fn encode_snapshot(t: &ProducerTable, end: u64) -> Vec<u8> {
+    let table = t.encode();
+    let mut out = Vec::with_capacity(16 + table.len());
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&end.to_be_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&table).to_be_bytes());
+    out.extend_from_slice(&table);
+    out
+}
+
+fn decode_snapshot(b: &[u8]) -> Option<(ProducerTable, u64)> {
+    if b.get(..4)? != SNAPSHOT_MAGIC {
+        return None;
+    }
+    let end = u64::from_be_bytes(b.get(4..12)?.try_into().ok()?);
+    let crc = u32::from_be_bytes(b.get(12..16)?.try_into().ok()?);
+    let table = b.get(16..)?;
+    if crc32c::crc32c(table) != crc {
+        return None;
+    }
+    Some((ProducerTable::decode(table)?, end))
 }

@@ -166,6 +166,7 @@ impl Shard {
                         // The leader's log starts after ours ends (retention
                         // removed the rest): restart ours there.
                         info!(topic = %p.topic, partition = p.partition, from = expected, to = got, "replica is behind the leader's log start; restarting it there");
+                        p.producers_truncated(0);
                         res = match p.log.reset_to(got).await {
                             Ok(()) => p.log.append_replica(b.to_vec()).await,
                             Err(e) => Err(e),
@@ -173,7 +174,10 @@ impl Shard {
                     }
                 }
                 match res {
-                    Ok(info) => last = Some(info.last_offset),
+                    Ok(info) => {
+                        p.note_replicated(b);
+                        last = Some(info.last_offset);
+                    }
                     Err(LogError::NotContiguous { .. }) => {
                         p.repl.borrow_mut().needs_reconcile = true;
                         break;
@@ -235,6 +239,7 @@ async fn reconcile(c: &mut PeerConn, p: &Partition) -> Result<bool, String> {
         );
         p.log.truncate_to(cut).await.map_err(|e| e.to_string())?;
         p.repl.borrow_mut().truncated(cut);
+        p.producers_truncated(cut);
     }
     Ok(true)
 }

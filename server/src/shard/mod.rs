@@ -5,6 +5,7 @@
 //! Topic registry changes of a single node are in `topics.rs`.
 
 mod mesh;
+mod producer_ids;
 mod topics;
 
 pub use crate::shutdown::Shutdown;
@@ -61,6 +62,8 @@ pub struct Shard {
     /// Request buffers kept for reuse: reading a large request into a fresh
     /// allocation costs page faults and zeroing on every request.
     buffers: RefCell<Vec<Vec<u8>>>,
+    /// Shard 0: the producer ids left in its reserved block (next, end).
+    producer_ids: Cell<Option<(i64, i64)>>,
 }
 
 /// Request buffers a shard keeps for reuse, and the largest kept.
@@ -102,6 +105,7 @@ impl Shard {
             admin_lock: Semaphore::new(1),
             groups: crate::groups::Groups::new(&cfg.data_dir),
             buffers: RefCell::new(Vec::new()),
+            producer_ids: Cell::new(None),
             cfg,
         })
     }
@@ -233,6 +237,9 @@ impl Shard {
         let me = self.cluster.as_ref().map(|_| u64::from(self.cfg.node_id));
         let max_backlog = pos(meta.max_backlog_bytes).map(|v| v as u64);
         let part = Partition::open(name, p, &dir, cfg, max_backlog, me).await?;
+        let upkeep = part.clone();
+        let expiration = std::time::Duration::from_millis(self.cfg.producer_id_expiration_ms);
+        glommio::spawn_local(async move { upkeep.run_producer_upkeep(expiration).await }).detach();
         self.parts
             .borrow_mut()
             .insert((name.to_string(), p), part.clone());
@@ -260,6 +267,10 @@ impl Shard {
     pub async fn close_all(&self) {
         self.groups.close_all().await;
         for p in self.all_partitions() {
+            // The producer table, so the next start need not rescan.
+            if let Err(e) = p.snapshot_producers().await {
+                warn!(topic = %p.topic, partition = p.partition, error = %e.message, "writing the producer-state snapshot failed");
+            }
             if let Err(e) = p.log.close().await {
                 warn!(topic = %p.topic, partition = p.partition, error = %e, "closing a partition log failed");
             }

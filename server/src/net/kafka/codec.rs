@@ -41,6 +41,8 @@ pub mod code {
     pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
     pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
     pub const MEMBER_ID_REQUIRED: i16 = 79;
+    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+    pub const INVALID_PRODUCER_EPOCH: i16 = 47;
     pub const THROTTLING_QUOTA_EXCEEDED: i16 = 89;
 }
 
@@ -77,6 +79,8 @@ pub fn kafka_error(e: ErrorCode, group: bool) -> i16 {
         ErrorCode::CoordinatorUnavailable => COORDINATOR_NOT_AVAILABLE,
         ErrorCode::InconsistentGroupProtocol => INCONSISTENT_GROUP_PROTOCOL,
         ErrorCode::MemberIdRequired => MEMBER_ID_REQUIRED,
+        ErrorCode::OutOfOrderSequence => OUT_OF_ORDER_SEQUENCE_NUMBER,
+        ErrorCode::InvalidProducerEpoch => INVALID_PRODUCER_EPOCH,
     }
 }
 
@@ -102,6 +106,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::InitProducerId, 0, 4),
 ];
 
 /// Whether `key` at `version` is served.
@@ -218,6 +223,7 @@ pub fn decode_any(frame_body: &[u8]) -> Result<(), String> {
         DescribeConfigs => m::DescribeConfigsRequest,
         DeleteGroups => m::DeleteGroupsRequest,
         DescribeCluster => m::DescribeClusterRequest,
+        InitProducerId => m::InitProducerIdRequest,
     )
     .map_err(|e| e.to_string())
 }

@@ -18,6 +18,7 @@ mod groups;
 mod metadata;
 mod offsets;
 mod produce;
+mod producers;
 
 use crate::net::conn::{read_exact_or_shutdown, write_loop, Outgoing, Pending};
 use crate::shard::{bump, Shard};
@@ -208,6 +209,7 @@ async fn process(shard: &Rc<Shard>, body: &mut Bytes, host: Rc<str>) -> Reply {
         ApiKey::DeleteTopics => serve!(m::DeleteTopicsRequest, admin::delete_topics),
         ApiKey::DescribeConfigs => serve!(m::DescribeConfigsRequest, admin::describe_configs),
         ApiKey::DescribeCluster => serve!(m::DescribeClusterRequest, admin::describe_cluster),
+        ApiKey::InitProducerId => serve!(m::InitProducerIdRequest, producers::init_producer_id),
         _ => Reply::Frame(minimal_error(corr, code::UNSUPPORTED_VERSION)),
     }
 }
