@@ -1022,6 +1022,47 @@ fn settle_batch(
 
 /// A producer that builds record batches itself and keeps
 /// `--max-in-flight` of them in flight on its connection.
+/// A batch of `n` bench messages of `size` bytes, sequence numbers from
+/// `h.seq`, built in place after the header space: each payload is written
+/// once, straight into the batch. Records in Kafka's encoding (every varint
+/// zigzag): attributes, timestamp delta 0, offset delta, null key (-1),
+/// value, no headers.
+fn direct_batch(h: &Header, n: u64, size: usize, pool: &FillerPool, ts: i64) -> Vec<u8> {
+    let mut records = levee_engine::batch::batch_buffer(n as usize * (size + 12));
+    for i in 0..n {
+        let mut head = [0u8; 32];
+        let mut at = 2; // attributes 0, timestamp delta 0
+        at += put_varint_slice(&mut head[at..], i << 1);
+        head[at] = 1; // null key
+        at += 1;
+        at += put_varint_slice(&mut head[at..], (size as u64) << 1);
+        let body_len = at + size + 1;
+        let mut len_buf = [0u8; 10];
+        let l = put_varint_slice(&mut len_buf, (body_len as u64) << 1);
+        records.extend_from_slice(&len_buf[..l]);
+        records.extend_from_slice(&head[..at]);
+        let before = records.len();
+        payload::encode_into(
+            &Header {
+                seq: h.seq + i,
+                ..*h
+            },
+            size,
+            pool,
+            &mut records,
+        );
+        debug_assert_eq!(records.len() - before, size);
+        records.push(0u8); // no headers
+    }
+    levee_engine::batch::finish_batch(
+        records,
+        n as u32,
+        ts,
+        ts,
+        levee_engine::batch::BatchMeta::default(),
+    )
+}
+
 async fn batch_producer_task(
     id: u32,
     cfg: Arc<Config>,
@@ -1072,47 +1113,18 @@ async fn batch_producer_task(
         let first_seq = seqs[partition as usize];
         let sent_ns = shared.now_ns();
         let ts = (sent_ns / 1_000_000) as i64;
-        // Built in place after the header space: each payload is written
-        // once, straight into the batch.
-        let mut records = levee_engine::batch::batch_buffer(n as usize * (size + 12));
-        for i in 0..n {
-            // One record: attributes, timestamp delta 0, offset delta, null
-            // key (zigzag -1), value, no headers.
-            let mut head = [0u8; 32];
-            let mut at = 0;
-            head[at..at + 2].copy_from_slice(&[0, 0]);
-            at += 2;
-            at += put_varint_slice(&mut head[at..], i);
-            head[at] = 1;
-            at += 1;
-            at += put_varint_slice(&mut head[at..], (size as u64) << 1);
-            let body_len = at + size + 1;
-            let mut len_buf = [0u8; 10];
-            let l = put_varint_slice(&mut len_buf, body_len as u64);
-            records.extend_from_slice(&len_buf[..l]);
-            records.extend_from_slice(&head[..at]);
-            let before = records.len();
-            payload::encode_into(
-                &Header {
-                    run_id: shared.run_id,
-                    producer: id,
-                    partition,
-                    seq: first_seq + i,
-                    sent_ns,
-                },
-                size,
-                &pool,
-                &mut records,
-            );
-            debug_assert_eq!(records.len() - before, size);
-            records.push(0u8);
-        }
-        let batch = levee_engine::batch::finish_batch(
-            records,
-            n as u32,
+        let batch = direct_batch(
+            &Header {
+                run_id: shared.run_id,
+                producer: id,
+                partition,
+                seq: first_seq,
+                sent_ns,
+            },
+            n,
+            size,
+            &pool,
             ts,
-            ts,
-            levee_engine::batch::BatchMeta::default(),
         );
         if queue.len() >= a.max_in_flight.max(1) {
             if let Some((waiter, b)) = queue.pop_front() {
@@ -2609,5 +2621,31 @@ mod tests {
             &[(3, 1)].into_iter().collect(),
             4
         ));
+    }
+}
+
+#[cfg(test)]
+mod direct_batch_tests {
+    use super::*;
+
+    #[test]
+    fn direct_batches_decode_as_kafka_records_carrying_bench_payloads() {
+        let pool = FillerPool::new(7, 100);
+        let h = Header {
+            run_id: 9,
+            producer: 2,
+            partition: 1,
+            seq: 40,
+            sent_ns: 123,
+        };
+        let b = direct_batch(&h, 5, 100, &pool, 1_000);
+        levee_engine::batch::validate_produced(&b, 1 << 20).unwrap();
+        let recs = levee_engine::batch::records(&b).unwrap();
+        assert_eq!(recs.len(), 5);
+        for (i, r) in recs.iter().enumerate() {
+            assert_eq!((r.offset, r.key, r.timestamp), (i as u64, None, 1_000));
+            let got = payload::verify(r.value.unwrap()).unwrap();
+            assert_eq!(got.seq, 40 + i as u64);
+        }
     }
 }
