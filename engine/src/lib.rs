@@ -15,6 +15,8 @@ pub mod error;
 #[cfg(feature = "storage")]
 pub mod event;
 #[cfg(feature = "storage")]
+pub mod fifo;
+#[cfg(feature = "storage")]
 pub mod index;
 #[cfg(feature = "storage")]
 mod log;

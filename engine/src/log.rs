@@ -9,6 +9,7 @@ use crate::config::{FsyncPolicy, LogConfig};
 use crate::epochs::{EpochCache, EPOCH_FILE};
 use crate::error::{glommio_err, io_err, LogError, Result};
 use crate::event::LocalEvent;
+use crate::fifo::{FifoGuard, FifoLock};
 use crate::index::{self, SegmentIndex, Summary};
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 use glommio::sync::Semaphore;
@@ -254,7 +255,8 @@ pub struct Log {
     st: Rc<RefCell<State>>,
     io: Rc<LocalEvent>,
     flushed: LocalEvent,
-    append_lock: Semaphore,
+    /// Serializes appends in call order (see `fifo.rs`).
+    append_lock: FifoLock,
     flush_lock: Semaphore,
 }
 
@@ -887,7 +889,7 @@ impl Log {
             st: Rc::new(RefCell::new(st)),
             io: Rc::new(LocalEvent::default()),
             flushed: LocalEvent::default(),
-            append_lock: Semaphore::new(1),
+            append_lock: FifoLock::default(),
             flush_lock: Semaphore::new(1),
         })
     }
@@ -957,11 +959,7 @@ impl Log {
             };
             (h.record_count(), h.max_timestamp(), h.leader_epoch())
         };
-        let _permit = self
-            .append_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| LogError::Closed)?;
+        let _permit = self.append_lock.lock().await;
         let leader_epoch = assign.unwrap_or(stored_epoch);
         {
             let s = self.st.borrow();
@@ -1078,12 +1076,8 @@ impl Log {
 
     /// Both locks, in the order every caller takes them (appends, then
     /// flushes): for the operations that rewrite the log's files.
-    async fn lock_all(&self) -> Result<(glommio::sync::Permit<'_>, glommio::sync::Permit<'_>)> {
-        let a = self
-            .append_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| LogError::Closed)?;
+    async fn lock_all(&self) -> Result<(FifoGuard<'_>, glommio::sync::Permit<'_>)> {
+        let a = self.append_lock.lock().await;
         let f = self
             .flush_lock
             .acquire_permit(1)
@@ -1201,11 +1195,7 @@ impl Log {
     /// A new leader of `epoch` marks where its epoch starts (the log end),
     /// so followers asking for the previous epoch learn where it ended.
     pub async fn assign_epoch_start(&self, epoch: i32) -> Result<()> {
-        let _permit = self
-            .append_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| LogError::Closed)?;
+        let _permit = self.append_lock.lock().await;
         self.st.borrow().check_writable()?;
         self.note_epoch(epoch).await
     }

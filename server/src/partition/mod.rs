@@ -84,7 +84,7 @@ pub struct Partition {
     /// Idempotent producers' sequences (KIP-98).
     producers: RefCell<ProducerTable>,
     /// Serializes a check of the producer table with the append it allows.
-    producer_lock: glommio::sync::Semaphore,
+    producer_lock: levee_engine::fifo::FifoLock,
     /// The producer table changed, and bytes appended, since its snapshot.
     producers_dirty: Cell<bool>,
     bytes_since_snapshot: Cell<u64>,
@@ -162,7 +162,7 @@ impl Partition {
             max_backlog,
             counters: Counters::default(),
             producers: RefCell::new(ProducerTable::default()),
-            producer_lock: glommio::sync::Semaphore::new(1),
+            producer_lock: levee_engine::fifo::FifoLock::default(),
             producers_dirty: Cell::new(false),
             bytes_since_snapshot: Cell::new(0),
         });
@@ -258,12 +258,7 @@ impl Partition {
         // A check of the producer table and the append it allows happen
         // together (appends to one log are serial anyway).
         let _guard = match idempotent {
-            true => Some(
-                self.producer_lock
-                    .acquire_permit(1)
-                    .await
-                    .map_err(|_| OpError::shutting_down())?,
-            ),
+            true => Some(self.producer_lock.lock().await),
             false => None,
         };
         let mut data = Some(data);
