@@ -27,6 +27,9 @@ pub mod report;
 pub mod stats;
 pub mod verify;
 
+pub mod kafka;
+mod kafka_tasks;
+
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +54,13 @@ use rate::{Pacer, RateShape};
 use report::{BacklogSummary, GroupReport, MemorySummary, Report, Throughput, Verification};
 use stats::{fmt_bytes, quantile_ms, summarize, Phase, Point, TaskHists};
 use verify::{Checked, Counts, Owner, Sent, Stream, Verifier};
+
+/// Which wire protocol the bench speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    Native,
+    Kafka,
+}
 
 /// Message keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +131,11 @@ Examples:
   levee bench --producers 0 --consumers 4 --topic existing   # catch-up read from disk
   levee bench --producers 2 --consumers 3 --group bench-g --partitions 6 --rate 50   # consumer group, lag")]
 pub struct BenchArgs {
+    /// The protocol to drive the broker with: `native` (Levee's), or `kafka`
+    /// (any Kafka-compatible broker; needs `--direct-batches` for producers;
+    /// no `--group`). The default `--bootstrap` becomes 127.0.0.1:9092.
+    #[arg(long, value_enum, default_value_t = Protocol::Native)]
+    pub protocol: Protocol,
     /// Broker addresses HOST:PORT[,...].
     #[arg(
         long,
@@ -266,7 +281,11 @@ fn host_cpus() -> usize {
 }
 
 impl Config {
-    fn new(args: BenchArgs) -> Result<Config, BenchError> {
+    fn new(mut args: BenchArgs) -> Result<Config, BenchError> {
+        if args.protocol == Protocol::Kafka && args.bootstrap == ["127.0.0.1:9192"] {
+            // The native default; Kafka brokers listen on 9092.
+            args.bootstrap = vec!["127.0.0.1:9092".into()];
+        }
         if args.producers == 0 && args.consumers == 0 {
             return Err(usage(
                 "--producers and --consumers are both 0: nothing to do",
@@ -280,6 +299,18 @@ impl Config {
         }
         if args.direct_batches && !matches!(args.keys, Keys::None) {
             return Err(usage("--direct-batches needs --keys none"));
+        }
+        if args.protocol == Protocol::Kafka {
+            if args.producers > 0 && !args.direct_batches {
+                return Err(usage(
+                    "--protocol kafka produces with --direct-batches (the bench builds the batches; no Kafka client library is involved)",
+                ));
+            }
+            if args.group.is_some() {
+                return Err(usage(
+                    "--protocol kafka does not run consumer groups (no --group)",
+                ));
+            }
         }
         if args.message_size < payload::HEADER_LEN {
             return Err(usage(format!(
@@ -404,6 +435,7 @@ impl Config {
             ),
         };
         serde_json::json!({
+            "protocol": match a.protocol { Protocol::Native => "native", Protocol::Kafka => "kafka" },
             "bootstrap": a.bootstrap.join(","),
             "memory_source": self.memory.as_ref().map(MemorySource::describe),
             "producers": a.producers,
@@ -985,20 +1017,93 @@ async fn settled(waiter: tokio::task::JoinHandle<Settled>) -> Settled {
     }
 }
 
+/// The broker's administration, over the protocol the bench speaks.
+enum Admin {
+    Native(Client),
+    Kafka(Arc<kafka::KafkaClient>),
+}
+
+impl Admin {
+    async fn connect(cfg: &Config) -> Result<Admin, BenchError> {
+        Ok(match cfg.args.protocol {
+            Protocol::Native => Admin::Native(
+                Client::connect(client_config(cfg, "levee-bench".into()))
+                    .await
+                    .map_err(|e| client_err("connect", &e))?,
+            ),
+            Protocol::Kafka => Admin::Kafka(
+                kafka_tasks::connect(cfg)
+                    .await
+                    .map_err(BenchError::Client)?,
+            ),
+        })
+    }
+
+    /// The native client (group administration has no Kafka path here).
+    fn native(&self) -> Result<&Client, BenchError> {
+        match self {
+            Admin::Native(c) => Ok(c),
+            Admin::Kafka(_) => Err(usage("this needs --protocol native")),
+        }
+    }
+
+    async fn ensure_topic(&self, cfg: &Config) -> Result<u32, BenchError> {
+        match self {
+            Admin::Native(c) => ensure_topic(cfg, c).await,
+            Admin::Kafka(k) => k
+                .ensure_topic(&cfg.args.topic, cfg.args.partitions, -1)
+                .await
+                .map_err(BenchError::Client),
+        }
+    }
+
+    async fn end_offsets(
+        &self,
+        topic: &str,
+        partitions: u32,
+        spec: OffsetSpec,
+    ) -> Result<HashMap<u32, u64>, BenchError> {
+        match self {
+            Admin::Native(c) => end_offsets(c, topic, partitions, spec)
+                .await
+                .map_err(|e| client_err("list offsets", &e)),
+            Admin::Kafka(k) => k
+                .list_offsets(
+                    topic,
+                    partitions,
+                    if matches!(spec, OffsetSpec::Earliest) {
+                        -2
+                    } else {
+                        -1
+                    },
+                )
+                .await
+                .map_err(BenchError::Client),
+        }
+    }
+}
+
+/// The error of a native produce outcome, if any.
+fn native_error(res: Result<Vec<levee_client::ProducedPartition>, ClientError>) -> Option<String> {
+    match res {
+        Ok(parts) => parts
+            .first()
+            .and_then(|p| p.result().err())
+            .map(|e| e.to_string()),
+        Err(e) => Some(e.to_string()),
+    }
+}
+
 /// Records a batch's outcome for each of its messages.
 fn settle_batch(
     b: BatchInFlight,
-    res: Result<Vec<levee_client::ProducedPartition>, ClientError>,
+    err: Option<String>,
     done_at: Instant,
     shared: &Shared,
     hists: &Mutex<TaskHists>,
     size: u64,
     failed: &mut HashMap<u32, verify::RangeSet>,
 ) {
-    let err = match res {
-        Ok(parts) => parts.first().and_then(|p| p.result().err()),
-        Err(e) => Some(e),
-    };
     match err {
         None => {
             let us = done_at.saturating_duration_since(b.t0).as_micros() as u64;
@@ -1130,7 +1235,15 @@ async fn batch_producer_task(
             if let Some((waiter, b)) = queue.pop_front() {
                 let first = settled(waiter).await;
                 let (res, done_at) = retry_batch(&client, &a.topic, acks, &b, first).await;
-                settle_batch(b, res, done_at, &shared, &hists, size as u64, &mut failed);
+                settle_batch(
+                    b,
+                    native_error(res),
+                    done_at,
+                    &shared,
+                    &hists,
+                    size as u64,
+                    &mut failed,
+                );
             }
         }
         let t0 = Instant::now();
@@ -1172,7 +1285,15 @@ async fn batch_producer_task(
     while let Some((waiter, b)) = queue.pop_front() {
         let first = settled(waiter).await;
         let (res, done_at) = retry_batch(&client, &a.topic, acks, &b, first).await;
-        settle_batch(b, res, done_at, &shared, &hists, size as u64, &mut failed);
+        settle_batch(
+            b,
+            native_error(res),
+            done_at,
+            &shared,
+            &hists,
+            size as u64,
+            &mut failed,
+        );
     }
     record_sent(&mut done, id, seqs, failed);
     done
@@ -1913,10 +2034,8 @@ fn random_run_id() -> u64 {
 async fn bench(cfg: Config) -> Result<(Report, Option<String>), BenchError> {
     let cfg = Arc::new(cfg);
     let a = &cfg.args;
-    let admin = Client::connect(client_config(&cfg, "levee-bench".into()))
-        .await
-        .map_err(|e| client_err("connect", &e))?;
-    let partitions = ensure_topic(&cfg, &admin).await?;
+    let admin = Admin::connect(&cfg).await?;
+    let partitions = admin.ensure_topic(&cfg).await?;
     let run_id = random_run_id();
     eprintln!(
         "levee bench: run {run_id:016x}: {} producer(s), {} consumer(s), topic `{}` ({} partitions), {} B messages, acks={}, keys {}, compression {}; {} tokio worker thread(s) on a {}-CPU host (a local broker competes for the same CPUs)",
@@ -1984,24 +2103,25 @@ async fn bench(cfg: Config) -> Result<(Report, Option<String>), BenchError> {
         churns: AtomicU64::new(0),
     });
     if let Some(g) = &group {
-        prepare_group(&cfg, &admin, g, partitions).await?;
+        prepare_group(&cfg, admin.native()?, g, partitions).await?;
     }
     let mut catchup_total = None;
     if a.producers == 0 {
-        let ends = end_offsets(&admin, &a.topic, partitions, OffsetSpec::Latest)
-            .await
-            .map_err(|e| client_err("list offsets", &e))?;
+        let ends = admin
+            .end_offsets(&a.topic, partitions, OffsetSpec::Latest)
+            .await?;
         let mut starts = match cfg.from {
             StartPosition::Earliest => {
-                end_offsets(&admin, &a.topic, partitions, OffsetSpec::Earliest)
-                    .await
-                    .map_err(|e| client_err("list offsets", &e))?
+                admin
+                    .end_offsets(&a.topic, partitions, OffsetSpec::Earliest)
+                    .await?
             }
             _ => ends.clone(),
         };
         if let Some(g) = &group {
             // The group resumes from its committed offsets.
             let found = admin
+                .native()?
                 .fetch_offsets(g, &Assignment::new())
                 .await
                 .map_err(|e| client_err(&format!("fetch offsets of group `{g}`"), &e))?;
@@ -2054,6 +2174,9 @@ async fn bench(cfg: Config) -> Result<(Report, Option<String>), BenchError> {
         };
         consumer_handles.push(match &group {
             Some(g) => tokio::spawn(group_consumer_task(ctx, g.clone(), rtx)),
+            None if a.protocol == Protocol::Kafka => {
+                tokio::spawn(kafka_tasks::consumer_task(ctx, rtx))
+            }
             None => tokio::spawn(consumer_task(ctx, rtx)),
         });
     }
@@ -2077,7 +2200,7 @@ async fn bench(cfg: Config) -> Result<(Report, Option<String>), BenchError> {
     if let Some(g) = &group {
         // Keep the group's formation out of the measurement: wait until
         // every member is in one stable generation.
-        start_generation = wait_for_group(&admin, g, consumers_used).await;
+        start_generation = wait_for_group(admin.native()?, g, consumers_used).await;
         match start_generation {
             Some(gen) => eprintln!(
                 "group `{g}`: {consumers_used} member(s) stable in generation {gen}"
@@ -2087,7 +2210,7 @@ async fn bench(cfg: Config) -> Result<(Report, Option<String>), BenchError> {
             )),
         }
         lag_probe = Some(LagProbe {
-            client: admin.clone(),
+            client: admin.native()?.clone(),
             group: g.clone(),
             topic: a.topic.clone(),
         });
@@ -2106,7 +2229,7 @@ async fn bench(cfg: Config) -> Result<(Report, Option<String>), BenchError> {
             });
         }
         tokio::spawn(watch_group_progress(
-            admin.clone(),
+            admin.native()?.clone(),
             g.clone(),
             a.topic.clone(),
             partitions,
@@ -2125,7 +2248,16 @@ async fn bench(cfg: Config) -> Result<(Report, Option<String>), BenchError> {
             let n = a.producers as u64;
             m / n + u64::from((id as u64) < m % n)
         });
-        producer_handles.push(if a.direct_batches {
+        producer_handles.push(if a.protocol == Protocol::Kafka {
+            tokio::spawn(kafka_tasks::producer_task(
+                id as u32,
+                cfg.clone(),
+                shared.clone(),
+                h,
+                partitions,
+                quota,
+            ))
+        } else if a.direct_batches {
             tokio::spawn(batch_producer_task(
                 id as u32,
                 cfg.clone(),
@@ -2220,7 +2352,9 @@ async fn bench(cfg: Config) -> Result<(Report, Option<String>), BenchError> {
         // until the end offsets stop moving.
         let mut ends = None;
         for _ in 0..50 {
-            let e = end_offsets(&admin, &a.topic, partitions, OffsetSpec::Latest).await;
+            let e = admin
+                .end_offsets(&a.topic, partitions, OffsetSpec::Latest)
+                .await;
             match e {
                 Ok(e) => {
                     if a.acks != Acks::None || ends.as_ref() == Some(&e) {

@@ -1,0 +1,348 @@
+//! The bench's producer and consumer tasks over the Kafka protocol
+//! (`--protocol kafka`): the same batches, pacing, verification and
+//! accounting as the native `--direct-batches` producer and consumer, sent
+//! and read with [`crate::kafka::KafkaClient`].
+
+use super::*;
+use crate::kafka::{retriable, KafkaClient, PendingProduce};
+use std::collections::VecDeque;
+
+/// Connects a Kafka client to `--bootstrap`.
+pub(crate) async fn connect(cfg: &Config) -> Result<Arc<KafkaClient>, String> {
+    KafkaClient::connect(&cfg.args.bootstrap)
+        .await
+        .map(Arc::new)
+        .map_err(|e| {
+            format!(
+                "connecting to the Kafka broker at {:?}: {e}",
+                cfg.args.bootstrap
+            )
+        })
+}
+
+/// A batch's acknowledgement: its Kafka error code, or why it was lost.
+type Acked = (Result<i16, String>, Instant);
+
+/// Sends a batch again after a retriable Kafka error, as the native
+/// producer does.
+async fn retry(
+    client: &KafkaClient,
+    topic: &str,
+    acks: i16,
+    b: &BatchInFlight,
+    mut res: Acked,
+) -> Acked {
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let again = match &res.0 {
+            Ok(code) => retriable(*code),
+            Err(_) => true,
+        };
+        if !again || b.t0.elapsed() >= DIRECT_DELIVERY_TIMEOUT {
+            return res;
+        }
+        client.invalidate().await;
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(100));
+        let r = match client
+            .start_produce(topic, b.partition, acks, b.batch.clone())
+            .await
+        {
+            Ok(p) => p.wait().await,
+            Err(e) => Err(e),
+        };
+        res = (r, Instant::now());
+    }
+}
+
+fn error_of(res: &Result<i16, String>) -> Option<String> {
+    match res {
+        Ok(0) => None,
+        Ok(code) => Some(format!("Kafka error code {code}")),
+        Err(e) => Some(e.clone()),
+    }
+}
+
+/// `--protocol kafka` producer: builds batches like `--direct-batches` and
+/// keeps `--max-in-flight` of them in flight.
+pub(crate) async fn producer_task(
+    id: u32,
+    cfg: Arc<Config>,
+    shared: Arc<Shared>,
+    hists: Arc<Mutex<TaskHists>>,
+    partitions: u32,
+    quota: Option<u64>,
+) -> ProducerDone {
+    let a = &cfg.args;
+    let mut done = ProducerDone {
+        sent: HashMap::new(),
+        fatal: None,
+    };
+    let client = match connect(&cfg).await {
+        Ok(c) => c,
+        Err(e) => {
+            shared.stop_producing.store(true, Relaxed);
+            done.fatal = Some(format!("producer {id}: {e}"));
+            return done;
+        }
+    };
+    let size = a.message_size.max(payload::HEADER_LEN);
+    let per_batch = (a.batch_size / (size + 12)).max(1) as u64;
+    let pool = FillerPool::new(shared.run_id ^ u64::from(id), a.message_size);
+    let mut seqs = vec![0u64; partitions as usize];
+    let share = 1.0 / a.producers.max(1) as f64;
+    let mut pacer = Pacer::new(
+        cfg.produce_shape.scaled(share),
+        0.05,
+        (size as u64 * per_batch) as f64,
+    );
+    let mut next_partition = id % partitions;
+    let mut sent = 0u64;
+    let mut queue: VecDeque<(tokio::task::JoinHandle<Acked>, BatchInFlight)> = VecDeque::new();
+    let mut failed: HashMap<u32, verify::RangeSet> = HashMap::new();
+    let acks = i16::from(a.acks.to_wire());
+    while !shared.stop_producing.load(Relaxed) {
+        let n = match quota {
+            Some(q) if sent >= q => break,
+            Some(q) => per_batch.min(q - sent),
+            None => per_batch,
+        };
+        if !pace_producer(&mut pacer, &shared, (size as u64 * n) as f64).await {
+            break;
+        }
+        let partition = next_partition;
+        next_partition = (next_partition + 1) % partitions;
+        let first_seq = seqs[partition as usize];
+        let sent_ns = shared.now_ns();
+        let batch = direct_batch(
+            &Header {
+                run_id: shared.run_id,
+                producer: id,
+                partition,
+                seq: first_seq,
+                sent_ns,
+            },
+            n,
+            size,
+            &pool,
+            (sent_ns / 1_000_000) as i64,
+        );
+        if queue.len() >= a.max_in_flight.max(1) {
+            if let Some((waiter, b)) = queue.pop_front() {
+                let first = waited(waiter).await;
+                let (res, at) = retry(&client, &a.topic, acks, &b, first).await;
+                settle_batch(
+                    b,
+                    error_of(&res),
+                    at,
+                    &shared,
+                    &hists,
+                    size as u64,
+                    &mut failed,
+                );
+            }
+        }
+        let t0 = Instant::now();
+        let batch = bytes::Bytes::from(batch);
+        match client
+            .start_produce(&a.topic, partition, acks, batch.clone())
+            .await
+        {
+            Ok(pending) => {
+                seqs[partition as usize] += n;
+                sent += n;
+                let waiter = tokio::spawn(acked(pending));
+                queue.push_back((
+                    waiter,
+                    BatchInFlight {
+                        t0,
+                        partition,
+                        first_seq,
+                        count: n,
+                        batch,
+                    },
+                ));
+            }
+            Err(e) => {
+                done.fatal = Some(format!("producer {id}: send failed: {e}"));
+                break;
+            }
+        }
+    }
+    while let Some((waiter, b)) = queue.pop_front() {
+        let first = waited(waiter).await;
+        let (res, at) = retry(&client, &a.topic, acks, &b, first).await;
+        settle_batch(
+            b,
+            error_of(&res),
+            at,
+            &shared,
+            &hists,
+            size as u64,
+            &mut failed,
+        );
+    }
+    record_sent(&mut done, id, seqs, failed);
+    done
+}
+
+/// Times the acknowledgement when it arrives.
+async fn acked(p: PendingProduce) -> Acked {
+    let r = p.wait().await;
+    (r, Instant::now())
+}
+
+async fn waited(h: tokio::task::JoinHandle<Acked>) -> Acked {
+    match h.await {
+        Ok(a) => a,
+        Err(e) => (
+            Err(format!("the acknowledgement task failed: {e}")),
+            Instant::now(),
+        ),
+    }
+}
+
+/// `--protocol kafka` consumer: fetches its partitions from their leaders,
+/// decodes and verifies every record.
+pub(crate) async fn consumer_task(
+    ctx: ConsumerCtx,
+    ready: oneshot::Sender<Result<(), String>>,
+) -> ConsumerDone {
+    let ConsumerCtx {
+        id,
+        cfg,
+        shared,
+        hists,
+        verifier,
+        partitions,
+        mut targets,
+        limit,
+    } = ctx;
+    let a = &cfg.args;
+    let mut done = ConsumerDone {
+        complete: false,
+        fatal: None,
+    };
+    let client = match connect(&cfg).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send(Err(format!("consumer {id}: {e}")));
+            return done;
+        }
+    };
+    let n = partitions.iter().max().map_or(0, |m| m + 1);
+    let spec = match cfg.from {
+        StartPosition::Earliest => -2,
+        _ => -1,
+    };
+    let mut positions: HashMap<u32, u64> = match client.list_offsets(&a.topic, n, spec).await {
+        Ok(all) => partitions
+            .iter()
+            .map(|p| (*p, all.get(p).copied().unwrap_or(0)))
+            .collect(),
+        Err(e) => {
+            let _ = ready.send(Err(format!("consumer {id}: {e}")));
+            return done;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    let share = 1.0 / a.consumers.max(1) as f64;
+    let mut pacer = Pacer::new(
+        cfg.consume_shape.scaled(share),
+        0.05,
+        f64::from(a.fetch_partition_bytes),
+    );
+    let mut retries = 0u32;
+    loop {
+        if shared.stop_consuming.load(Relaxed) {
+            break;
+        }
+        let target = targets.borrow_and_update().clone();
+        if let Some(t) = target {
+            if partitions
+                .iter()
+                .all(|p| positions.get(p).copied().unwrap_or(0) >= t.get(p).copied().unwrap_or(0))
+            {
+                done.complete = true;
+                break;
+            }
+        }
+        if limit.is_some_and(|l| shared.consumed_msgs.load(Relaxed) >= l) {
+            done.complete = true;
+            break;
+        }
+        let want: Vec<(u32, u64)> = partitions.iter().map(|p| (*p, positions[p])).collect();
+        let fetched = match client
+            .fetch(
+                &a.topic,
+                &want,
+                Duration::from_millis(500),
+                (a.fetch_partition_bytes as usize * partitions.len()).min(64 << 20) as i32,
+                a.fetch_partition_bytes as i32,
+            )
+            .await
+        {
+            Ok(f) => {
+                retries = 0;
+                f
+            }
+            Err(e) if retries < 50 => {
+                retries += 1;
+                shared.note(format!("consumer {id}: retrying: {e}"));
+                client.invalidate().await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(e) => {
+                done.fatal = Some(format!("consumer {id}: {e}"));
+                break;
+            }
+        };
+        let mut records = Vec::new();
+        for (p, res) in fetched {
+            let data = match res {
+                Ok((data, _hw)) => data,
+                Err(code) if retriable(code) => {
+                    client.invalidate().await;
+                    continue;
+                }
+                Err(code) => {
+                    done.fatal = Some(format!("consumer {id}: partition {p}: Kafka error {code}"));
+                    shared.stop_consuming.store(true, Relaxed);
+                    break;
+                }
+            };
+            let pos = positions.entry(p).or_default();
+            for b in levee_engine::batch::split_batches(&data) {
+                let mut out = Vec::new();
+                match levee_client::codec::decode_stored_batch(b, usize::MAX, *pos, &mut out) {
+                    Ok(next) => *pos = (*pos).max(next),
+                    Err(e) => {
+                        lock(&verifier).counts.corrupt_batches += 1;
+                        shared.note(format!("consumer {id}: partition {p}: {e:?}"));
+                        shared.stop_consuming.store(true, Relaxed);
+                        break;
+                    }
+                }
+                records.extend(out.into_iter().map(|r| ConsumedRecord {
+                    topic: a.topic.clone(),
+                    partition: p,
+                    offset: r.offset,
+                    timestamp: r.timestamp,
+                    key: r.key,
+                    value: r.value,
+                    headers: r.headers,
+                }));
+            }
+        }
+        if done.fatal.is_some() {
+            break;
+        }
+        if records.is_empty() {
+            continue;
+        }
+        let bytes = account(&records, None, &verifier, &hists, &shared);
+        pace(&mut pacer, &shared, bytes).await;
+    }
+    done
+}
