@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-3}
 duration=${DURATION:-15}
-cargo build --release -p levee-server --bin levee >/dev/null 2>&1
+cargo build --release -p levee-cli --bin levee >/dev/null 2>&1
 L=target/release/levee
 out=target/cluster-throughput
 work=${WORK_DIR:-target/cluster-throughput-data}

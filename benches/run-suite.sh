@@ -77,8 +77,8 @@ burst_drain=${BURST_DRAIN:-40}
 if [ "${REPORT_ONLY:-0}" = 1 ]; then
   LEVEE=${LEVEE:-$root/target/release/levee}
 elif [ -z "${LEVEE:-}" ]; then
-  echo "building levee (cargo build --release -p levee-server)" >&2
-  cargo build --release -p levee-server >/dev/null 2>&1 || cargo build --release -p levee-server
+  echo "building levee (cargo build --release -p levee-cli)" >&2
+  cargo build --release -p levee-cli >/dev/null 2>&1 || cargo build --release -p levee-cli
   LEVEE=$root/target/release/levee
 fi
 levee=$(realpath -m "$LEVEE")

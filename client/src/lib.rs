@@ -13,7 +13,6 @@
 //!   the background; the group admin requests are on [`Client`].
 //! - [`remote`]: the client from glommio or any other executor (it runs
 //!   on a tokio runtime of its own).
-//! - `cli` (feature `cli`): the `levee topic|produce|consume|group` commands.
 
 pub mod client;
 pub mod codec;
@@ -23,9 +22,6 @@ pub mod error;
 pub mod group;
 pub mod producer;
 pub mod remote;
-
-#[cfg(feature = "cli")]
-pub mod cli;
 
 pub use client::{
     Client, ClientConfig, ClusterMetadata, ClusterStatus, FetchRequestPartition, FetchedPartition,

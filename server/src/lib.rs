@@ -18,4 +18,3 @@ pub mod replication;
 pub mod shard;
 pub mod shutdown;
 pub mod topics;
-pub mod tune;

@@ -1,7 +1,10 @@
 //! `levee`: the broker (`levee serve`) and the client commands (topic,
 //! produce, consume).
 
-use levee_server::{broker, config, tune};
+mod client_cmds;
+
+use levee_server::{broker, config};
+use levee_tuning as tune;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -29,7 +32,7 @@ enum Command {
     /// The cluster's coordinator quorum.
     Coordinator(CoordinatorArgs),
     #[command(flatten)]
-    Client(levee_client::cli::ClientCommand),
+    Client(client_cmds::ClientCommand),
 }
 
 #[derive(clap::Args)]
@@ -167,13 +170,29 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     broker::run(cfg)
 }
 
+/// The broker settings `levee tune check --config FILE` reads.
+fn tune_settings(args: &tune::TuneArgs) -> Result<tune::BrokerSettings, String> {
+    let tune::TuneCommand::Check(c) = &args.cmd;
+    let cfg = match &c.config {
+        Some(path) => config::ServerConfig::from_file(path).map_err(|e| e.to_string())?,
+        None => config::ServerConfig::default(),
+    };
+    Ok(tune::BrokerSettings {
+        data_dir: cfg.data_dir,
+        cores: cfg.cores,
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Command::Tune(args) => tune::run(args),
+        Command::Tune(args) => {
+            let settings = tune_settings(&args);
+            tune::run(args, settings)
+        }
         Command::Coordinator(args) => coordinator(args),
         Command::Bench(args) => levee_bench::run(*args),
-        Command::Client(cmd) => levee_client::cli::run(cmd),
+        Command::Client(cmd) => client_cmds::run(cmd),
         Command::Serve(args) => {
             tracing_subscriber::fmt()
                 .with_env_filter(

@@ -1,6 +1,5 @@
 //! The client side of the `levee` command line: `topic`, `produce`,
-//! `consume`, `group`. The broker binary embeds [`ClientCommand`] in its own parser
-//! (`#[command(flatten)]`) and calls [`run`].
+//! `consume`, `group`, `cluster`, on the native client (`levee-client`).
 
 use std::collections::VecDeque;
 use std::io::{BufRead, Write};
@@ -10,14 +9,15 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 use tokio::sync::mpsc;
 
-use crate::client::{Client, ClientConfig, OffsetSpec, TopicSettings};
-use crate::consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartPosition};
-use crate::error::ClientError;
-use crate::group::{
+use levee_client::group::{
     lag, Assignment, GroupConsumer, GroupConsumerConfig, OffsetCommit, OffsetReset,
 };
-use crate::producer::{Acks, DeliveryFuture, Producer, ProducerConfig};
-use crate::Compression;
+use levee_client::producer::{Acks, DeliveryFuture, Producer, ProducerConfig};
+use levee_client::Compression;
+use levee_client::{
+    Client, ClientConfig, ClientError, ConsumedRecord, Consumer, ConsumerConfig, OffsetSpec,
+    StartPosition, TopicSettings,
+};
 
 /// Client commands of the `levee` CLI.
 #[derive(Debug, Clone, Subcommand)]
@@ -406,7 +406,7 @@ async fn cluster(cmd: ClusterCommand) -> Result<(), ClientError> {
 }
 
 /// The text `levee cluster status` prints.
-fn render_cluster_status(s: &crate::client::ClusterStatus) -> String {
+fn render_cluster_status(s: &levee_client::ClusterStatus) -> String {
     let mut out = String::from("ID\tADDRESS\tROLE\tSTATUS\tLED\tUNDER-REPLICATED\n");
     for n in &s.nodes {
         out += &format!(
@@ -513,7 +513,7 @@ async fn topic(cmd: TopicCommand) -> Result<(), ClientError> {
                 "partition\tleader\tlog_start\tlog_end\thigh_watermark\tsize_bytes\tleader_epoch\treplicas\tisr"
             )?;
             for p in &t.partitions {
-                let leader = if p.leader == crate::client::NO_LEADER {
+                let leader = if p.leader == levee_client::NO_LEADER {
                     "none".to_string()
                 } else {
                     p.leader.to_string()
@@ -1387,7 +1387,7 @@ mod tests {
 
     #[test]
     fn cluster_status_rendering() {
-        let node = |id: u32, role: &str, live: bool| crate::NodeStatus {
+        let node = |id: u32, role: &str, live: bool| levee_client::NodeStatus {
             node_id: id,
             address: Some(format!("10.0.0.{id}:9092")),
             role: Some(role.into()),
@@ -1395,7 +1395,7 @@ mod tests {
             partitions_led: id * 2,
             under_replicated: u32::from(!live),
         };
-        let mut s = crate::client::ClusterStatus {
+        let mut s = levee_client::ClusterStatus {
             nodes: vec![node(1, "leader", true), node(2, "follower", false)],
             coordinators_up: 3,
             coordinators_total: 3,
