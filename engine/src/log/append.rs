@@ -11,36 +11,57 @@ impl Log {
     }
 
     pub async fn append_with_epoch(&self, batch: Vec<u8>, leader_epoch: i32) -> Result<AppendInfo> {
-        self.append_inner(batch, Some(leader_epoch)).await
+        let max = self.st.borrow().cfg.max_batch_bytes;
+        let b = CheckedBatch::produced(bytes::Bytes::from(batch), max)?;
+        self.append_inner(b, Some(leader_epoch)).await
+    }
+
+    /// Appends a produced batch its caller validated ([`CheckedBatch`]: the
+    /// header is read once per request), stamping its offsets and `leader_epoch`.
+    /// Its bytes are shared, not copied, until the one copy into the active
+    /// segment's DMA chunk.
+    pub async fn append_checked(&self, b: CheckedBatch, leader_epoch: i32) -> Result<AppendInfo> {
+        self.append_inner(b, Some(leader_epoch)).await
     }
 
     /// Appends a batch copied from the partition's leader as it is stored
-    /// there: offsets and leader epoch kept, both CRCs checked. It must
-    /// start exactly at this log's end.
-    pub async fn append_replica(&self, batch: Vec<u8>) -> Result<AppendInfo> {
-        self.append_inner(batch, None).await
+    /// there: offsets and leader epoch kept, the CRC checked. It must start
+    /// exactly at this log's end.
+    pub async fn append_replica(&self, batch: impl Into<bytes::Bytes>) -> Result<AppendInfo> {
+        let max = self.st.borrow().cfg.max_batch_bytes;
+        let b = CheckedBatch::stored(batch.into(), max)?;
+        self.append_inner(b, None).await
+    }
+
+    /// The largest batch this log accepts.
+    pub fn max_batch_bytes(&self) -> usize {
+        self.st.borrow().cfg.max_batch_bytes
     }
 
     pub(super) async fn append_inner(
         &self,
-        mut batch: Vec<u8>,
+        batch: CheckedBatch,
         assign: Option<i32>,
     ) -> Result<AppendInfo> {
-        let (count, max_ts, stored_epoch) = {
+        let (count, max_ts, stored_epoch) =
+            (batch.record_count, batch.max_timestamp, batch.leader_epoch);
+        {
             let max = self.st.borrow().cfg.max_batch_bytes;
-            let h = match assign {
-                Some(_) => batch::validate_produced(&batch, max)?,
-                None => batch::validate_stored(&batch, max)?,
-            };
-            (h.record_count(), h.max_timestamp(), h.leader_epoch())
-        };
+            if batch.len() > max {
+                return Err(BatchError::TooLarge {
+                    len: batch.len(),
+                    max,
+                }
+                .into());
+            }
+        }
         let _permit = self.append_lock.lock().await;
         let leader_epoch = assign.unwrap_or(stored_epoch);
         {
             let s = self.st.borrow();
             s.check_writable()?;
             if assign.is_none() {
-                let got = BatchHeader::parse(&batch)?.base_offset();
+                let got = batch.base_offset;
                 if got != s.next_offset {
                     return Err(LogError::NotContiguous {
                         expected: s.next_offset,
@@ -87,16 +108,17 @@ impl Log {
             self.st.borrow_mut().active.preallocated = target;
         }
         let (base_offset, pos, seg_base) = {
-            let s = self.st.borrow_mut();
-            let base = s.next_offset;
-            if assign.is_some() {
-                batch::assign(&mut batch, base, leader_epoch);
-            }
-            (base, s.active.end, s.active.base)
+            let s = self.st.borrow();
+            (s.next_offset, s.active.end, s.active.base)
         };
-        // Copy into aligned chunks; full chunks are written in the background.
+        // The header with this log's stamps, then the shared bytes after it:
+        // the batch's one copy is into aligned chunks (full chunks are
+        // written in the background).
+        let header = batch.stamped_header(base_offset, leader_epoch);
+        let body = &batch.bytes[HEADER_LEN..];
+        let total = batch.len();
         let mut copied = 0usize;
-        while copied < batch.len() {
+        while copied < total {
             let full = {
                 let mut guard = self.st.borrow_mut();
                 let s = &mut *guard;
@@ -111,9 +133,17 @@ impl Log {
                 }
                 let a = &mut s.active;
                 let chunk = a.chunk.as_mut().expect("chunk allocated above");
-                let n = (chunk.len() - a.fill).min(batch.len() - copied);
-                chunk.as_bytes_mut()[a.fill..a.fill + n]
-                    .copy_from_slice(&batch[copied..copied + n]);
+                let n = if copied < HEADER_LEN {
+                    (chunk.len() - a.fill).min(HEADER_LEN - copied)
+                } else {
+                    (chunk.len() - a.fill).min(total - copied)
+                };
+                let src = if copied < HEADER_LEN {
+                    &header[copied..copied + n]
+                } else {
+                    &body[copied - HEADER_LEN..copied - HEADER_LEN + n]
+                };
+                chunk.as_bytes_mut()[a.fill..a.fill + n].copy_from_slice(src);
                 a.fill += n;
                 copied += n;
                 a.fill == chunk.len()
@@ -133,13 +163,18 @@ impl Log {
         s.next_offset = base_offset + u64::from(count);
         s.size_bytes += len;
         let next_offset = s.next_offset;
-        s.cache_bytes += batch.len();
+        // Charged for the buffer it shares, so that slices of large
+        // requests cannot pin more than `tail_cache_bytes` of them.
+        let charge = batch.backing.max(batch.len());
+        s.cache_bytes += charge;
         s.cache.push_back(Cached {
+            charge,
             seg_base,
             pos,
             base_offset,
+            leader_epoch,
             next_offset,
-            bytes: batch,
+            bytes: batch.bytes,
         });
         s.evict_cache();
         Ok(AppendInfo {

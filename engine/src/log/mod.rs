@@ -10,9 +10,10 @@
 //! `read.rs`, `retention.rs` (background work, close), `truncate.rs`,
 //! `files.rs` (file helpers).
 
-use crate::batch::{self, BatchHeader, HEADER_LEN};
+use crate::batch::{self, BatchHeader, CheckedBatch, HEADER_LEN};
 use crate::config::{FsyncPolicy, LogConfig};
 use crate::epochs::{EpochCache, EPOCH_FILE};
+use crate::error::BatchError;
 use crate::error::{glommio_err, io_err, LogError, Result};
 use crate::event::LocalEvent;
 use crate::fifo::{FifoGuard, FifoLock};
@@ -137,12 +138,17 @@ struct Active {
     checkpointed: u64,
 }
 
+/// A recently appended batch kept for readers: its bytes as received
+/// (shared with the request; the stamps are applied when it is read).
 struct Cached {
     seg_base: u64,
     pos: u64,
     base_offset: u64,
+    leader_epoch: i32,
     next_offset: u64,
-    bytes: Vec<u8>,
+    bytes: bytes::Bytes,
+    /// What it counts against `tail_cache_bytes` (see `CheckedBatch::backing`).
+    charge: usize,
 }
 
 #[derive(Default)]
@@ -225,7 +231,7 @@ impl State {
             if !on_disk {
                 break;
             }
-            self.cache_bytes -= front.bytes.len();
+            self.cache_bytes -= front.charge;
             self.cache.pop_front();
         }
     }

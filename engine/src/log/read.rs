@@ -67,7 +67,9 @@ impl Log {
             if !out.data.is_empty() && out.data.len() + c.bytes.len() > max_bytes {
                 break;
             }
+            let at = out.data.len();
             out.data.extend_from_slice(&c.bytes);
+            batch::assign(&mut out.data[at..], c.base_offset, c.leader_epoch);
             out.next_offset = c.next_offset;
         }
         true

@@ -67,7 +67,7 @@ impl Log {
                 }
                 while s.cache.front().is_some_and(|c| c.seg_base == base) {
                     let c = s.cache.pop_front().expect("checked");
-                    s.cache_bytes -= c.bytes.len();
+                    s.cache_bytes -= c.charge;
                 }
                 doomed.push((base, len, seg.file));
             }
