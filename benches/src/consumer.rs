@@ -14,7 +14,7 @@ use crate::admin::client_config;
 use crate::args::BenchArgs;
 use crate::payload;
 use crate::rate::Pacer;
-use crate::shared::{lock, Shared};
+use crate::shared::{lock, Shared, Targets};
 use crate::stats::TaskHists;
 use crate::verify::{Checked, Owner, Verifier};
 use crate::workload::Config;
@@ -35,7 +35,7 @@ pub(crate) struct ConsumerCtx {
     /// The partitions to read (unused with `--group`: the broker assigns them).
     pub(crate) partitions: Vec<u32>,
     /// End offsets to reach; `None` until producers are done.
-    pub(crate) targets: watch::Receiver<Option<Arc<HashMap<u32, u64>>>>,
+    pub(crate) targets: watch::Receiver<Targets>,
     /// Stop after this many records in total (consume-only --messages).
     pub(crate) limit: Option<u64>,
 }

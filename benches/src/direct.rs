@@ -139,8 +139,6 @@ pub(crate) fn settle_batch(
     }
 }
 
-/// A producer that builds record batches itself and keeps
-/// `--max-in-flight` of them in flight on its connection.
 /// A batch of `n` bench messages of `size` bytes, sequence numbers from
 /// `h.seq`, built in place after the header space: each payload is written
 /// once, straight into the batch. Records in Kafka's encoding (every varint
@@ -182,6 +180,8 @@ pub(crate) fn direct_batch(h: &Header, n: u64, size: usize, pool: &FillerPool, t
     )
 }
 
+/// A producer that builds record batches itself and keeps
+/// `--max-in-flight` of them in flight on its connection.
 pub(crate) async fn batch_producer_task(
     id: u32,
     cfg: Arc<Config>,

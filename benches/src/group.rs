@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::admin::{client_config, end_offsets};
 use crate::consumer::{account, consumer_fetch_config, pace, ConsumerCtx, ConsumerDone};
 use crate::rate::Pacer;
-use crate::shared::{lock, Shared};
+use crate::shared::{lock, Shared, Targets};
 use crate::verify::Owner;
 use crate::workload::{client_err, BenchError, Config};
 
@@ -189,6 +189,60 @@ pub(crate) async fn group_consumer_task(
     done
 }
 
+/// With `--group`, once every member has joined: waits for the group to
+/// settle in one generation (keeping its formation out of the
+/// measurement), then starts what follows it during the run: the check
+/// that it has committed up to the targets and `--churn-interval`'s forced
+/// leaves. Returns the generation it settled in and a probe of its lag.
+pub(crate) async fn watch_group(
+    cfg: &Config,
+    admin: &Client,
+    group: &str,
+    members: usize,
+    partitions: u32,
+    targets: &watch::Receiver<Targets>,
+    shared: &Arc<Shared>,
+) -> (Option<i32>, LagProbe) {
+    let a = &cfg.args;
+    let start_generation = wait_for_group(admin, group, members).await;
+    match start_generation {
+        Some(gen) => eprintln!("group `{group}`: {members} member(s) stable in generation {gen}"),
+        None => shared.note(format!(
+            "group `{group}` was not stable with {members} member(s) after 15 s; starting anyway"
+        )),
+    }
+    let lag_probe = LagProbe {
+        client: admin.clone(),
+        group: group.to_string(),
+        topic: a.topic.clone(),
+    };
+    if let Some(every) = a.churn_interval {
+        tokio::spawn(churn(shared.clone(), Duration::from_secs_f64(every)));
+    }
+    tokio::spawn(watch_group_progress(
+        admin.clone(),
+        group.to_string(),
+        a.topic.clone(),
+        partitions,
+        targets.clone(),
+        shared.clone(),
+    ));
+    (start_generation, lag_probe)
+}
+
+/// `--churn-interval`: every `every`, the next consumer's turn to leave the
+/// group and join again, until producers stop.
+async fn churn(shared: Arc<Shared>, every: Duration) {
+    let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+    loop {
+        tick.tick().await;
+        if shared.stop_producing.load(Relaxed) {
+            return;
+        }
+        shared.churn_turn.fetch_add(1, Relaxed);
+    }
+}
+
 /// Connects and joins the group as consumer `id` (auto-commit off).
 async fn join_member(cfg: &Config, id: usize, group: &str) -> Result<GroupConsumer, String> {
     let a = &cfg.args;
@@ -210,12 +264,12 @@ async fn join_member(cfg: &Config, id: usize, group: &str) -> Result<GroupConsum
 /// offsets until every partition's reaches its target, then sets
 /// `group_done` (the members stop). Commits follow verification, so every
 /// message below the targets has been checked by then.
-pub(crate) async fn watch_group_progress(
+async fn watch_group_progress(
     admin: Client,
     group: String,
     topic: String,
     partitions: u32,
-    mut targets: watch::Receiver<Option<Arc<HashMap<u32, u64>>>>,
+    mut targets: watch::Receiver<Targets>,
     shared: Arc<Shared>,
 ) {
     let t = loop {
@@ -372,7 +426,7 @@ pub(crate) async fn prepare_group(
 
 /// Waits (up to 15 s) until the group is stable with at least `members`
 /// members; returns its generation then.
-pub(crate) async fn wait_for_group(admin: &Client, group: &str, members: usize) -> Option<i32> {
+async fn wait_for_group(admin: &Client, group: &str, members: usize) -> Option<i32> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Ok(info) = admin.describe_group(group).await {

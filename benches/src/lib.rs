@@ -39,6 +39,7 @@ mod producer;
 mod progress;
 mod runner;
 mod shared;
+mod summary;
 mod workload;
 
 use std::process::ExitCode;

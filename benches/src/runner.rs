@@ -1,33 +1,30 @@
 //! One run: start the consumers, then the producers, stop producing, drain,
 //! and gather the figures into a [`Report`].
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use levee_client::{Acks, Assignment, OffsetSpec, StartPosition};
 use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::admin::Admin;
 use crate::args::Protocol;
-use crate::consumer::{consumer_task, ConsumerCtx};
+use crate::consumer::{consumer_task, ConsumerCtx, ConsumerDone};
 use crate::direct::batch_producer_task;
-use crate::group::{
-    count_rebalances, group_consumer_task, prepare_group, wait_for_group, watch_group_progress,
-    LagProbe,
-};
+use crate::group::{group_consumer_task, prepare_group, watch_group, LagProbe};
 use crate::kafka_tasks;
-use crate::memory::MemorySource;
 use crate::payload::SplitMix;
-use crate::producer::producer_task;
+use crate::producer::{producer_task, ProducerDone};
 use crate::progress::Reporter;
-use crate::rate::RateShape;
-use crate::report::{BacklogSummary, GroupReport, MemorySummary, Report, Throughput, Verification};
-use crate::shared::{lock, Shared, Snap};
-use crate::stats::{self, fmt_bytes, summarize, TaskHists};
-use crate::verify::{self, Counts, Sent, Stream, Verifier};
+use crate::report::Report;
+use crate::shared::{lock, Shared, Snap, Targets};
+use crate::stats::{Point, TaskHists};
+use crate::summary::{self, Outcome, Verified};
+use crate::verify::{Counts, Sent, Verifier};
 use crate::workload::{client_err, host_cpus, BenchError, Config};
 
 fn random_run_id() -> u64 {
@@ -46,6 +43,99 @@ pub(crate) async fn bench(cfg: Config) -> Result<(Report, Option<String>), Bench
     let admin = Admin::connect(&cfg).await?;
     let partitions = admin.ensure_topic(&cfg).await?;
     let run_id = random_run_id();
+    announce(&cfg, run_id, partitions);
+    let consumers_used = consumers_to_start(&cfg, partitions);
+
+    // Consumers first, so that from `latest` they see every message.
+    let (targets_tx, targets_rx) = watch::channel::<Targets>(None);
+    let start_wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let warmup = Duration::from_secs_f64(a.warmup);
+    let shared = Arc::new(Shared::new(Instant::now(), start_wall, warmup, run_id));
+    if let Some(g) = &a.group {
+        prepare_group(&cfg, admin.native()?, g, partitions).await?;
+    }
+    let mut catchup_total = None;
+    if a.producers == 0 {
+        let (total, ends) = catchup(&cfg, &admin, partitions).await?;
+        catchup_total = Some(total);
+        let _ = targets_tx.send(Some(Arc::new(ends)));
+    }
+    let mut consumers = start_consumers(&cfg, &shared, partitions, consumers_used, &targets_rx);
+    consumers_ready(std::mem::take(&mut consumers.readies), &shared).await?;
+    let (start_generation, lag_probe) = match &a.group {
+        Some(g) => {
+            let admin = admin.native()?;
+            let watch = watch_group(
+                &cfg,
+                admin,
+                g,
+                consumers_used,
+                partitions,
+                &targets_rx,
+                &shared,
+            );
+            let (generation, probe) = watch.await;
+            (generation, Some(probe))
+        }
+        None => (None, None),
+    };
+
+    let producers = start_producers(&cfg, &shared, partitions);
+    let watchers = Watchers::start(
+        &cfg,
+        &shared,
+        &producers,
+        &consumers,
+        catchup_total,
+        lag_probe.clone(),
+    );
+    spawn_stop_timer(&cfg, &shared);
+
+    let mut fatal: Vec<String> = Vec::new();
+    let sent = join_producers(producers.handles, &mut fatal).await;
+    let produce_end = shared.snapshot();
+    if a.producers > 0 && !consumers.handles.is_empty() {
+        start_drain(&cfg, &admin, partitions, &shared, &targets_tx, &mut fatal).await;
+    }
+    let verified =
+        join_consumers(consumers.handles, &consumers.verifiers, run_id, &mut fatal).await;
+    let consume_end = shared.snapshot();
+    let end_lag = match &lag_probe {
+        Some(p) => end_lag(p, &shared).await,
+        None => None,
+    };
+    let mut drain_s = 0.0;
+    if a.producers > 0 && consumers_used > 0 {
+        drain_s = (consume_end.at - produce_end.at).max(0.0);
+    }
+    let (series, warm) = watchers.stop(a.warmup, consume_end).await;
+    let outcome = Outcome {
+        run_id,
+        start_wall_ns: start_wall,
+        partitions,
+        consumers_used,
+        catchup_total,
+        warm,
+        produce_end,
+        consume_end,
+        drain_s,
+        ack_hists: producers.hists,
+        e2e_hists: consumers.hists,
+        series,
+        sent,
+        verified,
+        end_lag,
+        start_generation,
+        fatal,
+    };
+    Ok(summary::report(&cfg, &shared, outcome))
+}
+
+/// The run's first line on stderr: what it runs against, with what.
+fn announce(cfg: &Config, run_id: u64, partitions: u32) {
+    let a = &cfg.args;
     eprintln!(
         "levee bench: run {run_id:016x}: {} producer(s), {} consumer(s), topic `{}` ({} partitions), {} B messages, acks={}, keys {}, compression {}; {} tokio worker thread(s) on a {}-CPU host (a local broker competes for the same CPUs)",
         a.producers,
@@ -59,13 +149,19 @@ pub(crate) async fn bench(cfg: Config) -> Result<(Report, Option<String>), Bench
         cfg.threads,
         host_cpus()
     );
-    let group = a.group.clone();
-    let consumers_used = if group.is_some() {
+}
+
+/// How many consumer tasks to start: every one with `--group` (the broker
+/// leaves the extra members idle), else at most one per partition. Says
+/// so on stderr when some stay idle.
+fn consumers_to_start(cfg: &Config, partitions: u32) -> usize {
+    let a = &cfg.args;
+    let consumers_used = if a.group.is_some() {
         a.consumers
     } else {
         a.consumers.min(partitions as usize)
     };
-    if group.is_some() && a.consumers > partitions as usize {
+    if a.group.is_some() && a.consumers > partitions as usize {
         eprintln!(
             "note: {} consumer(s) but {partitions} partition(s): the group leaves {} member(s) idle",
             a.consumers,
@@ -79,95 +175,91 @@ pub(crate) async fn bench(cfg: Config) -> Result<(Report, Option<String>), Bench
             a.consumers - consumers_used
         );
     }
+    consumers_used
+}
 
-    // Consumers first, so that from `latest` they see every message.
-    let (targets_tx, targets_rx) = watch::channel::<Option<Arc<HashMap<u32, u64>>>>(None);
-    let start_wall = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let start = Instant::now();
-    let warmup = Duration::from_secs_f64(a.warmup);
-    let shared = Arc::new(Shared {
-        start,
-        warmup_end: start + warmup,
-        base_ns: start_wall,
-        warmup_end_ns: start_wall + warmup.as_nanos() as u64,
-        run_id,
-        stop_producing: AtomicBool::new(false),
-        stop_consuming: AtomicBool::new(false),
-        draining: AtomicBool::new(false),
-        acked_msgs: AtomicU64::new(0),
-        acked_bytes: AtomicU64::new(0),
-        failed_msgs: AtomicU64::new(0),
-        consumed_msgs: AtomicU64::new(0),
-        consumed_bytes: AtomicU64::new(0),
-        own_msgs: AtomicU64::new(0),
-        own_bytes: AtomicU64::new(0),
-        errors: Mutex::new(Vec::new()),
-        group_done: AtomicBool::new(false),
-        generations: Mutex::new(BTreeSet::new()),
-        commits: AtomicU64::new(0),
-        commits_refused: AtomicU64::new(0),
-        churn_turn: AtomicU64::new(0),
-        churns: AtomicU64::new(0),
-    });
-    if let Some(g) = &group {
-        prepare_group(&cfg, admin.native()?, g, partitions).await?;
-    }
-    let mut catchup_total = None;
-    if a.producers == 0 {
-        let ends = admin
-            .end_offsets(&a.topic, partitions, OffsetSpec::Latest)
-            .await?;
-        let mut starts = match cfg.from {
-            StartPosition::Earliest => {
-                admin
-                    .end_offsets(&a.topic, partitions, OffsetSpec::Earliest)
-                    .await?
-            }
-            _ => ends.clone(),
-        };
-        if let Some(g) = &group {
-            // The group resumes from its committed offsets.
-            let found = admin
-                .native()?
-                .fetch_offsets(g, &Assignment::new())
-                .await
-                .map_err(|e| client_err(&format!("fetch offsets of group `{g}`"), &e))?;
-            for o in found.into_iter().filter(|o| o.topic == a.topic) {
-                starts.insert(o.partition, o.offset);
-            }
+/// Consume-only: the records to read in total (from where the consumers
+/// start up to the current end) and the end offsets, their targets.
+async fn catchup(
+    cfg: &Config,
+    admin: &Admin,
+    partitions: u32,
+) -> Result<(u64, HashMap<u32, u64>), BenchError> {
+    let a = &cfg.args;
+    let ends = admin
+        .end_offsets(&a.topic, partitions, OffsetSpec::Latest)
+        .await?;
+    let mut starts = match cfg.from {
+        StartPosition::Earliest => {
+            admin
+                .end_offsets(&a.topic, partitions, OffsetSpec::Earliest)
+                .await?
         }
-        let total: u64 = ends
-            .iter()
-            .map(|(p, e)| e.saturating_sub(starts.get(p).copied().unwrap_or(0)))
-            .sum();
-        eprintln!(
-            "consume-only: {total} record(s) to read up to the current end of `{}`",
-            a.topic
-        );
-        catchup_total = Some(total);
-        let _ = targets_tx.send(Some(Arc::new(ends)));
+        _ => ends.clone(),
+    };
+    if let Some(g) = &a.group {
+        // The group resumes from its committed offsets.
+        let found = admin
+            .native()?
+            .fetch_offsets(g, &Assignment::new())
+            .await
+            .map_err(|e| client_err(&format!("fetch offsets of group `{g}`"), &e))?;
+        for o in found.into_iter().filter(|o| o.topic == a.topic) {
+            starts.insert(o.partition, o.offset);
+        }
     }
-    let mut e2e_hists = Vec::new();
-    let mut consumer_handles = Vec::new();
-    let mut readies = Vec::new();
-    // One verifier per consumer, or one shared by the group's members (a
-    // partition's streams move with it between them).
-    let mut verifiers: Vec<Arc<Mutex<Verifier>>> = Vec::new();
-    for id in 0..consumers_used {
+    let total: u64 = ends
+        .iter()
+        .map(|(p, e)| e.saturating_sub(starts.get(p).copied().unwrap_or(0)))
+        .sum();
+    eprintln!(
+        "consume-only: {total} record(s) to read up to the current end of `{}`",
+        a.topic
+    );
+    Ok((total, ends))
+}
+
+/// The consumer tasks of a run.
+struct Consumers {
+    handles: Vec<JoinHandle<ConsumerDone>>,
+    /// Each says once its consumer has connected (and joined or been assigned).
+    readies: Vec<oneshot::Receiver<Result<(), String>>>,
+    /// End-to-end latencies, one per consumer.
+    hists: Vec<Arc<Mutex<TaskHists>>>,
+    /// One verifier per consumer, or one shared by the group's members (a
+    /// partition's streams move with it between them).
+    verifiers: Vec<Arc<Mutex<Verifier>>>,
+}
+
+/// Starts `count` consumers: partitions split between them, or with
+/// `--group` members of the group.
+fn start_consumers(
+    cfg: &Arc<Config>,
+    shared: &Arc<Shared>,
+    partitions: u32,
+    count: usize,
+    targets: &watch::Receiver<Targets>,
+) -> Consumers {
+    let a = &cfg.args;
+    let mut c = Consumers {
+        handles: Vec::new(),
+        readies: Vec::new(),
+        hists: Vec::new(),
+        verifiers: Vec::new(),
+    };
+    for id in 0..count {
         let parts: Vec<u32> = (0..partitions)
-            .filter(|p| *p as usize % consumers_used == id)
+            .filter(|p| *p as usize % count == id)
             .collect();
         let h = Arc::new(Mutex::new(TaskHists::default()));
-        e2e_hists.push(h.clone());
+        c.hists.push(h.clone());
         let (rtx, rrx) = oneshot::channel();
-        readies.push(rrx);
-        let verifier = match verifiers.first() {
-            Some(v) if group.is_some() => v.clone(),
+        c.readies.push(rrx);
+        let verifier = match c.verifiers.first() {
+            Some(v) if a.group.is_some() => v.clone(),
             _ => {
-                let v = Arc::new(Mutex::new(Verifier::new(run_id)));
-                verifiers.push(v.clone());
+                let v = Arc::new(Mutex::new(Verifier::new(shared.run_id)));
+                c.verifiers.push(v.clone());
                 v
             }
         };
@@ -178,10 +270,10 @@ pub(crate) async fn bench(cfg: Config) -> Result<(Report, Option<String>), Bench
             hists: h,
             verifier,
             partitions: parts,
-            targets: targets_rx.clone(),
+            targets: targets.clone(),
             limit: if a.producers == 0 { a.messages } else { None },
         };
-        consumer_handles.push(match &group {
+        c.handles.push(match &a.group {
             Some(g) => tokio::spawn(group_consumer_task(ctx, g.clone(), rtx)),
             None if a.protocol == Protocol::Kafka => {
                 tokio::spawn(kafka_tasks::consumer_task(ctx, rtx))
@@ -189,6 +281,15 @@ pub(crate) async fn bench(cfg: Config) -> Result<(Report, Option<String>), Bench
             None => tokio::spawn(consumer_task(ctx, rtx)),
         });
     }
+    c
+}
+
+/// Waits until every consumer is ready; the first that cannot start stops
+/// them all and ends the run.
+async fn consumers_ready(
+    readies: Vec<oneshot::Receiver<Result<(), String>>>,
+    shared: &Shared,
+) -> Result<(), BenchError> {
     for r in readies {
         match r.await {
             Ok(Ok(())) => {}
@@ -204,146 +305,160 @@ pub(crate) async fn bench(cfg: Config) -> Result<(Report, Option<String>), Bench
             }
         }
     }
-    let mut start_generation = None;
-    let mut lag_probe = None;
-    if let Some(g) = &group {
-        // Keep the group's formation out of the measurement: wait until
-        // every member is in one stable generation.
-        start_generation = wait_for_group(admin.native()?, g, consumers_used).await;
-        match start_generation {
-            Some(gen) => eprintln!(
-                "group `{g}`: {consumers_used} member(s) stable in generation {gen}"
-            ),
-            None => shared.note(format!(
-                "group `{g}` was not stable with {consumers_used} member(s) after 15 s; starting anyway"
-            )),
-        }
-        lag_probe = Some(LagProbe {
-            client: admin.native()?.clone(),
-            group: g.clone(),
-            topic: a.topic.clone(),
-        });
-        if let Some(every) = a.churn_interval {
-            let s = shared.clone();
-            tokio::spawn(async move {
-                let every = Duration::from_secs_f64(every);
-                let mut tick = tokio::time::interval_at(Instant::now() + every, every);
-                loop {
-                    tick.tick().await;
-                    if s.stop_producing.load(Relaxed) {
-                        return;
-                    }
-                    s.churn_turn.fetch_add(1, Relaxed);
-                }
-            });
-        }
-        tokio::spawn(watch_group_progress(
-            admin.native()?.clone(),
-            g.clone(),
-            a.topic.clone(),
-            partitions,
-            targets_rx.clone(),
-            shared.clone(),
-        ));
-    }
+    Ok(())
+}
 
-    let reporter_stop = Arc::new(AtomicBool::new(false));
-    let mut ack_hists = Vec::new();
-    let mut producer_handles = Vec::new();
+/// The producer tasks of a run.
+struct Producers {
+    handles: Vec<JoinHandle<ProducerDone>>,
+    /// Acknowledgement latencies, one per producer.
+    hists: Vec<Arc<Mutex<TaskHists>>>,
+}
+
+/// Starts `--producers` producers of the kind the flags ask for, each with
+/// its share of `--messages`.
+fn start_producers(cfg: &Arc<Config>, shared: &Arc<Shared>, partitions: u32) -> Producers {
+    let a = &cfg.args;
+    let mut p = Producers {
+        handles: Vec::new(),
+        hists: Vec::new(),
+    };
     for id in 0..a.producers {
         let h = Arc::new(Mutex::new(TaskHists::default()));
-        ack_hists.push(h.clone());
+        p.hists.push(h.clone());
         let quota = a.messages.map(|m| {
             let n = a.producers as u64;
             m / n + u64::from((id as u64) < m % n)
         });
-        producer_handles.push(if a.protocol == Protocol::Kafka {
+        let (id, cfg, shared) = (id as u32, cfg.clone(), shared.clone());
+        p.handles.push(if a.protocol == Protocol::Kafka {
             tokio::spawn(kafka_tasks::producer_task(
-                id as u32,
-                cfg.clone(),
-                shared.clone(),
-                h,
-                partitions,
-                quota,
+                id, cfg, shared, h, partitions, quota,
             ))
         } else if a.direct_batches {
-            tokio::spawn(batch_producer_task(
-                id as u32,
-                cfg.clone(),
-                shared.clone(),
-                h,
-                partitions,
-                quota,
-            ))
+            tokio::spawn(batch_producer_task(id, cfg, shared, h, partitions, quota))
         } else {
-            tokio::spawn(producer_task(
-                id as u32,
-                cfg.clone(),
-                shared.clone(),
-                h,
-                partitions,
-                quota,
-            ))
+            tokio::spawn(producer_task(id, cfg, shared, h, partitions, quota))
         });
     }
-    let series = Arc::new(Mutex::new(Vec::new()));
-    let reporter = tokio::spawn(
-        Reporter {
-            cfg: cfg.clone(),
-            shared: shared.clone(),
-            ack_hists: ack_hists.clone(),
-            e2e_hists: e2e_hists.clone(),
-            series: series.clone(),
-            catchup_total,
-            lag: lag_probe.clone(),
-        }
-        .run(reporter_stop.clone()),
-    );
-    // Warmup snapshot.
-    let warm_snap = {
+    p
+}
+
+/// The tasks that watch a run from the side: the per-second reporter and
+/// the snapshot of the counters at the end of the warmup.
+struct Watchers {
+    reporter: JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+    series: Arc<Mutex<Vec<Point>>>,
+    warm_snap: JoinHandle<Snap>,
+}
+
+impl Watchers {
+    fn start(
+        cfg: &Arc<Config>,
+        shared: &Arc<Shared>,
+        producers: &Producers,
+        consumers: &Consumers,
+        catchup_total: Option<u64>,
+        lag: Option<LagProbe>,
+    ) -> Watchers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let series = Arc::new(Mutex::new(Vec::new()));
+        let reporter = tokio::spawn(
+            Reporter {
+                cfg: cfg.clone(),
+                shared: shared.clone(),
+                ack_hists: producers.hists.clone(),
+                e2e_hists: consumers.hists.clone(),
+                series: series.clone(),
+                catchup_total,
+                lag,
+            }
+            .run(stop.clone()),
+        );
         let s = shared.clone();
-        tokio::spawn(async move {
+        let warm_snap = tokio::spawn(async move {
             tokio::time::sleep_until(s.warmup_end).await;
             s.snapshot()
-        })
-    };
-    // Stop producing (or, consume-only, consuming) after warmup + duration,
-    // or on Ctrl-C; a second Ctrl-C stops the consumers too.
-    {
-        let s = shared.clone();
-        let deadline = cfg
-            .duration
-            .map(|d| s.warmup_end + Duration::from_secs_f64(d));
-        let consume_only = a.producers == 0;
-        tokio::spawn(async move {
-            let timer = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            tokio::select! {
-                _ = timer => {}
-                r = tokio::signal::ctrl_c() => {
-                    if r.is_ok() {
-                        eprintln!("interrupted: stopping producers (Ctrl-C again stops consumers)");
-                    }
-                }
-            }
-            s.stop_producing.store(true, Relaxed);
-            if consume_only {
-                s.stop_consuming.store(true, Relaxed);
-            }
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("interrupted: stopping consumers");
-                s.stop_consuming.store(true, Relaxed);
-            }
         });
+        Watchers {
+            reporter,
+            stop,
+            series,
+            warm_snap,
+        }
     }
 
-    let mut fatal: Vec<String> = Vec::new();
+    /// Stops the reporter; returns its time series and the counters at the
+    /// end of the warmup (`end` if the run ended before it; zero without one).
+    async fn stop(self, warmup_s: f64, end: Snap) -> (Vec<Point>, Snap) {
+        self.stop.store(true, Relaxed);
+        let _ = self.reporter.await;
+        let warm = if warmup_s > 0.0 {
+            // A run shorter than its warmup measures nothing.
+            taken(self.warm_snap).await.unwrap_or(end)
+        } else {
+            self.warm_snap.abort();
+            Snap::default()
+        };
+        let series = std::mem::take(&mut *lock(&self.series));
+        (series, warm)
+    }
+}
+
+/// The group's lag when the consumers have stopped.
+async fn end_lag(probe: &LagProbe, shared: &Shared) -> Option<i64> {
+    match probe.sample().await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            shared.note(format!("consumer lag at the end: {e}"));
+            None
+        }
+    }
+}
+
+/// Stops producing (or, consume-only, consuming) after warmup + duration,
+/// or on Ctrl-C; a second Ctrl-C stops the consumers too.
+fn spawn_stop_timer(cfg: &Config, shared: &Arc<Shared>) {
+    let s = shared.clone();
+    let deadline = cfg
+        .duration
+        .map(|d| s.warmup_end + Duration::from_secs_f64(d));
+    let consume_only = cfg.args.producers == 0;
+    tokio::spawn(async move {
+        let timer = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = timer => {}
+            r = tokio::signal::ctrl_c() => {
+                if r.is_ok() {
+                    eprintln!("interrupted: stopping producers (Ctrl-C again stops consumers)");
+                }
+            }
+        }
+        s.stop_producing.store(true, Relaxed);
+        if consume_only {
+            s.stop_consuming.store(true, Relaxed);
+        }
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("interrupted: stopping consumers");
+            s.stop_consuming.store(true, Relaxed);
+        }
+    });
+}
+
+/// Waits for every producer; returns what each sent to each partition.
+/// A producer's fatal error goes to `fatal`.
+async fn join_producers(
+    handles: Vec<JoinHandle<ProducerDone>>,
+    fatal: &mut Vec<String>,
+) -> HashMap<(u32, u32), Sent> {
     let mut sent: HashMap<(u32, u32), Sent> = HashMap::new();
-    for h in producer_handles {
+    for h in handles {
         match h.await {
             Ok(d) => {
                 sent.extend(d.sent);
@@ -352,258 +467,91 @@ pub(crate) async fn bench(cfg: Config) -> Result<(Report, Option<String>), Bench
             Err(e) => fatal.push(format!("producer task failed: {e}")),
         }
     }
-    let produce_end = shared.snapshot();
-    let produce_end_s = produce_end.at;
-    let mut drain_s = 0.0;
-    if a.producers > 0 && !consumer_handles.is_empty() {
-        shared.draining.store(true, Relaxed);
-        // With acks=0 the last messages may still be on their way: wait
-        // until the end offsets stop moving.
-        let mut ends = None;
-        for _ in 0..50 {
-            let e = admin
-                .end_offsets(&a.topic, partitions, OffsetSpec::Latest)
-                .await;
-            match e {
-                Ok(e) => {
-                    if a.acks != Acks::None || ends.as_ref() == Some(&e) {
-                        ends = Some(e);
-                        break;
-                    }
+    sent
+}
+
+/// Producers are done: gives the consumers the end offsets to read up to
+/// and `--drain-timeout` to get there.
+async fn start_drain(
+    cfg: &Config,
+    admin: &Admin,
+    partitions: u32,
+    shared: &Arc<Shared>,
+    targets: &watch::Sender<Targets>,
+    fatal: &mut Vec<String>,
+) {
+    let a = &cfg.args;
+    shared.draining.store(true, Relaxed);
+    // With acks=0 the last messages may still be on their way: wait
+    // until the end offsets stop moving.
+    let mut ends = None;
+    for _ in 0..50 {
+        let e = admin
+            .end_offsets(&a.topic, partitions, OffsetSpec::Latest)
+            .await;
+        match e {
+            Ok(e) => {
+                if a.acks != Acks::None || ends.as_ref() == Some(&e) {
                     ends = Some(e);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    break;
                 }
-                Err(e) => {
-                    shared.note(format!("list offsets for the drain: {e}"));
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+                ends = Some(e);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                shared.note(format!("list offsets for the drain: {e}"));
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-        match ends {
-            Some(e) => {
-                let _ = targets_tx.send(Some(Arc::new(e)));
-            }
-            None => {
-                fatal.push("cannot list the topic's end offsets to drain it".into());
-                shared.stop_consuming.store(true, Relaxed);
-            }
-        }
-        let s = shared.clone();
-        let timeout = Duration::from_secs_f64(a.drain_timeout);
-        tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            s.stop_consuming.store(true, Relaxed);
-        });
     }
-    let mut verifier_own: HashMap<(u32, u32), Stream> = HashMap::new();
-    let mut counts = Counts::default();
-    let mut complete = true;
-    for h in consumer_handles {
+    match ends {
+        Some(e) => {
+            let _ = targets.send(Some(Arc::new(e)));
+        }
+        None => {
+            fatal.push("cannot list the topic's end offsets to drain it".into());
+            shared.stop_consuming.store(true, Relaxed);
+        }
+    }
+    let s = shared.clone();
+    let timeout = Duration::from_secs_f64(a.drain_timeout);
+    tokio::spawn(async move {
+        tokio::time::sleep(timeout).await;
+        s.stop_consuming.store(true, Relaxed);
+    });
+}
+
+/// Waits for every consumer, then merges what their verifiers saw. A
+/// consumer's fatal error goes to `fatal`.
+async fn join_consumers(
+    handles: Vec<JoinHandle<ConsumerDone>>,
+    verifiers: &[Arc<Mutex<Verifier>>],
+    run_id: u64,
+    fatal: &mut Vec<String>,
+) -> Verified {
+    let mut verified = Verified {
+        complete: true,
+        counts: Counts::default(),
+        own: HashMap::new(),
+    };
+    for h in handles {
         match h.await {
             Ok(d) => {
-                complete &= d.complete;
+                verified.complete &= d.complete;
                 fatal.extend(d.fatal);
             }
             Err(e) => {
-                complete = false;
+                verified.complete = false;
                 fatal.push(format!("consumer task failed: {e}"));
             }
         }
     }
     for v in verifiers {
-        let v = std::mem::replace(&mut *lock(&v), Verifier::new(run_id));
-        counts.add(&v.counts);
-        verifier_own.extend(v.own);
+        let v = std::mem::replace(&mut *lock(v), Verifier::new(run_id));
+        verified.counts.add(&v.counts);
+        verified.own.extend(v.own);
     }
-    let consume_end = shared.snapshot();
-    let end_lag = match &lag_probe {
-        Some(p) => match p.sample().await {
-            Ok(v) => Some(v),
-            Err(e) => {
-                shared.note(format!("consumer lag at the end: {e}"));
-                None
-            }
-        },
-        None => None,
-    };
-    if a.producers > 0 && consumers_used > 0 {
-        drain_s = (consume_end.at - produce_end_s).max(0.0);
-    }
-    reporter_stop.store(true, Relaxed);
-    let _ = reporter.await;
-    let warm = if a.warmup > 0.0 {
-        // A run shorter than its warmup measures nothing.
-        taken(warm_snap).await.unwrap_or(consume_end)
-    } else {
-        warm_snap.abort();
-        Snap::default()
-    };
-
-    // Figures.
-    let produce = Throughput::new(
-        produce_end.acked_msgs.saturating_sub(warm.acked_msgs),
-        produce_end.acked_bytes.saturating_sub(warm.acked_bytes),
-        (produce_end.at - a.warmup).max(0.0),
-    );
-    let consume = Throughput::new(
-        consume_end.consumed_msgs.saturating_sub(warm.consumed_msgs),
-        consume_end
-            .consumed_bytes
-            .saturating_sub(warm.consumed_bytes),
-        if consumers_used > 0 {
-            (consume_end.at - a.warmup).max(0.0)
-        } else {
-            0.0
-        },
-    );
-    let merge_total = |hs: &[Arc<Mutex<TaskHists>>]| {
-        let mut m = stats::new_histogram();
-        for h in hs {
-            let _ = m.add(&lock(h).total);
-        }
-        summarize(&m)
-    };
-    let ack_latency = merge_total(&ack_hists);
-    let e2e_latency = merge_total(&e2e_hists);
-    let series = std::mem::take(&mut *lock(&series));
-    let mut backlog = BacklogSummary::default();
-    for p in &series {
-        if p.backlog_bytes > backlog.max_bytes || p.backlog_msgs > backlog.max_msgs {
-            backlog.max_bytes = backlog.max_bytes.max(p.backlog_bytes);
-            backlog.max_msgs = backlog.max_msgs.max(p.backlog_msgs);
-            backlog.max_at_s = p.t_s;
-        }
-    }
-    let consumed_own = shared.own_msgs.load(Relaxed);
-    if catchup_total.is_some() {
-        let total = catchup_total.unwrap_or(0);
-        backlog.end_msgs = total.saturating_sub(consume_end.consumed_msgs) as i64;
-    } else {
-        backlog.end_msgs = (consume_end.acked_msgs as i64 - consumed_own as i64).max(0);
-        backlog.end_bytes =
-            (consume_end.acked_bytes as i64 - shared.own_bytes.load(Relaxed) as i64).max(0);
-    }
-    let group_report = group.as_ref().map(|g| {
-        let mut r = GroupReport {
-            group: g.clone(),
-            commit: cfg.commit_policy(),
-            end_lag_msgs: end_lag,
-            start_generation,
-            end_generation: shared.newest_generation(),
-            rebalances: count_rebalances(&lock(&shared.generations), start_generation),
-            commits: shared.commits.load(Relaxed),
-            commits_refused: shared.commits_refused.load(Relaxed),
-            forced_leaves: shared.churns.load(Relaxed),
-            ..GroupReport::default()
-        };
-        for p in &series {
-            if let Some(l) = p.lag_msgs {
-                if r.max_lag_msgs.is_none_or(|m| l > m) {
-                    r.max_lag_msgs = Some(l);
-                    r.max_lag_at_s = p.t_s;
-                }
-            }
-        }
-        r
-    });
-    let rss: Vec<u64> = series.iter().filter_map(|p| p.rss_bytes).collect();
-    let memory = MemorySummary {
-        source: cfg
-            .memory
-            .as_ref()
-            .map_or("disabled".to_string(), MemorySource::describe),
-        start_bytes: rss.first().copied(),
-        max_bytes: rss.iter().copied().max(),
-        end_bytes: rss.last().copied(),
-    };
-
-    // Verification.
-    let failed = shared.failed_msgs.load(Relaxed);
-    let mut verification = Verification {
-        checked: consumers_used > 0,
-        complete: complete && consumers_used > 0,
-        counts,
-        ..Verification::default()
-    };
-    let mut failures = Vec::new();
-    if consumers_used > 0 {
-        if a.producers > 0 {
-            verification.loss = verify::find_loss(&sent, &verifier_own);
-        }
-        let c = &verification.counts;
-        let l = &verification.loss;
-        if l.lost > 0 {
-            failures.push(format!(
-                "{} acknowledged message(s) never received{}",
-                l.lost,
-                if complete {
-                    ""
-                } else {
-                    " (consumers stopped before the end: drain timeout, interruption or error)"
-                }
-            ));
-        }
-        if c.duplicates > 0 {
-            failures.push(format!("{} duplicate message(s)", c.duplicates));
-        }
-        if c.corrupt > 0 {
-            failures.push(format!("{} message(s) failed their checksum", c.corrupt));
-        }
-        if c.corrupt_batches > 0 {
-            failures.push(format!(
-                "{} batch(es) rejected as corrupt by the client",
-                c.corrupt_batches
-            ));
-        }
-        if c.wrong_partition > 0 {
-            failures.push(format!(
-                "{} message(s) read from another partition than the one they were sent to",
-                c.wrong_partition
-            ));
-        }
-    }
-    if failed > 0 {
-        failures.push(format!("{failed} message(s) failed delivery (see notes)"));
-    }
-    if consumers_used > 0 && !complete {
-        // Whatever was not read was not verified: never an OK verdict.
-        failures.push(
-            "consumers did not read up to the end offsets (drain timeout, interruption or an error: see notes)"
-                .to_string(),
-        );
-    }
-    verification.failures = failures;
-    let mut report = Report {
-        params: cfg.params(),
-        run_id: format!("{run_id:016x}"),
-        started_unix_ms: start_wall / 1_000_000,
-        client_threads: cfg.threads,
-        host_cpus: host_cpus(),
-        partitions,
-        warmup_s: a.warmup,
-        produce_end_s,
-        consume_end_s: consume_end.at,
-        drain_s,
-        produce,
-        produce_failed: failed,
-        consume,
-        ack_latency,
-        e2e_latency,
-        backlog,
-        group: group_report,
-        memory,
-        verification,
-        errors: lock(&shared.errors).clone(),
-        timeseries: series,
-    };
-    if a.producers > 0 && cfg.produce_shape == RateShape::Unlimited {
-        report.errors.push(format!(
-            "unlimited rate: producers keep their {} buffer full, so acknowledgement and end-to-end latency include queueing in it (use --rate for latency at a given load)",
-            fmt_bytes(a.buffer_bytes as f64)
-        ));
-    }
-    let fatal = (!fatal.is_empty()).then(|| fatal.join("; "));
-    Ok((report, fatal))
+    verified
 }
 
 /// The warmup snapshot if it was taken (the run outlasted the warmup).

@@ -1,10 +1,15 @@
 //! The state every task of a run shares: its clock, stop flags and counters.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::time::Instant;
+
+/// The end offset of each partition that consumers must reach: `None`
+/// until known (consume-only: at the start; else once producers stop).
+pub(crate) type Targets = Option<Arc<HashMap<u32, u64>>>;
 
 /// State shared by every task.
 pub(crate) struct Shared {
@@ -45,6 +50,35 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// A run starting now (`start`, `base_ns` ns since the Unix epoch), its
+    /// first `warmup` left out of the figures; every flag down, every counter 0.
+    pub(crate) fn new(start: Instant, base_ns: u64, warmup: Duration, run_id: u64) -> Shared {
+        Shared {
+            start,
+            warmup_end: start + warmup,
+            base_ns,
+            warmup_end_ns: base_ns + warmup.as_nanos() as u64,
+            run_id,
+            stop_producing: AtomicBool::new(false),
+            stop_consuming: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            acked_msgs: AtomicU64::new(0),
+            acked_bytes: AtomicU64::new(0),
+            failed_msgs: AtomicU64::new(0),
+            consumed_msgs: AtomicU64::new(0),
+            consumed_bytes: AtomicU64::new(0),
+            own_msgs: AtomicU64::new(0),
+            own_bytes: AtomicU64::new(0),
+            errors: Mutex::new(Vec::new()),
+            group_done: AtomicBool::new(false),
+            generations: Mutex::new(BTreeSet::new()),
+            commits: AtomicU64::new(0),
+            commits_refused: AtomicU64::new(0),
+            churn_turn: AtomicU64::new(0),
+            churns: AtomicU64::new(0),
+        }
+    }
+
     pub(crate) fn now_ns(&self) -> u64 {
         self.base_ns + self.start.elapsed().as_nanos() as u64
     }
