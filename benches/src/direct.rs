@@ -145,7 +145,7 @@ pub(crate) fn settle_batch(
 /// zigzag): attributes, timestamp delta 0, offset delta, null key (-1),
 /// value, no headers.
 pub(crate) fn direct_batch(h: &Header, n: u64, size: usize, pool: &FillerPool, ts: i64) -> Vec<u8> {
-    let mut records = levee_engine::batch::batch_buffer(n as usize * (size + 12));
+    let mut records = levee_client::batch::batch_buffer(n as usize * (size + 12));
     for i in 0..n {
         let mut head = [0u8; 32];
         let mut at = 2; // attributes 0, timestamp delta 0
@@ -171,12 +171,12 @@ pub(crate) fn direct_batch(h: &Header, n: u64, size: usize, pool: &FillerPool, t
         debug_assert_eq!(records.len() - before, size);
         records.push(0u8); // no headers
     }
-    levee_engine::batch::finish_batch(
+    levee_client::batch::finish_batch(
         records,
         n as u32,
         ts,
         ts,
-        levee_engine::batch::BatchMeta::default(),
+        levee_client::batch::BatchMeta::default(),
     )
 }
 
@@ -328,8 +328,8 @@ mod tests {
             sent_ns: 123,
         };
         let b = direct_batch(&h, 5, 100, &pool, 1_000);
-        levee_engine::batch::validate_produced(&b, 1 << 20).unwrap();
-        let recs = levee_engine::batch::records(&b).unwrap();
+        levee_client::batch::validate_produced(&b, 1 << 20).unwrap();
+        let recs = levee_client::batch::records(&b).unwrap();
         assert_eq!(recs.len(), 5);
         for (i, r) in recs.iter().enumerate() {
             assert_eq!((r.offset, r.key, r.timestamp), (i as u64, None, 1_000));

@@ -329,7 +329,7 @@ pub(crate) async fn consumer_task(
                 }
             };
             let pos = positions.entry(p).or_default();
-            for b in levee_engine::batch::split_batches(&data) {
+            for b in levee_client::batch::split_batches(&data) {
                 let mut out = Vec::new();
                 match levee_client::codec::decode_stored_batch(b, usize::MAX, *pos, &mut out) {
                     Ok(next) => *pos = (*pos).max(next),

@@ -9,9 +9,8 @@ use std::time::Duration;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use levee_client::{
     partition_for_key, Client, ClientError, DeliveryFuture, DeliveryReport, Producer,
-    ProducerConfig,
+    ProducerConfig, Record,
 };
-use levee_engine::Record;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 

@@ -35,7 +35,10 @@ pub use group::{
     lag, Assignment, GroupConsumer, GroupConsumerConfig, GroupInfo, GroupMemberInfo, GroupOffset,
     GroupSummary, JoinGroupRequest, JoinedGroup, OffsetCommit, OffsetReset,
 };
-pub use levee_engine::Compression;
+/// The record-batch format (the engine's), for callers that build or split
+/// batches themselves, such as the load generator's `--direct-batches`.
+pub use levee_engine::batch;
+pub use levee_engine::{Compression, Record};
 pub use levee_schemas::proto::ErrorCode;
 pub use levee_schemas::proto::NodeStatus;
 pub use producer::{Acks, DeliveryFuture, DeliveryReport, Producer, ProducerConfig};
