@@ -1,4 +1,10 @@
-//! `levee bench`: a load generator for a running Levee broker.
+//! `levee bench`: a load generator for a running Levee broker. This crate
+//! owns the workload (what is sent, how fast), the producer and consumer
+//! tasks, end-to-end verification of every message, and the report. It
+//! talks to a broker only from outside, over the wire (`levee-client`, or
+//! its own small Kafka client in [`kafka`]): it must not depend on the
+//! broker's crates (server, engine), and nothing in the broker may depend
+//! on it; the `levee` binary is what puts the two side by side.
 //!
 //! Producers and consumers are tokio tasks, each with its own client
 //! connection. Every message carries (run id, producer, partition,
@@ -19,6 +25,14 @@
 //!
 //! Exit codes: 0 success, 1 verification failures (lost, duplicated or
 //! corrupt messages, failed deliveries), 2 usage or connection errors.
+//!
+//! Where things are: the flags in `args`, checked into the run's settings in
+//! `workload`; [`run`] and `runner` drive one run (consumers, then
+//! producers, stop, drain); the tasks are in `producer`, `direct`
+//! (`--direct-batches`), `consumer`, `group` and `kafka_tasks`, sharing the
+//! counters in `shared`; the per-second line in `progress`; the figures and
+//! verdict in `summary`, rendered by [`report`]; message contents in
+//! [`payload`], checked by [`verify`].
 
 pub mod memory;
 pub mod payload;
