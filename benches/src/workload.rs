@@ -1,7 +1,7 @@
 //! The workload a run generates: the flags checked and turned into
 //! [`Config`] (rates, duration, where consumers start, memory source).
 
-use levee_client::{Acks, ClientError, OffsetReset, StartPosition};
+use levee_client::{Acks, ClientError, FsyncPolicy, OffsetReset, StartPosition};
 
 use crate::args::{BenchArgs, Keys, Protocol};
 use crate::memory::MemorySource;
@@ -117,15 +117,7 @@ impl Config {
             return Err(usage("--rate/--burst need producers"));
         }
         if let Some(f) = &args.topic_fsync {
-            let ok = f == "always"
-                || f == "never"
-                || f.strip_prefix("interval:")
-                    .is_some_and(|ms| ms.parse::<u64>().is_ok());
-            if !ok {
-                return Err(usage(format!(
-                    "--topic-fsync wants always, never or interval:<ms>, not `{f}`"
-                )));
-            }
+            FsyncPolicy::check_setting(f).map_err(|e| usage(format!("--topic-fsync: {e}")))?;
         }
         let duration = match (args.duration, args.messages, args.producers) {
             (Some(d), _, _) => Some(d),

@@ -13,11 +13,11 @@ use levee_client::group::{
     lag, Assignment, GroupConsumer, GroupConsumerConfig, OffsetCommit, OffsetReset,
 };
 use levee_client::producer::{Acks, DeliveryFuture, Producer, ProducerConfig};
-use levee_client::Compression;
 use levee_client::{
     Client, ClientConfig, ClientError, ConsumedRecord, Consumer, ConsumerConfig, OffsetSpec,
     StartPosition, TopicSettings,
 };
+use levee_client::{Compression, FsyncPolicy};
 
 /// Client commands of the `levee` CLI.
 #[derive(Debug, Clone, Subcommand)]
@@ -115,7 +115,7 @@ pub struct TopicCreateArgs {
     #[arg(long)]
     pub retention_ms: Option<i64>,
     /// always, never or interval:MS (default: the broker's default).
-    #[arg(long, value_parser = parse_fsync)]
+    #[arg(long, value_parser = FsyncPolicy::check_setting)]
     pub fsync: Option<String>,
     /// Refuse produce once this many bytes are unconsumed (default: off).
     #[arg(long)]
@@ -161,8 +161,8 @@ pub struct ProduceArgs {
     /// Send every message to this partition.
     #[arg(long)]
     pub partition: Option<u32>,
-    /// none, lz4 or zstd.
-    #[arg(long, default_value = "none", value_parser = parse_compression)]
+    /// none, gzip, snappy, lz4 or zstd.
+    #[arg(long, default_value = "none")]
     pub compression: Compression,
     /// Bytes per partition batch.
     #[arg(long, default_value_t = 64 * 1024)]
@@ -330,29 +330,6 @@ impl std::str::FromStr for ResetTarget {
                 }
             }
         }
-    }
-}
-
-fn parse_fsync(s: &str) -> Result<String, String> {
-    match s {
-        "always" | "never" => Ok(s.to_string()),
-        _ => match s.strip_prefix("interval:").map(str::parse::<u64>) {
-            Some(Ok(_)) => Ok(s.to_string()),
-            _ => Err(format!("expected always, never or interval:MS, not `{s}`")),
-        },
-    }
-}
-
-fn parse_compression(s: &str) -> Result<Compression, String> {
-    match s {
-        "none" => Ok(Compression::None),
-        "gzip" => Ok(Compression::Gzip),
-        "snappy" => Ok(Compression::Snappy),
-        "lz4" => Ok(Compression::Lz4),
-        "zstd" => Ok(Compression::Zstd),
-        _ => Err(format!(
-            "expected none, gzip, snappy, lz4 or zstd, not `{s}`"
-        )),
     }
 }
 

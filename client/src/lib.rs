@@ -38,7 +38,7 @@ pub use group::{
 /// The record-batch format (the engine's), for callers that build or split
 /// batches themselves, such as the load generator's `--direct-batches`.
 pub use levee_engine::batch;
-pub use levee_engine::{Compression, Record};
+pub use levee_engine::{Compression, FsyncPolicy, Record};
 pub use levee_schemas::proto::ErrorCode;
 pub use levee_schemas::proto::NodeStatus;
 pub use producer::{Acks, DeliveryFuture, DeliveryReport, Producer, ProducerConfig};
