@@ -1,7 +1,7 @@
 //! `levee`: the broker (`levee serve`) and the client commands (topic,
 //! produce, consume).
 
-mod client_cmds;
+mod client;
 
 use levee_server::{broker, config};
 use levee_tuning as tune;
@@ -32,7 +32,7 @@ enum Command {
     /// The cluster's coordinator quorum.
     Coordinator(CoordinatorArgs),
     #[command(flatten)]
-    Client(client_cmds::ClientCommand),
+    Client(client::ClientCommand),
 }
 
 #[derive(clap::Args)]
@@ -192,7 +192,7 @@ fn main() -> ExitCode {
         }
         Command::Coordinator(args) => coordinator(args),
         Command::Bench(args) => levee_bench::run(*args),
-        Command::Client(cmd) => client_cmds::run(cmd),
+        Command::Client(cmd) => client::run(cmd),
         Command::Serve(args) => {
             tracing_subscriber::fmt()
                 .with_env_filter(
