@@ -1,5 +1,10 @@
-//! `levee`: the broker (`levee serve`) and the client commands (topic,
-//! produce, consume).
+//! `levee`: the one binary, on top of every crate: the broker (`levee
+//! serve`), the client commands (topic, produce, consume, group, cluster),
+//! the load generator (`levee bench`), host checks (`levee tune`) and the
+//! coordinator commands. It owns the command line (flags, what each command
+//! prints, exit codes); the work is done by the crates below it (broker,
+//! client library, load generator, tuning), whose logic must not move up
+//! here, and no crate may depend on it.
 
 mod client;
 mod coordinator;

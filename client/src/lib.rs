@@ -1,4 +1,8 @@
-//! Async client for Levee's native protocol, on tokio.
+//! Async client for Levee's native protocol, on tokio. It owns talking to
+//! brokers from the outside: connections, metadata, producing, consuming,
+//! consumer groups and admin requests. It must not depend on the broker
+//! (`levee-server`) nor hold command-line code (the `levee` commands are in
+//! the cli crate); it uses the engine only for the batch format.
 //!
 //! - [`Client`]: a bootstrap connection for admin and group requests and
 //!   one pipelined connection per partition leader for produce, fetch and
