@@ -3,9 +3,25 @@
 //! accounting as the native `--direct-batches` producer and consumer, sent
 //! and read with [`crate::kafka::KafkaClient`].
 
-use super::*;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use levee_client::{ConsumedRecord, StartPosition};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::consumer::{account, pace, ConsumerCtx, ConsumerDone};
+use crate::direct::{direct_batch, settle_batch, BatchInFlight, DIRECT_DELIVERY_TIMEOUT};
 use crate::kafka::{retriable, KafkaClient, PendingProduce};
-use std::collections::VecDeque;
+use crate::payload::{self, FillerPool, Header};
+use crate::producer::{pace_producer, record_sent, ProducerDone};
+use crate::rate::Pacer;
+use crate::shared::{lock, Shared};
+use crate::stats::TaskHists;
+use crate::verify;
+use crate::workload::Config;
 
 /// Connects a Kafka client to `--bootstrap`.
 pub(crate) async fn connect(cfg: &Config) -> Result<Arc<KafkaClient>, String> {
@@ -313,7 +329,7 @@ pub(crate) async fn consumer_task(
                 }
             };
             let pos = positions.entry(p).or_default();
-            for b in levee_engine::batch::split_batches(&data) {
+            for b in levee_client::batch::split_batches(&data) {
                 let mut out = Vec::new();
                 match levee_client::codec::decode_stored_batch(b, usize::MAX, *pos, &mut out) {
                     Ok(next) => *pos = (*pos).max(next),
