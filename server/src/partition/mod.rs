@@ -83,8 +83,11 @@ pub struct Partition {
     counters: Counters,
     /// Idempotent producers' sequences (KIP-98).
     producers: RefCell<ProducerTable>,
-    /// Serializes a check of the producer table with the append it allows.
-    producer_lock: levee_engine::fifo::FifoLock,
+    /// Held by a produce request from before its first append to after its
+    /// last: its batches are appended end to end, requests in the order
+    /// they arrived (FIFO), and an idempotent producer's table check goes
+    /// with the append it allows.
+    produce_lock: levee_engine::fifo::FifoLock,
     /// The producer table changed, and bytes appended, since its snapshot.
     producers_dirty: Cell<bool>,
     bytes_since_snapshot: Cell<u64>,
@@ -162,7 +165,7 @@ impl Partition {
             max_backlog,
             counters: Counters::default(),
             producers: RefCell::new(ProducerTable::default()),
-            producer_lock: levee_engine::fifo::FifoLock::default(),
+            produce_lock: levee_engine::fifo::FifoLock::default(),
             producers_dirty: Cell::new(false),
             bytes_since_snapshot: Cell::new(0),
         });
@@ -254,13 +257,13 @@ impl Partition {
         let mut first = None;
         let mut last = 0;
         let single = batches.len() == 1;
-        let idempotent = batches.iter().any(|b| b.producer.is_some());
-        // A check of the producer table and the append it allows happen
-        // together (appends to one log are serial anyway).
-        let _guard = match idempotent {
-            true => Some(self.producer_lock.lock().await),
-            false => None,
-        };
+        // Each append takes the log's FIFO lock on its own: without this
+        // one, the requests that arrive while this request's first batch is
+        // being appended would get their turn before its second batch.
+        // Taken before any await, so requests also keep their arrival order
+        // (appends to one log are serial anyway). An idempotent producer's
+        // table check happens with the append it allows.
+        let guard = self.produce_lock.lock().await;
         let mut data = Some(data);
         for b in batches {
             // Leadership may have moved while an earlier batch was appended.
@@ -307,7 +310,7 @@ impl Partition {
         add(&c.bytes_in, total);
         add(&c.msgs_in, msgs);
         add(&c.produced, total);
-        drop(_guard);
+        drop(guard);
         if acks == -1 {
             self.wait_durable(last, timeout).await?;
             if clustered {
