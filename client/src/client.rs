@@ -440,6 +440,26 @@ impl Client {
         &self.inner.config
     }
 
+    /// The largest record batch the broker accepts, as its handshake on
+    /// the bootstrap connection said; the broker's default
+    /// (`log.max_batch_bytes`, [`levee_engine::LogConfig`]) when it did not.
+    pub fn max_batch_bytes(&self) -> usize {
+        lock(&self.inner.boot)
+            .as_ref()
+            .and_then(|c| c.broker_max_batch_bytes())
+            .unwrap_or_else(|| levee_engine::LogConfig::default().max_batch_bytes)
+    }
+
+    /// The largest frame the broker accepts (from the bootstrap handshake;
+    /// this client's `max_frame_bytes` when not connected).
+    pub fn max_frame_bytes(&self) -> usize {
+        lock(&self.inner.boot)
+            .as_ref()
+            .map_or(self.inner.config.max_frame_bytes, |c| {
+                c.broker_max_frame_bytes()
+            })
+    }
+
     /// The bootstrap connection (admin and group requests), reconnecting
     /// if it failed: to the first bootstrap address that answers.
     pub async fn connection(&self) -> Result<Arc<Connection>> {

@@ -116,6 +116,8 @@ struct State {
     not_leader_always: AtomicBool,
     metadata_requests: AtomicUsize,
     fetch_requests: AtomicUsize,
+    /// The largest batch this double says (in Hello) it accepts; 0: says nothing.
+    max_batch_bytes: u32,
 }
 
 async fn start() -> (String, Arc<Mutex<State>>) {
@@ -236,6 +238,7 @@ fn handle(state: &Mutex<State>, body: &[u8]) -> Action {
                         server: Some("mock".into()),
                         node_id: st.node_id,
                         max_frame_bytes: 64 << 20,
+                        max_batch_bytes: st.max_batch_bytes,
                     })),
                     &[],
                 )

@@ -55,6 +55,7 @@ pub async fn process(
             server: Some(format!("levee {}", env!("CARGO_PKG_VERSION"))),
             node_id: shard.cfg.node_id,
             max_frame_bytes: shard.cfg.max_frame_bytes,
+            max_batch_bytes: u32::try_from(shard.cfg.log.max_batch_bytes).unwrap_or(u32::MAX),
         })),
         Request::CreateTopic(c) => {
             let meta = topic_meta(shard, c.config.map(|b| *b));
