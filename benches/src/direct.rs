@@ -1,7 +1,7 @@
 //! `--direct-batches`: a producer that builds whole record batches itself
 //! and pipelines them on its connection.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -109,7 +109,7 @@ fn native_error(res: Result<Vec<levee_client::ProducedPartition>, ClientError>) 
 }
 
 /// Records a batch's outcome for each of its messages.
-pub(crate) fn settle_batch(
+fn settle_batch(
     b: BatchInFlight,
     err: Option<String>,
     done_at: Instant,
@@ -180,6 +180,55 @@ pub(crate) fn direct_batch(h: &Header, n: u64, size: usize, pool: &FillerPool, t
     )
 }
 
+/// Where a batch producer's batches go and how their acknowledgements come
+/// back: Levee's native protocol ([`NativeSink`]) or Kafka's
+/// (`kafka_tasks::KafkaSink`).
+pub(crate) trait BatchSink {
+    /// What waits for one batch's acknowledgement.
+    type Waiter;
+    /// Sends a batch to `partition` without waiting for its acknowledgement.
+    async fn start(&self, partition: u32, batch: bytes::Bytes) -> Result<Self::Waiter, String>;
+    /// Waits for a batch's acknowledgement, sending the batch again after
+    /// retriable failures until [`DIRECT_DELIVERY_TIMEOUT`]; returns its
+    /// error, if any, and when the outcome arrived.
+    async fn settle(&self, waiter: Self::Waiter, b: &BatchInFlight) -> (Option<String>, Instant);
+}
+
+/// The native protocol, on the client library's pipelined produce.
+struct NativeSink {
+    client: levee_client::Client,
+    topic: String,
+    acks: i8,
+}
+
+impl BatchSink for NativeSink {
+    type Waiter = tokio::task::JoinHandle<Settled>;
+
+    async fn start(&self, partition: u32, batch: bytes::Bytes) -> Result<Self::Waiter, String> {
+        let inflight = self
+            .client
+            .start_produce(
+                self.acks,
+                Duration::from_secs(30),
+                vec![(self.topic.clone(), partition, batch)],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        // The acknowledgement is timed when it arrives, not when the
+        // producer gets round to looking at it.
+        Ok(tokio::spawn(async move {
+            let res = inflight.wait().await;
+            (res, Instant::now())
+        }))
+    }
+
+    async fn settle(&self, waiter: Self::Waiter, b: &BatchInFlight) -> (Option<String>, Instant) {
+        let first = settled(waiter).await;
+        let (res, done_at) = retry_batch(&self.client, &self.topic, self.acks, b, first).await;
+        (native_error(res), done_at)
+    }
+}
+
 /// A producer that builds record batches itself and keeps
 /// `--max-in-flight` of them in flight on its connection.
 pub(crate) async fn batch_producer_task(
@@ -190,127 +239,156 @@ pub(crate) async fn batch_producer_task(
     partitions: u32,
     quota: Option<u64>,
 ) -> ProducerDone {
-    let a = &cfg.args;
-    let mut done = ProducerDone {
-        sent: HashMap::new(),
-        fatal: None,
-    };
     let client = match connect_producer(&cfg, &shared, id).await {
         Ok(c) => c,
         Err(e) => {
-            done.fatal = Some(e);
-            return done;
-        }
-    };
-    let size = a.message_size.max(payload::HEADER_LEN);
-    let per_batch = (a.batch_size / (size + 12)).max(1) as u64;
-    let pool = FillerPool::new(shared.run_id ^ u64::from(id), a.message_size);
-    let mut seqs = vec![0u64; partitions as usize];
-    let share = 1.0 / a.producers.max(1) as f64;
-    let mut pacer = Pacer::new(
-        cfg.produce_shape.scaled(share),
-        0.05,
-        (size as u64 * per_batch) as f64,
-    );
-    let mut next_partition = id % partitions;
-    let mut sent = 0u64;
-    let mut queue: std::collections::VecDeque<(tokio::task::JoinHandle<Settled>, BatchInFlight)> =
-        std::collections::VecDeque::new();
-    let mut failed: HashMap<u32, verify::RangeSet> = HashMap::new();
-    let acks = a.acks.to_wire();
-    'send: while !shared.stop_producing.load(Relaxed) {
-        let n = match quota {
-            Some(q) if sent >= q => break,
-            Some(q) => per_batch.min(q - sent),
-            None => per_batch,
-        };
-        if !pace_producer(&mut pacer, &shared, (size as u64 * n) as f64).await {
-            break 'send;
-        }
-        let partition = next_partition;
-        next_partition = (next_partition + 1) % partitions;
-        let first_seq = seqs[partition as usize];
-        let sent_ns = shared.now_ns();
-        let ts = (sent_ns / 1_000_000) as i64;
-        let batch = direct_batch(
-            &Header {
-                run_id: shared.run_id,
-                producer: id,
-                partition,
-                seq: first_seq,
-                sent_ns,
-            },
-            n,
-            size,
-            &pool,
-            ts,
-        );
-        if queue.len() >= a.max_in_flight.max(1) {
-            if let Some((waiter, b)) = queue.pop_front() {
-                let first = settled(waiter).await;
-                let (res, done_at) = retry_batch(&client, &a.topic, acks, &b, first).await;
-                settle_batch(
-                    b,
-                    native_error(res),
-                    done_at,
-                    &shared,
-                    &hists,
-                    size as u64,
-                    &mut failed,
-                );
+            return ProducerDone {
+                sent: HashMap::new(),
+                fatal: Some(e),
             }
         }
-        let t0 = Instant::now();
-        let batch = bytes::Bytes::from(batch);
-        match client
-            .start_produce(
-                acks,
-                Duration::from_secs(30),
-                vec![(a.topic.clone(), partition, batch.clone())],
-            )
-            .await
-        {
-            Ok(inflight) => {
-                seqs[partition as usize] += n;
-                sent += n;
-                // The acknowledgement is timed when it arrives, not when
-                // this loop gets round to looking at it.
-                let waiter = tokio::spawn(async move {
-                    let res = inflight.wait().await;
-                    (res, Instant::now())
-                });
-                queue.push_back((
-                    waiter,
-                    BatchInFlight {
+    };
+    let sink = NativeSink {
+        client,
+        topic: cfg.args.topic.clone(),
+        acks: cfg.args.acks.to_wire(),
+    };
+    let task = BatchProducer::new(id, &cfg, &shared, &hists, partitions);
+    task.run(&sink, quota).await
+}
+
+/// One batch producer: what it sends and what has come back.
+pub(crate) struct BatchProducer<'a> {
+    id: u32,
+    cfg: &'a Config,
+    shared: &'a Shared,
+    hists: &'a Mutex<TaskHists>,
+    partitions: u32,
+    /// Bytes per message, header included.
+    size: usize,
+    pool: FillerPool,
+    /// The next sequence number of each partition.
+    seqs: Vec<u64>,
+    /// The sequence numbers whose batch failed, by partition.
+    failed: HashMap<u32, verify::RangeSet>,
+}
+
+impl<'a> BatchProducer<'a> {
+    pub(crate) fn new(
+        id: u32,
+        cfg: &'a Config,
+        shared: &'a Shared,
+        hists: &'a Mutex<TaskHists>,
+        partitions: u32,
+    ) -> BatchProducer<'a> {
+        let a = &cfg.args;
+        BatchProducer {
+            id,
+            cfg,
+            shared,
+            hists,
+            partitions,
+            size: a.message_size.max(payload::HEADER_LEN),
+            pool: FillerPool::new(shared.run_id ^ u64::from(id), a.message_size),
+            seqs: vec![0u64; partitions as usize],
+            failed: HashMap::new(),
+        }
+    }
+
+    /// Sends batches round robin over the partitions until producers stop
+    /// or `quota` messages are sent, at most `--max-in-flight` of them
+    /// unacknowledged; then waits for every acknowledgement.
+    pub(crate) async fn run<S: BatchSink>(mut self, sink: &S, quota: Option<u64>) -> ProducerDone {
+        let (cfg, id, shared, size) = (self.cfg, self.id, self.shared, self.size);
+        let a = &cfg.args;
+        let mut done = ProducerDone {
+            sent: HashMap::new(),
+            fatal: None,
+        };
+        let per_batch = (a.batch_size / (size + 12)).max(1) as u64;
+        let share = 1.0 / a.producers.max(1) as f64;
+        let mut pacer = Pacer::new(
+            cfg.produce_shape.scaled(share),
+            0.05,
+            (size as u64 * per_batch) as f64,
+        );
+        let mut next_partition = id % self.partitions;
+        let mut sent = 0u64;
+        let mut queue: VecDeque<(S::Waiter, BatchInFlight)> = VecDeque::new();
+        while !shared.stop_producing.load(Relaxed) {
+            let n = match quota {
+                Some(q) if sent >= q => break,
+                Some(q) => per_batch.min(q - sent),
+                None => per_batch,
+            };
+            if !pace_producer(&mut pacer, shared, (size as u64 * n) as f64).await {
+                break;
+            }
+            let partition = next_partition;
+            next_partition = (next_partition + 1) % self.partitions;
+            let first_seq = self.seqs[partition as usize];
+            let batch = self.batch(partition, first_seq, n);
+            if queue.len() >= a.max_in_flight.max(1) {
+                if let Some((waiter, b)) = queue.pop_front() {
+                    self.settle(sink, waiter, b).await;
+                }
+            }
+            let t0 = Instant::now();
+            let batch = bytes::Bytes::from(batch);
+            match sink.start(partition, batch.clone()).await {
+                Ok(waiter) => {
+                    self.seqs[partition as usize] += n;
+                    sent += n;
+                    let b = BatchInFlight {
                         t0,
                         partition,
                         first_seq,
                         count: n,
                         batch,
-                    },
-                ));
-            }
-            Err(e) => {
-                done.fatal = Some(format!("producer {id}: send failed: {e}"));
-                break;
+                    };
+                    queue.push_back((waiter, b));
+                }
+                Err(e) => {
+                    done.fatal = Some(format!("producer {id}: send failed: {e}"));
+                    break;
+                }
             }
         }
+        while let Some((waiter, b)) = queue.pop_front() {
+            self.settle(sink, waiter, b).await;
+        }
+        record_sent(&mut done, id, self.seqs, self.failed);
+        done
     }
-    while let Some((waiter, b)) = queue.pop_front() {
-        let first = settled(waiter).await;
-        let (res, done_at) = retry_batch(&client, &a.topic, acks, &b, first).await;
+
+    /// `n` messages for `partition` from sequence number `first_seq`, sent now.
+    fn batch(&self, partition: u32, first_seq: u64, n: u64) -> Vec<u8> {
+        let sent_ns = self.shared.now_ns();
+        let header = Header {
+            run_id: self.shared.run_id,
+            producer: self.id,
+            partition,
+            seq: first_seq,
+            sent_ns,
+        };
+        let ts = (sent_ns / 1_000_000) as i64;
+        direct_batch(&header, n, self.size, &self.pool, ts)
+    }
+
+    /// Waits for a batch's outcome and records it for each of its messages.
+    async fn settle<S: BatchSink>(&mut self, sink: &S, waiter: S::Waiter, b: BatchInFlight) {
+        let (err, done_at) = sink.settle(waiter, &b).await;
+        let size = self.size as u64;
         settle_batch(
             b,
-            native_error(res),
+            err,
             done_at,
-            &shared,
-            &hists,
-            size as u64,
-            &mut failed,
+            self.shared,
+            self.hists,
+            size,
+            &mut self.failed,
         );
     }
-    record_sent(&mut done, id, seqs, failed);
-    done
 }
 
 #[cfg(test)]
