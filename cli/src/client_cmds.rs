@@ -639,7 +639,8 @@ async fn produce(a: ProduceArgs) -> Result<(), String> {
             partition: a.partition,
             ..ProducerConfig::default()
         },
-    );
+    )
+    .map_err(|e| e.to_string())?;
     let sep = a.key_separator.as_deref().map(str::as_bytes);
     let mut lines = stdin_lines();
     let mut pending: VecDeque<DeliveryFuture> = VecDeque::new();
