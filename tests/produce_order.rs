@@ -1,17 +1,27 @@
-//! One producer's records keep their order within a partition.
+//! One producer's records keep their order within a partition, and the
+//! client's batches stay within its `batch_size`.
 //!
-//! Broker side: produce requests pipelined on one connection are appended in
-//! request order, each request's batches for a partition end to end, on a
-//! two-shard broker where some of the partitions live on the other shard
-//! than the connection's (their requests are forwarded over the mesh).
+//! - Broker side: produce requests pipelined on one connection are appended
+//!   in request order, each request's batches for a partition end to end,
+//!   on a two-shard broker where some of the partitions live on the other
+//!   shard than the connection's (their requests are forwarded over the
+//!   mesh).
+//! - Client side: records sent as fast as `send` takes them through the
+//!   per-message `Producer` with default settings are all delivered, in
+//!   `send` order per partition, in stored batches no larger than
+//!   `batch_size`.
 
 mod common;
 
 use common::raw::Raw;
 use common::Broker;
-use levee_engine::batch::{build_batch, records, split_batches, Record};
+use levee_client::{
+    Client, ClientConfig, FetchRequestPartition, Producer, ProducerConfig, TopicSettings,
+};
+use levee_engine::batch::{build_batch, records, split_batches, BatchHeader, Record};
 use levee_schemas::proto::{ErrorCode, Produce, ProducePartition, Request, Response};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
 
 /// Partitions of the test topic: with two shards, each shard owns two.
 const PARTITIONS: u32 = 4;
@@ -148,4 +158,167 @@ fn pipelined_produce_requests_are_appended_in_request_order_on_every_shard() {
             owners[p as usize]
         );
     }
+}
+
+/// A 1 KiB value carrying its send position.
+fn numbered(i: u64) -> Vec<u8> {
+    let mut v = vec![b'.'; 1024];
+    v[..8].copy_from_slice(&i.to_le_bytes());
+    v
+}
+
+/// Every stored batch of `topic`/`partition` from offset 0 to `end`.
+async fn stored_batches(client: &Client, topic: &str, partition: u32, end: u64) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut next = 0;
+    while next < end {
+        let want = FetchRequestPartition {
+            topic: topic.to_string(),
+            partition,
+            offset: next,
+            max_bytes: 8 << 20,
+        };
+        let got = client
+            .fetch(Duration::from_secs(1), 1, 8 << 20, &[want])
+            .await
+            .unwrap();
+        assert_eq!(got[0].error, ErrorCode::None, "{:?}", got[0].message);
+        for b in split_batches(&got[0].batches) {
+            let h = BatchHeader::parse(b).unwrap();
+            if h.next_offset() > next {
+                next = h.next_offset();
+                out.push(b.to_vec());
+            }
+        }
+    }
+    out
+}
+
+/// Sends `count` records of 1 KiB round robin to a topic of `partitions`
+/// partitions through the per-message API, default settings but
+/// `max_in_flight`, as fast as `send` returns; then checks that none failed
+/// or was retried, that each partition holds its records in send order
+/// with the offsets their reports gave, and that no stored batch is larger
+/// than `batch_size`.
+async fn produce_in_order(
+    b: &Broker,
+    topic: &str,
+    partitions: u32,
+    max_in_flight: usize,
+    count: u64,
+) {
+    let client = Client::connect(ClientConfig::new([b.bootstrap()]))
+        .await
+        .unwrap();
+    let settings = TopicSettings {
+        partitions,
+        ..Default::default()
+    };
+    client.create_topic(topic, &settings).await.unwrap();
+    let config = ProducerConfig {
+        max_in_flight,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client.clone(), config.clone()).unwrap();
+    let mut futures = VecDeque::new();
+    for i in 0..count {
+        futures.push_back(producer.send(topic, None, numbered(i)).await.unwrap());
+    }
+    producer.flush().await.unwrap();
+    // Per partition, the records in send order, and their offsets.
+    let mut sent: HashMap<u32, Vec<(u64, u64)>> = HashMap::new();
+    let mut failed = Vec::new();
+    for (i, f) in futures.into_iter().enumerate() {
+        match f.await {
+            Ok(r) => sent
+                .entry(r.partition)
+                .or_default()
+                .push((i as u64, r.offset.unwrap())),
+            Err(e) => failed.push((i, e)),
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} failed, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert_eq!(
+        producer.retried_batches(),
+        0,
+        "no retry on a healthy broker"
+    );
+    assert_eq!(
+        sent.len(),
+        partitions as usize,
+        "round robin reaches every partition"
+    );
+    for (p, records_sent) in &sent {
+        let end = records_sent.len() as u64;
+        let offsets: Vec<u64> = records_sent.iter().map(|&(_, o)| o).collect();
+        assert_eq!(
+            offsets,
+            (0..end).collect::<Vec<_>>(),
+            "partition {p}: offsets in send order"
+        );
+        let mut stored = Vec::new();
+        for batch in stored_batches(&client, topic, *p, end).await {
+            assert!(
+                batch.len() <= config.batch_size,
+                "partition {p}: a stored batch of {} bytes, batch_size {}",
+                batch.len(),
+                config.batch_size
+            );
+            for r in records(&batch).unwrap() {
+                let v = r.value.unwrap();
+                stored.push(u64::from_le_bytes(v[..8].try_into().unwrap()));
+            }
+        }
+        let want: Vec<u64> = records_sent.iter().map(|&(i, _)| i).collect();
+        assert_eq!(
+            stored.len(),
+            want.len(),
+            "partition {p}: every record stored once"
+        );
+        let first_wrong = stored.iter().zip(&want).position(|(s, w)| s != w);
+        assert_eq!(first_wrong, None, "partition {p}: stored in send order");
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// 40,000 records (about 41 MB, more than the producer's 32 MiB buffer, so
+/// `send` waits for it and full batches queue behind busy in-flight slots)
+/// for each of one and four partitions, with one and five requests in
+/// flight.
+#[test]
+fn the_producer_keeps_send_order_and_batch_size_under_load() {
+    let b = Broker::start_with("producer-order", &["--cores", "2"]);
+    runtime().block_on(async {
+        for (partitions, max_in_flight) in [(1, 1), (1, 5), (4, 1), (4, 5)] {
+            let topic = format!("load-{partitions}-{max_in_flight}");
+            produce_in_order(&b, &topic, partitions, max_in_flight, 40_000).await;
+        }
+    });
+}
+
+/// The full size: 2,000,000 records of 1 KiB (2 GB per run, four
+/// runs). Too slow for a debug build; run it with
+/// `cargo test --release -p levee-cli --test produce_order -- --ignored`.
+#[test]
+#[ignore]
+fn the_producer_keeps_send_order_and_batch_size_for_two_million_records() {
+    let b = Broker::start_with("producer-order-2m", &["--cores", "2"]);
+    runtime().block_on(async {
+        for (partitions, max_in_flight) in [(1, 1), (1, 5), (4, 1), (4, 5)] {
+            let topic = format!("load-{partitions}-{max_in_flight}");
+            produce_in_order(&b, &topic, partitions, max_in_flight, 2_000_000).await;
+        }
+    });
 }

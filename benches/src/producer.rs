@@ -166,6 +166,14 @@ pub(crate) async fn producer_task(
             ..ProducerConfig::default()
         },
     );
+    let producer = match producer {
+        Ok(p) => p,
+        Err(e) => {
+            shared.stop_producing.store(true, Relaxed);
+            done.fatal = Some(format!("producer {id}: {e}"));
+            return done;
+        }
+    };
     let (tx, rx) = mpsc::channel::<InFlight>(16 * 1024);
     let collector = tokio::spawn(collect(rx, shared.clone(), hists, a.message_size as u64));
     let pool = FillerPool::new(shared.run_id ^ u64::from(id), a.message_size);

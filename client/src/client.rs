@@ -1081,8 +1081,25 @@ impl Client {
         timeout: Duration,
         batches: Vec<(String, u32, Bytes)>,
     ) -> Result<InFlightProduce> {
-        for (_, _, bytes) in &batches {
-            if u32::try_from(bytes.len()).is_err() {
+        let batches = batches
+            .into_iter()
+            .map(|(t, p, b)| (t, p, vec![b]))
+            .collect();
+        self.start_produce_chunks(acks, timeout, batches).await
+    }
+
+    /// [`Client::start_produce`] with each partition's batches given as
+    /// chunks (whole batches, end to end), written one after another
+    /// without being copied into one buffer.
+    pub async fn start_produce_chunks(
+        &self,
+        acks: i8,
+        timeout: Duration,
+        batches: Vec<(String, u32, Vec<Bytes>)>,
+    ) -> Result<InFlightProduce> {
+        for (_, _, chunks) in &batches {
+            let len: usize = chunks.iter().map(Bytes::len).sum();
+            if u32::try_from(len).is_err() {
                 return Err(ClientError::InvalidArgument(
                     "produce payload exceeds 4 GiB".into(),
                 ));
@@ -1098,16 +1115,17 @@ impl Client {
                 let mut payload = Vec::with_capacity(idx.len());
                 let mut pos: u64 = 0;
                 for &i in idx {
-                    let (topic, partition, bytes) = &batches[i];
+                    let (topic, partition, chunks) = &batches[i];
                     let off = u32::try_from(pos).unwrap_or(u32::MAX);
+                    let len: usize = chunks.iter().map(Bytes::len).sum();
                     partitions.push(ProducePartition {
                         topic: topic.clone(),
                         partition: *partition,
                         payload_offset: off,
-                        payload_len: bytes.len() as u32,
+                        payload_len: len as u32,
                     });
-                    pos += bytes.len() as u64;
-                    payload.push(bytes.clone());
+                    pos += len as u64;
+                    payload.extend(chunks.iter().cloned());
                 }
                 let req = Request::Produce(Box::new(Produce {
                     acks,

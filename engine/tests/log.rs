@@ -626,7 +626,11 @@ fn the_tail_cache_is_charged_for_the_request_buffers_batches_share() {
             log.append_checked(b, 0).await.unwrap();
         }
         log.flush().await.unwrap();
-        assert!(log.stats().tail_cache_bytes <= cap, "{}", log.stats().tail_cache_bytes);
+        assert!(
+            log.stats().tail_cache_bytes <= cap,
+            "{}",
+            log.stats().tail_cache_bytes
+        );
         let out = log.read(0, 1 << 20, None).await.unwrap();
         assert_eq!(check_read(&out, 0).1, 8);
     });

@@ -137,7 +137,8 @@ pub(super) async fn produce(a: ProduceArgs) -> Result<(), String> {
             partition: a.partition,
             ..ProducerConfig::default()
         },
-    );
+    )
+    .map_err(|e| e.to_string())?;
     let sep = a.key_separator.as_deref().map(str::as_bytes);
     let mut lines = stdin_lines();
     let mut pending: VecDeque<DeliveryFuture> = VecDeque::new();
