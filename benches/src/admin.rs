@@ -5,25 +5,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use levee_client::{Client, ClientConfig, ClientError, ErrorCode, OffsetSpec, TopicSettings};
+use levee_client::{Client, ClientError, ErrorCode, OffsetSpec, TopicSettings};
 
 use crate::args::Protocol;
+use crate::connect::{client_config, kafka_connect};
 use crate::kafka;
-use crate::kafka_tasks;
 use crate::workload::{client_err, usage, BenchError, Config};
-
-pub(crate) fn client_config(cfg: &Config, name: String) -> ClientConfig {
-    ClientConfig {
-        client_id: name,
-        ..ClientConfig::new(
-            cfg.args
-                .bootstrap
-                .iter()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty()),
-        )
-    }
-}
 
 /// Describes the topic, creating it if missing; returns its partition count.
 pub(crate) async fn ensure_topic(cfg: &Config, client: &Client) -> Result<u32, BenchError> {
@@ -99,11 +86,7 @@ impl Admin {
                     .await
                     .map_err(|e| client_err("connect", &e))?,
             ),
-            Protocol::Kafka => Admin::Kafka(
-                kafka_tasks::connect(cfg)
-                    .await
-                    .map_err(BenchError::Client)?,
-            ),
+            Protocol::Kafka => Admin::Kafka(kafka_connect(cfg).await.map_err(BenchError::Client)?),
         })
     }
 

@@ -10,8 +10,8 @@ use levee_client::{Client, ClientError, ConsumedRecord, Consumer, ConsumerConfig
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use crate::admin::client_config;
 use crate::args::BenchArgs;
+use crate::connect::client_config;
 use crate::payload;
 use crate::rate::Pacer;
 use crate::shared::{lock, Shared, Targets};

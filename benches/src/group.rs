@@ -13,7 +13,8 @@ use levee_client::{
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use crate::admin::{client_config, end_offsets};
+use crate::admin::end_offsets;
+use crate::connect::client_config;
 use crate::consumer::{account, consumer_fetch_config, pace, ConsumerCtx, ConsumerDone};
 use crate::rate::Pacer;
 use crate::shared::{lock, Shared, Targets};

@@ -12,6 +12,7 @@ use levee_client::{ConsumedRecord, StartPosition};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::connect::kafka_connect;
 use crate::consumer::{account, pace, ConsumerCtx, ConsumerDone};
 use crate::direct::{BatchInFlight, BatchProducer, BatchSink, DIRECT_DELIVERY_TIMEOUT};
 use crate::kafka::{retriable, KafkaClient, PendingProduce};
@@ -20,19 +21,6 @@ use crate::rate::Pacer;
 use crate::shared::{lock, Shared};
 use crate::stats::TaskHists;
 use crate::workload::Config;
-
-/// Connects a Kafka client to `--bootstrap`.
-pub(crate) async fn connect(cfg: &Config) -> Result<Arc<KafkaClient>, String> {
-    KafkaClient::connect(&cfg.args.bootstrap)
-        .await
-        .map(Arc::new)
-        .map_err(|e| {
-            format!(
-                "connecting to the Kafka broker at {:?}: {e}",
-                cfg.args.bootstrap
-            )
-        })
-}
 
 /// A batch's acknowledgement: its Kafka error code, or why it was lost.
 type Acked = (Result<i16, String>, Instant);
@@ -112,7 +100,7 @@ pub(crate) async fn producer_task(
     partitions: u32,
     quota: Option<u64>,
 ) -> ProducerDone {
-    let client = match connect(&cfg).await {
+    let client = match kafka_connect(&cfg).await {
         Ok(c) => c,
         Err(e) => {
             shared.stop_producing.store(true, Relaxed);
@@ -168,7 +156,7 @@ pub(crate) async fn consumer_task(
         complete: false,
         fatal: None,
     };
-    let client = match connect(&cfg).await {
+    let client = match kafka_connect(&cfg).await {
         Ok(c) => c,
         Err(e) => {
             let _ = ready.send(Err(format!("consumer {id}: {e}")));

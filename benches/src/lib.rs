@@ -46,6 +46,7 @@ mod kafka_tasks;
 
 mod admin;
 mod args;
+mod connect;
 mod consumer;
 mod direct;
 mod group;

@@ -14,8 +14,8 @@ use levee_client::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::admin::client_config;
 use crate::args::Keys;
+use crate::connect::client_config;
 use crate::payload::{self, FillerPool, Header, SplitMix};
 use crate::rate::Pacer;
 use crate::shared::{lock, Shared};

@@ -85,3 +85,52 @@ pub async fn read_exact_or_shutdown(
             .map_err(|e| e.to_string())
     }
 }
+
+/// One open connection: the read half for the protocol's read loop, the
+/// queue its responses go through (in request order), the peer's host.
+pub struct Conn {
+    pub reader: futures_lite::io::ReadHalf<TcpStream>,
+    pub tx: glommio::channels::local_channel::LocalSender<Pending>,
+    pub peer: String,
+    pub host: std::rc::Rc<str>,
+    writer: glommio::Task<()>,
+}
+
+impl Conn {
+    /// Sets the socket up, counts the connection, starts its writer.
+    pub fn open(shard: &Shard, stream: TcpStream) -> Conn {
+        let _ = stream.set_nodelay(true);
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        crate::shard::bump(&shard.metrics.connections);
+        let (reader, writer) = futures_lite::io::split(stream);
+        let depth = shard.cfg.max_inflight_requests_per_connection;
+        let (tx, rx) = glommio::channels::local_channel::new_bounded::<Pending>(depth);
+        let writer = glommio::spawn_local(write_loop(rx, writer));
+        let host = peer
+            .rsplit_once(':')
+            .map_or(peer.as_str(), |(h, _)| h)
+            .into();
+        Conn {
+            reader,
+            tx,
+            peer,
+            host,
+            writer,
+        }
+    }
+
+    /// After the read loop ended (`res`: why): lets the queued responses
+    /// out, then uncounts the connection.
+    pub async fn close(self, shard: &Shard, res: Result<(), String>) {
+        if let Err(e) = res {
+            tracing::debug!(peer = %self.peer, reason = %e, "closing connection");
+        }
+        drop(self.tx);
+        let _ = self.writer.await;
+        let c = &shard.metrics.connections;
+        c.set(c.get().saturating_sub(1));
+    }
+}

@@ -2,7 +2,7 @@
 //! DescribeCluster.
 
 use super::codec::{code, kafka_error, str_bytes, SUPPORTED};
-use super::metadata::{cluster_id, coordinator_node, kafka_brokers};
+use super::metadata::{cluster_id, coordinator_node, default_replication, kafka_brokers};
 use super::Ctx;
 use crate::error::OpError;
 use crate::handlers;
@@ -104,15 +104,6 @@ fn topic_meta(ctx: &Ctx, t: &CreatableTopic) -> Result<TopicMeta, OpError> {
         )?;
     }
     Ok(meta)
-}
-
-/// Replicas per partition when a Kafka client does not say: one on a
-/// single node, min(3, brokers) on a cluster.
-pub fn default_replication(ctx: &Ctx) -> u16 {
-    match ctx.shard.cluster.as_ref().and_then(|v| v.metadata()) {
-        Some(md) => md.brokers.values().filter(|b| b.alive).count().clamp(1, 3) as u16,
-        None => 1,
-    }
 }
 
 pub async fn create_topics(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse {

@@ -15,6 +15,15 @@ use levee_schemas::proto::ErrorCode;
 use std::collections::BTreeSet;
 use std::rc::Rc;
 
+/// Replicas per partition when a Kafka client does not say: one on a
+/// single node, min(3, brokers) on a cluster.
+pub fn default_replication(ctx: &Ctx) -> u16 {
+    match ctx.shard.cluster.as_ref().and_then(|v| v.metadata()) {
+        Some(md) => md.brokers.values().filter(|b| b.alive).count().clamp(1, 3) as u16,
+        None => 1,
+    }
+}
+
 /// Kafka's "authorized operations not requested" marker.
 const NO_AUTHORIZED_OPERATIONS: i32 = i32::MIN;
 
@@ -151,7 +160,7 @@ pub async fn metadata(ctx: &Ctx, req: MetadataRequest) -> MetadataResponse {
             .collect(),
     };
     if req.topics.is_some() && (ctx.version < 4 || req.allow_auto_topic_creation) {
-        let rf = super::admin::default_replication(ctx);
+        let rf = default_replication(ctx);
         auto_create(shard, names.iter().cloned(), rf).await;
     }
     if req.topics.is_some() {

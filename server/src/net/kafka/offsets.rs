@@ -195,6 +195,33 @@ async fn fetch_group(
     Ok(out)
 }
 
+/// The response topics of one group, in the shape of OffsetFetch v8+
+/// (`$topic`/`$part` = `OffsetFetchResponseTopics`/`Partitions`) or of the
+/// older versions (`OffsetFetchResponseTopic`/`Partition`): the same fields.
+macro_rules! topics_of {
+    ($ts:expr, $topic:ident, $part:ident) => {
+        $ts.into_iter()
+            .map(|(name, parts)| {
+                let mut t = $topic::default();
+                t.name = TopicName(str_bytes(name));
+                t.partitions = parts
+                    .into_iter()
+                    .map(|(p, o, m, e): Fetched| {
+                        let mut r = $part::default();
+                        r.partition_index = p;
+                        r.committed_offset = o;
+                        r.committed_leader_epoch = -1;
+                        r.metadata = Some(str_bytes(m));
+                        r.error_code = e;
+                        r
+                    })
+                    .collect();
+                t
+            })
+            .collect()
+    };
+}
+
 pub async fn offset_fetch(ctx: &Ctx, req: OffsetFetchRequest) -> OffsetFetchResponse {
     let mut out = OffsetFetchResponse::default();
     if ctx.version >= 8 {
@@ -208,26 +235,8 @@ pub async fn offset_fetch(ctx: &Ctx, req: OffsetFetchRequest) -> OffsetFetchResp
             gr.group_id = g.group_id.clone();
             match fetch_group(ctx, g.group_id.as_str(), topics).await {
                 Ok(ts) => {
-                    gr.topics = ts
-                        .into_iter()
-                        .map(|(name, parts)| {
-                            let mut t = OffsetFetchResponseTopics::default();
-                            t.name = TopicName(str_bytes(name));
-                            t.partitions = parts
-                                .into_iter()
-                                .map(|(p, o, m, e)| {
-                                    let mut r = OffsetFetchResponsePartitions::default();
-                                    r.partition_index = p;
-                                    r.committed_offset = o;
-                                    r.committed_leader_epoch = -1;
-                                    r.metadata = Some(str_bytes(m));
-                                    r.error_code = e;
-                                    r
-                                })
-                                .collect();
-                            t
-                        })
-                        .collect();
+                    gr.topics =
+                        topics_of!(ts, OffsetFetchResponseTopics, OffsetFetchResponsePartitions)
                 }
                 Err(e) => gr.error_code = e,
             }
@@ -242,26 +251,7 @@ pub async fn offset_fetch(ctx: &Ctx, req: OffsetFetchRequest) -> OffsetFetchResp
     });
     match fetch_group(ctx, req.group_id.as_str(), topics).await {
         Ok(ts) => {
-            out.topics = ts
-                .into_iter()
-                .map(|(name, parts)| {
-                    let mut t = OffsetFetchResponseTopic::default();
-                    t.name = TopicName(str_bytes(name));
-                    t.partitions = parts
-                        .into_iter()
-                        .map(|(p, o, m, e)| {
-                            let mut r = OffsetFetchResponsePartition::default();
-                            r.partition_index = p;
-                            r.committed_offset = o;
-                            r.committed_leader_epoch = -1;
-                            r.metadata = Some(str_bytes(m));
-                            r.error_code = e;
-                            r
-                        })
-                        .collect();
-                    t
-                })
-                .collect();
+            out.topics = topics_of!(ts, OffsetFetchResponseTopic, OffsetFetchResponsePartition)
         }
         Err(e) => out.error_code = e,
     }

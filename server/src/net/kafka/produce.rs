@@ -72,7 +72,7 @@ pub async fn produce(ctx: &Ctx, req: ProduceRequest) -> ProduceResponse {
         );
         return out;
     }
-    let rf = super::admin::default_replication(ctx);
+    let rf = super::metadata::default_replication(ctx);
     super::metadata::auto_create(
         &ctx.shard,
         req.topic_data.iter().map(|t| t.name.as_str().to_string()),

@@ -6,7 +6,7 @@
 
 mod dispatch;
 
-use crate::net::conn::{read_exact_or_shutdown, write_loop, Outgoing, Pending};
+use crate::net::conn::{read_exact_or_shutdown, Conn, Outgoing, Pending};
 
 use crate::shard::{bump, Shard};
 use futures_lite::AsyncReadExt;
@@ -16,30 +16,11 @@ use levee_schemas::proto::{self, ErrorCode, Request, Response, ResponseHeader};
 use levee_schemas::{decode_request, encode_frame, frame_len, FrameError};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use tracing::debug;
 
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    bump(&shard.metrics.connections);
-    let (mut reader, writer) = futures_lite::io::split(stream);
-    let depth = shard.cfg.max_inflight_requests_per_connection;
-    let (tx, rx) = glommio::channels::local_channel::new_bounded::<Pending>(depth);
-    let writer_task = glommio::spawn_local(write_loop(rx, writer));
-    let peer_host: Rc<str> = peer
-        .rsplit_once(':')
-        .map_or(peer.as_str(), |(h, _)| h)
-        .into();
-    if let Err(e) = read_loop(&shard, &mut reader, &tx, &peer_host).await {
-        debug!(%peer, reason = %e, "closing connection");
-    }
-    drop(tx);
-    let _ = writer_task.await;
-    let c = &shard.metrics.connections;
-    c.set(c.get().saturating_sub(1));
+    let mut c = Conn::open(&shard, stream);
+    let res = read_loop(&shard, &mut c.reader, &c.tx, &c.host).await;
+    c.close(&shard, res).await;
 }
 
 async fn read_loop(
