@@ -27,7 +27,7 @@ fn produce_and_consume_from_a_glommio_executor() {
                 })
                 .await
                 .unwrap();
-            let producer = client.producer(ProducerConfig::default());
+            let producer = client.producer(ProducerConfig::default()).unwrap();
             // Sends are queued in call order; the reports are awaited later.
             let reports: Vec<_> = (0..300)
                 .map(|i| producer.send("from-glommio", None, format!("m{i}").into_bytes()))

@@ -754,7 +754,8 @@ fn failover_time() {
                             partition: Some(p),
                             ..Default::default()
                         },
-                    );
+                    )
+                    .unwrap();
                     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                         let d = producer.send(&topic, None, b"x".to_vec()).await.unwrap();
                         d.await.unwrap();

@@ -3,9 +3,23 @@
 //! accounting as the native `--direct-batches` producer and consumer, sent
 //! and read with [`crate::kafka::KafkaClient`].
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use levee_client::{ConsumedRecord, StartPosition};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::consumer::{account, pace, ConsumerCtx, ConsumerDone};
+use crate::direct::{BatchInFlight, BatchProducer, BatchSink, DIRECT_DELIVERY_TIMEOUT};
 use crate::kafka::{retriable, KafkaClient, PendingProduce};
-use std::collections::VecDeque;
+use crate::producer::ProducerDone;
+use crate::rate::Pacer;
+use crate::shared::{lock, Shared};
+use crate::stats::TaskHists;
+use crate::workload::Config;
 
 /// Connects a Kafka client to `--bootstrap`.
 pub(crate) async fn connect(cfg: &Config) -> Result<Arc<KafkaClient>, String> {
@@ -63,6 +77,31 @@ fn error_of(res: &Result<i16, String>) -> Option<String> {
     }
 }
 
+/// The Kafka protocol, on the bench's own Kafka client.
+struct KafkaSink {
+    client: Arc<KafkaClient>,
+    topic: String,
+    acks: i16,
+}
+
+impl BatchSink for KafkaSink {
+    type Waiter = tokio::task::JoinHandle<Acked>;
+
+    async fn start(&self, partition: u32, batch: bytes::Bytes) -> Result<Self::Waiter, String> {
+        let pending = self
+            .client
+            .start_produce(&self.topic, partition, self.acks, batch)
+            .await?;
+        Ok(tokio::spawn(acked(pending)))
+    }
+
+    async fn settle(&self, waiter: Self::Waiter, b: &BatchInFlight) -> (Option<String>, Instant) {
+        let first = waited(waiter).await;
+        let (res, at) = retry(&self.client, &self.topic, self.acks, b, first).await;
+        (error_of(&res), at)
+    }
+}
+
 /// `--protocol kafka` producer: builds batches like `--direct-batches` and
 /// keeps `--max-in-flight` of them in flight.
 pub(crate) async fn producer_task(
@@ -73,117 +112,23 @@ pub(crate) async fn producer_task(
     partitions: u32,
     quota: Option<u64>,
 ) -> ProducerDone {
-    let a = &cfg.args;
-    let mut done = ProducerDone {
-        sent: HashMap::new(),
-        fatal: None,
-    };
     let client = match connect(&cfg).await {
         Ok(c) => c,
         Err(e) => {
             shared.stop_producing.store(true, Relaxed);
-            done.fatal = Some(format!("producer {id}: {e}"));
-            return done;
+            return ProducerDone {
+                sent: HashMap::new(),
+                fatal: Some(format!("producer {id}: {e}")),
+            };
         }
     };
-    let size = a.message_size.max(payload::HEADER_LEN);
-    let per_batch = (a.batch_size / (size + 12)).max(1) as u64;
-    let pool = FillerPool::new(shared.run_id ^ u64::from(id), a.message_size);
-    let mut seqs = vec![0u64; partitions as usize];
-    let share = 1.0 / a.producers.max(1) as f64;
-    let mut pacer = Pacer::new(
-        cfg.produce_shape.scaled(share),
-        0.05,
-        (size as u64 * per_batch) as f64,
-    );
-    let mut next_partition = id % partitions;
-    let mut sent = 0u64;
-    let mut queue: VecDeque<(tokio::task::JoinHandle<Acked>, BatchInFlight)> = VecDeque::new();
-    let mut failed: HashMap<u32, verify::RangeSet> = HashMap::new();
-    let acks = i16::from(a.acks.to_wire());
-    while !shared.stop_producing.load(Relaxed) {
-        let n = match quota {
-            Some(q) if sent >= q => break,
-            Some(q) => per_batch.min(q - sent),
-            None => per_batch,
-        };
-        if !pace_producer(&mut pacer, &shared, (size as u64 * n) as f64).await {
-            break;
-        }
-        let partition = next_partition;
-        next_partition = (next_partition + 1) % partitions;
-        let first_seq = seqs[partition as usize];
-        let sent_ns = shared.now_ns();
-        let batch = direct_batch(
-            &Header {
-                run_id: shared.run_id,
-                producer: id,
-                partition,
-                seq: first_seq,
-                sent_ns,
-            },
-            n,
-            size,
-            &pool,
-            (sent_ns / 1_000_000) as i64,
-        );
-        if queue.len() >= a.max_in_flight.max(1) {
-            if let Some((waiter, b)) = queue.pop_front() {
-                let first = waited(waiter).await;
-                let (res, at) = retry(&client, &a.topic, acks, &b, first).await;
-                settle_batch(
-                    b,
-                    error_of(&res),
-                    at,
-                    &shared,
-                    &hists,
-                    size as u64,
-                    &mut failed,
-                );
-            }
-        }
-        let t0 = Instant::now();
-        let batch = bytes::Bytes::from(batch);
-        match client
-            .start_produce(&a.topic, partition, acks, batch.clone())
-            .await
-        {
-            Ok(pending) => {
-                seqs[partition as usize] += n;
-                sent += n;
-                let waiter = tokio::spawn(acked(pending));
-                queue.push_back((
-                    waiter,
-                    BatchInFlight {
-                        t0,
-                        partition,
-                        first_seq,
-                        count: n,
-                        batch,
-                    },
-                ));
-            }
-            Err(e) => {
-                done.fatal = Some(format!("producer {id}: send failed: {e}"));
-                break;
-            }
-        }
-    }
-    while let Some((waiter, b)) = queue.pop_front() {
-        let first = waited(waiter).await;
-        let (res, at) = retry(&client, &a.topic, acks, &b, first).await;
-        settle_batch(
-            b,
-            error_of(&res),
-            at,
-            &shared,
-            &hists,
-            size as u64,
-            &mut failed,
-        );
-    }
-    record_sent(&mut done, id, seqs, failed);
-    done
+    let sink = KafkaSink {
+        client,
+        topic: cfg.args.topic.clone(),
+        acks: i16::from(cfg.args.acks.to_wire()),
+    };
+    let task = BatchProducer::new(id, &cfg, &shared, &hists, partitions);
+    task.run(&sink, quota).await
 }
 
 /// Times the acknowledgement when it arrives.
@@ -313,7 +258,7 @@ pub(crate) async fn consumer_task(
                 }
             };
             let pos = positions.entry(p).or_default();
-            for b in levee_engine::batch::split_batches(&data) {
+            for b in levee_client::batch::split_batches(&data) {
                 let mut out = Vec::new();
                 match levee_client::codec::decode_stored_batch(b, usize::MAX, *pos, &mut out) {
                     Ok(next) => *pos = (*pos).max(next),

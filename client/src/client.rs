@@ -440,6 +440,26 @@ impl Client {
         &self.inner.config
     }
 
+    /// The largest record batch the broker accepts, as its handshake on
+    /// the bootstrap connection said; the broker's default
+    /// (`log.max_batch_bytes`, [`levee_engine::LogConfig`]) when it did not.
+    pub fn max_batch_bytes(&self) -> usize {
+        lock(&self.inner.boot)
+            .as_ref()
+            .and_then(|c| c.broker_max_batch_bytes())
+            .unwrap_or_else(|| levee_engine::LogConfig::default().max_batch_bytes)
+    }
+
+    /// The largest frame the broker accepts (from the bootstrap handshake;
+    /// this client's `max_frame_bytes` when not connected).
+    pub fn max_frame_bytes(&self) -> usize {
+        lock(&self.inner.boot)
+            .as_ref()
+            .map_or(self.inner.config.max_frame_bytes, |c| {
+                c.broker_max_frame_bytes()
+            })
+    }
+
     /// The bootstrap connection (admin and group requests), reconnecting
     /// if it failed: to the first bootstrap address that answers.
     pub async fn connection(&self) -> Result<Arc<Connection>> {
@@ -1061,8 +1081,25 @@ impl Client {
         timeout: Duration,
         batches: Vec<(String, u32, Bytes)>,
     ) -> Result<InFlightProduce> {
-        for (_, _, bytes) in &batches {
-            if u32::try_from(bytes.len()).is_err() {
+        let batches = batches
+            .into_iter()
+            .map(|(t, p, b)| (t, p, vec![b]))
+            .collect();
+        self.start_produce_chunks(acks, timeout, batches).await
+    }
+
+    /// [`Client::start_produce`] with each partition's batches given as
+    /// chunks (whole batches, end to end), written one after another
+    /// without being copied into one buffer.
+    pub async fn start_produce_chunks(
+        &self,
+        acks: i8,
+        timeout: Duration,
+        batches: Vec<(String, u32, Vec<Bytes>)>,
+    ) -> Result<InFlightProduce> {
+        for (_, _, chunks) in &batches {
+            let len: usize = chunks.iter().map(Bytes::len).sum();
+            if u32::try_from(len).is_err() {
                 return Err(ClientError::InvalidArgument(
                     "produce payload exceeds 4 GiB".into(),
                 ));
@@ -1078,16 +1115,17 @@ impl Client {
                 let mut payload = Vec::with_capacity(idx.len());
                 let mut pos: u64 = 0;
                 for &i in idx {
-                    let (topic, partition, bytes) = &batches[i];
+                    let (topic, partition, chunks) = &batches[i];
                     let off = u32::try_from(pos).unwrap_or(u32::MAX);
+                    let len: usize = chunks.iter().map(Bytes::len).sum();
                     partitions.push(ProducePartition {
                         topic: topic.clone(),
                         partition: *partition,
                         payload_offset: off,
-                        payload_len: bytes.len() as u32,
+                        payload_len: len as u32,
                     });
-                    pos += bytes.len() as u64;
-                    payload.push(bytes.clone());
+                    pos += len as u64;
+                    payload.extend(chunks.iter().cloned());
                 }
                 let req = Request::Produce(Box::new(Produce {
                     acks,

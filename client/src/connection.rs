@@ -250,6 +250,15 @@ impl Connection {
         }
     }
 
+    /// The largest record batch the broker accepts (from the handshake;
+    /// `None` from a broker that does not say).
+    pub fn broker_max_batch_bytes(&self) -> Option<usize> {
+        match self.hello.max_batch_bytes {
+            0 => None,
+            n => Some(n as usize),
+        }
+    }
+
     /// The broker's address.
     pub fn peer(&self) -> &str {
         &self.shared.peer

@@ -1,4 +1,8 @@
-//! Async client for Levee's native protocol, on tokio.
+//! Async client for Levee's native protocol, on tokio. It owns talking to
+//! brokers from the outside: connections, metadata, producing, consuming,
+//! consumer groups and admin requests. It must not depend on the broker
+//! (`levee-server`) nor hold command-line code (the `levee` commands are in
+//! the cli crate); it uses the engine only for the batch format.
 //!
 //! - [`Client`]: a bootstrap connection for admin and group requests and
 //!   one pipelined connection per partition leader for produce, fetch and
@@ -35,7 +39,10 @@ pub use group::{
     lag, Assignment, GroupConsumer, GroupConsumerConfig, GroupInfo, GroupMemberInfo, GroupOffset,
     GroupSummary, JoinGroupRequest, JoinedGroup, OffsetCommit, OffsetReset,
 };
-pub use levee_engine::Compression;
+/// The record-batch format (the engine's), for callers that build or split
+/// batches themselves, such as the load generator's `--direct-batches`.
+pub use levee_engine::batch;
+pub use levee_engine::{Compression, FsyncPolicy, Record};
 pub use levee_schemas::proto::ErrorCode;
 pub use levee_schemas::proto::NodeStatus;
 pub use producer::{Acks, DeliveryFuture, DeliveryReport, Producer, ProducerConfig};

@@ -12,7 +12,7 @@
 //! # fn main() -> levee_client::Result<()> {
 //! use levee_client::remote::RemoteClient;
 //! let client = RemoteClient::connect(levee_client::ClientConfig::new(["127.0.0.1:9192"]), 1)?;
-//! let producer = client.producer(Default::default());
+//! let producer = client.producer(Default::default())?;
 //! glommio::LocalExecutorBuilder::default().spawn(move || async move {
 //!     let report = producer.send("orders", None, b"hello".to_vec()).await;
 //!     println!("{report:?}");
@@ -80,10 +80,11 @@ impl RemoteClient {
         run_on(&self.rt, async move { f(client).await })
     }
 
-    /// A batching producer on this client.
-    pub fn producer(&self, config: ProducerConfig) -> RemoteProducer {
+    /// A batching producer on this client (see [`Producer::new`] for why
+    /// it may be refused).
+    pub fn producer(&self, config: ProducerConfig) -> Result<RemoteProducer> {
         let _guard = self.rt.enter();
-        let producer = Arc::new(Producer::new(self.client.clone(), config));
+        let producer = Arc::new(Producer::new(self.client.clone(), config)?);
         let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel::<QueuedSend>();
         let p = producer.clone();
         self.rt.spawn(async move {
@@ -100,11 +101,11 @@ impl RemoteClient {
                 }
             }
         });
-        RemoteProducer {
+        Ok(RemoteProducer {
             rt: self.rt.clone(),
             producer,
             queue,
-        }
+        })
     }
 
     /// A consumer on this client.

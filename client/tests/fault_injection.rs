@@ -116,6 +116,8 @@ struct State {
     not_leader_always: AtomicBool,
     metadata_requests: AtomicUsize,
     fetch_requests: AtomicUsize,
+    /// The largest batch this double says (in Hello) it accepts; 0: says nothing.
+    max_batch_bytes: u32,
 }
 
 async fn start() -> (String, Arc<Mutex<State>>) {
@@ -236,6 +238,7 @@ fn handle(state: &Mutex<State>, body: &[u8]) -> Action {
                         server: Some("mock".into()),
                         node_id: st.node_id,
                         max_frame_bytes: 64 << 20,
+                        max_batch_bytes: st.max_batch_bytes,
                     })),
                     &[],
                 )
@@ -763,7 +766,8 @@ async fn admin_produce_consume_round_trip() {
                 buffer_bytes: 20_000,
                 ..Default::default()
             },
-        );
+        )
+        .unwrap();
         let mut futures = Vec::new();
         for i in 0..1000 {
             let key = (i % 2 == 0).then(|| format!("key-{}", i % 17).into_bytes());
@@ -855,7 +859,7 @@ async fn unknown_topic_is_a_typed_error_naming_the_topic() {
         "{msg}"
     );
 
-    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).unwrap();
     let f = producer.send("nope", None, b"x".to_vec()).await.unwrap();
     assert!(matches!(
         f.await,
@@ -868,12 +872,53 @@ async fn unknown_topic_is_a_typed_error_naming_the_topic() {
             partition: Some(0),
             ..Default::default()
         },
-    );
+    )
+    .unwrap();
     let f = producer.send("nope", None, b"x".to_vec()).await.unwrap();
     assert!(matches!(
         f.await,
         Err(ClientError::UnknownTopicOrPartition { .. })
     ));
+}
+
+#[tokio::test]
+async fn batch_size_is_checked_against_the_brokers_max_batch_bytes() {
+    // A broker that does not say: its default limit (16 MiB) applies.
+    let (addr, _state) = start().await;
+    let client = client_with_topic_t(&addr).await;
+    assert_eq!(client.max_batch_bytes(), 16 << 20);
+    let too_big = ProducerConfig {
+        batch_size: 32 << 20,
+        ..Default::default()
+    };
+    assert!(Producer::new(client.clone(), too_big).is_err());
+
+    // A broker that says 1 MiB.
+    let (addr, state) = start().await;
+    state.lock().unwrap().max_batch_bytes = 1 << 20;
+    let client = client_with_topic_t(&addr).await;
+    assert_eq!(client.max_batch_bytes(), 1 << 20);
+    let err = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            batch_size: 2 << 20,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("batch_size 2097152") && msg.contains("max_batch_bytes 1048576"),
+        "{msg}"
+    );
+    // The default batch size fits; a record too large even alone fails
+    // by itself, and the producer goes on.
+    let producer = Producer::new(client, ProducerConfig::default()).unwrap();
+    let big = producer.send("t", None, vec![0; 2 << 20]).await.unwrap();
+    let small = producer.send("t", None, b"x".to_vec()).await.unwrap();
+    let err = big.await.unwrap_err().to_string();
+    assert!(err.contains("max_batch_bytes 1048576"), "{err}");
+    assert_eq!(small.await.unwrap().offset, Some(0));
 }
 
 #[tokio::test]
@@ -886,7 +931,8 @@ async fn acks_zero_and_retries() {
             acks: levee_client::Acks::None,
             ..Default::default()
         },
-    );
+    )
+    .unwrap();
     let f = producer.send("t", None, b"a".to_vec()).await.unwrap();
     let r = f.await.unwrap();
     assert_eq!(r.offset, None);
@@ -904,7 +950,8 @@ async fn acks_zero_and_retries() {
             retry_backoff: Duration::from_millis(1),
             ..Default::default()
         },
-    );
+    )
+    .unwrap();
     let f = producer.send("t", None, b"b".to_vec()).await.unwrap();
     assert_eq!(f.await.unwrap().offset, Some(1));
     // Out of retries: the retriable error reaches the caller.
@@ -916,7 +963,8 @@ async fn acks_zero_and_retries() {
             retry_backoff: Duration::from_millis(1),
             ..Default::default()
         },
-    );
+    )
+    .unwrap();
     let f = producer.send("t", None, b"c".to_vec()).await.unwrap();
     assert_eq!(f.await.unwrap_err().code(), Some(ErrorCode::NotLeader));
 }
@@ -925,7 +973,7 @@ async fn acks_zero_and_retries() {
 async fn corrupt_fetch_is_a_checksum_error() {
     let (addr, state) = start().await;
     let client = client_with_topic_t(&addr).await;
-    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).unwrap();
     producer
         .send("t", None, b"hello".to_vec())
         .await
@@ -1075,7 +1123,8 @@ async fn produce_values(client: &Client, topic: &str, values: impl IntoIterator<
             linger: Duration::from_millis(1),
             ..Default::default()
         },
-    );
+    )
+    .unwrap();
     let mut futures = Vec::new();
     for v in values {
         futures.push(producer.send(topic, None, v.into_bytes()).await.unwrap());
@@ -1399,7 +1448,8 @@ async fn produce_and_fetch_follow_the_partition_leader_through_a_failover() {
             delivery_timeout: Duration::from_secs(5),
             ..Default::default()
         },
-    );
+    )
+    .unwrap();
     let mut futures = Vec::new();
     for i in 0..20 {
         futures.push(

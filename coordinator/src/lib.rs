@@ -1,4 +1,6 @@
-//! Levee's cluster-metadata quorum.
+//! Levee's cluster-metadata quorum. It owns the replicated cluster metadata
+//! and the controller's decisions; it must not depend on the broker, the
+//! engine or the client: the broker embeds it, not the other way round.
 //!
 //! A Raft group (TiKV's `raft` crate) of 1, 3 or 5 coordinators, each run
 //! on a glommio executor (the broker's "coordinator shard"). It replicates

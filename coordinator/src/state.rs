@@ -400,21 +400,8 @@ impl Metadata {
     }
 }
 
-/// Kafka's topic name rules: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
-pub fn validate_topic_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 249 || name == "." || name == ".." {
-        return Err(format!("bad topic name `{name}`"));
-    }
-    if name
-        .chars()
-        .any(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(format!(
-            "topic name `{name}`: use only letters, digits, `.`, `_` and `-`"
-        ));
-    }
-    Ok(())
-}
+/// Kafka's topic name rules (the one copy is in `levee-core`).
+pub use levee_core::validate_topic_name;
 
 /// What the controller wants changed, given the metadata (pure function).
 ///

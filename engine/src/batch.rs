@@ -194,6 +194,87 @@ pub fn validate_produced(bytes: &[u8], max_len: usize) -> Result<&BatchHeader, B
     Ok(h)
 }
 
+/// A batch that passed validation, its bytes shared (not copied) with the
+/// request it came in, and the header fields the log needs, read once.
+#[derive(Debug, Clone)]
+pub struct CheckedBatch {
+    pub bytes: bytes::Bytes,
+    /// Bytes of the buffer `bytes` is a slice of (the request it came in):
+    /// what keeping it costs, so the log's tail cache charges that much.
+    pub backing: usize,
+    pub record_count: u32,
+    pub max_timestamp: i64,
+    /// As stored (a replica's batch keeps its leader's stamps).
+    pub base_offset: u64,
+    pub leader_epoch: i32,
+    /// Producer id, epoch and first sequence (id -1: not idempotent).
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+}
+
+impl CheckedBatch {
+    /// Validates `bytes` as one produced batch ([`validate_produced`]).
+    pub fn produced(bytes: bytes::Bytes, max_len: usize) -> Result<CheckedBatch, BatchError> {
+        let h = validate_produced(&bytes, max_len)?;
+        let c = CheckedBatch::fields(h);
+        Ok(CheckedBatch {
+            backing: bytes.len(),
+            bytes,
+            ..c
+        })
+    }
+
+    /// The same batch, charged for the `backing` buffer it shares.
+    pub fn sharing(self, backing: usize) -> CheckedBatch {
+        CheckedBatch {
+            backing: backing.max(self.bytes.len()),
+            ..self
+        }
+    }
+
+    /// Validates `bytes` as one stored batch (a replica's copy of its
+    /// leader's), keeping its base offset and leader epoch.
+    pub fn stored(bytes: bytes::Bytes, max_len: usize) -> Result<CheckedBatch, BatchError> {
+        let h = validate_stored(&bytes, max_len)?;
+        let c = CheckedBatch::fields(h);
+        Ok(CheckedBatch {
+            backing: bytes.len(),
+            bytes,
+            ..c
+        })
+    }
+
+    fn fields(h: &BatchHeader) -> CheckedBatch {
+        CheckedBatch {
+            bytes: bytes::Bytes::new(),
+            backing: 0,
+            record_count: h.record_count(),
+            max_timestamp: h.max_timestamp(),
+            base_offset: h.base_offset(),
+            leader_epoch: h.leader_epoch(),
+            producer_id: h.producer_id(),
+            producer_epoch: h.producer_epoch(),
+            base_sequence: h.base_sequence(),
+        }
+    }
+
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The batch's first [`HEADER_LEN`] bytes with `base_offset` and
+    /// `leader_epoch` stamped, for writing the batch without touching (or
+    /// copying) the shared bytes.
+    pub fn stamped_header(&self, base_offset: u64, leader_epoch: i32) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h.copy_from_slice(&self.bytes[..HEADER_LEN]);
+        assign(&mut h, base_offset, leader_epoch);
+        h
+    }
+}
+
 /// Validates a stored batch's own bytes: everything `validate_produced`
 /// checks. The broker-owned fields are checked by [`check_placement`].
 pub fn validate_stored(bytes: &[u8], max_len: usize) -> Result<&BatchHeader, BatchError> {

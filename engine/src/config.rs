@@ -1,38 +1,28 @@
-//! Per-partition log configuration.
+//! Per-partition log configuration, and the names by which settings
+//! choose a fsync policy and a compression codec.
 
+use crate::batch::Compression;
 use crate::error::{LogError, Result};
 use std::time::Duration;
 
-/// When appended batches are flushed to stable storage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsyncPolicy {
-    /// Group commit: a caller waiting on `wait_durable` triggers one
-    /// `fdatasync` that covers every batch appended before it started.
-    Always,
-    /// A background flush every interval (run [`crate::Log::run_background`]).
-    Interval(Duration),
-    /// Never flush on a timer; rely on replication. Segments are still
-    /// flushed when they roll and when the log closes.
-    Never,
-}
+/// When appended batches are flushed: the shared setting, defined in
+/// `levee-core` and re-exported here so engine users name it as before.
+pub use levee_core::FsyncPolicy;
 
-impl std::str::FromStr for FsyncPolicy {
-    type Err = LogError;
-    fn from_str(s: &str) -> Result<Self> {
+/// A codec by the name the command line and settings use: `none`, `gzip`,
+/// `snappy`, `lz4` or `zstd`.
+impl std::str::FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Compression, String> {
         match s {
-            "always" => Ok(FsyncPolicy::Always),
-            "never" => Ok(FsyncPolicy::Never),
-            other => {
-                let ms = other
-                    .strip_prefix("interval:")
-                    .and_then(|v| v.trim_end_matches("ms").parse::<u64>().ok())
-                    .ok_or_else(|| {
-                        LogError::Config(format!(
-                            "fsync policy `{other}` is not one of `always`, `never`, `interval:<ms>`"
-                        ))
-                    })?;
-                Ok(FsyncPolicy::Interval(Duration::from_millis(ms.max(1))))
-            }
+            "none" => Ok(Compression::None),
+            "gzip" => Ok(Compression::Gzip),
+            "snappy" => Ok(Compression::Snappy),
+            "lz4" => Ok(Compression::Lz4),
+            "zstd" => Ok(Compression::Zstd),
+            _ => Err(format!(
+                "expected none, gzip, snappy, lz4 or zstd, not `{s}`"
+            )),
         }
     }
 }
@@ -135,5 +125,27 @@ impl LogConfig {
             return bad("read_ahead_bytes must be a multiple of 4 KiB");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codecs_by_name() {
+        for (name, c) in [
+            ("none", Compression::None),
+            ("gzip", Compression::Gzip),
+            ("snappy", Compression::Snappy),
+            ("lz4", Compression::Lz4),
+            ("zstd", Compression::Zstd),
+        ] {
+            assert_eq!(name.parse(), Ok(c));
+        }
+        for bad in ["", "LZ4", "zstd ", "brotli"] {
+            let e = bad.parse::<Compression>().unwrap_err();
+            assert!(e.contains(&format!("`{bad}`")), "{e}");
+        }
     }
 }

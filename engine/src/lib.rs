@@ -1,6 +1,9 @@
 //! Levee's storage engine: record batches, direct-I/O segment files, sparse
 //! offset and time indexes, group-commit durability, retention and crash
 //! recovery. One [`Log`] per partition, owned by one shard (glommio executor).
+//! It owns the bytes on disk and the batch format; it knows nothing of
+//! sockets, protocols, topics or clusters, and must not depend on any Levee
+//! crate but `levee-core` (the settings' vocabulary).
 //!
 //! Without the default `storage` feature only the batch format, its errors
 //! and the configuration types are built (no glommio): the client uses that.

@@ -599,3 +599,39 @@ fn a_format_1_log_is_refused_and_left_untouched() {
         "the old log must not be cut"
     );
 }
+
+/// Batches appended as slices of a larger request buffer are charged for
+/// that buffer in the tail cache, so slices cannot pin more request memory
+/// than `tail_cache_bytes`; reads still see them (from disk).
+#[test]
+fn the_tail_cache_is_charged_for_the_request_buffers_batches_share() {
+    use levee_engine::batch::CheckedBatch;
+    let dir = tempdir();
+    run(async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        let cap = small_config().tail_cache_bytes;
+        // Own buffers: the small batches stay cached after a flush.
+        for i in 0..4u64 {
+            log.append(make_batch(i, 1, 100, 1)).await.unwrap();
+        }
+        log.flush().await.unwrap();
+        let own = log.stats().tail_cache_bytes;
+        assert!(own > 0 && own <= cap, "{own}");
+        // Slices of 1 MiB requests: each charged 1 MiB, over the cap alone,
+        // so once on disk they leave the cache.
+        for i in 0..4u64 {
+            let b = CheckedBatch::produced(make_batch(i, 1, 100, 1).into(), 1 << 20)
+                .unwrap()
+                .sharing(1 << 20);
+            log.append_checked(b, 0).await.unwrap();
+        }
+        log.flush().await.unwrap();
+        assert!(
+            log.stats().tail_cache_bytes <= cap,
+            "{}",
+            log.stats().tail_cache_bytes
+        );
+        let out = log.read(0, 1 << 20, None).await.unwrap();
+        assert_eq!(check_read(&out, 0).1, 8);
+    });
+}

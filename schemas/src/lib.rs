@@ -1,6 +1,7 @@
 //! The Levee wire protocol: the flatbuffers schema in `levee.fbs` (compiled
 //! at build time by planus) and the frame codec shared by the server and the
-//! client.
+//! client. It owns the native protocol's bytes and nothing else: no I/O, and
+//! it must not depend on the engine, the broker or the client.
 //!
 //! A frame is `u32 LE frame_len`, then `frame_len` bytes: `u32 LE header_len`,
 //! a flatbuffer header of that many bytes, then a payload of record batches.

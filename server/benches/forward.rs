@@ -118,11 +118,11 @@ fn bench(c: &mut Criterion) {
                                         .await
                                         .map(drop),
                                     Kind::Produce64K => {
-                                        let data = batch.clone();
+                                        let data = bytes::Bytes::from(batch.clone());
                                         shard
                                             .submit_to(owner, move |s| async move {
                                                 s.partition("fwd", p)?
-                                                    .produce(1, Duration::from_secs(10), data)
+                                                    .produce(1, Duration::from_secs(10), data, 0)
                                                     .await
                                             })
                                             .await

@@ -1,6 +1,7 @@
 //! Broker configuration: a TOML file (`--config`) overridden by flags.
 //! Every option and its default is listed in `levee.example.toml`.
 
+use levee_core::CoreSpec;
 use levee_engine::{FsyncPolicy, LogConfig};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -289,7 +290,9 @@ impl ServerConfig {
         let online = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
-        parse_cores(&self.cores, online).map_err(|m| invalid("cores", m))
+        CoreSpec::parse(&self.cores)
+            .and_then(|spec| spec.cpus(online))
+            .map_err(|m| invalid("cores", m))
     }
 
     /// Checks everything that can be checked before start-up.
@@ -402,53 +405,9 @@ impl ServerConfig {
     }
 }
 
+/// An fsync setting (`log.fsync`, a topic's `fsync`), as levee-core reads it.
 pub fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
-    s.parse::<FsyncPolicy>().map_err(|e| e.to_string())
-}
-
-/// "all", "N" (the first N CPUs) or a list like "0,2-3".
-pub fn parse_cores(spec: &str, online: usize) -> Result<Vec<usize>, String> {
-    let spec = spec.trim();
-    if spec.is_empty() || spec == "all" {
-        return Ok((0..online).collect());
-    }
-    if !spec.contains([',', '-']) {
-        let n: usize = spec
-            .parse()
-            .map_err(|_| format!("`{spec}` is not `all`, a count, or a CPU list like `0,2-3`"))?;
-        if n == 0 || n > online {
-            return Err(format!("{n} cores asked for, this machine has {online}"));
-        }
-        return Ok((0..n).collect());
-    }
-    let mut cpus = Vec::new();
-    for part in spec.split(',') {
-        let part = part.trim();
-        let (a, b) = match part.split_once('-') {
-            Some((a, b)) => (a, b),
-            None => (part, part),
-        };
-        let parse = |v: &str| {
-            v.trim()
-                .parse::<usize>()
-                .map_err(|_| format!("`{part}` in `{spec}` is not a CPU id or range"))
-        };
-        let (a, b) = (parse(a)?, parse(b)?);
-        if a > b {
-            return Err(format!("range `{part}` is backwards"));
-        }
-        for c in a..=b {
-            if c >= online {
-                return Err(format!(
-                    "CPU {c} does not exist (this machine has {online})"
-                ));
-            }
-            if !cpus.contains(&c) {
-                cpus.push(c);
-            }
-        }
-    }
-    Ok(cpus)
+    s.parse::<FsyncPolicy>()
 }
 
 #[cfg(test)]
@@ -470,16 +429,6 @@ mod tests {
         let d = ServerConfig::default();
         assert_eq!(format!("{c:?}"), format!("{d:?}"));
         c.validate().unwrap();
-    }
-
-    #[test]
-    fn cores() {
-        assert_eq!(parse_cores("all", 2).unwrap(), vec![0, 1]);
-        assert_eq!(parse_cores("1", 2).unwrap(), vec![0]);
-        assert_eq!(parse_cores("0-1", 2).unwrap(), vec![0, 1]);
-        assert!(parse_cores("3", 2).is_err());
-        assert!(parse_cores("0,5", 2).is_err());
-        assert!(parse_cores("x", 2).is_err());
     }
 
     #[test]

@@ -48,27 +48,8 @@ pub fn store(data_dir: &Path, topics: &BTreeMap<String, TopicMeta>) -> std::io::
     std::fs::File::open(data_dir)?.sync_all()
 }
 
-/// Kafka's topic name rules: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
-pub fn validate_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 249 {
-        return Err(format!(
-            "topic name must be 1 to 249 characters, `{name}` has {}",
-            name.len()
-        ));
-    }
-    if name == "." || name == ".." {
-        return Err("topic name cannot be `.` or `..`".into());
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(format!(
-            "topic name `{name}` has `{c}`; use only letters, digits, `.`, `_` and `-`"
-        ));
-    }
-    Ok(())
-}
+/// Kafka's topic name rules (the one copy is in `levee-core`).
+pub use levee_core::validate_topic_name as validate_name;
 
 /// Checks a topic about to be created: its name, partition count,
 /// replication factor (above 1 only on a cluster), fsync policy and
@@ -114,15 +95,6 @@ pub fn owner_shard(topic: &str, partition: u32, nshards: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names() {
-        assert!(validate_name("orders.v1_x-y").is_ok());
-        assert!(validate_name("").is_err());
-        assert!(validate_name("..").is_err());
-        assert!(validate_name("a/b").is_err());
-        assert!(validate_name(&"a".repeat(250)).is_err());
-    }
 
     #[test]
     fn partitions_of_a_topic_spread_over_shards() {

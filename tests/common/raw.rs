@@ -36,6 +36,15 @@ impl Raw {
         r
     }
 
+    /// A second handle on this connection, to read responses on another
+    /// thread while this one keeps sending (pipelining).
+    pub fn reader(&self) -> Raw {
+        Raw {
+            s: self.s.try_clone().unwrap(),
+            next: 0,
+        }
+    }
+
     pub fn send(&mut self, req: Request, payload: &[u8]) -> u64 {
         let id = self.next;
         self.next += 1;

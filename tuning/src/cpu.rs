@@ -1,6 +1,7 @@
 //! CPUs: frequency governor, cores versus shards, transparent huge pages.
 
 use crate::*;
+use levee_core::{parse_cpu_list, CoreSpec};
 
 // ---------------------------------------------------------------------------
 // 5. CPU frequency governor
@@ -78,59 +79,6 @@ pub fn judge_governor(govs: &[(usize, Result<String, String>)]) -> CheckResult {
 // ---------------------------------------------------------------------------
 // 6. Cores vs shards
 
-/// Parses a sysfs CPU list such as "0-3,5" into sorted, unique CPU ids.
-pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
-    let s = s.trim();
-    let mut cpus = Vec::new();
-    if s.is_empty() {
-        return Ok(cpus);
-    }
-    for part in s.split(',') {
-        let part = part.trim();
-        let (a, b) = part.split_once('-').unwrap_or((part, part));
-        let parse = |v: &str| {
-            v.trim()
-                .parse::<usize>()
-                .map_err(|_| format!("`{part}` in `{s}` is not a CPU id or range"))
-        };
-        let (a, b) = (parse(a)?, parse(b)?);
-        if a > b {
-            return Err(format!("range `{part}` is backwards"));
-        }
-        if b - a > 1 << 16 {
-            return Err(format!("range `{part}` is too large"));
-        }
-        cpus.extend(a..=b);
-    }
-    cpus.sort_unstable();
-    cpus.dedup();
-    Ok(cpus)
-}
-
-/// What a `cores` setting asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CoresSpec {
-    All,
-    Count(usize),
-    List(Vec<usize>),
-}
-
-pub fn parse_cores_spec(spec: &str) -> Result<CoresSpec, String> {
-    let spec = spec.trim();
-    if spec.is_empty() || spec == "all" {
-        return Ok(CoresSpec::All);
-    }
-    if !spec.contains([',', '-']) {
-        return spec
-            .parse::<usize>()
-            .ok()
-            .filter(|&n| n > 0)
-            .map(CoresSpec::Count)
-            .ok_or_else(|| format!("`{spec}` is not `all`, a count, or a CPU list like `0,2-3`"));
-    }
-    parse_cpu_list(spec).map(CoresSpec::List)
-}
-
 pub(crate) fn usable_cpus() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
@@ -138,10 +86,10 @@ pub(crate) fn usable_cpus() -> usize {
 }
 
 pub(crate) fn shard_count(cores: &str) -> Result<usize, String> {
-    Ok(match parse_cores_spec(cores)? {
-        CoresSpec::All => usable_cpus(),
-        CoresSpec::Count(n) => n,
-        CoresSpec::List(l) => l.len(),
+    Ok(match CoreSpec::parse(cores)? {
+        CoreSpec::All => usable_cpus(),
+        CoreSpec::Count(n) => n,
+        CoreSpec::List(l) => l.len(),
     })
 }
 
@@ -155,7 +103,7 @@ pub fn check_cores(cores: &str) -> CheckResult {
 /// `levee serve` counts.
 pub fn judge_cores(cores: &str, online: Result<Vec<usize>, String>, usable: usize) -> CheckResult {
     const NAME: &str = "cores";
-    let spec = match parse_cores_spec(cores) {
+    let spec = match CoreSpec::parse(cores) {
         Ok(s) => s,
         Err(e) => {
             return CheckResult::new(NAME, Status::Fail, format!("cores = \"{cores}\": {e}"))
@@ -171,9 +119,9 @@ pub fn judge_cores(cores: &str, online: Result<Vec<usize>, String>, usable: usiz
         let _ = write!(found, ", {usable} usable by this process (affinity/cgroup)");
     }
     let (shards, ids) = match &spec {
-        CoresSpec::All => (usable, (0..usable).collect::<Vec<_>>()),
-        CoresSpec::Count(n) => (*n, (0..*n).collect()),
-        CoresSpec::List(l) => (l.len(), l.clone()),
+        CoreSpec::All => (usable, (0..usable).collect::<Vec<_>>()),
+        CoreSpec::Count(n) => (*n, (0..*n).collect()),
+        CoreSpec::List(l) => (l.len(), l.clone()),
     };
     let _ = write!(found, "; cores = \"{cores}\" -> {shards} shard(s)");
     // `levee serve` refuses a count or CPU id past the usable CPUs.

@@ -1,4 +1,7 @@
-//! `levee tune`: host checks for a dedicated Levee host.
+//! `levee tune`: host checks for a dedicated Levee host. It owns reading the
+//! host and judging what it read; it changes no host setting (it prints the
+//! fix) and must not depend on the broker: the CLI hands it the broker
+//! settings it judges (data directory, cores).
 //!
 //! `levee tune check` runs one check per host setting that matters to a
 //! thread-per-core, direct-I/O broker and prints one line per check:

@@ -58,24 +58,6 @@ fn thp() {
 }
 
 #[test]
-fn cpu_lists() {
-    assert_eq!(parse_cpu_list("0-3,5").unwrap(), vec![0, 1, 2, 3, 5]);
-    assert_eq!(parse_cpu_list("0\n").unwrap(), vec![0]);
-    assert_eq!(parse_cpu_list("0-1,1,8-9").unwrap(), vec![0, 1, 8, 9]);
-    assert_eq!(parse_cpu_list("").unwrap(), Vec::<usize>::new());
-    assert!(parse_cpu_list("3-1").is_err());
-    assert!(parse_cpu_list("a").is_err());
-    assert!(parse_cpu_list("0-").is_err());
-    assert_eq!(parse_cores_spec("all").unwrap(), CoresSpec::All);
-    assert_eq!(parse_cores_spec("2").unwrap(), CoresSpec::Count(2));
-    assert_eq!(
-        parse_cores_spec("1-2").unwrap(),
-        CoresSpec::List(vec![1, 2])
-    );
-    assert!(parse_cores_spec("0").is_err());
-}
-
-#[test]
 fn cores_judgement() {
     let on = |n: usize| Ok((0..n).collect::<Vec<_>>());
     assert_eq!(judge_cores("all", on(4), 4).status, Status::Pass);

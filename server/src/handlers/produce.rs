@@ -10,7 +10,14 @@ use std::time::Duration;
 pub struct ProducePartition {
     pub topic: String,
     pub partition: u32,
-    pub data: OpResult<Vec<u8>>,
+    pub data: OpResult<bytes::Bytes>,
+}
+
+/// A produce request's partitions, and the size of the buffer their data
+/// shares (the request), which the partitions' tail caches are charged for.
+pub struct ProduceRequest {
+    pub partitions: Vec<ProducePartition>,
+    pub backing: usize,
 }
 
 /// Appends every partition's batches (in parallel across partitions; in
@@ -20,8 +27,9 @@ pub async fn produce(
     shard: &Rc<Shard>,
     acks: i8,
     timeout: Duration,
-    parts: Vec<ProducePartition>,
+    req: ProduceRequest,
 ) -> Vec<(String, u32, OpResult<Produced>)> {
+    let (parts, backing) = (req.partitions, req.backing);
     super::await_topics(shard, parts.iter().map(|p| p.topic.as_str())).await;
     let tasks: Vec<_> = parts
         .into_iter()
@@ -33,7 +41,9 @@ pub async fn produce(
                     Ok(glommio::spawn_local(shard.submit_to(
                         shard.owner(&pp.topic, pp.partition),
                         move |s| async move {
-                            s.partition(&topic, p)?.produce(acks, timeout, data).await
+                            s.partition(&topic, p)?
+                                .produce(acks, timeout, data, backing)
+                                .await
                         },
                     )))
                 }

@@ -9,7 +9,7 @@ use crate::error::{OpError, OpResult};
 use crate::metrics::{label, Sample};
 use crate::replication::state::{batch_epoch, Name, ReplicaState, Role};
 use crate::shutdown::Shutdown;
-use levee_engine::batch::{BatchHeader, HEADER_LEN};
+use levee_engine::batch::{BatchHeader, CheckedBatch, HEADER_LEN};
 use levee_engine::event::LocalEvent;
 use levee_engine::{Log, LogConfig};
 use levee_schemas::proto::ErrorCode;
@@ -83,8 +83,8 @@ pub struct Partition {
     counters: Counters,
     /// Idempotent producers' sequences (KIP-98).
     producers: RefCell<ProducerTable>,
-    /// Serializes a check of the producer table with the append it allows.
-    producer_lock: levee_engine::fifo::FifoLock,
+    /// Orders appends by request (see `produce`).
+    append_order: levee_engine::fifo::FifoLock,
     /// The producer table changed, and bytes appended, since its snapshot.
     producers_dirty: Cell<bool>,
     bytes_since_snapshot: Cell<u64>,
@@ -110,13 +110,23 @@ struct ProducerFields {
 }
 
 impl ProducerFields {
-    fn of(h: &BatchHeader) -> Option<ProducerFields> {
+    fn of_header(h: &BatchHeader) -> Option<ProducerFields> {
         (h.producer_id() >= 0 && h.base_sequence() >= 0).then(|| ProducerFields {
             pid: h.producer_id(),
             epoch: h.producer_epoch(),
             first_seq: h.base_sequence(),
             count: h.record_count(),
             max_ts: h.max_timestamp(),
+        })
+    }
+
+    fn of(b: &CheckedBatch) -> Option<ProducerFields> {
+        (b.producer_id >= 0 && b.base_sequence >= 0).then_some(ProducerFields {
+            pid: b.producer_id,
+            epoch: b.producer_epoch,
+            first_seq: b.base_sequence,
+            count: b.record_count,
+            max_ts: b.max_timestamp,
         })
     }
 
@@ -162,7 +172,7 @@ impl Partition {
             max_backlog,
             counters: Counters::default(),
             producers: RefCell::new(ProducerTable::default()),
-            producer_lock: levee_engine::fifo::FifoLock::default(),
+            append_order: levee_engine::fifo::FifoLock::default(),
             producers_dirty: Cell::new(false),
             bytes_since_snapshot: Cell::new(0),
         });
@@ -228,7 +238,15 @@ impl Partition {
     /// Appends the batches of one produce request (`data`: whole batches
     /// end to end) and, for `acks=all`, waits until the last is durable
     /// (and replicated, on a cluster).
-    pub async fn produce(&self, acks: i8, timeout: Duration, data: Vec<u8>) -> OpResult<Produced> {
+    /// `backing`: the size of the request buffer `data` is a slice of (the
+    /// tail cache is charged for it).
+    pub async fn produce(
+        &self,
+        acks: i8,
+        timeout: Duration,
+        data: bytes::Bytes,
+        backing: usize,
+    ) -> OpResult<Produced> {
         self.check_leader()?;
         let epoch = {
             let r = self.repl.borrow();
@@ -238,7 +256,7 @@ impl Partition {
             r.epoch
         };
         let clustered = self.role() == Role::Leader;
-        let (batches, msgs) = split_request(&data)?;
+        let (batches, msgs) = split_request(&data, self.log.max_batch_bytes(), backing)?;
         if let Some(max) = self.max_backlog {
             if self.backlog() + data.len() as u64 > max {
                 return Err(OpError::new(
@@ -251,23 +269,20 @@ impl Partition {
             }
         }
         let total = data.len() as u64;
+        drop(data);
         let mut first = None;
         let mut last = 0;
-        let single = batches.len() == 1;
-        let idempotent = batches.iter().any(|b| b.producer.is_some());
-        // A check of the producer table and the append it allows happen
-        // together (appends to one log are serial anyway).
-        let _guard = match idempotent {
-            true => Some(self.producer_lock.lock().await),
-            false => None,
-        };
-        let mut data = Some(data);
+        // A request's batches are appended together and in request order
+        // (another request's cannot come between them), and a check of the
+        // producer table goes with the append it allows.
+        let _order = self.append_order.lock().await;
         for b in batches {
             // Leadership may have moved while an earlier batch was appended.
             if clustered && (self.role() != Role::Leader || self.repl.borrow().epoch != epoch) {
                 self.check_leader()?;
             }
-            if let Some(pf) = b.producer {
+            let producer = ProducerFields::of(&b);
+            if let Some(pf) = producer {
                 if let Verdict::Duplicate {
                     first_offset,
                     last_offset,
@@ -280,19 +295,12 @@ impl Partition {
                     continue;
                 }
             }
-            let batch = if single {
-                data.take().unwrap_or_default()
-            } else {
-                data.as_ref()
-                    .map(|d| d[b.range.clone()].to_vec())
-                    .unwrap_or_default()
-            };
             let info = self
                 .log
-                .append_with_epoch(batch, batch_epoch(epoch))
+                .append_checked(b, batch_epoch(epoch))
                 .await
                 .map_err(OpError::from_log)?;
-            if let Some(pf) = b.producer {
+            if let Some(pf) = producer {
                 self.record_producer(&pf, info.base_offset, info.last_offset);
             }
             first.get_or_insert(info.base_offset);
@@ -307,7 +315,7 @@ impl Partition {
         add(&c.bytes_in, total);
         add(&c.msgs_in, msgs);
         add(&c.produced, total);
-        drop(_guard);
+        drop(_order);
         if acks == -1 {
             self.wait_durable(last, timeout).await?;
             if clustered {
@@ -545,7 +553,7 @@ impl Partition {
     pub fn note_replicated(&self, batch: &[u8]) {
         add(&self.bytes_since_snapshot, batch.len() as u64);
         if let Ok(h) = BatchHeader::parse(batch) {
-            if let Some(pf) = ProducerFields::of(h) {
+            if let Some(pf) = ProducerFields::of_header(h) {
                 self.record_producer(&pf, h.base_offset(), h.last_offset());
             }
         }
@@ -584,7 +592,7 @@ impl Partition {
             }
             for b in levee_engine::batch::split_batches(&out.data) {
                 if let Ok(h) = BatchHeader::parse(b) {
-                    if let Some(pf) = ProducerFields::of(h) {
+                    if let Some(pf) = ProducerFields::of_header(h) {
                         table.record(
                             pf.pid,
                             pf.epoch,
@@ -672,43 +680,38 @@ impl Partition {
     }
 }
 
-/// One batch of a produce request.
-struct RequestBatch {
-    range: std::ops::Range<usize>,
-    /// Set for batches of an idempotent producer.
-    producer: Option<ProducerFields>,
-}
-
-/// Splits a produce request's data into whole batches (parsing each header
-/// once): their byte ranges and producer fields, and the number of records
-/// in all of them.
-fn split_request(data: &[u8]) -> OpResult<(Vec<RequestBatch>, u64)> {
+/// Splits a produce request's data into whole batches and validates each
+/// (the one read of its header): shared slices of the request, no copy.
+/// Returns them and the number of records in all.
+fn split_request(
+    data: &bytes::Bytes,
+    max: usize,
+    backing: usize,
+) -> OpResult<(Vec<CheckedBatch>, u64)> {
     let mut batches = Vec::new();
     let mut pos = 0usize;
     let mut msgs = 0u64;
     while pos < data.len() {
-        let rest = &data[pos..];
-        let h = BatchHeader::parse(rest).map_err(|e| {
-            OpError::new(
-                ErrorCode::CorruptBatch,
-                format!("record batch at byte {pos}: {e}"),
-            )
-        })?;
-        let len = h.len();
-        if len < HEADER_LEN || len > rest.len() {
-            return Err(OpError::new(
-                ErrorCode::CorruptBatch,
-                format!(
-                    "record batch at byte {pos} declares {len} bytes but {} remain",
-                    rest.len()
-                ),
-            ));
-        }
-        msgs += u64::from(h.record_count());
-        batches.push(RequestBatch {
-            range: pos..pos + len,
-            producer: ProducerFields::of(h),
-        });
+        let corrupt = |m: String| OpError::new(ErrorCode::CorruptBatch, m);
+        let len = data
+            .get(pos + 8..pos + 12)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or_else(|| corrupt(format!("record batch at byte {pos} is cut short")))?;
+        let len = usize::try_from(len)
+            .ok()
+            .map(|l| l + levee_engine::batch::LOG_OVERHEAD)
+            .filter(|&l| l >= HEADER_LEN && l <= data.len() - pos)
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "record batch at byte {pos} declares {len} bytes, {} remain",
+                    data.len() - pos
+                ))
+            })?;
+        let b = CheckedBatch::produced(data.slice(pos..pos + len), max)
+            .map_err(|e| OpError::from_log(e.into()))?
+            .sharing(backing);
+        msgs += u64::from(b.record_count);
+        batches.push(b);
         pos += len;
     }
     if batches.is_empty() {

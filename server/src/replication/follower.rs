@@ -134,6 +134,9 @@ impl Shard {
             replica_id: me as i64,
         }));
         let (h, body, start) = c.call(req, Duration::from_secs(5)).await?;
+        // The batches are appended as shared slices of the response: their
+        // one copy is into the segment's DMA chunk.
+        let body = bytes::Bytes::from(body);
         let payload = &body[start..];
         let Some(Response::FetchResponse(r)) = h.response else {
             return Err(format!(
@@ -160,7 +163,7 @@ impl Shard {
                 if p.role() != Role::Follower {
                     break;
                 }
-                let mut res = p.log.append_replica(b.to_vec()).await;
+                let mut res = p.log.append_replica(body.slice_ref(b)).await;
                 if let Err(LogError::NotContiguous { expected, got }) = res {
                     if got > expected && last.is_none() {
                         // The leader's log starts after ours ends (retention
@@ -168,7 +171,7 @@ impl Shard {
                         info!(topic = %p.topic, partition = p.partition, from = expected, to = got, "replica is behind the leader's log start; restarting it there");
                         p.producers_truncated(0);
                         res = match p.log.reset_to(got).await {
-                            Ok(()) => p.log.append_replica(b.to_vec()).await,
+                            Ok(()) => p.log.append_replica(body.slice_ref(b)).await,
                             Err(e) => Err(e),
                         };
                     }

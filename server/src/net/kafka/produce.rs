@@ -14,7 +14,7 @@ const MAGIC_AT: usize = 16;
 
 /// Checks the records of one partition before they reach the log: present,
 /// and in the v2 format (magic 0 and 1 are Kafka's pre-0.11 formats).
-fn records(r: Option<bytes::Bytes>) -> Result<Vec<u8>, (i16, String)> {
+fn records(r: Option<bytes::Bytes>) -> Result<bytes::Bytes, (i16, String)> {
     let Some(r) = r.filter(|r| !r.is_empty()) else {
         return Err((code::CORRUPT_MESSAGE, "no record batch".into()));
     };
@@ -37,7 +37,7 @@ fn records(r: Option<bytes::Bytes>) -> Result<Vec<u8>, (i16, String)> {
         }
         pos += len as usize + 12;
     }
-    Ok(r.to_vec())
+    Ok(r)
 }
 
 pub async fn produce(ctx: &Ctx, req: ProduceRequest) -> ProduceResponse {
@@ -105,7 +105,15 @@ pub async fn produce(ctx: &Ctx, req: ProduceRequest) -> ProduceResponse {
             }
         }
     }
-    let results = handlers::produce::produce(&ctx.shard, acks as i8, timeout, parts).await;
+    let backing = parts
+        .iter()
+        .map(|p| p.data.as_ref().map_or(0, |d| d.len()))
+        .sum();
+    let req = handlers::produce::ProduceRequest {
+        partitions: parts,
+        backing,
+    };
+    let results = handlers::produce::produce(&ctx.shard, acks as i8, timeout, req).await;
     let mut add = |topic: String, index: i32, pr: PartitionProduceResponse| {
         match out.responses.iter_mut().find(|r| r.name.as_str() == topic) {
             Some(tr) => tr.partition_responses.push(pr),

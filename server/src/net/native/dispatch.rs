@@ -45,7 +45,7 @@ fn committed(o: crate::groups::CommittedOffset) -> proto::CommittedOffset {
 pub async fn process(
     shard: &Rc<Shard>,
     req: Request,
-    payload: &[u8],
+    payload: &bytes::Bytes,
     peer: &str,
 ) -> Result<Processed, OpError> {
     let none = Vec::new;
@@ -55,6 +55,7 @@ pub async fn process(
             server: Some(format!("levee {}", env!("CARGO_PKG_VERSION"))),
             node_id: shard.cfg.node_id,
             max_frame_bytes: shard.cfg.max_frame_bytes,
+            max_batch_bytes: u32::try_from(shard.cfg.log.max_batch_bytes).unwrap_or(u32::MAX),
         })),
         Request::CreateTopic(c) => {
             let meta = topic_meta(shard, c.config.map(|b| *b));
@@ -248,7 +249,7 @@ async fn describe(shard: &Rc<Shard>, name: &str) -> proto::TopicDescription {
 async fn produce(
     shard: &Rc<Shard>,
     p: proto::Produce,
-    payload: &[u8],
+    payload: &bytes::Bytes,
 ) -> Result<Response, OpError> {
     let timeout = Duration::from_millis(u64::from(p.timeout_ms.max(1)));
     if !(-1..=1).contains(&p.acks) {
@@ -263,13 +264,17 @@ async fn produce(
         .into_iter()
         .map(|pp| handlers::produce::ProducePartition {
             data: payload_slice(payload, pp.payload_offset, pp.payload_len)
-                .map(<[u8]>::to_vec)
+                .map(|slice| payload.slice_ref(slice))
                 .map_err(|e| OpError::new(ErrorCode::InvalidRequest, e.to_string())),
             topic: pp.topic,
             partition: pp.partition,
         })
         .collect();
-    let out = handlers::produce::produce(shard, p.acks, timeout, parts)
+    let req = handlers::produce::ProduceRequest {
+        partitions: parts,
+        backing: payload.len(),
+    };
+    let out = handlers::produce::produce(shard, p.acks, timeout, req)
         .await
         .into_iter()
         .map(|(topic, partition, res)| {

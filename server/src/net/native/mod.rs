@@ -129,9 +129,15 @@ async fn read_loop(
         let task = glommio::spawn_local(async move {
             let no_reply = matches!(&header.request, Request::Produce(p) if p.acks == 0);
             let is_produce = matches!(&header.request, Request::Produce(_));
-            let payload = &body[payload_at..];
-            let res = dispatch::process(&s, header.request, payload, &peer).await;
-            s.return_buffer(body);
+            // Shared, not copied: a produce's batches travel as slices of it.
+            let body = bytes::Bytes::from(body);
+            let payload = body.slice(payload_at..);
+            let res = dispatch::process(&s, header.request, &payload, &peer).await;
+            drop(payload);
+            // Reused when nothing kept a slice (every request but produce).
+            if let Ok(b) = body.try_into_mut() {
+                s.return_buffer(b.into());
+            }
             let elapsed = started.elapsed();
             match &res {
                 Ok(_) => bump(&s.metrics.requests_ok),

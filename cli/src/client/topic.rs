@@ -1,0 +1,182 @@
+//! `levee topic create|list|describe|delete`.
+
+use std::io::Write;
+
+use clap::{Args, Subcommand};
+
+use levee_client::{ClientError, FsyncPolicy, TopicSettings};
+
+use super::{connect, ConnectArgs};
+
+/// `levee topic ...`
+#[derive(Debug, Clone, Args)]
+pub struct TopicArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: TopicCommand,
+}
+
+/// Topic administration.
+#[derive(Debug, Clone, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic.
+    Create(TopicCreateArgs),
+    /// List topic names, one per line.
+    List(TopicListArgs),
+    /// Print a topic's settings and its partitions' offsets.
+    Describe(TopicNameArgs),
+    /// Delete a topic and all its data.
+    Delete(TopicNameArgs),
+}
+
+/// `levee topic create`
+#[derive(Debug, Clone, Args)]
+pub struct TopicCreateArgs {
+    /// Topic name.
+    pub name: String,
+    /// Number of partitions.
+    #[arg(long, default_value_t = 1)]
+    pub partitions: u32,
+    /// Replicas per partition.
+    #[arg(long, default_value_t = 1)]
+    pub replication_factor: u16,
+    /// Delete old segments while a partition holds more bytes (default: unlimited).
+    #[arg(long)]
+    pub retention_bytes: Option<i64>,
+    /// Delete segments older than this many ms (default: unlimited).
+    #[arg(long)]
+    pub retention_ms: Option<i64>,
+    /// always, never or interval:MS (default: the broker's default).
+    #[arg(long, value_parser = FsyncPolicy::check_setting)]
+    pub fsync: Option<String>,
+    /// Refuse produce once this many bytes are unconsumed (default: off).
+    #[arg(long)]
+    pub max_backlog_bytes: Option<i64>,
+    /// Segment size (default: the broker's default).
+    #[arg(long)]
+    pub segment_bytes: Option<i64>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub connect: ConnectArgs,
+}
+
+/// `levee topic list`
+#[derive(Debug, Clone, Args)]
+pub struct TopicListArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub connect: ConnectArgs,
+}
+
+/// `levee topic describe|delete NAME`
+#[derive(Debug, Clone, Args)]
+pub struct TopicNameArgs {
+    /// Topic name.
+    pub name: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub connect: ConnectArgs,
+}
+
+fn node_list(v: Option<&Vec<u32>>) -> String {
+    match v {
+        Some(v) if !v.is_empty() => v.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
+        _ => "-".to_string(),
+    }
+}
+
+fn or_text(v: Option<i64>, none: &str) -> String {
+    v.map_or_else(|| none.to_string(), |v| v.to_string())
+}
+
+pub(super) async fn topic(cmd: TopicCommand) -> Result<(), ClientError> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        TopicCommand::Create(a) => {
+            let client = connect(&a.connect).await?;
+            let settings = TopicSettings {
+                partitions: a.partitions,
+                replication_factor: a.replication_factor,
+                retention_bytes: a.retention_bytes,
+                retention_ms: a.retention_ms,
+                fsync: a.fsync,
+                max_backlog_bytes: a.max_backlog_bytes,
+                segment_bytes: a.segment_bytes,
+            };
+            client.create_topic(&a.name, &settings).await?;
+            writeln!(
+                out,
+                "created topic {} with {} partition(s)",
+                a.name, a.partitions
+            )?;
+        }
+        TopicCommand::List(a) => {
+            let client = connect(&a.connect).await?;
+            let mut names = client.list_topics().await?;
+            names.sort();
+            for n in names {
+                writeln!(out, "{n}")?;
+            }
+        }
+        TopicCommand::Describe(a) => {
+            let client = connect(&a.connect).await?;
+            let t = client.describe_topic(&a.name).await?;
+            let s = &t.settings;
+            writeln!(out, "topic: {}", t.name)?;
+            writeln!(out, "partitions: {}", t.partition_count())?;
+            writeln!(out, "replication_factor: {}", s.replication_factor)?;
+            writeln!(
+                out,
+                "retention_bytes: {}",
+                or_text(s.retention_bytes, "unlimited")
+            )?;
+            writeln!(
+                out,
+                "retention_ms: {}",
+                or_text(s.retention_ms, "unlimited")
+            )?;
+            writeln!(out, "fsync: {}", s.fsync.as_deref().unwrap_or("default"))?;
+            writeln!(
+                out,
+                "max_backlog_bytes: {}",
+                or_text(s.max_backlog_bytes, "off")
+            )?;
+            writeln!(
+                out,
+                "segment_bytes: {}",
+                or_text(s.segment_bytes, "default")
+            )?;
+            writeln!(
+                out,
+                "partition\tleader\tlog_start\tlog_end\thigh_watermark\tsize_bytes\tleader_epoch\treplicas\tisr"
+            )?;
+            for p in &t.partitions {
+                let leader = if p.leader == levee_client::NO_LEADER {
+                    "none".to_string()
+                } else {
+                    p.leader.to_string()
+                };
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    p.partition,
+                    leader,
+                    p.log_start_offset,
+                    p.log_end_offset,
+                    p.high_watermark,
+                    p.size_bytes,
+                    p.leader_epoch,
+                    node_list(p.replicas.as_ref()),
+                    node_list(p.isr.as_ref())
+                )?;
+            }
+        }
+        TopicCommand::Delete(a) => {
+            let client = connect(&a.connect).await?;
+            client.delete_topic(&a.name).await?;
+            writeln!(out, "deleted topic {}", a.name)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! Background work: retention, interval flushes, idle release, and closing.
+
+use super::*;
+
+impl Log {
+    /// Gives back an idle log's memory (see `LogConfig::idle_release`).
+    pub(super) async fn release_if_idle(&self) -> Result<()> {
+        let idle_for = {
+            let s = self.st.borrow();
+            match s.cfg.idle_release {
+                Some(d) if !s.released && !s.closed && s.last_active.elapsed() >= d => d,
+                _ => return Ok(()),
+            }
+        };
+        let _locks = self.lock_all().await?;
+        self.flush_locked().await?;
+        let mut s = self.st.borrow_mut();
+        let a = &s.active;
+        if s.closed
+            || s.last_active.elapsed() < idle_for
+            || s.durable_next < s.next_offset
+            || !a.inflight.is_empty()
+            || a.partial_inflight
+        {
+            return Ok(());
+        }
+        s.active.chunk = None;
+        s.drop_read_state();
+        s.released = true;
+        debug!(dir = %s.dir.display(), "idle log released its memory");
+        Ok(())
+    }
+
+    /// Deletes whole sealed segments beyond the size or age limits, advancing
+    /// the log start offset. Appends are not blocked. Returns segments deleted.
+    /// The files are renamed and unlinked off the shard's thread (glommio's
+    /// blocking pool): unlinking a large segment can take milliseconds.
+    pub async fn enforce_retention(&self) -> Result<usize> {
+        self.enforce_retention_at(now_ms()).await
+    }
+
+    pub async fn enforce_retention_at(&self, now_ms: i64) -> Result<usize> {
+        let mut doomed = Vec::new();
+        {
+            let mut s = self.st.borrow_mut();
+            while let Some((&base, seg)) = s.sealed.iter().next() {
+                let len = seg.summary.covered_len;
+                let by_size = s
+                    .cfg
+                    .retention_bytes
+                    .is_some_and(|r| s.size_bytes - len >= r);
+                let by_age = s
+                    .cfg
+                    .retention_age
+                    .is_some_and(|age| seg.summary.max_timestamp < now_ms - age.as_millis() as i64);
+                if !(by_size || by_age) {
+                    break;
+                }
+                let Some(seg) = s.sealed.remove(&base) else {
+                    break;
+                };
+                s.size_bytes -= len;
+                s.log_start = s.sealed.keys().next().copied().unwrap_or(s.active.base);
+                if let Some(i) = s.index_cache.map.remove(&base) {
+                    s.index_cache.bytes -= i.mem_bytes();
+                    s.index_cache.order.retain(|b| *b != base);
+                }
+                while s.cache.front().is_some_and(|c| c.seg_base == base) {
+                    let c = s.cache.pop_front().expect("checked");
+                    s.cache_bytes -= c.charge;
+                }
+                doomed.push((base, len, seg.file));
+            }
+        }
+        let (dir, recycle) = {
+            let s = self.st.borrow();
+            (
+                s.dir.clone(),
+                s.cfg.recycle_segments && s.recycled.is_none(),
+            )
+        };
+        let count = doomed.len();
+        // The newest doomed segment's file is kept for the next roll.
+        let keep = if recycle { doomed.pop() } else { None };
+        if let Some((base, len, holder)) = keep {
+            let from = dir.join(segment_name(base, "log"));
+            let to = dir.join(segment_name(base, RECYCLE_EXT));
+            match glommio::io::rename(&from, &to).await {
+                Ok(()) => {
+                    info!(
+                        segment = base,
+                        "retention: segment deleted, its file kept for reuse"
+                    );
+                    let taken = self.st.borrow().recycled.is_some();
+                    if taken {
+                        // A concurrent retention pass kept one first.
+                        let _ = glommio::io::remove(&to).await;
+                    } else {
+                        self.st.borrow_mut().recycled = Some(Recycled {
+                            path: to,
+                            len,
+                            holder,
+                        });
+                    }
+                    for ext in ["index", "timeindex"] {
+                        let _ = glommio::io::remove(dir.join(segment_name(base, ext))).await;
+                    }
+                }
+                Err(_) => doomed.push((base, len, holder)),
+            }
+        }
+        for (base, _, holder) in doomed {
+            info!(segment = base, "retention: deleting segment");
+            drop(holder);
+            for ext in ["log", "index", "timeindex"] {
+                let p = dir.join(segment_name(base, ext));
+                if let Err(e) = glommio::io::remove(&p).await {
+                    let e = io::Error::from(e);
+                    if e.kind() != io::ErrorKind::NotFound {
+                        return Err(io_err(format!("deleting {}", p.display()), e));
+                    }
+                }
+            }
+        }
+        Ok(count)
+    }
+
+    /// Periodic work for this log: the interval flush and retention. Spawn it
+    /// on the owning shard; it returns when the log is closed.
+    pub async fn run_background(&self) -> Result<()> {
+        let (policy, retention_every) = {
+            let s = self.st.borrow();
+            (s.cfg.fsync, s.cfg.retention_check_interval)
+        };
+        let tick = match policy {
+            FsyncPolicy::Interval(d) => d.min(retention_every),
+            _ => retention_every.min(Duration::from_secs(1)),
+        };
+        let mut last_retention = Instant::now();
+        loop {
+            glommio::timer::sleep(tick).await;
+            {
+                let s = self.st.borrow();
+                if s.reopening {
+                    continue;
+                }
+                if s.closed {
+                    return Ok(());
+                }
+            }
+            if matches!(policy, FsyncPolicy::Interval(_)) {
+                self.flush().await?;
+            }
+            if last_retention.elapsed() >= retention_every {
+                self.enforce_retention().await?;
+                last_retention = Instant::now();
+            }
+            self.release_if_idle().await?;
+        }
+    }
+
+    /// Flushes, writes the indexes, trims preallocated space and marks the log
+    /// clean, so the next open skips the recovery scan.
+    pub async fn close(&self) -> Result<()> {
+        let _locks = self.lock_all().await?;
+        if self.st.borrow().closed {
+            return Ok(());
+        }
+        self.flush_locked().await?;
+        self.st.borrow_mut().closed = true;
+        let (dir, _, summary) = self.seal_active_files().await?;
+        self.remove_recycled().await;
+        write_file_atomic(&dir.join(CLEAN_MARKER), b"").await?;
+        sync_dir_async(&dir).await?;
+        info!(dir = %dir.display(), next_offset = summary.next_offset, "closed log cleanly");
+        Ok(())
+    }
+}
