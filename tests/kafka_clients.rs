@@ -443,6 +443,7 @@ fn native_producer_to_rdkafka_consumer_and_back_with_identical_records_and_bytes
                     ..ProducerConfig::default()
                 },
             )
+            .expect("native producer")
         });
         for i in 0..15 {
             let m = Msg {
