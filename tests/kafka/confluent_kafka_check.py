@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""confluent-kafka (librdkafka) against a Kafka-compatible broker, with the
+client's default settings: admin create and list topics, produce with every
+codec, keys, a null key and headers, consume everything back, a consumer
+group that commits and a second member that resumes at the commit, list
+the groups.
+
+Usage: confluent_kafka_check.py HOST:PORT
+Exits non-zero with a message naming what failed.
+"""
+import sys
+import uuid
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+
+def fail(msg):
+    print(f"FAIL (confluent-kafka): {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+
+
+def consume(c, n, timeout_s):
+    """Polls until n messages arrived or timeout_s passed."""
+    out = []
+    for _ in range(int(timeout_s * 10)):
+        if len(out) >= n:
+            break
+        m = c.poll(0.1)
+        if m is None:
+            continue
+        if m.error():
+            fail(f"consumer error: {m.error()}")
+        out.append(m)
+    return out
+
+
+def main():
+    boot = sys.argv[1]
+    run = uuid.uuid4().hex[:8]
+    topic = f"ck-{run}"
+    group = f"ck-group-{run}"
+    base = {"bootstrap.servers": boot}
+
+    admin = AdminClient(base)
+    for t, f in admin.create_topics(
+        [NewTopic(topic, num_partitions=3, replication_factor=1)], operation_timeout=10
+    ).items():
+        try:
+            f.result(timeout=15)
+        except Exception as e:  # noqa: BLE001
+            fail(f"create_topics {t}: {e}")
+    md = admin.list_topics(timeout=10)
+    check(topic in md.topics, f"list_topics does not show {topic}: {list(md.topics)}")
+    check(len(md.topics[topic].partitions) == 3, "list_topics: partitions of the new topic")
+    check(len(md.brokers) == 1, f"list_topics: brokers {md.brokers}")
+
+    sent = {}
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"]:
+        p = Producer({**base, "compression.type": codec, "linger.ms": 5})
+        errors = []
+
+        def report(err, msg, errors=errors):
+            if err is not None:
+                errors.append(err)
+
+        for i in range(10):
+            key = None if i == 0 else f"{codec}-key-{i}".encode()
+            value = (f"{codec} value {i} " * 20).encode()
+            headers = [("codec", codec.encode()), ("index", str(i).encode())]
+            ts = 1_700_000_000_000 + len(sent)
+            p.produce(topic, value=value, key=key, headers=headers, partition=i % 3,
+                      timestamp=ts, on_delivery=report)
+            sent[value] = (key, headers, ts, i % 3)
+        left = p.flush(15)
+        check(left == 0, f"{codec}: {left} messages not delivered after 15 s")
+        check(not errors, f"{codec}: delivery errors {errors[:3]}")
+
+    c = Consumer({**base, "group.id": group, "auto.offset.reset": "earliest",
+                  "enable.auto.commit": False})
+    c.subscribe([topic])
+    got = consume(c, len(sent), 30)
+    check(len(got) == len(sent), f"consumed {len(got)} of {len(sent)} messages")
+    for m in got:
+        want = sent.get(m.value())
+        check(want is not None, f"unexpected value {m.value()[:40]!r}")
+        key, headers, ts, part = want
+        check(m.key() == key, f"key {m.key()!r}, expected {key!r}")
+        check(m.headers() == headers, f"headers {m.headers()}, expected {headers}")
+        check(m.timestamp()[1] == ts, f"timestamp {m.timestamp()}, expected {ts}")
+        check(m.partition() == part, f"partition {m.partition()}, expected {part}")
+    c.commit(asynchronous=False)
+    committed = c.committed([TopicPartition(topic, p) for p in range(3)], timeout=10)
+    check([tp.offset for tp in committed] == [20, 15, 15],
+          f"committed offsets {[(tp.partition, tp.offset) for tp in committed]}")
+    c.close()
+
+    # A new member of the group starts at the committed offsets.
+    p = Producer(base)
+    p.produce(topic, value=b"after the commit", partition=1)
+    check(p.flush(15) == 0, "produce after the commit")
+    c = Consumer({**base, "group.id": group, "auto.offset.reset": "earliest"})
+    c.subscribe([topic])
+    got = consume(c, 1, 30)
+    check([m.value() for m in got] == [b"after the commit"],
+          f"the resumed member read {[m.value()[:40] for m in got]}")
+    check(got[0].offset() == 15, f"resumed at offset {got[0].offset()}")
+    extra = consume(c, 1, 1)
+    check(not extra, "the resumed member read more than the new message")
+
+    groups = admin.list_consumer_groups(request_timeout=10).result()
+    names = [g.group_id for g in groups.valid]
+    check(group in names, f"list_consumer_groups does not show {group}: {names}")
+    c.close()
+    print(f"confluent-kafka {__import__('confluent_kafka').version()[0]}: OK")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""kafka-python against a Kafka-compatible broker, with the client's default
+settings (its producer is idempotent by default): admin create and list
+topics, produce with every codec, keys, a null key and headers, consume
+everything back, a consumer group that commits and a second member that
+resumes at the commit, list the groups.
+
+Usage: kafka_python_check.py HOST:PORT
+Exits non-zero with a message naming what failed.
+"""
+import sys
+import uuid
+
+import kafka
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+
+
+def fail(msg):
+    print(f"FAIL (kafka-python): {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+
+
+def consume(c, n, timeout_s):
+    out = []
+    for _ in range(int(timeout_s * 4)):
+        if len(out) >= n:
+            break
+        for records in c.poll(timeout_ms=250).values():
+            out.extend(records)
+    return out
+
+
+def main():
+    boot = sys.argv[1]
+    run = uuid.uuid4().hex[:8]
+    topic = f"kp-{run}"
+    group = f"kp-group-{run}"
+
+    admin = KafkaAdminClient(bootstrap_servers=boot, client_id="kafka-python-check")
+    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
+    topics = admin.list_topics()
+    check(topic in topics, f"list_topics does not show {topic}: {topics}")
+
+    sent = {}
+    for codec in [None, "gzip", "snappy", "lz4", "zstd"]:
+        p = KafkaProducer(bootstrap_servers=boot, compression_type=codec, linger_ms=5)
+        futures = []
+        for i in range(10):
+            key = None if i == 0 else f"{codec}-key-{i}".encode()
+            value = (f"{codec} value {i} " * 20).encode()
+            headers = [("codec", str(codec).encode()), ("index", str(i).encode())]
+            ts = 1_700_000_000_000 + len(sent)
+            futures.append(p.send(topic, value=value, key=key, headers=headers,
+                                  partition=i % 3, timestamp_ms=ts))
+            sent[value] = (key, headers, ts, i % 3)
+        for f in futures:
+            try:
+                f.get(timeout=15)
+            except Exception as e:  # noqa: BLE001
+                fail(f"produce with codec {codec}: {e!r}")
+        p.close()
+
+    c = KafkaConsumer(topic, bootstrap_servers=boot, group_id=group,
+                      auto_offset_reset="earliest", enable_auto_commit=False)
+    got = consume(c, len(sent), 30)
+    check(len(got) == len(sent), f"consumed {len(got)} of {len(sent)} messages")
+    for m in got:
+        want = sent.get(m.value)
+        check(want is not None, f"unexpected value {m.value[:40]!r}")
+        key, headers, ts, part = want
+        check(m.key == key, f"key {m.key!r}, expected {key!r}")
+        check(list(m.headers) == headers, f"headers {m.headers}, expected {headers}")
+        check(m.timestamp == ts, f"timestamp {m.timestamp}, expected {ts}")
+        check(m.partition == part, f"partition {m.partition}, expected {part}")
+    c.commit()
+    committed = [c.committed(TopicPartition(topic, p)) for p in range(3)]
+    check(committed == [20, 15, 15], f"committed offsets {committed}")
+    c.close()
+
+    p = KafkaProducer(bootstrap_servers=boot)
+    p.send(topic, value=b"after the commit", partition=1).get(timeout=15)
+    p.close()
+    c = KafkaConsumer(topic, bootstrap_servers=boot, group_id=group,
+                      auto_offset_reset="earliest", enable_auto_commit=False)
+    got = consume(c, 1, 30)
+    check([m.value for m in got] == [b"after the commit"],
+          f"the resumed member read {[m.value[:40] for m in got]}")
+    check(got[0].offset == 15, f"resumed at offset {got[0].offset}")
+    check(not consume(c, 1, 1), "the resumed member read more than the new message")
+
+    groups = [g["group_id"] for g in admin.list_groups()]
+    check(group in groups, f"list_consumer_groups does not show {group}: {groups}")
+    c.close()
+    admin.close()
+    print(f"kafka-python {kafka.__version__}: OK")
+
+
+if __name__ == "__main__":
+    main()

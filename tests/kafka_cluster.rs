@@ -1,0 +1,286 @@
+//! A three-node cluster (each node a broker and a coordinator) serving
+//! Kafka clients: Metadata names every node with its own Kafka address and
+//! each partition's leader, replicas and ISR; an rdkafka producer (acks=all,
+//! retries, no idempotence) and consumer keep running while the leader of a
+//! partition is killed with kill -9, and every acknowledged message is
+//! consumed afterwards (duplicates counted, none lost).
+
+mod common;
+#[path = "common/kafka.rs"]
+mod kafka;
+
+use common::{free_port, levee, Broker};
+use kafka::*;
+use rdkafka::consumer::Consumer;
+use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Cluster {
+    nodes: Vec<Broker>,
+}
+
+impl Cluster {
+    fn start(name: &str) -> Cluster {
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let list = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let cfg_dir = common::temp_dir(&format!("{name}-cfg"));
+        let cfg = cfg_dir.join("levee.toml");
+        std::fs::write(
+            &cfg,
+            "broker_lease_ms = 1500\nheartbeat_interval_ms = 250\nreplica_lag_time_max_ms = 3000\n[log]\nfsync = \"never\"\n",
+        )
+        .unwrap();
+        let nodes = (1..=3)
+            .map(|id| {
+                Broker::start_with(
+                    &format!("{name}-n{id}"),
+                    &[
+                        "--config",
+                        cfg.to_str().unwrap(),
+                        "--node-id",
+                        &id.to_string(),
+                        "--coordinators",
+                        &list,
+                        "--cores",
+                        "1",
+                    ],
+                )
+            })
+            .collect();
+        let c = Cluster { nodes };
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (ok, out, err) = levee(&c.native_bootstrap(), &["cluster", "status"], None);
+            let s = String::from_utf8_lossy(&out);
+            if ok && s.contains("leader: node") && s.matches("live").count() >= 3 {
+                return c;
+            }
+            assert!(Instant::now() < until, "cluster did not form: {s}{err}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn native_bootstrap(&self) -> String {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.bootstrap())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn kafka_bootstrap(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.kafka.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Waits until Kafka Metadata (from `c`) shows every partition of `topic`
+/// with a leader among `live` and an ISR of `isr` nodes.
+fn wait_metadata(c: &KConsumer, topic: &str, live: &[i32], isr: usize) -> Vec<PartMeta> {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, parts) = metadata(c, Some(topic));
+        if !parts.is_empty()
+            && parts
+                .iter()
+                .all(|p| p.error.is_none() && live.contains(&p.leader) && p.isr.len() == isr)
+        {
+            return parts;
+        }
+        assert!(
+            Instant::now() < until,
+            "Kafka Metadata never showed {topic} led by {live:?} with {isr} in sync: {parts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn leader_kill_during_kafka_produce_and_consume_loses_no_acknowledged_message() {
+    let mut cluster = Cluster::start("kafka-ha");
+    let boot = cluster.kafka_bootstrap();
+    let (ok, out, err) = levee(
+        &cluster.native_bootstrap(),
+        &[
+            "topic",
+            "create",
+            "ha",
+            "--partitions",
+            "3",
+            "--replication-factor",
+            "3",
+        ],
+        None,
+    );
+    assert!(ok, "topic create: {err}{}", String::from_utf8_lossy(&out));
+
+    // Metadata: every node with its own Kafka address.
+    let probe = consumer("probe", &reader_config(&boot));
+    let (mut brokers, _) = metadata(&probe, None);
+    brokers.sort();
+    let want: Vec<(i32, String)> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (i as i32 + 1, n.kafka.to_string()))
+        .collect();
+    assert_eq!(brokers, want, "brokers in Kafka Metadata");
+    let parts = wait_metadata(&probe, "ha", &[1, 2, 3], 3);
+    for p in &parts {
+        let mut r = p.replicas.clone();
+        r.sort();
+        assert_eq!(r, vec![1, 2, 3], "replicas of partition {}", p.id);
+    }
+    let victim = parts.iter().find(|p| p.id == 0).unwrap().leader;
+
+    // Producer thread: numbered messages round-robin over the partitions
+    // until told to stop; delivery reports say which were acknowledged.
+    let stop = Arc::new(AtomicBool::new(false));
+    let next_seq = Arc::new(AtomicUsize::new(0));
+    let mut pcfg = producer_config(&boot, "all", "none");
+    pcfg.set("retries", "1000000")
+        .set("message.timeout.ms", "40000")
+        .set("request.timeout.ms", "5000");
+    let prod = producer("ha-producer", &pcfg);
+    let deliveries = prod.context().deliveries.clone();
+    let producing = {
+        let stop = stop.clone();
+        let next_seq = next_seq.clone();
+        std::thread::spawn(move || {
+            let mut seq = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                let v = format!("m-{seq}");
+                let r = BaseRecord::<[u8], [u8]>::to("ha")
+                    .partition((seq % 3) as i32)
+                    .payload(v.as_bytes());
+                match prod.send(r) {
+                    Ok(()) => {
+                        seq += 1;
+                        next_seq.store(seq, Ordering::SeqCst);
+                    }
+                    Err((e, _)) => eprintln!("send m-{seq}: {e} (retrying)"),
+                }
+                prod.poll(Duration::from_millis(3));
+            }
+            let flushed = prod.flush(Duration::from_secs(60));
+            (seq, flushed)
+        })
+    };
+    // Consumer thread: reads every partition from the start until told to
+    // stop.
+    let consumed = Arc::new(Mutex::new(Vec::<String>::new()));
+    let reading = {
+        let stop = Arc::new(AtomicBool::new(false));
+        let consumed = consumed.clone();
+        let boot = boot.clone();
+        let s = stop.clone();
+        let h = std::thread::spawn(move || {
+            let c = consumer("ha-consumer", &reader_config(&boot));
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..3 {
+                tpl.add_partition_offset("ha", p, Offset::Beginning)
+                    .unwrap();
+            }
+            c.assign(&tpl).unwrap();
+            while !s.load(Ordering::SeqCst) {
+                match c.poll(Duration::from_millis(100)) {
+                    Some(Ok(m)) => consumed
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8(owned(&m).value.unwrap()).unwrap()),
+                    Some(Err(e)) => eprintln!("consumer: {e}"),
+                    None => {}
+                }
+            }
+        });
+        (stop, h)
+    };
+
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        deliveries.lock().unwrap().iter().any(|d| d.error.is_none()),
+        "nothing acknowledged before the kill"
+    );
+    let kill_seq = next_seq.load(Ordering::SeqCst);
+    eprintln!("killing node {victim}, leader of ha/0");
+    cluster.nodes[victim as usize - 1].kill();
+    // Keep producing through the failover and a while after it.
+    let live: Vec<i32> = (1..=3).filter(|&i| i != victim).collect();
+    let after = wait_metadata(&probe, "ha", &live, 2);
+    eprintln!("after the kill: {after:?}");
+    std::thread::sleep(Duration::from_millis(2000));
+    stop.store(true, Ordering::SeqCst);
+    let (sent, flushed) = producing.join().unwrap();
+    assert!(flushed.is_ok(), "producer flush: {flushed:?}");
+
+    let reports = deliveries.lock().unwrap().clone();
+    assert_eq!(reports.len(), sent, "a delivery report per message");
+    let acked: BTreeSet<String> = reports
+        .iter()
+        .filter(|d| d.error.is_none())
+        .map(|d| String::from_utf8(d.msg.value.clone().unwrap()).unwrap())
+        .collect();
+    let failed: Vec<&Delivery> = reports.iter().filter(|d| d.error.is_some()).collect();
+    eprintln!(
+        "{sent} sent, {} acknowledged, {} failed{}",
+        acked.len(),
+        failed.len(),
+        failed
+            .first()
+            .map(|d| format!(" (first: {:?})", d.error))
+            .unwrap_or_default()
+    );
+    // The producer went on against the new leader of partition 0.
+    let seq_of = |v: &str| v[2..].parse::<usize>().unwrap();
+    let late_p0 = acked
+        .iter()
+        .filter(|v| seq_of(v) % 3 == 0 && seq_of(v) >= kill_seq)
+        .count();
+    assert!(
+        late_p0 > 0,
+        "no message to partition 0 was acknowledged after the failover"
+    );
+
+    // Every acknowledged message is consumed.
+    let until = Instant::now() + Duration::from_secs(30);
+    let missing = loop {
+        let seen: BTreeSet<String> = consumed.lock().unwrap().iter().cloned().collect();
+        let missing: Vec<&String> = acked.difference(&seen).collect();
+        if missing.is_empty() || Instant::now() > until {
+            break missing.len();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    reading.0.store(true, Ordering::SeqCst);
+    reading.1.join().unwrap();
+    let all = consumed.lock().unwrap().clone();
+    let mut counts: BTreeMap<&String, usize> = BTreeMap::new();
+    for v in &all {
+        *counts.entry(v).or_default() += 1;
+    }
+    let duplicates: usize = counts.values().map(|&n| n - 1).sum();
+    eprintln!(
+        "consumed {} records, {} distinct, {duplicates} duplicates",
+        all.len(),
+        counts.len()
+    );
+    assert_eq!(
+        missing,
+        0,
+        "acknowledged messages never consumed (of {} acknowledged)",
+        acked.len()
+    );
+}

@@ -1,0 +1,236 @@
+//! Consumer groups with librdkafka (the classic protocol, client-side
+//! assignors) against a real `levee serve`:
+//!
+//! - three members split six partitions two each (disjoint, complete) with
+//!   each assignor librdkafka offers (range, roundrobin,
+//!   cooperative-sticky), read what is produced to their own partitions
+//!   only, commit; one member leaves and the other two take over its
+//!   partitions (three each) and resume at its committed offsets;
+//! - committed offsets survive a kill -9 of the broker: after a restart on
+//!   the same data directory a new member of the group reads from them.
+
+mod common;
+#[path = "common/kafka.rs"]
+mod kafka;
+
+use common::Broker;
+use kafka::*;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::producer::BaseRecord;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+fn member(boot: &str, group: &str, name: &str, strategy: &str, topic: &str) -> KConsumer {
+    let mut cfg = consumer_config(boot, group);
+    cfg.set("partition.assignment.strategy", strategy);
+    let c = consumer(name, &cfg);
+    c.subscribe(&[topic]).unwrap();
+    c
+}
+
+fn assigned(c: &KConsumer) -> BTreeSet<i32> {
+    c.assignment()
+        .unwrap()
+        .elements()
+        .iter()
+        .map(|e| e.partition())
+        .collect()
+}
+
+/// Polls every member until each holds `each` partitions, disjoint, and
+/// together all of `0..total`. Messages polled meanwhile are returned.
+fn wait_split(members: &[&KConsumer], each: usize, total: i32, within: Duration) -> Vec<Msg> {
+    let until = Instant::now() + within;
+    let mut polled = Vec::new();
+    loop {
+        for c in members {
+            match c.poll(Duration::from_millis(20)) {
+                Some(Ok(m)) => polled.push(owned(&m)),
+                Some(Err(e)) => panic!("{}: {e}", c.context().name),
+                None => {}
+            }
+        }
+        let sets: Vec<BTreeSet<i32>> = members.iter().map(|c| assigned(c)).collect();
+        let union: BTreeSet<i32> = sets.iter().flatten().copied().collect();
+        let sizes: usize = sets.iter().map(|s| s.len()).sum();
+        if sets.iter().all(|s| s.len() == each)
+            && sizes == union.len()
+            && union == (0..total).collect()
+        {
+            return polled;
+        }
+        assert!(
+            Instant::now() < until,
+            "no split of {total} partitions into {each} each within {within:?}: {sets:?}"
+        );
+    }
+}
+
+/// Produces `per_partition` messages to each of `partitions` partitions.
+fn produce(boot: &str, topic: &str, partitions: i32, per_partition: usize, tag: &str) {
+    let p = producer(
+        &format!("{topic}-{tag}-producer"),
+        &producer_config(boot, "all", "lz4"),
+    );
+    for i in 0..per_partition {
+        for part in 0..partitions {
+            let v = format!("{tag}-{part}-{i}");
+            p.send(
+                BaseRecord::<[u8], [u8]>::to(topic)
+                    .partition(part)
+                    .payload(v.as_bytes()),
+            )
+            .unwrap_or_else(|(e, _)| panic!("send: {e}"));
+        }
+        p.poll(Duration::ZERO);
+    }
+    flush_all_delivered(&p, per_partition * partitions as usize);
+}
+
+/// Polls every member until `n` messages arrived in all; checks that each
+/// member read only its own partitions and returns (member index, msg).
+fn read_all(members: &[&KConsumer], n: usize, within: Duration) -> Vec<(usize, Msg)> {
+    let owned_by: Vec<BTreeSet<i32>> = members.iter().map(|c| assigned(c)).collect();
+    let until = Instant::now() + within;
+    let mut got = Vec::new();
+    while got.len() < n && Instant::now() < until {
+        for (i, c) in members.iter().enumerate() {
+            match c.poll(Duration::from_millis(20)) {
+                Some(Ok(m)) => {
+                    let m = owned(&m);
+                    assert!(
+                        owned_by[i].contains(&m.partition),
+                        "{} read partition {} but holds {:?}",
+                        c.context().name,
+                        m.partition,
+                        owned_by[i]
+                    );
+                    got.push((i, m));
+                }
+                Some(Err(e)) => panic!("{}: {e}", c.context().name),
+                None => {}
+            }
+        }
+    }
+    assert_eq!(got.len(), n, "messages read by the group within {within:?}");
+    got
+}
+
+fn three_members_split_six_partitions_then_one_leaves(strategy: &str) {
+    let b = Broker::start(&format!("kafka-group-{strategy}"));
+    let boot = b.kafka.to_string();
+    let topic = "six";
+    create_topic(&b, topic, 6);
+    let group = format!("split-{strategy}");
+    let m1 = member(&boot, &group, "m1", strategy, topic);
+    let m2 = member(&boot, &group, "m2", strategy, topic);
+    let m3 = member(&boot, &group, "m3", strategy, topic);
+    let early = wait_split(&[&m1, &m2, &m3], 2, 6, Duration::from_secs(30));
+    assert!(early.is_empty(), "read from an empty topic: {early:?}");
+
+    // Each member reads its own partitions, every message once.
+    produce(&boot, topic, 6, 10, "first");
+    let got = read_all(&[&m1, &m2, &m3], 60, Duration::from_secs(20));
+    let keys: BTreeSet<(i32, i64)> = got.iter().map(|(_, m)| (m.partition, m.offset)).collect();
+    assert_eq!(keys.len(), 60, "a message was read twice");
+    let before: Vec<BTreeSet<i32>> = [&m1, &m2, &m3].iter().map(|c| assigned(c)).collect();
+    for c in [&m1, &m2, &m3] {
+        c.commit_consumer_state(CommitMode::Sync)
+            .unwrap_or_else(|e| panic!("{} commit: {e}", c.context().name));
+    }
+
+    // m3 leaves (close sends LeaveGroup): m1 and m2 share its partitions.
+    drop(m3);
+    let early = wait_split(&[&m1, &m2], 3, 6, Duration::from_secs(30));
+    assert!(early.is_empty(), "read after the commit: {early:?}");
+    let after: Vec<BTreeSet<i32>> = [&m1, &m2].iter().map(|c| assigned(c)).collect();
+    let taken: BTreeSet<i32> = after.iter().flatten().copied().collect();
+    assert!(before[2].is_subset(&taken));
+
+    // They resume at the committed offsets: only the new messages.
+    produce(&boot, topic, 6, 5, "second");
+    let got = read_all(&[&m1, &m2], 30, Duration::from_secs(20));
+    for (_, m) in &got {
+        assert!(
+            (10..15).contains(&m.offset),
+            "partition {} read from offset {} (committed: 10)",
+            m.partition,
+            m.offset
+        );
+        assert!(m.value.as_deref().unwrap().starts_with(b"second-"));
+    }
+    let keys: BTreeSet<(i32, i64)> = got.iter().map(|(_, m)| (m.partition, m.offset)).collect();
+    assert_eq!(keys.len(), 30, "a message was read twice");
+}
+
+#[test]
+fn group_of_three_range() {
+    three_members_split_six_partitions_then_one_leaves("range");
+}
+
+#[test]
+fn group_of_three_roundrobin() {
+    three_members_split_six_partitions_then_one_leaves("roundrobin");
+}
+
+#[test]
+fn group_of_three_cooperative_sticky() {
+    three_members_split_six_partitions_then_one_leaves("cooperative-sticky");
+}
+
+#[test]
+fn committed_offsets_survive_a_kill_9_of_the_broker() {
+    let mut b = Broker::start("kafka-commit-restart");
+    let boot = b.kafka.to_string();
+    create_topic(&b, "commits", 3);
+    produce(&boot, "commits", 3, 10, "m");
+
+    let c = member(&boot, "resume", "before", "range", "commits");
+    let got = consume_n(&c, 30, Duration::from_secs(30));
+    assert_eq!(got.len(), 30, "messages read before the commit");
+    // Commit positions short of the end: 4, 5 and 6.
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..3 {
+        tpl.add_partition_offset("commits", p, Offset::Offset(4 + p as i64))
+            .unwrap();
+    }
+    c.commit(&tpl, CommitMode::Sync).expect("commit");
+    let committed = |c: &KConsumer| -> BTreeMap<i32, Offset> {
+        let mut q = TopicPartitionList::new();
+        for p in 0..3 {
+            q.add_partition("commits", p);
+        }
+        c.committed_offsets(q, Duration::from_secs(10))
+            .expect("committed offsets")
+            .elements()
+            .iter()
+            .map(|e| (e.partition(), e.offset()))
+            .collect()
+    };
+    let want: BTreeMap<i32, Offset> = (0..3).map(|p| (p, Offset::Offset(4 + p as i64))).collect();
+    assert_eq!(committed(&c), want, "committed before the restart");
+    drop(c);
+
+    b.kill();
+    b.spawn();
+
+    let c = member(&boot, "resume", "after", "range", "commits");
+    assert_eq!(committed(&c), want, "committed after kill -9 and restart");
+    let got = consume_n(&c, 15, Duration::from_secs(30));
+    assert_eq!(got.len(), 15, "messages after the committed offsets");
+    for p in 0..3 {
+        let offs: Vec<i64> = got
+            .iter()
+            .filter(|m| m.partition == p)
+            .map(|m| m.offset)
+            .collect();
+        assert_eq!(
+            offs,
+            (4 + p as i64..10).collect::<Vec<_>>(),
+            "partition {p} resumed from its committed offset"
+        );
+    }
+    let more = consume_for(&c, Duration::from_millis(500));
+    assert!(more.is_empty(), "read past the end: {more:?}");
+}

@@ -1,0 +1,71 @@
+//! Kafka clients and tools other than the rdkafka crate, run against a real
+//! `levee serve` by the scripts in `tests/kafka/`:
+//!
+//! - `confluent_kafka_check.py` (Python confluent-kafka) and
+//!   `kafka_python_check.py` (kafka-python), each with the client's default
+//!   settings: admin create and list topics, produce with every codec, keys
+//!   and headers, consume back, a group commit and a member resuming at it,
+//!   list groups;
+//! - `kcat.sh`: `kcat -L`, `-P` (to a topic auto-created by the produce)
+//!   and `-C`.
+//!
+//! The tools come from `tests/kafka/setup.sh`; a missing one fails the test
+//! with a message naming it, unless `LEVEE_SKIP_KAFKA_CLIENT_TESTS=1`.
+
+mod common;
+#[path = "common/kafka.rs"]
+mod kafka;
+
+use common::Broker;
+use kafka::*;
+use std::process::Command;
+use std::time::Duration;
+
+fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn run_script(b: &Broker, program: &str, script: &str) {
+    let path = repo_root().join("tests/kafka").join(script);
+    let (ok, out) = run_with_timeout(
+        Command::new(program).arg(&path).arg(b.kafka.to_string()),
+        Duration::from_secs(120),
+    );
+    eprintln!("{script}:\n{out}");
+    assert!(ok, "{script} failed against levee serve:\n{out}");
+}
+
+#[test]
+fn python_confluent_kafka() {
+    let py = python();
+    if !need_tool(
+        "the Python package confluent-kafka",
+        &[&py, "-c", "import confluent_kafka"],
+    ) {
+        return;
+    }
+    let b = Broker::start("kafka-confluent-python");
+    run_script(&b, &py, "confluent_kafka_check.py");
+}
+
+#[test]
+fn python_kafka_python() {
+    let py = python();
+    if !need_tool(
+        "the Python package kafka-python (with lz4, python-snappy, zstandard)",
+        &[&py, "-c", "import kafka, lz4, snappy, zstandard"],
+    ) {
+        return;
+    }
+    let b = Broker::start("kafka-kafka-python");
+    run_script(&b, &py, "kafka_python_check.py");
+}
+
+#[test]
+fn kcat_lists_produces_and_consumes() {
+    if !need_tool("kcat", &["kcat", "-V"]) {
+        return;
+    }
+    let b = Broker::start_with("kafka-kcat", &["--auto-create-topics"]);
+    run_script(&b, "bash", "kcat.sh");
+}
