@@ -43,8 +43,9 @@ async fn retry_batch(
     acks: i8,
     b: &BatchInFlight,
     mut res: Settled,
-) -> Settled {
+) -> (Settled, u32) {
     let mut backoff = Duration::from_millis(20);
+    let mut retries = 0;
     loop {
         let err = match &res.0 {
             Ok(parts) => parts.first().and_then(|p| p.result().err()),
@@ -52,8 +53,9 @@ async fn retry_batch(
         };
         match err {
             Some(e) if e.is_retriable() && b.t0.elapsed() < DIRECT_DELIVERY_TIMEOUT => {}
-            _ => return res,
+            _ => return (res, retries),
         }
+        retries += 1;
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_millis(100));
         let r = client
@@ -190,8 +192,13 @@ pub(crate) trait BatchSink {
     async fn start(&self, partition: u32, batch: bytes::Bytes) -> Result<Self::Waiter, String>;
     /// Waits for a batch's acknowledgement, sending the batch again after
     /// retriable failures until [`DIRECT_DELIVERY_TIMEOUT`]; returns its
-    /// error, if any, and when the outcome arrived.
-    async fn settle(&self, waiter: Self::Waiter, b: &BatchInFlight) -> (Option<String>, Instant);
+    /// error, if any, when the outcome arrived and how many times the batch
+    /// was sent again.
+    async fn settle(
+        &self,
+        waiter: Self::Waiter,
+        b: &BatchInFlight,
+    ) -> (Option<String>, Instant, u32);
 }
 
 /// The native protocol, on the client library's pipelined produce.
@@ -222,10 +229,15 @@ impl BatchSink for NativeSink {
         }))
     }
 
-    async fn settle(&self, waiter: Self::Waiter, b: &BatchInFlight) -> (Option<String>, Instant) {
+    async fn settle(
+        &self,
+        waiter: Self::Waiter,
+        b: &BatchInFlight,
+    ) -> (Option<String>, Instant, u32) {
         let first = settled(waiter).await;
-        let (res, done_at) = retry_batch(&self.client, &self.topic, self.acks, b, first).await;
-        (native_error(res), done_at)
+        let ((res, done_at), retries) =
+            retry_batch(&self.client, &self.topic, self.acks, b, first).await;
+        (native_error(res), done_at, retries)
     }
 }
 
@@ -377,7 +389,10 @@ impl<'a> BatchProducer<'a> {
 
     /// Waits for a batch's outcome and records it for each of its messages.
     async fn settle<S: BatchSink>(&mut self, sink: &S, waiter: S::Waiter, b: BatchInFlight) {
-        let (err, done_at) = sink.settle(waiter, &b).await;
+        let (err, done_at, retries) = sink.settle(waiter, &b).await;
+        self.shared
+            .retried_batches
+            .fetch_add(u64::from(retries), Relaxed);
         let size = self.size as u64;
         settle_batch(
             b,

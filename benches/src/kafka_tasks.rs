@@ -33,16 +33,18 @@ async fn retry(
     acks: i16,
     b: &BatchInFlight,
     mut res: Acked,
-) -> Acked {
+) -> (Acked, u32) {
     let mut backoff = Duration::from_millis(20);
+    let mut retries = 0;
     loop {
         let again = match &res.0 {
             Ok(code) => retriable(*code),
             Err(_) => true,
         };
         if !again || b.t0.elapsed() >= DIRECT_DELIVERY_TIMEOUT {
-            return res;
+            return (res, retries);
         }
+        retries += 1;
         client.invalidate().await;
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_millis(100));
@@ -83,10 +85,14 @@ impl BatchSink for KafkaSink {
         Ok(tokio::spawn(acked(pending)))
     }
 
-    async fn settle(&self, waiter: Self::Waiter, b: &BatchInFlight) -> (Option<String>, Instant) {
+    async fn settle(
+        &self,
+        waiter: Self::Waiter,
+        b: &BatchInFlight,
+    ) -> (Option<String>, Instant, u32) {
         let first = waited(waiter).await;
-        let (res, at) = retry(&self.client, &self.topic, self.acks, b, first).await;
-        (error_of(&res), at)
+        let ((res, at), retries) = retry(&self.client, &self.topic, self.acks, b, first).await;
+        (error_of(&res), at, retries)
     }
 }
 

@@ -272,6 +272,9 @@ pub(crate) async fn producer_task(
     if let Err(e) = producer.flush().await {
         shared.note(format!("producer {id}: flush failed: {e}"));
     }
+    shared
+        .retried_batches
+        .fetch_add(producer.retried_batches(), Relaxed);
     let failed = match collector.await {
         Ok(f) => f,
         Err(e) => {

@@ -110,6 +110,10 @@ pub struct Verification {
     pub complete: bool,
     /// Per-record counters.
     pub counts: Counts,
+    /// Produce requests (batches) sent again after a retriable failure.
+    /// A retried batch may land after later ones of its partition, so
+    /// reordering is a failure only when nothing was retried or failed.
+    pub retried_batches: u64,
     /// Acknowledged messages never received.
     pub loss: Loss,
     /// Human-readable reasons for failure; empty when OK.
@@ -258,7 +262,7 @@ impl Report {
         if v.checked {
             let _ = writeln!(
                 s,
-                "verification: {} records read ({} of this run, {} of earlier runs, {} not bench messages): {} lost, {} duplicates, {} redelivered after rebalance, {} corrupt, {} corrupt batches, {} wrong partition, {} reordered{}",
+                "verification: {} records read ({} of this run, {} of earlier runs, {} not bench messages): {} lost, {} duplicates, {} redelivered after rebalance, {} corrupt, {} corrupt batches, {} wrong partition, {} reordered; {} batches retried{}",
                 c.records,
                 c.own,
                 c.earlier_runs,
@@ -270,6 +274,7 @@ impl Report {
                 c.corrupt_batches,
                 c.wrong_partition,
                 c.reordered,
+                v.retried_batches,
                 if v.complete { "" } else { " (loss check incomplete: consumers did not reach the end)" }
             );
             if c.earlier_runs > 0 {

@@ -26,6 +26,9 @@ pub(crate) struct Shared {
     pub(crate) acked_msgs: AtomicU64,
     pub(crate) acked_bytes: AtomicU64,
     pub(crate) failed_msgs: AtomicU64,
+    /// Produce requests sent again after a retriable failure (the
+    /// per-message producer's retried batches and the batch producers').
+    pub(crate) retried_batches: AtomicU64,
     pub(crate) consumed_msgs: AtomicU64,
     pub(crate) consumed_bytes: AtomicU64,
     pub(crate) own_msgs: AtomicU64,
@@ -65,6 +68,7 @@ impl Shared {
             acked_msgs: AtomicU64::new(0),
             acked_bytes: AtomicU64::new(0),
             failed_msgs: AtomicU64::new(0),
+            retried_batches: AtomicU64::new(0),
             consumed_msgs: AtomicU64::new(0),
             consumed_bytes: AtomicU64::new(0),
             own_msgs: AtomicU64::new(0),

@@ -65,7 +65,8 @@ pub(crate) fn report(cfg: &Config, shared: &Shared, o: Outcome) -> (Report, Opti
     let group = group_report(cfg, shared, &o);
     let memory = memory(cfg, &o.series);
     let failed = shared.failed_msgs.load(Relaxed);
-    let verification = verification(cfg, &o, failed);
+    let retried = shared.retried_batches.load(Relaxed);
+    let verification = verification(cfg, &o, failed, retried);
     let mut report = Report {
         params: cfg.params(),
         run_id: format!("{:016x}", o.run_id),
@@ -197,13 +198,14 @@ fn memory(cfg: &Config, series: &[Point]) -> MemorySummary {
 
 /// What verification found, with one line per kind of failure; `failed`
 /// messages failed delivery.
-fn verification(cfg: &Config, o: &Outcome, failed: u64) -> Verification {
+fn verification(cfg: &Config, o: &Outcome, failed: u64, retried_batches: u64) -> Verification {
     let checked = o.consumers_used > 0;
     let complete = o.verified.complete;
     let mut verification = Verification {
         checked,
         complete: complete && checked,
         counts: o.verified.counts.clone(),
+        retried_batches,
         ..Verification::default()
     };
     let mut failures = Vec::new();
@@ -212,6 +214,9 @@ fn verification(cfg: &Config, o: &Outcome, failed: u64) -> Verification {
             verification.loss = verify::find_loss(&o.sent, &o.verified.own);
         }
         failures = read_failures(&verification, complete);
+        if let Some(f) = reorder_failure(verification.counts.reordered, retried_batches, failed) {
+            failures.push(f);
+        }
     }
     if failed > 0 {
         failures.push(format!("{failed} message(s) failed delivery (see notes)"));
@@ -225,6 +230,17 @@ fn verification(cfg: &Config, o: &Outcome, failed: u64) -> Verification {
     }
     verification.failures = failures;
     verification
+}
+
+/// Reordering within one producer's partition is a failure unless a
+/// request was retried or failed: a producer without idempotence keeps
+/// send order only as long as nothing is sent twice.
+fn reorder_failure(reordered: u64, retried_batches: u64, failed: u64) -> Option<String> {
+    (reordered > 0 && retried_batches == 0 && failed == 0).then(|| {
+        format!(
+            "{reordered} message(s) arrived out of send order within their producer's partition, with no request retried or failed"
+        )
+    })
 }
 
 /// The failures the consumers found: lost, duplicated, corrupt or misplaced
@@ -263,4 +279,22 @@ fn read_failures(v: &Verification, complete: bool) -> Vec<String> {
         ));
     }
     failures
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reorder_failure;
+
+    #[test]
+    fn reordering_fails_the_run_only_without_retries_or_failures() {
+        assert!(reorder_failure(0, 0, 0).is_none());
+        let f = reorder_failure(3, 0, 0).expect("reordering without retries is a failure");
+        assert!(
+            f.starts_with("3 message(s) arrived out of send order"),
+            "{f}"
+        );
+        // A retried or failed request may legitimately land late.
+        assert!(reorder_failure(3, 1, 0).is_none());
+        assert!(reorder_failure(3, 0, 2).is_none());
+    }
 }
