@@ -19,6 +19,7 @@ use crate::stats::TaskHists;
 use crate::verify::{Checked, Owner, Verifier};
 use crate::workload::Config;
 
+#[derive(Default)]
 pub(crate) struct ConsumerDone {
     /// Reached the end offsets it was asked to.
     pub(crate) complete: bool,
@@ -134,41 +135,96 @@ pub(crate) async fn pace(pacer: &mut Pacer, shared: &Shared, bytes: u64) {
     }
 }
 
+/// Why a poll returned no records.
+pub(crate) enum PollError {
+    /// A batch failed its checksum or did not decode: the position cannot
+    /// move past it.
+    Corrupt(String),
+    /// Worth trying again (a leader change, a lost connection).
+    Retriable(String),
+    /// Anything else: the consumer stops.
+    Fatal(String),
+}
+
+/// Where a partition-split consumer's records come from: Levee's native
+/// protocol ([`NativeSource`]) or Kafka's (`kafka_tasks::KafkaSource`).
+pub(crate) trait RecordSource {
+    /// Whether every partition's position has reached its target offset.
+    fn reached(&self, targets: &HashMap<u32, u64>) -> bool;
+    /// The next records (possibly none, after a long poll timed out).
+    async fn poll(&mut self) -> Result<Vec<ConsumedRecord>, PollError>;
+}
+
+/// The native protocol, on the client library's `Consumer`.
+struct NativeSource {
+    consumer: Consumer,
+    topic: String,
+    partitions: Vec<u32>,
+}
+
+impl RecordSource for NativeSource {
+    fn reached(&self, targets: &HashMap<u32, u64>) -> bool {
+        reached(&self.consumer, &self.topic, &self.partitions, targets)
+    }
+
+    async fn poll(&mut self) -> Result<Vec<ConsumedRecord>, PollError> {
+        self.consumer.poll().await.map_err(|e| match e {
+            ClientError::Checksum { .. } | ClientError::MalformedBatch { .. } => {
+                PollError::Corrupt(e.to_string())
+            }
+            e if e.is_retriable() => PollError::Retriable(e.to_string()),
+            e => PollError::Fatal(e.to_string()),
+        })
+    }
+}
+
 pub(crate) async fn consumer_task(
     ctx: ConsumerCtx,
     ready: oneshot::Sender<Result<(), String>>,
 ) -> ConsumerDone {
+    let id = ctx.id;
+    let a = &ctx.cfg.args;
+    let client = match Client::connect(client_config(&ctx.cfg, format!("levee-bench-c{id}"))).await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send(Err(format!("consumer {id}: {e}")));
+            return ConsumerDone::default();
+        }
+    };
+    let mut consumer = Consumer::new(client, consumer_fetch_config(a));
+    if let Err(e) = consumer
+        .assign(&a.topic, Some(ctx.partitions.clone()), ctx.cfg.from)
+        .await
+    {
+        let _ = ready.send(Err(format!("consumer {id}: assign: {e}")));
+        return ConsumerDone::default();
+    }
+    let _ = ready.send(Ok(()));
+    let source = NativeSource {
+        consumer,
+        topic: a.topic.clone(),
+        partitions: ctx.partitions.clone(),
+    };
+    consume(ctx, source).await
+}
+
+/// Reads `source` until the targets are reached (or the record limit, or a
+/// stop), verifying and accounting every record and pacing as
+/// `--consume-rate` asks.
+pub(crate) async fn consume<S: RecordSource>(ctx: ConsumerCtx, mut source: S) -> ConsumerDone {
     let ConsumerCtx {
         id,
         cfg,
         shared,
         hists,
         verifier,
-        partitions,
+        partitions: _,
         mut targets,
         limit,
     } = ctx;
     let a = &cfg.args;
-    let mut done = ConsumerDone {
-        complete: false,
-        fatal: None,
-    };
-    let client = match Client::connect(client_config(&cfg, format!("levee-bench-c{id}"))).await {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = ready.send(Err(format!("consumer {id}: {e}")));
-            return done;
-        }
-    };
-    let mut consumer = Consumer::new(client, consumer_fetch_config(a));
-    if let Err(e) = consumer
-        .assign(&a.topic, Some(partitions.clone()), cfg.from)
-        .await
-    {
-        let _ = ready.send(Err(format!("consumer {id}: assign: {e}")));
-        return done;
-    }
-    let _ = ready.send(Ok(()));
+    let mut done = ConsumerDone::default();
     let share = 1.0 / a.consumers.max(1) as f64;
     let mut pacer = Pacer::new(
         cfg.consume_shape.scaled(share),
@@ -181,34 +237,32 @@ pub(crate) async fn consumer_task(
             break;
         }
         let target = targets.borrow_and_update().clone();
-        if let Some(t) = target {
-            if reached(&consumer, &a.topic, &partitions, &t) {
-                done.complete = true;
-                break;
-            }
+        if target.is_some_and(|t| source.reached(&t)) {
+            done.complete = true;
+            break;
         }
         if limit.is_some_and(|l| shared.consumed_msgs.load(Relaxed) >= l) {
             done.complete = true;
             break;
         }
-        let records = match consumer.poll().await {
+        let records = match source.poll().await {
             Ok(r) => {
                 retries = 0;
                 r
             }
-            Err(e @ (ClientError::Checksum { .. } | ClientError::MalformedBatch { .. })) => {
+            Err(PollError::Corrupt(e)) => {
                 lock(&verifier).counts.corrupt_batches += 1;
                 shared.note(format!("consumer {id}: {e}"));
                 // The position cannot move past a batch it cannot read.
                 break;
             }
-            Err(e) if e.is_retriable() && retries < 50 => {
+            Err(PollError::Retriable(e)) if retries < 50 => {
                 retries += 1;
                 shared.note(format!("consumer {id}: retrying: {e}"));
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
-            Err(e) => {
+            Err(PollError::Retriable(e) | PollError::Fatal(e)) => {
                 done.fatal = Some(format!("consumer {id}: {e}"));
                 break;
             }

@@ -13,12 +13,11 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::connect::kafka_connect;
-use crate::consumer::{account, pace, ConsumerCtx, ConsumerDone};
+use crate::consumer::{consume, ConsumerCtx, ConsumerDone, PollError, RecordSource};
 use crate::direct::{BatchInFlight, BatchProducer, BatchSink, DIRECT_DELIVERY_TIMEOUT};
 use crate::kafka::{retriable, KafkaClient, PendingProduce};
 use crate::producer::ProducerDone;
-use crate::rate::Pacer;
-use crate::shared::{lock, Shared};
+use crate::shared::Shared;
 use crate::stats::TaskHists;
 use crate::workload::Config;
 
@@ -147,94 +146,80 @@ pub(crate) async fn consumer_task(
     ctx: ConsumerCtx,
     ready: oneshot::Sender<Result<(), String>>,
 ) -> ConsumerDone {
-    let ConsumerCtx {
-        id,
-        cfg,
-        shared,
-        hists,
-        verifier,
-        partitions,
-        mut targets,
-        limit,
-    } = ctx;
-    let a = &cfg.args;
-    let mut done = ConsumerDone {
-        complete: false,
-        fatal: None,
-    };
-    let client = match kafka_connect(&cfg).await {
+    let id = ctx.id;
+    let a = &ctx.cfg.args;
+    let client = match kafka_connect(&ctx.cfg).await {
         Ok(c) => c,
         Err(e) => {
             let _ = ready.send(Err(format!("consumer {id}: {e}")));
-            return done;
+            return ConsumerDone::default();
         }
     };
-    let n = partitions.iter().max().map_or(0, |m| m + 1);
-    let spec = match cfg.from {
+    let n = ctx.partitions.iter().max().map_or(0, |m| m + 1);
+    let spec = match ctx.cfg.from {
         StartPosition::Earliest => -2,
         _ => -1,
     };
-    let mut positions: HashMap<u32, u64> = match client.list_offsets(&a.topic, n, spec).await {
-        Ok(all) => partitions
+    let positions: HashMap<u32, u64> = match client.list_offsets(&a.topic, n, spec).await {
+        Ok(all) => ctx
+            .partitions
             .iter()
             .map(|p| (*p, all.get(p).copied().unwrap_or(0)))
             .collect(),
         Err(e) => {
             let _ = ready.send(Err(format!("consumer {id}: {e}")));
-            return done;
+            return ConsumerDone::default();
         }
     };
     let _ = ready.send(Ok(()));
-    let share = 1.0 / a.consumers.max(1) as f64;
-    let mut pacer = Pacer::new(
-        cfg.consume_shape.scaled(share),
-        0.05,
-        f64::from(a.fetch_partition_bytes),
-    );
-    let mut retries = 0u32;
-    loop {
-        if shared.stop_consuming.load(Relaxed) {
-            break;
-        }
-        let target = targets.borrow_and_update().clone();
-        if let Some(t) = target {
-            if partitions
-                .iter()
-                .all(|p| positions.get(p).copied().unwrap_or(0) >= t.get(p).copied().unwrap_or(0))
-            {
-                done.complete = true;
-                break;
-            }
-        }
-        if limit.is_some_and(|l| shared.consumed_msgs.load(Relaxed) >= l) {
-            done.complete = true;
-            break;
-        }
-        let want: Vec<(u32, u64)> = partitions.iter().map(|p| (*p, positions[p])).collect();
-        let fetched = match client
+    let source = KafkaSource {
+        client,
+        topic: a.topic.clone(),
+        partitions: ctx.partitions.clone(),
+        positions,
+        partition_bytes: a.fetch_partition_bytes,
+    };
+    consume(ctx, source).await
+}
+
+/// The Kafka protocol, on the bench's own Kafka client: a fetch of every
+/// partition from its position, the batches decoded here.
+struct KafkaSource {
+    client: Arc<KafkaClient>,
+    topic: String,
+    partitions: Vec<u32>,
+    positions: HashMap<u32, u64>,
+    partition_bytes: u32,
+}
+
+impl RecordSource for KafkaSource {
+    fn reached(&self, targets: &HashMap<u32, u64>) -> bool {
+        self.partitions.iter().all(|p| {
+            self.positions.get(p).copied().unwrap_or(0) >= targets.get(p).copied().unwrap_or(0)
+        })
+    }
+
+    async fn poll(&mut self) -> Result<Vec<ConsumedRecord>, PollError> {
+        let want: Vec<(u32, u64)> = self
+            .partitions
+            .iter()
+            .map(|p| (*p, self.positions[p]))
+            .collect();
+        let fetched = match self
+            .client
             .fetch(
-                &a.topic,
+                &self.topic,
                 &want,
                 Duration::from_millis(500),
-                (a.fetch_partition_bytes as usize * partitions.len()).min(64 << 20) as i32,
-                a.fetch_partition_bytes as i32,
+                (self.partition_bytes as usize * self.partitions.len()).min(64 << 20) as i32,
+                self.partition_bytes as i32,
             )
             .await
         {
-            Ok(f) => {
-                retries = 0;
-                f
-            }
-            Err(e) if retries < 50 => {
-                retries += 1;
-                shared.note(format!("consumer {id}: retrying: {e}"));
-                client.invalidate().await;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
+            Ok(f) => f,
             Err(e) => {
-                done.fatal = Some(format!("consumer {id}: {e}"));
-                break;
+                self.client.invalidate().await;
+                return Err(PollError::Retriable(e));
             }
         };
         let mut records = Vec::new();
@@ -242,29 +227,24 @@ pub(crate) async fn consumer_task(
             let data = match res {
                 Ok((data, _hw)) => data,
                 Err(code) if retriable(code) => {
-                    client.invalidate().await;
+                    self.client.invalidate().await;
                     continue;
                 }
                 Err(code) => {
-                    done.fatal = Some(format!("consumer {id}: partition {p}: Kafka error {code}"));
-                    shared.stop_consuming.store(true, Relaxed);
-                    break;
+                    return Err(PollError::Fatal(format!(
+                        "partition {p}: Kafka error {code}"
+                    )))
                 }
             };
-            let pos = positions.entry(p).or_default();
+            let pos = self.positions.entry(p).or_default();
             for b in levee_client::batch::split_batches(&data) {
                 let mut out = Vec::new();
                 match levee_client::codec::decode_stored_batch(b, usize::MAX, *pos, &mut out) {
                     Ok(next) => *pos = (*pos).max(next),
-                    Err(e) => {
-                        lock(&verifier).counts.corrupt_batches += 1;
-                        shared.note(format!("consumer {id}: partition {p}: {e:?}"));
-                        shared.stop_consuming.store(true, Relaxed);
-                        break;
-                    }
+                    Err(e) => return Err(PollError::Corrupt(format!("partition {p}: {e:?}"))),
                 }
                 records.extend(out.into_iter().map(|r| ConsumedRecord {
-                    topic: a.topic.clone(),
+                    topic: self.topic.clone(),
                     partition: p,
                     offset: r.offset,
                     timestamp: r.timestamp,
@@ -274,14 +254,6 @@ pub(crate) async fn consumer_task(
                 }));
             }
         }
-        if done.fatal.is_some() {
-            break;
-        }
-        if records.is_empty() {
-            continue;
-        }
-        let bytes = account(&records, None, &verifier, &hists, &shared);
-        pace(&mut pacer, &shared, bytes).await;
+        Ok(records)
     }
-    done
 }
