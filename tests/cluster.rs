@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{free_port, levee, Broker};
+use common::levee;
 use std::time::{Duration, Instant};
 
 fn status(coord: &str) -> Option<String> {
@@ -54,34 +54,7 @@ fn wait_for_leader(coords: &[&String], within: Duration) -> usize {
 
 #[test]
 fn three_coordinators_survive_one_failure() {
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let coords: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let list = coords
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("{}@{c}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    let cfg_dir = common::temp_dir("cluster-cfg");
-    let cfg = cfg_dir.join("levee.toml");
-    std::fs::write(&cfg, "broker_lease_ms = 2000\n").unwrap();
-    let mut brokers: Vec<Broker> = (1..=3)
-        .map(|id| {
-            Broker::start_with(
-                &format!("cluster-n{id}"),
-                &[
-                    "--config",
-                    cfg.to_str().unwrap(),
-                    "--node-id",
-                    &id.to_string(),
-                    "--coordinators",
-                    &list,
-                    "--cores",
-                    "1",
-                ],
-            )
-        })
-        .collect();
+    let (mut brokers, coords) = common::start_three_nodes("cluster", "broker_lease_ms = 2000\n");
     let all: Vec<&String> = coords.iter().collect();
     let started = Instant::now();
     let leader = wait_for_leader(&all, Duration::from_secs(20));

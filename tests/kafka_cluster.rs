@@ -9,7 +9,7 @@ mod common;
 #[path = "common/kafka.rs"]
 mod kafka;
 
-use common::{free_port, levee, Broker};
+use common::{levee, Broker};
 use kafka::*;
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::{BaseRecord, Producer};
@@ -25,37 +25,10 @@ struct Cluster {
 
 impl Cluster {
     fn start(name: &str) -> Cluster {
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let list = ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let cfg_dir = common::temp_dir(&format!("{name}-cfg"));
-        let cfg = cfg_dir.join("levee.toml");
-        std::fs::write(
-            &cfg,
+        let (nodes, _) = common::start_three_nodes(
+            name,
             "broker_lease_ms = 1500\nheartbeat_interval_ms = 250\nreplica_lag_time_max_ms = 3000\n[log]\nfsync = \"never\"\n",
-        )
-        .unwrap();
-        let nodes = (1..=3)
-            .map(|id| {
-                Broker::start_with(
-                    &format!("{name}-n{id}"),
-                    &[
-                        "--config",
-                        cfg.to_str().unwrap(),
-                        "--node-id",
-                        &id.to_string(),
-                        "--coordinators",
-                        &list,
-                        "--cores",
-                        "1",
-                    ],
-                )
-            })
-            .collect();
+        );
         let c = Cluster { nodes };
         let until = Instant::now() + Duration::from_secs(30);
         loop {

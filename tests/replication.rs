@@ -35,33 +35,7 @@ impl Cluster {
     }
 
     fn start_with(name: &str, config: &str) -> Cluster {
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let list = ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let cfg_dir = common::temp_dir(&format!("{name}-cfg"));
-        let cfg = cfg_dir.join("levee.toml");
-        std::fs::write(&cfg, config).unwrap();
-        let nodes = (1..=3)
-            .map(|id| {
-                Broker::start_with(
-                    &format!("{name}-n{id}"),
-                    &[
-                        "--config",
-                        cfg.to_str().unwrap(),
-                        "--node-id",
-                        &id.to_string(),
-                        "--coordinators",
-                        &list,
-                        "--cores",
-                        "1",
-                    ],
-                )
-            })
-            .collect();
+        let (nodes, _) = common::start_three_nodes(name, config);
         let c = Cluster { nodes };
         c.wait_status(|s| s.contains("leader: node") && s.matches("live").count() >= 3);
         c

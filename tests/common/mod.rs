@@ -64,6 +64,43 @@ pub struct Broker {
     restarts: usize,
 }
 
+/// Starts three nodes, each a coordinator and a broker (one core each),
+/// named `{name}-n1` to `{name}-n3`, with the configuration file `config`
+/// (TOML). Returns once every process is up; the caller waits for the
+/// quorum as its test needs. Also returns the coordinators' addresses.
+pub fn start_three_nodes(name: &str, config: &str) -> (Vec<Broker>, Vec<String>) {
+    let coords: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let list = coords
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{}@{c}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let cfg_dir = temp_dir(&format!("{name}-cfg"));
+    let cfg = cfg_dir.join("levee.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let nodes = (1..=3)
+        .map(|id| {
+            Broker::start_with(
+                &format!("{name}-n{id}"),
+                &[
+                    "--config",
+                    cfg.to_str().unwrap(),
+                    "--node-id",
+                    &id.to_string(),
+                    "--coordinators",
+                    &list,
+                    "--cores",
+                    "1",
+                ],
+            )
+        })
+        .collect();
+    (nodes, coords)
+}
+
 impl Broker {
     pub fn start(name: &str) -> Broker {
         Self::start_with(name, &[])
