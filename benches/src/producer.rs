@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use levee_client::{
     partition_for_key, Client, ClientError, DeliveryFuture, DeliveryReport, Producer,
     ProducerConfig, Record,
@@ -35,7 +36,10 @@ async fn track(m: InFlight) -> (Result<DeliveryReport, ClientError>, Instant, u3
     (m.fut.await, m.t0, m.partition, m.seq)
 }
 
-/// Awaits delivery futures concurrently and records their latency.
+/// Awaits delivery futures concurrently and records their latency. The
+/// records of one batch are acknowledged together: every outcome ready at
+/// that moment is taken at once and recorded under one lock of the
+/// histograms and one update of the shared counters.
 async fn collect(
     mut rx: mpsc::Receiver<InFlight>,
     shared: Arc<Shared>,
@@ -45,32 +49,59 @@ async fn collect(
     let mut inflight = FuturesUnordered::new();
     let mut open = true;
     let mut failed: HashMap<u32, verify::RangeSet> = HashMap::new();
+    let mut incoming = Vec::with_capacity(256);
+    let mut ready = Vec::with_capacity(256);
     loop {
         tokio::select! {
-            m = rx.recv(), if open => match m {
-                Some(m) => inflight.push(track(m)),
-                None => open = false,
-            },
-            Some((res, t0, partition, seq)) = inflight.next(), if !inflight.is_empty() => {
-                let now = Instant::now();
-                match res {
-                    Ok(_) => {
-                        let us = now.saturating_duration_since(t0).as_micros() as u64;
-                        shared.acked_msgs.fetch_add(1, Relaxed);
-                        shared.acked_bytes.fetch_add(size, Relaxed);
-                        lock(&hists).record(us, t0 >= shared.warmup_end);
-                    }
-                    Err(e) => {
-                        shared.failed_msgs.fetch_add(1, Relaxed);
-                        shared.note(format!("delivery failed: {e}"));
-                        failed.entry(partition).or_default().insert(seq);
-                    }
+            n = rx.recv_many(&mut incoming, 256), if open => {
+                if n == 0 {
+                    open = false;
                 }
+                inflight.extend(incoming.drain(..).map(track));
+            }
+            Some(first) = inflight.next(), if !inflight.is_empty() => {
+                let now = Instant::now();
+                ready.push(first);
+                while let Some(Some(more)) = inflight.next().now_or_never() {
+                    ready.push(more);
+                }
+                record_outcomes(&mut ready, now, &shared, &hists, size, &mut failed);
             }
             else => break,
         }
     }
     failed
+}
+
+/// Records delivery outcomes that arrived at `now` (emptying `ready`).
+fn record_outcomes(
+    ready: &mut Vec<(Result<DeliveryReport, ClientError>, Instant, u32, u64)>,
+    now: Instant,
+    shared: &Shared,
+    hists: &Mutex<TaskHists>,
+    size: u64,
+    failed: &mut HashMap<u32, verify::RangeSet>,
+) {
+    let mut acked = 0u64;
+    {
+        let mut h = lock(hists);
+        for (res, t0, partition, seq) in ready.drain(..) {
+            match res {
+                Ok(_) => {
+                    let us = now.saturating_duration_since(t0).as_micros() as u64;
+                    h.record(us, t0 >= shared.warmup_end);
+                    acked += 1;
+                }
+                Err(e) => {
+                    shared.failed_msgs.fetch_add(1, Relaxed);
+                    shared.note(format!("delivery failed: {e}"));
+                    failed.entry(partition).or_default().insert(seq);
+                }
+            }
+        }
+    }
+    shared.acked_msgs.fetch_add(acked, Relaxed);
+    shared.acked_bytes.fetch_add(size * acked, Relaxed);
 }
 
 pub(crate) struct ProducerDone {

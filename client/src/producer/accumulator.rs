@@ -131,7 +131,7 @@ impl SizeBound {
 /// A batch's outcome, shared by the delivery futures of its records (one
 /// allocation per batch, not per record).
 pub(crate) struct BatchResult {
-    topic: String,
+    topic: Arc<str>,
     partition: u32,
     /// The base offset (`None` with acks=0), or why the batch failed.
     outcome: OnceLock<Result<Option<u64>>>,
@@ -141,7 +141,7 @@ pub(crate) struct BatchResult {
 impl BatchResult {
     fn new(topic: &str, partition: u32) -> BatchResult {
         BatchResult {
-            topic: topic.to_string(),
+            topic: Arc::from(topic),
             partition,
             outcome: OnceLock::new(),
             wakers: Mutex::new(Vec::new()),

@@ -151,8 +151,8 @@ impl Default for ProducerConfig {
 /// Where an acknowledged message went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryReport {
-    /// The topic.
-    pub topic: String,
+    /// The topic (shared by the reports of one batch: no copy per message).
+    pub topic: std::sync::Arc<str>,
     /// The partition.
     pub partition: u32,
     /// The message's offset; `None` with acks=0 (the broker does not answer).
