@@ -154,7 +154,10 @@ pub fn decode<T: Decodable>(body: &mut Bytes, version: i16) -> Result<T, String>
 /// flexible versions), body.
 pub fn frame<T: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &T) -> Vec<u8> {
     let hv = key.response_header_version(version);
-    let mut out = BytesMut::with_capacity(256);
+    // Sized once: a Fetch response carries megabytes of records, and a
+    // buffer that grows by doubling copies them again at each step.
+    let size = body.compute_size(version).unwrap_or(0);
+    let mut out = BytesMut::with_capacity(size + 9);
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&correlation_id.to_be_bytes());
     if hv >= 1 {
@@ -168,7 +171,8 @@ pub fn frame<T: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body:
     }
     let len = (out.len() - 4) as u32;
     out[..4].copy_from_slice(&len.to_be_bytes());
-    out.to_vec()
+    // The buffer itself becomes the Vec (no copy: it is not shared).
+    Vec::from(out)
 }
 
 /// The frame for an API or version this broker does not serve: the
