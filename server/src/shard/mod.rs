@@ -4,6 +4,7 @@
 //! ([`Shard::submit_to`], in `mesh.rs`); its result comes back the same way.
 //! Topic registry changes of a single node are in `topics.rs`.
 
+pub mod buffers;
 mod mesh;
 mod producer_ids;
 mod topics;
@@ -59,16 +60,9 @@ pub struct Shard {
     admin_lock: Semaphore,
     /// The consumer groups this shard coordinates.
     pub groups: crate::groups::Groups,
-    /// Request buffers kept for reuse: reading a large request into a fresh
-    /// allocation costs page faults and zeroing on every request.
-    buffers: RefCell<Vec<Vec<u8>>>,
     /// Shard 0: the producer ids left in its reserved block (next, end).
     producer_ids: Cell<Option<(i64, i64)>>,
 }
-
-/// Request buffers a shard keeps for reuse, and the largest kept.
-const POOLED_BUFFERS: usize = 16;
-const POOLED_BUFFER_MAX: usize = 4 << 20;
 
 impl crate::groups::TopicLookup for Shard {
     fn partitions(&self, topic: &str) -> Option<u32> {
@@ -104,7 +98,6 @@ impl Shard {
             shutdown: Shutdown::default(),
             admin_lock: Semaphore::new(1),
             groups: crate::groups::Groups::new(&cfg.data_dir),
-            buffers: RefCell::new(Vec::new()),
             producer_ids: Cell::new(None),
             cfg,
         })
@@ -118,31 +111,6 @@ impl Shard {
     /// The shard that coordinates a consumer group.
     pub fn group_owner(&self, group: &str) -> usize {
         (crc32c::crc32c(group.as_bytes()) as usize) % self.nshards
-    }
-
-    /// A buffer of exactly `len` bytes to read a request into (contents
-    /// unspecified), reused from earlier requests when possible.
-    pub fn take_buffer(&self, len: usize) -> Vec<u8> {
-        let reused = {
-            let mut pool = self.buffers.borrow_mut();
-            pool.iter()
-                .position(|b| b.capacity() >= len)
-                .map(|i| pool.swap_remove(i))
-        };
-        let mut b = reused.unwrap_or_else(|| Vec::with_capacity(len.max(64 << 10)));
-        // Zero-fills only bytes this buffer never held.
-        b.resize(len, 0);
-        b
-    }
-
-    /// Gives a request buffer back for reuse (bounded in count and size).
-    pub fn return_buffer(&self, b: Vec<u8>) {
-        if b.capacity() <= POOLED_BUFFER_MAX {
-            let mut pool = self.buffers.borrow_mut();
-            if pool.len() < POOLED_BUFFERS {
-                pool.push(b);
-            }
-        }
     }
 
     pub fn topic(&self, name: &str) -> Option<TopicMeta> {

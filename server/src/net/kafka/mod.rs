@@ -21,7 +21,7 @@ mod produce;
 mod producers;
 
 use crate::net::conn::{read_exact_or_shutdown, Conn, Outgoing, Pending};
-use crate::shard::{bump, Shard};
+use crate::shard::{buffers, bump, Shard};
 use bytes::Bytes;
 use codec::{code, decode, decode_header, frame, minimal_error, peek_header, supported};
 use glommio::channels::local_channel::LocalSender;
@@ -79,13 +79,13 @@ async fn read_loop(
             .acquire_static_permit((len as u64).min(shard.inflight_limit))
             .await
             .map_err(|_| "shutting down".to_string())?;
-        let mut body = vec![0u8; len];
+        let mut body = buffers::take(len);
         read_exact_or_shutdown(shard, r, &mut body, false).await?;
         let started = Instant::now();
         let s = shard.clone();
         let host = host.clone();
         let task = glommio::spawn_local(async move {
-            let mut body = Bytes::from(body);
+            let mut body = buffers::shared(body);
             let is_produce = peek_header(&body).is_some_and(|h| h.0 == ApiKey::Produce as i16);
             let reply = process(&s, &mut body, host).await;
             match &reply {

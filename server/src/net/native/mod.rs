@@ -8,7 +8,7 @@ mod dispatch;
 
 use crate::net::conn::{read_exact_or_shutdown, Conn, Outgoing, Pending};
 
-use crate::shard::{bump, Shard};
+use crate::shard::{buffers, bump, Shard};
 use futures_lite::AsyncReadExt;
 use glommio::net::TcpStream;
 use glommio::sync::StaticPermit;
@@ -52,9 +52,9 @@ async fn read_loop(
             .acquire_static_permit((len as u64).min(shard.inflight_limit))
             .await
             .map_err(|_| "shutting down".to_string())?;
-        let mut body = shard.take_buffer(len);
+        let mut body = buffers::take(len);
         if let Err(e) = read_exact_or_shutdown(shard, r, &mut body, false).await {
-            shard.return_buffer(body);
+            buffers::give_back(body);
             return Err(e);
         }
         let started = Instant::now();
@@ -66,7 +66,7 @@ async fn read_loop(
             Err(e) => {
                 bump(&shard.metrics.errors);
                 let frame = error_frame(0, e.code(), &format!("undecodable request: {e}"));
-                shard.return_buffer(body);
+                buffers::give_back(body);
                 send_ready(tx, frame, Some(permit)).await;
                 continue;
             }
@@ -110,15 +110,13 @@ async fn read_loop(
         let task = glommio::spawn_local(async move {
             let no_reply = matches!(&header.request, Request::Produce(p) if p.acks == 0);
             let is_produce = matches!(&header.request, Request::Produce(_));
-            // Shared, not copied: a produce's batches travel as slices of it.
-            let body = bytes::Bytes::from(body);
+            // Shared, not copied: a produce's batches travel as slices of
+            // it; the buffer is reused once the last slice is dropped.
+            let body = buffers::shared(body);
             let payload = body.slice(payload_at..);
             let res = dispatch::process(&s, header.request, &payload, &peer).await;
             drop(payload);
-            // Reused when nothing kept a slice (every request but produce).
-            if let Ok(b) = body.try_into_mut() {
-                s.return_buffer(b.into());
-            }
+            drop(body);
             let elapsed = started.elapsed();
             match &res {
                 Ok(_) => bump(&s.metrics.requests_ok),

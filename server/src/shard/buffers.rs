@@ -1,0 +1,108 @@
+//! Request buffers, recycled. Reading a large request into a fresh
+//! allocation costs a page-faulting allocation and a zero-fill of every
+//! byte on every request; a recycled buffer costs neither (`resize` only
+//! zero-fills bytes the buffer never held).
+//!
+//! A produce request's batches travel as [`Bytes`] slices of its buffer
+//! (into the log's tail cache, to followers, across shards), so the buffer
+//! comes back when the last slice is dropped: [`shared`] wraps it in an
+//! owner whose `Drop` returns it to the pool of the thread that drops it.
+//! Each thread (shard) keeps at most [`POOLED`] buffers of at most
+//! [`POOLED_MAX`] bytes, so the pool bounds memory by configuration, not
+//! by traffic.
+
+use bytes::Bytes;
+use std::cell::RefCell;
+
+/// Buffers a thread keeps for reuse.
+pub const POOLED: usize = 16;
+/// The largest buffer kept (larger ones are freed).
+pub const POOLED_MAX: usize = 4 << 20;
+
+thread_local! {
+    static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A buffer of exactly `len` bytes to read a request into (contents
+/// unspecified), reused from earlier requests when possible.
+pub fn take(len: usize) -> Vec<u8> {
+    let reused = POOL
+        .try_with(|p| {
+            let mut pool = p.borrow_mut();
+            pool.iter()
+                .position(|b| b.capacity() >= len)
+                .map(|i| pool.swap_remove(i))
+        })
+        .ok()
+        .flatten();
+    let mut b = reused.unwrap_or_else(|| Vec::with_capacity(len.max(64 << 10)));
+    b.resize(len, 0);
+    b
+}
+
+/// Gives a buffer back for reuse (kept only within the pool's bounds).
+pub fn give_back(b: Vec<u8>) {
+    if b.capacity() > POOLED_MAX {
+        return;
+    }
+    // During thread teardown the pool is gone: the buffer is just freed.
+    let _ = POOL.try_with(|p| {
+        let mut pool = p.borrow_mut();
+        if pool.len() < POOLED {
+            pool.push(b);
+        }
+    });
+}
+
+/// A request buffer as shared bytes: slices of it may outlive the request,
+/// and the buffer returns to the pool once the last one is dropped.
+pub fn shared(b: Vec<u8>) -> Bytes {
+    Bytes::from_owner(Recycled(b))
+}
+
+struct Recycled(Vec<u8>);
+
+impl AsRef<[u8]> for Recycled {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Recycled {
+    fn drop(&mut self) {
+        give_back(std::mem::take(&mut self.0));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_comes_back_when_its_last_slice_is_dropped() {
+        let b = take(100_000);
+        let ptr = b.as_ptr();
+        let bytes = shared(b);
+        let slice = bytes.slice(10..20);
+        drop(bytes);
+        // Still held by the slice: a new buffer is another allocation.
+        let other = take(100_000);
+        assert_ne!(other.as_ptr(), ptr);
+        give_back(other);
+        drop(slice);
+        // Both are pooled now; one of them is the first buffer.
+        let a = take(100_000);
+        let c = take(100_000);
+        assert!(a.as_ptr() == ptr || c.as_ptr() == ptr);
+    }
+
+    #[test]
+    fn the_pool_is_bounded_in_count_and_size() {
+        give_back(Vec::with_capacity(POOLED_MAX + 1));
+        assert_eq!(POOL.with(|p| p.borrow().len()), 0);
+        for _ in 0..POOLED + 5 {
+            give_back(Vec::with_capacity(1024));
+        }
+        assert_eq!(POOL.with(|p| p.borrow().len()), POOLED);
+    }
+}
