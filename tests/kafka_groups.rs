@@ -7,13 +7,17 @@
 //!   only, commit; one member leaves and the other two take over its
 //!   partitions (three each) and resume at its committed offsets;
 //! - committed offsets survive a kill -9 of the broker: after a restart on
-//!   the same data directory a new member of the group reads from them.
+//!   the same data directory a new member of the group reads from them;
+//! - Kafka and native consumers see one group: `levee group describe`
+//!   shows a Kafka member, its partitions and its commits; a native
+//!   consumer cannot join a Kafka group (a clear error) and a Kafka
+//!   consumer cannot join a native one.
 
 mod common;
 #[path = "common/kafka.rs"]
 mod kafka;
 
-use common::Broker;
+use common::{levee, levee_bin, Broker};
 use kafka::*;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::producer::BaseRecord;
@@ -233,4 +237,97 @@ fn committed_offsets_survive_a_kill_9_of_the_broker() {
     }
     let more = consume_for(&c, Duration::from_millis(500));
     assert!(more.is_empty(), "read past the end: {more:?}");
+}
+
+#[test]
+fn kafka_and_native_consumers_see_one_group() {
+    let b = Broker::start("kafka-mixed-group");
+    let boot = b.kafka.to_string();
+    create_topic(&b, "mixed", 2);
+    produce(&boot, "mixed", 2, 5, "m");
+
+    // A Kafka member takes both partitions, reads and commits everything.
+    let k = member(&boot, "kgroup", "k1", "range", "mixed");
+    let got = consume_n(&k, 10, Duration::from_secs(30));
+    assert_eq!(got.len(), 10, "messages read by the Kafka member");
+    k.commit_consumer_state(CommitMode::Sync).expect("commit");
+
+    // The native CLI describes the Kafka member, its partitions and its
+    // commits (one group coordinator, one offsets store).
+    let (ok, out, err) = levee(&b.bootstrap(), &["group", "describe", "kgroup"], None);
+    assert!(ok, "group describe failed: {err}");
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("members: 1"), "{out}");
+    assert!(out.contains("levee-kafka-tests"), "Kafka client id: {out}");
+    for p in 0..2 {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("mixed\t{p}\t5\t5\t0\t"))),
+            "partition {p}: committed 5 of 5, lag 0: {out}"
+        );
+    }
+
+    // A native consumer cannot join the Kafka group.
+    let (ok, _, err) = levee(
+        &b.bootstrap(),
+        &[
+            "consume",
+            "mixed",
+            "--group",
+            "kgroup",
+            "--count",
+            "1",
+            "--timeout-ms",
+            "5000",
+        ],
+        None,
+    );
+    assert!(!ok, "a native consumer joined a Kafka group");
+    assert!(err.contains("Kafka consumers"), "{err}");
+    drop(k);
+
+    // A Kafka consumer cannot join a native group while it has members.
+    let mut native = std::process::Command::new(levee_bin())
+        .args([
+            "consume",
+            "mixed",
+            "--group",
+            "ngroup",
+            "--timeout-ms",
+            "60000",
+        ])
+        .env("LEVEE_BOOTSTRAP", b.bootstrap())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start a native group member");
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, out, _) = levee(&b.bootstrap(), &["group", "describe", "ngroup"], None);
+        if String::from_utf8_lossy(&out).contains("members: 1") {
+            break;
+        }
+        assert!(Instant::now() < until, "the native member never joined");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let k = member(&boot, "ngroup", "k2", "range", "mixed");
+    let until = Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        if let Some(Err(e)) = k.poll(Duration::from_millis(100)) {
+            break e.to_string();
+        }
+        assert!(
+            Instant::now() < until,
+            "the Kafka consumer was neither refused nor reported an error"
+        );
+    };
+    assert!(
+        refused
+            .to_lowercase()
+            .contains("inconsistent group protocol"),
+        "{refused}"
+    );
+    assert!(assigned(&k).is_empty(), "the Kafka consumer got partitions");
+    let _ = native.kill();
+    let _ = native.wait();
 }
