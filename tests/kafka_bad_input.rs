@@ -177,6 +177,26 @@ fn bad_requests_get_an_error_or_a_closed_connection_and_other_clients_keep_worki
         check_untouched(&mut good, what);
     }
 
+    // The longest client id the protocol can carry (32767 bytes): an
+    // ordinary answer, and the connection stays usable.
+    let mut big = KafkaRaw::connect(b.kafka);
+    let mut e = Enc::default();
+    e.i16(api::METADATA)
+        .i16(1)
+        .i32(78)
+        .str(&"c".repeat(i16::MAX as usize))
+        .i32(1)
+        .str("good");
+    big.send_bytes(&frame(&e.0)).unwrap();
+    let (corr, resp) = big
+        .recv()
+        .expect("an answer to a request with a 32767-byte client id");
+    assert_eq!(corr, 78);
+    assert!(resp.len() > 8, "a Metadata answer: {resp:?}");
+    let resp = big.call(api::METADATA, 1, &[0, 0, 0, 0]);
+    assert!(!resp.is_empty(), "the connection still answers");
+    check_good(&mut good, &mut produced, "longest client id");
+
     // An unknown API key and unsupported versions: UNSUPPORTED_VERSION,
     // and the connection stays usable.
     let mut bad = KafkaRaw::connect(b.kafka);
