@@ -6,6 +6,11 @@
 set -euo pipefail
 dir=${1:-"$(dirname "$0")/../target/tmp/fio"}
 size=${2:-1G}
+# Only what this script makes is removed afterwards: its fio job files, and
+# the directory if it did not exist before (never a directory it was given
+# that holds anything else).
+made_dir=
+[ -d "$dir" ] || made_dir=1
 mkdir -p "$dir"
 if ! command -v fio >/dev/null; then
   echo "fio is missing: installing it (Debian package fio)" >&2
@@ -18,7 +23,8 @@ w=$(run --rw=write --bs=1M --iodepth=8 --end_fsync=1 | mibs write)
 r=$(run --rw=read --bs=1M --iodepth=8 | mibs read)
 s=$(run --rw=write --bs=4k --size=16M --iodepth=1 --fdatasync=1 --ioengine=sync \
     | python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]["sync"]["lat_ns"]["percentile"]; print(round(j["50.000000"]/1e6,2), round(j["99.000000"]/1e6,2))')
-rm -rf "$dir"
+rm -f "$dir"/levee.[0-9]*.[0-9]*
+[ -z "$made_dir" ] || rmdir "$dir" 2>/dev/null || true
 echo "fio direct sequential write 1 MiB QD8: $w MiB/s"
 echo "fio direct sequential read  1 MiB QD8: $r MiB/s"
 echo "fio fdatasync latency 4 KiB writes (p50 p99 ms): $s"
