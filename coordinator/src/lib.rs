@@ -17,7 +17,6 @@ pub mod client;
 pub mod config;
 pub mod error;
 mod node;
-mod notify;
 pub mod state;
 pub mod storage;
 pub mod wire;

@@ -6,13 +6,13 @@
 
 use crate::config::CoordinatorConfig;
 use crate::error::{CoordError, StartError};
-use crate::notify::Notify;
 use crate::state::{controller_actions, Command, Metadata, TopicConfig};
 use crate::storage::DiskStorage;
 use crate::wire::{self, Applied, PeerStatus, Request, Response, Role, Status};
 use futures_channel::oneshot;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
+use levee_core::LocalEvent;
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{EntryType, Message, MessageType};
 use raft::{RawNode, StateRole, Storage};
@@ -59,7 +59,7 @@ struct Peer {
     id: u64,
     addr: SocketAddr,
     queue: RefCell<VecDeque<Vec<u8>>>,
-    queued: Notify,
+    queued: LocalEvent,
     connected: Cell<bool>,
     last_heard: Cell<Option<Instant>>,
 }
@@ -69,13 +69,13 @@ struct Inner {
     addr: SocketAddr,
     peers: BTreeMap<u64, Rc<Peer>>,
     events: RefCell<VecDeque<Event>>,
-    event_notify: Notify,
+    event_notify: LocalEvent,
     metadata: RefCell<Rc<Metadata>>,
-    metadata_notify: Notify,
+    metadata_notify: LocalEvent,
     status: RefCell<Status>,
     stopped: Cell<bool>,
-    stop_notify: Notify,
-    loop_done: Notify,
+    stop_notify: LocalEvent,
+    loop_done: LocalEvent,
     loop_running: Cell<bool>,
 }
 
@@ -187,7 +187,7 @@ impl Coordinator {
                         id: p.id,
                         addr: p.addr,
                         queue: RefCell::new(VecDeque::new()),
-                        queued: Notify::default(),
+                        queued: LocalEvent::default(),
                         connected: Cell::new(false),
                         last_heard: Cell::new(None),
                     }),
@@ -212,13 +212,13 @@ impl Coordinator {
             addr,
             peers,
             events: RefCell::new(VecDeque::new()),
-            event_notify: Notify::default(),
+            event_notify: LocalEvent::default(),
             metadata: RefCell::new(Rc::new(metadata.clone())),
-            metadata_notify: Notify::default(),
+            metadata_notify: LocalEvent::default(),
             status: RefCell::new(status),
             stopped: Cell::new(false),
-            stop_notify: Notify::default(),
-            loop_done: Notify::default(),
+            stop_notify: LocalEvent::default(),
+            loop_done: LocalEvent::default(),
             loop_running: Cell::new(true),
         });
         info!(

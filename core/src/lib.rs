@@ -2,14 +2,18 @@
 //! the engine, the clients, the command line and the load generator read
 //! the same way, so that each rule is written once: the fsync policy
 //! ([`FsyncPolicy`]), which CPUs to run shards on ([`CoreSpec`]), and what
-//! makes a topic or group name valid ([`validate_topic_name`]). It owns
-//! parsing and checking only: it must not do I/O, hold state, or depend on
-//! any other crate (of Levee or not), so that every crate can depend on it.
+//! makes a topic or group name valid ([`validate_topic_name`]), and the one
+//! single-threaded notification primitive the shards and the coordinator
+//! wait on ([`LocalEvent`]). It must not do I/O, keep global state, or
+//! depend on any other crate (of Levee or not), so that every crate can
+//! depend on it.
 
 pub mod cores;
+pub mod event;
 pub mod fsync;
 pub mod names;
 
 pub use cores::{parse_cpu_list, CoreSpec};
+pub use event::LocalEvent;
 pub use fsync::FsyncPolicy;
 pub use names::{validate_group_name, validate_topic_name};

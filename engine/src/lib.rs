@@ -16,7 +16,6 @@ pub mod config;
 pub mod epochs;
 pub mod error;
 #[cfg(feature = "storage")]
-pub mod event;
 #[cfg(feature = "storage")]
 pub mod fifo;
 #[cfg(feature = "storage")]

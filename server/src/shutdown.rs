@@ -1,6 +1,6 @@
 //! A shard's shutdown signal.
 
-use levee_engine::event::{Listen, LocalEvent};
+use levee_core::event::{Listen, LocalEvent};
 use std::cell::Cell;
 
 /// The shard's shutdown: a flag and an event that wakes whoever waits on it.

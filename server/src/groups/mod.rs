@@ -14,7 +14,7 @@ pub mod state;
 pub mod store;
 
 use crate::error::{OpError, OpResult};
-use levee_engine::event::LocalEvent;
+use levee_core::LocalEvent;
 use levee_schemas::proto::ErrorCode;
 use state::{GroupMachine, Join, JoinOutcome, Joined};
 use std::cell::{Cell, RefCell};

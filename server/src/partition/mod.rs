@@ -10,7 +10,7 @@ use crate::metrics::{label, Sample};
 use crate::replication::state::{batch_epoch, Name, ReplicaState, Role};
 use crate::shutdown::Shutdown;
 use levee_engine::batch::{BatchHeader, CheckedBatch, HEADER_LEN};
-use levee_engine::event::LocalEvent;
+use levee_core::LocalEvent;
 use levee_engine::{Log, LogConfig};
 use levee_schemas::proto::ErrorCode;
 use producers::{last_seq, ProducerTable, SeqRange, Verdict};
