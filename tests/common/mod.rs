@@ -9,8 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The `levee` binary the tests start: this build's, or `$LEVEE_BIN` (to
+/// run a test against another build, such as a release or an older one).
 pub fn levee_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_levee"))
+    std::env::var_os("LEVEE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_levee")))
 }
 
 /// A loopback port nothing listens on, never the same twice in this test
