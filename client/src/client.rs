@@ -943,7 +943,7 @@ impl Client {
             let (req, payload) = build(&idx);
             let len: u64 = payload.iter().map(|b| b.len() as u64).sum();
             let max = conn.broker_max_frame_bytes() as u64;
-            if len > 0 && len + 4096 > max {
+            if len > 0 && len + header_bound(&req) > max {
                 subs.push(Sub {
                     route,
                     idx,
@@ -1308,6 +1308,20 @@ enum SubState {
     NoLeader,
 }
 
+/// An upper bound of the bytes a request's frame takes beside its payload:
+/// the length prefix and the flatbuffer header (for a produce request, a
+/// fixed part and one entry per partition).
+fn header_bound(req: &Request) -> u64 {
+    match req {
+        Request::Produce(p) => {
+            256 + p.partitions.as_ref().map_or(0, |ps| {
+                ps.iter().map(|x| x.topic.len() as u64 + 64).sum::<u64>()
+            })
+        }
+        _ => 4096,
+    }
+}
+
 fn topic_result(reply: Reply, name: &str) -> Result<()> {
     match reply.header.response {
         Some(Response::TopicResult(r)) => {
@@ -1480,5 +1494,46 @@ impl InFlightProduce {
         out.into_iter()
             .map(|o| o.unwrap_or(ProduceOutcome::Failed(ClientError::Closed)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use levee_schemas::proto::{Produce, ProducePartition, RequestHeader};
+
+    #[test]
+    fn the_produce_header_bound_holds_for_any_partition_count_and_name() {
+        for n in [1usize, 2, 7, 100, 1000] {
+            for name_len in [1usize, 13, 249] {
+                let req = Request::Produce(Box::new(Produce {
+                    acks: -1,
+                    timeout_ms: 30_000,
+                    partitions: Some(
+                        (0..n)
+                            .map(|p| ProducePartition {
+                                topic: "t".repeat(name_len),
+                                partition: u32::MAX - p as u32,
+                                payload_offset: u32::MAX,
+                                payload_len: u32::MAX,
+                            })
+                            .collect(),
+                    ),
+                }));
+                let bound = header_bound(&req);
+                let frame = levee_schemas::request_frame(
+                    &RequestHeader {
+                        correlation_id: u64::MAX,
+                        request: req,
+                    },
+                    &[],
+                );
+                assert!(
+                    frame.len() as u64 <= bound,
+                    "{n} partitions, names of {name_len}: frame {} > bound {bound}",
+                    frame.len()
+                );
+            }
+        }
     }
 }
