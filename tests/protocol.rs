@@ -290,3 +290,84 @@ fn retention_deletes_old_segments_by_broker_default_and_topic_override() {
     let (r, _) = c.fetch("own", 0, 0);
     assert_eq!(r.error, ErrorCode::OffsetOutOfRange);
 }
+
+fn metric(b: &Broker, family: &str, topic: &str, partition: u32) -> f64 {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(b.admin).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let prefix = format!("{family}{{topic=\"{topic}\",partition=\"{partition}\"");
+    out.lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// Fetches `parts` of `topic` from offset 0 in one request.
+fn fetch_many(r: &mut Raw, topic: &str, parts: &[u32], max_bytes: u32, min_bytes: u32) -> Vec<u64> {
+    let (h, _) = r.call(
+        Request::Fetch(Box::new(Fetch {
+            max_wait_ms: 300,
+            min_bytes,
+            max_bytes,
+            partitions: Some(
+                parts
+                    .iter()
+                    .map(|&p| FetchPartition {
+                        topic: topic.into(),
+                        partition: p,
+                        offset: 0,
+                        max_bytes: 1 << 20,
+                        leader_epoch: -1,
+                    })
+                    .collect(),
+            ),
+            replica_id: -1,
+        })),
+        &[],
+    );
+    match h.response {
+        Some(Response::FetchResponse(f)) => f
+            .partitions
+            .unwrap()
+            .iter()
+            .map(|p| u64::from(p.payload_len))
+            .collect(),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn fetch_metrics_count_what_the_response_carries_once() {
+    let b = Broker::start_with("fetch-accounting", &["--cores", "2"]);
+    let mut r = Raw::hello(&b);
+    r.create("acct", 2);
+    let big: Vec<String> = (0..50).map(|i| format!("{i:0>1000}")).collect();
+    let big: Vec<&str> = big.iter().map(String::as_str).collect();
+    r.produce("acct", 0, &batch(&big));
+    r.produce("acct", 1, &batch(&big));
+    let out = |p| metric(&b, "levee_partition_bytes_out_total", "acct", p);
+    let backlog = |p| metric(&b, "levee_partition_backlog_bytes", "acct", p);
+    assert!(backlog(1) > 50_000.0);
+
+    // A response limited to 1 KiB carries partition 0's batch (the first
+    // is always sent) and nothing of partition 1: only partition 0 counts.
+    let sent = fetch_many(&mut r, "acct", &[0, 1], 1024, 0);
+    assert!(sent[0] > 50_000 && sent[1] == 0, "{sent:?}");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(out(0), sent[0] as f64);
+    assert_eq!(out(1), 0.0, "partition 1 sent nothing");
+    assert!(
+        backlog(1) > 50_000.0,
+        "partition 1's backlog is still there"
+    );
+
+    // A long poll that waits for more than there is reads partition 1
+    // several times, but sends it once.
+    let sent = fetch_many(&mut r, "acct", &[1], 1 << 20, 1 << 20);
+    assert!(sent[0] > 50_000, "{sent:?}");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(out(1), sent[0] as f64, "counted once");
+    assert_eq!(backlog(1), 0.0);
+}

@@ -2,7 +2,7 @@
 //! `max_wait` for `min_bytes`, and keep the response within `max_bytes`.
 
 use crate::error::OpResult;
-use crate::partition::{ReadOut, Reader};
+use crate::partition::{FetchSent, ReadOut, Reader};
 use crate::shard::Shard;
 use std::future::Future;
 use std::pin::Pin;
@@ -50,6 +50,9 @@ pub async fn fetch(shard: &Rc<Shard>, req: FetchRequest) -> Vec<OpResult<ReadOut
         let now = Instant::now();
         if total >= req.min_bytes || any_err || now >= deadline || req.partitions.is_empty() {
             keep_within(&mut results, max_total);
+            if req.replica.is_none() {
+                note_sent(shard, &req, &results);
+            }
             return results;
         }
         wait_any(shard, &req, deadline - now).await;
@@ -91,6 +94,30 @@ async fn read_all(
         });
     }
     results
+}
+
+/// Accounts what the response carries (bytes out, records out, consumed
+/// backlog) on each partition's shard, once: not what a long poll read and
+/// read again, nor a partition `keep_within` emptied.
+fn note_sent(shard: &Rc<Shard>, req: &FetchRequest, results: &[OpResult<ReadOut>]) {
+    for (fp, r) in req.partitions.iter().zip(results) {
+        let Ok(out) = r else { continue };
+        let sent = FetchSent::of(&out.data);
+        let owner = shard.owner(&fp.topic, fp.partition);
+        if owner == shard.id {
+            // This shard's own partition: no task, no hop.
+            if let Ok(part) = shard.partition(&fp.topic, fp.partition) {
+                part.note_fetch(fp.offset, &sent);
+            }
+            continue;
+        }
+        let (topic, p, offset) = (fp.topic.clone(), fp.partition, fp.offset);
+        glommio::spawn_local(shard.submit_to(owner, move |s| async move {
+            s.partition(&topic, p)?.note_fetch(offset, &sent);
+            Ok(())
+        }))
+        .detach();
+    }
 }
 
 /// Waits until any partition gets data (or `wait` passes).

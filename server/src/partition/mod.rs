@@ -9,8 +9,8 @@ use crate::error::{OpError, OpResult};
 use crate::metrics::{label, Sample};
 use crate::replication::state::{batch_epoch, Name, ReplicaState, Role};
 use crate::shutdown::Shutdown;
-use levee_engine::batch::{BatchHeader, CheckedBatch, HEADER_LEN};
 use levee_core::LocalEvent;
+use levee_engine::batch::{BatchHeader, CheckedBatch, HEADER_LEN};
 use levee_engine::{Log, LogConfig};
 use levee_schemas::proto::ErrorCode;
 use producers::{last_seq, ProducerTable, SeqRange, Verdict};
@@ -42,6 +42,33 @@ pub struct Produced {
 pub struct ReadOut {
     pub data: Vec<u8>,
     pub state: PartitionState,
+}
+
+/// What a consumer fetch sent of one partition, for its accounting on the
+/// partition's shard: bytes, records, and each batch's (base offset, next
+/// offset, length).
+#[derive(Debug, Clone, Default)]
+pub struct FetchSent {
+    pub bytes: u64,
+    pub msgs: u64,
+    pub batches: Vec<(u64, u64, u64)>,
+}
+
+impl FetchSent {
+    pub fn of(data: &[u8]) -> FetchSent {
+        let mut sent = FetchSent {
+            bytes: data.len() as u64,
+            ..FetchSent::default()
+        };
+        for b in levee_engine::batch::split_batches(data) {
+            if let Ok(h) = BatchHeader::parse(b) {
+                sent.msgs += u64::from(h.record_count());
+                sent.batches
+                    .push((h.base_offset(), h.next_offset(), b.len() as u64));
+            }
+        }
+        sent
+    }
 }
 
 /// Who reads: a consumer (below the high watermark) or a follower replica.
@@ -406,35 +433,30 @@ impl Partition {
             .read(offset, max_bytes, visible)
             .await
             .map_err(OpError::from_log)?;
-        if reader == Reader::Consumer {
-            self.note_fetch(offset, &out.data, out.log_end_offset);
-        }
         Ok(ReadOut {
             data: out.data,
             state: self.state(),
         })
     }
 
-    /// Accounts a consumer fetch that returned `data` from `offset`:
-    /// batches past the furthest position any consumer reached count as
-    /// consumed.
-    fn note_fetch(&self, offset: u64, data: &[u8], log_end: u64) {
+    /// Accounts what a consumer fetch from `offset` sent back (once the
+    /// response is settled: a long poll may read several times, and a
+    /// partition past the response's size limit sends nothing): batches
+    /// past the furthest position any consumer reached count as consumed.
+    pub fn note_fetch(&self, offset: u64, sent: &FetchSent) {
         let c = &self.counters;
-        let mut msgs = 0u64;
-        let mut fresh = 0u64;
+        let log_end = self.log.log_end_offset();
         let start = c.fetch_next.get();
         let mut next = start;
-        for b in levee_engine::batch::split_batches(data) {
-            if let Ok(h) = BatchHeader::parse(b) {
-                msgs += u64::from(h.record_count());
-                if h.base_offset() >= start {
-                    fresh += b.len() as u64;
-                }
-                next = next.max(h.next_offset());
+        let mut fresh = 0u64;
+        for &(base, after, len) in &sent.batches {
+            if base >= start {
+                fresh += len;
             }
+            next = next.max(after);
         }
-        add(&c.bytes_out, data.len() as u64);
-        add(&c.msgs_out, msgs);
+        add(&c.bytes_out, sent.bytes);
+        add(&c.msgs_out, sent.msgs);
         if next >= log_end || offset >= log_end {
             // This consumer is at the end: nothing is left behind it.
             c.consumed.set(c.produced.get());
