@@ -337,3 +337,33 @@ fn a_data_directory_of_the_old_storage_format_is_refused_at_start() {
     assert!(err.contains("storage format 1"), "{err}");
     assert!(err.contains("new --data-dir"), "{err}");
 }
+
+#[test]
+fn the_smallest_frame_limit_the_config_accepts_still_serves_produce_and_consume() {
+    // max_frame_bytes = 4096 (the least accepted) is below the 64 KiB kept
+    // for a response's header: the broker must neither underflow nor stall.
+    let dir = common::temp_dir("cli-small-frames");
+    let cfg = dir.join("levee.toml");
+    std::fs::write(
+        &cfg,
+        "max_frame_bytes = 4096\nmax_inflight_bytes_per_shard = 65536\n[log]\nmax_batch_bytes = 2048\n",
+    )
+    .unwrap();
+    let b = Broker::start_with("cli-small-frames", &["--config", cfg.to_str().unwrap()]);
+    let bs = b.bootstrap();
+    assert!(levee(&bs, &["topic", "create", "small"], None).0);
+    let input: String = (0..300).map(|i| format!("message-{i:04}\n")).collect();
+    let (ok, _, err) = levee(
+        &bs,
+        &["produce", "small", "--batch-size", "1024"],
+        Some(input.as_bytes()),
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = levee(
+        &bs,
+        &["consume", "small", "--from", "earliest", "--count", "300"],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(String::from_utf8_lossy(&out), input);
+}
