@@ -24,14 +24,29 @@ thread_local! {
 }
 
 /// A buffer of exactly `len` bytes to read a request into (contents
-/// unspecified), reused from earlier requests when possible.
+/// unspecified), reused from earlier requests when possible. Of the pooled
+/// buffers it takes the one whose length (bytes already written once)
+/// covers `len` most tightly, so small requests (fetches) do not shorten
+/// the buffers large ones (produces) need: growing a buffer's length
+/// zero-fills the new bytes.
 pub fn take(len: usize) -> Vec<u8> {
     let reused = POOL
         .try_with(|p| {
             let mut pool = p.borrow_mut();
-            pool.iter()
-                .position(|b| b.capacity() >= len)
-                .map(|i| pool.swap_remove(i))
+            let covering = pool
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.len() >= len)
+                .min_by_key(|(_, b)| b.len())
+                .map(|(i, _)| i);
+            let roomy = || {
+                pool.iter()
+                    .enumerate()
+                    .filter(|(_, b)| b.capacity() >= len)
+                    .max_by_key(|(_, b)| b.len())
+                    .map(|(i, _)| i)
+            };
+            covering.or_else(roomy).map(|i| pool.swap_remove(i))
         })
         .ok()
         .flatten();
@@ -94,6 +109,24 @@ mod tests {
         let a = take(100_000);
         let c = take(100_000);
         assert!(a.as_ptr() == ptr || c.as_ptr() == ptr);
+    }
+
+    #[test]
+    fn small_requests_leave_the_large_buffers_to_large_ones() {
+        POOL.with(|p| p.borrow_mut().clear());
+        let (mega, kilo) = (take(1 << 20), take(64 << 10));
+        give_back(mega);
+        give_back(kilo);
+        // A small request takes the buffer that covers it most tightly...
+        let small = take(100);
+        assert_eq!(small.capacity(), 64 << 10);
+        give_back(small);
+        // ...so the megabyte buffer still has its length: a large request
+        // needs no zero-fill, and gets it.
+        let large = take(1 << 20);
+        assert!(large.capacity() >= 1 << 20);
+        assert_eq!(POOL.with(|p| p.borrow()[0].len()), 100);
+        give_back(large);
     }
 
     #[test]
