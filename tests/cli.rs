@@ -180,6 +180,33 @@ fn hundred_thousand_messages_through_the_cli_survive_a_restart() {
         String::from_utf8_lossy(&out),
         format!("0\t{}\tone more\n", p0_end + 1)
     );
+
+    // The topic's id survives the restart; a topic deleted and created
+    // again under its name gets a new one.
+    let id_of = |bs: &str| {
+        let (ok, out, err) = levee(bs, &["topic", "describe", "events"], None);
+        assert!(ok, "{err}");
+        let text = String::from_utf8_lossy(&out).to_string();
+        let id = text
+            .lines()
+            .find_map(|l| l.strip_prefix("id: "))
+            .unwrap_or_else(|| panic!("no id in {text}"))
+            .to_string();
+        assert_eq!(id.len(), 36, "{id}");
+        id
+    };
+    let first_id = describe
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .unwrap()
+        .to_string();
+    assert_eq!(id_of(&b.bootstrap()), first_id, "the id changed on restart");
+    let bs = b.bootstrap();
+    let (ok, _, err) = levee(&bs, &["topic", "delete", "events"], None);
+    assert!(ok, "{err}");
+    let (ok, _, err) = levee(&bs, &["topic", "create", "events"], None);
+    assert!(ok, "{err}");
+    assert_ne!(id_of(&bs), first_id, "a recreated topic kept the old id");
 }
 
 #[test]

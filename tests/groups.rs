@@ -365,3 +365,95 @@ fn empty_groups_expire_after_the_offsets_retention() {
     assert_eq!(names, vec!["live".to_string()]);
     assert!(!b.data_dir.join("__groups").join("old").exists());
 }
+
+fn add_partitions(c: &mut Raw, topic: &str, count: u32, assignment: &[&[u32]]) -> ErrorCode {
+    let (h, _) = c.call(
+        Request::AddPartitions(Box::new(AddPartitions {
+            name: topic.into(),
+            count,
+            assignment: (!assignment.is_empty()).then(|| {
+                assignment
+                    .iter()
+                    .map(|r| ReplicaList {
+                        nodes: Some(r.to_vec()),
+                    })
+                    .collect()
+            }),
+            validate_only: false,
+        })),
+        &[],
+    );
+    match h.response {
+        Some(Response::TopicResult(r)) => r.error,
+        other => panic!("add partitions: {other:?} {:?}", h.error),
+    }
+}
+
+/// Partitions added to a topic reach a stable native group: its members
+/// are told to rejoin (through their heartbeats) and get the new
+/// partitions; the additions survive a restart; refusals are typed.
+#[test]
+fn a_native_group_rebalances_onto_added_partitions() {
+    let mut b = Broker::start_with("groups-grow", &["--cores", "2"]);
+    let mut admin = Raw::hello(&b);
+    admin.create("grown", 2);
+    let mut c = Raw::hello(&b);
+    let j = join(&mut c, "gg", "", &["grown"], 10_000);
+    assert_eq!(j.error, ErrorCode::None);
+    let (member, gen) = (j.member_id.clone().unwrap(), j.generation);
+    assert_eq!(partitions(&j).len(), 2);
+    assert_eq!(heartbeat(&mut c, "gg", &member, gen), ErrorCode::None);
+
+    assert_eq!(
+        add_partitions(&mut admin, "grown", 2, &[]),
+        ErrorCode::InvalidPartitions
+    );
+    assert_eq!(
+        add_partitions(&mut admin, "grown", 1, &[]),
+        ErrorCode::InvalidPartitions
+    );
+    assert_eq!(
+        add_partitions(&mut admin, "nope", 3, &[]),
+        ErrorCode::UnknownTopicOrPartition
+    );
+    assert_eq!(
+        add_partitions(&mut admin, "grown", 3, &[&[7]]),
+        ErrorCode::InvalidReplicaAssignment
+    );
+    assert_eq!(add_partitions(&mut admin, "grown", 4, &[]), ErrorCode::None);
+
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        match heartbeat(&mut c, "gg", &member, gen) {
+            ErrorCode::RebalanceInProgress => break,
+            ErrorCode::None => {
+                assert!(
+                    Instant::now() < until,
+                    "no rebalance after the partitions were added"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => panic!("heartbeat: {other:?}"),
+        }
+    }
+    let j = join(&mut c, "gg", &member, &["grown"], 10_000);
+    assert_eq!(j.error, ErrorCode::None);
+    assert!(j.generation > gen);
+    let want: BTreeSet<(String, u32)> = (0..4).map(|p| ("grown".to_string(), p)).collect();
+    assert_eq!(partitions(&j), want);
+
+    b.restart();
+    let mut admin = Raw::hello(&b);
+    let (h, _) = admin.call(
+        Request::DescribeTopic(Box::new(DescribeTopic {
+            name: "grown".into(),
+        })),
+        &[],
+    );
+    match h.response {
+        Some(Response::TopicDescription(d)) => {
+            assert_eq!(d.partitions.map(|p| p.len()), Some(4), "after the restart")
+        }
+        other => panic!("describe: {other:?}"),
+    }
+}

@@ -9,7 +9,8 @@
 //! - consume from earliest, from latest, and from a timestamp
 //!   (offsets_for_times), and read the watermarks;
 //! - the Kafka admin API: create topics, see them in Metadata, describe a
-//!   topic's configs, delete a topic;
+//!   topic's configs, delete a topic, add partitions (a group member then
+//!   reads the new ones);
 //! - across protocols: records from the native `levee-client` Producer read
 //!   by an rdkafka consumer, and records from an rdkafka producer read by
 //!   the native Consumer, with identical keys, values, headers and
@@ -386,6 +387,139 @@ fn admin_client_creates_describes_and_deletes_topics() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// CreatePartitions through librdkafka's admin client: a topic grows from
+/// 2 to 5 partitions while a group member consumes it; the member gets the
+/// new partitions (librdkafka's leader sees them in Metadata and the group
+/// rebalances) and reads what is produced to them; a shrink, an unknown
+/// topic and a repeated grow are refused with Kafka's codes; validate-only
+/// changes nothing; after a restart the topic still has 5 partitions and
+/// every message.
+#[test]
+fn admin_client_adds_partitions_and_a_group_consumes_them() {
+    use rdkafka::admin::NewPartitions;
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    let mut b = Broker::start("kafka-add-partitions");
+    let boot = b.kafka.to_string();
+    let admin: AdminClient<DefaultClientContext> =
+        base_config(&boot).create().expect("admin client");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let created = rt
+        .block_on(admin.create_topics(
+            &[NewTopic::new("grow", 2, TopicReplication::Fixed(1))],
+            &opts,
+        ))
+        .unwrap();
+    assert!(created[0].is_ok(), "{created:?}");
+
+    let mut cfg = consumer_config(&boot, "grow-group");
+    cfg.set("topic.metadata.refresh.interval.ms", "500");
+    let member = consumer("grow-member", &cfg);
+    member.subscribe(&["grow"]).unwrap();
+    let p = producer("grow-producer", &producer_config(&boot, "all", "none"));
+    let before: Vec<Msg> = (0..2)
+        .map(|i| Msg {
+            partition: i,
+            offset: 0,
+            timestamp: 1_700_000_000_000,
+            key: None,
+            value: Some(format!("before {i}").into_bytes()),
+            headers: Vec::new(),
+        })
+        .collect();
+    for m in &before {
+        send(&p, "grow", m);
+    }
+    flush_all_delivered(&p, 2);
+    let got = consume_n(&member, 2, Duration::from_secs(30));
+    assert_eq!(got.len(), 2, "read before the grow: {got:?}");
+    // Committed, so that the rebalance onto 5 partitions resumes here.
+    member
+        .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
+        .unwrap();
+
+    // Validate only: accepted, nothing changes.
+    let check_only = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .validate_only(true);
+    let r = rt
+        .block_on(admin.create_partitions(&[NewPartitions::new("grow", 4)], &check_only))
+        .unwrap();
+    assert!(r[0].is_ok(), "validate-only grow: {r:?}");
+    assert_eq!(metadata(&member, Some("grow")).1.len(), 2);
+
+    let r = rt
+        .block_on(admin.create_partitions(&[NewPartitions::new("grow", 5)], &opts))
+        .unwrap();
+    assert!(r[0].is_ok(), "grow to 5: {r:?}");
+    let (_, parts) = metadata(&member, Some("grow"));
+    assert_eq!(parts.len(), 5, "{parts:?}");
+    for p in &parts {
+        assert_eq!((p.leader, p.error), (0, None), "{p:?}");
+    }
+    for (req, code) in [
+        (NewPartitions::new("grow", 5), Code::InvalidPartitions),
+        (NewPartitions::new("grow", 3), Code::InvalidPartitions),
+        (
+            NewPartitions::new("no-such-topic", 3),
+            Code::UnknownTopicOrPartition,
+        ),
+    ] {
+        let r = rt.block_on(admin.create_partitions(&[req], &opts)).unwrap();
+        assert!(
+            matches!(&r[0], Err((_, c)) if *c == code),
+            "expected {code:?}, got {r:?}"
+        );
+    }
+
+    // The member is given the new partitions and reads from them. (A new
+    // producer: the first one learns of the partitions only at its next
+    // metadata refresh, and librdkafka refuses unknown partitions locally.)
+    drop(p);
+    let p = producer("grow-producer-2", &producer_config(&boot, "all", "none"));
+    let after: Vec<Msg> = (2..5)
+        .map(|i| Msg {
+            partition: i,
+            offset: 0,
+            timestamp: 1_700_000_000_000,
+            key: None,
+            value: Some(format!("after {i}").into_bytes()),
+            headers: Vec::new(),
+        })
+        .collect();
+    for m in &after {
+        send(&p, "grow", m);
+    }
+    flush_all_delivered(&p, 3);
+    let got = by_position(consume_n(&member, 3, Duration::from_secs(30)));
+    assert_eq!(
+        got.iter()
+            .map(|m| (m.partition, m.offset))
+            .collect::<Vec<_>>(),
+        vec![(2, 0), (3, 0), (4, 0)],
+        "the group member read from the new partitions: {got:?}"
+    );
+    drop(member);
+    drop(p);
+
+    // After a restart: 5 partitions, every message.
+    b.restart();
+    let reader = consumer("grow-reader", &reader_config(&b.kafka.to_string()));
+    assert_eq!(metadata(&reader, Some("grow")).1.len(), 5);
+    assign_all(&reader, "grow", 5, Offset::Beginning);
+    let all = by_position(consume_n(&reader, 5, Duration::from_secs(30)));
+    let values: Vec<Vec<u8>> = all.iter().filter_map(|m| m.value.clone()).collect();
+    let want: Vec<Vec<u8>> = before
+        .iter()
+        .chain(&after)
+        .filter_map(|m| m.value.clone())
+        .collect();
+    assert_eq!(values, want);
 }
 
 fn native_client(b: &Broker, rt: &tokio::runtime::Runtime) -> Client {

@@ -257,3 +257,109 @@ fn leader_kill_during_kafka_produce_and_consume_loses_no_acknowledged_message() 
         acked.len()
     );
 }
+
+/// Partitions added on a cluster (native `levee topic add-partitions`, then
+/// Kafka's CreatePartitions with a manual assignment) are placed on every
+/// node, replicated, led by their first replica, and keep every
+/// acknowledged message through a kill -9 of the new partition's leader.
+#[test]
+fn partitions_added_on_a_cluster_are_replicated_and_survive_a_leader_kill() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use rdkafka::client::DefaultClientContext;
+    let mut cluster = Cluster::start("kafka-grow");
+    let boot = cluster.kafka_bootstrap();
+    let native = cluster.native_bootstrap();
+    let run = |args: &[&str]| {
+        let (ok, out, err) = levee(&native, args, None);
+        assert!(ok, "{args:?}: {err}{}", String::from_utf8_lossy(&out));
+        String::from_utf8_lossy(&out).to_string()
+    };
+    run(&[
+        "topic",
+        "create",
+        "grow",
+        "--partitions",
+        "2",
+        "--replication-factor",
+        "3",
+    ]);
+    let out = run(&["topic", "add-partitions", "grow", "--partitions", "5"]);
+    assert!(out.contains("now has 5 partition"), "{out}");
+    // A shrink is refused with a one-line error, and changes nothing.
+    let (ok, _, err) = levee(
+        &native,
+        &["topic", "add-partitions", "grow", "--partitions", "3"],
+        None,
+    );
+    assert!(!ok && err.contains("invalid_partitions"), "{err}");
+
+    let admin: AdminClient<DefaultClientContext> =
+        base_config(&boot).create().expect("admin client");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let r = rt
+        .block_on(admin.create_partitions(
+            &[NewPartitions::new("grow", 6).assign(&[&[3, 1, 2]])],
+            &opts,
+        ))
+        .unwrap();
+    assert!(r[0].is_ok(), "CreatePartitions with an assignment: {r:?}");
+
+    let probe = consumer("grow-probe", &reader_config(&boot));
+    let parts = wait_metadata(&probe, "grow", &[1, 2, 3], 3);
+    assert_eq!(parts.len(), 6, "{parts:?}");
+    let p5 = parts.iter().find(|p| p.id == 5).unwrap();
+    assert_eq!(p5.replicas, vec![3, 1, 2], "the given assignment");
+    assert_eq!(p5.leader, 3, "the first replica leads");
+    let new_leaders: BTreeSet<i32> = parts
+        .iter()
+        .filter(|p| (2..5).contains(&p.id))
+        .map(|p| p.leader)
+        .collect();
+    assert_eq!(
+        new_leaders.len(),
+        3,
+        "new partitions' leaders spread: {parts:?}"
+    );
+
+    let mut pcfg = producer_config(&boot, "all", "none");
+    pcfg.set("retries", "1000000")
+        .set("message.timeout.ms", "40000");
+    let prod = producer("grow-producer", &pcfg);
+    for i in 0..60 {
+        let v = format!("g-{i}");
+        prod.send(
+            BaseRecord::<[u8], [u8]>::to("grow")
+                .partition(i % 6)
+                .payload(v.as_bytes()),
+        )
+        .unwrap_or_else(|(e, _)| panic!("send: {e}"));
+    }
+    flush_all_delivered(&prod, 60);
+    drop(prod);
+
+    cluster.nodes[2].kill();
+    wait_metadata(&probe, "grow", &[1, 2], 2);
+    let reader = consumer("grow-reader", &reader_config(&boot));
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..6 {
+        tpl.add_partition_offset("grow", p, Offset::Beginning)
+            .unwrap();
+    }
+    reader.assign(&tpl).unwrap();
+    let got = consume_n(&reader, 60, Duration::from_secs(40));
+    let values: BTreeSet<String> = got
+        .iter()
+        .map(|m| String::from_utf8(m.value.clone().unwrap()).unwrap())
+        .collect();
+    let want: BTreeSet<String> = (0..60).map(|i| format!("g-{i}")).collect();
+    assert_eq!(values, want, "every acknowledged message after the kill");
+    let per_part: BTreeMap<i32, usize> = got.iter().fold(BTreeMap::new(), |mut m, g| {
+        *m.entry(g.partition).or_default() += 1;
+        m
+    });
+    assert_eq!(per_part.values().copied().collect::<Vec<_>>(), vec![10; 6]);
+}

@@ -125,6 +125,9 @@ pub struct TopicInfo {
     pub settings: TopicSettings,
     /// Its partitions, ordered by partition number.
     pub partitions: Vec<PartitionInfo>,
+    /// Its id (a UUID as text; empty from a broker that has none): a topic
+    /// deleted and created again under the same name has a new one.
+    pub id: String,
 }
 
 impl TopicInfo {
@@ -846,6 +849,36 @@ impl Client {
         topic_result(reply, name)
     }
 
+    /// Grows a topic to `count` partitions (partitions can only be added;
+    /// existing ones keep their data and offsets). `assignment`: one list of
+    /// node ids per new partition, or empty to let the broker place them.
+    /// `validate_only`: the broker checks the request and changes nothing.
+    pub async fn add_partitions(
+        &self,
+        name: &str,
+        count: u32,
+        assignment: &[Vec<u32>],
+        validate_only: bool,
+    ) -> Result<()> {
+        let req = Request::AddPartitions(Box::new(proto::AddPartitions {
+            name: name.to_string(),
+            count,
+            assignment: (!assignment.is_empty()).then(|| {
+                assignment
+                    .iter()
+                    .map(|r| proto::ReplicaList {
+                        nodes: Some(r.clone()),
+                    })
+                    .collect()
+            }),
+            validate_only,
+        }));
+        let reply = self
+            .call(req, Vec::new(), Duration::ZERO, "add partitions")
+            .await?;
+        topic_result(reply, name)
+    }
+
     /// Deletes a topic and its data.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let req = Request::DeleteTopic(Box::new(DeleteTopic {
@@ -1350,6 +1383,7 @@ fn topic_info(d: proto::TopicDescription, name: &str) -> Result<TopicInfo> {
         name: d.name.unwrap_or_else(|| name.to_string()),
         settings,
         partitions,
+        id: d.id.unwrap_or_default(),
     })
 }
 

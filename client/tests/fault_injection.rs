@@ -165,6 +165,7 @@ fn describe(name: &str, logs: Option<&Vec<Log>>) -> TopicDescription {
             name: Some(name.into()),
             error: ErrorCode::None,
             message: None,
+            id: None,
             config: Some(Box::new(TopicConfig {
                 partitions: logs.len() as u32,
                 replication_factor: 1,
@@ -329,7 +330,9 @@ fn handle(state: &Mutex<State>, body: &[u8]) -> Action {
                     &[],
                 )
             }
-            Request::OffsetForLeaderEpoch(_) | Request::ClusterStatus(_) => unimplemented!(),
+            Request::OffsetForLeaderEpoch(_)
+            | Request::ClusterStatus(_)
+            | Request::AddPartitions(_) => unimplemented!(),
             Request::Produce(p) => {
                 st.produce_requests.fetch_add(1, Ordering::SeqCst);
                 let not_leader = st.not_leader.load(Ordering::SeqCst) > 0

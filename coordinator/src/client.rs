@@ -172,6 +172,28 @@ pub fn create_topic(
     }
 }
 
+/// Grows a topic to `count` partitions (placement by the leader when
+/// `assignment` is empty).
+pub fn add_partitions(
+    coordinators: &[String],
+    name: &str,
+    count: u32,
+    assignment: Vec<Vec<u64>>,
+    timeout: Duration,
+) -> Result<Applied, CoordError> {
+    let req = Request::AddPartitions {
+        name: name.to_string(),
+        count,
+        assignment,
+    };
+    match call_leader(coordinators, &req, timeout)? {
+        Response::Applied(a) => Ok(a),
+        other => Err(CoordError::Protocol(format!(
+            "expected applied, got {other:?}"
+        ))),
+    }
+}
+
 /// A broker's heartbeat to the coordinator leader.
 pub fn heartbeat(
     coordinators: &[String],

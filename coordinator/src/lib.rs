@@ -25,7 +25,8 @@ pub use config::{CoordinatorConfig, PeerSpec};
 pub use error::{CoordError, StartError, StorageError};
 pub use node::{Coordinator, CoordinatorHandle};
 pub use state::{
-    controller_actions, BrokerInfo, Command, Metadata, PartitionInfo, TopicConfig, TopicInfo,
+    controller_actions, new_topic_id, BrokerInfo, Command, Metadata, PartitionInfo, TopicConfig,
+    TopicInfo, MAX_PARTITIONS,
 };
 pub use wire::{Applied, PeerStatus, Role, Status};
 

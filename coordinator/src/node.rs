@@ -49,6 +49,12 @@ enum Event {
         config: TopicConfig,
         reply: oneshot::Sender<Result<Applied, CoordError>>,
     },
+    AddPartitions {
+        name: String,
+        count: u32,
+        assignment: Vec<Vec<u64>>,
+        reply: oneshot::Sender<Result<Applied, CoordError>>,
+    },
     Heartbeat {
         node_id: u64,
         reply: oneshot::Sender<Result<(), CoordError>>,
@@ -315,6 +321,25 @@ impl CoordinatorHandle {
         self.wait_reply(rx).await
     }
 
+    /// Grows topic `name` to `count` partitions, placed by `assignment` (one
+    /// replica list per new partition) or, when it is empty, by the leader.
+    /// Leader only: a follower answers `NotLeader`.
+    pub async fn add_partitions(
+        &self,
+        name: &str,
+        count: u32,
+        assignment: Vec<Vec<u64>>,
+    ) -> Result<Applied, CoordError> {
+        let (tx, rx) = oneshot::channel();
+        self.push(Event::AddPartitions {
+            name: name.to_string(),
+            count,
+            assignment,
+            reply: tx,
+        })?;
+        self.wait_reply(rx).await
+    }
+
     /// Renews broker `node_id`'s lease. A follower records it too, but
     /// answers `NotLeader`. A broker that was down is brought back up (`BrokerUp`).
     pub async fn heartbeat(&self, node_id: u64) -> Result<(), CoordError> {
@@ -528,6 +553,14 @@ async fn handle_request(inner: &Rc<Inner>, req: Request) -> Response {
             Ok(a) => Response::Applied(a),
             Err(e) => Response::Error(e),
         },
+        Request::AddPartitions {
+            name,
+            count,
+            assignment,
+        } => match h.add_partitions(&name, count, assignment).await {
+            Ok(a) => Response::Applied(a),
+            Err(e) => Response::Error(e),
+        },
         Request::Heartbeat { node_id } => match h.heartbeat(node_id).await {
             Ok(()) => Response::HeartbeatOk,
             Err(e) => Response::Error(e),
@@ -654,9 +687,12 @@ impl RaftLoop {
             Event::Propose { command, reply } => self.propose(command, reply),
             Event::CreateTopic {
                 name,
-                config,
+                mut config,
                 reply,
             } => {
+                if config.id.is_empty() {
+                    config.id = crate::state::new_topic_id();
+                }
                 if !self.is_leader() {
                     let _ = reply.send(Err(self.leader_hint()));
                     return;
@@ -676,6 +712,49 @@ impl RaftLoop {
                         Command::CreateTopic {
                             name,
                             config,
+                            replicas,
+                        },
+                        Some(reply),
+                    ),
+                    Err(e) => {
+                        let _ = reply.send(Err(CoordError::Invalid(e)));
+                    }
+                }
+            }
+            Event::AddPartitions {
+                name,
+                count,
+                assignment,
+                reply,
+            } => {
+                if !self.is_leader() {
+                    let _ = reply.send(Err(self.leader_hint()));
+                    return;
+                }
+                let placed = if assignment.is_empty() {
+                    self.sm.place_more(&name, count)
+                } else {
+                    match self.sm.topics.get(&name) {
+                        None => Err(format!("topic `{name}` does not exist")),
+                        Some(t) => {
+                            let first = t.partitions.len() as u32;
+                            if u64::from(first) + assignment.len() as u64 != u64::from(count) {
+                                Err(format!(
+                                    "topic `{name}` has {first} partitions: growing it to {count} needs {} replica lists, {} were given",
+                                    i64::from(count) - i64::from(first),
+                                    assignment.len()
+                                ))
+                            } else {
+                                Ok((first, assignment))
+                            }
+                        }
+                    }
+                };
+                match placed {
+                    Ok((first, replicas)) => self.propose(
+                        Command::AddPartitions {
+                            name,
+                            first,
                             replicas,
                         },
                         Some(reply),

@@ -18,6 +18,11 @@ pub struct TopicConfig {
     pub fsync: String,
     pub max_backlog_bytes: i64,
     pub segment_bytes: i64,
+    /// The topic's id (a UUID, as text), given when it is created, so that
+    /// a topic deleted and created again under the same name is told apart
+    /// (Kafka's topic ids). Empty for topics created before ids existed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
 }
 
 impl TopicConfig {
@@ -31,8 +36,27 @@ impl TopicConfig {
             fsync: String::new(),
             max_backlog_bytes: -1,
             segment_bytes: -1,
+            id: String::new(),
         }
     }
+}
+
+/// A new random topic id: a version-4 UUID as text. Never the nil UUID
+/// nor Kafka's reserved metadata topic id (…0001).
+pub fn new_topic_id() -> String {
+    let mut v: u128 = rand::random();
+    // Version 4, variant 1 (RFC 4122).
+    v = (v & !(0xf << 76)) | (0x4 << 76);
+    v = (v & !(0x3 << 62)) | (0x2 << 62);
+    let h = format!("{v:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// A broker known to the cluster.
@@ -117,6 +141,16 @@ pub enum Command {
     },
     DeleteTopic {
         name: String,
+    },
+    /// Adds partitions `first..first + replicas.len()` to a topic, placed as
+    /// `replicas` (computed by the leader, or given by the caller); applies
+    /// only if the topic has exactly `first` partitions now, so a repeated
+    /// or concurrent request cannot add them twice. Each new partition's
+    /// first replica leads at epoch 1.
+    AddPartitions {
+        name: String,
+        first: u32,
+        replicas: Vec<Vec<u64>>,
     },
     /// Sets the leader (or none) of a partition; applies only if `epoch` is
     /// greater than the current epoch, and the leader is an in-sync replica.
@@ -205,6 +239,17 @@ impl Metadata {
             Command::DeleteTopic { name } => {
                 self.topics.remove(name);
             }
+            Command::AddPartitions { name, replicas, .. } => {
+                if let Some(t) = self.topics.get_mut(name) {
+                    t.partitions.extend(replicas.iter().map(|r| PartitionInfo {
+                        replicas: r.clone(),
+                        leader: r.first().copied(),
+                        leader_epoch: 1,
+                        isr: r.clone(),
+                    }));
+                    t.config.partitions = t.partitions.len() as u32;
+                }
+            }
             Command::SetLeader {
                 topic,
                 partition,
@@ -287,25 +332,35 @@ impl Metadata {
                         replicas.len()
                     ));
                 }
-                for r in replicas {
-                    let mut s = r.clone();
-                    s.sort_unstable();
-                    s.dedup();
-                    if r.is_empty()
-                        || s.len() != r.len()
-                        || r.len() != config.replication_factor as usize
-                    {
-                        return Err(format!("topic `{name}`: bad replica list {r:?}"));
-                    }
-                    if let Some(x) = r.iter().find(|x| !self.brokers.contains_key(x)) {
-                        return Err(format!("topic `{name}`: broker {x} is not registered"));
-                    }
-                }
+                self.check_replicas(name, config.replication_factor, replicas)?;
             }
             Command::DeleteTopic { name } => {
                 if !self.topics.contains_key(name) {
                     return Err(format!("topic `{name}` does not exist"));
                 }
+            }
+            Command::AddPartitions {
+                name,
+                first,
+                replicas,
+            } => {
+                let t = self
+                    .topics
+                    .get(name)
+                    .ok_or_else(|| format!("topic `{name}` does not exist"))?;
+                if t.partitions.len() != *first as usize {
+                    return Err(format!(
+                        "topic `{name}` has {} partitions, not {first}: partitions were added meanwhile",
+                        t.partitions.len()
+                    ));
+                }
+                let total = *first as usize + replicas.len();
+                if replicas.is_empty() || total > MAX_PARTITIONS as usize {
+                    return Err(format!(
+                        "topic `{name}`: {total} partitions is not more than {first} and at most {MAX_PARTITIONS}"
+                    ));
+                }
+                self.check_replicas(name, t.config.replication_factor, replicas)?;
             }
             Command::SetLeader {
                 topic,
@@ -362,6 +417,67 @@ impl Metadata {
         Ok(())
     }
 
+    /// Each replica list names `rf` distinct registered brokers.
+    fn check_replicas(&self, name: &str, rf: u16, replicas: &[Vec<u64>]) -> Result<(), String> {
+        for r in replicas {
+            let mut s = r.clone();
+            s.sort_unstable();
+            s.dedup();
+            if r.is_empty() || s.len() != r.len() || r.len() != rf as usize {
+                return Err(format!(
+                    "topic `{name}`: bad replica list {r:?} (needs {rf} distinct brokers)"
+                ));
+            }
+            if let Some(x) = r.iter().find(|x| !self.brokers.contains_key(x)) {
+                return Err(format!("topic `{name}`: broker {x} is not registered"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Placement of the partitions that grow topic `name` to `count`
+    /// partitions, as [`Metadata::place`] would place them: new partition p
+    /// starts at alive broker `(start + p) mod n`, continuing the rotation.
+    pub fn place_more(&self, name: &str, count: u32) -> Result<(u32, Vec<Vec<u64>>), String> {
+        let t = self
+            .topics
+            .get(name)
+            .ok_or_else(|| format!("topic `{name}` does not exist"))?;
+        let first = t.partitions.len() as u32;
+        if count <= first {
+            return Err(format!(
+                "topic `{name}` has {first} partitions; the new count must be greater, not {count} (partitions cannot be removed)"
+            ));
+        }
+        if count > MAX_PARTITIONS {
+            return Err(format!(
+                "topic `{name}`: at most {MAX_PARTITIONS} partitions, not {count}"
+            ));
+        }
+        let mut config = t.config.clone();
+        config.partitions = count - first;
+        let mut replicas = self.place(&config)?;
+        // `place` rotates by the partitions already in the cluster; rotate
+        // the new ones on from this topic's own last partition instead, so
+        // a topic's preferred leaders stay spread.
+        let alive: Vec<u64> = self
+            .brokers
+            .values()
+            .filter(|b| b.alive)
+            .map(|b| b.node_id)
+            .collect();
+        if let Some(last_first) = t.partitions.last().and_then(|p| p.replicas.first()) {
+            if let Some(i) = alive.iter().position(|b| b == last_first) {
+                let rf = config.replication_factor as usize;
+                let n = alive.len();
+                replicas = (0..(count - first) as usize)
+                    .map(|p| (0..rf).map(|r| alive[(i + 1 + p + r) % n]).collect())
+                    .collect();
+            }
+        }
+        Ok((first, replicas))
+    }
+
     /// Replica placement for a new topic: partition p's replicas are the
     /// alive brokers (sorted by id) starting at `(start + p) mod n`, so the
     /// preferred leaders rotate over the nodes; `start` rotates with the
@@ -399,6 +515,9 @@ impl Metadata {
             .collect())
     }
 }
+
+/// The most partitions a topic may have.
+pub const MAX_PARTITIONS: u32 = 100_000;
 
 /// Kafka's topic name rules (the one copy is in `levee-core`).
 pub use levee_core::validate_topic_name;
@@ -491,6 +610,21 @@ mod tests {
     }
 
     #[test]
+    fn topic_ids_are_random_v4_uuids() {
+        let a = new_topic_id();
+        let b = new_topic_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4", "version 4: {a}");
+        assert!("89ab".contains(&a[19..20]), "variant 1: {a}");
+        // Configs without an id (written before ids existed) still load.
+        let old = r#"{"partitions":1,"replication_factor":1,"retention_bytes":-1,"retention_ms":-1,"fsync":"","max_backlog_bytes":-1,"segment_bytes":-1}"#;
+        let c: TopicConfig = serde_json::from_str(old).unwrap();
+        assert!(c.id.is_empty());
+        assert!(!serde_json::to_string(&c).unwrap().contains("id"));
+    }
+
+    #[test]
     fn placement_spreads_leaders() {
         let mut md = Metadata::default();
         for id in 1..=3 {
@@ -512,6 +646,70 @@ mod tests {
         // The next topic starts one node further.
         assert_eq!(md.place(&TopicConfig::new(1, 1)).unwrap(), vec![vec![2]]);
         assert!(md.place(&TopicConfig::new(1, 4)).is_err());
+    }
+
+    #[test]
+    fn add_partitions_applies_once_and_continues_the_rotation() {
+        let mut md = Metadata::default();
+        for id in 1..=3 {
+            reg(&mut md, id);
+        }
+        let replicas = md.place(&TopicConfig::new(2, 2)).unwrap();
+        md.apply(&Command::CreateTopic {
+            name: "t".into(),
+            config: TopicConfig::new(2, 2),
+            replicas,
+        })
+        .unwrap();
+        assert!(md.place_more("t", 2).is_err(), "no growth is refused");
+        assert!(md.place_more("t", 1).is_err(), "shrinking is refused");
+        assert!(md.place_more("nope", 4).is_err());
+        assert!(md.place_more("t", MAX_PARTITIONS + 1).is_err());
+        let (first, more) = md.place_more("t", 5).unwrap();
+        assert_eq!(first, 2);
+        assert_eq!(more.len(), 3);
+        let last = md.partition("t", 1).unwrap().replicas[0];
+        // The first new partition is led by the broker after the last one's.
+        assert_eq!(more[0][0], last % 3 + 1);
+        let cmd = Command::AddPartitions {
+            name: "t".into(),
+            first,
+            replicas: more.clone(),
+        };
+        let v = md.version;
+        md.apply(&cmd).unwrap();
+        assert_eq!(md.version, v + 1);
+        let t = &md.topics["t"];
+        assert_eq!(t.config.partitions, 5);
+        assert_eq!(t.partitions.len(), 5);
+        for (i, r) in more.iter().enumerate() {
+            let p = &t.partitions[2 + i];
+            assert_eq!(&p.replicas, r);
+            assert_eq!(p.isr, *r);
+            assert_eq!(p.leader, Some(r[0]));
+            assert_eq!(p.leader_epoch, 1);
+        }
+        // The same command again (a retry) no longer matches the count.
+        assert!(md.apply(&cmd).is_err());
+        assert_eq!(md.version, v + 1);
+        // Bad replica lists: wrong size, duplicates, unknown broker.
+        for bad in [vec![vec![1]], vec![vec![1, 1]], vec![vec![1, 9]]] {
+            assert!(md
+                .apply(&Command::AddPartitions {
+                    name: "t".into(),
+                    first: 5,
+                    replicas: bad,
+                })
+                .is_err());
+        }
+        assert!(md
+            .apply(&Command::AddPartitions {
+                name: "t".into(),
+                first: 5,
+                replicas: vec![],
+            })
+            .is_err());
+        assert_eq!(md.topics["t"].partitions.len(), 5);
     }
 
     #[test]

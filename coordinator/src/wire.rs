@@ -51,6 +51,15 @@ pub enum Request {
     Propose { command: Command },
     /// Creates a topic, placement computed by the leader. Leader only.
     CreateTopic { name: String, config: TopicConfig },
+    /// Grows a topic to `count` partitions. `assignment` (one replica list
+    /// per new partition) places them; empty: the leader places them.
+    /// Leader only.
+    AddPartitions {
+        name: String,
+        count: u32,
+        #[serde(default)]
+        assignment: Vec<Vec<u64>>,
+    },
     /// A broker's liveness heartbeat. Leader only.
     Heartbeat { node_id: u64 },
     /// Long poll: answers with the metadata as soon as its version exceeds

@@ -195,6 +195,8 @@ pub fn error_name(code: ErrorCode) -> &'static str {
         ErrorCode::MemberIdRequired => "member_id_required",
         ErrorCode::OutOfOrderSequence => "out_of_order_sequence",
         ErrorCode::InvalidProducerEpoch => "invalid_producer_epoch",
+        ErrorCode::InvalidPartitions => "invalid_partitions",
+        ErrorCode::InvalidReplicaAssignment => "invalid_replica_assignment",
     }
 }
 

@@ -57,9 +57,9 @@ pub use levee_core::validate_topic_name as validate_name;
 pub fn check_new_topic(name: &str, meta: &TopicMeta, cluster: bool) -> Result<(), OpError> {
     let invalid = |m: String| OpError::new(ErrorCode::InvalidConfig, m);
     validate_name(name).map_err(|m| OpError::new(ErrorCode::InvalidTopicName, m))?;
-    if meta.partitions == 0 || meta.partitions > 100_000 {
+    if meta.partitions == 0 || meta.partitions > MAX_PARTITIONS {
         return Err(invalid(format!(
-            "partitions must be 1 to 100000, not {}",
+            "partitions must be 1 to {MAX_PARTITIONS}, not {}",
             meta.partitions
         )));
     }
@@ -79,6 +79,76 @@ pub fn check_new_topic(name: &str, meta: &TopicMeta, cluster: bool) -> Result<()
     }
     Ok(())
 }
+
+/// Checks growing a topic of `current` partitions to `count`, with
+/// `assignment` (one replica list per new partition, or empty) on a node
+/// whose brokers are `brokers` and topic replication factor is `rf`.
+pub fn check_add_partitions(
+    name: &str,
+    current: u32,
+    count: u32,
+    rf: u16,
+    assignment: &[Vec<u32>],
+    brokers: &[u32],
+) -> Result<(), OpError> {
+    let invalid = |m: String| OpError::new(ErrorCode::InvalidPartitions, m);
+    if count <= current {
+        return Err(invalid(format!(
+            "topic `{name}` has {current} partitions; the new count must be greater, not {count} (partitions cannot be removed)"
+        )));
+    }
+    if count > MAX_PARTITIONS {
+        return Err(invalid(format!(
+            "topic `{name}`: at most {MAX_PARTITIONS} partitions, not {count}"
+        )));
+    }
+    if assignment.is_empty() {
+        return Ok(());
+    }
+    let bad = |m: String| OpError::new(ErrorCode::InvalidReplicaAssignment, m);
+    if assignment.len() as u64 != u64::from(count - current) {
+        return Err(bad(format!(
+            "topic `{name}`: growing {current} to {count} partitions needs {} replica lists, {} were given",
+            count - current,
+            assignment.len()
+        )));
+    }
+    for r in assignment {
+        let mut s = r.clone();
+        s.sort_unstable();
+        s.dedup();
+        if s.len() != r.len() || r.len() != usize::from(rf) {
+            return Err(bad(format!(
+                "topic `{name}`: replica list {r:?} must name {rf} distinct brokers"
+            )));
+        }
+        if let Some(x) = r.iter().find(|x| !brokers.contains(x)) {
+            return Err(bad(format!(
+                "topic `{name}`: broker {x} in replica list {r:?} is not known"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A topic's id as a UUID: the one it was given at creation, or, for a
+/// topic created before ids existed, one derived from its name (stable,
+/// but the same if such a topic is deleted and created again).
+pub fn topic_uuid(name: &str, meta: &TopicMeta) -> uuid::Uuid {
+    if let Ok(u) = uuid::Uuid::parse_str(&meta.id) {
+        return u;
+    }
+    let mut h: u128 = 0;
+    for seed in 1..=4u32 {
+        let c = crc32c::crc32c_append(seed, name.as_bytes());
+        h = (h << 32) | u128::from(c);
+    }
+    // Never the nil id nor Kafka's reserved metadata topic id (…0001).
+    uuid::Uuid::from_u128(h | (1 << 127))
+}
+
+/// The most partitions a topic may have.
+pub const MAX_PARTITIONS: u32 = levee_coordinator::MAX_PARTITIONS;
 
 /// Directory of one partition's log, as Kafka lays them out.
 pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
@@ -117,6 +187,7 @@ mod tests {
                 fsync: "never".into(),
                 max_backlog_bytes: -1,
                 segment_bytes: -1,
+                id: "0b9f5a3c-7f1e-4c2a-9d1e-3a5b7c9d1e2f".into(),
             },
         );
         store(dir.path(), &m).unwrap();

@@ -9,10 +9,11 @@ Usage: confluent_kafka_check.py HOST:PORT
 Exits non-zero with a message naming what failed.
 """
 import sys
+import time
 import uuid
 
-from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
 
 def fail(msg):
@@ -112,6 +113,56 @@ def main():
     check(got[0].offset() == 15, f"resumed at offset {got[0].offset()}")
     extra = consume(c, 1, 1)
     check(not extra, "the resumed member read more than the new message")
+
+    # Topic ids (Metadata v10+): a topic has one, and a topic deleted and
+    # created again under the same name gets another.
+    def topic_id(name):
+        from confluent_kafka import TopicCollection
+        d = admin.describe_topics(TopicCollection([name]), request_timeout=10)[name].result(timeout=15)
+        return str(d.topic_id)
+
+    def recreate(name):
+        for _, f in admin.delete_topics([name], operation_timeout=10).items():
+            f.result(timeout=15)
+        for _ in range(50):
+            fs = admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)],
+                                     operation_timeout=10)
+            try:
+                fs[name].result(timeout=15)
+                return
+            except KafkaException:
+                time.sleep(0.1)
+        fail(f"could not create {name} again")
+
+    again = f"ck-ids-{run}"
+    for _, f in admin.create_topics([NewTopic(again, num_partitions=1, replication_factor=1)],
+                                    operation_timeout=10).items():
+        f.result(timeout=15)
+    first_id = topic_id(again)
+    check(first_id not in ("", "AAAAAAAAAAAAAAAAAAAAAA", "None"), f"topic id {first_id!r}")
+    recreate(again)
+    second_id = topic_id(again)
+    check(second_id != first_id, f"the recreated topic kept its id {first_id}")
+
+    # CreatePartitions: grow to 5; refusals of a shrink and an unknown topic.
+    grown = admin.create_partitions([NewPartitions(topic, 5)], operation_timeout=10)
+    try:
+        grown[topic].result(timeout=15)
+    except Exception as e:  # noqa: BLE001
+        fail(f"create_partitions {topic} to 5: {e}")
+    md = admin.list_topics(topic=topic, timeout=10)
+    check(len(md.topics[topic].partitions) == 5,
+          f"after create_partitions: {len(md.topics[topic].partitions)} partitions")
+    for bad, why in [(NewPartitions(topic, 4), "INVALID_PARTITIONS"),
+                     (NewPartitions(f"missing-{run}", 2), "UNKNOWN_TOPIC_OR_PART")]:
+        try:
+            admin.create_partitions([bad], operation_timeout=10)[bad.topic].result(timeout=15)
+            fail(f"create_partitions {bad.topic} to {bad.new_total_count} was accepted")
+        except KafkaException as e:
+            check(why in e.args[0].name(), f"create_partitions refusal: {e.args[0].name()}, expected {why}")
+    p = Producer(base)
+    p.produce(topic, value=b"to a new partition", partition=4)
+    check(p.flush(15) == 0, "produce to partition 4 after create_partitions")
 
     groups = admin.list_consumer_groups(request_timeout=10).result()
     names = [g.group_id for g in groups.valid]

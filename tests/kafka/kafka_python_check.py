@@ -94,6 +94,25 @@ def main():
     check(got[0].offset == 15, f"resumed at offset {got[0].offset}")
     check(not consume(c, 1, 1), "the resumed member read more than the new message")
 
+    # CreatePartitions: validate only (nothing changes), then grow to 5 with
+    # a manual assignment; a shrink is refused with INVALID_PARTITIONS.
+    admin.create_partitions({topic: 4}, validate_only=True)
+    check(len(admin.describe_topics([topic])[0]["partitions"]) == 3,
+          "validate_only create_partitions changed the topic")
+    admin.create_partitions({topic: {"count": 5, "assignments": [[0], [0]]}})
+    parts = admin.describe_topics([topic])[0]["partitions"]
+    check(len(parts) == 5, f"after create_partitions: {len(parts)} partitions")
+    r = admin.create_partitions({topic: 2}, raise_errors=False)
+    check(r.results[0].error_code == 37,
+          f"shrinking: error {r.results[0].error_code}, expected 37 (INVALID_PARTITIONS)")
+    r = admin.create_partitions({topic: {"count": 6, "assignments": [[7]]}}, raise_errors=False)
+    check(r.results[0].error_code == 39,
+          f"unknown broker: error {r.results[0].error_code}, expected 39 (INVALID_REPLICA_ASSIGNMENT)")
+    p = KafkaProducer(bootstrap_servers=boot)
+    md = p.send(topic, value=b"to a new partition", partition=4).get(timeout=15)
+    check(md.partition == 4, f"sent to partition {md.partition}")
+    p.close()
+
     groups = [g["group_id"] for g in admin.list_groups()]
     check(group in groups, f"list_consumer_groups does not show {group}: {groups}")
     c.close()

@@ -1,4 +1,4 @@
-//! `levee topic create|list|describe|delete`.
+//! `levee topic create|list|describe|add-partitions|delete`.
 
 use std::io::Write;
 
@@ -25,8 +25,48 @@ pub enum TopicCommand {
     List(TopicListArgs),
     /// Print a topic's settings and its partitions' offsets.
     Describe(TopicNameArgs),
+    /// Grow a topic to more partitions (existing ones keep their data;
+    /// keys then hash to other partitions than before).
+    AddPartitions(TopicAddPartitionsArgs),
     /// Delete a topic and all its data.
     Delete(TopicNameArgs),
+}
+
+/// `levee topic add-partitions`
+#[derive(Debug, Clone, Args)]
+pub struct TopicAddPartitionsArgs {
+    /// Topic name.
+    pub name: String,
+    /// The new total number of partitions (greater than the current one).
+    #[arg(long)]
+    pub partitions: u32,
+    /// Replicas of each new partition, as node ids: `1,2,3` per partition,
+    /// partitions separated by `;` (default: the broker places them).
+    #[arg(long)]
+    pub assignment: Option<String>,
+    /// Check the request on the broker and change nothing.
+    #[arg(long)]
+    pub validate_only: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub connect: ConnectArgs,
+}
+
+/// `1,2;2,3` as `[[1, 2], [2, 3]]`.
+fn parse_assignment(s: &str) -> Result<Vec<Vec<u32>>, ClientError> {
+    s.split(';')
+        .map(|part| {
+            part.split(',')
+                .map(|n| {
+                    n.trim().parse::<u32>().map_err(|_| {
+                        ClientError::InvalidArgument(format!(
+                            "--assignment: `{n}` is not a node id; write node ids as `1,2;2,3` (one list per new partition)"
+                        ))
+                    })
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// `levee topic create`
@@ -123,6 +163,9 @@ pub(super) async fn topic(cmd: TopicCommand) -> Result<(), ClientError> {
             let t = client.describe_topic(&a.name).await?;
             let s = &t.settings;
             writeln!(out, "topic: {}", t.name)?;
+            if !t.id.is_empty() {
+                writeln!(out, "id: {}", t.id)?;
+            }
             writeln!(out, "partitions: {}", t.partition_count())?;
             writeln!(out, "replication_factor: {}", s.replication_factor)?;
             writeln!(
@@ -168,6 +211,29 @@ pub(super) async fn topic(cmd: TopicCommand) -> Result<(), ClientError> {
                     p.leader_epoch,
                     node_list(p.replicas.as_ref()),
                     node_list(p.isr.as_ref())
+                )?;
+            }
+        }
+        TopicCommand::AddPartitions(a) => {
+            let assignment = match &a.assignment {
+                Some(s) => parse_assignment(s)?,
+                None => Vec::new(),
+            };
+            let client = connect(&a.connect).await?;
+            client
+                .add_partitions(&a.name, a.partitions, &assignment, a.validate_only)
+                .await?;
+            if a.validate_only {
+                writeln!(
+                    out,
+                    "topic {} can grow to {} partition(s) (nothing changed)",
+                    a.name, a.partitions
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "topic {} now has {} partition(s)",
+                    a.name, a.partitions
                 )?;
             }
         }

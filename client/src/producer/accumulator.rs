@@ -357,9 +357,16 @@ struct Topic {
     name: String,
     /// Partition count and round-robin position, once looked up.
     partitions: Option<u32>,
+    /// When the count was looked up, and records partitioned since (the
+    /// age is checked every [`AGE_CHECK_EVERY`] records, not per record).
+    looked_up: Option<Instant>,
+    uses: u32,
     next: u32,
     parts: HashMap<u32, Part>,
 }
+
+/// How many records go between two checks of a partition count's age.
+const AGE_CHECK_EVERY: u32 = 256;
 
 /// One partition's part of a request: consecutive batches, in order.
 pub(crate) struct Entry {
@@ -420,14 +427,25 @@ pub(crate) struct Accumulator {
 }
 
 impl Accumulator {
-    /// The partition count of `topic`, if looked up.
-    pub fn partitions(&self, topic: &str) -> Option<u32> {
-        self.find(topic).and_then(|t| t.partitions)
+    /// The partition count of `topic`, if looked up, and whether it is
+    /// older than `max_age` (then the caller looks it up again, so that
+    /// partitions added to the topic come into use).
+    pub fn partitions(&mut self, topic: &str, max_age: Duration) -> (Option<u32>, bool) {
+        let Some(&i) = self.names.get(topic) else {
+            return (None, false);
+        };
+        let t = &mut self.topics[i];
+        t.uses = t.uses.wrapping_add(1);
+        let stale = t.uses.is_multiple_of(AGE_CHECK_EVERY)
+            && t.looked_up.is_some_and(|at| at.elapsed() >= max_age);
+        (t.partitions, stale)
     }
 
-    /// Notes the partition count of `topic`.
+    /// Notes the partition count of `topic`, looked up now.
     pub fn set_partitions(&mut self, topic: &str, n: u32) {
-        self.topic(topic).partitions = Some(n);
+        let t = self.topic(topic);
+        t.partitions = Some(n);
+        t.looked_up = Some(Instant::now());
     }
 
     /// The next round-robin partition of `topic` (`None`: count unknown).

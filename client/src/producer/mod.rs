@@ -126,6 +126,10 @@ pub struct ProducerConfig {
     pub produce_timeout: Duration,
     /// Send every message to this partition instead of partitioning.
     pub partition: Option<u32>,
+    /// How long a topic's partition count is used before it is looked up
+    /// again, so that partitions added to the topic receive messages
+    /// (default 5 minutes, as Kafka's `metadata.max.age.ms`).
+    pub metadata_max_age: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -144,6 +148,7 @@ impl Default for ProducerConfig {
             delivery_timeout: Duration::from_secs(30),
             produce_timeout: Duration::from_secs(30),
             partition: None,
+            metadata_max_age: Duration::from_secs(300),
         }
     }
 }
@@ -361,10 +366,18 @@ impl Producer {
     /// The partition of a record sent without one: its key's, or the next
     /// in round robin. Looks the topic's partition count up once.
     async fn partition_for(&self, topic: &str, key: Option<&[u8]>) -> Result<u32> {
-        let n = self.shared.lock().partitions(topic);
-        let n = match n {
-            Some(n) => n,
-            None => {
+        let max_age = self.shared.config.metadata_max_age;
+        let (known, stale) = self.shared.lock().partitions(topic, max_age);
+        let n = match (known, stale) {
+            (Some(n), false) => n,
+            // Looked up again; while the broker cannot say, the count
+            // known so far stays in use.
+            (Some(old), true) => {
+                let n = self.partition_count(topic).await.unwrap_or(old);
+                self.shared.lock().set_partitions(topic, n);
+                n
+            }
+            (None, _) => {
                 let n = self.partition_count(topic).await?;
                 self.shared.lock().set_partitions(topic, n);
                 n

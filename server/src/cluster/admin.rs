@@ -20,6 +20,17 @@ fn coord_error(e: CoordError) -> OpError {
         CoordError::Rejected(m) if m.contains("already exists") => {
             OpError::new(ErrorCode::TopicAlreadyExists, m)
         }
+        CoordError::Rejected(m) | CoordError::Invalid(m) if m.contains("does not exist") => {
+            OpError::new(ErrorCode::UnknownTopicOrPartition, m)
+        }
+        CoordError::Rejected(m) | CoordError::Invalid(m)
+            if m.contains("replica list") || m.contains("not registered") =>
+        {
+            OpError::new(ErrorCode::InvalidReplicaAssignment, m)
+        }
+        CoordError::Rejected(m) | CoordError::Invalid(m) if m.contains("partitions") => {
+            OpError::new(ErrorCode::InvalidPartitions, m)
+        }
         CoordError::Rejected(m) | CoordError::Invalid(m) => {
             OpError::new(ErrorCode::InvalidConfig, m)
         }
@@ -92,6 +103,56 @@ pub async fn delete_topic(shard: &Rc<Shard>, view: &Arc<ClusterView>, name: &str
         .await
         .map_err(coord_error)?;
     wait_applied(shard, view, applied.version, |s| s.topic(name).is_none()).await
+}
+
+/// Grows a topic to `count` partitions through the coordinators (placed
+/// by their leader, or as `assignment` says), then waits until this node
+/// has seen the new partitions.
+pub async fn add_partitions(
+    shard: &Rc<Shard>,
+    view: &Arc<ClusterView>,
+    name: &str,
+    count: u32,
+    assignment: Vec<Vec<u32>>,
+    validate_only: bool,
+) -> OpResult<()> {
+    let Some(meta) = shard.topic(name) else {
+        return Err(OpError::new(
+            ErrorCode::UnknownTopicOrPartition,
+            format!("topic `{name}` does not exist"),
+        ));
+    };
+    let brokers: Vec<u32> = view
+        .metadata()
+        .map(|md| md.brokers.keys().map(|&b| b as u32).collect())
+        .unwrap_or_default();
+    topics::check_add_partitions(
+        name,
+        meta.partitions,
+        count,
+        meta.replication_factor,
+        &assignment,
+        &brokers,
+    )?;
+    if validate_only {
+        return Ok(());
+    }
+    let (addrs, n) = (view.addrs(), name.to_string());
+    let assignment = assignment
+        .into_iter()
+        .map(|r| r.into_iter().map(u64::from).collect())
+        .collect();
+    let applied = glommio::executor()
+        .spawn_blocking(move || {
+            levee_coordinator::client::add_partitions(&addrs, &n, count, assignment, COORD_TIMEOUT)
+        })
+        .await
+        .map_err(coord_error)?;
+    tracing::info!(topic = %name, count, "added partitions through the coordinators");
+    wait_applied(shard, view, applied.version, |s| {
+        s.topic(name).is_some_and(|m| m.partitions >= count)
+    })
+    .await
 }
 
 /// Every node with its role in the quorum, liveness and leadership counts.

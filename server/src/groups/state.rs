@@ -151,6 +151,10 @@ pub struct GroupMachine {
     not_before: Option<Instant>,
     empty_since: Instant,
     next_seq: u64,
+    /// The partition counts the native assignment was made with: when a
+    /// subscribed topic's count changes (partitions added, topic deleted),
+    /// a stable native group rebalances.
+    assigned_counts: BTreeMap<String, u32>,
 }
 
 fn err(code: ErrorCode, msg: impl Into<String>) -> OpError {
@@ -175,6 +179,7 @@ impl GroupMachine {
             not_before: None,
             empty_since: now,
             next_seq: 0,
+            assigned_counts: BTreeMap::new(),
         }
     }
 
@@ -597,6 +602,12 @@ impl GroupMachine {
         if !expired.is_empty() {
             self.start_rebalance(false, now);
         }
+        if self.phase == Phase::Stable
+            && *partitions != self.assigned_counts
+            && self.members.values().all(|m| m.subscription.is_native())
+        {
+            self.start_rebalance(false, now);
+        }
         let mut completed = false;
         if self.phase == Phase::PreparingRebalance {
             let all_in = self.members.values().all(|m| m.pending_join);
@@ -664,6 +675,7 @@ impl GroupMachine {
             .map(|(id, m)| (id.clone(), m.assignment.clone()))
             .collect();
         let plan = assign(&self.protocol, &subs, partitions, &previous);
+        self.assigned_counts = partitions.clone();
         for (id, m) in self.members.iter_mut() {
             m.assignment = plan.get(id).cloned().unwrap_or_default();
         }
@@ -790,6 +802,37 @@ mod tests {
         all.sort();
         assert_eq!(all, vec![0, 1, 2, 3, 4, 5]);
         assert!(ja.members.is_empty(), "native joins carry no member list");
+    }
+
+    #[test]
+    fn a_stable_native_group_rebalances_when_partitions_are_added() {
+        let t0 = Instant::now();
+        let mut g = GroupMachine::new(t0);
+        let c = counts(&[("t", 2)]);
+        let (a, gen0) = waiting(g.join(native("", "a", &["t"]), t0).unwrap());
+        let t1 = t0 + INITIAL_REBALANCE_DELAY;
+        assert_eq!(g.tick(t1, &c), (vec![], true));
+        assert_eq!(
+            g.join_result(&a, gen0).unwrap().unwrap().assignment["t"],
+            vec![0, 1]
+        );
+        // The same counts: nothing happens.
+        assert_eq!(g.tick(t1, &c), (vec![], false));
+        assert_eq!(g.phase(), Phase::Stable);
+        // Partitions added: a rebalance starts, the member is told through
+        // its heartbeat and rejoins, and gets the new partitions.
+        let more = counts(&[("t", 4)]);
+        assert_eq!(g.tick(t1, &more), (vec![], false));
+        assert_eq!(g.phase(), Phase::PreparingRebalance);
+        let gen1 = g.generation();
+        let (a2, _) = waiting(g.join(native(&a, "a", &["t"]), t1).unwrap());
+        assert_eq!(a2, a);
+        assert_eq!(g.tick(t1, &more), (vec![], true));
+        let j = g.join_result(&a, gen1).unwrap().unwrap();
+        assert_eq!(j.generation, gen1 + 1);
+        assert_eq!(j.assignment["t"], vec![0, 1, 2, 3]);
+        assert_eq!(g.tick(t1, &more), (vec![], false));
+        assert_eq!(g.phase(), Phase::Stable);
     }
 
     #[test]

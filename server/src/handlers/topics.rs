@@ -1,4 +1,5 @@
-//! Topic administration and description: create and delete (through shard
+//! Topic administration and description: create, delete and add
+//! partitions (through shard
 //! 0's registry on a single node, through the coordinators on a cluster),
 //! list, describe.
 
@@ -50,6 +51,34 @@ pub async fn delete(shard: &Rc<Shard>, name: String) -> OpResult<()> {
     }
     shard
         .submit_to(crate::shard::REGISTRY_SHARD, move |s| s.delete_topic(name))
+        .await
+}
+
+/// Grows a topic to `count` partitions; `assignment` (node ids, one list
+/// per new partition) places them, or the broker does when it is empty.
+/// `validate_only`: checks and changes nothing.
+pub async fn add_partitions(
+    shard: &Rc<Shard>,
+    name: String,
+    count: u32,
+    assignment: Vec<Vec<u32>>,
+    validate_only: bool,
+) -> OpResult<()> {
+    if let Some(view) = shard.cluster.clone() {
+        return crate::cluster::admin::add_partitions(
+            shard,
+            &view,
+            &name,
+            count,
+            assignment,
+            validate_only,
+        )
+        .await;
+    }
+    shard
+        .submit_to(crate::shard::REGISTRY_SHARD, move |s| {
+            s.add_partitions(name, count, assignment, validate_only)
+        })
         .await
 }
 

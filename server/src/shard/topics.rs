@@ -15,7 +15,7 @@ pub const REGISTRY_SHARD: usize = 0;
 
 impl Shard {
     /// Shard 0: creates a topic (validated, stored, opened everywhere).
-    pub async fn create_topic(self: Rc<Self>, name: String, meta: TopicMeta) -> OpResult<()> {
+    pub async fn create_topic(self: Rc<Self>, name: String, mut meta: TopicMeta) -> OpResult<()> {
         let _l = self
             .admin_lock
             .acquire_permit(1)
@@ -27,6 +27,9 @@ impl Shard {
                 ErrorCode::TopicAlreadyExists,
                 format!("topic `{name}` already exists"),
             ));
+        }
+        if meta.id.is_empty() {
+            meta.id = levee_coordinator::new_topic_id();
         }
         let mut all = self.topics.borrow().clone();
         all.insert(name.clone(), meta.clone());
@@ -54,6 +57,48 @@ impl Shard {
         self.store_registry(&all)?;
         let res = self.broadcast(&name, None).await;
         info!(topic = %name, "deleted topic");
+        res
+    }
+
+    /// Shard 0: grows a topic to `count` partitions (stored, then the new
+    /// partitions opened on their shards). Existing partitions keep their
+    /// shard: a partition's owner depends only on its topic and number.
+    pub async fn add_partitions(
+        self: Rc<Self>,
+        name: String,
+        count: u32,
+        assignment: Vec<Vec<u32>>,
+        validate_only: bool,
+    ) -> OpResult<()> {
+        let _l = self
+            .admin_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| OpError::shutting_down())?;
+        let Some(mut meta) = self.topics.borrow().get(&name).cloned() else {
+            return Err(OpError::new(
+                ErrorCode::UnknownTopicOrPartition,
+                format!("topic `{name}` does not exist"),
+            ));
+        };
+        topics::check_add_partitions(
+            &name,
+            meta.partitions,
+            count,
+            meta.replication_factor,
+            &assignment,
+            &[self.cfg.node_id],
+        )?;
+        if validate_only {
+            return Ok(());
+        }
+        let from = meta.partitions;
+        meta.partitions = count;
+        let mut all = self.topics.borrow().clone();
+        all.insert(name.clone(), meta.clone());
+        self.store_registry(&all)?;
+        let res = self.broadcast(&name, Some(meta)).await;
+        info!(topic = %name, from, to = count, "added partitions");
         res
     }
 

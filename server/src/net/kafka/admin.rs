@@ -1,5 +1,5 @@
-//! Kafka's ApiVersions, CreateTopics, DeleteTopics, DescribeConfigs and
-//! DescribeCluster.
+//! Kafka's ApiVersions, CreateTopics, DeleteTopics, CreatePartitions,
+//! DescribeConfigs and DescribeCluster.
 
 use super::codec::{code, kafka_error, str_bytes, SUPPORTED};
 use super::metadata::{cluster_id, coordinator_node, default_replication, kafka_brokers};
@@ -8,6 +8,7 @@ use crate::error::OpError;
 use crate::handlers;
 use crate::topics::TopicMeta;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
@@ -127,6 +128,11 @@ pub async fn create_topics(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsR
             }
             Err(e) => Err(e),
         };
+        if res.is_ok() && !req.validate_only {
+            if let Some(meta) = ctx.shard.topic(t.name.as_str()) {
+                r.topic_id = crate::topics::topic_uuid(t.name.as_str(), &meta);
+            }
+        }
         if let Err(e) = res {
             r.error_code = match e.code {
                 ErrorCode::InvalidConfig if e.message.contains("partitions") => {
@@ -147,24 +153,93 @@ pub async fn create_topics(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsR
 }
 
 pub async fn delete_topics(ctx: &Ctx, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
-    let mut names: Vec<Option<TopicName>> = req.topic_names.into_iter().map(Some).collect();
-    names.extend(req.topics.into_iter().map(|t| t.name));
+    // By name (v0-5, and v6 with a name) or by topic id (v6).
+    let mut wanted: Vec<(Option<TopicName>, uuid::Uuid)> = req
+        .topic_names
+        .into_iter()
+        .map(|n| (Some(n), uuid::Uuid::nil()))
+        .collect();
+    wanted.extend(req.topics.into_iter().map(|t| (t.name, t.topic_id)));
     let mut out = DeleteTopicsResponse::default();
-    for name in names {
+    for (name, id) in wanted {
         let mut r = DeletableTopicResult::default();
-        r.name = name.clone();
+        let name = match name {
+            Some(n) => Some(n.as_str().to_string()),
+            None => super::metadata::topic_by_id(&ctx.shard, id),
+        };
         let res = match &name {
-            Some(n) => handlers::topics::delete(&ctx.shard, n.as_str().to_string()).await,
-            None => Err(OpError::new(
-                ErrorCode::UnknownTopicOrPartition,
-                "topics are deleted by name (Levee has no topic ids)",
-            )),
+            Some(n) => {
+                r.name = Some(TopicName(str_bytes(n.clone())));
+                if let Some(meta) = ctx.shard.topic(n) {
+                    r.topic_id = crate::topics::topic_uuid(n, &meta);
+                }
+                handlers::topics::delete(&ctx.shard, n.clone())
+                    .await
+                    .map_err(|e| (kafka_error(e.code, false), e.message))
+            }
+            None => {
+                r.topic_id = id;
+                Err((code::UNKNOWN_TOPIC_ID, format!("no topic has the id {id}")))
+            }
+        };
+        if let Err((code, message)) = res {
+            r.error_code = code;
+            r.error_message = Some(str_bytes(message));
+        }
+        out.responses.push(r);
+    }
+    out
+}
+
+/// Grows topics (CreatePartitions v0-3), each on its own: one topic's
+/// refusal does not stop the others.
+pub async fn create_partitions(
+    ctx: &Ctx,
+    req: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    let mut out = CreatePartitionsResponse::default();
+    let mut seen = std::collections::HashSet::new();
+    let dups: std::collections::HashSet<String> = req
+        .topics
+        .iter()
+        .filter(|t| !seen.insert(t.name.as_str().to_string()))
+        .map(|t| t.name.as_str().to_string())
+        .collect();
+    for t in req.topics {
+        let mut r = CreatePartitionsTopicResult::default();
+        r.name = t.name.clone();
+        let name = t.name.as_str().to_string();
+        let res = if dups.contains(&name) {
+            Err(OpError::new(
+                ErrorCode::InvalidRequest,
+                format!("topic `{name}` appears more than once in the request"),
+            ))
+        } else if t.count <= 0 {
+            Err(OpError::new(
+                ErrorCode::InvalidPartitions,
+                format!("the partition count must be positive, not {}", t.count),
+            ))
+        } else {
+            let assignment = t
+                .assignments
+                .unwrap_or_default()
+                .into_iter()
+                .map(|a| a.broker_ids.into_iter().map(|b| b.0 as u32).collect())
+                .collect();
+            handlers::topics::add_partitions(
+                &ctx.shard,
+                name,
+                t.count as u32,
+                assignment,
+                req.validate_only,
+            )
+            .await
         };
         if let Err(e) = res {
             r.error_code = kafka_error(e.code, false);
             r.error_message = Some(str_bytes(e.message));
         }
-        out.responses.push(r);
+        out.results.push(r);
     }
     out
 }

@@ -30,6 +30,7 @@ pub mod code {
     pub const TOPIC_ALREADY_EXISTS: i16 = 36;
     pub const INVALID_PARTITIONS: i16 = 37;
     pub const INVALID_REPLICATION_FACTOR: i16 = 38;
+    pub const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
     pub const INVALID_CONFIG: i16 = 40;
     pub const INVALID_REQUEST: i16 = 42;
     pub const UNSUPPORTED_FOR_MESSAGE_FORMAT: i16 = 43;
@@ -44,6 +45,7 @@ pub mod code {
     pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
     pub const INVALID_PRODUCER_EPOCH: i16 = 47;
     pub const THROTTLING_QUOTA_EXCEEDED: i16 = 89;
+    pub const UNKNOWN_TOPIC_ID: i16 = 100;
 }
 
 /// Levee's error code as Kafka's. `group`: the request is a group
@@ -81,6 +83,8 @@ pub fn kafka_error(e: ErrorCode, group: bool) -> i16 {
         ErrorCode::MemberIdRequired => MEMBER_ID_REQUIRED,
         ErrorCode::OutOfOrderSequence => OUT_OF_ORDER_SEQUENCE_NUMBER,
         ErrorCode::InvalidProducerEpoch => INVALID_PRODUCER_EPOCH,
+        ErrorCode::InvalidPartitions => INVALID_PARTITIONS,
+        ErrorCode::InvalidReplicaAssignment => INVALID_REPLICA_ASSIGNMENT,
     }
 }
 
@@ -103,6 +107,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::DescribeCluster, 0, 1),
@@ -224,6 +229,7 @@ pub fn decode_any(frame_body: &[u8]) -> Result<(), String> {
         ApiVersions => m::ApiVersionsRequest,
         CreateTopics => m::CreateTopicsRequest,
         DeleteTopics => m::DeleteTopicsRequest,
+        CreatePartitions => m::CreatePartitionsRequest,
         DescribeConfigs => m::DescribeConfigsRequest,
         DeleteGroups => m::DeleteGroupsRequest,
         DescribeCluster => m::DescribeClusterRequest,

@@ -14,6 +14,7 @@ use kafka_protocol::messages::*;
 use levee_schemas::proto::ErrorCode;
 use std::collections::BTreeSet;
 use std::rc::Rc;
+use uuid::Uuid;
 
 /// Replicas per partition when a Kafka client does not say: one on a
 /// single node, min(3, brokers) on a cluster.
@@ -99,11 +100,29 @@ pub async fn auto_create(shard: &Rc<Shard>, names: impl IntoIterator<Item = Stri
     }
 }
 
+/// The topic with id `id`, if there is one.
+pub fn topic_by_id(shard: &Shard, id: Uuid) -> Option<String> {
+    shard.topic_names().into_iter().find(|n| {
+        shard
+            .topic(n)
+            .is_some_and(|m| crate::topics::topic_uuid(n, &m) == id)
+    })
+}
+
+/// An answer for a topic asked for by an id no topic has.
+fn unknown_id_entry(id: Uuid) -> MetadataResponseTopic {
+    let mut t = MetadataResponseTopic::default();
+    t.topic_id = id;
+    t.error_code = code::UNKNOWN_TOPIC_ID;
+    t.topic_authorized_operations = NO_AUTHORIZED_OPERATIONS;
+    t
+}
+
 fn topic_entry(shard: &Shard, name: &str) -> MetadataResponseTopic {
     let mut t = MetadataResponseTopic::default();
     t.name = Some(TopicName(str_bytes(name)));
     t.topic_authorized_operations = NO_AUTHORIZED_OPERATIONS;
-    let (_, placements) = match handlers::topics::placement(shard, name) {
+    let (meta, placements) = match handlers::topics::placement(shard, name) {
         Ok(p) => p,
         Err(e) => {
             t.error_code = if crate::topics::validate_name(name).is_err() {
@@ -147,11 +166,20 @@ fn topic_entry(shard: &Shard, name: &str) -> MetadataResponseTopic {
             p
         })
         .collect();
+    t.topic_id = crate::topics::topic_uuid(name, &meta);
     t
 }
 
 pub async fn metadata(ctx: &Ctx, req: MetadataRequest) -> MetadataResponse {
     let shard = &ctx.shard;
+    // Topics asked for by id (v10 and later, without a name).
+    let by_id: Vec<Uuid> = req
+        .topics
+        .iter()
+        .flatten()
+        .filter(|t| t.name.is_none() && !t.topic_id.is_nil())
+        .map(|t| t.topic_id)
+        .collect();
     let names: Vec<String> = match &req.topics {
         None => handlers::topics::list(shard),
         Some(ts) => ts
@@ -181,5 +209,10 @@ pub async fn metadata(ctx: &Ctx, req: MetadataRequest) -> MetadataResponse {
     out.controller_id = BrokerId(coordinator_node(shard));
     out.cluster_authorized_operations = NO_AUTHORIZED_OPERATIONS;
     out.topics = names.iter().map(|n| topic_entry(shard, n)).collect();
+    out.topics
+        .extend(by_id.into_iter().map(|id| match topic_by_id(shard, id) {
+            Some(n) => topic_entry(shard, &n),
+            None => unknown_id_entry(id),
+        }));
     out
 }

@@ -189,6 +189,9 @@ async fn process(shard: &Rc<Shard>, body: &mut Bytes, host: Rc<str>) -> Reply {
         ApiKey::DeleteGroups => serve!(m::DeleteGroupsRequest, groups::delete_groups),
         ApiKey::CreateTopics => serve!(m::CreateTopicsRequest, admin::create_topics),
         ApiKey::DeleteTopics => serve!(m::DeleteTopicsRequest, admin::delete_topics),
+        ApiKey::CreatePartitions => {
+            serve!(m::CreatePartitionsRequest, admin::create_partitions)
+        }
         ApiKey::DescribeConfigs => serve!(m::DescribeConfigsRequest, admin::describe_configs),
         ApiKey::DescribeCluster => serve!(m::DescribeClusterRequest, admin::describe_cluster),
         ApiKey::InitProducerId => serve!(m::InitProducerIdRequest, producers::init_producer_id),

@@ -66,6 +66,23 @@ pub async fn process(
             let res = handlers::topics::delete(shard, d.name.clone()).await;
             topic_result(d.name, res)
         }
+        Request::AddPartitions(a) => {
+            let assignment = a
+                .assignment
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| r.nodes.unwrap_or_default())
+                .collect();
+            let res = handlers::topics::add_partitions(
+                shard,
+                a.name.clone(),
+                a.count,
+                assignment,
+                a.validate_only,
+            )
+            .await;
+            topic_result(a.name, res)
+        }
         Request::ListTopics(_) => {
             Response::ListTopicsResponse(Box::new(proto::ListTopicsResponse {
                 names: Some(handlers::topics::list(shard)),
@@ -187,6 +204,7 @@ fn topic_meta(shard: &Shard, cfg: Option<proto::TopicConfig>) -> TopicMeta {
             .unwrap_or_default(),
         max_backlog_bytes: cfg.as_ref().map_or(-1, |c| c.max_backlog_bytes),
         segment_bytes: cfg.as_ref().map_or(-1, |c| c.segment_bytes),
+        id: String::new(),
     }
 }
 
@@ -209,11 +227,14 @@ async fn describe(shard: &Rc<Shard>, name: &str) -> proto::TopicDescription {
                 message: Some(e.message),
                 config: None,
                 partitions: None,
+                id: None,
             }
         }
     };
     let m = &d.meta;
+    let id = crate::topics::topic_uuid(&d.name, m).to_string();
     proto::TopicDescription {
+        id: Some(id),
         name: Some(d.name),
         error: ErrorCode::None,
         message: None,
