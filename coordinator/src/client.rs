@@ -153,16 +153,19 @@ pub fn propose(
     }
 }
 
-/// Creates a topic (placement by the leader).
+/// Creates a topic, placed as `assignment` says (one replica list per
+/// partition) or, when it is empty, by the leader.
 pub fn create_topic(
     coordinators: &[String],
     name: &str,
     config: TopicConfig,
+    assignment: Vec<Vec<u64>>,
     timeout: Duration,
 ) -> Result<Applied, CoordError> {
     let req = Request::CreateTopic {
         name: name.to_string(),
         config,
+        assignment,
     };
     match call_leader(coordinators, &req, timeout)? {
         Response::Applied(a) => Ok(a),

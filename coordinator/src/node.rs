@@ -47,6 +47,7 @@ enum Event {
     CreateTopic {
         name: String,
         config: TopicConfig,
+        assignment: Vec<Vec<u64>>,
         reply: oneshot::Sender<Result<Applied, CoordError>>,
     },
     AddPartitions {
@@ -312,10 +313,22 @@ impl CoordinatorHandle {
         name: &str,
         config: TopicConfig,
     ) -> Result<Applied, CoordError> {
+        self.create_topic_placed(name, config, Vec::new()).await
+    }
+
+    /// Creates a topic placed as `assignment` says (one replica list per
+    /// partition; empty: by the leader). Leader only.
+    pub async fn create_topic_placed(
+        &self,
+        name: &str,
+        config: TopicConfig,
+        assignment: Vec<Vec<u64>>,
+    ) -> Result<Applied, CoordError> {
         let (tx, rx) = oneshot::channel();
         self.push(Event::CreateTopic {
             name: name.to_string(),
             config,
+            assignment,
             reply: tx,
         })?;
         self.wait_reply(rx).await
@@ -549,7 +562,11 @@ async fn handle_request(inner: &Rc<Inner>, req: Request) -> Response {
             Ok(a) => Response::Applied(a),
             Err(e) => Response::Error(e),
         },
-        Request::CreateTopic { name, config } => match h.create_topic(&name, config).await {
+        Request::CreateTopic {
+            name,
+            config,
+            assignment,
+        } => match h.create_topic_placed(&name, config, assignment).await {
             Ok(a) => Response::Applied(a),
             Err(e) => Response::Error(e),
         },
@@ -688,6 +705,7 @@ impl RaftLoop {
             Event::CreateTopic {
                 name,
                 mut config,
+                assignment,
                 reply,
             } => {
                 if config.id.is_empty() {
@@ -707,7 +725,12 @@ impl RaftLoop {
                     ))));
                     return;
                 }
-                match self.sm.place(&config) {
+                let placed = if assignment.is_empty() {
+                    self.sm.place(&config)
+                } else {
+                    Ok(assignment)
+                };
+                match placed {
                     Ok(replicas) => self.propose(
                         Command::CreateTopic {
                             name,

@@ -49,8 +49,14 @@ pub enum Request {
     /// Commits a command (forwarded to the leader through Raft when sent to
     /// a follower).
     Propose { command: Command },
-    /// Creates a topic, placement computed by the leader. Leader only.
-    CreateTopic { name: String, config: TopicConfig },
+    /// Creates a topic, placed as `assignment` says (one replica list per
+    /// partition) or, when it is empty, by the leader. Leader only.
+    CreateTopic {
+        name: String,
+        config: TopicConfig,
+        #[serde(default)]
+        assignment: Vec<Vec<u64>>,
+    },
     /// Grows a topic to `count` partitions. `assignment` (one replica list
     /// per new partition) places them; empty: the leader places them.
     /// Leader only.

@@ -254,7 +254,14 @@ fn quorum_elects_one_leader_replicates_and_fails_over() {
     for b in 1..=3 {
         client::propose(&[c.addr(follower)], register(b), Duration::from_secs(5)).unwrap();
     }
-    let a = client::create_topic(&c.addrs(), "events", TopicConfig::new(6, 3), RPC * 5).unwrap();
+    let a = client::create_topic(
+        &c.addrs(),
+        "events",
+        TopicConfig::new(6, 3),
+        Vec::new(),
+        RPC * 5,
+    )
+    .unwrap();
     let md = c.wait_converged(a.version, Duration::from_secs(5));
     assert_eq!(md.brokers.len(), 3);
     let t = &md.topics["events"];
@@ -267,7 +274,13 @@ fn quorum_elects_one_leader_replicates_and_fails_over() {
     assert_eq!(&led[1..], &[2, 2, 2], "leaders spread evenly");
     // Creating it again is refused, deterministically.
     assert!(matches!(
-        client::create_topic(&c.addrs(), "events", TopicConfig::new(1, 1), RPC * 5),
+        client::create_topic(
+            &c.addrs(),
+            "events",
+            TopicConfig::new(1, 1),
+            Vec::new(),
+            RPC * 5
+        ),
         Err(CoordError::Rejected(_))
     ));
 
@@ -360,7 +373,14 @@ fn full_restart_recovers_state_from_disk() {
     for b in 1..=3 {
         c.propose(register(b)).unwrap();
     }
-    let a = client::create_topic(&c.addrs(), "orders", TopicConfig::new(3, 2), RPC * 5).unwrap();
+    let a = client::create_topic(
+        &c.addrs(),
+        "orders",
+        TopicConfig::new(3, 2),
+        Vec::new(),
+        RPC * 5,
+    )
+    .unwrap();
     let before = c.wait_converged(a.version, Duration::from_secs(5));
     for id in 1..=3 {
         c.stop(id);
@@ -408,7 +428,8 @@ fn controller_moves_leadership_off_an_expired_broker_and_back() {
             }
         })
     };
-    let a = client::create_topic(&c.addrs(), "t", TopicConfig::new(3, 3), RPC * 5).unwrap();
+    let a =
+        client::create_topic(&c.addrs(), "t", TopicConfig::new(3, 3), Vec::new(), RPC * 5).unwrap();
     let md = c.wait_converged(a.version, Duration::from_secs(5));
     let led_by_1: Vec<u32> = md.topics["t"]
         .partitions

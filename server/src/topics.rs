@@ -105,14 +105,27 @@ pub fn check_add_partitions(
     if assignment.is_empty() {
         return Ok(());
     }
-    let bad = |m: String| OpError::new(ErrorCode::InvalidReplicaAssignment, m);
     if assignment.len() as u64 != u64::from(count - current) {
-        return Err(bad(format!(
-            "topic `{name}`: growing {current} to {count} partitions needs {} replica lists, {} were given",
-            count - current,
-            assignment.len()
-        )));
+        return Err(OpError::new(
+            ErrorCode::InvalidReplicaAssignment,
+            format!(
+                "topic `{name}`: growing {current} to {count} partitions needs {} replica lists, {} were given",
+                count - current,
+                assignment.len()
+            ),
+        ));
     }
+    check_replica_lists(name, rf, assignment, brokers)
+}
+
+/// Each replica list names `rf` distinct brokers among `brokers`.
+pub fn check_replica_lists(
+    name: &str,
+    rf: u16,
+    assignment: &[Vec<u32>],
+    brokers: &[u32],
+) -> Result<(), OpError> {
+    let bad = |m: String| OpError::new(ErrorCode::InvalidReplicaAssignment, m);
     for r in assignment {
         let mut s = r.clone();
         s.sort_unstable();

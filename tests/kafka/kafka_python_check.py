@@ -113,6 +113,18 @@ def main():
     check(md.partition == 4, f"sent to partition {md.partition}")
     p.close()
 
+    # CreateTopics with a manual assignment, and with both an assignment and
+    # a partition count (INVALID_REQUEST, 42).
+    placed = f"kp-placed-{run}"
+    admin.create_topics([NewTopic(placed, num_partitions=-1, replication_factor=-1,
+                                  replica_assignments={0: [0], 1: [0]})])
+    parts = admin.describe_topics([placed])[0]["partitions"]
+    check(len(parts) == 2, f"placed topic: {len(parts)} partitions")
+    r = admin.create_topics([NewTopic(f"kp-both-{run}", num_partitions=2, replication_factor=1,
+                                      replica_assignments={0: [0], 1: [0]})], raise_errors=False)
+    codes = [t["error_code"] for t in r["topics"]]
+    check(codes == [42], f"assignment and count together: errors {codes}, expected [42]")
+
     groups = [g["group_id"] for g in admin.list_groups()]
     check(group in groups, f"list_consumer_groups does not show {group}: {groups}")
     c.close()

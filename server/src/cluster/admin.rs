@@ -71,12 +71,17 @@ pub async fn create_topic(
     view: &Arc<ClusterView>,
     name: &str,
     meta: TopicMeta,
+    assignment: Vec<Vec<u32>>,
 ) -> OpResult<()> {
     topics::check_new_topic(name, &meta, true)?;
     let (addrs, n) = (view.addrs(), name.to_string());
+    let assignment = assignment
+        .into_iter()
+        .map(|r| r.into_iter().map(u64::from).collect())
+        .collect();
     let applied = glommio::executor()
         .spawn_blocking(move || {
-            levee_coordinator::client::create_topic(&addrs, &n, meta, COORD_TIMEOUT)
+            levee_coordinator::client::create_topic(&addrs, &n, meta, assignment, COORD_TIMEOUT)
         })
         .await
         .map_err(coord_error)?;

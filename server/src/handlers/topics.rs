@@ -35,8 +35,41 @@ pub struct TopicDescription {
 }
 
 pub async fn create(shard: &Rc<Shard>, name: String, meta: TopicMeta) -> OpResult<()> {
+    create_placed(shard, name, meta, Vec::new()).await
+}
+
+/// Creates a topic whose partition p is placed on `assignment[p]` (node
+/// ids, the first the preferred leader); empty: the broker places them.
+/// `meta.partitions` and `meta.replication_factor` must match it.
+pub async fn create_placed(
+    shard: &Rc<Shard>,
+    name: String,
+    meta: TopicMeta,
+    assignment: Vec<Vec<u32>>,
+) -> OpResult<()> {
+    if !assignment.is_empty() {
+        if assignment.len() != meta.partitions as usize {
+            return Err(OpError::new(
+                ErrorCode::InvalidReplicaAssignment,
+                format!(
+                    "topic `{name}`: {} partitions need {} replica lists, {} were given",
+                    meta.partitions,
+                    meta.partitions,
+                    assignment.len()
+                ),
+            ));
+        }
+        let brokers: Vec<u32> = match shard.cluster.as_ref() {
+            Some(v) => v
+                .metadata()
+                .map(|md| md.brokers.keys().map(|&b| b as u32).collect())
+                .unwrap_or_default(),
+            None => vec![shard.cfg.node_id],
+        };
+        crate::topics::check_replica_lists(&name, meta.replication_factor, &assignment, &brokers)?;
+    }
     if let Some(view) = shard.cluster.clone() {
-        return crate::cluster::admin::create_topic(shard, &view, &name, meta).await;
+        return crate::cluster::admin::create_topic(shard, &view, &name, meta, assignment).await;
     }
     shard
         .submit_to(crate::shard::REGISTRY_SHARD, move |s| {

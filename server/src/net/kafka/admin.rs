@@ -63,6 +63,13 @@ fn apply_config(meta: &mut TopicMeta, name: &str, value: Option<&str>) -> Result
         "levee.fsync" => meta.fsync = value.to_string(),
         "levee.max.backlog.bytes" => meta.max_backlog_bytes = int(value)?,
         "cleanup.policy" if value == "delete" => {}
+        // Levee stores batches as the producer compressed them.
+        "compression.type" if value == "producer" => {}
+        "compression.type" => {
+            return Err(invalid(format!(
+                "compression.type `{value}` is not supported; Levee stores batches as producers compress them (`producer`)"
+            )))
+        }
         "cleanup.policy" => {
             return Err(invalid(format!(
                 "cleanup.policy `{value}` is not supported; Levee deletes by retention (`delete`)"
@@ -70,33 +77,74 @@ fn apply_config(meta: &mut TopicMeta, name: &str, value: Option<&str>) -> Result
         }
         other => {
             return Err(invalid(format!(
-                "topic config `{other}` is not supported; Levee takes retention.ms, retention.bytes, segment.bytes, cleanup.policy=delete, levee.fsync and levee.max.backlog.bytes"
+                "topic config `{other}` is not supported; Levee takes retention.ms, retention.bytes, segment.bytes, cleanup.policy=delete, compression.type=producer, levee.fsync and levee.max.backlog.bytes"
             )))
         }
     }
     Ok(())
 }
 
-/// The settings a Kafka CreatableTopic asks for, with the broker's defaults.
-fn topic_meta(ctx: &Ctx, t: &CreatableTopic) -> Result<TopicMeta, OpError> {
+/// A CreatableTopic's manual replica assignment (Kafka's rules: it replaces
+/// num_partitions and replication_factor, which must then be -1, and
+/// names partitions 0..n-1, each with the same number of replicas), as
+/// one replica list per partition. Empty: none given.
+fn manual_assignment(t: &CreatableTopic) -> Result<Vec<Vec<u32>>, OpError> {
+    if t.assignments.is_empty() {
+        return Ok(Vec::new());
+    }
+    if t.num_partitions != -1 || t.replication_factor != -1 {
+        return Err(OpError::new(
+            ErrorCode::InvalidRequest,
+            "both num_partitions or replication_factor and a replica assignment were given; give one or the other",
+        ));
+    }
+    let bad = |m: String| OpError::new(ErrorCode::InvalidReplicaAssignment, m);
+    let mut parts: Vec<(i32, Vec<u32>)> = t
+        .assignments
+        .iter()
+        .map(|a| {
+            (
+                a.partition_index,
+                a.broker_ids.iter().map(|b| b.0 as u32).collect(),
+            )
+        })
+        .collect();
+    parts.sort_by_key(|(p, _)| *p);
+    if parts.iter().enumerate().any(|(i, (p, _))| *p != i as i32) {
+        return Err(bad(
+            "the assignment must name partitions 0 to n-1, each once".to_string(),
+        ));
+    }
+    let rf = parts[0].1.len();
+    if rf == 0 || parts.iter().any(|(_, r)| r.len() != rf) {
+        return Err(bad(
+            "every partition of the assignment needs the same, non-zero number of replicas"
+                .to_string(),
+        ));
+    }
+    Ok(parts.into_iter().map(|(_, r)| r).collect())
+}
+
+/// The settings a Kafka CreatableTopic asks for, with the broker's
+/// defaults, and its manual assignment (empty: none).
+fn topic_meta(ctx: &Ctx, t: &CreatableTopic) -> Result<(TopicMeta, Vec<Vec<u32>>), OpError> {
+    let assignment = manual_assignment(t)?;
+    let (partitions, rf) = match assignment.first() {
+        Some(r) => (assignment.len() as i32, r.len() as i16),
+        None => (t.num_partitions, t.replication_factor),
+    };
     let mut meta = TopicMeta::new(
-        if t.num_partitions > 0 {
-            t.num_partitions as u32
+        if partitions > 0 {
+            partitions as u32
         } else {
             ctx.shard.cfg.log.default_partitions
         },
-        if t.replication_factor > 0 {
-            t.replication_factor as u16
+        if rf > 0 {
+            rf as u16
         } else {
             default_replication(ctx)
         },
     );
-    if !t.assignments.is_empty() {
-        return Err(OpError::new(
-            ErrorCode::InvalidConfig,
-            "manual replica assignments are not supported; give num_partitions and replication_factor",
-        ));
-    }
     for c in &t.configs {
         apply_config(
             &mut meta,
@@ -104,7 +152,7 @@ fn topic_meta(ctx: &Ctx, t: &CreatableTopic) -> Result<TopicMeta, OpError> {
             c.value.as_ref().map(|v| v.as_str()),
         )?;
     }
-    Ok(meta)
+    Ok((meta, assignment))
 }
 
 pub async fn create_topics(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse {
@@ -113,7 +161,7 @@ pub async fn create_topics(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsR
         let mut r = CreatableTopicResult::default();
         r.name = t.name.clone();
         let res = match topic_meta(ctx, &t) {
-            Ok(meta) => {
+            Ok((meta, assignment)) => {
                 r.num_partitions = meta.partitions as i32;
                 r.replication_factor = meta.replication_factor as i16;
                 if req.validate_only {
@@ -123,7 +171,13 @@ pub async fn create_topics(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsR
                         ctx.shard.cluster.is_some(),
                     )
                 } else {
-                    handlers::topics::create(&ctx.shard, t.name.as_str().to_string(), meta).await
+                    handlers::topics::create_placed(
+                        &ctx.shard,
+                        t.name.as_str().to_string(),
+                        meta,
+                        assignment,
+                    )
+                    .await
                 }
             }
             Err(e) => Err(e),
