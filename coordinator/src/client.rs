@@ -30,22 +30,33 @@ pub fn request(addr: &str, req: &Request, timeout: Duration) -> Result<Response,
         .and_then(|_| s.set_write_timeout(Some(timeout)))
         .map_err(|e| unreachable(addr, e))?;
     let body = serde_json::to_vec(req).map_err(|e| CoordError::Protocol(e.to_string()))?;
+    if body.len() + 1 > wire::MAX_REQUEST_FRAME {
+        // The coordinator would close the connection without reading it.
+        return Err(CoordError::Invalid(format!(
+            "request of {} bytes exceeds the {}-byte request frame limit",
+            body.len() + 1,
+            wire::MAX_REQUEST_FRAME
+        )));
+    }
     s.write_all(&wire::frame(wire::TAG_REQUEST, &body))
         .map_err(|e| unreachable(addr, e))?;
     let mut len = [0u8; 4];
     s.read_exact(&mut len).map_err(|e| unreachable(addr, e))?;
     let len = wire::check_len(u32::from_le_bytes(len))
         .ok_or_else(|| CoordError::Protocol("bad frame length".into()))?;
-    let mut payload = vec![0u8; len];
-    s.read_exact(&mut payload)
-        .map_err(|e| unreachable(addr, e))?;
-    if payload[0] != wire::TAG_RESPONSE {
+    let mut tag = [0u8; 1];
+    s.read_exact(&mut tag).map_err(|e| unreachable(addr, e))?;
+    if tag[0] != wire::TAG_RESPONSE {
         return Err(CoordError::Protocol(format!(
             "unexpected frame tag {}",
-            payload[0]
+            tag[0]
         )));
     }
-    match serde_json::from_slice::<Response>(&payload[1..]) {
+    // Read as it arrives: a bad peer declaring a large frame gets no large
+    // buffer up front.
+    let mut payload = Vec::new();
+    wire::read_chunked(&mut s, len - 1, &mut payload).map_err(|e| unreachable(addr, e))?;
+    match serde_json::from_slice::<Response>(&payload) {
         Ok(Response::Error(e)) => Err(e),
         Ok(r) => Ok(r),
         Err(e) => Err(CoordError::Protocol(e.to_string())),

@@ -437,24 +437,59 @@ async fn accept_loop(inner: Rc<Inner>, listener: TcpListener) {
     }
 }
 
-/// Reads frames from one connection. Malformed input closes it.
+/// Reads frames from one connection, one after the other (a client may
+/// send many requests on one connection; each is answered in order).
+/// Malformed input closes it. A frame's length is checked against its tag
+/// before its body is read, and the body is read as it arrives (see
+/// [`wire::read_chunked_async`]): a peer declaring a large frame does not
+/// make the coordinator allocate it up front.
 async fn serve_conn(inner: Rc<Inner>, mut s: TcpStream) {
     loop {
         let mut len = [0u8; 4];
         if s.read_exact(&mut len).await.is_err() {
             return;
         }
-        let Some(len) = wire::check_len(u32::from_le_bytes(len)) else {
-            warn!("coordinator connection sent a bad frame length; closing it");
+        let declared = u32::from_le_bytes(len);
+        let Some(len) = wire::check_len(declared) else {
+            warn!(
+                len = declared,
+                "coordinator connection sent a bad frame length; closing it"
+            );
             return;
         };
-        let mut payload = vec![0u8; len];
-        if s.read_exact(&mut payload).await.is_err() {
+        let mut tag = [0u8; 1];
+        if s.read_exact(&mut tag).await.is_err() {
             return;
         }
-        match payload[0] {
+        let tag = tag[0];
+        // A coordinator is sent Raft messages and client requests only.
+        let max = match (tag, wire::max_payload(tag)) {
+            (wire::TAG_RAFT | wire::TAG_REQUEST, Some(max)) => max,
+            _ => {
+                warn!(tag, "unknown frame tag; closing the connection");
+                return;
+            }
+        };
+        if len > max {
+            warn!(
+                tag,
+                len,
+                max,
+                "coordinator connection declared a frame larger than its tag allows; \
+                 closing it without reading the frame"
+            );
+            return;
+        }
+        let mut body = Vec::new();
+        if wire::read_chunked_async(&mut s, len - 1, &mut body)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        match tag {
             wire::TAG_RAFT => {
-                let Ok(m) = Message::parse_from_bytes(&payload[1..]) else {
+                let Ok(m) = Message::parse_from_bytes(&body) else {
                     warn!("undecodable raft message; closing the connection");
                     return;
                 };
@@ -475,7 +510,7 @@ async fn serve_conn(inner: Rc<Inner>, mut s: TcpStream) {
                 }
             }
             wire::TAG_REQUEST => {
-                let resp = match serde_json::from_slice::<Request>(&payload[1..]) {
+                let resp = match serde_json::from_slice::<Request>(&body) {
                     Ok(req) => handle_request(&inner, req).await,
                     Err(e) => {
                         warn!("undecodable client request: {e}; closing");
