@@ -77,6 +77,8 @@ struct Inner {
     stop_notify: LocalEvent,
     loop_done: LocalEvent,
     loop_running: Cell<bool>,
+    /// Connections accepted by the listener.
+    accepted: Cell<u64>,
 }
 
 /// Entry point: see [`Coordinator::start`].
@@ -206,6 +208,7 @@ impl Coordinator {
             reachable: 1,
             total: cfg.coordinators.len(),
             peers: Vec::new(),
+            connections_accepted: 0,
         };
         let inner = Rc::new(Inner {
             cfg,
@@ -220,6 +223,7 @@ impl Coordinator {
             stop_notify: LocalEvent::default(),
             loop_done: LocalEvent::default(),
             loop_running: Cell::new(true),
+            accepted: Cell::new(0),
         });
         info!(
             node = inner.cfg.node_id,
@@ -349,7 +353,9 @@ impl CoordinatorHandle {
 
     /// Raft role, term, leader, indexes and peer connectivity.
     pub fn status(&self) -> Status {
-        self.inner.status.borrow().clone()
+        let mut st = self.inner.status.borrow().clone();
+        st.connections_accepted = self.inner.accepted.get();
+        st
     }
 
     pub fn is_leader(&self) -> bool {
@@ -421,6 +427,7 @@ async fn accept_loop(inner: Rc<Inner>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok(s) => {
+                inner.accepted.set(inner.accepted.get() + 1);
                 let _ = s.set_nodelay(true);
                 let i = inner.clone();
                 glommio::spawn_local(async move {

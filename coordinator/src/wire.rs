@@ -225,6 +225,11 @@ pub struct Status {
     /// All coordinators, itself included.
     pub total: usize,
     pub peers: Vec<PeerStatus>,
+    /// TCP connections this coordinator accepted since it started (peers'
+    /// and clients'). Clients keep connections open between requests, so
+    /// this grows slowly; a fast-growing count means connection churn.
+    #[serde(default)]
+    pub connections_accepted: u64,
 }
 
 impl Status {
