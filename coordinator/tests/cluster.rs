@@ -581,3 +581,41 @@ fn oversized_request_frame_is_refused_before_its_body_arrives() {
     assert_eq!(c.metadata(1).brokers.len(), 1);
     drop(stalled);
 }
+
+#[test]
+fn client_requests_reuse_connections() {
+    let mut c = Cluster::new("reuse", 1, no_tune);
+    c.wait_leader(Duration::from_secs(10));
+    let addr = c.addr(1);
+    let before = client::status(&addr, RPC).unwrap().connections_accepted;
+    for i in 0..200 {
+        if i % 2 == 0 {
+            client::status(&addr, RPC).unwrap();
+        } else {
+            client::metadata(&addr, RPC).unwrap();
+        }
+    }
+    c.propose(register(1)).unwrap();
+    client::heartbeat(&c.addrs(), 1, RPC).unwrap();
+    let after = client::status(&addr, RPC).unwrap().connections_accepted;
+    // One connection per request would be 203.
+    assert!(
+        after - before <= 4,
+        "{} connections accepted for 203 requests",
+        after - before
+    );
+    // Pooled connections to a coordinator that restarted are closed: the
+    // client notices and connects anew.
+    c.stop(1);
+    c.start(1);
+    c.wait_leader(Duration::from_secs(10));
+    for _ in 0..10 {
+        client::status(&addr, RPC).unwrap();
+    }
+    assert_eq!(c.metadata(1).brokers.len(), 1);
+    let restarted = client::status(&addr, RPC).unwrap().connections_accepted;
+    assert!(
+        restarted <= 4,
+        "{restarted} connections accepted after the restart"
+    );
+}
