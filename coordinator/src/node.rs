@@ -84,6 +84,8 @@ struct Inner {
     stop_notify: LocalEvent,
     loop_done: LocalEvent,
     loop_running: Cell<bool>,
+    /// Connections accepted by the listener.
+    accepted: Cell<u64>,
 }
 
 /// Entry point: see [`Coordinator::start`].
@@ -213,6 +215,7 @@ impl Coordinator {
             reachable: 1,
             total: cfg.coordinators.len(),
             peers: Vec::new(),
+            connections_accepted: 0,
         };
         let inner = Rc::new(Inner {
             cfg,
@@ -227,6 +230,7 @@ impl Coordinator {
             stop_notify: LocalEvent::default(),
             loop_done: LocalEvent::default(),
             loop_running: Cell::new(true),
+            accepted: Cell::new(0),
         });
         info!(
             node = inner.cfg.node_id,
@@ -387,7 +391,9 @@ impl CoordinatorHandle {
 
     /// Raft role, term, leader, indexes and peer connectivity.
     pub fn status(&self) -> Status {
-        self.inner.status.borrow().clone()
+        let mut st = self.inner.status.borrow().clone();
+        st.connections_accepted = self.inner.accepted.get();
+        st
     }
 
     pub fn is_leader(&self) -> bool {
@@ -459,6 +465,7 @@ async fn accept_loop(inner: Rc<Inner>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok(s) => {
+                inner.accepted.set(inner.accepted.get() + 1);
                 let _ = s.set_nodelay(true);
                 let i = inner.clone();
                 glommio::spawn_local(async move {
@@ -475,24 +482,59 @@ async fn accept_loop(inner: Rc<Inner>, listener: TcpListener) {
     }
 }
 
-/// Reads frames from one connection. Malformed input closes it.
+/// Reads frames from one connection, one after the other (a client may
+/// send many requests on one connection; each is answered in order).
+/// Malformed input closes it. A frame's length is checked against its tag
+/// before its body is read, and the body is read as it arrives (see
+/// [`wire::read_chunked_async`]): a peer declaring a large frame does not
+/// make the coordinator allocate it up front.
 async fn serve_conn(inner: Rc<Inner>, mut s: TcpStream) {
     loop {
         let mut len = [0u8; 4];
         if s.read_exact(&mut len).await.is_err() {
             return;
         }
-        let Some(len) = wire::check_len(u32::from_le_bytes(len)) else {
-            warn!("coordinator connection sent a bad frame length; closing it");
+        let declared = u32::from_le_bytes(len);
+        let Some(len) = wire::check_len(declared) else {
+            warn!(
+                len = declared,
+                "coordinator connection sent a bad frame length; closing it"
+            );
             return;
         };
-        let mut payload = vec![0u8; len];
-        if s.read_exact(&mut payload).await.is_err() {
+        let mut tag = [0u8; 1];
+        if s.read_exact(&mut tag).await.is_err() {
             return;
         }
-        match payload[0] {
+        let tag = tag[0];
+        // A coordinator is sent Raft messages and client requests only.
+        let max = match (tag, wire::max_payload(tag)) {
+            (wire::TAG_RAFT | wire::TAG_REQUEST, Some(max)) => max,
+            _ => {
+                warn!(tag, "unknown frame tag; closing the connection");
+                return;
+            }
+        };
+        if len > max {
+            warn!(
+                tag,
+                len,
+                max,
+                "coordinator connection declared a frame larger than its tag allows; \
+                 closing it without reading the frame"
+            );
+            return;
+        }
+        let mut body = Vec::new();
+        if wire::read_chunked_async(&mut s, len - 1, &mut body)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        match tag {
             wire::TAG_RAFT => {
-                let Ok(m) = Message::parse_from_bytes(&payload[1..]) else {
+                let Ok(m) = Message::parse_from_bytes(&body) else {
                     warn!("undecodable raft message; closing the connection");
                     return;
                 };
@@ -513,7 +555,7 @@ async fn serve_conn(inner: Rc<Inner>, mut s: TcpStream) {
                 }
             }
             wire::TAG_REQUEST => {
-                let resp = match serde_json::from_slice::<Request>(&payload[1..]) {
+                let resp = match serde_json::from_slice::<Request>(&body) {
                     Ok(req) => handle_request(&inner, req).await,
                     Err(e) => {
                         warn!("undecodable client request: {e}; closing");

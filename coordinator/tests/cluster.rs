@@ -536,7 +536,7 @@ fn controller_moves_leadership_off_an_expired_broker_and_back() {
 
 #[test]
 fn malformed_frames_close_the_connection_only() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let c = Cluster::new("garbage", 1, no_tune);
     c.wait_leader(Duration::from_secs(10));
     for junk in [
@@ -549,10 +549,94 @@ fn malformed_frames_close_the_connection_only() {
         let mut s = std::net::TcpStream::connect(c.addr(1)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         s.write_all(&junk).unwrap();
-        let mut buf = [0u8; 16];
-        // The coordinator closes the connection (EOF) rather than crash.
-        assert_eq!(s.read(&mut buf).unwrap_or(0), 0);
+        // The coordinator closes the connection (EOF) rather than crash
+        // (a read timeout would mean it kept the connection open).
+        assert!(closed_by_peer(&mut s), "{junk:?} did not close it");
     }
     c.propose(register(1)).unwrap();
     assert_eq!(c.metadata(1).brokers.len(), 1);
+}
+
+/// Reads from `s` until the peer closes it: EOF or a reset counts as
+/// closed; a read timeout (the peer keeps it open) does not.
+fn closed_by_peer(s: &mut std::net::TcpStream) -> bool {
+    use std::io::{ErrorKind, Read};
+    let mut buf = [0u8; 16];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+        ),
+    }
+}
+
+#[test]
+fn oversized_request_frame_is_refused_before_its_body_arrives() {
+    use std::io::Write;
+    let c = Cluster::new("bigframe", 1, no_tune);
+    c.wait_leader(Duration::from_secs(10));
+    // A client request declaring 64 MiB (then 5 MiB, over the request
+    // cap), of which only the tag arrives: the coordinator closes the
+    // connection at once instead of allocating and waiting for the body.
+    for declared in [64u32 << 20, 5 << 20] {
+        let mut s = std::net::TcpStream::connect(c.addr(1)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(&declared.to_le_bytes()).unwrap();
+        s.write_all(&[2]).unwrap();
+        assert!(
+            closed_by_peer(&mut s),
+            "a {declared}-byte request frame was not refused"
+        );
+    }
+    // A raft frame may be large (snapshots): one declaring 64 MiB that
+    // stalls after 10 bytes is kept open, but costs no more than a chunk
+    // and does not stop the coordinator from answering.
+    let mut stalled = std::net::TcpStream::connect(c.addr(1)).unwrap();
+    stalled.write_all(&(64u32 << 20).to_le_bytes()).unwrap();
+    stalled.write_all(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+    let st = client::status(&c.addr(1), RPC).unwrap();
+    assert_eq!(st.role, Role::Leader);
+    c.propose(register(1)).unwrap();
+    assert_eq!(c.metadata(1).brokers.len(), 1);
+    drop(stalled);
+}
+
+#[test]
+fn client_requests_reuse_connections() {
+    let mut c = Cluster::new("reuse", 1, no_tune);
+    c.wait_leader(Duration::from_secs(10));
+    let addr = c.addr(1);
+    let before = client::status(&addr, RPC).unwrap().connections_accepted;
+    for i in 0..200 {
+        if i % 2 == 0 {
+            client::status(&addr, RPC).unwrap();
+        } else {
+            client::metadata(&addr, RPC).unwrap();
+        }
+    }
+    c.propose(register(1)).unwrap();
+    client::heartbeat(&c.addrs(), 1, RPC).unwrap();
+    let after = client::status(&addr, RPC).unwrap().connections_accepted;
+    // One connection per request would be 203.
+    assert!(
+        after - before <= 4,
+        "{} connections accepted for 203 requests",
+        after - before
+    );
+    // Pooled connections to a coordinator that restarted are closed: the
+    // client notices and connects anew.
+    c.stop(1);
+    c.start(1);
+    c.wait_leader(Duration::from_secs(10));
+    for _ in 0..10 {
+        client::status(&addr, RPC).unwrap();
+    }
+    assert_eq!(c.metadata(1).brokers.len(), 1);
+    let restarted = client::status(&addr, RPC).unwrap().connections_accepted;
+    assert!(
+        restarted <= 4,
+        "{restarted} connections accepted after the restart"
+    );
 }
