@@ -457,3 +457,78 @@ fn a_native_group_rebalances_onto_added_partitions() {
         other => panic!("describe: {other:?}"),
     }
 }
+
+/// The last of `0..n` that is `p` mod 4.
+fn last_of(n: i64, p: i64) -> i64 {
+    (0..n).rev().find(|i| i % 4 == p).unwrap()
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|es| {
+            es.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Group state lives in the offsets topic, whose size is bounded by what
+/// the groups hold, not by how many commits were made: snapshots make older
+/// segments unneeded and they are dropped. `LEVEE_COMMITS` sets the number
+/// of commits (default 30,000; the README reports 1,000,000). After a
+/// restart the last commit of every partition is there.
+#[test]
+fn many_commits_leave_the_offsets_topic_bounded_and_survive_a_restart() {
+    let n: i64 = std::env::var("LEVEE_COMMITS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30_000);
+    let mut b = Broker::start_with("groups-bounded", &["--cores", "1"]);
+    let mut admin = Raw::hello(&b);
+    admin.create("busy", 4);
+    let dir = b
+        .data_dir()
+        .join(format!("{}-0", levee_core::OFFSETS_TOPIC));
+    let started = Instant::now();
+    let mut largest = 0;
+    for i in 0..n {
+        let (e, failed) = commit(
+            &mut admin,
+            "busy-group",
+            "",
+            -1,
+            &[("busy", (i % 4) as u32, i)],
+        );
+        assert_eq!((e, failed.len()), (ErrorCode::None, 0), "commit {i}");
+        if i % 1000 == 0 {
+            largest = largest.max(dir_bytes(&dir));
+        }
+    }
+    let elapsed = started.elapsed();
+    largest = largest.max(dir_bytes(&dir));
+    eprintln!(
+        "{n} commits in {elapsed:?} ({:.0}/s); largest size of {} on disk: {largest} bytes",
+        n as f64 / elapsed.as_secs_f64(),
+        dir.display()
+    );
+    // 1 MiB snapshots interval and segments: a few MiB whatever n is
+    // (110 bytes a commit: 30,000 commits wrote 3.3 MB).
+    assert!(
+        largest <= 6 << 20,
+        "the offsets topic grew to {largest} bytes"
+    );
+    let want: Vec<(String, u32, i64)> = (0..4)
+        .map(|p| ("busy".to_string(), p as u32, last_of(n, p)))
+        .collect();
+    let mut got = fetch_offsets(&mut admin, "busy-group");
+    got.sort();
+    assert_eq!(got, want);
+    b.restart();
+    let mut admin = Raw::hello(&b);
+    let mut got = fetch_offsets(&mut admin, "busy-group");
+    got.sort();
+    assert_eq!(got, want, "after a restart");
+}

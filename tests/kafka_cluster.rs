@@ -393,3 +393,259 @@ fn partitions_added_on_a_cluster_are_replicated_and_survive_a_leader_kill() {
     });
     assert_eq!(per_part.values().copied().collect::<Vec<_>>(), vec![10; 6]);
 }
+
+/// The node coordinating `group`: the leader of its partition of the
+/// offsets topic, as Kafka Metadata shows it.
+fn group_coordinator(c: &KConsumer, group: &str) -> i32 {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, parts) = metadata(c, Some(levee_core::OFFSETS_TOPIC));
+        if !parts.is_empty() {
+            let p = levee_core::group_partition(group, parts.len() as u32) as i32;
+            if let Some(pm) = parts.iter().find(|pm| pm.id == p && pm.leader > 0) {
+                return pm.leader;
+            }
+        }
+        assert!(
+            Instant::now() < until,
+            "no coordinator for {group}: {parts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A group of three rdkafka consumers on a 3-node RF=3 cluster, reading 6
+/// partitions while a producer (acks=all) runs; the group coordinator's
+/// node is killed with kill -9. The members find the new coordinator (the
+/// new leader of the group's offsets partition, which loads the group from
+/// its replicated log), no committed offset moves backwards, and after a
+/// final drain every acknowledged message was processed at least once;
+/// duplicates (re-reads after the last commit before the kill) are counted.
+#[test]
+fn group_coordinator_kill_keeps_committed_offsets_and_the_group_goes_on() {
+    use rdkafka::consumer::CommitMode;
+    let mut cluster = Cluster::start("kafka-gc-kill");
+    let boot = cluster.kafka_bootstrap();
+    let (ok, out, err) = levee(
+        &cluster.native_bootstrap(),
+        &[
+            "topic",
+            "create",
+            "gc",
+            "--partitions",
+            "6",
+            "--replication-factor",
+            "3",
+        ],
+        None,
+    );
+    assert!(ok, "topic create: {err}{}", String::from_utf8_lossy(&out));
+    let group = "gc-group";
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut pcfg = producer_config(&boot, "all", "none");
+    pcfg.set("retries", "1000000")
+        .set("message.timeout.ms", "60000")
+        .set("request.timeout.ms", "5000");
+    let prod = producer("gc-producer", &pcfg);
+    let deliveries = prod.context().deliveries.clone();
+    let producing = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut seq = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                let v = format!("m-{seq}");
+                let r = BaseRecord::<[u8], [u8]>::to("gc")
+                    .partition((seq % 6) as i32)
+                    .payload(v.as_bytes());
+                if prod.send(r).is_ok() {
+                    seq += 1;
+                }
+                prod.poll(Duration::from_millis(2));
+            }
+            prod.flush(Duration::from_secs(60))
+        })
+    };
+
+    // Each member: process (record) every message, commit every 200 ms;
+    // every successful commit is logged with the offsets it stored.
+    let processed = Arc::new(Mutex::new(Vec::<String>::new()));
+    let commits = Arc::new(Mutex::new(Vec::<(Instant, BTreeMap<i32, i64>)>::new()));
+    let drain = Arc::new(AtomicBool::new(false));
+    let members: Vec<_> = (0..3)
+        .map(|i| {
+            let (boot, processed, commits, drain) = (
+                boot.clone(),
+                processed.clone(),
+                commits.clone(),
+                drain.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut cfg = consumer_config(&boot, group);
+                cfg.set("partition.assignment.strategy", "range");
+                let c = consumer(&format!("gc-member-{i}"), &cfg);
+                c.subscribe(&["gc"]).unwrap();
+                let mut last_commit = Instant::now();
+                let mut quiet_since: Option<Instant> = None;
+                loop {
+                    match c.poll(Duration::from_millis(100)) {
+                        Some(Ok(m)) => {
+                            quiet_since = None;
+                            processed
+                                .lock()
+                                .unwrap()
+                                .push(String::from_utf8(owned(&m).value.unwrap()).unwrap());
+                        }
+                        Some(Err(e)) => eprintln!("member {i}: {e}"),
+                        None => {
+                            if drain.load(Ordering::SeqCst) {
+                                let q = *quiet_since.get_or_insert_with(Instant::now);
+                                if q.elapsed() > Duration::from_secs(3) {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    if last_commit.elapsed() > Duration::from_millis(200) {
+                        last_commit = Instant::now();
+                        if let Ok(pos) = c.position() {
+                            if c.commit_consumer_state(CommitMode::Sync).is_ok() {
+                                let stored: BTreeMap<i32, i64> = pos
+                                    .elements()
+                                    .iter()
+                                    .filter_map(|e| match e.offset() {
+                                        Offset::Offset(o) => Some((e.partition(), o)),
+                                        _ => None,
+                                    })
+                                    .collect();
+                                commits.lock().unwrap().push((Instant::now(), stored));
+                            }
+                        }
+                    }
+                }
+                let _ = c.commit_consumer_state(CommitMode::Sync);
+            })
+        })
+        .collect();
+
+    let probe = consumer("gc-probe", &reader_config(&boot));
+    std::thread::sleep(Duration::from_secs(4));
+    let victim = group_coordinator(&probe, group);
+    let before_kill = processed.lock().unwrap().len();
+    assert!(before_kill > 0, "nothing processed before the kill");
+    let committed_before: BTreeMap<i32, i64> = {
+        let mut best = BTreeMap::new();
+        for (_, c) in commits.lock().unwrap().iter() {
+            for (p, o) in c {
+                let e = best.entry(*p).or_insert(*o);
+                *e = (*e).max(*o);
+            }
+        }
+        best
+    };
+    assert!(!committed_before.is_empty(), "no commit before the kill");
+    eprintln!(
+        "killing node {victim}, coordinator of {group}; committed so far {committed_before:?}"
+    );
+    let killed_at = Instant::now();
+    cluster.nodes[victim as usize - 1].kill();
+
+    // The offsets partition gets a new leader: a surviving node.
+    let until = Instant::now() + Duration::from_secs(30);
+    let new_coord = loop {
+        let c = group_coordinator(&probe, group);
+        if c != victim {
+            break c;
+        }
+        assert!(
+            Instant::now() < until,
+            "the coordinator did not move off node {victim}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!(
+        "new coordinator: node {new_coord} after {:?}",
+        killed_at.elapsed()
+    );
+
+    // The group goes on: commits succeed again after the kill.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let after = commits
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| *t > killed_at + Duration::from_millis(500))
+            .count();
+        if after >= 3 {
+            break;
+        }
+        assert!(Instant::now() < until, "no commit succeeded after the kill");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::SeqCst);
+    let flushed = producing.join().unwrap();
+    assert!(flushed.is_ok(), "producer flush: {flushed:?}");
+    drain.store(true, Ordering::SeqCst);
+
+    // Every acknowledged message processed at least once.
+    let acked: BTreeSet<String> = deliveries
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|d| d.error.is_none())
+        .map(|d| String::from_utf8(d.msg.value.clone().unwrap()).unwrap())
+        .collect();
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen: BTreeSet<String> = processed.lock().unwrap().iter().cloned().collect();
+        let missing = acked.difference(&seen).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "{missing} acknowledged messages never processed (of {})",
+            acked.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for m in members {
+        m.join().unwrap();
+    }
+
+    // No committed offset moved backwards: the group's offsets now (from
+    // the new coordinator) are at least what was committed before the kill.
+    let reader = consumer("gc-final", &consumer_config(&boot, group));
+    let mut q = TopicPartitionList::new();
+    for p in 0..6 {
+        q.add_partition("gc", p);
+    }
+    let now: BTreeMap<i32, i64> = reader
+        .committed_offsets(q, Duration::from_secs(10))
+        .unwrap()
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect();
+    for (p, o) in &committed_before {
+        assert!(
+            now.get(p).is_some_and(|n| n >= o),
+            "partition {p}: committed {o} before the kill, {:?} after",
+            now.get(p)
+        );
+    }
+    let all = processed.lock().unwrap().clone();
+    let distinct: BTreeSet<&String> = all.iter().collect();
+    eprintln!(
+        "acknowledged {}, processed {} records, {} distinct, {} duplicates",
+        acked.len(),
+        all.len(),
+        distinct.len(),
+        all.len() - distinct.len()
+    );
+}

@@ -720,9 +720,36 @@ impl Client {
         }
     }
 
+    /// The node that coordinates `group`: the leader of its partition of
+    /// the offsets topic. `None`: that topic is not in the metadata yet.
+    pub async fn group_coordinator(&self, group: &str) -> Result<Option<u32>> {
+        let (loaded, stale) = {
+            let m = lock(&self.inner.meta);
+            (m.loaded, m.stale)
+        };
+        if !loaded || stale {
+            self.refresh_metadata().await?;
+        }
+        let meta = lock(&self.inner.meta);
+        let n = meta
+            .leaders
+            .keys()
+            .filter(|(t, _)| t == levee_core::OFFSETS_TOPIC)
+            .count() as u32;
+        if n == 0 {
+            return Ok(None);
+        }
+        let p = levee_core::group_partition(group, n);
+        Ok(meta
+            .leaders
+            .get(&(levee_core::OFFSETS_TOPIC.to_string(), p))
+            .map(|(l, _)| *l)
+            .filter(|l| *l != NO_LEADER))
+    }
+
     /// The connection to a node, connecting if needed. On failure the
     /// metadata is marked stale.
-    async fn node_connection(&self, node: u32) -> Result<Arc<Connection>> {
+    pub(crate) async fn node_connection(&self, node: u32) -> Result<Arc<Connection>> {
         if let Some(c) = lock(&self.inner.boot).as_ref() {
             if !c.is_closed() && c.hello().node_id == node {
                 return Ok(c.clone());

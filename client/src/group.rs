@@ -108,6 +108,8 @@ pub struct GroupSummary {
     pub state: String,
     /// Number of members.
     pub members: u32,
+    /// The node coordinating it (the one that listed it).
+    pub coordinator: u32,
 }
 
 /// A member as described by [`Client::describe_group`].
@@ -195,6 +197,24 @@ fn group_result(reply: crate::connection::Reply, group: &str) -> Result<()> {
 /// Extra time given to a join on top of the rebalance timeout.
 const JOIN_SLACK: Duration = Duration::from_secs(5);
 
+/// How long a group request keeps looking for the group's coordinator
+/// (a coordinator moves when its node fails: election, then loading).
+const COORDINATOR_WAIT: Duration = Duration::from_secs(20);
+
+/// The error a group request's answer carries, wherever it carries it.
+fn reply_code(reply: &crate::connection::Reply) -> ErrorCode {
+    if reply.header.error != ErrorCode::None {
+        return reply.header.error;
+    }
+    match &reply.header.response {
+        Some(Response::JoinGroupResponse(r)) => r.error,
+        Some(Response::GroupResult(r)) => r.error,
+        Some(Response::OffsetsResponse(r)) => r.error,
+        Some(Response::GroupDescription(r)) => r.error,
+        _ => ErrorCode::None,
+    }
+}
+
 /// Whether a code is about group membership or state.
 fn is_group_code(code: ErrorCode) -> bool {
     matches!(
@@ -211,6 +231,12 @@ fn is_group_code(code: ErrorCode) -> bool {
 impl Client {
     /// A group request. The broker may refuse it in the response header
     /// or in the response's own error field: both give the same typed error.
+    ///
+    /// It goes to the group's coordinator: the leader of the group's
+    /// partition of the offsets topic, from the cluster metadata (the
+    /// bootstrap broker until that topic exists). A broker that is not (or
+    /// not yet) the coordinator says so; the metadata is then read again
+    /// and the request sent again, for up to [`COORDINATOR_WAIT`].
     async fn group_call(
         &self,
         group: &str,
@@ -218,14 +244,65 @@ impl Client {
         extra: Duration,
         what: &str,
     ) -> Result<crate::connection::Reply> {
-        self.call(request, Vec::new(), extra, what)
-            .await
-            .map_err(|e| match e {
+        let deadline = Instant::now() + COORDINATOR_WAIT;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let res = match self.group_connection(group).await {
+                Ok(conn) => {
+                    conn.call(
+                        request.clone(),
+                        Vec::new(),
+                        self.config().request_timeout + extra,
+                        what,
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            let code = match &res {
+                Ok(reply) => reply_code(reply),
+                Err(ClientError::Server { code, .. }) => *code,
+                Err(e) if e.is_retriable() => ErrorCode::CoordinatorUnavailable,
+                Err(_) => ErrorCode::None,
+            };
+            let moved = matches!(
+                code,
+                ErrorCode::NotLeader
+                    | ErrorCode::CoordinatorUnavailable
+                    | ErrorCode::CoordinatorLoadInProgress
+            );
+            if moved && Instant::now() + backoff < deadline {
+                tracing::debug!(
+                    group,
+                    code = levee_schemas::error_name(code),
+                    "finding the group coordinator again"
+                );
+                self.invalidate_metadata();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+                continue;
+            }
+            return res.map_err(|e| match e {
                 ClientError::Server { code, message } if is_group_code(code) => {
                     ClientError::from_group_code(code, Some(message), group)
                 }
                 e => e,
-            })
+            });
+        }
+    }
+
+    /// The connection to `group`'s coordinator, as the metadata says.
+    async fn group_connection(
+        &self,
+        group: &str,
+    ) -> Result<std::sync::Arc<crate::connection::Connection>> {
+        if group.is_empty() {
+            return self.connection().await;
+        }
+        match self.group_coordinator(group).await? {
+            Some(node) => self.node_connection(node).await,
+            None => self.connection().await,
+        }
     }
 
     /// Joins (or rejoins) a group. Blocks until the group has rebalanced
@@ -406,29 +483,48 @@ impl Client {
         }
     }
 
-    /// Every group, sorted by name.
+    /// Every group of the cluster (each node lists those it coordinates),
+    /// sorted by name.
     pub async fn list_groups(&self) -> Result<Vec<GroupSummary>> {
-        let reply = self
-            .group_call(
-                "",
+        let nodes = self.metadata(&[]).await?.brokers;
+        let mut groups = Vec::new();
+        if nodes.len() <= 1 {
+            let conn = self.connection().await?;
+            let node = conn.hello().node_id;
+            groups.extend(self.list_groups_on(&conn, node).await?);
+        } else {
+            for b in nodes {
+                let conn = self.node_connection(b.node_id).await?;
+                groups.extend(self.list_groups_on(&conn, b.node_id).await?);
+            }
+        }
+        groups.sort_by(|a, b| a.group.cmp(&b.group));
+        Ok(groups)
+    }
+
+    async fn list_groups_on(
+        &self,
+        conn: &crate::connection::Connection,
+        node: u32,
+    ) -> Result<Vec<GroupSummary>> {
+        let reply = conn
+            .call(
                 Request::ListGroups(Box::new(ListGroups {})),
-                Duration::ZERO,
+                Vec::new(),
+                self.config().request_timeout,
                 "list groups",
             )
             .await?;
         match reply.header.response {
-            Some(Response::ListGroupsResponse(r)) => {
-                let mut groups: Vec<GroupSummary> = required(r.groups)
-                    .into_iter()
-                    .map(|g| GroupSummary {
-                        group: g.group.unwrap_or_default(),
-                        state: g.state.unwrap_or_default(),
-                        members: g.members,
-                    })
-                    .collect();
-                groups.sort_by(|a, b| a.group.cmp(&b.group));
-                Ok(groups)
-            }
+            Some(Response::ListGroupsResponse(r)) => Ok(required(r.groups)
+                .into_iter()
+                .map(|g| GroupSummary {
+                    group: g.group.unwrap_or_default(),
+                    state: g.state.unwrap_or_default(),
+                    members: g.members,
+                    coordinator: node,
+                })
+                .collect()),
             other => Err(unexpected("ListGroupsResponse", other.as_ref())),
         }
     }

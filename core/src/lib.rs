@@ -16,4 +16,6 @@ pub mod names;
 pub use cores::{parse_cpu_list, CoreSpec};
 pub use event::LocalEvent;
 pub use fsync::FsyncPolicy;
-pub use names::{validate_group_name, validate_topic_name};
+pub use names::{
+    group_partition, is_internal_topic, validate_group_name, validate_topic_name, OFFSETS_TOPIC,
+};

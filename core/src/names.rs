@@ -68,3 +68,44 @@ mod tests {
         );
     }
 }
+
+/// The internal topic that holds consumer groups' state (committed offsets
+/// and generations): a group lives in one of its partitions, and the
+/// leader of that partition coordinates the group.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// The partition of [`OFFSETS_TOPIC`] (of `partitions`) that holds `group`:
+/// a stable hash of the name (FNV-1a, 32 bits), the same in brokers and
+/// clients.
+pub fn group_partition(group: &str, partitions: u32) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in group.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % partitions.max(1)
+}
+
+/// Whether a topic is internal (its name starts with `__`): kept by the
+/// broker itself, hidden from plain topic listings.
+pub fn is_internal_topic(name: &str) -> bool {
+    name.starts_with("__")
+}
+
+#[cfg(test)]
+mod group_tests {
+    use super::*;
+
+    #[test]
+    fn group_partitions_are_stable_and_spread() {
+        // Fixed values: brokers and clients of any version must agree.
+        assert_eq!(group_partition("", 16), 0x811c_9dc5 % 16);
+        assert_eq!(group_partition("a", 1), 0);
+        let mut seen = [0u32; 16];
+        for i in 0..1600 {
+            seen[group_partition(&format!("group-{i}"), 16) as usize] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
+        assert_eq!(group_partition("x", 0), 0);
+    }
+}

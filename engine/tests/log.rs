@@ -214,6 +214,38 @@ fn timestamp_lookup() {
 }
 
 #[test]
+fn delete_before_removes_only_segments_wholly_below_the_offset() {
+    let dir = tempdir();
+    run(async {
+        let cfg = LogConfig {
+            segment_bytes: 32 << 10,
+            retention_bytes: None,
+            retention_age: None,
+            ..small_config()
+        };
+        let log = Log::open(dir.path(), cfg).await.unwrap();
+        for i in 0..300u64 {
+            log.append(make_batch(i, 1, 1000, i as i64)).await.unwrap();
+        }
+        let bases = log.segment_bases();
+        assert!(bases.len() > 4, "{bases:?}");
+        // An offset inside the third segment: the first two go, the third
+        // (which holds records below and above it) stays.
+        let floor = bases[2] + 1;
+        assert_eq!(log.delete_before(floor).await.unwrap(), 2);
+        assert_eq!(log.log_start_offset(), bases[2]);
+        assert_eq!(log.delete_before(floor).await.unwrap(), 0);
+        let out = log.read(bases[2], 1 << 20, None).await.unwrap();
+        check_read(&out, bases[2]);
+        // Never the active segment, whatever the offset.
+        log.delete_before(u64::MAX).await.unwrap();
+        assert_eq!(log.segment_bases().len(), 1);
+        assert_eq!(log.log_end_offset(), 300);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
 fn retention_by_size_and_age() {
     let dir = tempdir();
     run(async {

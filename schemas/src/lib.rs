@@ -197,6 +197,7 @@ pub fn error_name(code: ErrorCode) -> &'static str {
         ErrorCode::InvalidProducerEpoch => "invalid_producer_epoch",
         ErrorCode::InvalidPartitions => "invalid_partitions",
         ErrorCode::InvalidReplicaAssignment => "invalid_replica_assignment",
+        ErrorCode::CoordinatorLoadInProgress => "coordinator_load_in_progress",
     }
 }
 
@@ -210,6 +211,7 @@ pub fn is_retriable(code: ErrorCode) -> bool {
             | ErrorCode::NotEnoughReplicas
             | ErrorCode::FencedLeaderEpoch
             | ErrorCode::CoordinatorUnavailable
+            | ErrorCode::CoordinatorLoadInProgress
     )
 }
 

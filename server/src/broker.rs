@@ -367,11 +367,6 @@ async fn run_shard(
             .await
             .map_err(|e| format!("shard {id}: opening topic `{name}` failed: {}", e.message))?;
     }
-    shard
-        .groups
-        .open_existing(|name| shard.group_owner(name) == id)
-        .await
-        .map_err(|e| format!("shard {id}: opening consumer groups failed: {}", e.message))?;
     let expiry_shard = shard.clone();
     let retention = Duration::from_millis(cfg.group_offsets_retention_ms);
     glommio::spawn_local(async move {

@@ -49,6 +49,10 @@ pub struct ServerConfig {
     /// A consumer group with no members keeps its committed offsets this
     /// long, then is deleted.
     pub group_offsets_retention_ms: u64,
+    /// Partitions of the consumer groups' topic `__consumer_offsets`, set
+    /// when it is created (on first use); default 16 on a cluster, 1 on a
+    /// single node.
+    pub group_partitions: Option<u32>,
     /// The cluster's coordinators, `id@host:port,...` (1, 3 or 5). Empty: a
     /// single node without a coordinator quorum. A node whose `node_id` is
     /// listed runs a coordinator on a dedicated executor and listens on its
@@ -123,6 +127,7 @@ impl Default for ServerConfig {
             shutdown_timeout_ms: 10_000,
             idle_spin_us: 50,
             group_offsets_retention_ms: 7 * 24 * 3600 * 1000,
+            group_partitions: None,
             coordinators: String::new(),
             cluster_listen: String::new(),
             broker_lease_ms: 1200,

@@ -115,13 +115,20 @@ pub(super) async fn group(cmd: GroupCommand) -> Result<(), ClientError> {
         GroupCommand::List(a) => {
             let client = connect(&a.connect).await?;
             for g in client.list_groups().await? {
-                writeln!(out, "{}\t{}\t{}", g.group, g.state, g.members)?;
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\t{}",
+                    g.group, g.state, g.members, g.coordinator
+                )?;
             }
         }
         GroupCommand::Describe(a) => {
             let client = connect(&a.connect).await?;
             let g = client.describe_group(&a.group).await?;
             writeln!(out, "group: {}", g.group)?;
+            if let Some(node) = client.group_coordinator(&a.group).await? {
+                writeln!(out, "coordinator: node {node}")?;
+            }
             writeln!(out, "state: {}", g.state)?;
             writeln!(out, "generation: {}", g.generation)?;
             writeln!(out, "strategy: {}", or_dash(&g.strategy))?;

@@ -40,10 +40,25 @@ impl Log {
     }
 
     pub async fn enforce_retention_at(&self, now_ms: i64) -> Result<usize> {
+        self.delete_segments(now_ms, 0).await
+    }
+
+    /// Deletes the whole sealed segments that end at or before `offset`
+    /// (every record in them is below it), advancing the log start offset
+    /// to at most `offset`: for a log whose records below `offset` are no
+    /// longer needed (a compacted internal topic's snapshot starts there).
+    /// Retention limits apply too. Returns segments deleted.
+    pub async fn delete_before(&self, offset: u64) -> Result<usize> {
+        self.delete_segments(now_ms(), offset).await
+    }
+
+    async fn delete_segments(&self, now_ms: i64, floor: u64) -> Result<usize> {
         let mut doomed = Vec::new();
         {
             let mut s = self.st.borrow_mut();
             while let Some((&base, seg)) = s.sealed.iter().next() {
+                let next_base = s.sealed.keys().nth(1).copied().unwrap_or(s.active.base);
+                let below_floor = next_base <= floor;
                 let len = seg.summary.covered_len;
                 let by_size = s
                     .cfg
@@ -53,7 +68,7 @@ impl Log {
                     .cfg
                     .retention_age
                     .is_some_and(|age| seg.summary.max_timestamp < now_ms - age.as_millis() as i64);
-                if !(by_size || by_age) {
+                if !(by_size || by_age || below_floor) {
                     break;
                 }
                 let Some(seg) = s.sealed.remove(&base) else {

@@ -1,19 +1,25 @@
-//! Consumer groups. Each group belongs to one shard (a stable hash of its
-//! name); that shard runs its membership ([`state::GroupMachine`], no I/O)
-//! and keeps its committed offsets in a log of its own under
-//! `<data_dir>/__groups/<group>/` (`store.rs`). This module is the glue:
-//! it feeds requests to the machine, wakes waiting joins and syncs when the
-//! group changes, ticks it (session expiry, rebalance deadlines), and
-//! writes commits durably before they become visible.
+//! Consumer groups. A group's state (committed offsets, generation) lives
+//! in one partition of the internal topic `__consumer_offsets` (a stable
+//! hash of its name, [`levee_core::group_partition`]); the leader of that
+//! partition coordinates the group, on the shard that owns the partition
+//! ([`home::Home`]). That shard runs its membership
+//! ([`state::GroupMachine`], no I/O). This module is the glue: it loads a
+//! partition's groups when this node becomes its leader and drops them when
+//! it stops leading, feeds requests to the machine, wakes waiting joins and
+//! syncs when the group changes, ticks it (session expiry, rebalance
+//! deadlines), and writes commits (replicated, durable) before they become
+//! visible.
 //!
 //! Requests here are protocol-neutral; the native and Kafka front ends
 //! convert their own messages.
 
 pub mod assign;
+pub mod home;
 pub mod state;
 pub mod store;
 
 use crate::error::{OpError, OpResult};
+use home::Home;
 use levee_core::LocalEvent;
 use levee_schemas::proto::ErrorCode;
 use state::{GroupMachine, Join, JoinOutcome, Joined};
@@ -22,7 +28,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use store::{Committed, OffsetChange, OffsetLog, OffsetMap};
+use store::{Committed, GroupMeta, OffsetChange, OffsetLog, OffsetMap, StoredGroup, StoredGroups};
 use tracing::{info, warn};
 
 pub use assign::Assignment;
@@ -106,47 +112,179 @@ pub struct GroupDescription {
     pub offsets: Vec<CommittedOffset>,
 }
 
-/// One group: its membership, its offsets and their log.
+/// One group: its membership, its offsets, and the offsets-topic
+/// partition that keeps them.
 pub struct Group {
     pub name: String,
     machine: RefCell<GroupMachine>,
     offsets: RefCell<OffsetMap>,
     /// Notified when the membership changes (wakes joins and syncs).
     changed: LocalEvent,
-    log: OffsetLog,
+    home: Rc<Home>,
+    /// The generation last written to the home (written after each rebalance).
+    stored_generation: Cell<i32>,
     driver_running: Cell<bool>,
-    deleted: Cell<bool>,
+    /// Deleted, or this node stopped coordinating it: the error requests get.
+    gone: Cell<Option<ErrorCode>>,
 }
 
-/// The groups one shard owns.
+/// How long a request waits for its group's coordinator to take over.
+const READY_WAIT: Duration = Duration::from_secs(5);
+
+/// The groups this shard coordinates: those of the offsets-topic
+/// partitions it leads.
 pub struct Groups {
-    dir: PathBuf,
+    /// Where groups were kept before the offsets topic: read once, moved
+    /// into it (see [`Groups::migrate_legacy`]).
+    legacy_dir: PathBuf,
+    homes: RefCell<HashMap<u32, Rc<Home>>>,
     groups: RefCell<HashMap<String, Rc<Group>>>,
     next_member: Cell<u64>,
-    /// Serializes opening groups: two opens of one log would race on its files.
-    open_lock: glommio::sync::Semaphore,
 }
 
 impl Groups {
     pub fn new(data_dir: &Path) -> Groups {
         Groups {
-            dir: data_dir.join("__groups"),
+            legacy_dir: data_dir.join("__groups"),
+            homes: RefCell::new(HashMap::new()),
             groups: RefCell::new(HashMap::new()),
             next_member: Cell::new(0),
-            open_lock: glommio::sync::Semaphore::new(1),
         }
     }
 
-    /// Opens the groups stored on disk that `owns` says belong here.
-    pub async fn open_existing(&self, owns: impl Fn(&str) -> bool) -> Result<(), OpError> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+    /// This node now leads offsets partition `index` (in leader epoch
+    /// `epoch`): loads its groups from the log, then serves them.
+    pub fn become_leader(
+        self: &Rc<Self>,
+        index: u32,
+        partitions: u32,
+        part: Rc<crate::partition::Partition>,
+        epoch: u64,
+    ) {
+        if let Some(h) = self.homes.borrow().get(&index) {
+            if h.epoch == epoch && Rc::ptr_eq(&h.part, &part) && !h.gone.get() {
+                return;
+            }
+        }
+        self.resign(index);
+        let home = Rc::new(Home::new(index, partitions, part, epoch));
+        self.homes.borrow_mut().insert(index, home.clone());
+        let groups = self.clone();
+        glommio::spawn_local(async move {
+            let started = Instant::now();
+            let stored = match home.load().await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(partition = index, error = %e.message, "loading consumer groups failed; this node will not coordinate them");
+                    return;
+                }
+            };
+            if home.gone.get() {
+                return;
+            }
+            let n = stored.len();
+            for (name, sg) in stored {
+                groups.adopt(&home, name, sg);
+            }
+            if let Err(e) = groups.migrate_legacy(&home).await {
+                warn!(partition = index, error = %e.message, "moving groups of the old layout into the offsets topic failed; they stay in __groups");
+            }
+            home.set_loaded();
+            info!(partition = index, epoch, groups = n, ms = started.elapsed().as_millis() as u64, "loaded consumer groups; coordinating them");
+        })
+        .detach();
+    }
+
+    /// This node stops leading offsets partition `index`: its groups are
+    /// dropped here (waiting requests get NOT_COORDINATOR).
+    pub fn resign(&self, index: u32) {
+        let Some(home) = self.homes.borrow_mut().remove(&index) else {
+            return;
+        };
+        home.gone.set(true);
+        home.loaded_event.notify();
+        let dropped: Vec<Rc<Group>> = {
+            let mut all = self.groups.borrow_mut();
+            let names: Vec<String> = all
+                .values()
+                .filter(|g| Rc::ptr_eq(&g.home, &home))
+                .map(|g| g.name.clone())
+                .collect();
+            names.iter().filter_map(|n| all.remove(n)).collect()
+        };
+        for g in &dropped {
+            g.gone.set(Some(ErrorCode::NotLeader));
+            g.changed.notify();
+        }
+        info!(
+            partition = index,
+            groups = dropped.len(),
+            "no longer coordinating the groups of this offsets partition"
+        );
+    }
+
+    fn adopt(&self, home: &Rc<Home>, name: String, sg: StoredGroup) -> Rc<Group> {
+        let generation = sg.meta.as_ref().map_or(0, |m| m.generation);
+        let g = Rc::new(Group {
+            name: name.clone(),
+            machine: RefCell::new(GroupMachine::with_generation(Instant::now(), generation)),
+            offsets: RefCell::new(sg.offsets),
+            changed: LocalEvent::default(),
+            home: home.clone(),
+            stored_generation: Cell::new(generation),
+            driver_running: Cell::new(false),
+            gone: Cell::new(None),
+        });
+        self.groups.borrow_mut().insert(name, g.clone());
+        g
+    }
+
+    /// Groups stored by an older Levee under `<data_dir>/__groups/<name>/`
+    /// (a log per group) that belong to `home`: their offsets are written
+    /// to it, then their directory moves to `__groups.migrated/`.
+    async fn migrate_legacy(&self, home: &Rc<Home>) -> OpResult<()> {
+        let Ok(entries) = std::fs::read_dir(&self.legacy_dir) else {
             return Ok(());
         };
+        let partitions = home.partitions;
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if owns(&name) && validate_group_name(&name).is_ok() {
-                self.open(&name).await?;
+            if validate_group_name(&name).is_err()
+                || levee_core::group_partition(&name, partitions) != home.index
+            {
+                continue;
             }
+            let log = OffsetLog::open(&e.path()).await?;
+            let offsets = log.replay().await;
+            let _ = log.log.close().await;
+            let offsets = offsets?;
+            if self.get(&name).is_none() && !offsets.is_empty() {
+                let changes: Vec<OffsetChange> = offsets
+                    .iter()
+                    .map(|(k, c)| (k.clone(), Some(c.clone())))
+                    .collect();
+                let _turn = home.write_turn().await?;
+                home.write(&store::group_commit_records(&name, &changes, now_ms()))
+                    .await?;
+                self.adopt(
+                    home,
+                    name.clone(),
+                    StoredGroup {
+                        offsets,
+                        meta: None,
+                    },
+                );
+            }
+            let moved = self.legacy_dir.with_extension("migrated");
+            std::fs::create_dir_all(&moved)
+                .and_then(|()| std::fs::rename(e.path(), moved.join(&name)))
+                .map_err(|err| {
+                    OpError::new(
+                        ErrorCode::StorageError,
+                        format!("moving {} aside: {err}", e.path().display()),
+                    )
+                })?;
+            info!(group = %name, partition = home.index, "moved a group's offsets into the offsets topic");
         }
         Ok(())
     }
@@ -155,8 +293,54 @@ impl Groups {
         self.groups.borrow().get(name).cloned()
     }
 
-    /// The group, or `UnknownGroup`.
-    pub fn existing(&self, name: &str) -> OpResult<Rc<Group>> {
+    /// The home of offsets partition `index`, if this shard leads it and
+    /// has loaded it.
+    pub fn home(&self, index: u32) -> OpResult<Rc<Home>> {
+        let home = self.homes.borrow().get(&index).cloned().ok_or_else(|| {
+            err(
+                ErrorCode::NotLeader,
+                format!(
+                    "this node does not lead partition {index} of {}, so it does not coordinate its groups; find the coordinator again",
+                    levee_core::OFFSETS_TOPIC
+                ),
+            )
+        })?;
+        home.check()?;
+        Ok(home)
+    }
+
+    /// Waits (up to [`READY_WAIT`]) until this shard serves offsets
+    /// partition `index`: the metadata made this node its leader, and the
+    /// shard is taking over or loading it.
+    pub async fn ready(&self, index: u32) -> OpResult<()> {
+        let until = Instant::now() + READY_WAIT;
+        loop {
+            let home = match self.home(index) {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() >= until => return Err(e),
+                Err(e) => {
+                    let h = self.homes.borrow().get(&index).cloned();
+                    match h {
+                        Some(h) if e.code == ErrorCode::CoordinatorLoadInProgress => Some(h),
+                        Some(_) => return Err(e),
+                        None => None,
+                    }
+                }
+            };
+            let waiting = home.as_ref().map(|h| h.loaded_event.listen());
+            let pause = glommio::timer::sleep(Duration::from_millis(10));
+            match waiting {
+                Some(l) => {
+                    futures_lite::future::or(l, pause).await;
+                }
+                None => pause.await,
+            }
+        }
+    }
+
+    /// The group, or `UnknownGroup` (checked against its home `index`).
+    pub fn existing(&self, name: &str, index: u32) -> OpResult<Rc<Group>> {
+        self.home(index)?;
         self.get(name).ok_or_else(|| {
             err(
                 ErrorCode::UnknownGroup,
@@ -169,46 +353,14 @@ impl Groups {
         self.groups.borrow().values().cloned().collect()
     }
 
-    /// The group, opened (and its offsets replayed) or created.
-    pub async fn open(&self, name: &str) -> Result<Rc<Group>, OpError> {
-        if let Some(g) = self.get(name) {
-            return Ok(g);
-        }
+    /// The group (created if new) in offsets partition `index`.
+    pub fn open(&self, name: &str, index: u32) -> Result<Rc<Group>, OpError> {
         validate_group_name(name)?;
-        let _open = self
-            .open_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| OpError::shutting_down())?;
+        let home = self.home(index)?;
         if let Some(g) = self.get(name) {
             return Ok(g);
         }
-        std::fs::create_dir_all(&self.dir).map_err(|e| {
-            err(
-                ErrorCode::StorageError,
-                format!("creating {}: {e}", self.dir.display()),
-            )
-        })?;
-        let log = OffsetLog::open(&self.dir.join(name)).await?;
-        let offsets = log.replay().await?;
-        let g = Rc::new(Group {
-            name: name.to_string(),
-            machine: RefCell::new(GroupMachine::new(Instant::now())),
-            offsets: RefCell::new(offsets),
-            changed: LocalEvent::default(),
-            log,
-            driver_running: Cell::new(false),
-            deleted: Cell::new(false),
-        });
-        let bg = g.clone();
-        glommio::spawn_local(async move {
-            if let Err(e) = bg.log.log.run_background().await {
-                warn!(group = %bg.name, error = %e, "group log background work stopped");
-            }
-        })
-        .detach();
-        self.groups.borrow_mut().insert(name.to_string(), g.clone());
-        Ok(g)
+        Ok(self.adopt(&home, name.to_string(), StoredGroup::default()))
     }
 
     /// A new member id: the client id (or `member`) and a unique suffix.
@@ -224,44 +376,106 @@ impl Groups {
         format!("{prefix}-{:016x}", salt.rotate_left(17))
     }
 
-    pub async fn delete(&self, name: &str) -> Result<(), OpError> {
-        let g = self.existing(name)?;
+    /// Stores offsets (replicated and durable), then makes them visible.
+    /// Partitions that do not exist are refused one by one.
+    pub async fn commit(
+        &self,
+        g: &Rc<Group>,
+        topics: &dyn TopicLookup,
+        member_id: &str,
+        generation: i32,
+        offsets: Vec<OffsetCommit>,
+    ) -> OpResult<Vec<(String, u32, OpResult<()>)>> {
+        g.check_alive()?;
+        let home = g.home.clone();
+        let _turn = home.write_turn().await?;
+        g.check_alive()?;
+        g.machine.borrow().check_commit(member_id, generation)?;
+        let ts = now_ms();
+        let mut results = Vec::with_capacity(offsets.len());
+        let mut changes: Vec<OffsetChange> = Vec::new();
+        for o in offsets {
+            if let Err(e) = topics.check_partition(&o.topic, o.partition) {
+                results.push((o.topic, o.partition, Err(e)));
+                continue;
+            }
+            let committed = (o.offset >= 0).then_some(Committed {
+                offset: o.offset,
+                metadata: o.metadata,
+                timestamp_ms: ts,
+            });
+            results.push((o.topic.clone(), o.partition, Ok(())));
+            changes.push(((o.topic, o.partition), committed));
+        }
+        if changes.is_empty() {
+            return Ok(results);
+        }
+        home.append(&store::group_commit_records(&g.name, &changes, ts))
+            .await?;
+        store::apply_changes(&mut g.offsets.borrow_mut(), changes);
+        if home.snapshot_due() {
+            let state = self.stored(&home);
+            if let Err(e) = home.snapshot(&state, now_ms()).await {
+                warn!(partition = home.index, error = %e.message, "writing a snapshot of group state failed; it is retried after the next commits");
+            }
+        }
+        Ok(results)
+    }
+
+    /// The stored form of every group of `home`.
+    fn stored(&self, home: &Rc<Home>) -> StoredGroups {
+        self.groups
+            .borrow()
+            .values()
+            .filter(|g| Rc::ptr_eq(&g.home, home))
+            .map(|g| {
+                (
+                    g.name.clone(),
+                    StoredGroup {
+                        offsets: g.offsets.borrow().clone(),
+                        meta: Some(g.meta()),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    pub async fn delete(&self, name: &str, index: u32) -> Result<(), OpError> {
+        let g = self.existing(name, index)?;
         if !g.machine.borrow().members().is_empty() {
             return Err(err(
                 ErrorCode::GroupNotEmpty,
                 format!("group `{name}` has active members; stop them first"),
             ));
         }
-        g.deleted.set(true);
+        let home = g.home.clone();
+        let _turn = home.write_turn().await?;
+        g.check_alive()?;
+        let tombstones = store::group_tombstones(name, &g.offsets.borrow(), now_ms());
+        home.append(&tombstones).await?;
+        g.gone.set(Some(ErrorCode::UnknownGroup));
         g.changed.notify();
         self.groups.borrow_mut().remove(name);
-        let _ = g.log.log.close().await;
-        let dir = self.dir.join(name);
-        std::fs::remove_dir_all(&dir).map_err(|e| {
-            err(
-                ErrorCode::StorageError,
-                format!("removing {}: {e}", dir.display()),
-            )
-        })?;
         info!(group = %name, "deleted group");
         Ok(())
     }
 
     /// Deletes groups that have had no members for `retention`.
     pub async fn expire(&self, retention: Duration) {
-        let expired: Vec<String> = self
+        let expired: Vec<(String, u32)> = self
             .all()
             .iter()
             .filter(|g| {
-                g.machine
-                    .borrow()
-                    .empty_since()
-                    .is_some_and(|t| t.elapsed() >= retention)
+                g.home.check().is_ok()
+                    && g.machine
+                        .borrow()
+                        .empty_since()
+                        .is_some_and(|t| t.elapsed() >= retention)
             })
-            .map(|g| g.name.clone())
+            .map(|g| (g.name.clone(), g.home.index))
             .collect();
-        for name in expired {
-            if let Err(e) = self.delete(&name).await {
+        for (name, index) in expired {
+            if let Err(e) = self.delete(&name, index).await {
                 warn!(group = %name, error = %e.message, "expiring an empty group failed");
             } else {
                 info!(group = %name, "expired group with no members (offsets retention)");
@@ -269,19 +483,63 @@ impl Groups {
         }
     }
 
-    pub async fn close_all(&self) {
-        for g in self.all() {
-            let _ = g.log.log.close().await;
+    /// Stops coordinating everything (shutdown).
+    pub fn close_all(&self) {
+        let indexes: Vec<u32> = self.homes.borrow().keys().copied().collect();
+        for i in indexes {
+            self.resign(i);
         }
     }
 }
 
 impl Group {
     fn check_alive(&self) -> OpResult<()> {
-        if self.deleted.get() {
-            return Err(err(ErrorCode::UnknownGroup, "the group was deleted"));
+        match self.gone.get() {
+            Some(ErrorCode::UnknownGroup) => {
+                Err(err(ErrorCode::UnknownGroup, "the group was deleted"))
+            }
+            Some(code) => Err(err(
+                code,
+                format!(
+                    "this node no longer coordinates group `{}`; find the coordinator again",
+                    self.name
+                ),
+            )),
+            None => self.home.check(),
         }
-        Ok(())
+    }
+
+    /// The group's generation and protocol type, as stored.
+    fn meta(&self) -> GroupMeta {
+        let m = self.machine.borrow();
+        GroupMeta {
+            generation: m.generation(),
+            protocol_type: m.protocol_type().unwrap_or("").to_string(),
+        }
+    }
+
+    /// Writes the group's generation to its home when it moved past the
+    /// stored one, so a later coordinator goes on from it (a member of an
+    /// older generation stays fenced there too).
+    async fn store_generation(&self) {
+        let meta = self.meta();
+        if meta.generation <= self.stored_generation.get() || self.gone.get().is_some() {
+            return;
+        }
+        let Ok(_turn) = self.home.write_turn().await else {
+            return;
+        };
+        let meta = self.meta();
+        if meta.generation <= self.stored_generation.get() || self.gone.get().is_some() {
+            return;
+        }
+        let rec = store::group_meta_record(&self.name, &meta, now_ms());
+        match self.home.append(&[rec]).await {
+            Ok(_) => self.stored_generation.set(meta.generation),
+            Err(e) => {
+                tracing::debug!(group = %self.name, error = %e.message, "storing the group's generation failed")
+            }
+        }
     }
 
     /// Runs while the group has members: ticks the machine at its next
@@ -294,7 +552,7 @@ impl Group {
         glommio::spawn_local(async move {
             loop {
                 let listen = group.changed.listen();
-                if group.deleted.get() || group.machine.borrow().is_idle() {
+                if group.gone.get().is_some() || group.machine.borrow().is_idle() {
                     group.driver_running.set(false);
                     return;
                 }
@@ -311,8 +569,12 @@ impl Group {
                     warn!(group = %group.name, member = %id, "member missed its session timeout; removing it");
                 }
                 if completed {
-                    let m = group.machine.borrow();
-                    info!(group = %group.name, generation = m.generation(), members = m.members().len(), "rebalanced");
+                    {
+                        let m = group.machine.borrow();
+                        info!(group = %group.name, generation = m.generation(), members = m.members().len(), "rebalanced");
+                    }
+                    let g = group.clone();
+                    glommio::spawn_local(async move { g.store_generation().await }).detach();
                 }
                 if completed || !expired.is_empty() {
                     group.changed.notify();
@@ -398,48 +660,6 @@ impl Group {
         info!(group = %self.name, member = %member_id, "member left");
         self.changed.notify();
         Ok(())
-    }
-
-    /// Stores offsets durably, then makes them visible. Partitions that do
-    /// not exist are refused one by one.
-    pub async fn commit(
-        &self,
-        topics: &dyn TopicLookup,
-        member_id: &str,
-        generation: i32,
-        offsets: Vec<OffsetCommit>,
-    ) -> OpResult<Vec<(String, u32, OpResult<()>)>> {
-        self.check_alive()?;
-        self.machine.borrow().check_commit(member_id, generation)?;
-        let ts = now_ms();
-        let mut results = Vec::with_capacity(offsets.len());
-        let mut changes: Vec<OffsetChange> = Vec::new();
-        for o in offsets {
-            if let Err(e) = topics.check_partition(&o.topic, o.partition) {
-                results.push((o.topic, o.partition, Err(e)));
-                continue;
-            }
-            let committed = (o.offset >= 0).then_some(Committed {
-                offset: o.offset,
-                metadata: o.metadata,
-                timestamp_ms: ts,
-            });
-            results.push((o.topic.clone(), o.partition, Ok(())));
-            changes.push(((o.topic, o.partition), committed));
-        }
-        if changes.is_empty() {
-            return Ok(results);
-        }
-        let snapshot_due = self
-            .log
-            .append_commit(&store::commit_records(&changes, ts))
-            .await?;
-        store::apply_changes(&mut self.offsets.borrow_mut(), changes);
-        if snapshot_due {
-            let all = self.offsets.borrow().clone();
-            self.log.snapshot(&all, now_ms()).await?;
-        }
-        Ok(results)
     }
 
     /// The committed offsets, all or those `wanted` says.

@@ -183,6 +183,16 @@ impl GroupMachine {
         }
     }
 
+    /// A group loaded from its stored state: no members, and generation
+    /// `generation` (the next rebalance hands out the one after it, so a
+    /// member of an older generation stays fenced).
+    pub fn with_generation(now: Instant, generation: i32) -> GroupMachine {
+        GroupMachine {
+            generation,
+            ..GroupMachine::new(now)
+        }
+    }
+
     pub fn phase(&self) -> Phase {
         self.phase
     }

@@ -216,9 +216,261 @@ impl OffsetLog {
     }
 }
 
+// ---------------------------------------------------------------------
+// Group state in the internal offsets topic (`__consumer_offsets`): every
+// group of one partition of it, as records whose keys name the group.
+// A commit is one batch of offset records; a rebalance writes the group's
+// generation; deleting a group writes tombstones (no value) for all of its
+// keys. The records are set operations, so a snapshot (every offset and
+// generation of every group of the partition, written again) makes
+// everything before it unneeded: the leader then drops those segments
+// (`Log::delete_before`), bounding the topic by groups x partitions.
+
+const KEY_OFFSET: u8 = b'O';
+const KEY_GROUP: u8 = b'G';
+
+/// What a group's metadata record holds.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupMeta {
+    /// The last generation handed out: a new coordinator goes on from it,
+    /// so a generation number never repeats.
+    pub generation: i32,
+    /// `consumer` for Kafka consumer groups, empty for native ones.
+    pub protocol_type: String,
+}
+
+/// One group's stored state.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StoredGroup {
+    pub offsets: OffsetMap,
+    pub meta: Option<GroupMeta>,
+}
+
+/// Every group of one offsets-topic partition.
+pub type StoredGroups = BTreeMap<String, StoredGroup>;
+
+fn group_offset_key(group: &str, topic: &str, partition: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(group.len() + topic.len() + 7);
+    k.push(KEY_OFFSET);
+    k.extend_from_slice(group.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&offset_key(topic, partition));
+    k
+}
+
+fn group_meta_key(group: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(group.len() + 1);
+    k.push(KEY_GROUP);
+    k.extend_from_slice(group.as_bytes());
+    k
+}
+
+fn meta_value(m: &GroupMeta) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + m.protocol_type.len());
+    v.extend_from_slice(&m.generation.to_le_bytes());
+    v.extend_from_slice(m.protocol_type.as_bytes());
+    v
+}
+
+fn parse_meta(v: &[u8]) -> Option<GroupMeta> {
+    Some(GroupMeta {
+        generation: i32::from_le_bytes(v.get(..4)?.try_into().ok()?),
+        protocol_type: String::from_utf8_lossy(v.get(4..)?).into_owned(),
+    })
+}
+
+/// The records of one group's commit.
+pub fn group_commit_records(group: &str, changes: &[OffsetChange], ts: i64) -> Vec<Record> {
+    changes
+        .iter()
+        .map(|((t, p), c)| Record {
+            timestamp: ts,
+            key: Some(group_offset_key(group, t, *p)),
+            value: c.as_ref().map(offset_value),
+            headers: vec![],
+        })
+        .collect()
+}
+
+/// The record of a group's generation.
+pub fn group_meta_record(group: &str, meta: &GroupMeta, ts: i64) -> Record {
+    Record {
+        timestamp: ts,
+        key: Some(group_meta_key(group)),
+        value: Some(meta_value(meta)),
+        headers: vec![],
+    }
+}
+
+/// The records that delete a group: a tombstone per offset, then one for
+/// its metadata.
+pub fn group_tombstones(group: &str, offsets: &OffsetMap, ts: i64) -> Vec<Record> {
+    offsets
+        .keys()
+        .map(|(t, p)| Record {
+            timestamp: ts,
+            key: Some(group_offset_key(group, t, *p)),
+            value: None,
+            headers: vec![],
+        })
+        .chain(std::iter::once(Record {
+            timestamp: ts,
+            key: Some(group_meta_key(group)),
+            value: None,
+            headers: vec![],
+        }))
+        .collect()
+}
+
+/// A snapshot of `groups`: their records again, in batches of at most
+/// about `batch_bytes` of keys and values each.
+pub fn snapshot_batches<'a>(
+    groups: impl Iterator<Item = (&'a str, &'a StoredGroup)>,
+    ts: i64,
+    batch_bytes: usize,
+) -> Vec<Vec<Record>> {
+    let mut out = vec![Vec::new()];
+    let mut size = 0usize;
+    let mut push = |r: Record, out: &mut Vec<Vec<Record>>| {
+        let n = r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len) + 16;
+        if size + n > batch_bytes && out.last().is_some_and(|b| !b.is_empty()) {
+            out.push(Vec::new());
+            size = 0;
+        }
+        size += n;
+        if let Some(b) = out.last_mut() {
+            b.push(r);
+        }
+    };
+    for (name, g) in groups {
+        if let Some(m) = &g.meta {
+            push(group_meta_record(name, m, ts), &mut out);
+        }
+        for r in group_commit_records(
+            name,
+            &g.offsets
+                .iter()
+                .map(|(k, c)| (k.clone(), Some(c.clone())))
+                .collect::<Vec<_>>(),
+            ts,
+        ) {
+            push(r, &mut out);
+        }
+    }
+    out.retain(|b| !b.is_empty());
+    out
+}
+
+/// Applies one stored batch's records to `groups` (loading a partition).
+/// Records it does not know are skipped.
+pub fn apply_group_records(groups: &mut StoredGroups, recs: &[RecordView<'_>]) {
+    for r in recs {
+        let Some(key) = r.key else { continue };
+        match key.split_first() {
+            Some((&KEY_OFFSET, rest)) => {
+                let Some(zero) = rest.iter().position(|&b| b == 0) else {
+                    continue;
+                };
+                let Ok(group) = std::str::from_utf8(&rest[..zero]) else {
+                    continue;
+                };
+                let Some(tp) = parse_key(&rest[zero + 1..]) else {
+                    continue;
+                };
+                match r.value.and_then(parse_value) {
+                    Some(c) => {
+                        groups
+                            .entry(group.to_string())
+                            .or_default()
+                            .offsets
+                            .insert(tp, c);
+                    }
+                    None => {
+                        if let Some(g) = groups.get_mut(group) {
+                            g.offsets.remove(&tp);
+                        }
+                    }
+                }
+            }
+            Some((&KEY_GROUP, rest)) => {
+                let Ok(group) = std::str::from_utf8(rest) else {
+                    continue;
+                };
+                match r.value.and_then(parse_meta) {
+                    Some(m) => groups.entry(group.to_string()).or_default().meta = Some(m),
+                    // The group was deleted.
+                    None => {
+                        groups.remove(group);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_records_replay_to_the_live_state_and_a_snapshot_replaces_the_past() {
+        let c = |o| Committed {
+            offset: o,
+            metadata: "m".into(),
+            timestamp_ms: 1,
+        };
+        let k = |p| ("t".to_string(), p);
+        let mut live = StoredGroups::new();
+        let mut stored: Vec<Vec<u8>> = Vec::new();
+        let commit =
+            |live: &mut StoredGroups, stored: &mut Vec<Vec<u8>>, g: &str, ch: Vec<OffsetChange>| {
+                stored.push(build_batch(&group_commit_records(g, &ch, 1)));
+                let e = live.entry(g.to_string()).or_default();
+                apply_changes(&mut e.offsets, ch);
+            };
+        commit(
+            &mut live,
+            &mut stored,
+            "a",
+            vec![(k(0), Some(c(5))), (k(1), Some(c(7)))],
+        );
+        commit(&mut live, &mut stored, "b.x", vec![(k(0), Some(c(1)))]);
+        let meta = GroupMeta {
+            generation: 4,
+            protocol_type: "consumer".into(),
+        };
+        stored.push(build_batch(&[group_meta_record("a", &meta, 2)]));
+        live.get_mut("a").unwrap().meta = Some(meta.clone());
+        commit(&mut live, &mut stored, "a", vec![(k(1), None)]);
+        // Deleting group b: tombstones for everything it has.
+        let b = live.remove("b.x").unwrap();
+        stored.push(build_batch(&group_tombstones("b.x", &b.offsets, 3)));
+        commit(&mut live, &mut stored, "c", vec![(k(9), Some(c(2)))]);
+
+        let mut replayed = StoredGroups::new();
+        for batch in &stored {
+            apply_group_records(&mut replayed, &records(batch).unwrap());
+        }
+        assert_eq!(replayed, live);
+        assert_eq!(replayed["a"].meta, Some(meta));
+        assert!(!replayed.contains_key("b.x"));
+
+        // A snapshot in small batches, then one more commit: replaying
+        // only from the snapshot on gives the same state.
+        let snap = snapshot_batches(live.iter().map(|(n, g)| (n.as_str(), g)), 5, 40);
+        assert!(snap.len() > 1, "small batches: {}", snap.len());
+        let from = stored.len();
+        for b in &snap {
+            stored.push(build_batch(b));
+        }
+        commit(&mut live, &mut stored, "a", vec![(k(3), Some(c(8)))]);
+        let mut tail = StoredGroups::new();
+        for batch in &stored[from..] {
+            apply_group_records(&mut tail, &records(batch).unwrap());
+        }
+        assert_eq!(tail, live);
+    }
 
     #[test]
     fn keys_round_trip() {

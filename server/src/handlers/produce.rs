@@ -34,7 +34,8 @@ pub async fn produce(
     let tasks: Vec<_> = parts
         .into_iter()
         .map(|pp| {
-            let check = shard.check_partition(&pp.topic, pp.partition);
+            let check = super::topics::check_not_internal(&pp.topic, "produce to")
+                .and_then(|()| shard.check_partition(&pp.topic, pp.partition));
             let task = match (check, pp.data) {
                 (Ok(()), Ok(data)) => {
                     let (topic, p) = (pp.topic.clone(), pp.partition);

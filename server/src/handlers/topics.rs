@@ -78,7 +78,21 @@ pub async fn create_placed(
         .await
 }
 
+/// Internal topics (`__consumer_offsets`) are the broker's own: clients
+/// cannot delete them, grow them (a group's partition would move) or
+/// produce to them.
+pub fn check_not_internal(name: &str, what: &str) -> OpResult<()> {
+    if levee_core::is_internal_topic(name) {
+        return Err(OpError::new(
+            ErrorCode::InvalidTopicName,
+            format!("`{name}` is an internal topic kept by the broker; clients cannot {what} it"),
+        ));
+    }
+    Ok(())
+}
+
 pub async fn delete(shard: &Rc<Shard>, name: String) -> OpResult<()> {
+    check_not_internal(&name, "delete")?;
     if let Some(view) = shard.cluster.clone() {
         return crate::cluster::admin::delete_topic(shard, &view, &name).await;
     }
@@ -97,6 +111,7 @@ pub async fn add_partitions(
     assignment: Vec<Vec<u32>>,
     validate_only: bool,
 ) -> OpResult<()> {
+    check_not_internal(&name, "add partitions to")?;
     if let Some(view) = shard.cluster.clone() {
         return crate::cluster::admin::add_partitions(
             shard,

@@ -203,6 +203,17 @@ impl Shard {
             if p.repl.borrow_mut().follow_hw(fp.high_watermark, end) {
                 p.hw_changed.notify();
             }
+            // An internal topic's leader drops what a snapshot made
+            // unneeded; its replicas follow (user topics keep their own
+            // retention).
+            if levee_core::is_internal_topic(&p.topic)
+                && fp.log_start_offset > p.log.log_start_offset()
+            {
+                let upto = fp.log_start_offset.min(p.high_watermark());
+                if let Err(e) = p.log.delete_before(upto).await {
+                    warn!(topic = %p.topic, partition = p.partition, error = %e, "following the leader's log start failed");
+                }
+            }
         }
         Ok(useful)
     }

@@ -59,7 +59,7 @@ pub struct Shard {
     /// Serializes topic creation and deletion (shard 0).
     admin_lock: Semaphore,
     /// The consumer groups this shard coordinates.
-    pub groups: crate::groups::Groups,
+    pub groups: Rc<crate::groups::Groups>,
     /// Shard 0: the producer ids left in its reserved block (next, end).
     producer_ids: Cell<Option<(i64, i64)>>,
 }
@@ -97,7 +97,7 @@ impl Shard {
             metrics: ShardMetrics::default(),
             shutdown: Shutdown::default(),
             admin_lock: Semaphore::new(1),
-            groups: crate::groups::Groups::new(&cfg.data_dir),
+            groups: Rc::new(crate::groups::Groups::new(&cfg.data_dir)),
             producer_ids: Cell::new(None),
             cfg,
         })
@@ -106,11 +106,6 @@ impl Shard {
     /// The shard that owns a partition.
     pub fn owner(&self, topic: &str, partition: u32) -> usize {
         crate::topics::owner_shard(topic, partition, self.nshards)
-    }
-
-    /// The shard that coordinates a consumer group.
-    pub fn group_owner(&self, group: &str) -> usize {
-        (crc32c::crc32c(group.as_bytes()) as usize) % self.nshards
     }
 
     pub fn topic(&self, name: &str) -> Option<TopicMeta> {
@@ -211,12 +206,30 @@ impl Shard {
         self.parts
             .borrow_mut()
             .insert((name.to_string(), p), part.clone());
+        // A single node leads every partition: it coordinates the groups
+        // of the offsets topic's (a cluster's leaders do, as elected).
+        if name == levee_core::OFFSETS_TOPIC && self.cluster.is_none() {
+            self.groups
+                .become_leader(p, meta.partitions, part.clone(), 0);
+        }
         Ok(part)
     }
 
     /// Closes and forgets every partition of `name`, deleting their files.
     pub async fn drop_topic(&self, name: &str) {
         self.topics.borrow_mut().remove(name);
+        if name == levee_core::OFFSETS_TOPIC {
+            let mine: Vec<u32> = self
+                .parts
+                .borrow()
+                .keys()
+                .filter(|(t, _)| t == name)
+                .map(|(_, p)| *p)
+                .collect();
+            for p in mine {
+                self.groups.resign(p);
+            }
+        }
         let gone: Vec<Rc<Partition>> = {
             let mut parts = self.parts.borrow_mut();
             let keys: Vec<_> = parts.keys().filter(|(t, _)| t == name).cloned().collect();
@@ -233,7 +246,7 @@ impl Shard {
 
     /// Closes every log cleanly (flush, indexes, clean marker).
     pub async fn close_all(&self) {
-        self.groups.close_all().await;
+        self.groups.close_all();
         for p in self.all_partitions() {
             // The producer table, so the next start need not rescan.
             if let Err(e) = p.snapshot_producers().await {

@@ -16,6 +16,7 @@ pub mod code {
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
     pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
     pub const REQUEST_TIMED_OUT: i16 = 7;
+    pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
     pub const MESSAGE_TOO_LARGE: i16 = 10;
     pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
     pub const NOT_COORDINATOR: i16 = 16;
@@ -85,6 +86,7 @@ pub fn kafka_error(e: ErrorCode, group: bool) -> i16 {
         ErrorCode::InvalidProducerEpoch => INVALID_PRODUCER_EPOCH,
         ErrorCode::InvalidPartitions => INVALID_PARTITIONS,
         ErrorCode::InvalidReplicaAssignment => INVALID_REPLICA_ASSIGNMENT,
+        ErrorCode::CoordinatorLoadInProgress => COORDINATOR_LOAD_IN_PROGRESS,
     }
 }
 

@@ -5,7 +5,7 @@
 //! the broker only relays plans (`groups/state.rs`).
 
 use super::codec::{code, kafka_error, str_bytes};
-use super::metadata::{coordinator_node, kafka_brokers};
+use super::metadata::kafka_brokers;
 use super::Ctx;
 use crate::error::OpError;
 use crate::groups::state::{Join, Subscription};
@@ -21,15 +21,16 @@ use kafka_protocol::protocol::StrBytes;
 use levee_schemas::proto::ErrorCode;
 use std::time::Duration;
 
-/// Group requests go to the group's coordinator; another node says
-/// NOT_COORDINATOR so the client looks it up again.
-pub fn check_coordinator(ctx: &Ctx) -> Result<(), OpError> {
-    let me = ctx.shard.cfg.node_id as i32;
-    let coord = coordinator_node(&ctx.shard);
+/// Group requests go to the group's coordinator (the leader of its
+/// partition of the offsets topic); another node says NOT_COORDINATOR so
+/// the client looks it up again.
+pub fn check_coordinator(ctx: &Ctx, group: &str) -> Result<(), OpError> {
+    let me = ctx.shard.cfg.node_id;
+    let (_, coord) = handlers::groups::coordinator(&ctx.shard, group)?;
     if coord != me {
         return Err(OpError::new(
             ErrorCode::NotLeader,
-            format!("node {me} does not coordinate groups; node {coord} does"),
+            format!("node {me} does not coordinate group `{group}`; node {coord} does"),
         ));
     }
     Ok(())
@@ -40,34 +41,46 @@ fn group_error(e: &OpError) -> i16 {
 }
 
 pub async fn find_coordinator(ctx: &Ctx, req: FindCoordinatorRequest) -> FindCoordinatorResponse {
-    let node = coordinator_node(&ctx.shard);
-    let addr = kafka_brokers(&ctx.shard)
-        .into_iter()
-        .find(|(id, _, _)| *id == node);
+    let brokers = kafka_brokers(&ctx.shard);
     let keys: Vec<StrBytes> = if ctx.version >= 4 {
         req.coordinator_keys.clone()
     } else {
         vec![req.key.clone()]
     };
+    // The groups' topic is created on first use.
+    let created = if req.key_type == 0 {
+        handlers::groups::ensure_offsets_topic(&ctx.shard).await
+    } else {
+        Ok(())
+    };
     let mut out = FindCoordinatorResponse::default();
     for key in keys {
         let mut c = Coordinator::default();
-        c.key = key;
-        match (&addr, req.key_type) {
-            (Some((id, host, port)), 0) => {
+        c.key = key.clone();
+        c.node_id = BrokerId(-1);
+        let found = match (&created, req.key_type) {
+            (Err(e), _) => Err(e.clone()),
+            (Ok(()), 0) => handlers::groups::coordinator(&ctx.shard, key.as_str()),
+            _ => Err(OpError::new(
+                ErrorCode::CoordinatorUnavailable,
+                "transactions are not supported yet",
+            )),
+        };
+        match found.map(|(_, node)| brokers.iter().find(|(id, _, _)| *id == node as i32)) {
+            Ok(Some((id, host, port))) => {
                 c.node_id = BrokerId(*id);
                 c.host = str_bytes(host.clone());
                 c.port = *port;
             }
-            (None, 0) => {
-                c.node_id = BrokerId(-1);
+            Ok(None) => {
                 c.error_code = code::COORDINATOR_NOT_AVAILABLE;
-                c.error_message = Some(str_bytes("no group coordinator is reachable yet"));
+                c.error_message = Some(str_bytes(
+                    "the group's coordinator has no Kafka address yet; retry",
+                ));
             }
-            _ => {
-                c.node_id = BrokerId(-1);
+            Err(e) => {
                 c.error_code = code::COORDINATOR_NOT_AVAILABLE;
-                c.error_message = Some(str_bytes("transactions are not supported yet"));
+                c.error_message = Some(str_bytes(e.message));
             }
         }
         out.coordinators.push(c);
@@ -88,7 +101,7 @@ pub async fn join_group(ctx: &Ctx, req: JoinGroupRequest) -> JoinGroupResponse {
     let mut out = JoinGroupResponse::default();
     out.generation_id = -1;
     out.member_id = req.member_id.clone();
-    if let Err(e) = check_coordinator(ctx) {
+    if let Err(e) = check_coordinator(ctx, req.group_id.as_str()) {
         out.error_code = group_error(&e);
         return out;
     }
@@ -147,7 +160,7 @@ pub async fn sync_group(ctx: &Ctx, req: SyncGroupRequest) -> SyncGroupResponse {
     let mut out = SyncGroupResponse::default();
     out.protocol_type = req.protocol_type.clone();
     out.protocol_name = req.protocol_name.clone();
-    if let Err(e) = check_coordinator(ctx) {
+    if let Err(e) = check_coordinator(ctx, req.group_id.as_str()) {
         out.error_code = group_error(&e);
         return out;
     }
@@ -173,7 +186,7 @@ pub async fn sync_group(ctx: &Ctx, req: SyncGroupRequest) -> SyncGroupResponse {
 
 pub async fn heartbeat(ctx: &Ctx, req: HeartbeatRequest) -> HeartbeatResponse {
     let mut out = HeartbeatResponse::default();
-    let res = match check_coordinator(ctx) {
+    let res = match check_coordinator(ctx, req.group_id.as_str()) {
         Err(e) => Err(e),
         Ok(()) => {
             handlers::groups::heartbeat(
@@ -193,7 +206,7 @@ pub async fn heartbeat(ctx: &Ctx, req: HeartbeatRequest) -> HeartbeatResponse {
 
 pub async fn leave_group(ctx: &Ctx, req: LeaveGroupRequest) -> LeaveGroupResponse {
     let mut out = LeaveGroupResponse::default();
-    if let Err(e) = check_coordinator(ctx) {
+    if let Err(e) = check_coordinator(ctx, req.group_id.as_str()) {
         out.error_code = group_error(&e);
         return out;
     }
@@ -253,7 +266,7 @@ pub async fn describe_groups(ctx: &Ctx, req: DescribeGroupsRequest) -> DescribeG
         let mut g = DescribedGroup::default();
         g.group_id = id.clone();
         g.authorized_operations = i32::MIN;
-        let res = match check_coordinator(ctx) {
+        let res = match check_coordinator(ctx, id.as_str()) {
             Err(e) => Err(e),
             Ok(()) => handlers::groups::describe(&ctx.shard, id.as_str().to_string()).await,
         };
@@ -293,7 +306,7 @@ pub async fn describe_groups(ctx: &Ctx, req: DescribeGroupsRequest) -> DescribeG
 pub async fn delete_groups(ctx: &Ctx, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
     let mut out = DeleteGroupsResponse::default();
     for id in req.groups_names {
-        let res = match check_coordinator(ctx) {
+        let res = match check_coordinator(ctx, id.as_str()) {
             Err(e) => Err(e),
             Ok(()) => handlers::groups::delete(&ctx.shard, id.as_str().to_string()).await,
         };

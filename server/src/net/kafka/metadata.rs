@@ -167,6 +167,7 @@ fn topic_entry(shard: &Shard, name: &str) -> MetadataResponseTopic {
         })
         .collect();
     t.topic_id = crate::topics::topic_uuid(name, &meta);
+    t.is_internal = levee_core::is_internal_topic(name);
     t
 }
 

@@ -90,7 +90,7 @@ pub async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> OffsetCommitR
             })
         })
         .collect();
-    let whole = match check_coordinator(ctx) {
+    let whole = match check_coordinator(ctx, &group) {
         Err(e) => Err(e),
         Ok(()) => {
             handlers::groups::commit(
@@ -150,7 +150,7 @@ async fn fetch_group(
     group: &str,
     topics: Option<Vec<(String, Vec<i32>)>>,
 ) -> Result<Vec<(String, Vec<Fetched>)>, i16> {
-    check_coordinator(ctx).map_err(|e| kafka_error(e.code, true))?;
+    check_coordinator(ctx, group).map_err(|e| kafka_error(e.code, true))?;
     let wanted = topics.as_ref().map(|ts| {
         ts.iter()
             .map(|(t, ps)| (t.clone(), ps.iter().map(|&p| p.max(0) as u32).collect()))

@@ -85,7 +85,12 @@ pub async fn process(
         }
         Request::ListTopics(_) => {
             Response::ListTopicsResponse(Box::new(proto::ListTopicsResponse {
-                names: Some(handlers::topics::list(shard)),
+                names: Some(
+                    handlers::topics::list(shard)
+                        .into_iter()
+                        .filter(|n| !levee_core::is_internal_topic(n))
+                        .collect(),
+                ),
             }))
         }
         Request::DescribeTopic(d) => {

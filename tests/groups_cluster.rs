@@ -1,0 +1,266 @@
+//! Native consumer groups on a 3-node RF=3 cluster: a group's state lives
+//! in its partition of the replicated `__consumer_offsets` topic and its
+//! coordinator is that partition's leader. A group of three native
+//! consumers reads 6 partitions while a native producer (acks=all) runs;
+//! the coordinator's node is killed with kill -9; the members find the new
+//! coordinator, no committed offset moves backwards, and every
+//! acknowledged message is processed at least once (duplicates counted).
+
+mod common;
+
+use common::{levee, Broker};
+use levee_client::{
+    Client, ClientConfig, GroupConsumer, GroupConsumerConfig, OffsetReset, Producer, ProducerConfig,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn cluster(name: &str) -> Vec<Broker> {
+    let (nodes, _) = common::start_three_nodes(
+        name,
+        "broker_lease_ms = 1500\nheartbeat_interval_ms = 250\nreplica_lag_time_max_ms = 3000\n[log]\nfsync = \"never\"\n",
+    );
+    let bs = bootstrap(&nodes);
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out, err) = levee(&bs, &["cluster", "status"], None);
+        let s = String::from_utf8_lossy(&out);
+        if ok && s.contains("leader: node") && s.matches("live").count() >= 3 {
+            return nodes;
+        }
+        assert!(Instant::now() < until, "cluster did not form: {s}{err}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn bootstrap(nodes: &[Broker]) -> String {
+    nodes
+        .iter()
+        .filter(|n| n.child.is_some())
+        .map(|n| n.bootstrap())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn client(bs: &str) -> Client {
+    Client::connect(ClientConfig::new(bs.split(',').map(str::to_string)))
+        .await
+        .unwrap()
+}
+
+#[test]
+fn native_group_survives_a_kill_9_of_its_coordinator() {
+    let mut nodes = cluster("groups-coord-kill");
+    let bs = bootstrap(&nodes);
+    let (ok, out, err) = levee(
+        &bs,
+        &[
+            "topic",
+            "create",
+            "nc",
+            "--partitions",
+            "6",
+            "--replication-factor",
+            "3",
+        ],
+        None,
+    );
+    assert!(ok, "{err}{}", String::from_utf8_lossy(&out));
+    let group = "native-gc";
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(BTreeSet::<String>::new()));
+    let producing = {
+        let (stop, acked, bs) = (stop.clone(), acked.clone(), bs.clone());
+        std::thread::spawn(move || {
+            runtime().block_on(async move {
+                let producer = Producer::new(
+                    client(&bs).await,
+                    ProducerConfig {
+                        linger: Duration::from_millis(2),
+                        delivery_timeout: Duration::from_secs(60),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+                let mut pending = Vec::new();
+                let mut seq = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let v = format!("m-{seq}");
+                    seq += 1;
+                    match producer
+                        .send("nc", Some(v.clone().into_bytes()), v.clone().into_bytes())
+                        .await
+                    {
+                        Ok(d) => pending.push((v, d)),
+                        Err(e) => eprintln!("send: {e}"),
+                    }
+                    if pending.len() >= 50 {
+                        for (v, d) in pending.drain(..) {
+                            if d.await.is_ok() {
+                                acked.lock().unwrap().insert(v);
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                for (v, d) in pending.drain(..) {
+                    if d.await.is_ok() {
+                        acked.lock().unwrap().insert(v);
+                    }
+                }
+            })
+        })
+    };
+
+    let processed = Arc::new(Mutex::new(Vec::<String>::new()));
+    let commits = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let drain = Arc::new(AtomicBool::new(false));
+    let members: Vec<_> = (0..3)
+        .map(|i| {
+            let (bs, processed, commits, drain) = (
+                bs.clone(),
+                processed.clone(),
+                commits.clone(),
+                drain.clone(),
+            );
+            std::thread::spawn(move || {
+                runtime().block_on(async move {
+                    let mut cfg = GroupConsumerConfig::new(group, ["nc"]);
+                    cfg.reset = OffsetReset::Earliest;
+                    cfg.session_timeout = Duration::from_secs(6);
+                    cfg.auto_commit = None;
+                    let mut c = GroupConsumer::join(client(&bs).await, cfg).await.unwrap();
+                    let mut last_commit = Instant::now();
+                    let mut quiet_since: Option<Instant> = None;
+                    loop {
+                        match c.poll().await {
+                            Ok(recs) if !recs.is_empty() => {
+                                quiet_since = None;
+                                let mut p = processed.lock().unwrap();
+                                for r in recs {
+                                    p.push(String::from_utf8(r.value.unwrap()).unwrap());
+                                }
+                            }
+                            Ok(_) => {
+                                if drain.load(Ordering::SeqCst) {
+                                    let q = *quiet_since.get_or_insert_with(Instant::now);
+                                    if q.elapsed() > Duration::from_secs(3) {
+                                        break;
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                eprintln!("member {i}: {e}");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
+                        if last_commit.elapsed() > Duration::from_millis(200) {
+                            last_commit = Instant::now();
+                            match c.commit().await {
+                                Ok(()) => commits.lock().unwrap().push(Instant::now()),
+                                Err(e) => eprintln!("member {i} commit: {e}"),
+                            }
+                        }
+                    }
+                    let _ = c.commit().await;
+                    let _ = c.close().await;
+                })
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_secs(4));
+    let rt = runtime();
+    let probe = rt.block_on(client(&bs));
+    let committed = |probe: &Client| -> BTreeMap<u32, u64> {
+        rt.block_on(probe.fetch_offsets(group, &Default::default()))
+            .unwrap()
+            .into_iter()
+            .filter(|o| o.topic == "nc")
+            .map(|o| (o.partition, o.offset))
+            .collect()
+    };
+    let victim = rt
+        .block_on(probe.group_coordinator(group))
+        .unwrap()
+        .expect("a coordinator");
+    let before = committed(&probe);
+    assert!(!before.is_empty(), "nothing committed before the kill");
+    eprintln!("killing node {victim}, coordinator of {group}; committed {before:?}");
+    let killed_at = Instant::now();
+    nodes[victim as usize - 1].kill();
+    let live = bootstrap(&nodes);
+    let probe = rt.block_on(client(&live));
+
+    let until = Instant::now() + Duration::from_secs(40);
+    loop {
+        let n = commits
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| **t > killed_at + Duration::from_millis(500))
+            .count();
+        if n >= 3 {
+            break;
+        }
+        assert!(Instant::now() < until, "no commit succeeded after the kill");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let coord = rt.block_on(probe.group_coordinator(group)).unwrap();
+    eprintln!(
+        "new coordinator {coord:?}; first commits after {:?}",
+        killed_at.elapsed()
+    );
+    assert!(coord.is_some_and(|c| c != victim));
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::SeqCst);
+    producing.join().unwrap();
+    drain.store(true, Ordering::SeqCst);
+
+    let acked = acked.lock().unwrap().clone();
+    assert!(!acked.is_empty());
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen: BTreeSet<String> = processed.lock().unwrap().iter().cloned().collect();
+        let missing = acked.difference(&seen).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "{missing} of {} acknowledged messages never processed",
+            acked.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for m in members {
+        m.join().unwrap();
+    }
+    let after = committed(&probe);
+    for (p, o) in &before {
+        assert!(
+            after.get(p).is_some_and(|a| a >= o),
+            "partition {p}: committed {o} before the kill, {:?} after",
+            after.get(p)
+        );
+    }
+    let all = processed.lock().unwrap().clone();
+    let distinct: BTreeSet<&String> = all.iter().collect();
+    eprintln!(
+        "acknowledged {}, processed {}, distinct {}, duplicates {}",
+        acked.len(),
+        all.len(),
+        distinct.len(),
+        all.len() - distinct.len()
+    );
+}
