@@ -17,22 +17,7 @@ fn join(
     topics: &[&str],
     session_ms: u32,
 ) -> JoinGroupResponse {
-    let (h, _) = c.call(
-        Request::JoinGroup(Box::new(JoinGroup {
-            group: group.into(),
-            member_id: Some(member.into()),
-            client_id: Some("test".into()),
-            topics: Some(topics.iter().map(|t| t.to_string()).collect()),
-            strategy: Some("range".into()),
-            session_timeout_ms: session_ms,
-            rebalance_timeout_ms: 5000,
-        })),
-        &[],
-    );
-    match h.response {
-        Some(Response::JoinGroupResponse(j)) => *j,
-        other => panic!("join: {other:?} {:?} {:?}", h.error, h.message),
-    }
+    c.join_group(group, member, topics, session_ms)
 }
 
 fn group_result(c: &mut Raw, req: Request) -> (ErrorCode, String) {
@@ -63,31 +48,7 @@ fn commit(
     generation: i32,
     offsets: &[(&str, u32, i64)],
 ) -> (ErrorCode, Vec<PartitionError>) {
-    let (h, _) = c.call(
-        Request::CommitOffsets(Box::new(CommitOffsets {
-            group: group.into(),
-            member_id: Some(member.into()),
-            generation,
-            offsets: Some(
-                offsets
-                    .iter()
-                    .map(|(t, p, o)| CommittedOffset {
-                        topic: t.to_string(),
-                        partition: *p,
-                        offset: *o,
-                        metadata: Some("m".into()),
-                        commit_timestamp_ms: 0,
-                    })
-                    .collect(),
-            ),
-        })),
-        &[],
-    );
-    match h.response {
-        Some(Response::OffsetsResponse(r)) => (r.error, r.failed.unwrap_or_default()),
-        None => (h.error, vec![]),
-        other => panic!("{other:?}"),
-    }
+    c.commit_offsets(group, member, generation, offsets)
 }
 
 fn fetch_offsets(c: &mut Raw, group: &str) -> Vec<(String, u32, i64)> {

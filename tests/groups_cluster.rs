@@ -10,7 +10,8 @@ mod common;
 
 use common::{levee, Broker};
 use levee_client::{
-    Client, ClientConfig, GroupConsumer, GroupConsumerConfig, OffsetReset, Producer, ProducerConfig,
+    Client, ClientConfig, ErrorCode, GroupConsumer, GroupConsumerConfig, OffsetReset, Producer,
+    ProducerConfig,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -263,4 +264,127 @@ fn native_group_survives_a_kill_9_of_its_coordinator() {
         distinct.len(),
         all.len() - distinct.len()
     );
+}
+
+fn signal(b: &Broker, sig: &str) {
+    let pid = b.child.as_ref().expect("running").id();
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// The group coordinator is paused (SIGSTOP) for longer than the broker
+/// lease and the session timeout: its offsets partition gets a new leader,
+/// where a new member commits. Resumed (SIGCONT), the old node must not
+/// accept a commit from the old member and generation (it no longer leads
+/// the partition in that epoch; its write could not be replicated), and
+/// the committed offset stays the new member's.
+#[test]
+fn a_paused_coordinator_accepts_no_commit_from_the_old_generation_after_it_resumes() {
+    let nodes = cluster("groups-coord-stop");
+    let bs = bootstrap(&nodes);
+    let (ok, out, err) = levee(
+        &bs,
+        &[
+            "topic",
+            "create",
+            "ps",
+            "--partitions",
+            "2",
+            "--replication-factor",
+            "3",
+        ],
+        None,
+    );
+    assert!(ok, "{err}{}", String::from_utf8_lossy(&out));
+    let group = "paused-g";
+    let rt = runtime();
+    let probe = rt.block_on(client(&bs));
+    // The first group request creates the offsets topic; then find the
+    // coordinator.
+    rt.block_on(probe.fetch_offsets(group, &Default::default()))
+        .unwrap();
+    let coord = rt
+        .block_on(probe.group_coordinator(group))
+        .unwrap()
+        .expect("coordinator");
+    let x = &nodes[coord as usize - 1];
+    let mut old = common::raw::Raw::hello(x);
+    let j = old.join_group(group, "", &["ps"], 6000);
+    assert_eq!(j.error, ErrorCode::None, "{:?}", j.message);
+    let (old_member, old_gen) = (j.member_id.clone().unwrap(), j.generation);
+    assert_eq!(
+        old.commit_offsets(group, &old_member, old_gen, &[("ps", 0, 10)])
+            .0,
+        ErrorCode::None
+    );
+
+    signal(x, "-STOP");
+    let others: Vec<&Broker> = nodes.iter().filter(|n| n.addr != x.addr).collect();
+    let live = others
+        .iter()
+        .map(|n| n.bootstrap())
+        .collect::<Vec<_>>()
+        .join(",");
+    let probe = rt.block_on(client(&live));
+    let until = Instant::now() + Duration::from_secs(30);
+    let new_coord = loop {
+        rt.block_on(async { probe.invalidate_metadata() });
+        if let Ok(Some(c)) = rt.block_on(probe.group_coordinator(group)) {
+            if c != coord {
+                break c;
+            }
+        }
+        assert!(
+            Instant::now() < until,
+            "the coordinator did not move off the paused node"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let y = &nodes[new_coord as usize - 1];
+    let mut new = common::raw::Raw::hello(y);
+    let j = loop {
+        let j = new.join_group(group, "", &["ps"], 6000);
+        if j.error == ErrorCode::None {
+            break j;
+        }
+        assert!(
+            Instant::now() < until,
+            "joining on the new coordinator: {:?}",
+            j.error
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        j.generation > old_gen,
+        "generations go on: {} after {old_gen}",
+        j.generation
+    );
+    let (e, _) = new.commit_offsets(
+        group,
+        j.member_id.as_deref().unwrap(),
+        j.generation,
+        &[("ps", 0, 20)],
+    );
+    assert_eq!(e, ErrorCode::None);
+    std::thread::sleep(Duration::from_secs(7));
+
+    signal(x, "-CONT");
+    let (e, failed) = old.commit_offsets(group, &old_member, old_gen, &[("ps", 0, 5)]);
+    eprintln!("the resumed old coordinator answered the old member's commit with {e:?} {failed:?}");
+    assert_ne!(
+        e,
+        ErrorCode::None,
+        "the paused coordinator accepted a fenced commit"
+    );
+    let after: Vec<(String, u32, u64)> = rt
+        .block_on(probe.fetch_offsets(group, &Default::default()))
+        .unwrap()
+        .into_iter()
+        .map(|o| (o.topic, o.partition, o.offset))
+        .collect();
+    assert_eq!(after, vec![("ps".to_string(), 0, 20)]);
 }

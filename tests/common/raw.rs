@@ -210,3 +210,66 @@ pub fn config(partitions: u32) -> TopicConfig {
         segment_bytes: -1,
     }
 }
+
+impl Raw {
+    /// JoinGroup (native): waits for the rebalance.
+    pub fn join_group(
+        &mut self,
+        group: &str,
+        member: &str,
+        topics: &[&str],
+        session_ms: u32,
+    ) -> JoinGroupResponse {
+        let (h, _) = self.call(
+            Request::JoinGroup(Box::new(JoinGroup {
+                group: group.into(),
+                member_id: Some(member.into()),
+                client_id: Some("test".into()),
+                topics: Some(topics.iter().map(|t| t.to_string()).collect()),
+                strategy: Some("range".into()),
+                session_timeout_ms: session_ms,
+                rebalance_timeout_ms: 5000,
+            })),
+            &[],
+        );
+        match h.response {
+            Some(Response::JoinGroupResponse(j)) => *j,
+            other => panic!("join: {other:?} {:?} {:?}", h.error, h.message),
+        }
+    }
+
+    /// CommitOffsets: the group's error and the per-partition failures.
+    pub fn commit_offsets(
+        &mut self,
+        group: &str,
+        member: &str,
+        generation: i32,
+        offsets: &[(&str, u32, i64)],
+    ) -> (ErrorCode, Vec<PartitionError>) {
+        let (h, _) = self.call(
+            Request::CommitOffsets(Box::new(CommitOffsets {
+                group: group.into(),
+                member_id: Some(member.into()),
+                generation,
+                offsets: Some(
+                    offsets
+                        .iter()
+                        .map(|(t, p, o)| CommittedOffset {
+                            topic: t.to_string(),
+                            partition: *p,
+                            offset: *o,
+                            metadata: Some("m".into()),
+                            commit_timestamp_ms: 0,
+                        })
+                        .collect(),
+                ),
+            })),
+            &[],
+        );
+        match h.response {
+            Some(Response::OffsetsResponse(r)) => (r.error, r.failed.unwrap_or_default()),
+            None => (h.error, vec![]),
+            other => panic!("{other:?}"),
+        }
+    }
+}
