@@ -493,3 +493,53 @@ fn many_commits_leave_the_offsets_topic_bounded_and_survive_a_restart() {
     got.sort();
     assert_eq!(got, want, "after a restart");
 }
+
+/// A crash while a commit's batch was being written leaves the old state
+/// or the new one, never a mix: the commit of two partitions is one batch
+/// of the offsets topic; tearing that batch (as a crash mid-write leaves
+/// it) and restarting gives back the previous commit of both partitions.
+#[test]
+fn a_torn_group_state_write_leaves_the_previous_state_whole() {
+    let mut b = Broker::start_with("groups-torn", &["--cores", "1"]);
+    let mut admin = Raw::hello(&b);
+    admin.create("torn", 2);
+    let both = |o: i64| [("torn", 0, o), ("torn", 1, o)];
+    assert_eq!(
+        commit(&mut admin, "tg", "", -1, &both(10)).0,
+        ErrorCode::None
+    );
+    assert_eq!(
+        commit(&mut admin, "tg", "", -1, &both(20)).0,
+        ErrorCode::None
+    );
+    b.kill();
+    // Find the last batch of the offsets partition's segment and flip a
+    // byte inside its records, as a write cut short would leave it.
+    let dir = b
+        .data_dir()
+        .join(format!("{}-0", levee_core::OFFSETS_TOPIC));
+    let seg = dir.join(format!("{:020}.log", 0));
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let mut pos = 0usize;
+    let mut last = None;
+    while pos + 12 <= bytes.len() {
+        let len = i32::from_be_bytes(bytes[pos + 8..pos + 12].try_into().unwrap());
+        if len <= 0 || pos + 12 + len as usize > bytes.len() {
+            break;
+        }
+        last = Some((pos, 12 + len as usize));
+        pos += 12 + len as usize;
+    }
+    let (start, len) = last.expect("a batch in the offsets segment");
+    bytes[start + len - 2] ^= 0xff;
+    std::fs::write(&seg, &bytes).unwrap();
+    b.spawn();
+    let mut admin = Raw::hello(&b);
+    let mut got = fetch_offsets(&mut admin, "tg");
+    got.sort();
+    assert_eq!(
+        got,
+        vec![("torn".to_string(), 0, 10), ("torn".to_string(), 1, 10)],
+        "the torn commit is gone as a whole"
+    );
+}

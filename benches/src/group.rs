@@ -35,10 +35,15 @@ fn group_reached(gc: &GroupConsumer, topic: &str, targets: &HashMap<u32, u64>) -
 /// counted, not fatal: the next poll joins again and the next owner reads
 /// the uncommitted records again. Returns whether the commit went through.
 async fn group_commit(gc: &mut GroupConsumer, shared: &Shared, id: usize, dirty: bool) -> bool {
+    let started = Instant::now();
     match gc.commit().await {
         Ok(()) => {
             if dirty {
                 shared.commits.fetch_add(1, Relaxed);
+                crate::stats::record(
+                    &mut lock(&shared.commit_latency),
+                    started.elapsed().as_micros() as u64,
+                );
             }
             true
         }

@@ -86,6 +86,10 @@ pub struct GroupReport {
     pub commits_refused: u64,
     /// Members made to leave and rejoin (`--churn-interval`).
     pub forced_leaves: u64,
+    /// Latency of the commits that carried new offsets.
+    pub commit_latency: Option<crate::stats::LatencySummary>,
+    /// Those commits per second over the run.
+    pub commits_per_s: f64,
 }
 
 /// Broker memory over the run.
@@ -248,6 +252,13 @@ impl Report {
                 self.verification.counts.handovers,
                 self.verification.counts.redelivered,
             );
+            if let Some(l) = &g.commit_latency {
+                let _ = writeln!(
+                    s,
+                    "group commits: {:.1}/s; latency p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
+                    g.commits_per_s, l.p50_ms, l.p99_ms, l.p99_9_ms, l.max_ms
+                );
+            }
         }
         let _ = writeln!(
             s,
@@ -869,6 +880,8 @@ mod tests {
             commits: 12,
             commits_refused: 1,
             forced_leaves: 0,
+            commit_latency: None,
+            commits_per_s: 0.0,
         });
         r.verification.counts.redelivered = 7;
         r.verification.counts.handovers = 2;

@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     pub(crate) commits: AtomicU64,
     /// Group mode: commits refused (rebalance in progress or fenced).
     pub(crate) commits_refused: AtomicU64,
+    /// Group mode: how long each successful commit took (µs).
+    pub(crate) commit_latency: Mutex<hdrhistogram::Histogram<u64>>,
     /// `--churn-interval`: the turn number; consumer `turn % consumers` leaves and rejoins.
     pub(crate) churn_turn: AtomicU64,
     /// Forced leaves done.
@@ -78,6 +80,7 @@ impl Shared {
             generations: Mutex::new(BTreeSet::new()),
             commits: AtomicU64::new(0),
             commits_refused: AtomicU64::new(0),
+            commit_latency: Mutex::new(crate::stats::new_histogram()),
             churn_turn: AtomicU64::new(0),
             churns: AtomicU64::new(0),
         }

@@ -170,6 +170,12 @@ fn group_report(cfg: &Config, shared: &Shared, o: &Outcome) -> Option<GroupRepor
             forced_leaves: shared.churns.load(Relaxed),
             ..GroupReport::default()
         };
+        let h = lock(&shared.commit_latency);
+        if h.len() > 0 {
+            r.commit_latency = Some(crate::stats::summarize(&h));
+            let secs = shared.start.elapsed().as_secs_f64().max(1e-3);
+            r.commits_per_s = r.commits as f64 / secs;
+        }
         for p in &o.series {
             if let Some(l) = p.lag_msgs {
                 if r.max_lag_msgs.is_none_or(|m| l > m) {

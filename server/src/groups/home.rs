@@ -11,7 +11,7 @@ use crate::partition::Partition;
 use levee_core::LocalEvent;
 use levee_engine::batch::{build_batch, records, split_batches, Record};
 use levee_schemas::proto::ErrorCode;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -37,7 +37,22 @@ pub struct Home {
     since_snapshot: Cell<u64>,
     last_snapshot: Cell<u64>,
     pub gone: Cell<bool>,
+    /// Commits waiting for the write turn: whoever takes it writes all of
+    /// them as one batch (one replication round trip for many commits).
+    queue: RefCell<Vec<Queued>>,
 }
+
+/// A commit waiting to be written: its records, what to do once they are
+/// stored (applied by the writer, before the turn is released, so a
+/// snapshot taken under the turn sees it), and whom to tell.
+struct Queued {
+    recs: Vec<Record>,
+    apply: Box<dyn FnOnce()>,
+    done: futures_channel::oneshot::Sender<OpResult<()>>,
+}
+
+/// Most bytes of keys and values written as one batch of queued commits.
+const COALESCE_BYTES: usize = 1 << 20;
 
 fn not_coordinator(index: u32) -> OpError {
     OpError::new(
@@ -62,6 +77,7 @@ impl Home {
             since_snapshot: Cell::new(0),
             last_snapshot: Cell::new(0),
             gone: Cell::new(false),
+            queue: RefCell::new(Vec::new()),
         }
     }
 
@@ -160,6 +176,64 @@ impl Home {
         self.since_snapshot
             .set(self.since_snapshot.get() + len as u64);
         Ok(produced.base)
+    }
+
+    /// Writes `recs` (a commit), together with any other commits waiting,
+    /// as one batch; `apply` runs once they are stored, before the write
+    /// turn is released. Concurrent commits of any group of this partition
+    /// thus share one replicated write instead of queueing one by one.
+    pub async fn write_commit(
+        &self,
+        recs: Vec<Record>,
+        apply: impl FnOnce() + 'static,
+    ) -> OpResult<()> {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        self.queue.borrow_mut().push(Queued {
+            recs,
+            apply: Box::new(apply),
+            done: tx,
+        });
+        {
+            let _turn = self.write_turn().await?;
+            loop {
+                let batch: Vec<Queued> = {
+                    let mut q = self.queue.borrow_mut();
+                    let mut size = 0usize;
+                    let take = q
+                        .iter()
+                        .take_while(|e| {
+                            let first = size == 0;
+                            size += e
+                                .recs
+                                .iter()
+                                .map(|r| {
+                                    r.key.as_ref().map_or(0, Vec::len)
+                                        + r.value.as_ref().map_or(0, Vec::len)
+                                        + 16
+                                })
+                                .sum::<usize>();
+                            first || size <= COALESCE_BYTES
+                        })
+                        .count();
+                    q.drain(..take).collect()
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                let recs: Vec<Record> = batch.iter().flat_map(|e| e.recs.iter().cloned()).collect();
+                let res = self.append(&recs).await.map(|_| ());
+                for e in batch {
+                    if res.is_ok() {
+                        (e.apply)();
+                    }
+                    let _ = e.done.send(res.clone());
+                }
+            }
+        }
+        match rx.await {
+            Ok(r) => r,
+            Err(_) => Err(OpError::shutting_down()),
+        }
     }
 
     /// Whether enough was written since the last snapshot to write one.

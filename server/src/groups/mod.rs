@@ -388,8 +388,6 @@ impl Groups {
     ) -> OpResult<Vec<(String, u32, OpResult<()>)>> {
         g.check_alive()?;
         let home = g.home.clone();
-        let _turn = home.write_turn().await?;
-        g.check_alive()?;
         g.machine.borrow().check_commit(member_id, generation)?;
         let ts = now_ms();
         let mut results = Vec::with_capacity(offsets.len());
@@ -410,13 +408,21 @@ impl Groups {
         if changes.is_empty() {
             return Ok(results);
         }
-        home.append(&store::group_commit_records(&g.name, &changes, ts))
-            .await?;
-        store::apply_changes(&mut g.offsets.borrow_mut(), changes);
+        let recs = store::group_commit_records(&g.name, &changes, ts);
+        let target = g.clone();
+        home.write_commit(recs, move || {
+            if target.gone.get().is_none() {
+                store::apply_changes(&mut target.offsets.borrow_mut(), changes);
+            }
+        })
+        .await?;
         if home.snapshot_due() {
-            let state = self.stored(&home);
-            if let Err(e) = home.snapshot(&state, now_ms()).await {
-                warn!(partition = home.index, error = %e.message, "writing a snapshot of group state failed; it is retried after the next commits");
+            let _turn = home.write_turn().await?;
+            if home.snapshot_due() {
+                let state = self.stored(&home);
+                if let Err(e) = home.snapshot(&state, now_ms()).await {
+                    warn!(partition = home.index, error = %e.message, "writing a snapshot of group state failed; it is retried after the next commits");
+                }
             }
         }
         Ok(results)
