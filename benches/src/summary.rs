@@ -171,7 +171,7 @@ fn group_report(cfg: &Config, shared: &Shared, o: &Outcome) -> Option<GroupRepor
             ..GroupReport::default()
         };
         let h = lock(&shared.commit_latency);
-        if h.len() > 0 {
+        if !h.is_empty() {
             r.commit_latency = Some(crate::stats::summarize(&h));
             let secs = shared.start.elapsed().as_secs_f64().max(1e-3);
             r.commits_per_s = r.commits as f64 / secs;
