@@ -255,6 +255,24 @@ fn native_group_survives_a_kill_9_of_its_coordinator() {
             after.get(p)
         );
     }
+    // The CLI, through any live node, lists the group with its coordinator
+    // and describes it with the coordinator's id.
+    let new_coord = coord.unwrap();
+    let (ok, out, err) = levee(&live, &["group", "describe", group], None);
+    let text = String::from_utf8_lossy(&out).to_string();
+    assert!(ok, "{err}");
+    assert!(
+        text.contains(&format!("coordinator: node {new_coord}")),
+        "{text}"
+    );
+    let (ok, out, err) = levee(&live, &["group", "list"], None);
+    let text = String::from_utf8_lossy(&out).to_string();
+    assert!(ok, "{err}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(group) && l.ends_with(&format!("\t{new_coord}"))),
+        "{text}"
+    );
     let all = processed.lock().unwrap().clone();
     let distinct: BTreeSet<&String> = all.iter().collect();
     eprintln!(

@@ -493,9 +493,26 @@ impl Client {
             let node = conn.hello().node_id;
             groups.extend(self.list_groups_on(&conn, node).await?);
         } else {
+            // A node that cannot be reached (down) coordinates nothing now.
+            let mut answered = 0;
+            let mut last_err = None;
             for b in nodes {
-                let conn = self.node_connection(b.node_id).await?;
-                groups.extend(self.list_groups_on(&conn, b.node_id).await?);
+                let listed = match self.node_connection(b.node_id).await {
+                    Ok(conn) => self.list_groups_on(&conn, b.node_id).await,
+                    Err(e) => Err(e),
+                };
+                match listed {
+                    Ok(g) => {
+                        answered += 1;
+                        groups.extend(g);
+                    }
+                    Err(e) => last_err = Some(e),
+                }
+            }
+            if answered == 0 {
+                if let Some(e) = last_err {
+                    return Err(e);
+                }
             }
         }
         groups.sort_by(|a, b| a.group.cmp(&b.group));
