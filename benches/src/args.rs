@@ -187,4 +187,8 @@ pub struct BenchArgs {
     /// and timed (with its batch's acknowledgement).
     #[arg(long)]
     pub direct_batches: bool,
+    /// Turn the per-message producer's idempotence off (it is on with
+    /// `--acks all` by default), to measure what it costs.
+    #[arg(long)]
+    pub no_idempotence: bool,
 }

@@ -194,6 +194,7 @@ pub(crate) async fn producer_task(
             linger: Duration::from_millis(a.linger_ms),
             max_in_flight: a.max_in_flight,
             buffer_bytes: a.buffer_bytes,
+            enable_idempotence: !a.no_idempotence,
             ..ProducerConfig::default()
         },
     );

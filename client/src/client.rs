@@ -906,6 +906,31 @@ impl Client {
         topic_result(reply, name)
     }
 
+    /// A producer id and epoch for an idempotent producer: a new id, or
+    /// with `existing` the same id at the next epoch.
+    pub async fn init_producer_id(&self, existing: Option<(i64, i16)>) -> Result<(i64, i16)> {
+        let (producer_id, producer_epoch) = existing.unwrap_or((-1, -1));
+        let req = Request::InitProducerId(Box::new(proto::InitProducerId {
+            producer_id,
+            producer_epoch,
+        }));
+        let reply = self
+            .call(req, Vec::new(), Duration::ZERO, "init producer id")
+            .await?;
+        match reply.header.response {
+            Some(Response::ProducerIdResponse(r)) => {
+                if r.error != ErrorCode::None {
+                    return Err(ClientError::Server {
+                        code: r.error,
+                        message: r.message.unwrap_or_default(),
+                    });
+                }
+                Ok((r.producer_id, r.producer_epoch))
+            }
+            other => Err(unexpected("ProducerIdResponse", other.as_ref())),
+        }
+    }
+
     /// Deletes a topic and its data.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let req = Request::DeleteTopic(Box::new(DeleteTopic {

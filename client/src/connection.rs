@@ -424,6 +424,7 @@ fn response_name(r: Option<&Response>) -> &'static str {
         Some(Response::GroupDescription(_)) => "GroupDescription",
         Some(Response::EpochEndOffset(_)) => "EpochEndOffset",
         Some(Response::ClusterStatusResponse(_)) => "ClusterStatusResponse",
+        Some(Response::ProducerIdResponse(_)) => "ProducerIdResponse",
     }
 }
 

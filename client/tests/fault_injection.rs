@@ -330,9 +330,23 @@ fn handle(state: &Mutex<State>, body: &[u8]) -> Action {
                     &[],
                 )
             }
+            // Idempotent producers (the default with acks=all) take an id
+            // first; this fake broker does not check their sequences.
+            Request::InitProducerId(_) => reply(
+                id,
+                Response::ProducerIdResponse(Box::new(ProducerIdResponse {
+                    error: ErrorCode::None,
+                    message: None,
+                    producer_id: 1,
+                    producer_epoch: 0,
+                })),
+                &[],
+            ),
             Request::OffsetForLeaderEpoch(_)
             | Request::ClusterStatus(_)
-            | Request::AddPartitions(_) => unimplemented!(),
+            | Request::AddPartitions(_) => {
+                unimplemented!()
+            }
             Request::Produce(p) => {
                 st.produce_requests.fetch_add(1, Ordering::SeqCst);
                 let not_leader = st.not_leader.load(Ordering::SeqCst) > 0

@@ -342,6 +342,20 @@ pub fn assign(bytes: &mut [u8], base_offset: u64, leader_epoch: i32) {
     h.partition_leader_epoch = I32::new(leader_epoch);
 }
 
+/// Stamps an idempotent producer's id, epoch and first sequence on a built
+/// batch (whole, at least [`HEADER_LEN`] bytes) and computes its CRC again
+/// (it covers them). The records are not touched.
+pub fn set_producer(bytes: &mut [u8], producer_id: i64, epoch: i16, base_sequence: i32) {
+    {
+        let h = header_mut(bytes);
+        h.producer_id = I64::new(producer_id);
+        h.producer_epoch = I16::new(epoch);
+        h.base_sequence = I32::new(base_sequence);
+    }
+    let crc = crc32c::crc32c(&bytes[CRC_START..]);
+    header_mut(bytes).crc = U32::new(crc);
+}
+
 /// One record to put in a batch.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Record {

@@ -171,3 +171,28 @@ fn producer_crc_survives_offset_assignment() {
     assert_eq!(h.crc.get(), crc_before);
     assert_eq!(h.leader_epoch(), 3);
 }
+
+#[test]
+fn set_producer_stamps_the_fields_and_keeps_the_batch_valid() {
+    let recs = vec![
+        Record {
+            timestamp: 5,
+            key: Some(b"k".to_vec()),
+            value: Some(b"v".to_vec()),
+            headers: vec![],
+        };
+        3
+    ];
+    let mut b = batch::build_batch(&recs);
+    batch::set_producer(&mut b, 77, 3, 1000);
+    let h = batch::validate_produced(&b, 1 << 20).unwrap();
+    assert_eq!(
+        (h.producer_id(), h.producer_epoch(), h.base_sequence()),
+        (77, 3, 1000)
+    );
+    assert_eq!(batch::records(&b).unwrap().len(), 3);
+    // A bit flipped after stamping is still caught.
+    let last = b.len() - 1;
+    b[last] ^= 1;
+    assert!(batch::validate_produced(&b, 1 << 20).is_err());
+}

@@ -64,6 +64,8 @@ pub struct Broker {
     pub admin: SocketAddr,
     pub data_dir: PathBuf,
     pub extra: Vec<String>,
+    /// Environment variables the broker process gets (fault injection).
+    pub env: Vec<(String, String)>,
     log: PathBuf,
     restarts: usize,
 }
@@ -111,6 +113,11 @@ impl Broker {
     }
 
     pub fn start_with(name: &str, extra: &[&str]) -> Broker {
+        Self::start_with_env(name, extra, &[])
+    }
+
+    /// A broker whose process gets `env` too (fault injection).
+    pub fn start_with_env(name: &str, extra: &[&str], env: &[(&str, &str)]) -> Broker {
         let data_dir = temp_dir(name);
         let mut b = Broker {
             child: None,
@@ -120,6 +127,10 @@ impl Broker {
             log: data_dir.with_extension("log"),
             data_dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             restarts: 0,
         };
         b.spawn();
@@ -136,6 +147,7 @@ impl Broker {
             data_dir: PathBuf::new(),
             extra: Vec::new(),
             log: PathBuf::new(),
+            env: Vec::new(),
             restarts: 0,
         }
     }
@@ -162,6 +174,7 @@ impl Broker {
             .arg(self.kafka.to_string())
             .args(&self.extra)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

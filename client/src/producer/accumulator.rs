@@ -267,6 +267,8 @@ pub(crate) struct Batch {
     result: Arc<BatchResult>,
     /// Encoded on first send; a retry sends the same bytes.
     pub bytes: Option<Bytes>,
+    /// The idempotent producer identity `bytes` are numbered under.
+    pub stamp: Option<(i64, i16)>,
     /// Failed attempts so far.
     pub attempts: u32,
 }
@@ -306,6 +308,8 @@ struct Part {
     retry: Vec<Batch>,
     /// Requests in flight carrying this partition.
     inflight: usize,
+    /// Batches in flight (sent, not answered).
+    unacked: usize,
     /// The leader they were sent to (`None`: unknown).
     node: Option<u32>,
     /// Consecutive failed attempts (0 once a request succeeds).
@@ -364,6 +368,11 @@ struct Topic {
     next: u32,
     parts: HashMap<u32, Part>,
 }
+
+/// An idempotent producer's most batches in flight per partition: the
+/// broker remembers this many of a producer's last batches per partition
+/// to recognize one sent again (`BATCHES_KEPT` on the broker).
+pub const MAX_UNACKED_BATCHES: usize = 32;
 
 /// How many records go between two checks of a partition count's age.
 const AGE_CHECK_EVERY: u32 = 256;
@@ -514,6 +523,7 @@ impl Accumulator {
                 buffered: 0,
                 result: Arc::new(BatchResult::new(topic, partition)),
                 bytes: None,
+                stamp: None,
                 attempts: 0,
             });
             part.open = true;
@@ -579,6 +589,7 @@ impl Accumulator {
                         let batches = std::mem::take(&mut part.retry);
                         bytes += batches.iter().map(Batch::request_bytes).sum::<usize>();
                         part.inflight += 1;
+                        part.unacked += batches.len();
                         retries.push(Entry {
                             topic: topic.clone(),
                             partition: p,
@@ -609,6 +620,12 @@ impl Accumulator {
                 let Some(size) = part.queue.front().map(Batch::request_bytes) else {
                     continue;
                 };
+                if cfg.enable_idempotence
+                    && cfg.acks == super::Acks::All
+                    && part.unacked + taken[i].len() >= MAX_UNACKED_BATCHES
+                {
+                    continue;
+                }
                 let empty = bytes == 0 && entries.is_empty();
                 if !empty && bytes + size > max_request_bytes {
                     continue;
@@ -624,6 +641,7 @@ impl Accumulator {
         for ((topic, p, part), batches) in ready.into_iter().zip(taken) {
             if !batches.is_empty() {
                 part.inflight += 1;
+                part.unacked += batches.len();
                 entries.push(Entry {
                     topic: topic.to_string(),
                     partition: p,
@@ -655,15 +673,17 @@ impl Accumulator {
 
     /// Applies a request's outcome: resolves what was delivered or failed
     /// for good, queues the rest for a retry. Returns the buffer bytes
-    /// given back and the batches queued for a retry.
+    /// given back, the batches queued for a retry, and whether any batch
+    /// failed for good.
     pub fn completed(
         &mut self,
         cfg: &ProducerConfig,
         outcomes: Vec<(Entry, EntryOutcome)>,
-    ) -> (usize, u64) {
+    ) -> (usize, u64, bool) {
         let now = Instant::now();
         let mut released = 0;
         let mut retried = 0;
+        let mut gave_up = false;
         self.inflight = self.inflight.saturating_sub(1);
         for (entry, outcome) in outcomes {
             let Entry {
@@ -671,6 +691,7 @@ impl Accumulator {
                 partition,
                 batches,
             } = entry;
+            let sent_batches = batches.len();
             let mut resolved: Vec<(Batch, Result<Option<u64>>)> = Vec::new();
             let mut failed = false;
             let delivered = matches!(outcome, EntryOutcome::Delivered(_));
@@ -707,6 +728,7 @@ impl Accumulator {
                 }
             }
             for (b, outcome) in resolved {
+                gave_up |= outcome.is_err();
                 released += b.buffered;
                 self.incomplete.remove(&b.id);
                 b.resolve(outcome);
@@ -715,6 +737,7 @@ impl Accumulator {
                 continue;
             };
             part.inflight = part.inflight.saturating_sub(1);
+            part.unacked = part.unacked.saturating_sub(sent_batches);
             if failed {
                 part.attempts += 1;
                 part.retry_at = Some(now + backoff(cfg, part.attempts));
@@ -723,7 +746,7 @@ impl Accumulator {
             }
         }
         self.flushes_done();
-        (released, retried)
+        (released, retried, gave_up)
     }
 
     /// Tells the flushes whose batches are all resolved.
@@ -1108,7 +1131,8 @@ mod tests {
             .into_iter()
             .map(|e| (e, EntryOutcome::Delivered(Some(100))))
             .collect();
-        let (released, retried) = acc.completed(&cfg, outcomes);
+        let (released, retried, gave_up) = acc.completed(&cfg, outcomes);
+        assert!(!gave_up);
         assert_eq!(retried, 0);
         assert_eq!(released, 7 * RecordSize::of(&record(1000, 1)).core);
         let waker = std::task::Waker::noop();

@@ -130,6 +130,11 @@ pub struct ProducerConfig {
     /// again, so that partitions added to the topic receive messages
     /// (default 5 minutes, as Kafka's `metadata.max.age.ms`).
     pub metadata_max_age: Duration,
+    /// Idempotence (default on; applies with `acks = all`): the producer
+    /// gets a producer id from the broker and numbers its batches per
+    /// partition, so a batch sent again after a lost answer is written
+    /// once, in order. Needs `max_in_flight` <= 5, as Kafka's.
+    pub enable_idempotence: bool,
 }
 
 impl Default for ProducerConfig {
@@ -149,6 +154,7 @@ impl Default for ProducerConfig {
             produce_timeout: Duration::from_secs(30),
             partition: None,
             metadata_max_age: Duration::from_secs(300),
+            enable_idempotence: true,
         }
     }
 }
@@ -181,9 +187,16 @@ struct Shared {
     wake: Notify,
     /// Batches queued again after a retriable failure.
     retried: AtomicU64,
+    /// Idempotence: the producer id and the partitions' next sequences
+    /// (`None`: not idempotent).
+    idempotence: Option<Mutex<sender::Idempotence>>,
     /// Metadata lookups that failed recently, by topic, so that a burst of
     /// records to a missing topic costs one lookup, not one per record.
     failed_lookups: Mutex<std::collections::HashMap<String, (ClientError, tokio::time::Instant)>>,
+}
+
+fn lock_idem(m: &Mutex<sender::Idempotence>) -> MutexGuard<'_, sender::Idempotence> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Shared {
@@ -243,6 +256,13 @@ impl Producer {
                 config.batch_size
             )));
         }
+        let idempotent = config.enable_idempotence && config.acks == Acks::All;
+        if idempotent && config.max_in_flight > 5 {
+            return Err(ClientError::InvalidArgument(format!(
+                "an idempotent producer sends at most 5 requests at once, not max_in_flight {}: lower it, or turn enable_idempotence off",
+                config.max_in_flight
+            )));
+        }
         let config = ProducerConfig {
             max_in_flight: config.max_in_flight.max(1),
             buffer_bytes: config.buffer_bytes.clamp(1, Semaphore::MAX_PERMITS),
@@ -262,6 +282,7 @@ impl Producer {
             wake: Notify::new(),
             retried: AtomicU64::new(0),
             failed_lookups: Mutex::new(std::collections::HashMap::new()),
+            idempotence: idempotent.then(|| Mutex::new(sender::Idempotence::default())),
             config,
         });
         tokio::spawn(sender::run(shared.clone(), client.clone()));

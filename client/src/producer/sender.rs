@@ -3,10 +3,12 @@
 //! request at a time, so requests reach each connection in order), and
 //! applies each answer when it comes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use levee_engine::Compression;
+use levee_schemas::proto::ErrorCode;
 
 use super::accumulator::{Batch, Entry, EntryOutcome, Next};
 use super::Shared;
@@ -50,20 +52,98 @@ pub(super) async fn run(shared: Arc<Shared>, client: Client) {
     }
 }
 
+/// An idempotent producer's identity and numbering (KIP-98): its producer
+/// id and epoch, and per partition the sequence of its next record. A batch
+/// is numbered when it is first sent (batches of a partition are sent in
+/// order) and keeps its number when sent again, so the broker recognizes a
+/// batch it already wrote. When a batch fails for good its partition's
+/// numbers have a gap: the producer takes the next epoch (numbering from 0
+/// again) before sending more; batches sent again after that are numbered
+/// anew.
+#[derive(Debug, Default)]
+pub(crate) struct Idempotence {
+    pub id: Option<(i64, i16)>,
+    next_seq: HashMap<(String, u32), i32>,
+    /// A batch failed for good: the next dispatch starts a new epoch.
+    pub reset: bool,
+}
+
+impl Idempotence {
+    /// The sequence for `count` records of a partition, advancing it.
+    fn take(&mut self, topic: &str, partition: u32, count: u32) -> i32 {
+        let next = self
+            .next_seq
+            .entry((topic.to_string(), partition))
+            .or_insert(0);
+        let seq = *next;
+        // Kafka's sequences wrap at i32::MAX.
+        *next = ((i64::from(seq) + i64::from(count)) % (i64::from(i32::MAX) + 1)) as i32;
+        seq
+    }
+}
+
 /// Encodes the batches not sent before. A batch whose compressed form
 /// would pass its uncompressed bound (incompressible records) goes
-/// uncompressed, so that no batch passes `batch_size`.
-fn encode(b: &mut Batch, compression: Compression) -> std::result::Result<(), String> {
-    if b.bytes.is_some() {
+/// uncompressed, so that no batch passes `batch_size`. An idempotent
+/// producer's batch is numbered here, once per producer epoch.
+fn encode(
+    b: &mut Batch,
+    compression: Compression,
+    topic: &str,
+    partition: u32,
+    idem: Option<&mut Idempotence>,
+) -> std::result::Result<(), String> {
+    let identity = idem.as_ref().and_then(|i| i.id);
+    if b.bytes.is_some() && b.stamp == identity {
         return Ok(());
     }
-    let records = std::mem::take(&mut b.records);
-    let mut bytes = build_batch(&records, compression)?;
-    if bytes.len() > b.size_bound() && compression != Compression::None {
-        bytes = build_batch(&records, Compression::None)?;
+    let mut bytes = match b.bytes.take() {
+        // Numbered under an earlier epoch: numbered again (one copy).
+        Some(old) => old.to_vec(),
+        None => {
+            let records = std::mem::take(&mut b.records);
+            let mut bytes = build_batch(&records, compression)?;
+            if bytes.len() > b.size_bound() && compression != Compression::None {
+                bytes = build_batch(&records, Compression::None)?;
+            }
+            debug_assert!(bytes.len() <= b.size_bound(), "the size bound holds");
+            bytes
+        }
+    };
+    if let (Some(idem), Some((pid, epoch))) = (idem, identity) {
+        let seq = idem.take(topic, partition, b.count);
+        levee_engine::batch::set_producer(&mut bytes, pid, epoch, seq);
     }
-    debug_assert!(bytes.len() <= b.size_bound(), "the size bound holds");
+    b.stamp = identity;
     b.bytes = Some(Bytes::from(bytes));
+    Ok(())
+}
+
+/// An idempotent producer's id, taken (or its next epoch, after a batch
+/// failed for good) before a request is numbered.
+async fn identity(shared: &Shared, client: &Client) -> Result<()> {
+    let Some(idem) = shared.idempotence.as_ref() else {
+        return Ok(());
+    };
+    let (current, reset) = {
+        let i = super::lock_idem(idem);
+        (i.id, i.reset)
+    };
+    if current.is_some() && !reset {
+        return Ok(());
+    }
+    let next = client
+        .init_producer_id(if reset { current } else { None })
+        .await?;
+    let mut i = super::lock_idem(idem);
+    tracing::debug!(
+        producer_id = next.0,
+        epoch = next.1,
+        "idempotent producer identity"
+    );
+    i.id = Some(next);
+    i.next_seq.clear();
+    i.reset = false;
     Ok(())
 }
 
@@ -71,11 +151,31 @@ fn encode(b: &mut Batch, compression: Compression) -> std::result::Result<(), St
 /// answer in the background.
 async fn dispatch(shared: &Arc<Shared>, client: &Client, mut entries: Vec<Entry>) {
     let compression = shared.config.compression;
+    if let Err(e) = identity(shared, client).await {
+        // No producer id yet: nothing is sent; the batches wait for a retry.
+        let outcomes = entries
+            .into_iter()
+            .map(|en| {
+                let o = if e.is_retriable() || matches!(e, ClientError::Connect { .. }) {
+                    EntryOutcome::Retry(e.clone())
+                } else {
+                    EntryOutcome::Fail(e.clone())
+                };
+                (en, o)
+            })
+            .collect();
+        complete(shared, outcomes);
+        return;
+    }
     let mut unencodable = Vec::new();
-    for e in &mut entries {
-        for b in &mut e.batches {
-            if let Err(why) = encode(b, compression) {
-                unencodable.push(why);
+    {
+        let mut idem = shared.idempotence.as_ref().map(super::lock_idem);
+        for e in &mut entries {
+            for b in &mut e.batches {
+                if let Err(why) = encode(b, compression, &e.topic, e.partition, idem.as_deref_mut())
+                {
+                    unencodable.push(why);
+                }
             }
         }
     }
@@ -117,14 +217,31 @@ async fn dispatch(shared: &Arc<Shared>, client: &Client, mut entries: Vec<Entry>
         .collect();
     shared.lock().sent(&keys, nodes);
     let shared = shared.clone();
+    let idempotent = shared.idempotence.is_some();
     tokio::spawn(async move {
-        let outcomes = wait(entries, first).await;
+        let outcomes = wait(entries, first, idempotent).await;
         complete(&shared, outcomes);
     });
 }
 
 /// Waits for one request's answer: each partition's outcome.
-async fn wait(entries: Vec<Entry>, first: Result<InFlightProduce>) -> Vec<(Entry, EntryOutcome)> {
+/// An idempotent producer sends a batch again after a sequence or epoch
+/// refusal: an earlier batch it waits behind was not written yet, or the
+/// producer moved to a new epoch since the batch was numbered (it is
+/// numbered again); a lasting gap fails the batch at its delivery timeout,
+/// which starts a new epoch.
+fn retry_idempotent(e: &ClientError) -> bool {
+    matches!(
+        e.code(),
+        Some(ErrorCode::OutOfOrderSequence | ErrorCode::InvalidProducerEpoch)
+    )
+}
+
+async fn wait(
+    entries: Vec<Entry>,
+    first: Result<InFlightProduce>,
+    idempotent: bool,
+) -> Vec<(Entry, EntryOutcome)> {
     let answers = match first {
         Ok(f) => f.wait_each().await,
         Err(e) => vec![ProduceOutcome::Failed(e); entries.len()],
@@ -138,6 +255,7 @@ async fn wait(entries: Vec<Entry>, first: Result<InFlightProduce>) -> Vec<(Entry
                 ProduceOutcome::Answered(r) => match r.result() {
                     Ok((base, _)) => EntryOutcome::Delivered(Some(base)),
                     Err(e) if e.is_retriable() => EntryOutcome::Retry(e),
+                    Err(e) if idempotent && retry_idempotent(&e) => EntryOutcome::Retry(e),
                     Err(e) => EntryOutcome::Fail(e),
                 },
                 ProduceOutcome::Failed(e) if e.is_retriable() => EntryOutcome::Retry(e),
@@ -149,7 +267,12 @@ async fn wait(entries: Vec<Entry>, first: Result<InFlightProduce>) -> Vec<(Entry
 }
 
 fn complete(shared: &Shared, outcomes: Vec<(Entry, EntryOutcome)>) {
-    let (released, retried) = shared.lock().completed(&shared.config, outcomes);
+    let (released, retried, gave_up) = shared.lock().completed(&shared.config, outcomes);
+    if gave_up {
+        if let Some(idem) = shared.idempotence.as_ref() {
+            super::lock_idem(idem).reset = true;
+        }
+    }
     shared.buffer.add_permits(released);
     if retried > 0 {
         shared

@@ -110,16 +110,19 @@ impl Shard {
             if let (Role::Follower, Some(l)) = (role, pl.leader) {
                 self.ensure_fetcher(l);
             }
-            if part.topic == levee_core::OFFSETS_TOPIC {
-                if role == Role::Leader {
-                    let n = self.topic(&part.topic).map_or(1, |m| m.partitions);
-                    self.groups
-                        .become_leader(part.partition, n, part.clone(), pl.leader_epoch);
-                } else {
-                    self.groups.resign(part.partition);
-                }
-            }
         }
         part.recompute_hw();
+        // The leader of an offsets partition coordinates its groups, in
+        // the epoch it leads it in (a new epoch reloads them).
+        if part.topic == levee_core::OFFSETS_TOPIC {
+            if part.role() == Role::Leader {
+                let n = self.topic(&part.topic).map_or(1, |m| m.partitions);
+                let epoch = part.repl.borrow().epoch;
+                self.groups
+                    .become_leader(part.partition, n, part.clone(), epoch);
+            } else {
+                self.groups.resign(part.partition);
+            }
+        }
     }
 }

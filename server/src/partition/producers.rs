@@ -1,5 +1,5 @@
 //! Idempotent producers (KIP-98), per partition, without I/O: for each
-//! producer id, its epoch and the sequence ranges of its last five batches,
+//! producer id, its epoch and the sequence ranges of its last 32 batches,
 //! so that a retried batch is recognised (answered with its original
 //! offsets, not written twice), a gap is refused (out of order), and a
 //! producer from an older epoch is fenced.
@@ -11,8 +11,11 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-/// Batches remembered per producer (Kafka's max in-flight with idempotence).
-pub const BATCHES_KEPT: usize = 5;
+/// Batches remembered per producer: Kafka keeps 5 (its clients' most
+/// requests in flight with idempotence, one batch per partition each);
+/// Levee's client may have up to 32 batches of a partition in flight
+/// (several per request), and a batch sent again must still be recognised.
+pub const BATCHES_KEPT: usize = 32;
 
 /// One stored batch of a producer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,7 +270,8 @@ mod tests {
     #[test]
     fn a_retried_batch_is_a_duplicate_with_its_original_offsets() {
         let mut t = ProducerTable::default();
-        for i in 0..5u32 {
+        let kept = BATCHES_KEPT as u32;
+        for i in 0..kept {
             t.record(7, 0, range(i as i32 * 10, 10, 100 + u64::from(i) * 10), 1);
         }
         assert_eq!(
@@ -277,8 +281,13 @@ mod tests {
                 last_offset: 129
             }
         );
-        // A sixth batch pushes the first out of the five kept.
-        t.record(7, 0, range(50, 10, 150), 1);
+        // One more batch pushes the first out of those kept.
+        t.record(
+            7,
+            0,
+            range(kept as i32 * 10, 10, 100 + u64::from(kept) * 10),
+            1,
+        );
         assert!(matches!(t.check(7, 0, 0, 9), Verdict::OutOfOrder { .. }));
         assert!(matches!(t.check(7, 0, 10, 19), Verdict::Duplicate { .. }));
     }

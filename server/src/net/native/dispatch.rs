@@ -83,6 +83,21 @@ pub async fn process(
             .await;
             topic_result(a.name, res)
         }
+        Request::InitProducerId(r) => {
+            let existing = (r.producer_id >= 0 && r.producer_epoch >= 0)
+                .then_some((r.producer_id, r.producer_epoch));
+            let (error, message, producer_id, producer_epoch) =
+                match handlers::producers::init_producer_id(shard, None, existing).await {
+                    Ok((pid, epoch)) => (ErrorCode::None, None, pid, epoch),
+                    Err(e) => (e.code, Some(e.message), -1, -1),
+                };
+            Response::ProducerIdResponse(Box::new(proto::ProducerIdResponse {
+                error,
+                message,
+                producer_id,
+                producer_epoch,
+            }))
+        }
         Request::ListTopics(_) => {
             Response::ListTopicsResponse(Box::new(proto::ListTopicsResponse {
                 names: Some(

@@ -130,6 +130,14 @@ async fn read_loop(
             if no_reply {
                 return None;
             }
+            if is_produce && res.is_ok() && fault_cut_after_produce() {
+                // Test-only fault: the write happened, its answer is lost.
+                return Some(Outgoing {
+                    frame: Vec::new(),
+                    payload: Vec::new(),
+                    close: true,
+                });
+            }
             Some(match res {
                 Ok((response, payload)) => {
                     let header = ResponseHeader {
@@ -225,4 +233,34 @@ pub fn error_frame(corr: u64, code: ErrorCode, message: &str) -> Vec<u8> {
         &mut frame,
     );
     frame
+}
+
+/// A test-only fault for retry and idempotence tests: with
+/// `LEVEE_FAULT_CUT_AFTER_PRODUCE=N` in the broker's environment, every
+/// N-th produce request a shard has written is not answered: its connection
+/// is closed instead, as a network cut after the write would leave it (the
+/// client cannot know whether it was written). Unset or 0: never.
+fn fault_cut_after_produce() -> bool {
+    static EVERY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let every = *EVERY.get_or_init(|| {
+        let n = std::env::var("LEVEE_FAULT_CUT_AFTER_PRODUCE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if n > 0 {
+            tracing::warn!(every = n, "fault injection on: produce answers are dropped and their connections cut (LEVEE_FAULT_CUT_AFTER_PRODUCE)");
+        }
+        n
+    });
+    if every == 0 {
+        return false;
+    }
+    thread_local! {
+        static COUNT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    COUNT.with(|c| {
+        let n = c.get() + 1;
+        c.set(n);
+        n % every == 0
+    })
 }
