@@ -1,0 +1,410 @@
+//! Seeded fault trials against a real 3-node RF=3 cluster (issue 19, first
+//! part): a native producer (acks=all, idempotent) writes numbered records
+//! while faults chosen by a seeded RNG hit the nodes — kill -9 and restart,
+//! SIGSTOP for longer than the broker lease then SIGCONT — and a checker
+//! verifies the history once the cluster has healed:
+//!
+//! - every acknowledged record is readable at its acknowledged offset;
+//! - no record was written twice (idempotence across the faults);
+//! - the three replicas of every partition hold the same batches, byte for
+//!   byte, up to the shortest replica's end (read from their segment files
+//!   after a clean stop).
+//!
+//! A failing trial prints its seed and the command that replays it. CI runs
+//! two seeds; `TRIALS=N` runs N more (seeds from `TRIAL_SEED`, default 1000,
+//! upwards) and prints a summary. `TRIAL_SEED=S TRIALS=1` replays one.
+//! Not yet here (issue 19): network partitions through a proxy, torn tails,
+//! a full disk, consumer groups in the history.
+
+mod common;
+
+use common::{levee, Broker};
+use levee_client::{Client, ClientConfig, Producer, ProducerConfig};
+use levee_engine::batch;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const PARTITIONS: u32 = 3;
+
+#[derive(Debug, Default, Clone)]
+struct Outcome {
+    faults: BTreeMap<&'static str, usize>,
+    acked: usize,
+    lost: usize,
+    duplicated: usize,
+    divergent: usize,
+    /// Per fault: from its end (restart, SIGCONT) to a full ISR again.
+    recover_ms: Vec<u128>,
+}
+
+fn bootstrap(nodes: &[Broker]) -> String {
+    nodes
+        .iter()
+        .filter(|n| n.child.is_some())
+        .map(|n| n.bootstrap())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn signal(b: &Broker, sig: &str) {
+    if let Some(c) = b.child.as_ref() {
+        let _ = std::process::Command::new("kill")
+            .args([sig, &c.id().to_string()])
+            .status();
+    }
+}
+
+/// Waits until every partition of `topic` has a leader and an ISR of
+/// `isr` nodes; the time it took.
+fn wait_healed(
+    nodes: &[Broker],
+    topic: &str,
+    isr: usize,
+    within: Duration,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    loop {
+        let (ok, out, err) = levee(&bootstrap(nodes), &["topic", "describe", topic], None);
+        let text = String::from_utf8_lossy(&out).to_string();
+        if ok {
+            let rows: Vec<&str> = text
+                .lines()
+                .filter(|l| l.chars().next().is_some_and(|c| c.is_ascii_digit()))
+                .collect();
+            let healed = rows.len() == PARTITIONS as usize
+                && rows.iter().all(|r| {
+                    let f: Vec<&str> = r.split('\t').collect();
+                    f.len() >= 9 && f[1] != "none" && f[8].split(',').count() >= isr
+                });
+            if healed {
+                return Ok(started.elapsed());
+            }
+        }
+        if started.elapsed() > within {
+            return Err(format!(
+                "the cluster did not heal within {within:?}: {text}{err}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Every stored batch of a partition directory, end to end, by reading its
+/// segment files (the broker stopped).
+fn replica_batches(dir: &std::path::Path) -> Vec<Vec<u8>> {
+    let mut segs: Vec<_> = std::fs::read_dir(dir)
+        .map(|es| {
+            es.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                .collect()
+        })
+        .unwrap_or_default();
+    segs.sort();
+    let mut out = Vec::new();
+    for s in segs {
+        let data = std::fs::read(&s).unwrap_or_default();
+        let mut pos = 0usize;
+        while pos + 12 <= data.len() {
+            let len = i32::from_be_bytes(data[pos + 8..pos + 12].try_into().unwrap());
+            if len <= 0 || pos + 12 + len as usize > data.len() {
+                break;
+            }
+            let b = &data[pos..pos + 12 + len as usize];
+            if batch::validate_stored(b, 64 << 20).is_err() {
+                break;
+            }
+            out.push(b.to_vec());
+            pos += 12 + len as usize;
+        }
+    }
+    out
+}
+
+fn run_trial(seed: u64) -> Result<Outcome, String> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut nodes, _) = common::start_three_nodes(
+        &format!("trial-{seed}"),
+        "broker_lease_ms = 1500\nheartbeat_interval_ms = 250\nreplica_lag_time_max_ms = 3000\n[log]\nfsync = \"always\"\nsegment_bytes = 262144\n",
+    );
+    let mut out = Outcome::default();
+    wait_healed_cluster(&nodes)?;
+    let (ok, o, e) = levee(
+        &bootstrap(&nodes),
+        &[
+            "topic",
+            "create",
+            "tr",
+            "--partitions",
+            "3",
+            "--replication-factor",
+            "3",
+        ],
+        None,
+    );
+    if !ok {
+        return Err(format!("topic create: {e}{}", String::from_utf8_lossy(&o)));
+    }
+    wait_healed(&nodes, "tr", 3, Duration::from_secs(30))?;
+
+    // The producer: numbered records, partition i % 3; every acknowledged
+    // (partition, offset, value) is recorded.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::<(u32, u64, String)>::new()));
+    let all_boot = bootstrap(&nodes);
+    let producing = {
+        let (stop, acked) = (stop.clone(), acked.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let client =
+                    Client::connect(ClientConfig::new(all_boot.split(',').map(str::to_string)))
+                        .await
+                        .unwrap();
+                let producer = Producer::new(
+                    client,
+                    ProducerConfig {
+                        linger: Duration::from_millis(2),
+                        delivery_timeout: Duration::from_secs(120),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+                let mut i = 0u64;
+                let mut pending = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    let v = format!("r-{i}");
+                    let p = (i % u64::from(PARTITIONS)) as u32;
+                    let rec = levee_client::Record {
+                        timestamp: 1_700_000_000_000,
+                        key: None,
+                        value: Some(v.clone().into_bytes()),
+                        headers: vec![],
+                    };
+                    if let Ok(d) = producer.send_record("tr", Some(p), rec).await {
+                        pending.push((v, d));
+                    }
+                    i += 1;
+                    if pending.len() >= 20 {
+                        for (v, d) in pending.drain(..) {
+                            if let Ok(r) = d.await {
+                                if let Some(off) = r.offset {
+                                    acked.lock().unwrap().push((r.partition, off, v));
+                                }
+                            }
+                        }
+                    }
+                }
+                for (v, d) in pending.drain(..) {
+                    if let Ok(r) = d.await {
+                        if let Some(off) = r.offset {
+                            acked.lock().unwrap().push((r.partition, off, v));
+                        }
+                    }
+                }
+            })
+        })
+    };
+
+    // Faults, chosen by the seed.
+    let n_faults = rng.gen_range(2..=3);
+    for _ in 0..n_faults {
+        std::thread::sleep(Duration::from_millis(rng.gen_range(500..1500)));
+        let victim = rng.gen_range(0..3usize);
+        if rng.gen_bool(0.5) {
+            *out.faults.entry("kill -9").or_default() += 1;
+            nodes[victim].kill();
+            std::thread::sleep(Duration::from_millis(rng.gen_range(500..2500)));
+            nodes[victim].spawn();
+        } else {
+            *out.faults.entry("SIGSTOP").or_default() += 1;
+            signal(&nodes[victim], "-STOP");
+            std::thread::sleep(Duration::from_millis(rng.gen_range(2000..4000)));
+            signal(&nodes[victim], "-CONT");
+        }
+        // Recovered: every partition led, and all three replicas in sync
+        // again (the time this takes is the trial's recovery time).
+        let healed = wait_healed(&nodes, "tr", 3, Duration::from_secs(60))?;
+        out.recover_ms.push(healed.as_millis());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    producing
+        .join()
+        .map_err(|_| "the producer thread panicked".to_string())?;
+    wait_healed(&nodes, "tr", 3, Duration::from_secs(60))?;
+
+    // Check 1: every acknowledged record at its offset; none twice.
+    let acked = acked.lock().unwrap().clone();
+    out.acked = acked.len();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stored: BTreeMap<(u32, u64), String> = rt.block_on(async {
+        let client = Client::connect(ClientConfig::new(
+            bootstrap(&nodes).split(',').map(str::to_string),
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+        let mut all = BTreeMap::new();
+        for p in 0..PARTITIONS {
+            let mut offset = 0u64;
+            loop {
+                let want = levee_client::FetchRequestPartition {
+                    topic: "tr".into(),
+                    partition: p,
+                    offset,
+                    max_bytes: 1 << 20,
+                };
+                let got = client
+                    .fetch(Duration::ZERO, 0, 1 << 20, &[want])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let got = &got[0];
+                if offset >= got.high_watermark {
+                    break;
+                }
+                let before = offset;
+                for b in batch::split_batches(&got.batches) {
+                    for r in batch::records(b).map_err(|e| e.to_string())? {
+                        if r.offset >= offset {
+                            let v =
+                                String::from_utf8_lossy(r.value.unwrap_or_default()).to_string();
+                            all.insert((p, r.offset), v);
+                            offset = r.offset + 1;
+                        }
+                    }
+                }
+                if offset == before {
+                    return Err(format!("partition {p}: no progress reading at {offset}"));
+                }
+            }
+        }
+        Ok::<_, String>(all)
+    })?;
+    for (p, off, v) in &acked {
+        if stored.get(&(*p, *off)) != Some(v) {
+            out.lost += 1;
+        }
+    }
+    let mut seen = BTreeMap::new();
+    for v in stored.values() {
+        *seen.entry(v).or_insert(0usize) += 1;
+    }
+    out.duplicated = seen.values().filter(|c| **c > 1).count();
+
+    // Check 2: the replicas agree byte for byte up to the shortest one.
+    for n in nodes.iter_mut() {
+        n.stop();
+    }
+    for p in 0..PARTITIONS {
+        let logs: Vec<Vec<Vec<u8>>> = nodes
+            .iter()
+            .map(|n| replica_batches(&n.data_dir().join(format!("tr-{p}"))))
+            .collect();
+        let common = logs.iter().map(Vec::len).min().unwrap_or(0);
+        for i in 0..common {
+            if logs.iter().any(|l| l[i] != logs[0][i]) {
+                out.divergent += 1;
+                break;
+            }
+        }
+    }
+    if out.lost > 0 || out.duplicated > 0 || out.divergent > 0 {
+        return Err(format!("{out:?}"));
+    }
+    Ok(out)
+}
+
+fn wait_healed_cluster(nodes: &[Broker]) -> Result<(), String> {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out, err) = levee(&bootstrap(nodes), &["cluster", "status"], None);
+        let s = String::from_utf8_lossy(&out);
+        if ok && s.contains("leader: node") && s.matches("live").count() >= 3 {
+            return Ok(());
+        }
+        if Instant::now() > until {
+            return Err(format!("cluster did not form: {s}{err}"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn replay(seed: u64) -> String {
+    format!(
+        "TRIAL_SEED={seed} TRIALS=1 cargo test -p levee-cli --test trials seeded -- --nocapture"
+    )
+}
+
+fn pct(v: &mut [u128], q: f64) -> u128 {
+    v.sort_unstable();
+    v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+        .copied()
+        .unwrap_or(0)
+}
+
+#[test]
+fn seeded_fault_trials() {
+    let extra: u64 = std::env::var("TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let seeds: Vec<u64> = if extra > 0 {
+        let first: u64 = std::env::var("TRIAL_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        (first..first + extra).collect()
+    } else {
+        vec![1, 2]
+    };
+    let started = Instant::now();
+    let mut faults: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let (mut acked, mut lost, mut divergent) = (0, 0, 0);
+    let mut recover = Vec::new();
+    let mut failed = Vec::new();
+    for seed in &seeds {
+        match run_trial(*seed) {
+            Ok(o) => {
+                eprintln!("trial {seed}: ok {o:?}");
+                for (k, v) in &o.faults {
+                    *faults.entry(k).or_default() += v;
+                }
+                acked += o.acked;
+                recover.extend(o.recover_ms);
+            }
+            Err(e) => {
+                eprintln!("trial {seed} FAILED: {e}\n  replay: {}", replay(*seed));
+                if e.contains("lost") {
+                    lost += 1;
+                }
+                if e.contains("divergent") {
+                    divergent += 1;
+                }
+                failed.push(*seed);
+            }
+        }
+    }
+    eprintln!(
+        "trials {}, failed {} {failed:?}, faults {faults:?}, acknowledged records {acked}, trials with loss {lost}, with divergence {divergent}, time to recover a full ISR after a fault: p50 {} ms, p99 {} ms, took {:?}",
+        seeds.len(),
+        failed.len(),
+        pct(&mut recover.clone(), 0.5),
+        pct(&mut recover, 0.99),
+        started.elapsed()
+    );
+    assert!(
+        failed.is_empty(),
+        "failing seeds {failed:?}; replay one with {}",
+        replay(failed[0])
+    );
+}
