@@ -6,6 +6,9 @@
 use levee_engine::LogError;
 use levee_schemas::proto::ErrorCode;
 
+/// How messages of disk-full storage errors begin.
+pub const DISK_FULL: &str = "the broker's disk is full";
+
 /// A typed failure of one operation, sent back to the client.
 #[derive(Debug, Clone)]
 pub struct OpError {
@@ -46,10 +49,25 @@ impl OpError {
             }
             LogError::Io { .. }
             | LogError::Poisoned(_)
+            | LogError::NoSpace(_)
             | LogError::Corrupt { .. }
             | LogError::OldFormat { .. } => ErrorCode::StorageError,
         };
+        if e.is_no_space() {
+            return OpError::disk_full(e);
+        }
         OpError::new(code, e.to_string())
+    }
+
+    /// A write refused because the broker's disk is full: a storage error
+    /// that says what to do.
+    pub fn disk_full(e: impl std::fmt::Display) -> Self {
+        OpError::new(
+            ErrorCode::StorageError,
+            format!(
+                "{DISK_FULL}: {e}; free space (`levee topic delete`, a lower retention with `levee topic alter`, `levee group delete`) and writes resume without a restart"
+            ),
+        )
     }
 }
 
