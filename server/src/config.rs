@@ -49,6 +49,11 @@ pub struct ServerConfig {
     /// A consumer group with no members keeps its committed offsets this
     /// long, then is deleted.
     pub group_offsets_retention_ms: u64,
+    /// Bytes of `<data_dir>/space.reserve`, a file allocated while space
+    /// allows and deleted when a metadata write (deleting a topic,
+    /// lowering its retention) finds the disk full, so that the ways to
+    /// free space keep working. 0: no reserve.
+    pub space_reserve_bytes: u64,
     /// The cluster's coordinators, `id@host:port,...` (1, 3 or 5). Empty: a
     /// single node without a coordinator quorum. A node whose `node_id` is
     /// listed runs a coordinator on a dedicated executor and listens on its
@@ -123,6 +128,7 @@ impl Default for ServerConfig {
             shutdown_timeout_ms: 10_000,
             idle_spin_us: 50,
             group_offsets_retention_ms: 7 * 24 * 3600 * 1000,
+            space_reserve_bytes: 8 << 20,
             coordinators: String::new(),
             cluster_listen: String::new(),
             broker_lease_ms: 1200,

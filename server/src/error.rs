@@ -14,6 +14,9 @@ pub const DISK_FULL: &str = "the broker's disk is full";
 pub struct OpError {
     pub code: ErrorCode,
     pub message: String,
+    /// The failure is a full disk (see [`OpError::disk_full`]): the broker
+    /// reports it (`/health`, `levee_disk_full`) until space is freed.
+    pub no_space: bool,
 }
 
 impl OpError {
@@ -21,6 +24,7 @@ impl OpError {
         OpError {
             code,
             message: message.into(),
+            no_space: false,
         }
     }
 
@@ -62,12 +66,15 @@ impl OpError {
     /// A write refused because the broker's disk is full: a storage error
     /// that says what to do.
     pub fn disk_full(e: impl std::fmt::Display) -> Self {
-        OpError::new(
-            ErrorCode::StorageError,
-            format!(
-                "{DISK_FULL}: {e}; free space (`levee topic delete`, a lower retention with `levee topic alter`, `levee group delete`) and writes resume without a restart"
-            ),
-        )
+        OpError {
+            no_space: true,
+            ..OpError::new(
+                ErrorCode::StorageError,
+                format!(
+                    "{DISK_FULL}: {e}; free space (`levee topic delete`, a lower retention with `levee topic alter`, `levee group delete`) and writes resume without a restart"
+                ),
+            )
+        }
     }
 }
 

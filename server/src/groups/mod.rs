@@ -269,6 +269,25 @@ impl Groups {
         }
     }
 
+    /// Reopens the offsets logs a full disk stopped (see
+    /// `Log::recover_from_full_disk`); returns how many.
+    pub async fn recover_full_disk(&self) -> usize {
+        let mut n = 0;
+        for g in self.all() {
+            if !g.log.log.is_stopped_by_full_disk() {
+                continue;
+            }
+            match g.log.log.recover_from_full_disk().await {
+                Ok(Some(_)) => n += 1,
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(group = %g.name, error = %e, "reopening a group's offsets log stopped by the full disk failed; retrying later")
+                }
+            }
+        }
+        n
+    }
+
     pub async fn close_all(&self) {
         for g in self.all() {
             let _ = g.log.log.close().await;

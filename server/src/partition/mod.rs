@@ -538,6 +538,37 @@ impl Partition {
         Ok((i64::from(e), end as i64))
     }
 
+    /// Reopens a log a full disk stopped (see
+    /// `Log::recover_from_full_disk`), once space is back: appends wait
+    /// meanwhile, and the producer table forgets batches that did not
+    /// reach the disk. Whether it was stopped.
+    pub async fn recover_from_full_disk(&self) -> OpResult<bool> {
+        let _order = self.append_order.lock().await;
+        let Some((old_end, new_end)) = self
+            .log
+            .recover_from_full_disk()
+            .await
+            .map_err(OpError::from_log)?
+        else {
+            return Ok(false);
+        };
+        if new_end < old_end {
+            warn!(
+                topic = %self.topic,
+                partition = self.partition,
+                from = new_end,
+                to = old_end,
+                "batches appended when the disk filled did not reach it and were dropped (none was acknowledged as durable)"
+            );
+            self.producers_truncated(new_end);
+            let c = &self.counters;
+            c.fetch_next.set(c.fetch_next.get().min(new_end));
+        }
+        self.appended.notify();
+        self.hw_changed.notify();
+        Ok(true)
+    }
+
     /// Judges an idempotent producer's batch: append, duplicate (its
     /// original offsets), or an error for a gap or an old epoch.
     fn check_producer(&self, pf: &ProducerFields) -> OpResult<Verdict> {

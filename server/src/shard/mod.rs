@@ -7,6 +7,7 @@
 pub mod buffers;
 mod mesh;
 mod producer_ids;
+mod space;
 mod topics;
 
 pub use crate::shutdown::Shutdown;
@@ -62,6 +63,9 @@ pub struct Shard {
     pub groups: crate::groups::Groups,
     /// Shard 0: the producer ids left in its reserved block (next, end).
     producer_ids: Cell<Option<(i64, i64)>>,
+    /// The data directory's disk-full state and space reserve, shared by
+    /// every shard.
+    pub space: Arc<crate::space::SpaceState>,
 }
 
 impl crate::groups::TopicLookup for Shard {
@@ -82,6 +86,7 @@ impl Shard {
         topics: BTreeMap<String, TopicMeta>,
         senders: Option<Senders<MeshMsg>>,
         cluster: Option<Arc<crate::cluster::ClusterView>>,
+        space: Arc<crate::space::SpaceState>,
     ) -> Rc<Shard> {
         let limit = cfg.max_inflight_bytes_per_shard;
         Rc::new(Shard {
@@ -99,6 +104,7 @@ impl Shard {
             admin_lock: Semaphore::new(1),
             groups: crate::groups::Groups::new(&cfg.data_dir),
             producer_ids: Cell::new(None),
+            space,
             cfg,
         })
     }

@@ -102,13 +102,18 @@ impl Shard {
         res
     }
 
+    /// Writes `topics.toml`; on a full disk, with the space reserve.
     fn store_registry(&self, all: &std::collections::BTreeMap<String, TopicMeta>) -> OpResult<()> {
-        topics::store(&self.cfg.data_dir, all).map_err(|e| {
-            OpError::new(
-                ErrorCode::StorageError,
-                format!("writing topic metadata: {e}"),
-            )
-        })
+        self.space
+            .with_reserve("topic metadata (topics.toml)", || {
+                topics::store(&self.cfg.data_dir, all)
+            })
+            .map_err(|e| {
+                OpError::new(
+                    ErrorCode::StorageError,
+                    format!("writing topic metadata: {e}"),
+                )
+            })
     }
 
     /// Has every shard adopt (`Some`) or drop (`None`) the topic.
