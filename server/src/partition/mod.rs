@@ -106,7 +106,7 @@ pub struct Partition {
     pub repl: RefCell<ReplicaState>,
     /// Notified when the high watermark moves or the role changes.
     pub hw_changed: LocalEvent,
-    max_backlog: Option<u64>,
+    max_backlog: Cell<Option<u64>>,
     counters: Counters,
     /// Idempotent producers' sequences (KIP-98).
     producers: RefCell<ProducerTable>,
@@ -196,7 +196,7 @@ impl Partition {
             appended: LocalEvent::default(),
             repl: RefCell::new(repl),
             hw_changed: LocalEvent::default(),
-            max_backlog,
+            max_backlog: Cell::new(max_backlog),
             counters: Counters::default(),
             producers: RefCell::new(ProducerTable::default()),
             append_order: levee_engine::fifo::FifoLock::default(),
@@ -213,6 +213,14 @@ impl Partition {
         })
         .detach();
         Ok(part)
+    }
+
+    /// Retunes the partition to a topic's new settings: its log's
+    /// (segment size, retention, fsync) and the backlog bound.
+    pub fn set_config(&self, cfg: &LogConfig, max_backlog: Option<u64>) -> OpResult<()> {
+        self.log.set_config(cfg).map_err(OpError::from_log)?;
+        self.max_backlog.set(max_backlog);
+        Ok(())
     }
 
     pub fn name(&self) -> Name<'_> {
@@ -284,7 +292,7 @@ impl Partition {
         };
         let clustered = self.role() == Role::Leader;
         let (batches, msgs) = split_request(&data, self.log.max_batch_bytes(), backing)?;
-        if let Some(max) = self.max_backlog {
+        if let Some(max) = self.max_backlog.get() {
             if self.backlog() + data.len() as u64 > max {
                 return Err(OpError::new(
                     ErrorCode::BacklogFull,

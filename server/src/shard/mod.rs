@@ -8,7 +8,7 @@ pub mod buffers;
 mod mesh;
 mod producer_ids;
 mod space;
-mod topics;
+pub(crate) mod topics;
 
 pub use crate::shutdown::Shutdown;
 pub use mesh::MeshMsg;
@@ -195,6 +195,25 @@ impl Shard {
         if let Some(part) = self.parts.borrow().get(&(name.to_string(), p)) {
             return Ok(part.clone());
         }
+        let (cfg, max_backlog) = self.topic_log_config(meta)?;
+        let dir = crate::topics::partition_dir(&self.cfg.data_dir, name, p);
+        let me = self.cluster.as_ref().map(|_| u64::from(self.cfg.node_id));
+        let part = Partition::open(name, p, &dir, cfg, max_backlog, me).await?;
+        let upkeep = part.clone();
+        let expiration = std::time::Duration::from_millis(self.cfg.producer_id_expiration_ms);
+        glommio::spawn_local(async move { upkeep.run_producer_upkeep(expiration).await }).detach();
+        self.parts
+            .borrow_mut()
+            .insert((name.to_string(), p), part.clone());
+        Ok(part)
+    }
+
+    /// A topic's partitions' log configuration (the broker's defaults with
+    /// the topic's settings) and backlog bound.
+    pub fn topic_log_config(
+        &self,
+        meta: &TopicMeta,
+    ) -> OpResult<(levee_engine::LogConfig, Option<u64>)> {
         let fsync = if meta.fsync.is_empty() {
             None
         } else {
@@ -207,17 +226,34 @@ impl Shard {
             pos(meta.retention_bytes),
             pos(meta.retention_ms),
         );
-        let dir = crate::topics::partition_dir(&self.cfg.data_dir, name, p);
-        let me = self.cluster.as_ref().map(|_| u64::from(self.cfg.node_id));
-        let max_backlog = pos(meta.max_backlog_bytes).map(|v| v as u64);
-        let part = Partition::open(name, p, &dir, cfg, max_backlog, me).await?;
-        let upkeep = part.clone();
-        let expiration = std::time::Duration::from_millis(self.cfg.producer_id_expiration_ms);
-        glommio::spawn_local(async move { upkeep.run_producer_upkeep(expiration).await }).detach();
-        self.parts
-            .borrow_mut()
-            .insert((name.to_string(), p), part.clone());
-        Ok(part)
+        Ok((cfg, pos(meta.max_backlog_bytes).map(|v| v as u64)))
+    }
+
+    /// Gives this shard's open partitions of `name` the topic's new
+    /// settings, and applies retention at once (a lower retention frees
+    /// space now, not at the next periodic pass).
+    pub async fn retune_topic(&self, name: &str, meta: &TopicMeta) -> OpResult<()> {
+        let (cfg, max_backlog) = self.topic_log_config(meta)?;
+        let parts: Vec<Rc<Partition>> = self
+            .parts
+            .borrow()
+            .iter()
+            .filter(|((t, _), _)| t == name)
+            .map(|(_, p)| p.clone())
+            .collect();
+        for p in parts {
+            p.set_config(&cfg, max_backlog)?;
+            match p.log.enforce_retention().await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(topic = %name, partition = p.partition, segments = n, "new retention deleted segments")
+                }
+                Err(e) => {
+                    warn!(topic = %name, partition = p.partition, error = %e, "applying the new retention failed; the periodic pass retries")
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Closes and forgets every partition of `name`, deleting their files.
