@@ -270,6 +270,12 @@ impl SpaceState {
     /// it can, and clears the disk-full state once the reserve's size
     /// (at least 1 MiB) is free.
     pub fn check(&self) -> io::Result<Check> {
+        if self.is_full() {
+            // ext4 counts the blocks of deleted files as free only once its
+            // journal commits (every 5 s by default): commit it now, so
+            // that space an operator freed shows at once.
+            self.settle();
+        }
         let mut reserve_created = false;
         if self.reserve_bytes > 0 && !self.reserve_held() {
             reserve_created = self.ensure_reserve()?;
@@ -289,6 +295,15 @@ impl SpaceState {
             reserve_created,
             cleared,
         })
+    }
+}
+
+impl SpaceState {
+    fn settle(&self) {
+        if let Ok(d) = std::fs::File::open(&self.dir) {
+            // SAFETY: a valid descriptor; syncfs has no other precondition.
+            unsafe { libc::syncfs(d.as_raw_fd()) };
+        }
     }
 }
 

@@ -195,6 +195,10 @@ impl Log {
         self.remove_recycled().await;
         write_file_atomic(&dir.join(CLEAN_MARKER), b"").await?;
         sync_dir_async(&dir).await?;
+        // The sealed segments' handles go now, not when the last holder of
+        // the log does: the space of a deleted topic's files is freed only
+        // once nothing holds them open.
+        self.st.borrow_mut().drop_read_state();
         info!(dir = %dir.display(), next_offset = summary.next_offset, "closed log cleanly");
         Ok(())
     }

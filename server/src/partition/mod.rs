@@ -682,15 +682,21 @@ impl Partition {
     }
 
     /// Every ten seconds: expires idle producers and takes a snapshot when
-    /// enough was appended or the table changed a while ago. Ends when the
-    /// log closes.
+    /// enough was appended or the table changed a while ago. Ends within a
+    /// second of the log's close (it holds the partition, and so its open
+    /// files, which keep a deleted topic's space from being freed).
     pub async fn run_producer_upkeep(&self, expiration: Duration) {
         let mut last = Instant::now();
+        let mut last_expiry = Instant::now();
         loop {
-            glommio::timer::sleep(Duration::from_secs(10)).await;
+            glommio::timer::sleep(Duration::from_secs(1)).await;
             if self.log.is_closed() {
                 return;
             }
+            if last_expiry.elapsed() < Duration::from_secs(10) {
+                continue;
+            }
+            last_expiry = Instant::now();
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64);
