@@ -29,9 +29,6 @@ mod tests {
             "wrapped"
         )));
         assert!(!is_out_of_space(&io::Error::from_raw_os_error(5)));
-        assert!(!is_out_of_space(&io::Error::new(
-            io::ErrorKind::Other,
-            "no"
-        )));
+        assert!(!is_out_of_space(&io::Error::other("no")));
     }
 }
