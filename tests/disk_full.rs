@@ -274,6 +274,23 @@ fn cli(b: &Broker, args: &[&str]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Takes whatever space produce left (less than a batch) with a file of
+/// its own beside the data directory, as any other writer on the disk
+/// would: afterwards not a block is free. Returns the bytes it took.
+fn top_up(fs: &LoopFs, name: &str) -> u64 {
+    use std::io::Write;
+    let mut f = std::fs::File::create(fs.mnt.join(name)).unwrap();
+    let mut took = 0u64;
+    for chunk in [1 << 16, 4096, 1] {
+        let buf = vec![7u8; chunk];
+        while f.write_all(&buf).is_ok() {
+            took += chunk as u64;
+        }
+    }
+    let _ = f.sync_all();
+    took
+}
+
 fn data_dir(fs: &LoopFs) -> PathBuf {
     let d = fs.mnt.join("data");
     std::fs::create_dir(&d).unwrap();
@@ -341,6 +358,7 @@ fn a_broker_on_a_full_disk_stays_operable() {
     let (mut acked, failed) = fill(&mut raw, "events", &mut seq);
     assert!(acked.len() > 100, "only {} batches fitted", acked.len());
     assert_disk_full_error(&failed);
+    let slack = top_up(&fs, "hog-1");
     wait_disk_full(&b, 1.0);
     let (status, body) = http_get(b.admin, "/health");
     assert!(status.contains("503"), "{status}\n{body}");
@@ -375,6 +393,7 @@ fn a_broker_on_a_full_disk_stays_operable() {
     wait_metric(&b, "levee_space_reserve_bytes", 8388608.0);
     let reserve = t.elapsed();
     verify(&mut raw, "events", &acked);
+    eprintln!("produce left {slack} bytes of the disk for another writer to take");
     eprintln!(
         "topic delete on the full disk: {:.1} ms; first produce acknowledged {:.1} ms after the delete started; levee_disk_full back to 0 after {:.0} ms, the reserve back (seen) after {:.0} ms",
         deleted.as_secs_f64() * 1e3,
@@ -388,12 +407,14 @@ fn a_broker_on_a_full_disk_stays_operable() {
     let (more, failed) = fill(&mut raw, "events", &mut seq);
     assert_disk_full_error(&failed);
     acked.extend(more);
+    top_up(&fs, "hog-2");
     wait_disk_full(&b, 1.0);
     cli(&b, &["group", "delete", "dfg"]);
     assert!(!cli(&b, &["group", "list"]).contains("dfg"));
     let (more, failed) = fill(&mut raw, "events", &mut seq);
     assert_disk_full_error(&failed);
     acked.extend(more);
+    top_up(&fs, "hog-3");
     let before = used_mib(b.data_dir());
     let t = Instant::now();
     let out = cli(
