@@ -3,8 +3,8 @@
 //! device, with the data directory on it.
 //!
 //! - Produce (acks=all) until the disk is full: produce fails with a
-//!   storage error that says the disk is full; every acknowledged batch
-//!   reads back intact at its offsets; `/health` answers 503 "degraded:
+//!   storage error that says the disk is full (Kafka: KAFKA_STORAGE_ERROR);
+//!   every acknowledged batch reads back intact at its offsets; `/health` answers 503 "degraded:
 //!   disk full" and `/metrics` has `levee_disk_full 1`; deleting a
 //!   consumer group works.
 //! - `levee topic delete` of a second topic works on the full disk (the
@@ -18,6 +18,8 @@
 //! created.
 
 mod common;
+#[path = "common/kafka.rs"]
+mod kafka;
 
 use common::raw::Raw;
 use common::{levee, Broker};
@@ -367,6 +369,12 @@ fn a_broker_on_a_full_disk_stays_operable() {
     // What was acknowledged reads back intact; a retry still fails.
     verify(&mut raw, "events", &acked);
     assert_disk_full_error(&raw.produce("events", 0, &batch(seq)));
+    // Over Kafka: produce gets KAFKA_STORAGE_ERROR (56), fetch works.
+    let mut k = kafka::KafkaRaw::connect(b.kafka);
+    assert_eq!(k.produce("events", 0, &batch(seq)).0, 56);
+    let (err, _, data) = k.fetch("events", 0, acked[0].base as i64);
+    assert_eq!(err, 0, "Kafka fetch on the full disk");
+    assert!(!data.is_empty());
 
     // 2. Deleting a topic works on the full disk, and produce resumes.
     let t = Instant::now();
