@@ -91,7 +91,14 @@ pub async fn commit(
     shard
         .submit_to(shard.group_owner(&group), move |s| async move {
             let g = s.groups.open(&group).await?;
-            g.commit(&*s, &member_id, generation, offsets).await
+            let res = g.commit(&*s, &member_id, generation, offsets).await;
+            if let Err(e) = &res {
+                if e.no_space {
+                    s.space
+                        .note_full(&format!("offset commit of group `{group}`"));
+                }
+            }
+            res
         })
         .await
 }
