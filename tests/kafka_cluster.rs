@@ -3,7 +3,9 @@
 //! each partition's leader, replicas and ISR; an rdkafka producer (acks=all,
 //! retries, no idempotence) and consumer keep running while the leader of a
 //! partition is killed with kill -9, and every acknowledged message is
-//! consumed afterwards (duplicates counted, none lost).
+//! consumed afterwards (duplicates counted, none lost); partitions added
+//! are replicated; topic settings altered reach every replica; the group
+//! coordinator's node is killed and the group goes on.
 
 mod common;
 #[path = "common/kafka.rs"]
@@ -648,4 +650,101 @@ fn group_coordinator_kill_keeps_committed_offsets_and_the_group_goes_on() {
         distinct.len(),
         all.len() - distinct.len()
     );
+}
+
+/// `levee topic alter` on a cluster goes through the coordinators
+/// (AlterTopicConfig): every node's replicas take the new retention at
+/// once and cut their logs, every node's DescribeConfigs shows it, and a
+/// bad value is refused without changing anything.
+#[test]
+fn topic_settings_altered_on_a_cluster_apply_on_every_replica() {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let cluster = Cluster::start("kafka-alter");
+    let native = cluster.native_bootstrap();
+    let run = |args: &[&str], stdin: Option<&[u8]>| {
+        let (ok, out, err) = levee(&native, args, stdin);
+        assert!(ok, "{args:?}: {err}{}", String::from_utf8_lossy(&out));
+        String::from_utf8_lossy(&out).to_string()
+    };
+    run(
+        &[
+            "topic",
+            "create",
+            "tuned",
+            "--replication-factor",
+            "3",
+            "--segment-bytes",
+            "65536",
+        ],
+        None,
+    );
+    let lines: String = (0..3000).map(|i| format!("{i:0>999}\n")).collect();
+    run(
+        &["produce", "tuned", "--acks", "all"],
+        Some(lines.as_bytes()),
+    );
+    let out = run(
+        &["topic", "alter", "tuned", "--retention-bytes", "200000"],
+        None,
+    );
+    assert!(out.contains("retention.bytes=200000"), "{out}");
+    let (ok, _, err) = levee(
+        &native,
+        &["topic", "alter", "tuned", "--segment-bytes", "100"],
+        None,
+    );
+    assert!(!ok && err.contains("invalid_config"), "{err}");
+
+    // Each node's own replica: log start moved, size within retention.
+    let until = Instant::now() + Duration::from_secs(20);
+    for n in &cluster.nodes {
+        loop {
+            let (ok, out, err) = levee(&n.bootstrap(), &["topic", "describe", "tuned"], None);
+            let d = String::from_utf8_lossy(&out).to_string();
+            assert!(ok, "{err}");
+            assert!(d.contains("retention_bytes: 200000"), "{d}");
+            assert!(
+                d.contains("segment_bytes: 65536"),
+                "the refused alter changed it: {d}"
+            );
+            let row: Vec<u64> = d
+                .lines()
+                .find(|l| l.starts_with("0\t"))
+                .map(|l| l.split('\t').filter_map(|v| v.parse().ok()).collect())
+                .unwrap_or_default();
+            // partition, leader, log_start, log_end, high_watermark, size_bytes, ...
+            if row.len() >= 6 && row[2] > 0 && row[5] <= 200_000 + 65536 {
+                assert_eq!(row[3], 3000, "{d}");
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "node {} did not apply the retention: {d}",
+                n.addr
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    // Every node answers DescribeConfigs with the new value.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    for n in &cluster.nodes {
+        let admin: AdminClient<DefaultClientContext> = base_config(&n.kafka.to_string())
+            .create()
+            .expect("admin client");
+        let described = rt
+            .block_on(admin.describe_configs(&[ResourceSpecifier::Topic("tuned")], &opts))
+            .unwrap();
+        let cfg = described[0].as_ref().expect("describe_configs tuned");
+        let v = cfg
+            .get("retention.bytes")
+            .and_then(|e| e.value.clone())
+            .unwrap_or_else(|| panic!("no retention.bytes in {:?}", cfg.entries));
+        assert_eq!(v, "200000", "node {}", n.kafka);
+    }
 }

@@ -5,7 +5,9 @@
 //!   `kafka_python_check.py` (kafka-python), each with the client's default
 //!   settings: admin create and list topics, produce with every codec, keys
 //!   and headers, consume back, a group commit and a member resuming at it,
-//!   list groups;
+//!   create partitions, alter topic configs (IncrementalAlterConfigs and
+//!   AlterConfigs; bad values and unknown configs refused with
+//!   INVALID_CONFIG) and describe them, list groups;
 //! - `kcat.sh`: `kcat -L`, `-P` (to a topic auto-created by the produce)
 //!   and `-C`.
 //!

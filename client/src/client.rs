@@ -116,6 +116,56 @@ impl TopicSettings {
     }
 }
 
+/// Changes to a topic's settings ([`Client::alter_topic`]): each `Some`
+/// is set; the settings named in `reset` (by their Kafka config names:
+/// `retention.ms`, `retention.bytes`, `segment.bytes`, `levee.fsync`,
+/// `levee.max.backlog.bytes`) go back to the broker's defaults; the rest
+/// keep their values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicChanges {
+    /// Retention by size per partition, in bytes.
+    pub retention_bytes: Option<i64>,
+    /// Retention by age, in ms.
+    pub retention_ms: Option<i64>,
+    /// Segment size (new segments).
+    pub segment_bytes: Option<i64>,
+    /// `always`, `never` or `interval:<ms>`.
+    pub fsync: Option<String>,
+    /// Produce fails with `BacklogFull` past this many unconsumed bytes.
+    pub max_backlog_bytes: Option<i64>,
+    /// Settings to put back to the broker's defaults, by Kafka config name.
+    pub reset: Vec<String>,
+}
+
+impl TopicChanges {
+    /// The changes as (Kafka config name, value; `None`: the default).
+    pub fn entries(&self) -> Vec<(String, Option<String>)> {
+        let mut out: Vec<(String, Option<String>)> = [
+            (
+                "retention.bytes",
+                self.retention_bytes.map(|v| v.to_string()),
+            ),
+            ("retention.ms", self.retention_ms.map(|v| v.to_string())),
+            ("segment.bytes", self.segment_bytes.map(|v| v.to_string())),
+            ("levee.fsync", self.fsync.clone()),
+            (
+                "levee.max.backlog.bytes",
+                self.max_backlog_bytes.map(|v| v.to_string()),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k.to_string(), Some(v))))
+        .collect();
+        out.extend(self.reset.iter().map(|k| (k.clone(), None)));
+        out
+    }
+
+    /// Whether nothing would change.
+    pub fn is_empty(&self) -> bool {
+        self.entries().is_empty()
+    }
+}
+
 /// A topic as described by the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicInfo {
@@ -929,6 +979,33 @@ impl Client {
             }
             other => Err(unexpected("ProducerIdResponse", other.as_ref())),
         }
+    }
+
+    /// Changes a topic's settings: the broker stores them and its open
+    /// partitions take them at once (a lower retention deletes segments at
+    /// once, which frees a full disk). `validate_only`: the broker checks
+    /// the changes and changes nothing.
+    pub async fn alter_topic(
+        &self,
+        name: &str,
+        changes: &TopicChanges,
+        validate_only: bool,
+    ) -> Result<()> {
+        let req = Request::AlterTopic(Box::new(proto::AlterTopic {
+            name: name.to_string(),
+            configs: Some(
+                changes
+                    .entries()
+                    .into_iter()
+                    .map(|(name, value)| proto::ConfigEntry { name, value })
+                    .collect(),
+            ),
+            validate_only,
+        }));
+        let reply = self
+            .call(req, Vec::new(), Duration::ZERO, "alter topic")
+            .await?;
+        topic_result(reply, name)
     }
 
     /// Deletes a topic and its data.

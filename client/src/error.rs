@@ -44,7 +44,7 @@ pub enum ClientError {
         partition: Option<u32>,
     },
     /// The broker answered with an error code.
-    #[error("broker error {}: {}{}", error_name(*.code), if .message.is_empty() { "(no message)" } else { .message.as_str() }, server_hint(*.code))]
+    #[error("broker error {}: {}{}", error_name(*.code), if .message.is_empty() { "(no message)" } else { .message.as_str() }, server_hint(*.code, .message))]
     Server {
         /// The error code.
         code: ErrorCode,
@@ -201,8 +201,10 @@ fn unknown_topic_message(topic: &str, partition: Option<u32>) -> String {
     }
 }
 
-fn server_hint(code: ErrorCode) -> &'static str {
+fn server_hint(code: ErrorCode, message: &str) -> &'static str {
     match code {
+        // The broker says what to do about a full disk.
+        ErrorCode::StorageError if message.contains("disk is full") => "",
         ErrorCode::BacklogFull => {
             " (consumers are too far behind: wait for them to catch up or raise max_backlog_bytes)"
         }

@@ -29,8 +29,8 @@ pub mod remote;
 
 pub use client::{
     Client, ClientConfig, ClusterMetadata, ClusterStatus, FetchRequestPartition, FetchedPartition,
-    InFlightProduce, OffsetSpec, PartitionInfo, ProduceOutcome, ProducedPartition, TopicInfo,
-    TopicSettings, NO_LEADER,
+    InFlightProduce, OffsetSpec, PartitionInfo, ProduceOutcome, ProducedPartition, TopicChanges,
+    TopicInfo, TopicSettings, NO_LEADER,
 };
 pub use codec::{murmur2, partition_for_key};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartPosition};

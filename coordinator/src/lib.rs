@@ -25,8 +25,8 @@ pub use config::{CoordinatorConfig, PeerSpec};
 pub use error::{CoordError, StartError, StorageError};
 pub use node::{Coordinator, CoordinatorHandle};
 pub use state::{
-    controller_actions, new_topic_id, BrokerInfo, Command, Metadata, PartitionInfo, TopicConfig,
-    TopicInfo, MAX_PARTITIONS,
+    check_settings, controller_actions, new_topic_id, BrokerInfo, Command, Metadata, PartitionInfo,
+    TopicConfig, TopicInfo, MAX_PARTITIONS,
 };
 pub use wire::{Applied, PeerStatus, Role, Status};
 

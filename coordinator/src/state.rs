@@ -173,6 +173,13 @@ pub enum Command {
         node_id: u64,
         count: u32,
     },
+    /// Replaces a topic's settings (retention, segment size, fsync,
+    /// backlog bound) with `config`'s; its partitions, replication factor
+    /// and id stay as they are, whatever `config` says.
+    AlterTopicConfig {
+        name: String,
+        config: TopicConfig,
+    },
 }
 
 impl Metadata {
@@ -271,6 +278,16 @@ impl Metadata {
                     p.isr = isr.clone();
                 }
             }
+            Command::AlterTopicConfig { name, config } => {
+                if let Some(t) = self.topics.get_mut(name) {
+                    let c = &mut t.config;
+                    c.retention_bytes = config.retention_bytes;
+                    c.retention_ms = config.retention_ms;
+                    c.fsync = config.fsync.clone();
+                    c.max_backlog_bytes = config.max_backlog_bytes;
+                    c.segment_bytes = config.segment_bytes;
+                }
+            }
             Command::AllocateProducerIds { node_id, count } => {
                 let first = self.next_producer_id;
                 self.next_producer_id += i64::from(*count);
@@ -338,6 +355,12 @@ impl Metadata {
                 if !self.topics.contains_key(name) {
                     return Err(format!("topic `{name}` does not exist"));
                 }
+            }
+            Command::AlterTopicConfig { name, config } => {
+                if !self.topics.contains_key(name) {
+                    return Err(format!("topic `{name}` does not exist"));
+                }
+                check_settings(name, config)?;
             }
             Command::AddPartitions {
                 name,
@@ -518,6 +541,36 @@ impl Metadata {
 
 /// The most partitions a topic may have.
 pub const MAX_PARTITIONS: u32 = 100_000;
+
+/// Checks a topic's settings other than its partitions and replicas:
+/// sizes and ages are -1 (the broker default) or more, the segment size
+/// is within 4 KiB and 4 GiB, the fsync policy parses.
+pub fn check_settings(name: &str, c: &TopicConfig) -> Result<(), String> {
+    for (what, v) in [
+        ("retention_bytes", c.retention_bytes),
+        ("retention_ms", c.retention_ms),
+        ("max_backlog_bytes", c.max_backlog_bytes),
+        ("segment_bytes", c.segment_bytes),
+    ] {
+        if v < -1 {
+            return Err(format!(
+                "topic `{name}`: {what} must be -1 (the broker default) or more, not {v}"
+            ));
+        }
+    }
+    if c.segment_bytes >= 0 && !(4096..=i64::from(u32::MAX)).contains(&c.segment_bytes) {
+        return Err(format!(
+            "topic `{name}`: segment_bytes must be between 4096 and 4 GiB, not {}",
+            c.segment_bytes
+        ));
+    }
+    if !c.fsync.is_empty() {
+        c.fsync
+            .parse::<levee_core::FsyncPolicy>()
+            .map_err(|e| format!("topic `{name}`: fsync: {e}"))?;
+    }
+    Ok(())
+}
 
 /// Kafka's topic name rules (the one copy is in `levee-core`).
 pub use levee_core::validate_topic_name;
@@ -710,6 +763,98 @@ mod tests {
             })
             .is_err());
         assert_eq!(md.topics["t"].partitions.len(), 5);
+    }
+
+    #[test]
+    fn alter_topic_config_changes_settings_and_keeps_placement() {
+        let mut md = Metadata::default();
+        for id in 1..=3 {
+            reg(&mut md, id);
+        }
+        let mut config = TopicConfig::new(3, 2);
+        config.id = new_topic_id();
+        let replicas = md.place(&config).unwrap();
+        md.apply(&Command::CreateTopic {
+            name: "t".into(),
+            config: config.clone(),
+            replicas,
+        })
+        .unwrap();
+        let before = md.topics["t"].clone();
+        let v = md.version;
+        // A config that also names other partitions, replicas and id:
+        // those are not the command's to change.
+        let mut new = TopicConfig::new(9, 1);
+        new.retention_bytes = 1 << 20;
+        new.retention_ms = 60_000;
+        new.segment_bytes = 1 << 16;
+        new.fsync = "interval:100".into();
+        new.max_backlog_bytes = 5 << 20;
+        new.id = new_topic_id();
+        md.apply(&Command::AlterTopicConfig {
+            name: "t".into(),
+            config: new.clone(),
+        })
+        .unwrap();
+        assert_eq!(md.version, v + 1);
+        let t = &md.topics["t"];
+        assert_eq!(t.partitions, before.partitions);
+        let c = &t.config;
+        assert_eq!(
+            (c.partitions, c.replication_factor, c.id.as_str()),
+            (3, 2, config.id.as_str())
+        );
+        assert_eq!(
+            (
+                c.retention_bytes,
+                c.retention_ms,
+                c.segment_bytes,
+                c.fsync.as_str(),
+                c.max_backlog_bytes
+            ),
+            (1 << 20, 60_000, 1 << 16, "interval:100", 5 << 20)
+        );
+        // Back to the broker defaults.
+        md.apply(&Command::AlterTopicConfig {
+            name: "t".into(),
+            config: TopicConfig::new(3, 2),
+        })
+        .unwrap();
+        assert_eq!(
+            md.topics["t"].config,
+            TopicConfig {
+                id: config.id.clone(),
+                ..TopicConfig::new(3, 2)
+            }
+        );
+        // Refused, changing nothing: unknown topic, bad values.
+        let v = md.version;
+        let bad = |f: fn(&mut TopicConfig)| {
+            let mut c = TopicConfig::new(3, 2);
+            f(&mut c);
+            c
+        };
+        for (name, c) in [
+            ("nope", TopicConfig::new(1, 1)),
+            ("t", bad(|c| c.segment_bytes = 100)),
+            ("t", bad(|c| c.retention_ms = -5)),
+            ("t", bad(|c| c.fsync = "sometimes".into())),
+        ] {
+            assert!(md
+                .apply(&Command::AlterTopicConfig {
+                    name: name.into(),
+                    config: c,
+                })
+                .is_err());
+        }
+        assert_eq!(md.version, v);
+        // The command survives the JSON the Raft log stores.
+        let cmd = Command::AlterTopicConfig {
+            name: "t".into(),
+            config: new,
+        };
+        let back: Command = serde_json::from_str(&serde_json::to_string(&cmd).unwrap()).unwrap();
+        assert_eq!(back, cmd);
     }
 
     #[test]

@@ -57,6 +57,11 @@ pub enum LogError {
     },
     #[error("the log failed an earlier write and refuses further writes until reopened: {0}")]
     Poisoned(String),
+    /// A write failed because the disk is full: the log refuses writes
+    /// until [`crate::Log::recover_from_full_disk`] cuts what may be
+    /// missing from its tail, once space is freed.
+    #[error("the disk is full ({0}); writes to this log resume once space is freed")]
+    NoSpace(String),
     #[error("the log is closed")]
     Closed,
     #[error("invalid configuration: {0}")]
@@ -71,6 +76,19 @@ pub enum LogError {
     },
     #[error("{dir} holds a log in Levee storage format 1 (before Kafka's RecordBatch v2); this version cannot read it: start with a new data directory (or read it with the release that wrote it)")]
     OldFormat { dir: String },
+}
+
+impl LogError {
+    /// Whether this failure came from a full disk (or quota), and so may
+    /// clear once space is freed: an `ENOSPC` I/O error, or a log that
+    /// refuses writes since one.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            LogError::NoSpace(_) => true,
+            LogError::Io { source, .. } => levee_core::is_out_of_space(source),
+            _ => false,
+        }
+    }
 }
 
 pub type Result<T, E = LogError> = std::result::Result<T, E>;

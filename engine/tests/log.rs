@@ -667,3 +667,140 @@ fn the_tail_cache_is_charged_for_the_request_buffers_batches_share() {
         assert_eq!(check_read(&out, 0).1, 8);
     });
 }
+
+/// Reads the whole log from its start and checks it batch by batch;
+/// returns the offset after the last batch.
+async fn read_all(log: &Log) -> u64 {
+    let mut next = log.log_start_offset();
+    loop {
+        let out = log.read(next, 1 << 20, None).await.unwrap();
+        if out.data.is_empty() {
+            return next;
+        }
+        next = check_read(&out, next).1;
+    }
+}
+
+#[test]
+fn a_log_stopped_by_a_full_disk_is_cut_to_what_reached_the_disk_and_writes_again() {
+    let dir = tempdir();
+    run(async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        assert_eq!(log.recover_from_full_disk().await.unwrap(), None);
+        for i in 0..50u64 {
+            log.append_durable(make_batch(i, 2, 300, 1)).await.unwrap();
+        }
+        let durable = log.durable_offset();
+        assert_eq!(durable, log.log_end_offset());
+        // The next chunk write fails as on a full disk: it writes nothing.
+        log.fail_next_write(std::io::ErrorKind::StorageFull);
+        let mut last = 0;
+        let mut refused = None;
+        for i in 50..120u64 {
+            match log.append(make_batch(i, 2, 300, 1)).await {
+                Ok(info) => last = info.last_offset,
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        let e = match refused {
+            Some(e) => e,
+            None => log.wait_durable(last).await.unwrap_err(),
+        };
+        assert!(e.is_no_space(), "{e}");
+        assert!(matches!(e, LogError::NoSpace(_)), "{e}");
+        assert!(log.is_stopped_by_full_disk());
+        let e = log.append(make_batch(999, 1, 10, 1)).await.unwrap_err();
+        assert!(e.is_no_space(), "appends are refused: {e}");
+        // What was durable still reads back.
+        assert!(read_all(&log).await >= durable);
+        let (old_end, new_end) = log.recover_from_full_disk().await.unwrap().unwrap();
+        assert!(new_end >= durable, "{new_end} < durable {durable}");
+        assert!(new_end < old_end, "the failed chunk's batches are gone");
+        assert_eq!(log.log_end_offset(), new_end);
+        assert!(!log.is_stopped_by_full_disk());
+        // Appends continue at the cut, without a gap, and everything reads back.
+        let info = log.append_durable(make_batch(7, 3, 300, 1)).await.unwrap();
+        assert_eq!(info.base_offset, new_end);
+        assert_eq!(read_all(&log).await, info.last_offset + 1);
+        log.close().await.unwrap();
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        assert_eq!(log.log_end_offset(), info.last_offset + 1);
+        assert_eq!(read_all(&log).await, info.last_offset + 1);
+    });
+}
+
+#[test]
+fn a_log_stopped_by_another_write_failure_stays_stopped() {
+    let dir = tempdir();
+    run(async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        log.append_durable(make_batch(1, 1, 100, 1)).await.unwrap();
+        log.fail_next_write(std::io::ErrorKind::Other);
+        let info = log.append(make_batch(2, 1, 100, 1)).await.unwrap();
+        let e = log.wait_durable(info.last_offset).await.unwrap_err();
+        assert!(
+            matches!(e, LogError::Poisoned(_)) && !e.is_no_space(),
+            "{e}"
+        );
+        assert!(!log.is_stopped_by_full_disk());
+        assert_eq!(log.recover_from_full_disk().await.unwrap(), None);
+        assert!(log.append(make_batch(3, 1, 100, 1)).await.is_err());
+    });
+}
+
+#[test]
+fn set_config_retunes_retention_and_segment_size_of_an_open_log() {
+    let dir = tempdir();
+    run(async {
+        let cfg = LogConfig {
+            segment_bytes: 64 << 10,
+            ..small_config()
+        };
+        let log = Log::open(dir.path(), cfg.clone()).await.unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        for i in 0..100u64 {
+            log.append_durable(make_batch(i, 4, 1000, now))
+                .await
+                .unwrap();
+        }
+        let before = log.stats();
+        assert!(before.segments > 4, "{}", before.segments);
+        assert_eq!(log.enforce_retention().await.unwrap(), 0);
+        let lower = LogConfig {
+            retention_bytes: Some(100 << 10),
+            segment_bytes: 32 << 10,
+            ..cfg.clone()
+        };
+        log.set_config(&lower).unwrap();
+        assert!(log.enforce_retention().await.unwrap() > 0);
+        let after = log.stats();
+        assert!(
+            after.size_bytes <= (100 << 10) + (64 << 10),
+            "{}",
+            after.size_bytes
+        );
+        assert!(after.log_start_offset > 0);
+        assert_eq!(after.log_end_offset, before.log_end_offset);
+        // New segments roll at the new size.
+        let segs = after.segments;
+        for i in 0..20u64 {
+            log.append_durable(make_batch(i, 4, 1000, now))
+                .await
+                .unwrap();
+        }
+        assert!(log.stats().segments > segs);
+        assert!(log
+            .set_config(&LogConfig {
+                segment_bytes: 10,
+                ..cfg
+            })
+            .is_err());
+        assert_eq!(read_all(&log).await, log.log_end_offset());
+    });
+}

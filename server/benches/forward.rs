@@ -72,7 +72,15 @@ fn bench(c: &mut Criterion) {
             b.spawn(move || async move {
                 let (senders, receivers) = mesh.join().await.unwrap();
                 let id = senders.peer_id();
-                let shard = Shard::new(id, 2, cfg, topics.clone(), Some(senders), None);
+                let shard = Shard::new(
+                    id,
+                    2,
+                    cfg.clone(),
+                    topics.clone(),
+                    Some(senders),
+                    None,
+                    Arc::new(levee_server::space::SpaceState::new(&cfg.data_dir, 0)),
+                );
                 shard.serve_mesh(receivers);
                 shard.open_topic("fwd", &topics["fwd"]).await.unwrap();
                 // Both shards own an open partition before any call.

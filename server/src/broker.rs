@@ -72,6 +72,22 @@ pub fn run(cfg: ServerConfig) -> Result<(), String> {
             cfg.broker_lease_ms,
         )
     });
+    let space = Arc::new(crate::space::SpaceState::new(
+        &cfg.data_dir,
+        cfg.space_reserve_bytes,
+    ));
+    match space.check().map(|_| space.reserve_held()) {
+        Ok(true) => {}
+        Ok(false) if cfg.space_reserve_bytes == 0 => {}
+        Ok(false) => warn!(
+            path = %space.reserve_path().display(),
+            bytes = cfg.space_reserve_bytes,
+            "not enough free space for the space reserve; it is created once there is"
+        ),
+        Err(e) => {
+            warn!(path = %space.reserve_path().display(), error = %e, "cannot create the space reserve")
+        }
+    }
     let cpus = cfg.cpu_list().map_err(|e| e.to_string())?;
     let n = cpus.len();
     let phases = Arc::new(Phases {
@@ -89,12 +105,13 @@ pub fn run(cfg: ServerConfig) -> Result<(), String> {
     let mesh = MeshBuilder::full(n, 1024);
     let mut handles = Vec::with_capacity(n);
     for cpu in &cpus {
-        let (cfg, phases, topics, mesh, view) = (
+        let (cfg, phases, topics, mesh, view, space) = (
             cfg.clone(),
             phases.clone(),
             topics.clone(),
             mesh.clone(),
             view.clone(),
+            space.clone(),
         );
         let mut builder =
             LocalExecutorBuilder::new(Placement::Fixed(*cpu)).name(&format!("shard-cpu{cpu}"));
@@ -103,7 +120,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), String> {
         }
         let h = builder
             .spawn(move || async move {
-                let r = run_shard(cfg, phases.clone(), topics, mesh, n, view).await;
+                let r = run_shard(cfg, phases.clone(), topics, mesh, n, view, space).await;
                 if let Err(e) = &r {
                     error!("{e}");
                     phases.failed.store(true, Ordering::SeqCst);
@@ -349,13 +366,22 @@ async fn run_shard(
     mesh: MeshBuilder<crate::shard::MeshMsg, glommio::channels::channel_mesh::Full>,
     n: usize,
     view: Option<Arc<crate::cluster::ClusterView>>,
+    space: Arc<crate::space::SpaceState>,
 ) -> Result<(), String> {
     let (senders, receivers) = mesh
         .join()
         .await
         .map_err(|_| "joining the shard mesh failed".to_string())?;
     let id = senders.peer_id();
-    let shard = Shard::new(id, n, cfg.clone(), topics.clone(), Some(senders), view);
+    let shard = Shard::new(
+        id,
+        n,
+        cfg.clone(),
+        topics.clone(),
+        Some(senders),
+        view,
+        space,
+    );
     shard.serve_mesh(receivers);
     if shard.cluster.is_some() {
         glommio::spawn_local(shard.clone().run_metadata_watch()).detach();
@@ -381,6 +407,7 @@ async fn run_shard(
         format!("cannot listen on {addr}: {e} (is another broker running? use --listen)")
     })?;
     if id == 0 {
+        glommio::spawn_local(shard.clone().run_space_monitor()).detach();
         if let Some(admin) = cfg.admin_addr().map_err(|e| e.to_string())? {
             let l = TcpListener::bind(admin).map_err(|e| {
                 format!("cannot listen on admin address {admin}: {e} (use --admin-listen)")

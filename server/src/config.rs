@@ -53,6 +53,11 @@ pub struct ServerConfig {
     /// when it is created (on first use); default 16 on a cluster, 1 on a
     /// single node.
     pub group_partitions: Option<u32>,
+    /// Bytes of `<data_dir>/space.reserve`, a file allocated while space
+    /// allows and deleted when a metadata write (deleting a topic,
+    /// lowering its retention) finds the disk full, so that the ways to
+    /// free space keep working. 0: no reserve.
+    pub space_reserve_bytes: u64,
     /// The cluster's coordinators, `id@host:port,...` (1, 3 or 5). Empty: a
     /// single node without a coordinator quorum. A node whose `node_id` is
     /// listed runs a coordinator on a dedicated executor and listens on its
@@ -128,6 +133,7 @@ impl Default for ServerConfig {
             idle_spin_us: 50,
             group_offsets_retention_ms: 7 * 24 * 3600 * 1000,
             group_partitions: None,
+            space_reserve_bytes: 8 << 20,
             coordinators: String::new(),
             cluster_listen: String::new(),
             broker_lease_ms: 1200,

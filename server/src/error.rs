@@ -6,11 +6,17 @@
 use levee_engine::LogError;
 use levee_schemas::proto::ErrorCode;
 
+/// How messages of disk-full storage errors begin.
+pub const DISK_FULL: &str = "the broker's disk is full";
+
 /// A typed failure of one operation, sent back to the client.
 #[derive(Debug, Clone)]
 pub struct OpError {
     pub code: ErrorCode,
     pub message: String,
+    /// The failure is a full disk (see [`OpError::disk_full`]): the broker
+    /// reports it (`/health`, `levee_disk_full`) until space is freed.
+    pub no_space: bool,
 }
 
 impl OpError {
@@ -18,6 +24,7 @@ impl OpError {
         OpError {
             code,
             message: message.into(),
+            no_space: false,
         }
     }
 
@@ -46,10 +53,28 @@ impl OpError {
             }
             LogError::Io { .. }
             | LogError::Poisoned(_)
+            | LogError::NoSpace(_)
             | LogError::Corrupt { .. }
             | LogError::OldFormat { .. } => ErrorCode::StorageError,
         };
+        if e.is_no_space() {
+            return OpError::disk_full(e);
+        }
         OpError::new(code, e.to_string())
+    }
+
+    /// A write refused because the broker's disk is full: a storage error
+    /// that says what to do.
+    pub fn disk_full(e: impl std::fmt::Display) -> Self {
+        OpError {
+            no_space: true,
+            ..OpError::new(
+                ErrorCode::StorageError,
+                format!(
+                    "{DISK_FULL}: {e}; free space (`levee topic delete`, a lower retention with `levee topic alter`, `levee group delete`) and writes resume without a restart"
+                ),
+            )
+        }
     }
 }
 

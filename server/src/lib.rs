@@ -17,4 +17,5 @@ pub mod partition;
 pub mod replication;
 pub mod shard;
 pub mod shutdown;
+pub mod space;
 pub mod topics;

@@ -150,6 +150,21 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         "gauge",
         "Resident set size of the broker process.",
     ),
+    (
+        "levee_disk_full",
+        "gauge",
+        "1 while the data directory's disk is full (a write failed for lack of space and not enough was freed since): writes fail with storage errors.",
+    ),
+    (
+        "levee_disk_free_bytes",
+        "gauge",
+        "Bytes the broker may still write to its data directory's filesystem, as of the last check (every second).",
+    ),
+    (
+        "levee_space_reserve_bytes",
+        "gauge",
+        "Bytes of the space reserve file, given up when the disk is full so that deleting topics and lowering retention still work.",
+    ),
 ];
 
 /// Renders samples from every shard, grouped by family.

@@ -80,6 +80,91 @@ pub fn check_new_topic(name: &str, meta: &TopicMeta, cluster: bool) -> Result<()
     Ok(())
 }
 
+/// A change of one topic setting, by its Kafka config name: a value sets
+/// it, `None` puts it back to the broker default.
+pub type ConfigChange = (String, Option<String>);
+
+/// The topic settings a topic's configs can change, by Kafka name
+/// (`cleanup.policy` and `compression.type` take one value each).
+pub const ALTERABLE_CONFIGS: &[&str] = &[
+    "retention.ms",
+    "retention.bytes",
+    "segment.bytes",
+    "levee.fsync",
+    "levee.max.backlog.bytes",
+    "cleanup.policy",
+    "compression.type",
+];
+
+/// Sets one topic config by its Kafka name (what CreateTopics, AlterConfigs
+/// and a native AlterTopic take); `None` puts it back to the broker default.
+pub fn set_config(meta: &mut TopicMeta, name: &str, value: Option<&str>) -> Result<(), OpError> {
+    let invalid = |m: String| OpError::new(ErrorCode::InvalidConfig, m);
+    let int = |v: &str| {
+        v.trim()
+            .parse::<i64>()
+            .map_err(|_| invalid(format!("config `{name}` must be an integer, not `{v}`")))
+    };
+    match (name, value) {
+        ("retention.ms", v) => meta.retention_ms = v.map_or(Ok(-1), int)?,
+        ("retention.bytes", v) => meta.retention_bytes = v.map_or(Ok(-1), int)?,
+        ("segment.bytes", v) => meta.segment_bytes = v.map_or(Ok(-1), int)?,
+        ("levee.fsync", v) => meta.fsync = v.unwrap_or_default().trim().to_string(),
+        ("levee.max.backlog.bytes", v) => meta.max_backlog_bytes = v.map_or(Ok(-1), int)?,
+        ("cleanup.policy", None | Some("delete")) => {}
+        // Levee stores batches as the producer compressed them.
+        ("compression.type", None | Some("producer")) => {}
+        ("compression.type", Some(v)) => {
+            return Err(invalid(format!(
+                "compression.type `{v}` is not supported; Levee stores batches as producers compress them (`producer`)"
+            )))
+        }
+        ("cleanup.policy", Some(v)) => {
+            return Err(invalid(format!(
+                "cleanup.policy `{v}` is not supported; Levee deletes by retention (`delete`)"
+            )))
+        }
+        (other, _) => {
+            return Err(invalid(format!(
+                "topic config `{other}` is not supported; Levee takes {}",
+                ALTERABLE_CONFIGS.join(", ")
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// The settings `changes` make of a topic's `current` ones, checked.
+/// `replace` (Kafka's AlterConfigs): every setting `changes` does not name
+/// goes back to the broker default. Partitions, replication factor and id
+/// never change here.
+pub fn altered(
+    name: &str,
+    current: &TopicMeta,
+    changes: &[ConfigChange],
+    replace: bool,
+) -> Result<TopicMeta, OpError> {
+    let mut meta = current.clone();
+    if replace {
+        for c in ALTERABLE_CONFIGS {
+            set_config(&mut meta, c, None)?;
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (k, v) in changes {
+        if !seen.insert(k.as_str()) {
+            return Err(OpError::new(
+                ErrorCode::InvalidConfig,
+                format!("config `{k}` is given more than once"),
+            ));
+        }
+        set_config(&mut meta, k, v.as_deref())?;
+    }
+    levee_coordinator::check_settings(name, &meta)
+        .map_err(|m| OpError::new(ErrorCode::InvalidConfig, m))?;
+    Ok(meta)
+}
+
 /// Checks growing a topic of `current` partitions to `count`, with
 /// `assignment` (one replica list per new partition, or empty) on a node
 /// whose brokers are `brokers` and topic replication factor is `rf`.
@@ -184,6 +269,62 @@ mod tests {
         let owners: Vec<usize> = (0..4).map(|p| owner_shard("t", p, 2)).collect();
         assert_eq!(owners.iter().filter(|&&o| o == 0).count(), 2);
         assert_eq!(owner_shard("t", 3, 2), owner_shard("t", 3, 2));
+    }
+
+    #[test]
+    fn altering_sets_resets_and_refuses_settings_by_their_kafka_names() {
+        let mut cur = TopicMeta::new(3, 1);
+        cur.id = "id".into();
+        cur.retention_ms = 1000;
+        cur.fsync = "never".into();
+        let ch = |k: &str, v: Option<&str>| (k.to_string(), v.map(str::to_string));
+        let m = altered(
+            "t",
+            &cur,
+            &[
+                ch("retention.bytes", Some("4096")),
+                ch("levee.fsync", None),
+                ch("segment.bytes", Some(" 65536")),
+                ch("cleanup.policy", Some("delete")),
+            ],
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                m.retention_bytes,
+                m.retention_ms,
+                m.fsync.as_str(),
+                m.segment_bytes
+            ),
+            (4096, 1000, "", 65536)
+        );
+        assert_eq!((m.partitions, m.id.as_str()), (3, "id"));
+        // AlterConfigs replaces: what is not named goes back to the default.
+        let m = altered(
+            "t",
+            &cur,
+            &[ch("levee.max.backlog.bytes", Some("10"))],
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            (m.retention_ms, m.fsync.as_str(), m.max_backlog_bytes),
+            (-1, "", 10)
+        );
+        for bad in [
+            vec![ch("retention.ms", Some("soon"))],
+            vec![ch("retention.ms", Some("-7"))],
+            vec![ch("segment.bytes", Some("100"))],
+            vec![ch("levee.fsync", Some("sometimes"))],
+            vec![ch("cleanup.policy", Some("compact"))],
+            vec![ch("compression.type", Some("zstd"))],
+            vec![ch("min.insync.replicas", Some("2"))],
+            vec![ch("retention.ms", Some("1")), ch("retention.ms", Some("2"))],
+        ] {
+            let e = altered("t", &cur, &bad, false).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidConfig, "{bad:?}: {}", e.message);
+        }
     }
 
     #[test]

@@ -137,6 +137,27 @@ impl Broker {
         b
     }
 
+    /// Starts a broker on `data_dir`, a directory the caller made (on a
+    /// filesystem of its own, say), with its log beside the other tests'
+    /// logs, not in `data_dir`.
+    pub fn start_in(name: &str, data_dir: PathBuf, extra: &[&str]) -> Broker {
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("levee-tests");
+        std::fs::create_dir_all(&base).unwrap();
+        let mut b = Broker {
+            child: None,
+            addr: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            kafka: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            admin: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            log: base.join(format!("{name}-{}-{}.log", std::process::id(), free_port())),
+            data_dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+            restarts: 0,
+        };
+        b.spawn();
+        b
+    }
+
     /// A handle that only carries the address (for client threads).
     pub fn shim(addr: SocketAddr) -> Broker {
         Broker {

@@ -3,7 +3,8 @@
 settings (its producer is idempotent by default): admin create and list
 topics, produce with every codec, keys, a null key and headers, consume
 everything back, a consumer group that commits and a second member that
-resumes at the commit, list the groups.
+resumes at the commit, create partitions, alter and describe topic
+configs, list the groups.
 
 Usage: kafka_python_check.py HOST:PORT
 Exits non-zero with a message naming what failed.
@@ -124,6 +125,40 @@ def main():
                                       replica_assignments={0: [0], 1: [0]})], raise_errors=False)
     codes = [t["error_code"] for t in r["topics"]]
     check(codes == [42], f"assignment and count together: errors {codes}, expected [42]")
+
+    # Topic configs: alter_configs (IncrementalAlterConfigs by default, and
+    # AlterConfigs), seen by describe_configs; a bad value and an unknown
+    # config are refused with INVALID_CONFIG (40).
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    def configs(name):
+        d = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)],
+                                   config_filter="all")
+        return {k: v["value"] for k, v in d["topic"][name].items()}
+
+    def alter(cfg, **kw):
+        return admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=cfg)],
+                                   **kw)["topic"][topic]
+
+    default_ms = configs(topic)["retention.ms"]
+    r = alter({"retention.bytes": "20971520", "retention.ms": "7200000"})
+    check(r == "OK", f"alter_configs: {r}")
+    cfg = configs(topic)
+    check((cfg["retention.bytes"], cfg["retention.ms"]) == ("20971520", "7200000"),
+          f"after alter_configs: {cfg}")
+    r = alter({"retention.ms": ("DELETE", None)})
+    check(r == "OK" and configs(topic)["retention.ms"] == default_ms,
+          f"DELETE of retention.ms: {r}, {configs(topic)['retention.ms']}")
+    # AlterConfigs (the client adds the topic's other modified configs).
+    r = alter({"segment.bytes": "2097152"}, incremental=False)
+    cfg = configs(topic)
+    check(r == "OK" and (cfg["segment.bytes"], cfg["retention.bytes"]) == ("2097152", "20971520"),
+          f"non-incremental alter_configs: {r}, {cfg}")
+    r = alter({"retention.ms": "soon"})
+    check("Error 40" in r or "InvalidConfig" in r, f"a bad retention.ms: {r}")
+    r = alter({"min.insync.replicas": "2"}, raise_on_unknown=False)
+    check("Error 40" in r or "InvalidConfig" in r, f"an unknown config: {r}")
+    check(configs(topic)["segment.bytes"] == "2097152", "a refused change changed something")
 
     groups = [g["group_id"] for g in admin.list_groups()]
     check(group in groups, f"list_consumer_groups does not show {group}: {groups}")

@@ -24,7 +24,7 @@ use self::topic::TopicArgs;
 /// Client commands of the `levee` CLI.
 #[derive(Debug, Clone, Subcommand)]
 pub enum ClientCommand {
-    /// Create, list, describe and delete topics.
+    /// Create, list, describe, alter and delete topics.
     Topic(TopicArgs),
     /// Send one message per line of stdin to a topic.
     Produce(ProduceArgs),
@@ -209,8 +209,39 @@ mod tests {
             &["topic", "list"][..],
             &["topic", "describe", "x"],
             &["topic", "delete", "x"],
+            &["topic", "alter", "x", "--retention-bytes", "1048576"],
+            &[
+                "topic",
+                "alter",
+                "x",
+                "--reset",
+                "retention.ms",
+                "--reset",
+                "levee.fsync",
+            ],
         ] {
             assert!(parse(sub).is_ok(), "{sub:?}");
         }
+        assert!(parse(&["topic", "alter", "x", "--fsync", "sometimes"]).is_err());
+        let ClientCommand::Topic(TopicArgs {
+            command: TopicCommand::Alter(a),
+        }) = parse(&[
+            "topic",
+            "alter",
+            "x",
+            "--retention-ms",
+            "60000",
+            "--max-backlog-bytes",
+            "5",
+            "--validate-only",
+        ])
+        .unwrap()
+        else {
+            panic!("not a topic alter");
+        };
+        assert_eq!(
+            (a.retention_ms, a.max_backlog_bytes, a.validate_only),
+            (Some(60000), Some(5), true)
+        );
     }
 }

@@ -1,10 +1,10 @@
-//! `levee topic create|list|describe|add-partitions|delete`.
+//! `levee topic create|list|describe|alter|add-partitions|delete`.
 
 use std::io::Write;
 
 use clap::{Args, Subcommand};
 
-use levee_client::{ClientError, FsyncPolicy, TopicSettings};
+use levee_client::{ClientError, FsyncPolicy, TopicChanges, TopicSettings};
 
 use super::{connect, ConnectArgs};
 
@@ -25,11 +25,48 @@ pub enum TopicCommand {
     List(TopicListArgs),
     /// Print a topic's settings and its partitions' offsets.
     Describe(TopicNameArgs),
+    /// Change a topic's settings; the partitions take them at once (a
+    /// lower retention deletes old segments at once, which frees a full
+    /// disk).
+    Alter(TopicAlterArgs),
     /// Grow a topic to more partitions (existing ones keep their data;
     /// keys then hash to other partitions than before).
     AddPartitions(TopicAddPartitionsArgs),
     /// Delete a topic and all its data.
     Delete(TopicNameArgs),
+}
+
+/// `levee topic alter`
+#[derive(Debug, Clone, Args)]
+pub struct TopicAlterArgs {
+    /// Topic name.
+    pub name: String,
+    /// Delete old segments while a partition holds more bytes.
+    #[arg(long)]
+    pub retention_bytes: Option<i64>,
+    /// Delete segments older than this many ms.
+    #[arg(long)]
+    pub retention_ms: Option<i64>,
+    /// Segment size of new segments.
+    #[arg(long)]
+    pub segment_bytes: Option<i64>,
+    /// always, never or interval:MS.
+    #[arg(long, value_parser = FsyncPolicy::check_setting)]
+    pub fsync: Option<String>,
+    /// Refuse produce once this many bytes are unconsumed.
+    #[arg(long)]
+    pub max_backlog_bytes: Option<i64>,
+    /// Put a setting back to the broker's default, by its Kafka name
+    /// (retention.ms, retention.bytes, segment.bytes, levee.fsync,
+    /// levee.max.backlog.bytes); repeat for several.
+    #[arg(long, value_name = "CONFIG")]
+    pub reset: Vec<String>,
+    /// Check the changes on the broker and change nothing.
+    #[arg(long)]
+    pub validate_only: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub connect: ConnectArgs,
 }
 
 /// `levee topic add-partitions`
@@ -212,6 +249,36 @@ pub(super) async fn topic(cmd: TopicCommand) -> Result<(), ClientError> {
                     node_list(p.replicas.as_ref()),
                     node_list(p.isr.as_ref())
                 )?;
+            }
+        }
+        TopicCommand::Alter(a) => {
+            let changes = TopicChanges {
+                retention_bytes: a.retention_bytes,
+                retention_ms: a.retention_ms,
+                segment_bytes: a.segment_bytes,
+                fsync: a.fsync,
+                max_backlog_bytes: a.max_backlog_bytes,
+                reset: a.reset,
+            };
+            if changes.is_empty() {
+                return Err(ClientError::InvalidArgument(
+                    "nothing to change: give --retention-bytes, --retention-ms, --segment-bytes, --fsync, --max-backlog-bytes or --reset".into(),
+                ));
+            }
+            let client = connect(&a.connect).await?;
+            client
+                .alter_topic(&a.name, &changes, a.validate_only)
+                .await?;
+            let what = changes
+                .entries()
+                .into_iter()
+                .map(|(k, v)| format!("{k}={}", v.as_deref().unwrap_or("default")))
+                .collect::<Vec<_>>()
+                .join(" ");
+            if a.validate_only {
+                writeln!(out, "topic {} accepts {what} (nothing changed)", a.name)?;
+            } else {
+                writeln!(out, "altered topic {}: {what}", a.name)?;
             }
         }
         TopicCommand::AddPartitions(a) => {

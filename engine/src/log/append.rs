@@ -98,14 +98,26 @@ impl Log {
             (a.end + len > a.preallocated).then(|| {
                 let step = a.end.clamp(1 << 20, s.cfg.preallocate_bytes.max(1 << 20));
                 let target = (a.end + len + step).min(s.cfg.segment_bytes.max(a.end + len));
-                (a.file.clone(), align_up(target))
+                (a.file.clone(), align_up(target), align_up(a.end + len))
             })
         };
-        if let Some((file, target)) = prealloc {
-            file.pre_allocate(target, false)
-                .await
-                .map_err(|e| glommio_err("preallocating the active segment", e))?;
-            self.st.borrow_mut().active.preallocated = target;
+        if let Some((file, target, needed)) = prealloc {
+            let done = match file.pre_allocate(target, false).await {
+                Ok(()) => target,
+                Err(e) => {
+                    let e = io::Error::from(e);
+                    if !(levee_core::is_out_of_space(&e) && needed < target) {
+                        return Err(io_err("preallocating the active segment", e));
+                    }
+                    // A nearly full disk may still hold this batch: take
+                    // only what it needs, so writes go on to the last block.
+                    file.pre_allocate(needed, false)
+                        .await
+                        .map_err(|e| glommio_err("preallocating the active segment", e))?;
+                    needed
+                }
+            };
+            self.st.borrow_mut().active.preallocated = done;
         }
         let (base_offset, pos, seg_base) = {
             let s = self.st.borrow();

@@ -40,15 +40,25 @@ pub(super) async fn sync_dir_async(dir: &Path) -> Result<()> {
     r
 }
 
-/// Writes a whole small file with direct I/O, durably, replacing any old one.
+/// Writes a whole small file with direct I/O, durably, replacing any old
+/// one. On failure the temporary file is removed (on a full disk it
+/// would hold on to blocks).
 pub(super) async fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
+    let res = write_file_atomic_inner(path, &tmp, bytes).await;
+    if res.is_err() {
+        let _ = glommio::io::remove(&tmp).await;
+    }
+    res
+}
+
+async fn write_file_atomic_inner(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<()> {
     let ctx = || tmp.display().to_string();
     let f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .dma_open(&tmp)
+        .dma_open(tmp)
         .await
         .map_err(|e| glommio_err(ctx(), e))?;
     if !bytes.is_empty() {
@@ -64,7 +74,7 @@ pub(super) async fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     f.fdatasync().await.map_err(|e| glommio_err(ctx(), e))?;
     f.close().await.map_err(|e| glommio_err(ctx(), e))?;
-    glommio::io::rename(&tmp, path)
+    glommio::io::rename(tmp, path)
         .await
         .map_err(|e| glommio_err(path.display().to_string(), e))
 }

@@ -50,16 +50,26 @@ impl Log {
                 listen.await;
             }
             let want = buf.len();
-            let res = file.write_at(buf, write_pos).await;
+            let injected = st.borrow_mut().fail_next_write.take();
+            let res = match injected {
+                Some(kind) => Err(io::Error::from(kind)),
+                None => file.write_at(buf, write_pos).await.map_err(io::Error::from),
+            };
             {
                 let mut s = st.borrow_mut();
                 s.active.inflight.remove(&pos);
                 match res {
                     Ok(n) if n == want => {}
                     Ok(n) => {
-                        s.poisoned = Some(format!("short write of {n} of {want} bytes at {pos}"))
+                        s.poisoned = Some(Poison::other(format!(
+                            "short write of {n} of {want} bytes at {pos}"
+                        )))
                     }
-                    Err(e) => s.poisoned = Some(format!("write at {pos} failed: {e}")),
+                    Err(e) => {
+                        let p = Poison::io(format!("write at {pos} failed"), e);
+                        warn!(dir = %s.dir.display(), reason = %p.reason, "a segment write failed: the log refuses writes");
+                        s.poisoned = Some(p);
+                    }
                 }
                 s.evict_cache();
             }
@@ -113,7 +123,11 @@ impl Log {
             )
         };
         if let Some((buf, pos)) = partial {
-            let res = file.write_at(buf, pos).await;
+            let injected = self.st.borrow_mut().fail_next_write.take();
+            let res = match injected {
+                Some(kind) => Err(io::Error::from(kind)),
+                None => file.write_at(buf, pos).await.map_err(io::Error::from),
+            };
             {
                 let mut s = self.st.borrow_mut();
                 s.active.partial_inflight = false;
@@ -123,9 +137,11 @@ impl Log {
             }
             self.io.notify();
             if let Err(e) = res {
-                let msg = format!("write at {pos} failed: {e}");
-                self.st.borrow_mut().poisoned = Some(msg.clone());
-                return Err(LogError::Poisoned(msg));
+                let p = Poison::io(format!("write at {pos} failed"), e);
+                warn!(dir = %self.st.borrow().dir.display(), reason = %p.reason, "a flush write failed: the log refuses writes");
+                let err = p.error();
+                self.st.borrow_mut().poisoned = Some(p);
+                return Err(err);
             }
         }
         // Wait for full-chunk writes issued before this flush.
@@ -134,7 +150,7 @@ impl Log {
             {
                 let s = self.st.borrow();
                 if let Some(p) = &s.poisoned {
-                    return Err(LogError::Poisoned(p.clone()));
+                    return Err(p.error());
                 }
                 if s.active.inflight.range(..upto).next().is_none() {
                     break;
@@ -143,9 +159,11 @@ impl Log {
             listen.await;
         }
         if let Err(e) = file.fdatasync().await {
-            let msg = format!("fdatasync failed: {e}");
-            self.st.borrow_mut().poisoned = Some(msg.clone());
-            return Err(LogError::Poisoned(msg));
+            let p = Poison::io("fdatasync failed".to_string(), e.into());
+            warn!(dir = %self.st.borrow().dir.display(), reason = %p.reason, "fdatasync failed: the log refuses writes");
+            let err = p.error();
+            self.st.borrow_mut().poisoned = Some(p);
+            return Err(err);
         }
         let checkpoint = {
             let mut s = self.st.borrow_mut();
@@ -172,8 +190,14 @@ impl Log {
         // it only shortens a later recovery scan.
         self.flushed.notify();
         if let Some((dir, base, idx, summary)) = checkpoint {
-            write_index_files(&dir, base, &idx, &summary).await?;
-            self.st.borrow_mut().active.checkpointed = summary.covered_len;
+            // The data is durable whatever happens here: a checkpoint that
+            // cannot be written (a full disk) only leaves a longer scan.
+            match write_index_files(&dir, base, &idx, &summary).await {
+                Ok(()) => self.st.borrow_mut().active.checkpointed = summary.covered_len,
+                Err(e) => {
+                    warn!(dir = %dir.display(), segment = base, error = %e, "writing the active segment's index checkpoint failed; a recovery would scan from the previous one")
+                }
+            }
         }
         Ok(())
     }
@@ -202,7 +226,7 @@ impl Log {
                     return Ok(());
                 }
                 if let Some(p) = &s.poisoned {
-                    return Err(LogError::Poisoned(p.clone()));
+                    return Err(p.error());
                 }
                 if offset >= s.next_offset {
                     return Err(LogError::OffsetOutOfRange {

@@ -180,7 +180,7 @@ struct State {
     /// on a batch spanning windows k and k+1 (read whole, but too big for
     /// what was left of the fetch) is continued by the next fetch from k.
     last_window: VecDeque<((u64, u64, usize), glommio::io::ReadResult)>,
-    poisoned: Option<String>,
+    poisoned: Option<Poison>,
     closed: bool,
     /// A group-commit leader is flushing.
     flushing: bool,
@@ -195,6 +195,9 @@ struct State {
     last_active: Instant,
     /// Idle memory was given back (see `LogConfig::idle_release`).
     released: bool,
+    /// The next segment write fails with this instead of running (tests
+    /// of write failures: [`Log::fail_next_write`]).
+    fail_next_write: Option<io::ErrorKind>,
 }
 
 impl State {
@@ -203,7 +206,7 @@ impl State {
             return Err(LogError::Closed);
         }
         if let Some(p) = &self.poisoned {
-            return Err(LogError::Poisoned(p.clone()));
+            return Err(p.error());
         }
         Ok(())
     }
@@ -254,6 +257,41 @@ impl State {
     }
 }
 
+/// Why a log refuses writes after a failed write: the data it appended
+/// may not all be on disk, so nothing more may follow it.
+#[derive(Debug, Clone)]
+pub(crate) struct Poison {
+    reason: String,
+    /// The disk was full: [`Log::recover_from_full_disk`] may clear it.
+    no_space: bool,
+}
+
+impl Poison {
+    /// A failure other than a full disk (kept until the log is reopened).
+    fn other(reason: String) -> Poison {
+        Poison {
+            reason,
+            no_space: false,
+        }
+    }
+
+    /// A failed I/O call, `what` naming it.
+    fn io(what: String, e: io::Error) -> Poison {
+        Poison {
+            no_space: levee_core::is_out_of_space(&e),
+            reason: format!("{what}: {e}"),
+        }
+    }
+
+    fn error(&self) -> LogError {
+        if self.no_space {
+            LogError::NoSpace(self.reason.clone())
+        } else {
+            LogError::Poisoned(self.reason.clone())
+        }
+    }
+}
+
 /// Marks the group-commit leader; wakes the waiters when it is done (or dropped).
 struct FlushLeader<'a> {
     st: &'a RefCell<State>,
@@ -287,6 +325,41 @@ pub struct Log {
 impl Log {
     pub fn config(&self) -> LogConfig {
         self.st.borrow().cfg.clone()
+    }
+
+    /// Retunes an open log: its segment size and age, retention and fsync
+    /// policy come from `cfg` from now on (the next roll, the next
+    /// retention pass, the next flush); its buffer sizes stay as opened.
+    /// Call [`Log::enforce_retention`] to apply a lower retention at once.
+    pub fn set_config(&self, cfg: &LogConfig) -> Result<()> {
+        cfg.validate()?;
+        let mut s = self.st.borrow_mut();
+        let c = &mut s.cfg;
+        c.segment_bytes = cfg.segment_bytes;
+        c.segment_age = cfg.segment_age;
+        c.retention_bytes = cfg.retention_bytes;
+        c.retention_age = cfg.retention_age;
+        c.fsync = cfg.fsync;
+        c.retention_check_interval = cfg.retention_check_interval;
+        Ok(())
+    }
+
+    /// Makes the next segment write (a full chunk's or a flush's) fail with
+    /// `kind` without writing anything, as a full or failing disk would:
+    /// for tests of what follows a failed write.
+    #[doc(hidden)]
+    pub fn fail_next_write(&self, kind: io::ErrorKind) {
+        self.st.borrow_mut().fail_next_write = Some(kind);
+    }
+
+    /// Whether the log refuses writes since a write failed on a full disk
+    /// (see [`Log::recover_from_full_disk`]).
+    pub fn is_stopped_by_full_disk(&self) -> bool {
+        self.st
+            .borrow()
+            .poisoned
+            .as_ref()
+            .is_some_and(|p| p.no_space)
     }
 
     pub fn log_start_offset(&self) -> u64 {

@@ -436,6 +436,7 @@ impl Log {
             recycled: None,
             last_active: Instant::now(),
             released: false,
+            fail_next_write: None,
         };
         Ok(Log {
             st: Rc::new(RefCell::new(st)),

@@ -141,18 +141,23 @@ impl Log {
     }
 
     /// Periodic work for this log: the interval flush and retention. Spawn it
-    /// on the owning shard; it returns when the log is closed.
+    /// on the owning shard; it returns when the log is closed. A failed step
+    /// is logged (at most once a minute) and the loop goes on: retention
+    /// must keep running on a log whose writes fail, since it is what frees
+    /// a full disk. The settings are read at every tick, so
+    /// [`Log::set_config`] takes effect without a restart.
     pub async fn run_background(&self) -> Result<()> {
-        let (policy, retention_every) = {
-            let s = self.st.borrow();
-            (s.cfg.fsync, s.cfg.retention_check_interval)
-        };
-        let tick = match policy {
-            FsyncPolicy::Interval(d) => d.min(retention_every),
-            _ => retention_every.min(Duration::from_secs(1)),
-        };
         let mut last_retention = Instant::now();
+        let mut last_warning: Option<Instant> = None;
         loop {
+            let (policy, retention_every) = {
+                let s = self.st.borrow();
+                (s.cfg.fsync, s.cfg.retention_check_interval)
+            };
+            let tick = match policy {
+                FsyncPolicy::Interval(d) => d.min(retention_every),
+                _ => retention_every.min(Duration::from_secs(1)),
+            };
             glommio::timer::sleep(tick).await;
             {
                 let s = self.st.borrow();
@@ -163,14 +168,32 @@ impl Log {
                     return Ok(());
                 }
             }
+            let mut failed = None;
             if matches!(policy, FsyncPolicy::Interval(_)) {
-                self.flush().await?;
+                if let Err(e) = self.flush().await {
+                    failed = Some(("interval flush", e));
+                }
             }
             if last_retention.elapsed() >= retention_every {
-                self.enforce_retention().await?;
                 last_retention = Instant::now();
+                if let Err(e) = self.enforce_retention().await {
+                    failed = Some(("retention", e));
+                }
             }
-            self.release_if_idle().await?;
+            if failed.is_none() {
+                if let Err(e) = self.release_if_idle().await {
+                    failed = Some(("idle release", e));
+                }
+            }
+            if let Some((what, e)) = failed {
+                if matches!(e, LogError::Closed) && self.is_closed() {
+                    return Ok(());
+                }
+                if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    last_warning = Some(Instant::now());
+                    warn!(dir = %self.st.borrow().dir.display(), step = what, error = %e, "background work of a log failed; retrying");
+                }
+            }
         }
     }
 
@@ -187,6 +210,10 @@ impl Log {
         self.remove_recycled().await;
         write_file_atomic(&dir.join(CLEAN_MARKER), b"").await?;
         sync_dir_async(&dir).await?;
+        // The sealed segments' handles go now, not when the last holder of
+        // the log does: the space of a deleted topic's files is freed only
+        // once nothing holds them open.
+        self.st.borrow_mut().drop_read_state();
         info!(dir = %dir.display(), next_offset = summary.next_offset, "closed log cleanly");
         Ok(())
     }

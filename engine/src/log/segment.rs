@@ -26,6 +26,14 @@ impl Log {
         file.truncate(summary.covered_len)
             .await
             .map_err(|e| glommio_err(ctx(), e))?;
+        // What lay past the end was given back: a roll that fails after
+        // this point (a full disk) must preallocate again on the next try.
+        {
+            let mut s = self.st.borrow_mut();
+            if Rc::ptr_eq(&s.active.file, &file) {
+                s.active.preallocated = s.active.preallocated.min(summary.covered_len);
+            }
+        }
         file.fdatasync().await.map_err(|e| glommio_err(ctx(), e))?;
         write_index_files(&dir, base, &idx, &summary).await?;
         Ok((dir, base, summary))

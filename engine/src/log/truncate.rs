@@ -137,7 +137,9 @@ impl Log {
         };
         if let Err(e) = res {
             let mut s = self.st.borrow_mut();
-            s.poisoned = Some(format!("truncating to offset {offset} failed: {e}"));
+            s.poisoned = Some(Poison::other(format!(
+                "truncating to offset {offset} failed: {e}"
+            )));
             s.reopening = false;
             return Err(e);
         }
@@ -147,7 +149,9 @@ impl Log {
             Ok(l) => l,
             Err(e) => {
                 let mut s = self.st.borrow_mut();
-                s.poisoned = Some(format!("reopening after truncation failed: {e}"));
+                s.poisoned = Some(Poison::other(format!(
+                    "reopening after truncation failed: {e}"
+                )));
                 s.reopening = false;
                 return Err(e);
             }
@@ -161,5 +165,74 @@ impl Log {
         self.io.notify();
         self.flushed.notify();
         Ok(())
+    }
+
+    /// Makes a log that stopped on a full disk (see
+    /// [`Log::is_stopped_by_full_disk`]) writable again, once space was
+    /// freed. Its in-memory tail may hold batches whose write failed, so
+    /// they are not trusted: after the writes in flight end, the log is
+    /// reopened as after a crash, its active segment scanned, and cut at
+    /// the first batch that is not whole and valid on disk, then synced.
+    /// Everything durable before the failure is below that cut; batches
+    /// appended after it (never acknowledged as durable) are kept only if
+    /// they reached the disk whole. Returns the log end before and after,
+    /// or `None` if the log was not stopped by a full disk. If the reopen
+    /// fails the log stays stopped, and this can be called again.
+    pub async fn recover_from_full_disk(&self) -> Result<Option<(u64, u64)>> {
+        let _locks = self.lock_all().await?;
+        {
+            let s = self.st.borrow();
+            if s.closed {
+                return Err(LogError::Closed);
+            }
+            if !s.poisoned.as_ref().is_some_and(|p| p.no_space) {
+                return Ok(None);
+            }
+        }
+        // Writes issued before the failure finish first: the scan must see
+        // the file as they leave it.
+        loop {
+            let listen = self.io.listen();
+            {
+                let s = self.st.borrow();
+                if s.active.inflight.is_empty() && !s.active.partial_inflight {
+                    break;
+                }
+            }
+            listen.await;
+        }
+        let (dir, cfg, old_end) = {
+            let mut s = self.st.borrow_mut();
+            s.closed = true;
+            s.reopening = true;
+            s.drop_read_state();
+            s.recycled = None;
+            (s.dir.clone(), s.cfg.clone(), s.next_offset)
+        };
+        let reopened = match Log::open(&dir, cfg).await {
+            Ok(l) => l,
+            Err(e) => {
+                let mut s = self.st.borrow_mut();
+                s.closed = false;
+                s.reopening = false;
+                warn!(dir = %dir.display(), error = %e, "reopening a log stopped by a full disk failed; it stays stopped");
+                return Err(e);
+            }
+        };
+        let fresh = Rc::try_unwrap(reopened.st)
+            .map_err(|_| LogError::Closed)?
+            .into_inner();
+        let new_end = fresh.next_offset;
+        let old = std::mem::replace(&mut *self.st.borrow_mut(), fresh);
+        let _ = old.active.file.close_rc().await;
+        info!(
+            dir = %dir.display(),
+            old_end,
+            new_end,
+            "log stopped by a full disk accepts writes again"
+        );
+        self.io.notify();
+        self.flushed.notify();
+        Ok(Some((old_end, new_end)))
     }
 }

@@ -110,6 +110,47 @@ pub async fn delete_topic(shard: &Rc<Shard>, view: &Arc<ClusterView>, name: &str
     wait_applied(shard, view, applied.version, |s| s.topic(name).is_none()).await
 }
 
+/// Changes a topic's settings through the coordinators
+/// (`Command::AlterTopicConfig`), then waits until this node applied them
+/// (each node's metadata watcher retunes its replicas).
+pub async fn alter_topic(
+    shard: &Rc<Shard>,
+    view: &Arc<ClusterView>,
+    name: &str,
+    changes: &[topics::ConfigChange],
+    replace: bool,
+    validate_only: bool,
+) -> OpResult<TopicMeta> {
+    let Some(current) = shard.topic(name) else {
+        return Err(OpError::new(
+            ErrorCode::UnknownTopicOrPartition,
+            format!("topic `{name}` does not exist"),
+        ));
+    };
+    let meta = topics::altered(name, &current, changes, replace)?;
+    if validate_only || meta == current {
+        return Ok(meta);
+    }
+    let (addrs, n, config) = (view.addrs(), name.to_string(), meta.clone());
+    let applied = glommio::executor()
+        .spawn_blocking(move || {
+            levee_coordinator::client::propose(
+                &addrs,
+                levee_coordinator::Command::AlterTopicConfig { name: n, config },
+                COORD_TIMEOUT,
+            )
+        })
+        .await
+        .map_err(coord_error)?;
+    tracing::info!(topic = %name, "altered topic settings through the coordinators");
+    wait_applied(shard, view, applied.version, |s| {
+        s.topic(name)
+            .is_some_and(|m| crate::shard::topics::same_settings(&m, &meta))
+    })
+    .await?;
+    Ok(meta)
+}
+
 /// Grows a topic to `count` partitions through the coordinators (placed
 /// by their leader, or as `assignment` says), then waits until this node
 /// has seen the new partitions.

@@ -44,6 +44,16 @@ impl Shard {
             .into_iter()
             .filter(|n| !topics.contains_key(n))
             .collect();
+        // Topics whose settings changed (AlterTopicConfig): their open
+        // replicas are retuned below.
+        let altered: Vec<String> = topics
+            .iter()
+            .filter(|(n, m)| {
+                self.topic(n)
+                    .is_some_and(|old| !crate::shard::topics::same_settings(&old, m))
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
         self.set_topics(topics.clone());
         for name in gone {
             info!(topic = %name, "topic deleted by the cluster");
@@ -70,6 +80,13 @@ impl Shard {
                     isr: pi.isr.clone(),
                 };
                 self.apply_placement(&part, &pl).await;
+            }
+        }
+        for name in altered {
+            if let Err(e) = self.retune_topic(&name, &topics[&name]).await {
+                warn!(topic = %name, error = %e.message, "cannot apply a topic's new settings");
+            } else {
+                info!(topic = %name, "applied a topic's new settings");
             }
         }
     }

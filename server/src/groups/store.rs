@@ -151,6 +151,15 @@ fn storage(what: &str, e: impl std::fmt::Display) -> OpError {
     OpError::new(ErrorCode::StorageError, format!("{what}: {e}"))
 }
 
+/// A failed write of the offsets log: a full disk says so.
+fn write_failed(what: &str, e: levee_engine::LogError) -> OpError {
+    if e.is_no_space() {
+        OpError::disk_full(format!("{what}: {e}"))
+    } else {
+        storage(what, e)
+    }
+}
+
 /// A group's offsets log.
 pub struct OffsetLog {
     pub log: Log,
@@ -198,7 +207,7 @@ impl OffsetLog {
         self.log
             .append_durable(batch)
             .await
-            .map_err(|e| storage("storing offsets", e))?;
+            .map_err(|e| write_failed("storing offsets", e))?;
         let since = self.bytes_since_snapshot.get() + len;
         self.bytes_since_snapshot.set(since);
         Ok(since >= SNAPSHOT_EVERY_BYTES)
@@ -210,7 +219,7 @@ impl OffsetLog {
         self.log
             .append_durable(build_batch(&recs))
             .await
-            .map_err(|e| storage("writing an offsets snapshot", e))?;
+            .map_err(|e| write_failed("writing an offsets snapshot", e))?;
         self.bytes_since_snapshot.set(0);
         Ok(())
     }

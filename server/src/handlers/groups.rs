@@ -206,9 +206,17 @@ pub async fn commit(
         .submit_to(owner, move |s| async move {
             s.groups.ready(index).await?;
             let g = s.groups.open(&group, index)?;
-            s.groups
+            let res = s
+                .groups
                 .commit(&g, &*s, &member_id, generation, offsets)
-                .await
+                .await;
+            if let Err(e) = &res {
+                if e.no_space {
+                    s.space
+                        .note_full(&format!("offset commit of group `{group}`"));
+                }
+            }
+            res
         })
         .await
 }

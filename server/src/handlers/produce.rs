@@ -42,9 +42,18 @@ pub async fn produce(
                     Ok(glommio::spawn_local(shard.submit_to(
                         shard.owner(&pp.topic, pp.partition),
                         move |s| async move {
-                            s.partition(&topic, p)?
+                            let res = s
+                                .partition(&topic, p)?
                                 .produce(acks, timeout, data, backing)
-                                .await
+                                .await;
+                            if let Err(e) = &res {
+                                if e.no_space {
+                                    s.space.note_full(&format!(
+                                        "produce to partition {p} of `{topic}`"
+                                    ));
+                                }
+                            }
+                            res
                         },
                     )))
                 }

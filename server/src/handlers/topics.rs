@@ -1,4 +1,4 @@
-//! Topic administration and description: create, delete and add
+//! Topic administration and description: create, delete, alter and add
 //! partitions (through shard
 //! 0's registry on a single node, through the coordinators on a cluster),
 //! list, describe.
@@ -98,6 +98,36 @@ pub async fn delete(shard: &Rc<Shard>, name: String) -> OpResult<()> {
     }
     shard
         .submit_to(crate::shard::REGISTRY_SHARD, move |s| s.delete_topic(name))
+        .await
+}
+
+/// Changes a topic's settings (`changes` by Kafka config name; `replace`:
+/// the ones not named go back to the broker defaults, as Kafka's
+/// AlterConfigs does). Open partitions take the new settings at once, and
+/// a lower retention deletes segments at once. `validate_only`: checks and
+/// changes nothing. Returns the topic's settings after the change.
+pub async fn alter(
+    shard: &Rc<Shard>,
+    name: String,
+    changes: Vec<crate::topics::ConfigChange>,
+    replace: bool,
+    validate_only: bool,
+) -> OpResult<TopicMeta> {
+    if let Some(view) = shard.cluster.clone() {
+        return crate::cluster::admin::alter_topic(
+            shard,
+            &view,
+            &name,
+            &changes,
+            replace,
+            validate_only,
+        )
+        .await;
+    }
+    shard
+        .submit_to(crate::shard::REGISTRY_SHARD, move |s| {
+            s.alter_topic(name, changes, replace, validate_only)
+        })
         .await
 }
 

@@ -86,6 +86,14 @@ async fn handle(shard: Rc<Shard>, mut stream: TcpStream) {
                     "shutting down\n",
                 )
                 .await;
+            } else if shard.space.is_full() {
+                let _ = respond(
+                    &mut stream,
+                    "503 Service Unavailable",
+                    "text/plain",
+                    &disk_full_report(&shard),
+                )
+                .await;
             } else {
                 let _ = respond(&mut stream, "200 OK", "text/plain", "ok\n").await;
             }
@@ -100,6 +108,35 @@ async fn handle(shard: Rc<Shard>, mut stream: TcpStream) {
             .await;
         }
     }
+}
+
+/// `/health` while the disk is full: degraded, what works, what to do.
+fn disk_full_report(shard: &Shard) -> String {
+    let s = &shard.space;
+    let since = s.full_since_ms().map_or(0, |t| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        now.saturating_sub(t) / 1000
+    });
+    format!(
+        "degraded: disk full\n\
+         the disk of {} has been full for {since} s (last failed: {}): produce and other writes fail with storage errors; fetches of stored data work\n\
+         free: {} bytes; writes resume once {} bytes are free, without a restart\n\
+         space reserve: {}\n\
+         to free space: levee topic delete NAME | levee topic alter NAME --retention-bytes B | levee group delete G\n",
+        shard.cfg.data_dir.display(),
+        s.last_failure(),
+        s.last_free_bytes(),
+        s.resume_bytes(),
+        if s.reserve_bytes() == 0 {
+            "none (space_reserve_bytes = 0)".to_string()
+        } else if s.reserve_held() {
+            format!("{} bytes held", s.reserve_bytes())
+        } else {
+            "given up to metadata writes; re-created once space is freed".to_string()
+        },
+    )
 }
 
 async fn gather(shard: &Rc<Shard>) -> String {
@@ -117,6 +154,25 @@ async fn gather(shard: &Rc<Shard>) -> String {
         labels: String::new(),
         value: resident_bytes() as f64,
     });
+    let space = &shard.space;
+    for (family, value) in [
+        ("levee_disk_full", u64::from(space.is_full())),
+        ("levee_disk_free_bytes", space.last_free_bytes()),
+        (
+            "levee_space_reserve_bytes",
+            if space.reserve_held() {
+                space.reserve_bytes()
+            } else {
+                0
+            },
+        ),
+    ] {
+        samples.push(Sample::Value {
+            family,
+            labels: String::new(),
+            value: value as f64,
+        });
+    }
     render(&samples)
 }
 

@@ -106,7 +106,7 @@ pub struct Partition {
     pub repl: RefCell<ReplicaState>,
     /// Notified when the high watermark moves or the role changes.
     pub hw_changed: LocalEvent,
-    max_backlog: Option<u64>,
+    max_backlog: Cell<Option<u64>>,
     counters: Counters,
     /// Idempotent producers' sequences (KIP-98).
     producers: RefCell<ProducerTable>,
@@ -196,7 +196,7 @@ impl Partition {
             appended: LocalEvent::default(),
             repl: RefCell::new(repl),
             hw_changed: LocalEvent::default(),
-            max_backlog,
+            max_backlog: Cell::new(max_backlog),
             counters: Counters::default(),
             producers: RefCell::new(ProducerTable::default()),
             append_order: levee_engine::fifo::FifoLock::default(),
@@ -213,6 +213,14 @@ impl Partition {
         })
         .detach();
         Ok(part)
+    }
+
+    /// Retunes the partition to a topic's new settings: its log's
+    /// (segment size, retention, fsync) and the backlog bound.
+    pub fn set_config(&self, cfg: &LogConfig, max_backlog: Option<u64>) -> OpResult<()> {
+        self.log.set_config(cfg).map_err(OpError::from_log)?;
+        self.max_backlog.set(max_backlog);
+        Ok(())
     }
 
     pub fn name(&self) -> Name<'_> {
@@ -284,7 +292,7 @@ impl Partition {
         };
         let clustered = self.role() == Role::Leader;
         let (batches, msgs) = split_request(&data, self.log.max_batch_bytes(), backing)?;
-        if let Some(max) = self.max_backlog {
+        if let Some(max) = self.max_backlog.get() {
             if self.backlog() + data.len() as u64 > max {
                 return Err(OpError::new(
                     ErrorCode::BacklogFull,
@@ -538,6 +546,37 @@ impl Partition {
         Ok((i64::from(e), end as i64))
     }
 
+    /// Reopens a log a full disk stopped (see
+    /// `Log::recover_from_full_disk`), once space is back: appends wait
+    /// meanwhile, and the producer table forgets batches that did not
+    /// reach the disk. Whether it was stopped.
+    pub async fn recover_from_full_disk(&self) -> OpResult<bool> {
+        let _order = self.append_order.lock().await;
+        let Some((old_end, new_end)) = self
+            .log
+            .recover_from_full_disk()
+            .await
+            .map_err(OpError::from_log)?
+        else {
+            return Ok(false);
+        };
+        if new_end < old_end {
+            warn!(
+                topic = %self.topic,
+                partition = self.partition,
+                from = new_end,
+                to = old_end,
+                "batches appended when the disk filled did not reach it and were dropped (none was acknowledged as durable)"
+            );
+            self.producers_truncated(new_end);
+            let c = &self.counters;
+            c.fetch_next.set(c.fetch_next.get().min(new_end));
+        }
+        self.appended.notify();
+        self.hw_changed.notify();
+        Ok(true)
+    }
+
     /// Judges an idempotent producer's batch: append, duplicate (its
     /// original offsets), or an error for a gap or an old epoch.
     fn check_producer(&self, pf: &ProducerFields) -> OpResult<Verdict> {
@@ -643,15 +682,21 @@ impl Partition {
     }
 
     /// Every ten seconds: expires idle producers and takes a snapshot when
-    /// enough was appended or the table changed a while ago. Ends when the
-    /// log closes.
+    /// enough was appended or the table changed a while ago. Ends within a
+    /// second of the log's close (it holds the partition, and so its open
+    /// files, which keep a deleted topic's space from being freed).
     pub async fn run_producer_upkeep(&self, expiration: Duration) {
         let mut last = Instant::now();
+        let mut last_expiry = Instant::now();
         loop {
-            glommio::timer::sleep(Duration::from_secs(10)).await;
+            glommio::timer::sleep(Duration::from_secs(1)).await;
             if self.log.is_closed() {
                 return;
             }
+            if last_expiry.elapsed() < Duration::from_secs(10) {
+                continue;
+            }
+            last_expiry = Instant::now();
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64);

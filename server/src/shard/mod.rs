@@ -7,7 +7,8 @@
 pub mod buffers;
 mod mesh;
 mod producer_ids;
-mod topics;
+mod space;
+pub(crate) mod topics;
 
 pub use crate::shutdown::Shutdown;
 pub use mesh::MeshMsg;
@@ -62,6 +63,9 @@ pub struct Shard {
     pub groups: Rc<crate::groups::Groups>,
     /// Shard 0: the producer ids left in its reserved block (next, end).
     producer_ids: Cell<Option<(i64, i64)>>,
+    /// The data directory's disk-full state and space reserve, shared by
+    /// every shard.
+    pub space: Arc<crate::space::SpaceState>,
 }
 
 impl crate::groups::TopicLookup for Shard {
@@ -82,6 +86,7 @@ impl Shard {
         topics: BTreeMap<String, TopicMeta>,
         senders: Option<Senders<MeshMsg>>,
         cluster: Option<Arc<crate::cluster::ClusterView>>,
+        space: Arc<crate::space::SpaceState>,
     ) -> Rc<Shard> {
         let limit = cfg.max_inflight_bytes_per_shard;
         Rc::new(Shard {
@@ -99,6 +104,7 @@ impl Shard {
             admin_lock: Semaphore::new(1),
             groups: Rc::new(crate::groups::Groups::new(&cfg.data_dir)),
             producer_ids: Cell::new(None),
+            space,
             cfg,
         })
     }
@@ -184,21 +190,9 @@ impl Shard {
         if let Some(part) = self.parts.borrow().get(&(name.to_string(), p)) {
             return Ok(part.clone());
         }
-        let fsync = if meta.fsync.is_empty() {
-            None
-        } else {
-            Some(parse_fsync(&meta.fsync).map_err(|m| OpError::new(ErrorCode::InvalidConfig, m))?)
-        };
-        let pos = |v: i64| (v >= 0).then_some(v);
-        let cfg = self.cfg.log_config(
-            fsync,
-            pos(meta.segment_bytes).map(|v| v as u64),
-            pos(meta.retention_bytes),
-            pos(meta.retention_ms),
-        );
+        let (cfg, max_backlog) = self.topic_log_config(meta)?;
         let dir = crate::topics::partition_dir(&self.cfg.data_dir, name, p);
         let me = self.cluster.as_ref().map(|_| u64::from(self.cfg.node_id));
-        let max_backlog = pos(meta.max_backlog_bytes).map(|v| v as u64);
         let part = Partition::open(name, p, &dir, cfg, max_backlog, me).await?;
         let upkeep = part.clone();
         let expiration = std::time::Duration::from_millis(self.cfg.producer_id_expiration_ms);
@@ -213,6 +207,54 @@ impl Shard {
                 .become_leader(p, meta.partitions, part.clone(), 0);
         }
         Ok(part)
+    }
+
+    /// A topic's partitions' log configuration (the broker's defaults with
+    /// the topic's settings) and backlog bound.
+    pub fn topic_log_config(
+        &self,
+        meta: &TopicMeta,
+    ) -> OpResult<(levee_engine::LogConfig, Option<u64>)> {
+        let fsync = if meta.fsync.is_empty() {
+            None
+        } else {
+            Some(parse_fsync(&meta.fsync).map_err(|m| OpError::new(ErrorCode::InvalidConfig, m))?)
+        };
+        let pos = |v: i64| (v >= 0).then_some(v);
+        let cfg = self.cfg.log_config(
+            fsync,
+            pos(meta.segment_bytes).map(|v| v as u64),
+            pos(meta.retention_bytes),
+            pos(meta.retention_ms),
+        );
+        Ok((cfg, pos(meta.max_backlog_bytes).map(|v| v as u64)))
+    }
+
+    /// Gives this shard's open partitions of `name` the topic's new
+    /// settings, and applies retention at once (a lower retention frees
+    /// space now, not at the next periodic pass).
+    pub async fn retune_topic(&self, name: &str, meta: &TopicMeta) -> OpResult<()> {
+        let (cfg, max_backlog) = self.topic_log_config(meta)?;
+        let parts: Vec<Rc<Partition>> = self
+            .parts
+            .borrow()
+            .iter()
+            .filter(|((t, _), _)| t == name)
+            .map(|(_, p)| p.clone())
+            .collect();
+        for p in parts {
+            p.set_config(&cfg, max_backlog)?;
+            match p.log.enforce_retention().await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(topic = %name, partition = p.partition, segments = n, "new retention deleted segments")
+                }
+                Err(e) => {
+                    warn!(topic = %name, partition = p.partition, error = %e, "applying the new retention failed; the periodic pass retries")
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Closes and forgets every partition of `name`, deleting their files.

@@ -60,6 +60,38 @@ impl Shard {
         res
     }
 
+    /// Shard 0: changes a topic's settings (stored, then every shard
+    /// retunes its open partitions; see `handlers::topics::alter`).
+    pub async fn alter_topic(
+        self: Rc<Self>,
+        name: String,
+        changes: Vec<topics::ConfigChange>,
+        replace: bool,
+        validate_only: bool,
+    ) -> OpResult<TopicMeta> {
+        let _l = self
+            .admin_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| OpError::shutting_down())?;
+        let Some(current) = self.topics.borrow().get(&name).cloned() else {
+            return Err(OpError::new(
+                ErrorCode::UnknownTopicOrPartition,
+                format!("topic `{name}` does not exist"),
+            ));
+        };
+        let meta = topics::altered(&name, &current, &changes, replace)?;
+        if validate_only || meta == current {
+            return Ok(meta);
+        }
+        let mut all = self.topics.borrow().clone();
+        all.insert(name.clone(), meta.clone());
+        self.store_registry(&all)?;
+        self.broadcast(&name, Some(meta.clone())).await?;
+        info!(topic = %name, ?changes, "altered topic settings");
+        Ok(meta)
+    }
+
     /// Shard 0: grows a topic to `count` partitions (stored, then the new
     /// partitions opened on their shards). Existing partitions keep their
     /// shard: a partition's owner depends only on its topic and number.
@@ -102,13 +134,18 @@ impl Shard {
         res
     }
 
+    /// Writes `topics.toml`; on a full disk, with the space reserve.
     fn store_registry(&self, all: &std::collections::BTreeMap<String, TopicMeta>) -> OpResult<()> {
-        topics::store(&self.cfg.data_dir, all).map_err(|e| {
-            OpError::new(
-                ErrorCode::StorageError,
-                format!("writing topic metadata: {e}"),
-            )
-        })
+        self.space
+            .with_reserve("topic metadata (topics.toml)", || {
+                topics::store(&self.cfg.data_dir, all)
+            })
+            .map_err(|e| {
+                OpError::new(
+                    ErrorCode::StorageError,
+                    format!("writing topic metadata: {e}"),
+                )
+            })
     }
 
     /// Has every shard adopt (`Some`) or drop (`None`) the topic.
@@ -134,14 +171,34 @@ impl Shard {
     async fn apply_topic(&self, name: String, meta: Option<TopicMeta>) -> OpResult<()> {
         match meta {
             Some(meta) => {
-                self.topics.borrow_mut().insert(name.clone(), meta.clone());
+                let old = self.topics.borrow_mut().insert(name.clone(), meta.clone());
                 if let Err(e) = self.open_topic(&name, &meta).await {
                     warn!(topic = %name, error = %e.message, "opening a partition failed");
                     return Err(e);
+                }
+                if old.is_some_and(|o| !same_settings(&o, &meta)) {
+                    self.retune_topic(&name, &meta).await?;
                 }
             }
             None => self.drop_topic(&name).await,
         }
         Ok(())
     }
+}
+
+/// Whether two versions of a topic have the same log settings.
+pub(crate) fn same_settings(a: &TopicMeta, b: &TopicMeta) -> bool {
+    (
+        a.retention_bytes,
+        a.retention_ms,
+        &a.fsync,
+        a.max_backlog_bytes,
+        a.segment_bytes,
+    ) == (
+        b.retention_bytes,
+        b.retention_ms,
+        &b.fsync,
+        b.max_backlog_bytes,
+        b.segment_bytes,
+    )
 }

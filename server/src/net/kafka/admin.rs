@@ -1,5 +1,6 @@
 //! Kafka's ApiVersions, CreateTopics, DeleteTopics, CreatePartitions,
-//! DescribeConfigs and DescribeCluster.
+//! DescribeConfigs, AlterConfigs, IncrementalAlterConfigs and
+//! DescribeCluster.
 
 use super::codec::{code, kafka_error, str_bytes, SUPPORTED};
 use super::metadata::{cluster_id, coordinator_node, default_replication, kafka_brokers};
@@ -44,44 +45,6 @@ pub fn api_versions_unsupported(correlation_id: i32) -> Vec<u8> {
     r.error_code = code::UNSUPPORTED_VERSION;
     r.api_keys = versions();
     super::codec::frame(ApiKey::ApiVersions, 0, correlation_id, &r)
-}
-
-/// A Kafka topic config applied to Levee's topic settings.
-fn apply_config(meta: &mut TopicMeta, name: &str, value: Option<&str>) -> Result<(), OpError> {
-    let invalid = |m: String| OpError::new(ErrorCode::InvalidConfig, m);
-    let Some(value) = value else {
-        return Ok(());
-    };
-    let int = |v: &str| {
-        v.parse::<i64>()
-            .map_err(|_| invalid(format!("config `{name}` must be an integer, not `{v}`")))
-    };
-    match name {
-        "retention.ms" => meta.retention_ms = int(value)?,
-        "retention.bytes" => meta.retention_bytes = int(value)?,
-        "segment.bytes" => meta.segment_bytes = int(value)?,
-        "levee.fsync" => meta.fsync = value.to_string(),
-        "levee.max.backlog.bytes" => meta.max_backlog_bytes = int(value)?,
-        "cleanup.policy" if value == "delete" => {}
-        // Levee stores batches as the producer compressed them.
-        "compression.type" if value == "producer" => {}
-        "compression.type" => {
-            return Err(invalid(format!(
-                "compression.type `{value}` is not supported; Levee stores batches as producers compress them (`producer`)"
-            )))
-        }
-        "cleanup.policy" => {
-            return Err(invalid(format!(
-                "cleanup.policy `{value}` is not supported; Levee deletes by retention (`delete`)"
-            )))
-        }
-        other => {
-            return Err(invalid(format!(
-                "topic config `{other}` is not supported; Levee takes retention.ms, retention.bytes, segment.bytes, cleanup.policy=delete, compression.type=producer, levee.fsync and levee.max.backlog.bytes"
-            )))
-        }
-    }
-    Ok(())
 }
 
 /// A CreatableTopic's manual replica assignment (Kafka's rules: it replaces
@@ -146,11 +109,10 @@ fn topic_meta(ctx: &Ctx, t: &CreatableTopic) -> Result<(TopicMeta, Vec<Vec<u32>>
         },
     );
     for c in &t.configs {
-        apply_config(
-            &mut meta,
-            c.name.as_str(),
-            c.value.as_ref().map(|v| v.as_str()),
-        )?;
+        // A null value leaves the broker default.
+        if let Some(v) = &c.value {
+            crate::topics::set_config(&mut meta, c.name.as_str(), Some(v.as_str()))?;
+        }
     }
     Ok((meta, assignment))
 }
@@ -314,7 +276,8 @@ fn entry(name: &str, value: String, source: i8) -> DescribeConfigsResourceResult
     c
 }
 
-/// The topic and broker settings Levee has, read-only.
+/// The topic settings (alterable with AlterConfigs) and broker settings
+/// (read-only) Levee has.
 pub async fn describe_configs(ctx: &Ctx, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
     let mut out = DescribeConfigsResponse::default();
     let cfg = &ctx.shard.cfg;
@@ -356,6 +319,13 @@ pub async fn describe_configs(ctx: &Ctx, req: DescribeConfigsRequest) -> Describ
                         (m.fsync.clone(), SOURCE_TOPIC)
                     };
                     all.push(entry("levee.fsync", fsync, s4));
+                    let (backlog, s5) = or(m.max_backlog_bytes, -1);
+                    all.push(entry("levee.max.backlog.bytes", backlog.to_string(), s5));
+                    all.push(entry("compression.type", "producer".into(), SOURCE_DEFAULT));
+                    // These change with AlterConfigs; broker configs do not.
+                    for c in &mut all {
+                        c.read_only = !crate::topics::ALTERABLE_CONFIGS.contains(&c.name.as_str());
+                    }
                 }
                 None => {
                     r.error_code = code::UNKNOWN_TOPIC_OR_PARTITION;
@@ -405,6 +375,178 @@ pub async fn describe_configs(ctx: &Ctx, req: DescribeConfigsRequest) -> Describ
             .filter(|c| wanted(c.name.as_str()))
             .collect();
         out.results.push(r);
+    }
+    out
+}
+
+/// IncrementalAlterConfigs operations.
+const OP_SET: i8 = 0;
+const OP_DELETE: i8 = 1;
+const OP_APPEND: i8 = 2;
+const OP_SUBTRACT: i8 = 3;
+
+/// Alters one resource of an AlterConfigs (`replace`) or
+/// IncrementalAlterConfigs request: its error code and message (NONE and
+/// `None` when it was altered, or would be under `validate_only`).
+async fn alter_resource(
+    ctx: &Ctx,
+    resource_type: i8,
+    name: &str,
+    changes: Result<Vec<crate::topics::ConfigChange>, OpError>,
+    replace: bool,
+    validate_only: bool,
+    duplicate: bool,
+) -> (i16, Option<String>) {
+    if duplicate {
+        return (
+            code::INVALID_REQUEST,
+            Some(format!(
+                "resource `{name}` of type {resource_type} appears more than once in the request"
+            )),
+        );
+    }
+    let res = match resource_type {
+        RESOURCE_TOPIC => match changes {
+            Ok(changes) => handlers::topics::alter(
+                &ctx.shard,
+                name.to_string(),
+                changes,
+                replace,
+                validate_only,
+            )
+            .await
+            .map(drop),
+            Err(e) => Err(e),
+        },
+        RESOURCE_BROKER => {
+            return (
+                code::INVALID_REQUEST,
+                Some("broker configs cannot be changed while the broker runs: set them in its configuration file (levee.example.toml lists them) and restart it; topic configs (resource type 2) can be altered".to_string()),
+            )
+        }
+        other => {
+            return (
+                code::INVALID_REQUEST,
+                Some(format!(
+                    "resource type {other} has no configs to alter here (topics: 2)"
+                )),
+            )
+        }
+    };
+    match res {
+        Ok(()) => (code::NONE, None),
+        Err(e) => (kafka_error(e.code, false), Some(e.message)),
+    }
+}
+
+/// The (type, name) pairs named more than once.
+fn duplicates<'a>(
+    resources: impl Iterator<Item = (i8, &'a str)>,
+) -> std::collections::HashSet<(i8, String)> {
+    let mut seen = std::collections::HashSet::new();
+    resources
+        .filter(|&(t, n)| !seen.insert((t, n.to_string())))
+        .map(|(t, n)| (t, n.to_string()))
+        .collect()
+}
+
+/// AlterConfigs (v0-2): each topic's configs are replaced by those given
+/// (the others go back to the broker defaults), as in Kafka.
+pub async fn alter_configs(ctx: &Ctx, req: AlterConfigsRequest) -> AlterConfigsResponse {
+    use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
+    let dups = duplicates(
+        req.resources
+            .iter()
+            .map(|r| (r.resource_type, r.resource_name.as_str())),
+    );
+    let mut out = AlterConfigsResponse::default();
+    for r in req.resources {
+        let name = r.resource_name.as_str().to_string();
+        let changes = Ok(r
+            .configs
+            .iter()
+            .map(|c| {
+                (
+                    c.name.as_str().to_string(),
+                    c.value.as_ref().map(|v| v.as_str().to_string()),
+                )
+            })
+            .collect());
+        let dup = dups.contains(&(r.resource_type, name.clone()));
+        let (error_code, message) = alter_resource(
+            ctx,
+            r.resource_type,
+            &name,
+            changes,
+            true,
+            req.validate_only,
+            dup,
+        )
+        .await;
+        let mut resp = AlterConfigsResourceResponse::default();
+        resp.error_code = error_code;
+        resp.error_message = message.map(str_bytes);
+        resp.resource_type = r.resource_type;
+        resp.resource_name = r.resource_name;
+        out.responses.push(resp);
+    }
+    out
+}
+
+/// IncrementalAlterConfigs (v0-1): SET and DELETE (back to the broker
+/// default) of topic configs; APPEND and SUBTRACT are for list configs,
+/// which Levee's topics do not have.
+pub async fn incremental_alter_configs(
+    ctx: &Ctx,
+    req: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
+    let dups = duplicates(
+        req.resources
+            .iter()
+            .map(|r| (r.resource_type, r.resource_name.as_str())),
+    );
+    let mut out = IncrementalAlterConfigsResponse::default();
+    for r in req.resources {
+        let name = r.resource_name.as_str().to_string();
+        let changes = r
+            .configs
+            .iter()
+            .map(|c| {
+                let key = c.name.as_str().to_string();
+                let invalid = |m: String| OpError::new(ErrorCode::InvalidConfig, m);
+                match (c.config_operation, &c.value) {
+                    (OP_SET, Some(v)) => Ok((key, Some(v.as_str().to_string()))),
+                    (OP_SET, None) => Err(invalid(format!(
+                        "SET of config `{key}` needs a value (DELETE puts it back to the default)"
+                    ))),
+                    (OP_DELETE, _) => Ok((key, None)),
+                    (OP_APPEND | OP_SUBTRACT, _) => Err(invalid(format!(
+                        "APPEND and SUBTRACT are for list configs; `{key}` takes one value (use SET)"
+                    ))),
+                    (op, _) => Err(invalid(format!(
+                        "unknown config operation {op} for `{key}` (0 SET, 1 DELETE)"
+                    ))),
+                }
+            })
+            .collect::<Result<Vec<_>, OpError>>();
+        let dup = dups.contains(&(r.resource_type, name.clone()));
+        let (error_code, message) = alter_resource(
+            ctx,
+            r.resource_type,
+            &name,
+            changes,
+            false,
+            req.validate_only,
+            dup,
+        )
+        .await;
+        let mut resp = AlterConfigsResourceResponse::default();
+        resp.error_code = error_code;
+        resp.error_message = message.map(str_bytes);
+        resp.resource_type = r.resource_type;
+        resp.resource_name = r.resource_name;
+        out.responses.push(resp);
     }
     out
 }

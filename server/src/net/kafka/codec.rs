@@ -114,6 +114,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
 ];
 
 /// Whether `key` at `version` is served.
@@ -236,6 +238,8 @@ pub fn decode_any(frame_body: &[u8]) -> Result<(), String> {
         DeleteGroups => m::DeleteGroupsRequest,
         DescribeCluster => m::DescribeClusterRequest,
         InitProducerId => m::InitProducerIdRequest,
+        AlterConfigs => m::AlterConfigsRequest,
+        IncrementalAlterConfigs => m::IncrementalAlterConfigsRequest,
     )
     .map_err(|e| e.to_string())
 }

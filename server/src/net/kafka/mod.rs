@@ -193,6 +193,11 @@ async fn process(shard: &Rc<Shard>, body: &mut Bytes, host: Rc<str>) -> Reply {
             serve!(m::CreatePartitionsRequest, admin::create_partitions)
         }
         ApiKey::DescribeConfigs => serve!(m::DescribeConfigsRequest, admin::describe_configs),
+        ApiKey::AlterConfigs => serve!(m::AlterConfigsRequest, admin::alter_configs),
+        ApiKey::IncrementalAlterConfigs => serve!(
+            m::IncrementalAlterConfigsRequest,
+            admin::incremental_alter_configs
+        ),
         ApiKey::DescribeCluster => serve!(m::DescribeClusterRequest, admin::describe_cluster),
         ApiKey::InitProducerId => serve!(m::InitProducerIdRequest, producers::init_producer_id),
         _ => Reply::Frame(minimal_error(corr, code::UNSUPPORTED_VERSION)),

@@ -98,6 +98,19 @@ pub async fn process(
                 producer_epoch,
             }))
         }
+        Request::AlterTopic(a) => {
+            let changes = a
+                .configs
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| (c.name, c.value))
+                .collect();
+            let res =
+                handlers::topics::alter(shard, a.name.clone(), changes, false, a.validate_only)
+                    .await
+                    .map(drop);
+            topic_result(a.name, res)
+        }
         Request::ListTopics(_) => {
             Response::ListTopicsResponse(Box::new(proto::ListTopicsResponse {
                 names: Some(
