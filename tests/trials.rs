@@ -384,10 +384,11 @@ fn seeded_fault_trials() {
             }
             Err(e) => {
                 eprintln!("trial {seed} FAILED: {e}\n  replay: {}", replay(*seed));
-                if e.contains("lost") {
+                // A checker failure carries its counts ("lost: N, ...").
+                if e.contains("lost: ") && !e.contains("lost: 0,") {
                     lost += 1;
                 }
-                if e.contains("divergent") {
+                if e.contains("divergent: ") && !e.contains("divergent: 0,") {
                     divergent += 1;
                 }
                 failed.push(*seed);
