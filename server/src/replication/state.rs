@@ -370,6 +370,15 @@ impl ReplicaState {
         log_end: u64,
         now: Instant,
     ) {
+        // Followers the coordinators dropped from the ISR (a lease that
+        // expired, a restart) rejoin only on a fetch made after that: their
+        // old progress, still "at the HW" while nothing is written, must
+        // not bring a dead node back.
+        for f in &self.isr {
+            if *f != self.me && !pl.isr.contains(f) {
+                self.followers.remove(f);
+            }
+        }
         self.replicas = pl.replicas.clone();
         self.isr = pl.isr.clone();
         self.min_insync = min_insync(min_insync_cfg, pl.replicas.len());
@@ -424,7 +433,15 @@ impl ReplicaState {
                 if st.is_none_or(|s| now.duration_since(s.last_caught_up) > lag) {
                     next.remove(&f);
                 }
-            } else if st.is_some_and(|s| s.leo >= self.hw && s.leo >= self.epoch_start) {
+            } else if st.is_some_and(|s| {
+                s.leo >= self.hw
+                    && s.leo >= self.epoch_start
+                    && now.duration_since(s.last_caught_up) <= lag
+            }) {
+                // Caught up, and recently: the progress of a follower that
+                // died (and was dropped from the ISR by the coordinators)
+                // stays "at the HW" while nothing is written, and must not
+                // bring it back.
                 next.insert(f);
             }
         }
@@ -691,6 +708,29 @@ mod tests {
         assert_eq!(r.isr_proposal(t0, LAG), None);
         r.record_follower_fetch(2, 50, 50, t0);
         assert_eq!(r.isr_proposal(t0, LAG).map(|p| p.0), Some(vec![1, 2]));
+    }
+
+    #[test]
+    fn a_dead_follower_dropped_from_the_isr_does_not_rejoin_on_stale_progress() {
+        let t0 = Instant::now();
+        let mut r = leader(100, t0);
+        r.record_follower_fetch(2, 100, 100, t0);
+        r.record_follower_fetch(3, 100, 100, t0);
+        r.recompute_hw(100);
+        // Node 3 dies; its lease expires and the coordinators drop it.
+        let pl = placement(Some(1), 1, &[1, 2]);
+        r.apply(&pl, r.classify(&pl), 0, 100, t0);
+        // Nothing is written; node 2 keeps fetching, node 3 is silent. Its
+        // last progress is still "at the HW", but old: it stays out.
+        for s in 1..=20 {
+            let t = t0 + Duration::from_millis(500 * s);
+            r.record_follower_fetch(2, 100, 100, t);
+            assert_eq!(r.isr_proposal(t, LAG), None, "at {s}");
+        }
+        // Node 3 comes back and fetches at the end: it rejoins.
+        let t = t0 + Duration::from_secs(11);
+        r.record_follower_fetch(3, 100, 100, t);
+        assert_eq!(r.isr_proposal(t, LAG).map(|p| p.0), Some(vec![1, 2, 3]));
     }
 
     #[test]
