@@ -4,7 +4,7 @@
 //! metadata at the same index. It is serialised as JSON into snapshots.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// One topic's settings, on a single node (in `topics.toml`) and in the
 /// cluster metadata. `-1` / empty means "the broker default".
@@ -71,6 +71,11 @@ pub struct BrokerInfo {
     pub shards: u32,
     /// As last decided by the controller (leases live in the leader's memory).
     pub alive: bool,
+    /// The broker process's incarnation (a new value each time it starts;
+    /// 0 from brokers that predate it). A registration with a new one is a
+    /// restart: see [`Command::RegisterBroker`].
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// Replica set, leader and ISR of one partition.
@@ -113,7 +118,15 @@ pub struct Metadata {
 /// A metadata change, proposed through Raft.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    /// Adds or updates a broker and marks it alive.
+    /// Adds or updates a broker and marks it alive. A known broker that
+    /// registers with a new `incarnation` restarted, and may have lost the
+    /// tail of its logs that was not flushed (`fsync` other than `always`):
+    /// it leaves every ISR it is in (unless it is the last member, as with
+    /// `BrokerDown`), and every partition it led moves to the first other
+    /// in-sync replica at the next epoch (or stays with it at the next
+    /// epoch if no other replica is in sync). It rejoins ISRs as a follower
+    /// once it has caught up, so a restarted node never takes back, as
+    /// leader of its old epoch, a log shorter than what was acknowledged.
     RegisterBroker {
         node_id: u64,
         client_addr: String,
@@ -121,6 +134,8 @@ pub enum Command {
         #[serde(default)]
         kafka_addr: String,
         shards: u32,
+        #[serde(default)]
+        incarnation: u64,
     },
     /// The broker's lease expired. Also drops it from every ISR it is in,
     /// unless it is the last member (Kafka's rule: the last in-sync replica
@@ -192,7 +207,15 @@ impl Metadata {
                 client_addr,
                 kafka_addr,
                 shards,
+                incarnation,
             } => {
+                let restarted = self
+                    .brokers
+                    .get(node_id)
+                    .is_some_and(|b| b.incarnation != *incarnation);
+                if restarted {
+                    self.restarted(*node_id);
+                }
                 self.brokers.insert(
                     *node_id,
                     BrokerInfo {
@@ -201,6 +224,7 @@ impl Metadata {
                         kafka_addr: kafka_addr.clone(),
                         shards: *shards,
                         alive: true,
+                        incarnation: *incarnation,
                     },
                 );
             }
@@ -309,6 +333,36 @@ impl Metadata {
         self.topics
             .get(topic)
             .and_then(|t| t.partitions.get(partition as usize))
+    }
+
+    /// Broker `node` restarted (see [`Command::RegisterBroker`]).
+    fn restarted(&mut self, node: u64) {
+        let alive: BTreeSet<u64> = self
+            .brokers
+            .values()
+            .filter(|b| b.alive && b.node_id != node)
+            .map(|b| b.node_id)
+            .collect();
+        for t in self.topics.values_mut() {
+            for p in &mut t.partitions {
+                let next = p
+                    .replicas
+                    .iter()
+                    .copied()
+                    .find(|r| *r != node && p.isr.contains(r) && alive.contains(r));
+                if p.leader == Some(node) {
+                    // No other live in-sync replica: it stays leader (and in
+                    // the ISR), in a new epoch.
+                    if let Some(next) = next {
+                        p.leader = Some(next);
+                        p.isr.retain(|r| *r != node);
+                    }
+                    p.leader_epoch += 1;
+                } else if p.isr.len() > 1 && p.isr.contains(&node) {
+                    p.isr.retain(|r| *r != node);
+                }
+            }
+        }
     }
 
     /// Whether broker `id` is registered and alive.
@@ -629,8 +683,61 @@ mod tests {
             client_addr: format!("127.0.0.1:{}", 9000 + id),
             kafka_addr: String::new(),
             shards: 2,
+            incarnation: 1,
         })
         .unwrap();
+    }
+
+    #[test]
+    fn a_restarted_broker_leaves_the_isr_and_its_partitions_move_to_an_in_sync_replica() {
+        let mut md = Metadata::default();
+        for id in 1..=3 {
+            reg(&mut md, id);
+        }
+        md.apply(&Command::CreateTopic {
+            name: "t".into(),
+            config: TopicConfig::new(3, 3),
+            replicas: vec![vec![1, 2, 3], vec![2, 3, 1], vec![1, 3, 2]],
+        })
+        .unwrap();
+        // Nodes 2 and 3 drop out of partition 2's ISR: node 1 is its last
+        // member.
+        md.apply(&Command::UpdateIsr {
+            topic: "t".into(),
+            partition: 2,
+            isr: vec![1],
+            epoch: 1,
+        })
+        .unwrap();
+        // The same incarnation again (a retried registration): nothing moves.
+        reg(&mut md, 1);
+        let t = &md.topics["t"].partitions;
+        assert_eq!((t[0].leader, t[0].leader_epoch), (Some(1), 1));
+        // Node 1 restarted (a new incarnation) within its lease.
+        md.apply(&Command::RegisterBroker {
+            node_id: 1,
+            client_addr: "127.0.0.1:9001".into(),
+            kafka_addr: String::new(),
+            shards: 2,
+            incarnation: 2,
+        })
+        .unwrap();
+        let t = &md.topics["t"].partitions;
+        // It led partition 0: the next in-sync replica leads, a new epoch.
+        assert_eq!((t[0].leader, t[0].leader_epoch), (Some(2), 2));
+        assert_eq!(t[0].isr, vec![2, 3]);
+        // A follower of partition 1: it leaves the ISR, nothing else moves.
+        assert_eq!((t[1].leader, t[1].leader_epoch), (Some(2), 1));
+        assert_eq!(t[1].isr, vec![2, 3]);
+        // The last in-sync replica of partition 2 keeps it, in a new epoch.
+        assert_eq!((t[2].leader, t[2].leader_epoch), (Some(1), 2));
+        assert_eq!(t[2].isr, vec![1]);
+        assert!(md.is_alive(1));
+        assert!(
+            controller_actions(&md).is_empty(),
+            "{:?}",
+            controller_actions(&md)
+        );
     }
 
     #[test]

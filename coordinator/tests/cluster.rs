@@ -230,6 +230,7 @@ fn register(id: u64) -> Command {
         client_addr: format!("127.0.0.1:{}", 9000 + id),
         kafka_addr: format!("127.0.0.1:{}", 19000 + id),
         shards: 2,
+        incarnation: 1,
     }
 }
 
@@ -347,6 +348,7 @@ fn restarted_node_catches_up_from_a_snapshot() {
             client_addr: format!("127.0.0.1:{}", 10_000 + i),
             kafka_addr: String::new(),
             shards: 1,
+            incarnation: 1,
         };
         last = Some(c.propose(cmd).unwrap());
     }

@@ -22,10 +22,16 @@ impl Shard {
         while !self.shutdown.is_set() {
             let v = view.version();
             if v != seen {
-                if let Some(md) = view.metadata() {
-                    self.apply_metadata(&md).await;
+                match view.metadata() {
+                    // Not registered yet: this metadata may still name this
+                    // node leader in an epoch it held before a restart.
+                    Some(md) if !view.registered_in(&md) => {}
+                    Some(md) => {
+                        self.apply_metadata(&md).await;
+                        seen = v;
+                    }
+                    None => seen = v,
                 }
-                seen = v;
             }
             glommio::timer::sleep(Duration::from_millis(10)).await;
         }

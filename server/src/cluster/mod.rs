@@ -21,6 +21,9 @@ pub struct ClusterView {
     /// (coordinator id, address).
     pub coordinators: Vec<(u64, String)>,
     pub lease_ms: u64,
+    /// This process's incarnation, registered with the coordinators: a new
+    /// one on every start, so they see a restart even within the lease.
+    pub incarnation: u64,
     md: Mutex<Option<Arc<Metadata>>>,
     /// Metadata version + 1 (0: none yet).
     version: AtomicU64,
@@ -32,6 +35,7 @@ impl ClusterView {
             node_id,
             coordinators,
             lease_ms,
+            incarnation: new_incarnation(),
             md: Mutex::new(None),
             version: AtomicU64::new(0),
         })
@@ -39,6 +43,15 @@ impl ClusterView {
 
     pub fn addrs(&self) -> Vec<String> {
         self.coordinators.iter().map(|(_, a)| a.clone()).collect()
+    }
+
+    /// Whether `md` holds this process's registration. Until it does,
+    /// the metadata still describes the previous incarnation of this node
+    /// (a leadership it held before a crash, say), and no replica acts on it.
+    pub fn registered_in(&self, md: &Metadata) -> bool {
+        md.brokers
+            .get(&self.node_id)
+            .is_some_and(|b| b.incarnation == self.incarnation)
     }
 
     /// 0 until the first metadata arrives, then its version + 1.
@@ -63,6 +76,16 @@ impl ClusterView {
         self.version.store(v, Ordering::Release);
         true
     }
+}
+
+/// A value that differs between two starts of this process: the start
+/// time in nanoseconds mixed with the process id (never 0, which brokers
+/// that predate incarnations register with).
+fn new_incarnation() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (nanos ^ (u64::from(std::process::id()) << 40)).max(1)
 }
 
 /// Heartbeats every coordinator: the leader renews the lease, the others
@@ -166,6 +189,7 @@ pub fn start_membership(
                             client_addr: client_addr.clone(),
                             kafka_addr: kafka_addr.clone(),
                             shards: shards as u32,
+                            incarnation: view.incarnation,
                         },
                         timeout,
                     )
