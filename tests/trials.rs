@@ -13,8 +13,12 @@
 //! A failing trial prints its seed and the command that replays it. CI runs
 //! two seeds; `TRIALS=N` runs N more (seeds from `TRIAL_SEED`, default 1000,
 //! upwards) and prints a summary. `TRIAL_SEED=S TRIALS=1` replays one.
-//! Not yet here (issue 19): network partitions through a proxy, torn tails,
-//! a full disk, consumer groups in the history.
+//! Half the kills also tear the last batch of the killed node's newest
+//! segment (zeros or garbage from a point inside it). Even seeds run with
+//! `fsync = always`, odd ones with `fsync = never` (durability from
+//! replication alone, Kafka's default).
+//! Not yet here (issue 19): network partitions through a proxy, a full
+//! disk, consumer groups in the history.
 
 mod common;
 
@@ -39,6 +43,9 @@ struct Outcome {
     divergent: usize,
     /// Per fault: from its end (restart, SIGCONT) to a full ISR again.
     recover_ms: Vec<u128>,
+    /// The first lost records: where they were acknowledged, what that
+    /// offset holds now and where (if anywhere) the record is stored.
+    detail: Vec<String>,
 }
 
 fn bootstrap(nodes: &[Broker]) -> String {
@@ -125,11 +132,71 @@ fn replica_batches(dir: &std::path::Path) -> Vec<Vec<u8>> {
     out
 }
 
+/// Tears the last stored batch of `dir`'s newest segment, as a crash in
+/// the middle of a write would: either its end never reached the disk
+/// (zeros from a point inside it) or some of its bytes are garbage. The
+/// node must find the damage on restart (CRC), drop that batch and what
+/// follows, and fetch it again from the leader. Returns the fault's name,
+/// or `None` if the segment holds no batch yet.
+fn tear_tail(dir: &std::path::Path, rng: &mut StdRng) -> Option<&'static str> {
+    use std::io::{Seek, SeekFrom, Write};
+    let newest = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .max()?;
+    let data = std::fs::read(&newest).ok()?;
+    let (mut pos, mut last) = (0usize, None);
+    while pos + 12 <= data.len() {
+        let len = i32::from_be_bytes(data[pos + 8..pos + 12].try_into().ok()?);
+        if len <= 0 || pos + 12 + len as usize > data.len() {
+            break;
+        }
+        let end = pos + 12 + len as usize;
+        if batch::validate_stored(&data[pos..end], 64 << 20).is_err() {
+            break;
+        }
+        last = Some((pos, end));
+        pos = end;
+    }
+    let (start, end) = last?;
+    let mut f = std::fs::OpenOptions::new().write(true).open(&newest).ok()?;
+    if rng.gen_bool(0.5) {
+        let from = rng.gen_range(start + 1..end);
+        f.seek(SeekFrom::Start(from as u64)).ok()?;
+        f.write_all(&vec![0u8; end - from]).ok()?;
+        f.sync_all().ok()?;
+        Some("torn tail (zeros)")
+    } else {
+        let at = rng.gen_range(start + 12..end);
+        let garbage: Vec<u8> = (0..(end - at).min(64)).map(|_| rng.r#gen()).collect();
+        f.seek(SeekFrom::Start(at as u64)).ok()?;
+        f.write_all(&garbage).ok()?;
+        f.sync_all().ok()?;
+        Some("torn tail (garbage)")
+    }
+}
+
+fn fsync_of(seed: u64) -> &'static str {
+    if seed.is_multiple_of(2) {
+        "always"
+    } else {
+        "never"
+    }
+}
+
 fn run_trial(seed: u64) -> Result<Outcome, String> {
     let mut rng = StdRng::seed_from_u64(seed);
+    let mut tear_rng = StdRng::seed_from_u64(seed ^ 0x7e42_7a11);
+    // Even seeds flush every acknowledged batch (fsync = always); odd ones
+    // leave durability to replication (fsync = never, Kafka's default), so
+    // a killed node loses its unflushed tail and must not take back what
+    // the others acknowledged.
+    let fsync = fsync_of(seed);
     let (mut nodes, _) = common::start_three_nodes(
         &format!("trial-{seed}"),
-        "broker_lease_ms = 1500\nheartbeat_interval_ms = 250\nreplica_lag_time_max_ms = 3000\n[log]\nfsync = \"always\"\nsegment_bytes = 262144\n",
+        &format!("broker_lease_ms = 1500\nheartbeat_interval_ms = 250\nreplica_lag_time_max_ms = 3000\n[log]\nfsync = \"{fsync}\"\nsegment_bytes = 262144\n"),
     );
     let mut out = Outcome::default();
     wait_healed_cluster(&nodes)?;
@@ -221,6 +288,16 @@ fn run_trial(seed: u64) -> Result<Outcome, String> {
         if rng.gen_bool(0.5) {
             *out.faults.entry("kill -9").or_default() += 1;
             nodes[victim].kill();
+            // Half the kills also tear the tail of the node's newest write
+            // (decided by a second RNG, so the kill schedule of a seed
+            // stays what it was before torn tails existed).
+            if tear_rng.gen_bool(0.5) {
+                let p = tear_rng.gen_range(0..PARTITIONS);
+                let dir = nodes[victim].data_dir().join(format!("tr-{p}"));
+                if let Some(what) = tear_tail(&dir, &mut tear_rng) {
+                    *out.faults.entry(what).or_default() += 1;
+                }
+            }
             std::thread::sleep(Duration::from_millis(rng.gen_range(500..2500)));
             nodes[victim].spawn();
         } else {
@@ -248,6 +325,11 @@ fn run_trial(seed: u64) -> Result<Outcome, String> {
         .enable_all()
         .build()
         .unwrap();
+    let mut need = [0u64; PARTITIONS as usize];
+    for (p, off, _) in &acked {
+        need[*p as usize] = need[*p as usize].max(off + 1);
+    }
+    let visible_by = Instant::now() + Duration::from_secs(30);
     let stored: BTreeMap<(u32, u64), String> = rt.block_on(async {
         let client = Client::connect(ClientConfig::new(
             bootstrap(&nodes).split(',').map(str::to_string),
@@ -270,6 +352,14 @@ fn run_trial(seed: u64) -> Result<Outcome, String> {
                     .map_err(|e| e.to_string())?;
                 let got = &got[0];
                 if offset >= got.high_watermark {
+                    // A leader that just took over publishes its HW once
+                    // the followers fetched in its epoch: acknowledged
+                    // records may become visible a moment after healing.
+                    // Wait for them (bounded); what never shows is lost.
+                    if offset < need[p as usize] && Instant::now() < visible_by {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
                     break;
                 }
                 let before = offset;
@@ -290,9 +380,17 @@ fn run_trial(seed: u64) -> Result<Outcome, String> {
         }
         Ok::<_, String>(all)
     })?;
+    let at: BTreeMap<&String, (u32, u64)> = stored.iter().map(|(k, v)| (v, *k)).collect();
     for (p, off, v) in &acked {
         if stored.get(&(*p, *off)) != Some(v) {
             out.lost += 1;
+            if out.detail.len() < 20 {
+                out.detail.push(format!(
+                    "{v} acked at {p}/{off}, which holds {:?}; {v} is at {:?}",
+                    stored.get(&(*p, *off)),
+                    at.get(v)
+                ));
+            }
         }
     }
     let mut seen = BTreeMap::new();
@@ -319,7 +417,17 @@ fn run_trial(seed: u64) -> Result<Outcome, String> {
         }
     }
     if out.lost > 0 || out.duplicated > 0 || out.divergent > 0 {
-        return Err(format!("{out:?}"));
+        // Keep the brokers' logs of a failing trial for diagnosis.
+        for (i, n) in nodes.iter().enumerate() {
+            let path = std::env::temp_dir().join(format!("levee-trial-{seed}-node{}.log", i + 1));
+            let _ = std::fs::write(&path, n.log_text());
+        }
+        return Err(format!(
+            "{out:?}; broker logs kept in {}",
+            std::env::temp_dir()
+                .join(format!("levee-trial-{seed}-node*.log"))
+                .display()
+        ));
     }
     Ok(out)
 }
@@ -375,7 +483,7 @@ fn seeded_fault_trials() {
     for seed in &seeds {
         match run_trial(*seed) {
             Ok(o) => {
-                eprintln!("trial {seed}: ok {o:?}");
+                eprintln!("trial {seed} (fsync {}): ok {o:?}", fsync_of(*seed));
                 for (k, v) in &o.faults {
                     *faults.entry(k).or_default() += v;
                 }
@@ -383,7 +491,11 @@ fn seeded_fault_trials() {
                 recover.extend(o.recover_ms);
             }
             Err(e) => {
-                eprintln!("trial {seed} FAILED: {e}\n  replay: {}", replay(*seed));
+                eprintln!(
+                    "trial {seed} (fsync {}) FAILED: {e}\n  replay: {}",
+                    fsync_of(*seed),
+                    replay(*seed)
+                );
                 // A checker failure carries its counts ("lost: N, ...").
                 if e.contains("lost: ") && !e.contains("lost: 0,") {
                     lost += 1;
