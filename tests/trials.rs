@@ -139,14 +139,24 @@ fn replica_batches(dir: &std::path::Path) -> Vec<Vec<u8>> {
 /// follows, and fetch it again from the leader. Returns the fault's name,
 /// or `None` if the segment holds no batch yet.
 fn tear_tail(dir: &std::path::Path, rng: &mut StdRng) -> Option<&'static str> {
-    use std::io::{Seek, SeekFrom, Write};
-    let newest = std::fs::read_dir(dir)
+    let mut segs: Vec<_> = std::fs::read_dir(dir)
         .ok()?
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .max()?;
-    let data = std::fs::read(&newest).ok()?;
+        .collect();
+    segs.sort();
+    // The newest segment that holds a batch (a segment just rolled holds
+    // none yet).
+    segs.into_iter()
+        .rev()
+        .find_map(|seg| tear_segment(&seg, rng))
+}
+
+fn tear_segment(seg: &std::path::Path, rng: &mut StdRng) -> Option<&'static str> {
+    use std::io::{Seek, SeekFrom, Write};
+    let newest = seg;
+    let data = std::fs::read(newest).ok()?;
     let (mut pos, mut last) = (0usize, None);
     while pos + 12 <= data.len() {
         let len = i32::from_be_bytes(data[pos + 8..pos + 12].try_into().ok()?);
@@ -161,7 +171,7 @@ fn tear_tail(dir: &std::path::Path, rng: &mut StdRng) -> Option<&'static str> {
         pos = end;
     }
     let (start, end) = last?;
-    let mut f = std::fs::OpenOptions::new().write(true).open(&newest).ok()?;
+    let mut f = std::fs::OpenOptions::new().write(true).open(newest).ok()?;
     if rng.gen_bool(0.5) {
         let from = rng.gen_range(start + 1..end);
         f.seek(SeekFrom::Start(from as u64)).ok()?;
@@ -198,6 +208,30 @@ fn run_trial(seed: u64) -> Result<Outcome, String> {
         &format!("trial-{seed}"),
         &format!("broker_lease_ms = 1500\nheartbeat_interval_ms = 250\nreplica_lag_time_max_ms = 3000\n[log]\nfsync = \"{fsync}\"\nsegment_bytes = 262144\n"),
     );
+    let res = trial_on(seed, &mut rng, &mut tear_rng, &mut nodes);
+    if res.is_err() {
+        // Keep the brokers' logs of a failing trial for diagnosis.
+        for (i, n) in nodes.iter().enumerate() {
+            let path = std::env::temp_dir().join(format!("levee-trial-{seed}-node{}.log", i + 1));
+            let _ = std::fs::write(&path, n.log_text());
+        }
+    }
+    res.map_err(|e| {
+        format!(
+            "{e}; broker logs kept in {}",
+            std::env::temp_dir()
+                .join(format!("levee-trial-{seed}-node*.log"))
+                .display()
+        )
+    })
+}
+
+fn trial_on(
+    seed: u64,
+    rng: &mut StdRng,
+    tear_rng: &mut StdRng,
+    nodes: &mut [Broker],
+) -> Result<Outcome, String> {
     let mut out = Outcome::default();
     wait_healed_cluster(&nodes)?;
     let (ok, o, e) = levee(
@@ -294,7 +328,7 @@ fn run_trial(seed: u64) -> Result<Outcome, String> {
             if tear_rng.gen_bool(0.5) {
                 let p = tear_rng.gen_range(0..PARTITIONS);
                 let dir = nodes[victim].data_dir().join(format!("tr-{p}"));
-                if let Some(what) = tear_tail(&dir, &mut tear_rng) {
+                if let Some(what) = tear_tail(&dir, tear_rng) {
                     *out.faults.entry(what).or_default() += 1;
                 }
             }
@@ -417,17 +451,7 @@ fn run_trial(seed: u64) -> Result<Outcome, String> {
         }
     }
     if out.lost > 0 || out.duplicated > 0 || out.divergent > 0 {
-        // Keep the brokers' logs of a failing trial for diagnosis.
-        for (i, n) in nodes.iter().enumerate() {
-            let path = std::env::temp_dir().join(format!("levee-trial-{seed}-node{}.log", i + 1));
-            let _ = std::fs::write(&path, n.log_text());
-        }
-        return Err(format!(
-            "{out:?}; broker logs kept in {}",
-            std::env::temp_dir()
-                .join(format!("levee-trial-{seed}-node*.log"))
-                .display()
-        ));
+        return Err(format!("seed {seed}: {out:?}"));
     }
     Ok(out)
 }
