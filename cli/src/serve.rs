@@ -15,6 +15,10 @@ pub(crate) struct ServeArgs {
     /// Native-protocol listener ADDR:PORT [default: 127.0.0.1:9192].
     #[arg(long)]
     listen: Option<String>,
+    /// The native address (HOST:PORT) other nodes and clients are told to
+    /// reach this node at, on a cluster [default: the listen address].
+    #[arg(long)]
+    advertise: Option<String>,
     /// Kafka API listener ADDR:PORT, or `none` [default: 127.0.0.1:9092].
     #[arg(long)]
     kafka_listen: Option<String>,
@@ -53,6 +57,9 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), String> {
     }
     if let Some(v) = args.listen {
         cfg.listen = v;
+    }
+    if let Some(v) = args.advertise {
+        cfg.advertise = v;
     }
     if let Some(v) = args.kafka_listen {
         cfg.kafka_listen = v;

@@ -143,9 +143,10 @@ pub fn run(cfg: ServerConfig) -> Result<(), String> {
             .map_err(|e| e.to_string())?
             .map(|(h, p)| format!("{h}:{p}"))
             .unwrap_or_default();
+        let native = cfg.advertised().map_err(|e| e.to_string())?;
         extra.push(crate::cluster::start_membership(
             view,
-            cfg.listen.clone(),
+            native,
             kafka,
             n,
             Duration::from_millis(cfg.heartbeat_interval_ms),

@@ -21,6 +21,10 @@ pub struct ServerConfig {
     pub node_id: u32,
     pub data_dir: PathBuf,
     pub listen: String,
+    /// The native address (HOST:PORT) this node registers in the cluster
+    /// metadata, where clients and the other nodes reach it; empty:
+    /// `listen`, which must then name a concrete host.
+    pub advertise: String,
     /// The Kafka API listener, ADDR:PORT; `none` (or empty) turns it off.
     pub kafka_listen: String,
     /// The Kafka address Metadata returns for this broker (HOST:PORT);
@@ -121,6 +125,7 @@ impl Default for ServerConfig {
             node_id: 0,
             data_dir: PathBuf::from("./levee-data"),
             listen: DEFAULT_LISTEN.into(),
+            advertise: String::new(),
             kafka_listen: DEFAULT_KAFKA_LISTEN.into(),
             kafka_advertise: String::new(),
             auto_create_topics: false,
@@ -234,6 +239,32 @@ impl ServerConfig {
         })
     }
 
+    /// The native address (HOST:PORT) this node registers in the cluster
+    /// metadata: `advertise`, else `listen` if it names a concrete host.
+    pub fn advertised(&self) -> Result<String, ConfigError> {
+        let a = self.advertise.trim();
+        if a.is_empty() {
+            let listen: std::net::SocketAddr = self
+                .listen
+                .parse()
+                .map_err(|_| invalid("listen", format!("`{}` is not ADDR:PORT", self.listen)))?;
+            if listen.ip().is_unspecified() {
+                return Err(invalid(
+                    "advertise",
+                    format!(
+                        "listen {listen} names no host other nodes and clients can reach; set advertise (--advertise HOST:PORT)"
+                    ),
+                ));
+            }
+            return Ok(listen.to_string());
+        }
+        a.rsplit_once(':')
+            .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+            .filter(|(h, p)| !h.is_empty() && *p > 0)
+            .ok_or_else(|| invalid("advertise", format!("`{a}` is not HOST:PORT")))?;
+        Ok(a.to_string())
+    }
+
     /// The (host, port) Kafka clients are told to reach this broker at;
     /// `None` without a Kafka listener.
     pub fn kafka_advertised(&self) -> Result<Option<(String, u16)>, ConfigError> {
@@ -311,6 +342,9 @@ impl ServerConfig {
         self.listen_addr()?;
         self.admin_addr()?;
         self.kafka_advertised()?;
+        if !self.coordinators.trim().is_empty() {
+            self.advertised()?;
+        }
         self.cpu_list()?;
         if self.max_frame_bytes < 4096 {
             return Err(invalid("max_frame_bytes", "must be at least 4096"));
