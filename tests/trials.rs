@@ -10,15 +10,21 @@
 //!   byte, up to the shortest replica's end (read from their segment files
 //!   after a clean stop).
 //!
+//! Network faults go through fault-injecting proxies
+//! (`common::ProxiedCluster`): every connection to a node (clients, the
+//! other nodes' followers) and every coordinator link between two nodes
+//! passes one, and a fault isolates a node both ways, cuts only what it
+//! sends to the coordinators, or slows all its links.
+//!
 //! A failing trial prints its seed and the command that replays it. CI runs
-//! two seeds; `TRIALS=N` runs N more (seeds from `TRIAL_SEED`, default 1000,
+//! four seeds (1, 2, 4006, 4007: among them every kind of fault but slow
+//! links); `TRIALS=N` runs N more (seeds from `TRIAL_SEED`, default 1000,
 //! upwards) and prints a summary. `TRIAL_SEED=S TRIALS=1` replays one.
 //! Half the kills also tear the last batch of the killed node's newest
 //! segment (zeros or garbage from a point inside it). Even seeds run with
 //! `fsync = always`, odd ones with `fsync = never` (durability from
 //! replication alone, Kafka's default).
-//! Not yet here (issue 19): network partitions through a proxy, a full
-//! disk, consumer groups in the history.
+//! Not yet here (issue 19): a full disk, consumer groups in the history.
 
 mod common;
 
@@ -204,11 +210,12 @@ fn run_trial(seed: u64) -> Result<Outcome, String> {
     // a killed node loses its unflushed tail and must not take back what
     // the others acknowledged.
     let fsync = fsync_of(seed);
-    let (mut nodes, _) = common::start_three_nodes(
+    let mut net = common::ProxiedCluster::start(
         &format!("trial-{seed}"),
         &format!("broker_lease_ms = 1500\nheartbeat_interval_ms = 250\nreplica_lag_time_max_ms = 3000\n[log]\nfsync = \"{fsync}\"\nsegment_bytes = 262144\n"),
     );
-    let res = trial_on(seed, &mut rng, &mut tear_rng, &mut nodes);
+    let mut nodes = std::mem::take(&mut net.nodes);
+    let res = trial_on(seed, &mut rng, &mut tear_rng, &mut nodes, &net);
     if res.is_err() {
         // Keep the brokers' logs of a failing trial for diagnosis.
         for (i, n) in nodes.iter().enumerate() {
@@ -231,6 +238,7 @@ fn trial_on(
     rng: &mut StdRng,
     tear_rng: &mut StdRng,
     nodes: &mut [Broker],
+    net: &common::ProxiedCluster,
 ) -> Result<Outcome, String> {
     let mut out = Outcome::default();
     wait_healed_cluster(&nodes)?;
@@ -319,7 +327,35 @@ fn trial_on(
     for _ in 0..n_faults {
         std::thread::sleep(Duration::from_millis(rng.gen_range(500..1500)));
         let victim = rng.gen_range(0..3usize);
-        if rng.gen_bool(0.5) {
+        let kind = rng.gen_range(0..5u32);
+        if kind >= 3 {
+            // Network faults, through the proxies every node-to-node and
+            // client connection passes: the victim isolated (both ways),
+            // or only what it sends to the coordinators cut (it still
+            // hears clients and followers, but cannot renew its lease or
+            // learn new metadata), or all its links slowed.
+            let mode = rng.gen_range(0..3u32);
+            let held = Duration::from_millis(rng.gen_range(2000..4000));
+            match mode {
+                0 => {
+                    *out.faults.entry("network: isolated").or_default() += 1;
+                    net.links_of(victim).iter().for_each(|p| p.cut());
+                }
+                1 => {
+                    *out.faults
+                        .entry("network: one-way (its sends cut)")
+                        .or_default() += 1;
+                    net.outbound_of(victim).iter().for_each(|p| p.cut());
+                }
+                _ => {
+                    *out.faults.entry("network: slow links").or_default() += 1;
+                    let ms = rng.gen_range(20..100);
+                    net.links_of(victim).iter().for_each(|p| p.delay(ms));
+                }
+            }
+            std::thread::sleep(held);
+            net.heal();
+        } else if kind < 2 {
             *out.faults.entry("kill -9").or_default() += 1;
             nodes[victim].kill();
             // Half the kills also tear the tail of the node's newest write
@@ -497,7 +533,9 @@ fn seeded_fault_trials() {
             .unwrap_or(1000);
         (first..first + extra).collect()
     } else {
-        vec![1, 2]
+        // Between them: kill -9, SIGSTOP, a torn tail, an isolated node,
+        // a one-way cut.
+        vec![1, 2, 4006, 4007]
     };
     let started = Instant::now();
     let mut faults: BTreeMap<&'static str, usize> = BTreeMap::new();

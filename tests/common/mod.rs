@@ -2,6 +2,7 @@
 //! data directory, for the multi-process tests.
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod raw;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -105,6 +106,109 @@ pub fn start_three_nodes(name: &str, config: &str) -> (Vec<Broker>, Vec<String>)
         })
         .collect();
     (nodes, coords)
+}
+
+/// Three nodes (each a broker and a coordinator) whose every connection
+/// to another node goes through a fault-injecting proxy: `raft[i][j]`
+/// carries node i+1's coordinator traffic to node j+1 (Raft, proposals,
+/// heartbeats, metadata); `native[j]` is node j+1's advertised native
+/// address, which clients and the other nodes' followers use.
+pub struct ProxiedCluster {
+    pub nodes: Vec<Broker>,
+    pub raft: Vec<Vec<Option<proxy::Proxy>>>,
+    pub native: Vec<proxy::Proxy>,
+}
+
+impl ProxiedCluster {
+    pub fn start(name: &str, config: &str) -> ProxiedCluster {
+        let coords: Vec<SocketAddr> = (0..3)
+            .map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap())
+            .collect();
+        let raft: Vec<Vec<Option<proxy::Proxy>>> = (0..3)
+            .map(|i| {
+                (0..3)
+                    .map(|j| (i != j).then(|| proxy::Proxy::start(Some(coords[j]))))
+                    .collect()
+            })
+            .collect();
+        let native: Vec<proxy::Proxy> = (0..3).map(|_| proxy::Proxy::start(None)).collect();
+        let cfg_dir = temp_dir(&format!("{name}-cfg"));
+        let cfg = cfg_dir.join("levee.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            let list = (0..3)
+                .map(|j| match &raft[i][j] {
+                    Some(p) => format!("{}@{}", j + 1, p.addr),
+                    None => format!("{}@{}", j + 1, coords[j]),
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            let adv = native[i].addr.to_string();
+            let b = Broker::start_with(
+                &format!("{name}-n{}", i + 1),
+                &[
+                    "--config",
+                    cfg.to_str().unwrap(),
+                    "--node-id",
+                    &(i + 1).to_string(),
+                    "--coordinators",
+                    &list,
+                    "--advertise",
+                    &adv,
+                    "--cores",
+                    "1",
+                ],
+            );
+            native[i].set_target(b.addr);
+            nodes.push(b);
+        }
+        ProxiedCluster {
+            nodes,
+            raft,
+            native,
+        }
+    }
+
+    /// The native addresses clients use (through the proxies).
+    pub fn bootstrap(&self) -> String {
+        self.native
+            .iter()
+            .map(|p| p.addr.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Every proxy carrying traffic to or from node `v` (0-based): its
+    /// native proxy and the coordinator links both ways.
+    pub fn links_of(&self, v: usize) -> Vec<&proxy::Proxy> {
+        let mut out = vec![&self.native[v]];
+        for j in 0..3 {
+            if j != v {
+                out.extend(self.raft[v][j].iter());
+                out.extend(self.raft[j][v].iter());
+            }
+        }
+        out
+    }
+
+    /// Node `v`'s coordinator links to the others (what it sends).
+    pub fn outbound_of(&self, v: usize) -> Vec<&proxy::Proxy> {
+        (0..3)
+            .filter(|j| *j != v)
+            .filter_map(|j| self.raft[v][j].as_ref())
+            .collect()
+    }
+
+    pub fn heal(&self) {
+        for p in self
+            .native
+            .iter()
+            .chain(self.raft.iter().flatten().flatten())
+        {
+            p.pass();
+        }
+    }
 }
 
 impl Broker {
