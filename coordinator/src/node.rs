@@ -743,7 +743,15 @@ impl RaftLoop {
                     debug!("raft step: {e}");
                 }
             }
-            Event::Propose { command, reply } => self.propose(command, reply),
+            Event::Propose { command, reply } => {
+                // A registration is a sign of life: a broker that restarted
+                // within its lease must not be declared down right after it
+                // registered because its lease still dates from before.
+                if let Command::RegisterBroker { node_id, .. } = &command {
+                    self.leases.insert(*node_id, Instant::now());
+                }
+                self.propose(command, reply)
+            }
             Event::CreateTopic {
                 name,
                 mut config,
