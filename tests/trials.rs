@@ -24,12 +24,17 @@
 //! segment (zeros or garbage from a point inside it). Even seeds run with
 //! `fsync = always`, odd ones with `fsync = never` (durability from
 //! replication alone, Kafka's default).
-//! Not yet here (issue 19): a full disk, consumer groups in the history.
+//! A group member reads the topic and commits every 200 ms throughout;
+//! the checker also verifies that every acknowledged commit is still the
+//! group's committed offset (or a later one is) after healing.
+//! Not yet here (issue 19): a full disk.
 
 mod common;
 
 use common::{levee, Broker};
-use levee_client::{Client, ClientConfig, Producer, ProducerConfig};
+use levee_client::{
+    Client, ClientConfig, GroupConsumer, GroupConsumerConfig, OffsetReset, Producer, ProducerConfig,
+};
 use levee_engine::batch;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -39,6 +44,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const PARTITIONS: u32 = 3;
+const GROUP: &str = "trial-group";
 
 #[derive(Debug, Default, Clone)]
 struct Outcome {
@@ -46,6 +52,10 @@ struct Outcome {
     acked: usize,
     lost: usize,
     duplicated: usize,
+    /// Group commits acknowledged whose offset is no longer the group's
+    /// committed one (or a later one) after healing.
+    commits_lost: usize,
+    commits: usize,
     divergent: usize,
     /// Per fault: from its end (restart, SIGCONT) to a full ISR again.
     recover_ms: Vec<u128>,
@@ -322,6 +332,62 @@ fn trial_on(
         })
     };
 
+    // A group member reads the topic and commits every 200 ms; every
+    // acknowledged commit is recorded (the highest offset per partition).
+    let acked_commits = Arc::new(Mutex::new(BTreeMap::<u32, u64>::new()));
+    let n_commits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let consuming = {
+        let (stop, acked_commits, n_commits) =
+            (stop.clone(), acked_commits.clone(), n_commits.clone());
+        let boot = bootstrap(nodes);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let Ok(client) =
+                    Client::connect(ClientConfig::new(boot.split(',').map(str::to_string))).await
+                else {
+                    return;
+                };
+                let mut cfg = GroupConsumerConfig::new(GROUP, ["tr"]);
+                cfg.reset = OffsetReset::Earliest;
+                cfg.session_timeout = Duration::from_secs(6);
+                cfg.auto_commit = None;
+                let mut c = loop {
+                    match GroupConsumer::join(client.clone(), cfg.clone()).await {
+                        Ok(c) => break c,
+                        Err(_) if !stop.load(Ordering::SeqCst) => {
+                            tokio::time::sleep(Duration::from_millis(200)).await
+                        }
+                        Err(_) => return,
+                    }
+                };
+                let mut last_commit = Instant::now();
+                while !stop.load(Ordering::SeqCst) {
+                    if c.poll().await.is_err() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    if last_commit.elapsed() > Duration::from_millis(200) {
+                        last_commit = Instant::now();
+                        if c.commit().await.is_ok() {
+                            n_commits.fetch_add(1, Ordering::SeqCst);
+                            let mut a = acked_commits.lock().unwrap();
+                            for p in 0..PARTITIONS {
+                                if let Some(o) = c.committed("tr", p) {
+                                    let e = a.entry(p).or_insert(o);
+                                    *e = (*e).max(o);
+                                }
+                            }
+                        }
+                    }
+                }
+                let _ = c.close().await;
+            })
+        })
+    };
+
     // Faults, chosen by the seed.
     let n_faults = rng.gen_range(2..=3);
     for _ in 0..n_faults {
@@ -383,6 +449,9 @@ fn trial_on(
     }
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::SeqCst);
+    consuming
+        .join()
+        .map_err(|_| "the group member's thread panicked".to_string())?;
     producing
         .join()
         .map_err(|_| "the producer thread panicked".to_string())?;
@@ -463,11 +532,52 @@ fn trial_on(
             }
         }
     }
-    let mut seen = BTreeMap::new();
-    for v in stored.values() {
-        *seen.entry(v).or_insert(0usize) += 1;
+    let mut seen: BTreeMap<&String, Vec<(u32, u64)>> = BTreeMap::new();
+    for (k, v) in &stored {
+        seen.entry(v).or_default().push(*k);
     }
-    out.duplicated = seen.values().filter(|c| **c > 1).count();
+    for (v, at) in seen.iter().filter(|(_, at)| at.len() > 1) {
+        out.duplicated += 1;
+        if out.detail.len() < 20 {
+            out.detail.push(format!("{v} stored at {at:?}"));
+        }
+    }
+
+    // Check 3: every acknowledged group commit is still committed (or a
+    // later offset is).
+    let acked_commits = acked_commits.lock().unwrap().clone();
+    out.commits = n_commits.load(Ordering::SeqCst);
+    let now_committed: BTreeMap<u32, u64> = rt.block_on(async {
+        let client = Client::connect(ClientConfig::new(
+            bootstrap(nodes).split(',').map(str::to_string),
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            match client.fetch_offsets(GROUP, &Default::default()).await {
+                Ok(v) => {
+                    return Ok::<_, String>(
+                        v.into_iter()
+                            .filter(|o| o.topic == "tr")
+                            .map(|o| (o.partition, o.offset))
+                            .collect(),
+                    )
+                }
+                Err(e) if Instant::now() > until => return Err(format!("fetch offsets: {e}")),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    })?;
+    for (p, o) in &acked_commits {
+        if now_committed.get(p).is_none_or(|c| c < o) {
+            out.commits_lost += 1;
+            out.detail.push(format!(
+                "commit of {o} on partition {p} acknowledged, now committed {:?}",
+                now_committed.get(p)
+            ));
+        }
+    }
 
     // Check 2: the replicas agree byte for byte up to the shortest one.
     for n in nodes.iter_mut() {
@@ -486,7 +596,7 @@ fn trial_on(
             }
         }
     }
-    if out.lost > 0 || out.duplicated > 0 || out.divergent > 0 {
+    if out.lost > 0 || out.duplicated > 0 || out.divergent > 0 || out.commits_lost > 0 {
         return Err(format!("seed {seed}: {out:?}"));
     }
     Ok(out)
