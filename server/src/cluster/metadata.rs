@@ -98,6 +98,11 @@ impl Shard {
     }
 
     async fn apply_placement(self: &Rc<Self>, part: &Rc<Partition>, pl: &Placement) {
+        // A change of role waits for appends in progress (a follower's
+        // fetched batches, a produce request's), so a new leader's epoch
+        // starts after them and no produce check runs against a producer
+        // table a replicated append has not updated yet.
+        let _order = part.append_order().await;
         let t = part.repl.borrow().classify(pl);
         match t {
             Transition::Stale => return,

@@ -610,6 +610,15 @@ impl Partition {
         self.producers_dirty.set(true);
     }
 
+    /// The lock that orders appends to this partition's log: a produce
+    /// request's check of the producer table and its appends, a follower's
+    /// appends of a fetched response with their producer-table records,
+    /// and a change of role (where a new leader's epoch starts) each hold
+    /// it, so that none of them interleaves with another.
+    pub fn append_order(&self) -> levee_engine::fifo::Acquire<'_> {
+        self.append_order.lock()
+    }
+
     /// Follower: a batch copied from the leader was appended.
     pub fn note_replicated(&self, batch: &[u8]) {
         add(&self.bytes_since_snapshot, batch.len() as u64);

@@ -158,6 +158,11 @@ impl Shard {
             let data = levee_schemas::payload_slice(payload, fp.payload_offset, fp.payload_len)
                 .map_err(|e| e.to_string())?;
             let mut last = None;
+            // Appends of this response and their producer-table records
+            // go together: a produce request (should this replica become
+            // leader meanwhile) checks the table only before or after them,
+            // and a new leader's epoch starts after them.
+            let order = p.append_order().await;
             for b in split_batches(data) {
                 // The role may have changed while the fetch was out.
                 if p.role() != Role::Follower {
@@ -192,6 +197,7 @@ impl Shard {
                     }
                 }
             }
+            drop(order);
             if let Some(last) = last {
                 // Report only durable data under fsync=always.
                 if let Err(e) = p.log.wait_durable(last).await {
@@ -251,6 +257,11 @@ async fn reconcile(c: &mut PeerConn, p: &Partition) -> Result<bool, String> {
             to = cut,
             "truncating a suffix the leader does not have"
         );
+        let _order = p.append_order().await;
+        if p.role() != Role::Follower {
+            // Became leader meanwhile: its log is the reference now.
+            return Ok(false);
+        }
         p.log.truncate_to(cut).await.map_err(|e| e.to_string())?;
         p.repl.borrow_mut().truncated(cut);
         p.producers_truncated(cut);
