@@ -387,8 +387,44 @@ impl Groups {
         offsets: Vec<OffsetCommit>,
     ) -> OpResult<Vec<(String, u32, OpResult<()>)>> {
         g.check_alive()?;
-        let home = g.home.clone();
         g.machine.borrow().check_commit(member_id, generation)?;
+        self.write_offsets(g, topics, offsets).await
+    }
+
+    /// Whether `member_id` of `generation` is a member of the group (a
+    /// transactional offset commit says who sends it).
+    pub fn check_member(
+        &self,
+        name: &str,
+        index: u32,
+        member_id: &str,
+        generation: i32,
+    ) -> OpResult<()> {
+        let g = self.existing(name, index)?;
+        g.check_alive()?;
+        let r = g.machine.borrow().check_commit(member_id, generation);
+        r
+    }
+
+    /// Commits offsets a transaction committed (its members were checked
+    /// when the offsets were sent; the group may have rebalanced since).
+    pub async fn commit_txn(
+        &self,
+        g: &Rc<Group>,
+        topics: &dyn TopicLookup,
+        offsets: Vec<OffsetCommit>,
+    ) -> OpResult<Vec<(String, u32, OpResult<()>)>> {
+        g.check_alive()?;
+        self.write_offsets(g, topics, offsets).await
+    }
+
+    async fn write_offsets(
+        &self,
+        g: &Rc<Group>,
+        topics: &dyn TopicLookup,
+        offsets: Vec<OffsetCommit>,
+    ) -> OpResult<Vec<(String, u32, OpResult<()>)>> {
+        let home = g.home.clone();
         let ts = now_ms();
         let mut results = Vec::with_capacity(offsets.len());
         let mut changes: Vec<OffsetChange> = Vec::new();

@@ -221,6 +221,23 @@ pub async fn commit(
         .await
 }
 
+/// Commits the offsets a transaction committed (the transaction
+/// coordinator, completing it), creating the group if needed.
+pub async fn commit_txn_offsets(
+    shard: &Rc<Shard>,
+    group: String,
+    offsets: Vec<OffsetCommit>,
+) -> OpResult<()> {
+    let (index, owner) = route(shard, &group).await?;
+    shard
+        .submit_to(owner, move |s| async move {
+            s.groups.ready(index).await?;
+            let g = s.groups.open(&group, index)?;
+            s.groups.commit_txn(&g, &*s, offsets).await.map(|_| ())
+        })
+        .await
+}
+
 /// The group's committed offsets: all, or those of `wanted` (topic, and
 /// partitions or all of the topic's when empty).
 pub async fn fetch_offsets(

@@ -33,7 +33,8 @@ pub async fn list_offsets(ctx: &Ctx, req: ListOffsetsRequest) -> ListOffsetsResp
             }
         }
     }
-    let results = handlers::offsets::list_offsets(&ctx.shard, wanted).await;
+    let results =
+        handlers::offsets::list_offsets(&ctx.shard, wanted, req.isolation_level == 1).await;
     let mut topics: BTreeMap<String, Vec<ListOffsetsPartitionResponse>> = BTreeMap::new();
     for (topic, partition, res) in results {
         let mut r = ListOffsetsPartitionResponse::default();

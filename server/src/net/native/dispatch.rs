@@ -87,7 +87,7 @@ pub async fn process(
             let existing = (r.producer_id >= 0 && r.producer_epoch >= 0)
                 .then_some((r.producer_id, r.producer_epoch));
             let (error, message, producer_id, producer_epoch) =
-                match handlers::producers::init_producer_id(shard, None, existing).await {
+                match handlers::producers::init_producer_id(shard, existing).await {
                     Ok((pid, epoch)) => (ErrorCode::None, None, pid, epoch),
                     Err(e) => (e.code, Some(e.message), -1, -1),
                 };
@@ -186,7 +186,7 @@ pub async fn process(
                 .into_iter()
                 .map(|lp| (lp.topic, lp.partition, lp.spec))
                 .collect();
-            let out = handlers::offsets::list_offsets(shard, wanted)
+            let out = handlers::offsets::list_offsets(shard, wanted, false)
                 .await
                 .into_iter()
                 .map(|(topic, partition, res)| {
@@ -369,6 +369,7 @@ async fn fetch(shard: &Rc<Shard>, f: proto::Fetch) -> Processed {
         min_bytes: f.min_bytes as usize,
         max_bytes: (f.max_bytes as usize).min(frame_room),
         replica: (f.replica_id >= 0).then_some(f.replica_id as u64),
+        read_committed: false,
         partitions: parts
             .iter()
             .map(|fp| FetchPartition {
