@@ -576,9 +576,36 @@ async fn write_marker(
         })
         .await;
     match res {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            fault_crash_after_marker(marker.commit);
+            Ok(())
+        }
         Err(e) if e.code == ErrorCode::ProducerFenced => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+/// A test-only fault for the coordinator-crash test: with
+/// `LEVEE_FAULT_TXN_CRASH_AFTER_MARKERS=N` in the broker's environment,
+/// the process aborts (as a kill -9 would stop it) once it has written N
+/// commit markers, in the middle of a transaction's commit. Unset or 0:
+/// never.
+fn fault_crash_after_marker(commit: bool) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static AFTER: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static WRITTEN: AtomicU64 = AtomicU64::new(0);
+    let after = *AFTER.get_or_init(|| {
+        std::env::var("LEVEE_FAULT_TXN_CRASH_AFTER_MARKERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    });
+    if after == 0 || !commit {
+        return;
+    }
+    if WRITTEN.fetch_add(1, Ordering::SeqCst) + 1 >= after {
+        warn!("fault injection: stopping the broker in the middle of a commit (LEVEE_FAULT_TXN_CRASH_AFTER_MARKERS)");
+        std::process::abort();
     }
 }
 

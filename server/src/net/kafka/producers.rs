@@ -13,7 +13,10 @@ pub async fn init_producer_id(ctx: &Ctx, req: InitProducerIdRequest) -> InitProd
     let mut out = InitProducerIdResponse::default();
     out.producer_id = ProducerId(-1);
     out.producer_epoch = -1;
-    let existing = (ctx.version >= 3).then_some((req.producer_id.0, req.producer_epoch));
+    // KIP-360 (v3+): the id and epoch the producer has, -1 when none.
+    let existing = (ctx.version >= 3)
+        .then_some((req.producer_id.0, req.producer_epoch))
+        .filter(|&(pid, epoch)| pid >= 0 && epoch >= 0);
     let txn = req
         .transactional_id
         .map(|t| t.0.as_str().to_string())

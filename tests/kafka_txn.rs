@@ -1,0 +1,545 @@
+//! Kafka transactions (KIP-98) against a real `levee serve`, with
+//! librdkafka (the `rdkafka` crate) and confluent-kafka (Python):
+//!
+//! - committed transactions are seen by read_committed consumers, aborted
+//!   ones are not (read_uncommitted sees both), and an open transaction
+//!   holds read_committed consumers at its first offset (the LSO) until it
+//!   commits;
+//! - a second producer with the same transactional id fences the first:
+//!   the first's open transaction is aborted, and its commit fails;
+//! - consumer offsets committed in a transaction (send_offsets_to_transaction)
+//!   become the group's on commit and are dropped on abort;
+//! - consume-transform-produce (read A in a group, write B and C, commit the
+//!   offsets in the transaction) with the transformer process killed with
+//!   SIGKILL at seeded moments, `TXN_TRIALS` trials (3 by default): B and C
+//!   hold each input record's output exactly once, read_committed;
+//! - the broker (the transaction coordinator) killed in the middle of a
+//!   commit (a test-only fault): after the restart the transaction is
+//!   visible on every partition;
+//! - confluent-kafka (Python) commits and aborts transactions
+//!   (`tests/kafka/confluent_kafka_txn.py`).
+
+mod common;
+#[path = "common/kafka.rs"]
+mod kafka;
+
+use common::Broker;
+use kafka::*;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::producer::{BaseRecord, Producer as _};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(30);
+
+fn txn_config(boot: &str, id: &str) -> rdkafka::config::ClientConfig {
+    let mut c = base_config(boot);
+    c.set("transactional.id", id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("transaction.timeout.ms", "60000")
+        .set("message.timeout.ms", "30000");
+    c
+}
+
+fn txn_producer(boot: &str, id: &str) -> KProducer {
+    producer(id, &txn_config(boot, id))
+}
+
+/// Sends `n` records `{tag}-{i}` spread over `partitions` partitions.
+fn send_n(p: &KProducer, topic: &str, partitions: i32, tag: &str, n: usize) {
+    for i in 0..n {
+        let v = format!("{tag}-{i}");
+        let mut r: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
+            .partition(i as i32 % partitions)
+            .payload(v.as_bytes());
+        loop {
+            match p.send(r) {
+                Ok(()) => break,
+                Err((e, back)) => {
+                    assert!(
+                        matches!(
+                            e,
+                            rdkafka::error::KafkaError::MessageProduction(
+                                rdkafka::types::RDKafkaErrorCode::QueueFull
+                            )
+                        ),
+                        "send: {e}"
+                    );
+                    r = back;
+                    p.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        p.poll(Duration::ZERO);
+    }
+}
+
+/// A reader of every partition of `topic` from the start, at the given
+/// isolation level.
+fn reader(boot: &str, topic: &str, partitions: i32, committed: bool) -> KConsumer {
+    let mut cfg = reader_config(boot);
+    cfg.set(
+        "isolation.level",
+        if committed {
+            "read_committed"
+        } else {
+            "read_uncommitted"
+        },
+    );
+    let c = consumer(
+        if committed {
+            "read-committed"
+        } else {
+            "read-uncommitted"
+        },
+        &cfg,
+    );
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    c
+}
+
+fn values(msgs: &[Msg]) -> Vec<String> {
+    let mut v: Vec<String> = msgs
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.value.as_deref().unwrap_or_default()).into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn tagged(tag: &str, n: usize) -> Vec<String> {
+    let mut v: Vec<String> = (0..n).map(|i| format!("{tag}-{i}")).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn read_committed_sees_committed_transactions_only_and_stops_at_an_open_one() {
+    let b = Broker::start("kafka-txn-basic");
+    let boot = b.kafka.to_string();
+    create_topic(&b, "tx", 2);
+    let p = txn_producer(&boot, "basic");
+    p.init_transactions(T).expect("init_transactions");
+
+    p.begin_transaction().unwrap();
+    send_n(&p, "tx", 2, "c", 20);
+    p.commit_transaction(T).expect("commit");
+    p.begin_transaction().unwrap();
+    send_n(&p, "tx", 2, "a", 20);
+    p.flush(T).unwrap();
+    p.abort_transaction(T).expect("abort");
+    p.begin_transaction().unwrap();
+    send_n(&p, "tx", 2, "d", 10);
+    p.commit_transaction(T).expect("commit");
+
+    let rc = reader(&boot, "tx", 2, true);
+    let got = consume_n(&rc, 30, T);
+    let mut want = tagged("c", 20);
+    want.extend(tagged("d", 10));
+    want.sort();
+    assert_eq!(values(&got), want, "read_committed: the committed records");
+    assert!(
+        consume_for(&rc, Duration::from_secs(1)).is_empty(),
+        "read_committed delivered an aborted record"
+    );
+    // Per partition, in order.
+    for part in 0..2 {
+        let offs: Vec<i64> = got
+            .iter()
+            .filter(|m| m.partition == part)
+            .map(|m| m.offset)
+            .collect();
+        assert!(offs.windows(2).all(|w| w[0] < w[1]), "in order: {offs:?}");
+    }
+    let ru = reader(&boot, "tx", 2, false);
+    let all = consume_n(&ru, 50, T);
+    let mut want_all = want.clone();
+    want_all.extend(tagged("a", 20));
+    want_all.sort();
+    assert_eq!(values(&all), want_all, "read_uncommitted: every record");
+
+    // An open transaction: read_uncommitted sees its records at once,
+    // read_committed only once it commits.
+    p.begin_transaction().unwrap();
+    send_n(&p, "tx", 2, "o", 10);
+    p.flush(T).unwrap();
+    assert_eq!(values(&consume_n(&ru, 10, T)), tagged("o", 10));
+    assert!(
+        consume_for(&rc, Duration::from_secs(1)).is_empty(),
+        "read_committed passed an open transaction"
+    );
+    // Partition 0 holds 10 + 1 marker, 10 + 1, 5 + 1, then the open
+    // transaction's 5: read_committed's end (the LSO) stops before them.
+    let (_, lso) = rc.fetch_watermarks("tx", 0, T).expect("watermarks");
+    let (_, hw) = ru.fetch_watermarks("tx", 0, T).expect("watermarks");
+    assert_eq!((lso, hw), (28, 33), "(last stable offset, high watermark)");
+    p.commit_transaction(T).expect("commit");
+    assert_eq!(values(&consume_n(&rc, 10, T)), tagged("o", 10));
+}
+
+#[test]
+fn a_new_producer_with_the_same_transactional_id_fences_the_old_one() {
+    let b = Broker::start("kafka-txn-fence");
+    let boot = b.kafka.to_string();
+    create_topic(&b, "fence", 2);
+    let old = txn_producer(&boot, "fenced-id");
+    old.init_transactions(T).expect("init old");
+    old.begin_transaction().unwrap();
+    send_n(&old, "fence", 2, "zombie", 10);
+    old.flush(T).unwrap();
+
+    let new = txn_producer(&boot, "fenced-id");
+    new.init_transactions(T)
+        .expect("init new (aborts the old transaction)");
+    new.begin_transaction().unwrap();
+    send_n(&new, "fence", 2, "new", 10);
+    new.commit_transaction(T).expect("commit new");
+
+    // The zombie cannot commit (fenced), nor write more.
+    send_n(&old, "fence", 2, "zombie2", 4);
+    let res = old.commit_transaction(T);
+    let err = res.expect_err("the fenced producer committed");
+    eprintln!("the fenced producer's commit failed as it should: {err}");
+
+    let rc = reader(&boot, "fence", 2, true);
+    assert_eq!(values(&consume_n(&rc, 10, T)), tagged("new", 10));
+    assert!(
+        consume_for(&rc, Duration::from_secs(1)).is_empty(),
+        "read_committed delivered the zombie's records"
+    );
+}
+
+fn committed(c: &KConsumer, topic: &str, partitions: i32) -> BTreeMap<i32, Offset> {
+    let mut q = TopicPartitionList::new();
+    for p in 0..partitions {
+        q.add_partition(topic, p);
+    }
+    c.committed_offsets(q, T)
+        .expect("committed offsets")
+        .elements()
+        .iter()
+        .map(|e| (e.partition(), e.offset()))
+        .collect()
+}
+
+#[test]
+fn offsets_sent_to_a_transaction_are_committed_with_it_and_dropped_on_abort() {
+    let b = Broker::start("kafka-txn-offsets");
+    let boot = b.kafka.to_string();
+    create_topic(&b, "in", 2);
+    create_topic(&b, "out", 1);
+    let plain = producer("plain", &producer_config(&boot, "all", "none"));
+    send_n(&plain, "in", 2, "in", 10);
+    flush_all_delivered(&plain, 10);
+
+    let mut cfg = consumer_config(&boot, "eos");
+    cfg.set("isolation.level", "read_committed");
+    let c = consumer("eos-member", &cfg);
+    c.subscribe(&["in"]).unwrap();
+    assert_eq!(consume_n(&c, 10, T).len(), 10);
+
+    let p = txn_producer(&boot, "offsets-id");
+    p.init_transactions(T).unwrap();
+    p.begin_transaction().unwrap();
+    send_n(&p, "out", 1, "out", 10);
+    let pos = c.position().unwrap();
+    let cgm = c.group_metadata().expect("group metadata");
+    p.send_offsets_to_transaction(&pos, &cgm, T)
+        .expect("send_offsets_to_transaction");
+    p.commit_transaction(T).expect("commit");
+    let want: BTreeMap<i32, Offset> = (0..2).map(|p| (p, Offset::Offset(5))).collect();
+    assert_eq!(
+        committed(&c, "in", 2),
+        want,
+        "committed with the transaction"
+    );
+
+    // Aborted: the offsets stay where they were.
+    send_n(&plain, "in", 2, "more", 4);
+    flush_all_delivered(&plain, 14);
+    assert_eq!(consume_n(&c, 4, T).len(), 4);
+    p.begin_transaction().unwrap();
+    send_n(&p, "out", 1, "dropped", 4);
+    let pos = c.position().unwrap();
+    p.send_offsets_to_transaction(&pos, &cgm, T).unwrap();
+    p.flush(T).unwrap();
+    p.abort_transaction(T).expect("abort");
+    assert_eq!(committed(&c, "in", 2), want, "an abort commits no offset");
+    c.commit(&pos, CommitMode::Sync).ok();
+}
+
+#[test]
+fn a_coordinator_killed_in_the_middle_of_a_commit_completes_it_after_restart() {
+    let mut b = Broker::start_with_env(
+        "kafka-txn-crash",
+        &[],
+        &[("LEVEE_FAULT_TXN_CRASH_AFTER_MARKERS", "1")],
+    );
+    let boot = b.kafka.to_string();
+    create_topic(&b, "crash", 3);
+    let p = txn_producer(&boot, "crash-id");
+    p.init_transactions(T).unwrap();
+    p.begin_transaction().unwrap();
+    send_n(&p, "crash", 3, "all-or-none", 30);
+    p.flush(T).unwrap();
+    // The broker stops after the first of three markers.
+    let res = p.commit_transaction(Duration::from_secs(5));
+    eprintln!("commit while the broker crashed: {res:?}");
+    let until = Instant::now() + T;
+    while !b
+        .log_text()
+        .contains("fault injection: stopping the broker")
+    {
+        assert!(
+            Instant::now() < until,
+            "the fault did not fire:\n{}",
+            b.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    b.kill();
+    drop(p);
+    b.env.clear();
+    b.spawn();
+    // The coordinator finds the commit prepared and writes every marker.
+    let rc = reader(&boot, "crash", 3, true);
+    let got = consume_n(&rc, 30, T);
+    assert_eq!(values(&got), tagged("all-or-none", 30));
+    for part in 0..3 {
+        assert_eq!(
+            got.iter().filter(|m| m.partition == part).count(),
+            10,
+            "partition {part}"
+        );
+    }
+    assert!(consume_for(&rc, Duration::from_millis(500)).is_empty());
+}
+
+// ---------------------------------------------------------------------
+// Consume-transform-produce with the transformer killed (SIGKILL).
+
+const TRANSFORMER_ENV: &str = "LEVEE_TXN_TRANSFORMER";
+
+/// The transformer, in a process of its own: this test binary started
+/// again with `TRANSFORMER_ENV` set (`boot,input,group,txn id,B,C`). Reads
+/// the input in a group, and for each record writes `B:<value>` to B and
+/// `C:<value>` to C, committing the input offsets in the same
+/// transaction; exits on any error (its parent starts it again).
+#[test]
+fn transformer_process() {
+    let Ok(args) = std::env::var(TRANSFORMER_ENV) else {
+        return;
+    };
+    let a: Vec<&str> = args.split(',').collect();
+    let (boot, input, group, id, out_b, out_c) = (a[0], a[1], a[2], a[3], a[4], a[5]);
+    let p = txn_producer(boot, id);
+    p.init_transactions(T).expect("init_transactions");
+    let mut cfg = consumer_config(boot, group);
+    cfg.set("isolation.level", "read_committed")
+        .set("session.timeout.ms", "2000")
+        .set("heartbeat.interval.ms", "200");
+    let c = consumer("transformer", &cfg);
+    c.subscribe(&[input]).unwrap();
+    loop {
+        let mut batch = Vec::new();
+        let until = Instant::now() + Duration::from_millis(100);
+        while batch.len() < 10 && Instant::now() < until {
+            match c.poll(Duration::from_millis(20)) {
+                Some(Ok(m)) => batch.push(owned(&m)),
+                Some(Err(e)) => panic!("transformer consumer: {e}"),
+                None => {}
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        p.begin_transaction().expect("begin");
+        for m in &batch {
+            let v = String::from_utf8_lossy(m.value.as_deref().unwrap_or_default()).into_owned();
+            for (topic, tag) in [(out_b, "B"), (out_c, "C")] {
+                let out = format!("{tag}:{v}");
+                let r: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(out.as_bytes());
+                p.send(r).map_err(|(e, _)| e).expect("send");
+            }
+        }
+        let pos = c.position().expect("position");
+        let cgm = c.group_metadata().expect("group metadata");
+        p.send_offsets_to_transaction(&pos, &cgm, T)
+            .expect("send_offsets_to_transaction");
+        p.commit_transaction(T).expect("commit");
+    }
+}
+
+/// xorshift64*: the trials' seeded kill times.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+}
+
+fn spawn_transformer(args: &str, log: &std::path::Path) -> std::process::Child {
+    let err = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "transformer_process",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(TRANSFORMER_ENV, args)
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .expect("start the transformer")
+}
+
+/// Every value of `topic` (3 partitions? any number) read_committed, until
+/// `n` arrived or `within` passed.
+fn read_values(
+    boot: &str,
+    topic: &str,
+    partitions: i32,
+    n: usize,
+    within: Duration,
+) -> Vec<String> {
+    let rc = reader(boot, topic, partitions, true);
+    let mut got = consume_n(&rc, n, within);
+    got.extend(consume_for(&rc, Duration::from_millis(300)));
+    values(&got)
+}
+
+#[test]
+fn consume_transform_produce_survives_kill_9_of_the_transformer_exactly_once() {
+    let trials: u64 = std::env::var("TXN_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let b = Broker::start("kafka-txn-ctp");
+    let boot = b.kafka.to_string();
+    let records = 1000usize;
+    for trial in 0..trials {
+        let seed = 0x5eed_0000 + trial;
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let (a, bt, ct) = (
+            format!("a{trial}"),
+            format!("b{trial}"),
+            format!("c{trial}"),
+        );
+        create_topic(&b, &a, 3);
+        create_topic(&b, &bt, 2);
+        create_topic(&b, &ct, 1);
+        let plain = producer("input", &producer_config(&boot, "all", "none"));
+        send_n(&plain, &a, 3, "r", records);
+        flush_all_delivered(&plain, records);
+        let args = format!("{boot},{a},ctp{trial},transformer{trial},{bt},{ct}");
+        let log = b
+            .data_dir()
+            .with_extension(format!("transformer{trial}.log"));
+        // Each transformer is killed once the outputs reach a point of the
+        // input (so that kills land in the middle of the work), plus a
+        // seeded delay that puts it anywhere in a transaction.
+        let kills = rng.range(2, 5) as usize;
+        let progress = reader(&boot, &bt, 2, true);
+        let mut seen = 0usize;
+        for k in 0..kills {
+            let mut child = spawn_transformer(&args, &log);
+            let target = records * (k + 1) / (kills + 1);
+            let until = Instant::now() + Duration::from_secs(60);
+            while seen < target && Instant::now() < until {
+                seen += consume_n(&progress, target - seen, Duration::from_millis(200)).len();
+            }
+            let ms = rng.range(0, 300);
+            std::thread::sleep(Duration::from_millis(ms));
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            eprintln!(
+                "trial {trial} (seed {seed:#x}): killed the transformer {ms} ms after {seen} of {records} outputs ({}/{kills})",
+                k + 1
+            );
+        }
+        // A last transformer finishes the input.
+        let mut child = spawn_transformer(&args, &log);
+        let until = Instant::now() + Duration::from_secs(90);
+        let mut got_b = Vec::new();
+        while Instant::now() < until {
+            got_b = read_values(&boot, &bt, 2, records, Duration::from_secs(3));
+            if got_b.len() >= records {
+                break;
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let got_c = read_values(&boot, &ct, 1, records, Duration::from_secs(10));
+        let want = |tag: &str| {
+            let mut v: Vec<String> = (0..records).map(|i| format!("{tag}:r-{i}")).collect();
+            v.sort();
+            v
+        };
+        let replay = format!(
+            "replay: TXN_TRIALS={} cargo test -p levee-cli --test kafka_txn consume_transform (seed {seed:#x}); transformer log {}",
+            trial + 1,
+            log.display()
+        );
+        assert_eq!(
+            got_b,
+            want("B"),
+            "trial {trial}: B holds each output once; {replay}"
+        );
+        assert_eq!(
+            got_c,
+            want("C"),
+            "trial {trial}: C holds each output once; {replay}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------
+
+#[test]
+fn confluent_kafka_python_transactions() {
+    let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    if !need_tool(
+        "confluent-kafka (Python)",
+        &[&py, "-c", "import confluent_kafka"],
+    ) {
+        return;
+    }
+    let b = Broker::start("kafka-txn-python");
+    create_topic(&b, "pytxn", 2);
+    let script = repo_root().join("tests/kafka/confluent_kafka_txn.py");
+    let out = Command::new(&py)
+        .arg(&script)
+        .arg(b.kafka.to_string())
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{}:\n{}\n{}\nbroker log:\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        b.log_text()
+    );
+}
