@@ -515,6 +515,105 @@ fn consume_transform_produce_survives_kill_9_of_the_transformer_exactly_once() {
     }
 }
 
+fn metric(admin: std::net::SocketAddr, family: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.lines()
+        .filter(|l| l.starts_with(family) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn levee_txn_list_and_describe_show_an_open_transaction_and_the_metric_its_age() {
+    let b = Broker::start("kafka-txn-cli");
+    let boot = b.kafka.to_string();
+    create_topic(&b, "shown", 3);
+    let p = txn_producer(&boot, "shown-id");
+    p.init_transactions(T).unwrap();
+    p.begin_transaction().unwrap();
+    send_n(&p, "shown", 3, "x", 6);
+    p.flush(T).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+
+    let (ok, out, err) = common::levee(&b.bootstrap(), &["txn", "list", "--open"], None);
+    assert!(ok, "levee txn list: {err}");
+    let out = String::from_utf8(out).unwrap();
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("shown-id\t"))
+        .unwrap_or_else(|| panic!("no shown-id in:\n{out}"));
+    let f: Vec<&str> = line.split('\t').collect();
+    assert_eq!(f[1], "Ongoing", "{line}");
+    assert!(f[4].parse::<i64>().unwrap() >= 1000, "age: {line}");
+    assert_eq!(f[5], "3", "partitions: {line}");
+
+    let (ok, out, err) = common::levee(&b.bootstrap(), &["txn", "describe", "shown-id"], None);
+    assert!(ok, "levee txn describe: {err}");
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.contains("state: Ongoing"), "{out}");
+    for part in 0..3 {
+        assert!(out.contains(&format!("  shown\t{part}")), "{out}");
+    }
+    assert!(metric(b.admin, "levee_transaction_oldest_open_age_seconds") >= 1.0);
+    assert_eq!(metric(b.admin, "levee_transactions_open"), 1.0);
+
+    p.commit_transaction(T).unwrap();
+    let (ok, out, _) = common::levee(&b.bootstrap(), &["txn", "describe", "shown-id"], None);
+    assert!(ok);
+    assert!(String::from_utf8(out)
+        .unwrap()
+        .contains("state: CompleteCommit"));
+    assert_eq!(
+        metric(b.admin, "levee_transaction_oldest_open_age_seconds"),
+        0.0
+    );
+    let (ok, _, err) = common::levee(&b.bootstrap(), &["txn", "describe", "nobody"], None);
+    assert!(!ok && err.contains("transactional_id_not_found"), "{err}");
+}
+
+#[test]
+fn a_transaction_past_its_timeout_is_aborted_and_its_producer_fenced() {
+    let b = Broker::start("kafka-txn-timeout");
+    let boot = b.kafka.to_string();
+    create_topic(&b, "slow", 1);
+    let mut cfg = txn_config(&boot, "slow-id");
+    cfg.set("transaction.timeout.ms", "2000")
+        .set("message.timeout.ms", "2000")
+        .set("socket.timeout.ms", "2000");
+    let p = producer("slow-id", &cfg);
+    p.init_transactions(T).unwrap();
+    p.begin_transaction().unwrap();
+    send_n(&p, "slow", 1, "late", 5);
+    p.flush(T).unwrap();
+    let rc = reader(&boot, "slow", 1, true);
+    assert!(consume_for(&rc, Duration::from_secs(1)).is_empty());
+    // The coordinator aborts it: read_committed moves past it, seeing
+    // nothing of it.
+    let ru = reader(&boot, "slow", 1, false);
+    assert_eq!(consume_n(&ru, 5, T).len(), 5);
+    let until = Instant::now() + T;
+    loop {
+        let (_, lso) = rc.fetch_watermarks("slow", 0, T).unwrap();
+        if lso == 6 {
+            break; // 5 records and the abort marker
+        }
+        assert!(
+            Instant::now() < until,
+            "the timed-out transaction was not aborted (LSO {lso})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(consume_for(&rc, Duration::from_secs(1)).is_empty());
+    assert!(
+        p.commit_transaction(T).is_err(),
+        "a timed-out transaction committed"
+    );
+}
+
 // ---------------------------------------------------------------------
 
 #[test]

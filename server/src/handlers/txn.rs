@@ -650,20 +650,6 @@ pub async fn describe(shard: &Rc<Shard>, id: String) -> OpResult<TxnSummary> {
         .await
 }
 
-/// The age of the oldest open transaction this shard coordinates, ms.
-pub fn oldest_open_age_ms(shard: &Shard) -> i64 {
-    let now = now_ms();
-    shard
-        .txns
-        .homes()
-        .iter()
-        .flat_map(|h| h.states())
-        .filter(|(_, m)| m.state == TxnState::Ongoing || m.state.is_prepare())
-        .map(|(_, m)| now.saturating_sub(m.started_ms))
-        .max()
-        .unwrap_or(0)
-}
-
 /// Per shard, every 200 ms or when a coordinator loads: finishes
 /// transactions found in a Prepare state, aborts open ones past their
 /// timeout, forgets ids idle past `transactional_id_expiration_ms`, and

@@ -366,6 +366,16 @@ impl Shard {
                 &shard,
                 m.forwarded.get() as f64,
             ),
+            (
+                "levee_transactions_open",
+                &shard,
+                self.txns.open_count() as f64,
+            ),
+            (
+                "levee_transaction_oldest_open_age_seconds",
+                &shard,
+                self.txns.oldest_open_age_ms(crate::txn::now_ms()) as f64 / 1000.0,
+            ),
         ] {
             out.push(Sample::Value {
                 family,

@@ -389,4 +389,22 @@ impl Txns {
     pub fn open_count(&self) -> usize {
         self.homes.borrow().values().map(|h| h.open_count()).sum()
     }
+
+    /// The age of the oldest transaction open or completing on this
+    /// shard, ms (0: none).
+    pub fn oldest_open_age_ms(&self, now_ms: i64) -> i64 {
+        self.homes
+            .borrow()
+            .values()
+            .flat_map(|h| {
+                h.states
+                    .borrow()
+                    .values()
+                    .filter(|m| m.state == TxnState::Ongoing || m.state.is_prepare())
+                    .map(|m| now_ms.saturating_sub(m.started_ms))
+                    .max()
+            })
+            .max()
+            .unwrap_or(0)
+    }
 }

@@ -98,6 +98,18 @@ pub async fn process(
                 producer_epoch,
             }))
         }
+        Request::ListTransactions(l) => {
+            let wanted = l.transactional_id.filter(|t| !t.is_empty());
+            let transactions = handlers::txn::list(shard)
+                .await?
+                .into_iter()
+                .filter(|t| wanted.as_ref().is_none_or(|w| *w == t.transactional_id))
+                .map(transaction_info)
+                .collect();
+            Response::ListTransactionsResponse(Box::new(proto::ListTransactionsResponse {
+                transactions: Some(transactions),
+            }))
+        }
         Request::AlterTopic(a) => {
             let changes = a
                 .configs
@@ -613,4 +625,30 @@ async fn join(shard: &Rc<Shard>, j: proto::JoinGroup, peer: &str) -> Response {
             heartbeat_interval_ms: 0,
         },
     }))
+}
+
+/// A transaction as the native protocol lists it.
+fn transaction_info(t: handlers::txn::TxnSummary) -> proto::TransactionInfo {
+    let mut by_topic: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+    for (topic, p) in t.partitions {
+        by_topic.entry(topic).or_default().push(p);
+    }
+    proto::TransactionInfo {
+        transactional_id: Some(t.transactional_id),
+        producer_id: t.producer_id,
+        epoch: t.epoch,
+        state: Some(t.state.to_string()),
+        timeout_ms: t.timeout_ms,
+        age_ms: t.age_ms,
+        partitions: Some(
+            by_topic
+                .into_iter()
+                .map(|(topic, partitions)| proto::TopicPartitions {
+                    topic,
+                    partitions: Some(partitions),
+                })
+                .collect(),
+        ),
+        groups: Some(t.groups),
+    }
 }
