@@ -615,6 +615,150 @@ fn a_transaction_past_its_timeout_is_aborted_and_its_producer_fenced() {
 }
 
 // ---------------------------------------------------------------------
+// A three-node cluster.
+
+fn cluster(name: &str) -> Vec<Broker> {
+    let (nodes, _) = common::start_three_nodes(
+        name,
+        "broker_lease_ms = 1500\nheartbeat_interval_ms = 250\nreplica_lag_time_max_ms = 3000\n",
+    );
+    let native = nodes
+        .iter()
+        .map(|n| n.bootstrap())
+        .collect::<Vec<_>>()
+        .join(",");
+    let until = Instant::now() + T;
+    loop {
+        let (ok, out, err) = common::levee(&native, &["cluster", "status"], None);
+        let st = String::from_utf8_lossy(&out);
+        if ok && st.contains("leader: node") && st.matches("live").count() >= 3 {
+            return nodes;
+        }
+        assert!(Instant::now() < until, "cluster did not form: {st}{err}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn create_replicated(nodes: &[Broker], topic: &str, partitions: u32) {
+    let live: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.child.is_some())
+        .map(|n| n.bootstrap())
+        .collect();
+    let (ok, out, err) = common::levee(
+        &live.join(","),
+        &[
+            "topic",
+            "create",
+            topic,
+            "--partitions",
+            &partitions.to_string(),
+            "--replication-factor",
+            "3",
+        ],
+        None,
+    );
+    assert!(ok, "topic create: {err}{}", String::from_utf8_lossy(&out));
+}
+
+/// The leaders of every partition of `topic`, once all have one.
+fn leaders(c: &KConsumer, topic: &str, partitions: usize) -> Vec<i32> {
+    let until = Instant::now() + T;
+    loop {
+        let (_, parts) = metadata(c, Some(topic));
+        if parts.len() == partitions && parts.iter().all(|p| p.error.is_none() && p.leader > 0) {
+            let mut by_id: Vec<(i32, i32)> = parts.iter().map(|p| (p.id, p.leader)).collect();
+            by_id.sort();
+            return by_id.into_iter().map(|(_, l)| l).collect();
+        }
+        assert!(Instant::now() < until, "{topic} has no leaders: {parts:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn transactions_on_a_cluster_span_every_node_and_survive_a_coordinator_kill() {
+    let mut nodes = cluster("kafka-txn-cluster");
+    let boot = nodes
+        .iter()
+        .map(|n| n.kafka.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    create_replicated(&nodes, "ct", 6);
+    create_replicated(&nodes, "cin", 3);
+    let probe = consumer("probe", &reader_config(&boot));
+    let led = leaders(&probe, "ct", 6);
+    let distinct: std::collections::BTreeSet<i32> = led.iter().copied().collect();
+    assert!(
+        distinct.len() >= 2,
+        "partitions led by one node only: {led:?}"
+    );
+
+    let p = txn_producer(&boot, "cluster-id");
+    p.init_transactions(T).expect("init_transactions");
+    p.begin_transaction().unwrap();
+    send_n(&p, "ct", 6, "k", 60);
+    p.commit_transaction(T).expect("commit");
+    p.begin_transaction().unwrap();
+    send_n(&p, "ct", 6, "ab", 60);
+    p.flush(T).unwrap();
+    p.abort_transaction(T).expect("abort");
+
+    // Offsets of a group in a transaction (the group's coordinator may be
+    // another node than the transaction's).
+    let plain = producer("plain", &producer_config(&boot, "all", "none"));
+    send_n(&plain, "cin", 3, "in", 30);
+    flush_all_delivered(&plain, 30);
+    let mut cfg = consumer_config(&boot, "cluster-eos");
+    cfg.set("isolation.level", "read_committed");
+    let c = consumer("cluster-eos", &cfg);
+    c.subscribe(&["cin"]).unwrap();
+    assert_eq!(consume_n(&c, 30, T).len(), 30);
+    p.begin_transaction().unwrap();
+    send_n(&p, "ct", 6, "o", 6);
+    let pos = c.position().unwrap();
+    let cgm = c.group_metadata().unwrap();
+    p.send_offsets_to_transaction(&pos, &cgm, T)
+        .expect("send offsets");
+    p.commit_transaction(T).expect("commit with offsets");
+    let want: BTreeMap<i32, Offset> = (0..3).map(|p| (p, Offset::Offset(10))).collect();
+    assert_eq!(committed(&c, "cin", 3), want);
+
+    let rc = reader(&boot, "ct", 6, true);
+    let mut want = tagged("k", 60);
+    want.extend(tagged("o", 6));
+    want.sort();
+    assert_eq!(values(&consume_n(&rc, 66, T)), want);
+    assert!(consume_for(&rc, Duration::from_secs(1)).is_empty());
+
+    // Kill -9 the transaction coordinator's node: a new producer with the
+    // same id goes on with the next coordinator.
+    let (_, tparts) = metadata(&probe, Some(levee_core::TXN_TOPIC));
+    let index = levee_core::group_partition("cluster-id", tparts.len() as u32) as i32;
+    let coord = tparts.iter().find(|t| t.id == index).unwrap().leader;
+    eprintln!("killing node {coord}, the coordinator of cluster-id");
+    drop(p);
+    nodes[(coord - 1) as usize].kill();
+    let boot_live = nodes
+        .iter()
+        .filter(|n| n.child.is_some())
+        .map(|n| n.kafka.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let p2 = txn_producer(&boot_live, "cluster-id");
+    p2.init_transactions(Duration::from_secs(60))
+        .expect("init_transactions after the coordinator's kill");
+    p2.begin_transaction().unwrap();
+    send_n(&p2, "ct", 6, "after", 12);
+    p2.commit_transaction(Duration::from_secs(60))
+        .expect("commit after the kill");
+    let rc2 = reader(&boot_live, "ct", 6, true);
+    want.extend(tagged("after", 12));
+    want.sort();
+    assert_eq!(values(&consume_n(&rc2, 78, Duration::from_secs(60))), want);
+}
+
+// ---------------------------------------------------------------------
 
 #[test]
 fn confluent_kafka_python_transactions() {

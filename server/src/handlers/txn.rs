@@ -12,18 +12,22 @@
 use crate::error::{OpError, OpResult};
 use crate::groups::OffsetCommit;
 use crate::partition::txns::Marker;
+use crate::replication::follower::PeerConn;
 use crate::shard::{Shard, REGISTRY_SHARD};
 use crate::topics::TopicMeta;
-use crate::txn::state::{self, EndOutcome, InitOutcome, TxnMeta, TxnState};
+use crate::txn::state::{self, EndOutcome, InitOutcome, TxnMeta, TxnOffset, TxnState};
 use crate::txn::{now_ms, txn_error, TxnHome};
 use levee_core::{group_partition, TXN_TOPIC};
-use levee_schemas::proto::ErrorCode;
+use levee_schemas::proto::{self, ErrorCode, Request, Response};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 /// How long a marker write may wait for its replication.
 const MARKER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an internal request to another node may take beyond its own
+/// write (connecting, queueing).
+const WRITE_WAIT: Duration = Duration::from_secs(10);
 /// How long EndTxn (and InitProducerId aborting an old transaction) waits
 /// for the markers before answering (the transaction completes anyway).
 const SETTLE_WAIT: Duration = Duration::from_secs(20);
@@ -371,8 +375,46 @@ pub async fn txn_offset_commit(
             Err(e) => results.push((o.topic, o.partition, Err(e))),
         }
     }
+    // The transaction's coordinator keeps them: here, or another node.
+    ensure_txn_topic(shard).await?;
+    let (_, node) = coordinator(shard, &id)?;
+    if node == shard.cfg.node_id {
+        add_txn_offsets(shard, id, group, pid, epoch, good.clone()).await?;
+    } else {
+        let offsets = good
+            .iter()
+            .map(|((t, p), (o, md))| proto::CommittedOffset {
+                topic: t.clone(),
+                partition: *p,
+                offset: *o,
+                metadata: Some(md.clone()),
+                commit_timestamp_ms: 0,
+            })
+            .collect();
+        let req = Request::AddTxnOffsets(Box::new(proto::AddTxnOffsets {
+            transactional_id: id,
+            group,
+            producer_id: pid,
+            producer_epoch: epoch,
+            offsets: Some(offsets),
+        }));
+        call_node(shard, node, req, WRITE_WAIT).await?;
+    }
+    results.extend(good.into_iter().map(|((t, p), _)| (t, p, Ok(()))));
+    Ok(results)
+}
+
+/// Adds offsets of `group` to the open transaction of `id`, at its
+/// coordinator (this node; else NOT_COORDINATOR).
+pub async fn add_txn_offsets(
+    shard: &Rc<Shard>,
+    id: String,
+    group: String,
+    pid: i64,
+    epoch: i16,
+    offsets: Vec<TxnOffset>,
+) -> OpResult<()> {
     let (index, owner) = route(shard, &id).await?;
-    let added = good.clone();
     shard
         .submit_to(owner, move |s| async move {
             let home = s.txns.ready(index).await?;
@@ -387,16 +429,49 @@ pub async fn txn_offset_commit(
                         &id,
                     ));
                 };
-                state::txn_offsets(m, pid, epoch, &group, &added, max)
+                state::txn_offsets(m, pid, epoch, &group, &offsets, max)
                     .map(Some)
                     .map_err(|e| txn_error(e, &id))
             })
             .await
             .map(|_| ())
         })
-        .await?;
-    results.extend(good.into_iter().map(|((t, p), _)| (t, p, Ok(()))));
-    Ok(results)
+        .await
+}
+
+/// Sends an internal request to node `node` (its client listener) and
+/// waits for its GroupResult.
+async fn call_node(shard: &Shard, node: u32, req: Request, wait: Duration) -> OpResult<()> {
+    let unavailable = |m: String| OpError::new(ErrorCode::CoordinatorUnavailable, m);
+    let addr = shard
+        .cluster
+        .as_ref()
+        .and_then(|v| v.metadata())
+        .and_then(|md| {
+            md.brokers
+                .get(&u64::from(node))
+                .map(|b| b.client_addr.clone())
+        })
+        .ok_or_else(|| unavailable(format!("node {node} has no address in the metadata")))?;
+    let me = u64::from(shard.cfg.node_id);
+    let mut conn = PeerConn::connect(&addr, me, shard.cfg.max_frame_bytes as usize)
+        .await
+        .map_err(|e| unavailable(format!("connecting to node {node} ({addr}): {e}")))?;
+    let (h, _, _) = conn
+        .call(req, wait)
+        .await
+        .map_err(|e| unavailable(format!("a request to node {node} ({addr}) failed: {e}")))?;
+    if h.error != ErrorCode::None {
+        return Err(OpError::new(h.error, h.message.unwrap_or_default()));
+    }
+    match h.response {
+        Some(Response::GroupResult(r)) if r.error == ErrorCode::None => Ok(()),
+        Some(Response::GroupResult(r)) => Err(OpError::new(r.error, r.message.unwrap_or_default())),
+        _ => Err(OpError::new(
+            ErrorCode::Unknown,
+            format!("node {node} answered an internal transaction request with something else than a GroupResult"),
+        )),
+    }
 }
 
 /// EndTxn: commits or aborts the open transaction; answers once the
@@ -539,7 +614,7 @@ async fn finish(s: &Rc<Shard>, home: &Rc<TxnHome>, id: &str, m: &TxnMeta) -> OpR
                     metadata: md.clone(),
                 })
                 .collect();
-            super::groups::commit_txn_offsets(s, group.clone(), offsets).await?;
+            commit_group_offsets(s, group.clone(), offsets).await?;
         }
     }
     let want = (m.producer_id, m.epoch, m.state);
@@ -551,8 +626,37 @@ async fn finish(s: &Rc<Shard>, home: &Rc<TxnHome>, id: &str, m: &TxnMeta) -> OpR
     Ok(())
 }
 
-/// Writes one marker on the partition's leader. A partition deleted
-/// since, or already past this epoch, needs none.
+/// Commits a committed transaction's offsets to the group, at its
+/// coordinator (this node or another).
+async fn commit_group_offsets(
+    s: &Rc<Shard>,
+    group: String,
+    offsets: Vec<OffsetCommit>,
+) -> OpResult<()> {
+    super::groups::ensure_offsets_topic(s).await?;
+    let (_, node) = super::groups::coordinator(s, &group)?;
+    if node == s.cfg.node_id {
+        return super::groups::commit_txn_offsets(s, group, offsets).await;
+    }
+    let offsets = offsets
+        .into_iter()
+        .map(|o| proto::CommittedOffset {
+            topic: o.topic,
+            partition: o.partition,
+            offset: o.offset,
+            metadata: Some(o.metadata),
+            commit_timestamp_ms: 0,
+        })
+        .collect();
+    let req = Request::CommitTxnOffsets(Box::new(proto::CommitTxnOffsets {
+        group,
+        offsets: Some(offsets),
+    }));
+    call_node(s, node, req, WRITE_WAIT).await
+}
+
+/// Writes one marker on the partition's leader (this node or another). A
+/// partition deleted since, or already past this epoch, needs none.
 async fn write_marker(
     s: Rc<Shard>,
     topic: String,
@@ -567,22 +671,56 @@ async fn write_marker(
         }
         return Err(e);
     }
-    let owner = s.owner(&topic, partition);
-    let res = s
-        .submit_to(owner, move |s| async move {
-            s.partition(&topic, partition)?
-                .write_marker(pid, epoch, marker, MARKER_TIMEOUT)
-                .await
-        })
-        .await;
+    let leader = s.cluster.as_ref().map(|v| {
+        v.metadata()
+            .and_then(|md| md.partition(&topic, partition).and_then(|p| p.leader))
+    });
+    let res = match leader {
+        Some(None) => Err(OpError::new(
+            ErrorCode::NotLeader,
+            format!("partition {partition} of `{topic}` has no leader now"),
+        )),
+        Some(Some(node)) if node != u64::from(s.cfg.node_id) => {
+            let req = Request::WriteTxnMarker(Box::new(proto::WriteTxnMarker {
+                topic,
+                partition,
+                producer_id: pid,
+                producer_epoch: epoch,
+                commit: marker.commit,
+                coordinator_epoch: marker.coordinator_epoch,
+            }));
+            call_node(&s, node as u32, req, MARKER_TIMEOUT + WRITE_WAIT).await
+        }
+        _ => write_marker_here(&s, topic, partition, pid, epoch, marker).await,
+    };
     match res {
-        Ok(_) => {
+        Ok(()) => {
             fault_crash_after_marker(marker.commit);
             Ok(())
         }
         Err(e) if e.code == ErrorCode::ProducerFenced => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Writes a marker on a partition this node leads.
+pub async fn write_marker_here(
+    s: &Rc<Shard>,
+    topic: String,
+    partition: u32,
+    pid: i64,
+    epoch: i16,
+    marker: Marker,
+) -> OpResult<()> {
+    s.check_partition(&topic, partition)?;
+    let owner = s.owner(&topic, partition);
+    s.submit_to(owner, move |s| async move {
+        s.partition(&topic, partition)?
+            .write_marker(pid, epoch, marker, MARKER_TIMEOUT)
+            .await
+            .map(drop)
+    })
+    .await
 }
 
 /// A test-only fault for the coordinator-crash test: with

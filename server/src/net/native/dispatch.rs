@@ -98,6 +98,60 @@ pub async fn process(
                 producer_epoch,
             }))
         }
+        Request::WriteTxnMarker(w) => {
+            let marker = crate::partition::txns::Marker {
+                commit: w.commit,
+                coordinator_epoch: w.coordinator_epoch,
+            };
+            let res = handlers::txn::write_marker_here(
+                shard,
+                w.topic,
+                w.partition,
+                w.producer_id,
+                w.producer_epoch,
+                marker,
+            )
+            .await;
+            group_result(None, res)
+        }
+        Request::CommitTxnOffsets(c) => {
+            let offsets = c
+                .offsets
+                .unwrap_or_default()
+                .into_iter()
+                .map(|o| OffsetCommit {
+                    topic: o.topic,
+                    partition: o.partition,
+                    offset: o.offset,
+                    metadata: o.metadata.unwrap_or_default(),
+                })
+                .collect();
+            let res = handlers::groups::commit_txn_offsets(shard, c.group.clone(), offsets).await;
+            group_result(Some(c.group), res)
+        }
+        Request::AddTxnOffsets(a) => {
+            let offsets = a
+                .offsets
+                .unwrap_or_default()
+                .into_iter()
+                .map(|o| {
+                    (
+                        (o.topic, o.partition),
+                        (o.offset, o.metadata.unwrap_or_default()),
+                    )
+                })
+                .collect();
+            let res = handlers::txn::add_txn_offsets(
+                shard,
+                a.transactional_id,
+                a.group.clone(),
+                a.producer_id,
+                a.producer_epoch,
+                offsets,
+            )
+            .await;
+            group_result(Some(a.group), res)
+        }
         Request::ListTransactions(l) => {
             let wanted = l.transactional_id.filter(|t| !t.is_empty());
             let transactions = handlers::txn::list(shard)
@@ -651,4 +705,17 @@ fn transaction_info(t: handlers::txn::TxnSummary) -> proto::TransactionInfo {
         ),
         groups: Some(t.groups),
     }
+}
+
+/// An internal request's outcome.
+fn group_result(group: Option<String>, res: crate::error::OpResult<()>) -> Response {
+    let (error, message) = match res {
+        Ok(()) => (ErrorCode::None, None),
+        Err(e) => (e.code, Some(e.message)),
+    };
+    Response::GroupResult(Box::new(proto::GroupResult {
+        group,
+        error,
+        message,
+    }))
 }
