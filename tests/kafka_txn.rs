@@ -186,6 +186,67 @@ fn read_committed_sees_committed_transactions_only_and_stops_at_an_open_one() {
     assert_eq!(values(&consume_n(&rc, 10, T)), tagged("o", 10));
 }
 
+/// `levee consume` (the native consumer) of every partition of `topic`
+/// from the start: the values, sorted.
+fn native_values(b: &Broker, topic: &str, committed: bool) -> Vec<String> {
+    let mut args = vec![
+        "consume",
+        topic,
+        "--from",
+        "earliest",
+        "--timeout-ms",
+        "1500",
+    ];
+    if committed {
+        args.push("--read-committed");
+    }
+    let (ok, out, err) = common::levee(&b.bootstrap(), &args, None);
+    assert!(ok, "levee consume: {err}");
+    let mut v: Vec<String> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn native_consumers_read_committed_too() {
+    let b = Broker::start("kafka-txn-native");
+    let boot = b.kafka.to_string();
+    create_topic(&b, "nt", 2);
+    let p = txn_producer(&boot, "native-id");
+    p.init_transactions(T).unwrap();
+    p.begin_transaction().unwrap();
+    send_n(&p, "nt", 2, "c", 10);
+    p.commit_transaction(T).unwrap();
+    p.begin_transaction().unwrap();
+    send_n(&p, "nt", 2, "a", 10);
+    p.flush(T).unwrap();
+    p.abort_transaction(T).unwrap();
+    p.begin_transaction().unwrap();
+    send_n(&p, "nt", 2, "d", 6);
+    p.commit_transaction(T).unwrap();
+    p.begin_transaction().unwrap();
+    send_n(&p, "nt", 2, "o", 4);
+    p.flush(T).unwrap();
+
+    let mut committed = tagged("c", 10);
+    committed.extend(tagged("d", 6));
+    committed.sort();
+    assert_eq!(native_values(&b, "nt", true), committed, "read_committed");
+    let mut all = committed.clone();
+    all.extend(tagged("a", 10));
+    all.extend(tagged("o", 4));
+    all.sort();
+    assert_eq!(native_values(&b, "nt", false), all, "read_uncommitted");
+    p.commit_transaction(T).unwrap();
+    committed.extend(tagged("o", 4));
+    committed.sort();
+    assert_eq!(native_values(&b, "nt", true), committed, "after the commit");
+}
+
 #[test]
 fn a_new_producer_with_the_same_transactional_id_fences_the_old_one() {
     let b = Broker::start("kafka-txn-fence");

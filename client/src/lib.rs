@@ -29,9 +29,9 @@ pub mod remote;
 pub mod txn;
 
 pub use client::{
-    Client, ClientConfig, ClusterMetadata, ClusterStatus, FetchRequestPartition, FetchedPartition,
-    InFlightProduce, OffsetSpec, PartitionInfo, ProduceOutcome, ProducedPartition, TopicChanges,
-    TopicInfo, TopicSettings, NO_LEADER,
+    AbortedTxn, Client, ClientConfig, ClusterMetadata, ClusterStatus, FetchRequestPartition,
+    FetchedPartition, InFlightProduce, OffsetSpec, PartitionInfo, ProduceOutcome,
+    ProducedPartition, TopicChanges, TopicInfo, TopicSettings, NO_LEADER,
 };
 pub use codec::{murmur2, partition_for_key};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartPosition};

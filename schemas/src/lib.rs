@@ -243,6 +243,7 @@ mod tests {
                     leader_epoch: -1,
                 }]),
                 replica_id: -1,
+                isolation_level: 0,
             })),
         };
         let frame = request_frame(&header, b"payload");

@@ -64,6 +64,7 @@ SELECTED="
 0122_buffer_cleaning_after_rebalance 0123_connections_max_idle 0125_immediate_flush
 0127_fetch_queue_backoff 0130_store_offsets 0132_strategy_ordering
 0137_barrier_batch_consume 0140_commit_metadata 0153_memberid
+0098_consumer_txn 0103_transactions
 "
 # Tests that skip themselves in quick mode: run in full.
 NOT_QUICK="0082_fetch_max_bytes"
@@ -71,7 +72,8 @@ NOT_QUICK="0082_fetch_max_bytes"
 # topics on Metadata or Produce.
 # Tests that create topics with replication factor 3 (librdkafka's
 # scenarios are 3-broker clusters): run against a 3-node Levee cluster.
-CLUSTER="0107_topic_recreate 0111_delay_create_topics"
+CLUSTER="0107_topic_recreate 0111_delay_create_topics 0098_consumer_txn
+0103_transactions"
 NOAUTOCREATE="0045_subscribe_update_topic_remove
 0045_subscribe_update_non_exist_and_partchange 0107_topic_recreate
 0111_delay_create_topics"

@@ -132,6 +132,7 @@ impl Shard {
                     .collect(),
             ),
             replica_id: me as i64,
+            isolation_level: 0,
         }));
         let (h, body, start) = c.call(req, Duration::from_secs(5)).await?;
         // The batches are appended as shared slices of the response: their

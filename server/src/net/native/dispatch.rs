@@ -435,7 +435,7 @@ async fn fetch(shard: &Rc<Shard>, f: proto::Fetch) -> Processed {
         min_bytes: f.min_bytes as usize,
         max_bytes: (f.max_bytes as usize).min(frame_room),
         replica: (f.replica_id >= 0).then_some(f.replica_id as u64),
-        read_committed: false,
+        read_committed: f.isolation_level == 1,
         partitions: parts
             .iter()
             .map(|fp| FetchPartition {
@@ -461,11 +461,26 @@ async fn fetch(shard: &Rc<Shard>, f: proto::Fetch) -> Processed {
             log_start_offset: 0,
             payload_offset: offset as u32,
             payload_len: 0,
+            last_stable_offset: 0,
+            aborted: None,
         };
         match res {
             Ok(read) => {
                 r.high_watermark = read.state.high_watermark;
                 r.log_start_offset = read.state.log_start;
+                r.last_stable_offset = read.state.last_stable;
+                if f.isolation_level == 1 {
+                    r.aborted = Some(
+                        read.aborted
+                            .iter()
+                            .map(|a| proto::AbortedTxn {
+                                producer_id: a.producer_id,
+                                first_offset: a.first_offset,
+                                last_offset: a.last_offset,
+                            })
+                            .collect(),
+                    );
+                }
                 if !read.data.is_empty() {
                     r.payload_len = read.data.len() as u32;
                     offset += read.data.len();
