@@ -75,6 +75,8 @@ pub struct OffsetCommit {
     pub partition: u32,
     pub offset: i64,
     pub metadata: String,
+    /// The leader epoch the consumer saw (Kafka's KIP-320); -1: none.
+    pub leader_epoch: i32,
 }
 
 /// A committed offset, as fetched.
@@ -434,6 +436,7 @@ impl Groups {
                 continue;
             }
             let committed = (o.offset >= 0).then_some(Committed {
+                leader_epoch: o.leader_epoch,
                 offset: o.offset,
                 metadata: o.metadata,
                 timestamp_ms: ts,

@@ -371,7 +371,10 @@ pub async fn txn_offset_commit(
     let mut good = Vec::with_capacity(offsets.len());
     for o in offsets {
         match shard.check_partition(&o.topic, o.partition) {
-            Ok(()) => good.push(((o.topic, o.partition), (o.offset, o.metadata))),
+            Ok(()) => good.push((
+                (o.topic, o.partition),
+                (o.offset, o.leader_epoch, o.metadata),
+            )),
             Err(e) => results.push((o.topic, o.partition, Err(e))),
         }
     }
@@ -383,7 +386,7 @@ pub async fn txn_offset_commit(
     } else {
         let offsets = good
             .iter()
-            .map(|((t, p), (o, md))| proto::CommittedOffset {
+            .map(|((t, p), (o, _, md))| proto::CommittedOffset {
                 topic: t.clone(),
                 partition: *p,
                 offset: *o,
@@ -397,6 +400,7 @@ pub async fn txn_offset_commit(
             producer_id: pid,
             producer_epoch: epoch,
             offsets: Some(offsets),
+            leader_epochs: Some(good.iter().map(|(_, (_, e, _))| *e).collect()),
         }));
         call_node(shard, node, req, WRITE_WAIT).await?;
     }
@@ -607,11 +611,12 @@ async fn finish(s: &Rc<Shard>, home: &Rc<TxnHome>, id: &str, m: &TxnMeta) -> OpR
             }
             let offsets = offs
                 .iter()
-                .map(|((t, p), (o, md))| OffsetCommit {
+                .map(|((t, p), (o, e, md))| OffsetCommit {
                     topic: t.clone(),
                     partition: *p,
                     offset: *o,
                     metadata: md.clone(),
+                    leader_epoch: *e,
                 })
                 .collect();
             commit_group_offsets(s, group.clone(), offsets).await?;
@@ -638,6 +643,7 @@ async fn commit_group_offsets(
     if node == s.cfg.node_id {
         return super::groups::commit_txn_offsets(s, group, offsets).await;
     }
+    let leader_epochs = offsets.iter().map(|o| o.leader_epoch).collect();
     let offsets = offsets
         .into_iter()
         .map(|o| proto::CommittedOffset {
@@ -651,6 +657,7 @@ async fn commit_group_offsets(
     let req = Request::CommitTxnOffsets(Box::new(proto::CommitTxnOffsets {
         group,
         offsets: Some(offsets),
+        leader_epochs: Some(leader_epochs),
     }));
     call_node(s, node, req, WRITE_WAIT).await
 }

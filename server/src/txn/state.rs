@@ -72,11 +72,12 @@ impl TxnState {
 }
 
 /// A group offset committed in a transaction: (topic, partition) →
-/// (offset, metadata).
-pub type TxnOffsets = BTreeMap<(String, u32), (i64, String)>;
+/// (offset, leader epoch, metadata).
+pub type TxnOffsets = BTreeMap<(String, u32), (i64, i32, String)>;
 
-/// One offset of a TxnOffsetCommit: (topic, partition), (offset, metadata).
-pub type TxnOffset = ((String, u32), (i64, String));
+/// One offset of a TxnOffsetCommit: (topic, partition), (offset, leader
+/// epoch, metadata).
+pub type TxnOffset = ((String, u32), (i64, i32, String));
 
 /// What the coordinator keeps of one transactional id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -486,7 +487,7 @@ mod tests {
         let g = add_offsets(&o, 7, 0, "g", 12).unwrap().unwrap();
         assert!(g.offsets.contains_key("g"));
         assert_eq!(add_offsets(&g, 7, 0, "g", 12), Ok(None));
-        let c = txn_offsets(&g, 7, 0, "g", &[(p("in", 0), (42, String::new()))], 10).unwrap();
+        let c = txn_offsets(&g, 7, 0, "g", &[(p("in", 0), (42, -1, String::new()))], 10).unwrap();
         assert_eq!(c.offsets["g"][&p("in", 0)].0, 42);
         assert_eq!(
             txn_offsets(&g, 7, 0, "other", &[], 10),

@@ -34,10 +34,11 @@ pub fn encode(m: &TxnMeta) -> Vec<u8> {
     for (g, offs) in &m.offsets {
         put_str(&mut out, g);
         out.extend_from_slice(&(offs.len() as u32).to_be_bytes());
-        for ((t, p), (o, md)) in offs {
+        for ((t, p), (o, e, md)) in offs {
             put_str(&mut out, t);
             out.extend_from_slice(&p.to_be_bytes());
             out.extend_from_slice(&o.to_be_bytes());
+            out.extend_from_slice(&e.to_be_bytes());
             put_str(&mut out, md);
         }
     }
@@ -87,11 +88,12 @@ pub fn decode(v: &[u8]) -> Option<TxnMeta> {
     for _ in 0..r.count(6)? {
         let g = r.string()?;
         let mut offs = BTreeMap::new();
-        for _ in 0..r.count(16)? {
+        for _ in 0..r.count(20)? {
             let t = r.string()?;
             let p = u32::from_be_bytes(r.take()?);
             let o = i64::from_be_bytes(r.take()?);
-            offs.insert((t, p), (o, r.string()?));
+            let e = i32::from_be_bytes(r.take()?);
+            offs.insert((t, p), (o, e, r.string()?));
         }
         offsets.insert(g, offs);
     }
@@ -152,7 +154,7 @@ mod tests {
         m.partitions.insert(("a".into(), 0));
         m.partitions.insert(("b".into(), 7));
         let mut g = BTreeMap::new();
-        g.insert(("in".to_string(), 1u32), (99i64, "md".to_string()));
+        g.insert(("in".to_string(), 1u32), (99i64, 4i32, "md".to_string()));
         m.offsets.insert("group".into(), g);
         m.offsets.insert("empty".into(), BTreeMap::new());
         m

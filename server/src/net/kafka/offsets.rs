@@ -88,6 +88,7 @@ pub async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> OffsetCommitR
                     .as_ref()
                     .map(|m| m.as_str().to_string())
                     .unwrap_or_default(),
+                leader_epoch: p.committed_leader_epoch,
             })
         })
         .collect();
@@ -142,7 +143,8 @@ pub async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> OffsetCommitR
 
 /// A partition's committed offset as OffsetFetch returns it: (partition,
 /// offset, metadata, error).
-type Fetched = (i32, i64, String, i16);
+/// (partition, offset, metadata, error, leader epoch)
+type Fetched = (i32, i64, String, i16, i32);
 
 /// One group's committed offsets by topic, for the partitions asked (or
 /// all committed ones).
@@ -160,12 +162,16 @@ async fn fetch_group(
     let committed = handlers::groups::fetch_offsets(&ctx.shard, group.to_string(), wanted)
         .await
         .map_err(|e| kafka_error(e.code, true))?;
-    let mut have: BTreeMap<(String, i32), (i64, String)> = committed
+    let mut have: BTreeMap<(String, i32), (i64, String, i32)> = committed
         .into_iter()
         .map(|c| {
             (
                 (c.topic, c.partition as i32),
-                (c.committed.offset, c.committed.metadata),
+                (
+                    c.committed.offset,
+                    c.committed.metadata,
+                    c.committed.leader_epoch,
+                ),
             )
         })
         .collect();
@@ -176,19 +182,19 @@ async fn fetch_group(
                 let parts = ps
                     .iter()
                     .map(|&p| match have.remove(&(t.clone(), p)) {
-                        Some((o, m)) => (p, o, m, code::NONE),
+                        Some((o, m, e)) => (p, o, m, code::NONE, e),
                         // No commit: offset -1, no error (Kafka's answer).
-                        None => (p, -1, String::new(), code::NONE),
+                        None => (p, -1, String::new(), code::NONE, -1),
                     })
                     .collect();
                 out.push((t, parts));
             }
         }
         None => {
-            for ((t, p), (o, m)) in have {
+            for ((t, p), (o, m, e)) in have {
                 match out.iter_mut().find(|(n, _)| *n == t) {
-                    Some((_, v)) => v.push((p, o, m, code::NONE)),
-                    None => out.push((t, vec![(p, o, m, code::NONE)])),
+                    Some((_, v)) => v.push((p, o, m, code::NONE, e)),
+                    None => out.push((t, vec![(p, o, m, code::NONE, e)])),
                 }
             }
         }
@@ -207,11 +213,11 @@ macro_rules! topics_of {
                 t.name = TopicName(str_bytes(name));
                 t.partitions = parts
                     .into_iter()
-                    .map(|(p, o, m, e): Fetched| {
+                    .map(|(p, o, m, e, epoch): Fetched| {
                         let mut r = $part::default();
                         r.partition_index = p;
                         r.committed_offset = o;
-                        r.committed_leader_epoch = -1;
+                        r.committed_leader_epoch = epoch;
                         r.metadata = Some(str_bytes(m));
                         r.error_code = e;
                         r

@@ -130,6 +130,7 @@ pub async fn txn_offset_commit(ctx: &Ctx, req: TxnOffsetCommitRequest) -> TxnOff
                     .as_ref()
                     .map(|m| m.as_str().to_string())
                     .unwrap_or_default(),
+                leader_epoch: p.committed_leader_epoch,
             })
         })
         .collect();

@@ -115,29 +115,35 @@ pub async fn process(
             group_result(None, res)
         }
         Request::CommitTxnOffsets(c) => {
+            let epochs = c.leader_epochs.unwrap_or_default();
             let offsets = c
                 .offsets
                 .unwrap_or_default()
                 .into_iter()
-                .map(|o| OffsetCommit {
+                .enumerate()
+                .map(|(i, o)| OffsetCommit {
                     topic: o.topic,
                     partition: o.partition,
                     offset: o.offset,
                     metadata: o.metadata.unwrap_or_default(),
+                    leader_epoch: epochs.get(i).copied().unwrap_or(-1),
                 })
                 .collect();
             let res = handlers::groups::commit_txn_offsets(shard, c.group.clone(), offsets).await;
             group_result(Some(c.group), res)
         }
         Request::AddTxnOffsets(a) => {
+            let epochs = a.leader_epochs.unwrap_or_default();
             let offsets = a
                 .offsets
                 .unwrap_or_default()
                 .into_iter()
-                .map(|o| {
+                .enumerate()
+                .map(|(i, o)| {
+                    let e = epochs.get(i).copied().unwrap_or(-1);
                     (
                         (o.topic, o.partition),
-                        (o.offset, o.metadata.unwrap_or_default()),
+                        (o.offset, e, o.metadata.unwrap_or_default()),
                     )
                 })
                 .collect();
@@ -553,6 +559,7 @@ async fn group_request(shard: &Rc<Shard>, req: Request, peer: &str) -> Response 
                     partition: o.partition,
                     offset: o.offset,
                     metadata: o.metadata.unwrap_or_default(),
+                    leader_epoch: -1,
                 })
                 .collect();
             let member = c.member_id.unwrap_or_default();
