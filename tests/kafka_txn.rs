@@ -385,6 +385,57 @@ fn a_coordinator_killed_in_the_middle_of_a_commit_completes_it_after_restart() {
     assert!(consume_for(&rc, Duration::from_millis(500)).is_empty());
 }
 
+#[test]
+fn a_broker_killed_during_an_open_transaction_aborts_it_after_restart() {
+    let mut b = Broker::start("kafka-txn-open-kill");
+    let boot = b.kafka.to_string();
+    create_topic(&b, "open", 3);
+    let mut cfg = txn_config(&boot, "open-id");
+    cfg.set("transaction.timeout.ms", "3000")
+        .set("message.timeout.ms", "3000")
+        .set("socket.timeout.ms", "3000");
+    let p = producer("open-id", &cfg);
+    p.init_transactions(T).unwrap();
+    p.begin_transaction().unwrap();
+    send_n(&p, "open", 3, "committed", 9);
+    p.commit_transaction(T).unwrap();
+    p.begin_transaction().unwrap();
+    send_n(&p, "open", 3, "never", 9);
+    p.flush(T).unwrap();
+    // kill -9 with the transaction open (its records written on every
+    // partition, no EndTxn).
+    b.kill();
+    drop(p);
+    b.spawn();
+    // After the restart the coordinator finds it Ongoing and aborts it
+    // once its timeout passes: read_committed gets past it, seeing none of
+    // it.
+    let rc = reader(&boot, "open", 3, true);
+    assert_eq!(values(&consume_n(&rc, 9, T)), tagged("committed", 9));
+    let until = Instant::now() + T;
+    for part in 0..3 {
+        loop {
+            // 3 committed + marker, 3 open + abort marker.
+            let (_, lso) = rc.fetch_watermarks("open", part, T).unwrap();
+            if lso == 8 {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "partition {part}: LSO {lso}, the open transaction was not aborted"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    assert!(consume_for(&rc, Duration::from_secs(1)).is_empty());
+    let ru = reader(&boot, "open", 3, false);
+    assert_eq!(
+        consume_n(&ru, 18, T).len(),
+        18,
+        "read_uncommitted sees both"
+    );
+}
+
 // ---------------------------------------------------------------------
 // Consume-transform-produce with the transformer killed (SIGKILL).
 
