@@ -17,7 +17,15 @@
 //!   commit (a test-only fault): after the restart the transaction is
 //!   visible on every partition;
 //! - confluent-kafka (Python) commits and aborts transactions
-//!   (`tests/kafka/confluent_kafka_txn.py`).
+//!   (`tests/kafka/confluent_kafka_txn.py`);
+//! - native consumers read_committed too; `levee txn list|describe` and
+//!   the oldest-open-transaction gauge; a transaction past its timeout is
+//!   aborted; a broker killed with a transaction open aborts it after the
+//!   restart; transactions on a 3-node cluster (partitions led by every
+//!   node, offsets to another node's group) survive a kill -9 of the
+//!   coordinator;
+//! - `txn_commit_rate` (ignored: a benchmark) measures transactions of 100
+//!   records over 3 partitions per second and their commit latency.
 
 mod common;
 #[path = "common/kafka.rs"]
@@ -868,6 +876,61 @@ fn transactions_on_a_cluster_span_every_node_and_survive_a_coordinator_kill() {
     want.extend(tagged("after", 12));
     want.sort();
     assert_eq!(values(&consume_n(&rc2, 78, Duration::from_secs(60))), want);
+}
+
+// ---------------------------------------------------------------------
+// Benchmark: transactions of 100 records over 3 partitions, one producer.
+
+fn txn_bench(boot: &str, topic: &str, n: usize) {
+    let p = txn_producer(boot, &format!("bench-{topic}"));
+    p.init_transactions(T).unwrap();
+    // Warm-up.
+    for _ in 0..20 {
+        p.begin_transaction().unwrap();
+        send_n(&p, topic, 3, "w", 100);
+        p.commit_transaction(T).unwrap();
+    }
+    let mut lat = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        p.begin_transaction().unwrap();
+        send_n(&p, topic, 3, "b", 100);
+        let t = Instant::now();
+        p.commit_transaction(T).unwrap();
+        lat.push(t.elapsed());
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat.sort();
+    let pct = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+    println!(
+        "{topic}: {n} transactions of 100 records x 3 partitions: {:.1} committed/s; commit latency p50 {:.2} ms, p99 {:.2} ms",
+        n as f64 / secs,
+        pct(0.50).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+    );
+}
+
+/// `LEVEE_BIN=target/release/levee cargo test -p levee-cli --test kafka_txn
+/// txn_commit_rate -- --ignored --nocapture` (README numbers).
+#[test]
+#[ignore = "a benchmark: run with --ignored (and a release LEVEE_BIN)"]
+fn txn_commit_rate() {
+    let n: usize = std::env::var("TXN_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let b = Broker::start("kafka-txn-bench");
+    create_topic(&b, "bench1", 3);
+    txn_bench(&b.kafka.to_string(), "bench1", n);
+    drop(b);
+    let nodes = cluster("kafka-txn-bench3");
+    create_replicated(&nodes, "bench3", 3);
+    let boot = nodes
+        .iter()
+        .map(|n| n.kafka.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    txn_bench(&boot, "bench3", n);
 }
 
 // ---------------------------------------------------------------------
