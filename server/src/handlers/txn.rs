@@ -333,7 +333,9 @@ pub async fn add_offsets(
                     ));
                 };
                 check_open_limit(&s, cur)?;
-                state::add_offsets(m, pid, epoch, &group, now_ms()).map_err(|e| txn_error(e, &id))
+                let max = s.cfg.max_partitions_per_transaction;
+                state::add_offsets(m, pid, epoch, &group, now_ms(), max)
+                    .map_err(|e| txn_error(e, &id))
             })
             .await
             .map(|_| ())

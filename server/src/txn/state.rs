@@ -279,13 +279,15 @@ pub fn add_partitions(
 }
 
 /// AddOffsetsToTxn: the group's offsets will be committed with the
-/// transaction. `None`: the group is already in it.
+/// transaction (at most `max_groups` groups). `None`: the group is
+/// already in it.
 pub fn add_offsets(
     m: &TxnMeta,
     pid: i64,
     epoch: i16,
     group: &str,
     now_ms: i64,
+    max_groups: usize,
 ) -> Result<Option<TxnMeta>, TxnError> {
     check_producer(m, pid, epoch)?;
     if m.state == TxnState::Ongoing && m.offsets.contains_key(group) {
@@ -293,6 +295,9 @@ pub fn add_offsets(
     }
     let mut next = begin_or_continue(m, now_ms)?;
     next.offsets.entry(group.to_string()).or_default();
+    if next.offsets.len() > max_groups {
+        return Err(TxnError::TooManyPartitions { max: max_groups });
+    }
     Ok(Some(next))
 }
 
@@ -484,9 +489,13 @@ mod tests {
             add_partitions(&o, 7, 0, &[p("b", 0)], 11, 2),
             Err(TxnError::TooManyPartitions { max: 2 })
         );
-        let g = add_offsets(&o, 7, 0, "g", 12).unwrap().unwrap();
+        let g = add_offsets(&o, 7, 0, "g", 12, 1).unwrap().unwrap();
         assert!(g.offsets.contains_key("g"));
-        assert_eq!(add_offsets(&g, 7, 0, "g", 12), Ok(None));
+        assert_eq!(add_offsets(&g, 7, 0, "g", 12, 1), Ok(None));
+        assert_eq!(
+            add_offsets(&g, 7, 0, "g2", 12, 1),
+            Err(TxnError::TooManyPartitions { max: 1 })
+        );
         let c = txn_offsets(&g, 7, 0, "g", &[(p("in", 0), (42, -1, String::new()))], 10).unwrap();
         assert_eq!(c.offsets["g"][&p("in", 0)].0, 42);
         assert_eq!(
@@ -498,7 +507,7 @@ mod tests {
             Err(TxnError::InvalidTxnState(TxnState::Empty))
         );
         // Offsets alone open a transaction too.
-        let only = add_offsets(&m, 7, 0, "g", 13).unwrap().unwrap();
+        let only = add_offsets(&m, 7, 0, "g", 13, 1).unwrap().unwrap();
         assert_eq!(only.state, TxnState::Ongoing);
     }
 
