@@ -324,8 +324,28 @@ fn offsets_sent_to_a_transaction_are_committed_with_it_and_dropped_on_abort() {
     let cgm = c.group_metadata().expect("group metadata");
     p.send_offsets_to_transaction(&pos, &cgm, T)
         .expect("send_offsets_to_transaction");
+    // Sent, not committed: unstable for a read_committed consumer
+    // (require_stable: librdkafka retries until its timeout), none yet for
+    // a read_uncommitted one.
+    let mut q = TopicPartitionList::new();
+    q.add_partition("in", 0);
+    let stable = consumer("stable", &cfg);
+    let r = stable.committed_offsets(q.clone(), Duration::from_secs(2));
+    assert!(r.is_err(), "the pending offsets were read as stable: {r:?}");
+    let mut ucfg = consumer_config(&boot, "eos");
+    ucfg.set("isolation.level", "read_uncommitted");
+    let unstable = consumer("unstable", &ucfg);
+    let r = unstable
+        .committed_offsets(q, T)
+        .expect("committed, read_uncommitted");
+    assert_eq!(
+        r.elements()[0].offset(),
+        Offset::Invalid,
+        "not committed yet"
+    );
     p.commit_transaction(T).expect("commit");
     let want: BTreeMap<i32, Offset> = (0..2).map(|p| (p, Offset::Offset(5))).collect();
+    assert_eq!(committed(&stable, "in", 2), want, "stable once committed");
     assert_eq!(
         committed(&c, "in", 2),
         want,
@@ -895,7 +915,11 @@ fn txn_bench(boot: &str, topic: &str, n: usize) {
     for _ in 0..n {
         p.begin_transaction().unwrap();
         send_n(&p, topic, 3, "b", 100);
+        // The commit as an application waits for it: its records
+        // delivered (flush, which serves the delivery reports a
+        // BaseProducer's commit would otherwise poll for), then EndTxn.
         let t = Instant::now();
+        p.flush(T).unwrap();
         p.commit_transaction(T).unwrap();
         lat.push(t.elapsed());
     }

@@ -359,6 +359,7 @@ pub async fn txn_offset_commit(
     offsets: Vec<OffsetCommit>,
 ) -> OpResult<Vec<(String, u32, OpResult<()>)>> {
     let (gindex, gowner) = super::groups::route(shard, &group).await?;
+    let group_name = group.clone();
     let g = group.clone();
     shard
         .submit_to(gowner, move |s| async move {
@@ -406,6 +407,17 @@ pub async fn txn_offset_commit(
         }));
         call_node(shard, node, req, WRITE_WAIT).await?;
     }
+    // Until the transaction completes, OffsetFetch with require_stable
+    // answers UNSTABLE_OFFSET_COMMIT for these partitions (KIP-447).
+    let parts: Vec<(String, u32)> = good.iter().map(|(tp, _)| tp.clone()).collect();
+    let until = Instant::now() + Duration::from_millis(shard.cfg.transaction_max_timeout_ms);
+    let g = group_name;
+    shard
+        .submit_to(gowner, move |s| async move {
+            s.groups.mark_txn_pending(&g, &parts, until);
+            Ok(())
+        })
+        .await?;
     results.extend(good.into_iter().map(|((t, p), _)| (t, p, Ok(()))));
     Ok(results)
 }
@@ -606,23 +618,22 @@ async fn finish(s: &Rc<Shard>, home: &Rc<TxnHome>, id: &str, m: &TxnMeta) -> OpR
     if let Some(e) = first_err {
         return Err(e);
     }
-    if commit {
-        for (group, offs) in &m.offsets {
-            if offs.is_empty() {
-                continue;
-            }
-            let offsets = offs
-                .iter()
-                .map(|((t, p), (o, e, md))| OffsetCommit {
-                    topic: t.clone(),
-                    partition: *p,
-                    offset: *o,
-                    metadata: md.clone(),
-                    leader_epoch: *e,
-                })
-                .collect();
-            commit_group_offsets(s, group.clone(), offsets).await?;
+    for (group, offs) in &m.offsets {
+        if offs.is_empty() {
+            continue;
         }
+        let offsets = offs
+            .iter()
+            .map(|((t, p), (o, e, md))| OffsetCommit {
+                topic: t.clone(),
+                partition: *p,
+                offset: *o,
+                metadata: md.clone(),
+                leader_epoch: *e,
+            })
+            .collect();
+        // On abort nothing is committed; the group forgets they were pending.
+        group_offsets(s, group.clone(), offsets, !commit).await?;
     }
     let want = (m.producer_id, m.epoch, m.state);
     home.update(id, |cur| match cur {
@@ -633,16 +644,25 @@ async fn finish(s: &Rc<Shard>, home: &Rc<TxnHome>, id: &str, m: &TxnMeta) -> OpR
     Ok(())
 }
 
-/// Commits a committed transaction's offsets to the group, at its
-/// coordinator (this node or another).
-async fn commit_group_offsets(
+/// Commits a committed transaction's offsets to the group (or, `abort`,
+/// only clears their pending mark), at its coordinator (this node or
+/// another).
+async fn group_offsets(
     s: &Rc<Shard>,
     group: String,
     offsets: Vec<OffsetCommit>,
+    abort: bool,
 ) -> OpResult<()> {
     super::groups::ensure_offsets_topic(s).await?;
     let (_, node) = super::groups::coordinator(s, &group)?;
     if node == s.cfg.node_id {
+        if abort {
+            let parts = offsets
+                .into_iter()
+                .map(|o| (o.topic, o.partition))
+                .collect();
+            return super::groups::abort_txn_offsets(s, group, parts).await;
+        }
         return super::groups::commit_txn_offsets(s, group, offsets).await;
     }
     let leader_epochs = offsets.iter().map(|o| o.leader_epoch).collect();
@@ -660,6 +680,7 @@ async fn commit_group_offsets(
         group,
         offsets: Some(offsets),
         leader_epochs: Some(leader_epochs),
+        abort,
     }));
     call_node(s, node, req, WRITE_WAIT).await
 }

@@ -152,8 +152,18 @@ async fn fetch_group(
     ctx: &Ctx,
     group: &str,
     topics: Option<Vec<(String, Vec<i32>)>>,
+    require_stable: bool,
 ) -> Result<Vec<(String, Vec<Fetched>)>, i16> {
     check_coordinator(ctx, group).map_err(|e| kafka_error(e.code, true))?;
+    // KIP-447: offsets a transaction sent and has not completed are
+    // unstable for a consumer that asks (read_committed ones do).
+    let unstable: Vec<(String, u32)> = if require_stable {
+        handlers::groups::txn_pending_offsets(&ctx.shard, group.to_string())
+            .await
+            .map_err(|e| kafka_error(e.code, true))?
+    } else {
+        Vec::new()
+    };
     let wanted = topics.as_ref().map(|ts| {
         ts.iter()
             .map(|(t, ps)| (t.clone(), ps.iter().map(|&p| p.max(0) as u32).collect()))
@@ -199,6 +209,13 @@ async fn fetch_group(
             }
         }
     }
+    for (t, parts) in &mut out {
+        for f in parts.iter_mut() {
+            if unstable.contains(&(t.clone(), f.0.max(0) as u32)) {
+                f.3 = code::UNSTABLE_OFFSET_COMMIT;
+            }
+        }
+    }
     Ok(out)
 }
 
@@ -240,7 +257,7 @@ pub async fn offset_fetch(ctx: &Ctx, req: OffsetFetchRequest) -> OffsetFetchResp
             });
             let mut gr = OffsetFetchResponseGroup::default();
             gr.group_id = g.group_id.clone();
-            match fetch_group(ctx, g.group_id.as_str(), topics).await {
+            match fetch_group(ctx, g.group_id.as_str(), topics, req.require_stable).await {
                 Ok(ts) => {
                     gr.topics =
                         topics_of!(ts, OffsetFetchResponseTopics, OffsetFetchResponsePartitions)
@@ -256,7 +273,7 @@ pub async fn offset_fetch(ctx: &Ctx, req: OffsetFetchRequest) -> OffsetFetchResp
             .map(|t| (t.name.as_str().to_string(), t.partition_indexes.clone()))
             .collect()
     });
-    match fetch_group(ctx, req.group_id.as_str(), topics).await {
+    match fetch_group(ctx, req.group_id.as_str(), topics, req.require_stable).await {
         Ok(ts) => {
             out.topics = topics_of!(ts, OffsetFetchResponseTopic, OffsetFetchResponsePartition)
         }

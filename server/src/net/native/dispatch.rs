@@ -116,7 +116,7 @@ pub async fn process(
         }
         Request::CommitTxnOffsets(c) => {
             let epochs = c.leader_epochs.unwrap_or_default();
-            let offsets = c
+            let offsets: Vec<OffsetCommit> = c
                 .offsets
                 .unwrap_or_default()
                 .into_iter()
@@ -129,7 +129,15 @@ pub async fn process(
                     leader_epoch: epochs.get(i).copied().unwrap_or(-1),
                 })
                 .collect();
-            let res = handlers::groups::commit_txn_offsets(shard, c.group.clone(), offsets).await;
+            let res = if c.abort {
+                let parts = offsets
+                    .into_iter()
+                    .map(|o| (o.topic, o.partition))
+                    .collect();
+                handlers::groups::abort_txn_offsets(shard, c.group.clone(), parts).await
+            } else {
+                handlers::groups::commit_txn_offsets(shard, c.group.clone(), offsets).await
+            };
             group_result(Some(c.group), res)
         }
         Request::AddTxnOffsets(a) => {
