@@ -899,39 +899,28 @@ fn transactions_on_a_cluster_span_every_node_and_survive_a_coordinator_kill() {
 }
 
 // ---------------------------------------------------------------------
-// Benchmark: transactions of 100 records over 3 partitions, one producer.
+// Benchmark: transactions of 100 records over 3 partitions, one producer,
+// measured with confluent-kafka (`tests/kafka/txn_bench.py`): the Rust
+// crate's commit_transaction flushes in 100 ms polling steps, which would
+// be measured instead.
 
 fn txn_bench(boot: &str, topic: &str, n: usize) {
-    let p = txn_producer(boot, &format!("bench-{topic}"));
-    p.init_transactions(T).unwrap();
-    // Warm-up.
-    for _ in 0..20 {
-        p.begin_transaction().unwrap();
-        send_n(&p, topic, 3, "w", 100);
-        p.commit_transaction(T).unwrap();
-    }
-    let mut lat = Vec::with_capacity(n);
-    let start = Instant::now();
-    for _ in 0..n {
-        p.begin_transaction().unwrap();
-        send_n(&p, topic, 3, "b", 100);
-        // The commit as an application waits for it: its records
-        // delivered (flush, which serves the delivery reports a
-        // BaseProducer's commit would otherwise poll for), then EndTxn.
-        let t = Instant::now();
-        p.flush(T).unwrap();
-        p.commit_transaction(T).unwrap();
-        lat.push(t.elapsed());
-    }
-    let secs = start.elapsed().as_secs_f64();
-    lat.sort();
-    let pct = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
-    println!(
-        "{topic}: {n} transactions of 100 records x 3 partitions: {:.1} committed/s; commit latency p50 {:.2} ms, p99 {:.2} ms",
-        n as f64 / secs,
-        pct(0.50).as_secs_f64() * 1e3,
-        pct(0.99).as_secs_f64() * 1e3,
+    let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = repo_root().join("tests/kafka/txn_bench.py");
+    let out = Command::new(&py)
+        .arg(&script)
+        .arg(boot)
+        .arg(topic)
+        .arg(n.to_string())
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
     );
+    print!("{}", String::from_utf8_lossy(&out.stdout));
 }
 
 /// `LEVEE_BIN=target/release/levee cargo test -p levee-cli --test kafka_txn
@@ -939,10 +928,17 @@ fn txn_bench(boot: &str, topic: &str, n: usize) {
 #[test]
 #[ignore = "a benchmark: run with --ignored (and a release LEVEE_BIN)"]
 fn txn_commit_rate() {
+    let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    if !need_tool(
+        "confluent-kafka (Python)",
+        &[&py, "-c", "import confluent_kafka"],
+    ) {
+        return;
+    }
     let n: usize = std::env::var("TXN_BENCH_N")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(500);
+        .unwrap_or(1000);
     let b = Broker::start("kafka-txn-bench");
     create_topic(&b, "bench1", 3);
     txn_bench(&b.kafka.to_string(), "bench1", n);
