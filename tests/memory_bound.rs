@@ -66,6 +66,7 @@ fn churn_long_polls(b: &Broker, n: usize) {
                                 leader_epoch: -1,
                             }]),
                             replica_id: -1,
+                            isolation_level: 0,
                         })),
                         &[],
                     );

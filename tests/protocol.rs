@@ -221,6 +221,7 @@ fn long_poll_fetch_wakes_when_data_arrives_on_another_shard() {
                     .collect(),
             ),
             replica_id: -1,
+            isolation_level: 0,
         })),
         &[],
     );
@@ -324,6 +325,7 @@ fn fetch_many(r: &mut Raw, topic: &str, parts: &[u32], max_bytes: u32, min_bytes
                     .collect(),
             ),
             replica_id: -1,
+            isolation_level: 0,
         })),
         &[],
     );

@@ -287,6 +287,31 @@ pub struct FetchedPartition {
     pub log_start_offset: u64,
     /// Stored batches, end to end, exactly as the broker returned them.
     pub batches: Bytes,
+    /// Below it no transaction is open (a read_committed fetch stops there).
+    pub last_stable_offset: u64,
+    /// A read_committed fetch: the aborted transactions overlapping the
+    /// batches returned, whose transactional batches a consumer skips.
+    pub aborted: Vec<AbortedTxn>,
+}
+
+/// A transaction aborted on a partition: the producer's transactional
+/// batches from `first_offset` to its abort marker at `last_offset` are
+/// not to be read (Kafka's read_committed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortedTxn {
+    pub producer_id: i64,
+    pub first_offset: u64,
+    pub last_offset: u64,
+}
+
+impl AbortedTxn {
+    /// Whether a batch (its producer id, first offset, and whether it is
+    /// transactional) belongs to this aborted transaction.
+    pub fn covers(&self, producer_id: i64, base_offset: u64, transactional: bool) -> bool {
+        transactional
+            && producer_id == self.producer_id
+            && (self.first_offset..=self.last_offset).contains(&base_offset)
+    }
 }
 
 /// `PartitionInfo::leader` when a partition has no leader right now.
@@ -1349,6 +1374,21 @@ impl Client {
         max_bytes: u32,
         partitions: &[FetchRequestPartition],
     ) -> Vec<Result<FetchedPartition>> {
+        self.fetch_each_isolated(max_wait, min_bytes, max_bytes, partitions, false)
+            .await
+    }
+
+    /// As [`Client::fetch_each`]; `read_committed`: only below each
+    /// partition's last stable offset, with the aborted transactions to
+    /// skip (Kafka's isolation level read_committed).
+    pub async fn fetch_each_isolated(
+        &self,
+        max_wait: Duration,
+        min_bytes: u32,
+        max_bytes: u32,
+        partitions: &[FetchRequestPartition],
+        read_committed: bool,
+    ) -> Vec<Result<FetchedPartition>> {
         let keys: Vec<(&str, u32)> = partitions
             .iter()
             .map(|p| (p.topic.as_str(), p.partition))
@@ -1375,6 +1415,7 @@ impl Client {
                             .collect(),
                     ),
                     replica_id: -1,
+                    isolation_level: u8::from(read_committed),
                 }));
                 (req, Vec::new())
             })
@@ -1397,6 +1438,8 @@ impl Client {
                             high_watermark: 0,
                             log_start_offset: 0,
                             batches: Bytes::new(),
+                            last_stable_offset: 0,
+                            aborted: Vec::new(),
                         }));
                     }
                     continue;
@@ -1437,14 +1480,27 @@ impl Client {
                         .map(|s| payload.slice_ref(s))
                         .map_err(|err| ClientError::Protocol(format!("fetch response: {err}")))
                 };
-                out[i] = Some(batches.map(|batches| FetchedPartition {
-                    topic: e.topic.unwrap_or_else(|| partitions[i].topic.clone()),
-                    partition: e.partition,
-                    error: e.error,
-                    message: e.message,
-                    high_watermark: e.high_watermark,
-                    log_start_offset: e.log_start_offset,
-                    batches,
+                out[i] = Some(batches.map(|batches| {
+                    FetchedPartition {
+                        topic: e.topic.unwrap_or_else(|| partitions[i].topic.clone()),
+                        partition: e.partition,
+                        error: e.error,
+                        message: e.message,
+                        high_watermark: e.high_watermark,
+                        log_start_offset: e.log_start_offset,
+                        batches,
+                        last_stable_offset: e.last_stable_offset,
+                        aborted: e
+                            .aborted
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|a| AbortedTxn {
+                                producer_id: a.producer_id,
+                                first_offset: a.first_offset,
+                                last_offset: a.last_offset,
+                            })
+                            .collect(),
+                    }
                 }));
             }
         }

@@ -425,6 +425,7 @@ fn response_name(r: Option<&Response>) -> &'static str {
         Some(Response::EpochEndOffset(_)) => "EpochEndOffset",
         Some(Response::ClusterStatusResponse(_)) => "ClusterStatusResponse",
         Some(Response::ProducerIdResponse(_)) => "ProducerIdResponse",
+        Some(Response::ListTransactionsResponse(_)) => "ListTransactionsResponse",
     }
 }
 

@@ -64,6 +64,11 @@ pub struct ConsumerConfig {
     /// poll uses it if the positions are still the ones it was sent for.
     /// Costs up to one more fetch response of memory (default true).
     pub fetch_ahead: bool,
+    /// Read only committed transactions (Kafka's isolation level
+    /// read_committed): stop at each partition's last stable offset and
+    /// skip the records of aborted transactions (default false: every
+    /// record below the high watermark).
+    pub read_committed: bool,
 }
 
 impl Default for ConsumerConfig {
@@ -76,11 +81,26 @@ impl Default for ConsumerConfig {
             max_batch_bytes: 64 << 20,
             retry_timeout: Duration::from_secs(30),
             fetch_ahead: true,
+            read_committed: false,
         }
     }
 }
 
 type FetchResults = Vec<Result<crate::client::FetchedPartition>>;
+
+/// Whether a stored batch belongs to one of `aborted` (a read_committed
+/// fetch's aborted transactions).
+fn aborted_batch(aborted: &[crate::client::AbortedTxn], batch: &[u8]) -> bool {
+    if aborted.is_empty() {
+        return false;
+    }
+    let Ok(h) = levee_engine::batch::BatchHeader::parse(batch) else {
+        return false;
+    };
+    aborted
+        .iter()
+        .any(|a| a.covers(h.producer_id(), h.base_offset(), h.is_transactional()))
+}
 
 /// A fetch sent ahead of the next poll (see [`ConsumerConfig::fetch_ahead`]).
 #[derive(Debug)]
@@ -300,13 +320,18 @@ impl Consumer {
         };
         let request = self.request();
         let client = self.client.clone();
-        let (wait, min, max) = (
+        let (wait, min, max, committed) = (
             self.config.max_wait,
             self.config.min_bytes,
             self.config.max_bytes,
+            self.config.read_committed,
         );
         let req = request.clone();
-        let task = rt.spawn(async move { client.fetch_each(wait, min, max, &req).await });
+        let task = rt.spawn(async move {
+            client
+                .fetch_each_isolated(wait, min, max, &req, committed)
+                .await
+        });
         *self.ahead.lock().unwrap_or_else(|p| p.into_inner()) = Some(Ahead { request, task });
     }
 
@@ -359,11 +384,12 @@ impl Consumer {
             Some(f) => f,
             None => {
                 self.client
-                    .fetch_each(
+                    .fetch_each_isolated(
                         self.config.max_wait,
                         self.config.min_bytes,
                         self.config.max_bytes,
                         &request,
+                        self.config.read_committed,
                     )
                     .await
             }
@@ -458,6 +484,11 @@ impl Consumer {
                     }
                 };
                 next = next.max(batch_next);
+                if aborted_batch(&f.aborted, batch) {
+                    // A read_committed consumer skips an aborted
+                    // transaction's records (its position moves past them).
+                    decoded.clear();
+                }
                 for r in decoded.drain(..) {
                     out.records.push(ConsumedRecord {
                         topic: topic.clone(),

@@ -26,11 +26,12 @@ pub mod error;
 pub mod group;
 pub mod producer;
 pub mod remote;
+pub mod txn;
 
 pub use client::{
-    Client, ClientConfig, ClusterMetadata, ClusterStatus, FetchRequestPartition, FetchedPartition,
-    InFlightProduce, OffsetSpec, PartitionInfo, ProduceOutcome, ProducedPartition, TopicChanges,
-    TopicInfo, TopicSettings, NO_LEADER,
+    AbortedTxn, Client, ClientConfig, ClusterMetadata, ClusterStatus, FetchRequestPartition,
+    FetchedPartition, InFlightProduce, OffsetSpec, PartitionInfo, ProduceOutcome,
+    ProducedPartition, TopicChanges, TopicInfo, TopicSettings, NO_LEADER,
 };
 pub use codec::{murmur2, partition_for_key};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartPosition};
@@ -46,3 +47,4 @@ pub use levee_engine::{Compression, FsyncPolicy, Record};
 pub use levee_schemas::proto::ErrorCode;
 pub use levee_schemas::proto::NodeStatus;
 pub use producer::{Acks, DeliveryFuture, DeliveryReport, Producer, ProducerConfig};
+pub use txn::TransactionInfo;

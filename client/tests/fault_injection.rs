@@ -345,7 +345,11 @@ fn handle(state: &Mutex<State>, body: &[u8]) -> Action {
             Request::OffsetForLeaderEpoch(_)
             | Request::ClusterStatus(_)
             | Request::AddPartitions(_)
-            | Request::AlterTopic(_) => unimplemented!(),
+            | Request::AlterTopic(_)
+            | Request::ListTransactions(_)
+            | Request::WriteTxnMarker(_)
+            | Request::CommitTxnOffsets(_)
+            | Request::AddTxnOffsets(_) => unimplemented!(),
             Request::Produce(p) => {
                 st.produce_requests.fetch_add(1, Ordering::SeqCst);
                 let not_leader = st.not_leader.load(Ordering::SeqCst) > 0

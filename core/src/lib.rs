@@ -20,5 +20,6 @@ pub use event::LocalEvent;
 pub use fsync::FsyncPolicy;
 pub use names::{
     group_partition, is_internal_topic, validate_group_name, validate_topic_name, OFFSETS_TOPIC,
+    TXN_TOPIC,
 };
 pub use space::is_out_of_space;

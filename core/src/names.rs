@@ -74,6 +74,10 @@ mod tests {
 /// leader of that partition coordinates the group.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
+/// The internal topic of transaction state: the leader of the partition a
+/// transactional id hashes to ([`group_partition`]) is its coordinator.
+pub const TXN_TOPIC: &str = "__transaction_state";
+
 /// The partition of [`OFFSETS_TOPIC`] (of `partitions`) that holds `group`:
 /// a stable hash of the name (FNV-1a, 32 bits), the same in brokers and
 /// clients.

@@ -569,6 +569,40 @@ pub fn build_batch(records: &[Record]) -> Vec<u8> {
     finish_batch(buf, records.len() as u32, first, max, BatchMeta::default())
 }
 
+/// Builds a control batch (a transaction marker, Kafka's
+/// EndTransactionMarker): one record with `key` and `value`, transactional
+/// and control attributes, the producer's id and epoch, no sequence.
+pub fn build_control_batch(
+    producer_id: i64,
+    producer_epoch: i16,
+    key: &[u8],
+    value: &[u8],
+    timestamp: i64,
+) -> Vec<u8> {
+    let rec = Record {
+        timestamp,
+        key: Some(key.to_vec()),
+        value: Some(value.to_vec()),
+        headers: vec![],
+    };
+    let mut buf = batch_buffer(0);
+    encode_records_into(&mut buf, std::slice::from_ref(&rec), timestamp);
+    let meta = BatchMeta {
+        producer_id,
+        producer_epoch,
+        transactional: true,
+        ..BatchMeta::default()
+    };
+    let mut buf = finish_batch(buf, 1, timestamp, timestamp, meta);
+    {
+        let h = header_mut(&mut buf);
+        h.attributes = I16::new(h.attributes.get() | ATTR_CONTROL);
+    }
+    let crc = crc32c::crc32c(&buf[CRC_START..]);
+    header_mut(&mut buf).crc = U32::new(crc);
+    buf
+}
+
 struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,

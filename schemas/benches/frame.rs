@@ -85,6 +85,7 @@ fn bench(c: &mut Criterion) {
                         log_start_offset: 0,
                         payload_offset: p << 20,
                         payload_len: 1 << 20,
+                        ..Default::default()
                     })
                     .collect(),
             ),

@@ -198,6 +198,12 @@ pub fn error_name(code: ErrorCode) -> &'static str {
         ErrorCode::InvalidPartitions => "invalid_partitions",
         ErrorCode::InvalidReplicaAssignment => "invalid_replica_assignment",
         ErrorCode::CoordinatorLoadInProgress => "coordinator_load_in_progress",
+        ErrorCode::InvalidTxnState => "invalid_txn_state",
+        ErrorCode::ConcurrentTransactions => "concurrent_transactions",
+        ErrorCode::ProducerFenced => "producer_fenced",
+        ErrorCode::InvalidProducerIdMapping => "invalid_producer_id_mapping",
+        ErrorCode::TransactionalIdNotFound => "transactional_id_not_found",
+        ErrorCode::InvalidTransactionTimeout => "invalid_transaction_timeout",
     }
 }
 
@@ -212,6 +218,7 @@ pub fn is_retriable(code: ErrorCode) -> bool {
             | ErrorCode::FencedLeaderEpoch
             | ErrorCode::CoordinatorUnavailable
             | ErrorCode::CoordinatorLoadInProgress
+            | ErrorCode::ConcurrentTransactions
     )
 }
 
@@ -236,6 +243,7 @@ mod tests {
                     leader_epoch: -1,
                 }]),
                 replica_id: -1,
+                isolation_level: 0,
             })),
         };
         let frame = request_frame(&header, b"payload");

@@ -403,6 +403,7 @@ async fn run_shard(
         }
     })
     .detach();
+    glommio::spawn_local(crate::handlers::txn::run_driver(shard.clone())).detach();
     let addr = cfg.listen_addr().map_err(|e| e.to_string())?;
     let listener = TcpListener::bind(addr).map_err(|e| {
         format!("cannot listen on {addr}: {e} (is another broker running? use --listen)")

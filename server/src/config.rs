@@ -86,6 +86,21 @@ pub struct ServerConfig {
     /// An idempotent producer that has written nothing to a partition for
     /// this long is forgotten there (Kafka's `producer.id.expiration.ms`).
     pub producer_id_expiration_ms: u64,
+    /// Partitions of the transaction coordinators' topic
+    /// `__transaction_state`, set when it is created (on first use);
+    /// default 16 on a cluster, 1 on a single node.
+    pub transaction_partitions: Option<u32>,
+    /// The longest `transaction.timeout.ms` a producer may ask for
+    /// (Kafka's `transaction.max.timeout.ms`).
+    pub transaction_max_timeout_ms: u64,
+    /// A transactional id with no transaction for this long is forgotten
+    /// (Kafka's `transactional.id.expiration.ms`).
+    pub transactional_id_expiration_ms: u64,
+    /// Transactions open (or completing) at once on one coordinator shard;
+    /// past it a new transaction is refused.
+    pub max_open_transactions: usize,
+    /// Partitions (and, apart, group offsets) one transaction may write to.
+    pub max_partitions_per_transaction: usize,
     pub log: LogDefaults,
 }
 
@@ -146,6 +161,11 @@ impl Default for ServerConfig {
             min_insync_replicas: 0,
             replica_lag_time_max_ms: 5000,
             producer_id_expiration_ms: 24 * 3600 * 1000,
+            transaction_partitions: None,
+            transaction_max_timeout_ms: 15 * 60 * 1000,
+            transactional_id_expiration_ms: 7 * 24 * 3600 * 1000,
+            max_open_transactions: 10_000,
+            max_partitions_per_transaction: 1000,
             log: LogDefaults::default(),
         }
     }

@@ -19,3 +19,4 @@ pub mod shard;
 pub mod shutdown;
 pub mod space;
 pub mod topics;
+pub mod txn;

@@ -146,6 +146,16 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         "Requests forwarded to another shard.",
     ),
     (
+        "levee_transactions_open",
+        "gauge",
+        "Transactions open or completing that the shard coordinates (Kafka transactional producers).",
+    ),
+    (
+        "levee_transaction_oldest_open_age_seconds",
+        "gauge",
+        "Age of the oldest transaction open or completing that the shard coordinates (0: none); a stuck one holds read_committed consumers back until its timeout aborts it.",
+    ),
+    (
         "levee_process_resident_memory_bytes",
         "gauge",
         "Resident set size of the broker process.",

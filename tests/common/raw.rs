@@ -168,6 +168,7 @@ impl Raw {
                     leader_epoch: -1,
                 }]),
                 replica_id: -1,
+                isolation_level: 0,
             })),
             &[],
         );

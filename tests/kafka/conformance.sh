@@ -64,14 +64,18 @@ SELECTED="
 0122_buffer_cleaning_after_rebalance 0123_connections_max_idle 0125_immediate_flush
 0127_fetch_queue_backoff 0130_store_offsets 0132_strategy_ordering
 0137_barrier_batch_consume 0140_commit_metadata 0153_memberid
+0103_transactions 0129_fetch_aborted_msgs 0094_idempotence_msg_timeout
 "
 # Tests that skip themselves in quick mode: run in full.
 NOT_QUICK="0082_fetch_max_bytes"
+# Socket-emulation tests (client-side network faults, librdkafka's sockem)
+# that apply to the broker: run without -E.
+SOCKEM="0094_idempotence_msg_timeout"
 # Tests of librdkafka's "noautocreate" scenario: the broker must not create
 # topics on Metadata or Produce.
 # Tests that create topics with replication factor 3 (librdkafka's
 # scenarios are 3-broker clusters): run against a 3-node Levee cluster.
-CLUSTER="0107_topic_recreate 0111_delay_create_topics"
+CLUSTER="0107_topic_recreate 0111_delay_create_topics 0103_transactions"
 NOAUTOCREATE="0045_subscribe_update_topic_remove
 0045_subscribe_update_non_exist_and_partchange 0107_topic_recreate
 0111_delay_create_topics"
@@ -186,7 +190,8 @@ pass=0 fail=0 skip=0
 for t in $tests; do
   # TESTS_ONLY may name a test by number alone.
   name=$(echo "$SELECTED" | tr ' ' '\n' | grep -m1 "^$t" || echo "$t")
-  auto=--auto-create-topics scenario=default nodes=1 quick=-Q
+  auto=--auto-create-topics scenario=default nodes=1 quick=-Q nosockem=-E
+  if echo "$SOCKEM" | grep -qw "$name"; then nosockem=; fi
   if echo "$NOAUTOCREATE" | grep -qw "$name"; then auto= scenario=noautocreate; fi
   if echo "$CLUSTER" | grep -qw "$name"; then nodes=3; fi
   if echo "$NOT_QUICK" | grep -qw "$name"; then quick=; fi
@@ -199,7 +204,7 @@ EOF
     (
       cd "$build/tests" &&
         LD_LIBRARY_PATH=../src:../src-cpp TESTS=$name TEST_KAFKA_VERSION=$kafka_version \
-          TEST_SCENARIO=$scenario TEST_LEVEL=2 timeout "$per_test_timeout" ./test-runner $quick -E -L -p1
+          TEST_SCENARIO=$scenario TEST_LEVEL=2 timeout "$per_test_timeout" ./test-runner $quick $nosockem -L -p1
     ) >"$logs/$name.log" 2>&1
     rc=$?
   } 2>/dev/null

@@ -62,6 +62,10 @@ pub struct ConsumeArgs {
     /// Stop after this many ms without new messages (0: never).
     #[arg(long, default_value_t = 0)]
     pub timeout_ms: u64,
+    /// Only records of committed transactions (Kafka transactional
+    /// producers): stop at an open transaction, skip aborted ones.
+    #[arg(long)]
+    pub read_committed: bool,
     /// Print `partition<TAB>offset<TAB>` before each value.
     #[arg(long)]
     pub print_offsets: bool,
@@ -156,6 +160,7 @@ pub(super) async fn consume(a: ConsumeArgs) -> Result<(), String> {
     };
     let fetch = ConsumerConfig {
         max_wait,
+        read_committed: a.read_committed,
         ..ConsumerConfig::default()
     };
     let mut source = match consume_mode(&a) {

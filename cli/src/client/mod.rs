@@ -1,5 +1,5 @@
 //! The client side of the `levee` command line: `topic`, `produce`,
-//! `consume`, `group`, `cluster`, on the native client (`levee-client`).
+//! `consume`, `group`, `cluster`, `txn`, on the native client (`levee-client`).
 //! One module per command; this one holds what they share: where the
 //! brokers are, connecting, and the runtime the commands run on.
 
@@ -8,6 +8,7 @@ mod consume;
 mod group;
 mod produce;
 mod topic;
+mod txn;
 
 use std::process::ExitCode;
 
@@ -20,6 +21,7 @@ use self::consume::ConsumeArgs;
 use self::group::GroupArgs;
 use self::produce::ProduceArgs;
 use self::topic::TopicArgs;
+use self::txn::TxnArgs;
 
 /// Client commands of the `levee` CLI.
 #[derive(Debug, Clone, Subcommand)]
@@ -35,6 +37,8 @@ pub enum ClientCommand {
     Group(GroupArgs),
     /// The state of a broker cluster.
     Cluster(ClusterArgs),
+    /// List and describe the transactions of Kafka transactional producers.
+    Txn(TxnArgs),
 }
 
 /// Where the brokers are.
@@ -86,6 +90,7 @@ async fn execute(cmd: ClientCommand) -> Result<(), String> {
         ClientCommand::Consume(c) => consume::consume(c).await,
         ClientCommand::Group(g) => group::group(g.command).await.or_else(quiet_broken_pipe),
         ClientCommand::Cluster(c) => cluster::cluster(c.command).await.or_else(quiet_broken_pipe),
+        ClientCommand::Txn(t) => txn::txn(t.command).await.or_else(quiet_broken_pipe),
     }
 }
 

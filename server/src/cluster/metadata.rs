@@ -152,5 +152,15 @@ impl Shard {
                 self.groups.resign(part.partition);
             }
         }
+        // Likewise the leader of a transaction-state partition coordinates
+        // its transactions.
+        if part.topic == levee_core::TXN_TOPIC {
+            if part.role() == Role::Leader {
+                let epoch = part.repl.borrow().epoch;
+                self.txns.become_leader(part.partition, part.clone(), epoch);
+            } else {
+                self.txns.resign(part.partition);
+            }
+        }
     }
 }

@@ -75,6 +75,8 @@ pub struct OffsetCommit {
     pub partition: u32,
     pub offset: i64,
     pub metadata: String,
+    /// The leader epoch the consumer saw (Kafka's KIP-320); -1: none.
+    pub leader_epoch: i32,
 }
 
 /// A committed offset, as fetched.
@@ -140,6 +142,12 @@ pub struct Groups {
     homes: RefCell<HashMap<u32, Rc<Home>>>,
     groups: RefCell<HashMap<String, Rc<Group>>>,
     next_member: Cell<u64>,
+    /// Offsets a transaction sent (TxnOffsetCommit) but has neither
+    /// committed nor aborted yet, (group, topic, partition) → until when
+    /// the mark holds: OffsetFetch with require_stable answers
+    /// UNSTABLE_OFFSET_COMMIT for them (KIP-447). In memory: a new
+    /// coordinator starts without them.
+    txn_pending: RefCell<HashMap<(String, String, u32), Instant>>,
 }
 
 impl Groups {
@@ -149,6 +157,7 @@ impl Groups {
             homes: RefCell::new(HashMap::new()),
             groups: RefCell::new(HashMap::new()),
             next_member: Cell::new(0),
+            txn_pending: RefCell::new(HashMap::new()),
         }
     }
 
@@ -387,8 +396,81 @@ impl Groups {
         offsets: Vec<OffsetCommit>,
     ) -> OpResult<Vec<(String, u32, OpResult<()>)>> {
         g.check_alive()?;
-        let home = g.home.clone();
         g.machine.borrow().check_commit(member_id, generation)?;
+        self.write_offsets(g, topics, offsets).await
+    }
+
+    /// Whether `member_id` of `generation` is a member of the group (a
+    /// transactional offset commit says who sends it).
+    pub fn check_member(
+        &self,
+        name: &str,
+        index: u32,
+        member_id: &str,
+        generation: i32,
+    ) -> OpResult<()> {
+        let g = self.existing(name, index)?;
+        g.check_alive()?;
+        let r = g.machine.borrow().check_commit(member_id, generation);
+        r
+    }
+
+    /// Commits offsets a transaction committed (its members were checked
+    /// when the offsets were sent; the group may have rebalanced since).
+    pub async fn commit_txn(
+        &self,
+        g: &Rc<Group>,
+        topics: &dyn TopicLookup,
+        offsets: Vec<OffsetCommit>,
+    ) -> OpResult<Vec<(String, u32, OpResult<()>)>> {
+        g.check_alive()?;
+        let parts: Vec<(String, u32)> = offsets
+            .iter()
+            .map(|o| (o.topic.clone(), o.partition))
+            .collect();
+        let res = self.write_offsets(g, topics, offsets).await?;
+        self.clear_txn_pending(&g.name, &parts);
+        Ok(res)
+    }
+
+    /// A transaction sent offsets of `group` for `parts`: until it commits
+    /// or aborts (or `until`), they are unstable.
+    pub fn mark_txn_pending(&self, group: &str, parts: &[(String, u32)], until: Instant) {
+        let mut p = self.txn_pending.borrow_mut();
+        let now = Instant::now();
+        p.retain(|_, u| *u > now);
+        for (t, i) in parts {
+            p.insert((group.to_string(), t.clone(), *i), until);
+        }
+    }
+
+    /// The transaction that sent them committed or aborted.
+    pub fn clear_txn_pending(&self, group: &str, parts: &[(String, u32)]) {
+        let mut p = self.txn_pending.borrow_mut();
+        for (t, i) in parts {
+            p.remove(&(group.to_string(), t.clone(), *i));
+        }
+    }
+
+    /// The partitions of `group` with offsets a transaction has not
+    /// completed.
+    pub fn txn_pending(&self, group: &str) -> Vec<(String, u32)> {
+        let now = Instant::now();
+        self.txn_pending
+            .borrow()
+            .iter()
+            .filter(|((g, _, _), u)| g == group && **u > now)
+            .map(|((_, t, i), _)| (t.clone(), *i))
+            .collect()
+    }
+
+    async fn write_offsets(
+        &self,
+        g: &Rc<Group>,
+        topics: &dyn TopicLookup,
+        offsets: Vec<OffsetCommit>,
+    ) -> OpResult<Vec<(String, u32, OpResult<()>)>> {
+        let home = g.home.clone();
         let ts = now_ms();
         let mut results = Vec::with_capacity(offsets.len());
         let mut changes: Vec<OffsetChange> = Vec::new();
@@ -398,6 +480,7 @@ impl Groups {
                 continue;
             }
             let committed = (o.offset >= 0).then_some(Committed {
+                leader_epoch: o.leader_epoch,
                 offset: o.offset,
                 metadata: o.metadata,
                 timestamp_ms: ts,
@@ -723,5 +806,28 @@ impl Group {
             members,
             offsets: self.offsets(|_, _| true),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_transactional_offsets_clear_on_completion_and_lapse() {
+        let g = Groups::new(Path::new("/nonexistent"));
+        let later = Instant::now() + Duration::from_secs(60);
+        let parts = vec![("t".to_string(), 0), ("t".to_string(), 1)];
+        g.mark_txn_pending("g", &parts, later);
+        g.mark_txn_pending("other", &parts[..1], later);
+        let mut p = g.txn_pending("g");
+        p.sort();
+        assert_eq!(p, parts);
+        g.clear_txn_pending("g", &parts[..1]);
+        assert_eq!(g.txn_pending("g"), vec![("t".to_string(), 1)]);
+        assert_eq!(g.txn_pending("other"), vec![("t".to_string(), 0)]);
+        // A mark past its time no longer holds.
+        g.mark_txn_pending("g", &parts[..1], Instant::now());
+        assert_eq!(g.txn_pending("g"), vec![("t".to_string(), 1)]);
     }
 }

@@ -24,6 +24,31 @@ pub struct Committed {
     pub offset: i64,
     pub metadata: String,
     pub timestamp_ms: i64,
+    /// The leader epoch of the record at `offset - 1` as the consumer saw
+    /// it (Kafka's KIP-320), -1 when not given. Stored in a record header,
+    /// so records without one (and older brokers) read -1.
+    pub leader_epoch: i32,
+}
+
+/// The record header that carries a committed offset's leader epoch.
+const EPOCH_HEADER: &[u8] = b"leader_epoch";
+
+fn epoch_headers(c: Option<&Committed>) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    match c {
+        Some(c) if c.leader_epoch >= 0 => vec![(
+            EPOCH_HEADER.to_vec(),
+            Some(c.leader_epoch.to_be_bytes().to_vec()),
+        )],
+        _ => vec![],
+    }
+}
+
+fn epoch_of(r: &RecordView<'_>) -> i32 {
+    r.headers
+        .iter()
+        .find(|(k, _)| *k == EPOCH_HEADER)
+        .and_then(|(_, v)| v.and_then(|v| v.try_into().ok()))
+        .map_or(-1, i32::from_be_bytes)
 }
 
 /// A group's committed offsets by (topic, partition).
@@ -60,6 +85,7 @@ fn parse_value(v: &[u8]) -> Option<Committed> {
         offset: i64::from_le_bytes(v.get(..8)?.try_into().ok()?),
         timestamp_ms: i64::from_le_bytes(v.get(8..16)?.try_into().ok()?),
         metadata: String::from_utf8_lossy(v.get(16..)?).into_owned(),
+        leader_epoch: -1,
     })
 }
 
@@ -296,7 +322,7 @@ pub fn group_commit_records(group: &str, changes: &[OffsetChange], ts: i64) -> V
             timestamp: ts,
             key: Some(group_offset_key(group, t, *p)),
             value: c.as_ref().map(offset_value),
-            headers: vec![],
+            headers: epoch_headers(c.as_ref()),
         })
         .collect()
 }
@@ -387,7 +413,8 @@ pub fn apply_group_records(groups: &mut StoredGroups, recs: &[RecordView<'_>]) {
                     continue;
                 };
                 match r.value.and_then(parse_value) {
-                    Some(c) => {
+                    Some(mut c) => {
+                        c.leader_epoch = epoch_of(r);
                         groups
                             .entry(group.to_string())
                             .or_default()
@@ -423,11 +450,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_committed_leader_epoch_survives_replay_and_none_reads_minus_one() {
+        let with = Committed {
+            offset: 10,
+            metadata: "m".into(),
+            timestamp_ms: 1,
+            leader_epoch: 7,
+        };
+        let without = Committed {
+            leader_epoch: -1,
+            ..with.clone()
+        };
+        let changes = vec![
+            (("t".to_string(), 0), Some(with.clone())),
+            (("t".to_string(), 1), Some(without.clone())),
+        ];
+        let batch = build_batch(&group_commit_records("g", &changes, 1));
+        let recs = records(&batch).unwrap();
+        let mut groups = StoredGroups::new();
+        apply_group_records(&mut groups, &recs);
+        let g = &groups["g"];
+        assert_eq!(g.offsets[&("t".to_string(), 0)], with);
+        assert_eq!(g.offsets[&("t".to_string(), 1)], without);
+    }
+
+    #[test]
     fn group_records_replay_to_the_live_state_and_a_snapshot_replaces_the_past() {
         let c = |o| Committed {
             offset: o,
             metadata: "m".into(),
             timestamp_ms: 1,
+            leader_epoch: -1,
         };
         let k = |p| ("t".to_string(), p);
         let mut live = StoredGroups::new();
@@ -491,6 +544,7 @@ mod tests {
             offset: 42,
             metadata: "m".into(),
             timestamp_ms: 5,
+            leader_epoch: -1,
         };
         let back = parse_value(&offset_value(&c)).unwrap();
         assert_eq!(
@@ -505,6 +559,7 @@ mod tests {
             offset: o,
             metadata: String::new(),
             timestamp_ms: 1,
+            leader_epoch: -1,
         };
         let k = |p| ("t".to_string(), p);
         let mut live = OffsetMap::new();

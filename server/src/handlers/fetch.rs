@@ -29,6 +29,9 @@ pub struct FetchRequest {
     pub max_bytes: usize,
     /// A follower's node id, for replica fetches.
     pub replica: Option<u64>,
+    /// Consumers: read only below the last stable offset (Kafka's
+    /// isolation level read_committed), with the aborted transactions.
+    pub read_committed: bool,
     pub partitions: Vec<FetchPartition>,
 }
 
@@ -68,13 +71,7 @@ async fn read_all(
         .partitions
         .iter()
         .map(|fp| {
-            let reader = match req.replica {
-                Some(node) => Reader::Replica {
-                    node,
-                    epoch: fp.leader_epoch,
-                },
-                None => Reader::Consumer,
-            };
+            let reader = reader_of(req, fp);
             let (topic, p, offset) = (fp.topic.clone(), fp.partition, fp.offset);
             let max = fp.max_bytes.clamp(1, max_total);
             shard.check_partition(&fp.topic, fp.partition).map(|_| {
@@ -94,6 +91,18 @@ async fn read_all(
         });
     }
     results
+}
+
+/// Who reads `fp`: a follower, or a consumer at the request's isolation.
+fn reader_of(req: &FetchRequest, fp: &FetchPartition) -> Reader {
+    match req.replica {
+        Some(node) => Reader::Replica {
+            node,
+            epoch: fp.leader_epoch,
+        },
+        None if req.read_committed => Reader::Committed,
+        None => Reader::Consumer,
+    }
 }
 
 /// Accounts what the response carries (bytes out, records out, consumed
@@ -122,15 +131,15 @@ fn note_sent(shard: &Rc<Shard>, req: &FetchRequest, results: &[OpResult<ReadOut>
 
 /// Waits until any partition gets data (or `wait` passes).
 async fn wait_any(shard: &Rc<Shard>, req: &FetchRequest, wait: Duration) {
-    let replica = req.replica.is_some();
     let mut waits: Vec<Pin<Box<dyn Future<Output = OpResult<()>>>>> = req
         .partitions
         .iter()
         .map(|fp| {
             let (topic, p, offset) = (fp.topic.clone(), fp.partition, fp.offset);
+            let reader = reader_of(req, fp);
             let f = shard.submit_to(shard.owner(&fp.topic, fp.partition), move |s| async move {
                 s.partition(&topic, p)?
-                    .wait_data(offset, wait, replica, &s.shutdown)
+                    .wait_data(offset, wait, reader, &s.shutdown)
                     .await;
                 Ok(())
             });

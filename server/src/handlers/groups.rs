@@ -221,6 +221,52 @@ pub async fn commit(
         .await
 }
 
+/// Commits the offsets a transaction committed (the transaction
+/// coordinator, completing it), creating the group if needed.
+pub async fn commit_txn_offsets(
+    shard: &Rc<Shard>,
+    group: String,
+    offsets: Vec<OffsetCommit>,
+) -> OpResult<()> {
+    let (index, owner) = route(shard, &group).await?;
+    shard
+        .submit_to(owner, move |s| async move {
+            s.groups.ready(index).await?;
+            let g = s.groups.open(&group, index)?;
+            s.groups.commit_txn(&g, &*s, offsets).await.map(|_| ())
+        })
+        .await
+}
+
+/// A transaction that sent offsets of `group` for `parts` aborted: they
+/// are no longer unstable.
+pub async fn abort_txn_offsets(
+    shard: &Rc<Shard>,
+    group: String,
+    parts: Vec<(String, u32)>,
+) -> OpResult<()> {
+    let (index, owner) = route(shard, &group).await?;
+    shard
+        .submit_to(owner, move |s| async move {
+            s.groups.ready(index).await?;
+            s.groups.clear_txn_pending(&group, &parts);
+            Ok(())
+        })
+        .await
+}
+
+/// The partitions of `group` whose offsets a transaction sent and has not
+/// completed (OffsetFetch's require_stable, KIP-447).
+pub async fn txn_pending_offsets(shard: &Rc<Shard>, group: String) -> OpResult<Vec<(String, u32)>> {
+    let (index, owner) = route(shard, &group).await?;
+    shard
+        .submit_to(owner, move |s| async move {
+            s.groups.ready(index).await?;
+            Ok(s.groups.txn_pending(&group))
+        })
+        .await
+}
+
 /// The group's committed offsets: all, or those of `wanted` (topic, and
 /// partitions or all of the topic's when empty).
 pub async fn fetch_offsets(

@@ -13,6 +13,7 @@ pub mod offsets;
 pub mod produce;
 pub mod producers;
 pub mod topics;
+pub mod txn;
 
 use crate::shard::Shard;
 use std::rc::Rc;

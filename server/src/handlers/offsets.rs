@@ -6,10 +6,12 @@ use crate::shard::Shard;
 use std::rc::Rc;
 
 /// The offset for `spec` in each (topic, partition): -2 the log start, -1
-/// the log end, otherwise the first offset at or after that timestamp.
+/// the log end (the last stable offset for a `read_committed` reader),
+/// otherwise the first offset at or after that timestamp.
 pub async fn list_offsets(
     shard: &Rc<Shard>,
     wanted: Vec<(String, u32, i64)>,
+    read_committed: bool,
 ) -> Vec<(String, u32, OpResult<i64>)> {
     super::await_topics(shard, wanted.iter().map(|w| w.0.as_str())).await;
     let mut out = Vec::with_capacity(wanted.len());
@@ -19,7 +21,12 @@ pub async fn list_offsets(
                 let t = topic.clone();
                 shard
                     .submit_to(shard.owner(&topic, partition), move |s| async move {
-                        s.partition(&t, partition)?.list_offset(spec).await
+                        let p = s.partition(&t, partition)?;
+                        if read_committed && spec == -1 {
+                            p.check_leader()?;
+                            return Ok(p.last_stable_offset() as i64);
+                        }
+                        p.list_offset(spec).await
                     })
                     .await
             }

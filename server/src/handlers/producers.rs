@@ -1,25 +1,18 @@
 //! Idempotent producers: producer ids and epochs (Kafka's InitProducerId).
 
-use crate::error::{OpError, OpResult};
+use crate::error::OpResult;
 use crate::shard::{Shard, REGISTRY_SHARD};
-use levee_schemas::proto::ErrorCode;
 use std::rc::Rc;
 
 /// A producer id and epoch for an idempotent producer. `existing`: the id
 /// and epoch a producer already has and wants bumped (KIP-360, after it
 /// lost track of its sequences); it gets the next epoch, or a new id when
-/// the epoch would overflow. Transactional ids are not supported yet.
+/// the epoch would overflow. (With a transactional id, the id's
+/// coordinator answers: `handlers::txn::init_producer_id`.)
 pub async fn init_producer_id(
     shard: &Rc<Shard>,
-    transactional_id: Option<String>,
     existing: Option<(i64, i16)>,
 ) -> OpResult<(i64, i16)> {
-    if let Some(t) = transactional_id.filter(|t| !t.is_empty()) {
-        return Err(OpError::new(
-            ErrorCode::InvalidRequest,
-            format!("transactions are not supported yet (transactional id `{t}`); use an idempotent producer without a transactional id"),
-        ));
-    }
     if let Some((pid, epoch)) = existing.filter(|&(pid, epoch)| pid >= 0 && epoch >= 0) {
         if epoch < i16::MAX - 1 {
             return Ok((pid, epoch + 1));

@@ -4,6 +4,7 @@
 //! offset lookups. Nothing here knows a wire protocol or another shard.
 
 pub mod producers;
+pub mod txns;
 
 use crate::error::{OpError, OpResult};
 use crate::metrics::{label, Sample};
@@ -19,6 +20,7 @@ use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tracing::warn;
+use txns::{Aborted, Marker, PartitionTxns};
 
 /// A partition's offsets and size, as fetches and descriptions report them.
 #[derive(Debug, Clone, Copy, Default)]
@@ -26,6 +28,8 @@ pub struct PartitionState {
     pub log_start: u64,
     pub log_end: u64,
     pub high_watermark: u64,
+    /// Below it no transaction is open (read_committed consumers stop here).
+    pub last_stable: u64,
     pub size_bytes: u64,
 }
 
@@ -42,6 +46,8 @@ pub struct Produced {
 pub struct ReadOut {
     pub data: Vec<u8>,
     pub state: PartitionState,
+    /// read_committed: the aborted transactions overlapping what was read.
+    pub aborted: Vec<Aborted>,
 }
 
 /// What a consumer fetch sent of one partition, for its accounting on the
@@ -75,6 +81,9 @@ impl FetchSent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reader {
     Consumer,
+    /// A read_committed consumer: below the last stable offset, with the
+    /// aborted transactions it must skip.
+    Committed,
     /// A follower: its node id and the leader epoch it knows (-1: unknown).
     Replica {
         node: u64,
@@ -110,6 +119,8 @@ pub struct Partition {
     counters: Counters,
     /// Idempotent producers' sequences (KIP-98).
     producers: RefCell<ProducerTable>,
+    /// Open and aborted transactions (LSO, aborted index).
+    txns: RefCell<PartitionTxns>,
     /// Orders appends by request (see `produce`).
     append_order: levee_engine::fifo::FifoLock,
     /// The producer table changed, and bytes appended, since its snapshot.
@@ -119,7 +130,10 @@ pub struct Partition {
 
 /// The state file holding the producer table's snapshot.
 const PRODUCER_SNAPSHOT: &str = "producer-state";
+/// A producer table alone (before transactions), and one followed by the
+/// partition's transactions.
 const SNAPSHOT_MAGIC: &[u8; 4] = b"LVPS";
+const SNAPSHOT_MAGIC_TXNS: &[u8; 4] = b"LVPT";
 /// A snapshot is taken once this much was appended after the last one
 /// (bounding the scan after a crash), or when the table changed and
 /// [`SNAPSHOT_INTERVAL`] passed.
@@ -199,6 +213,7 @@ impl Partition {
             max_backlog: Cell::new(max_backlog),
             counters: Counters::default(),
             producers: RefCell::new(ProducerTable::default()),
+            txns: RefCell::new(PartitionTxns::default()),
             append_order: levee_engine::fifo::FifoLock::default(),
             producers_dirty: Cell::new(false),
             bytes_since_snapshot: Cell::new(0),
@@ -243,6 +258,16 @@ impl Partition {
         self.repl.borrow().high_watermark(self.log.log_end_offset())
     }
 
+    /// Offsets below this hold no open transaction (read_committed).
+    pub fn last_stable_offset(&self) -> u64 {
+        self.txns.borrow().last_stable_offset(self.high_watermark())
+    }
+
+    /// How many transactions are open on this partition.
+    pub fn open_transactions(&self) -> usize {
+        self.txns.borrow().open_count()
+    }
+
     pub fn check_leader(&self) -> Result<(), OpError> {
         self.repl.borrow().check_leader(self.name())
     }
@@ -262,10 +287,12 @@ impl Partition {
 
     pub fn state(&self) -> PartitionState {
         let st = self.log.stats();
+        let hw = self.high_watermark();
         PartitionState {
             log_start: st.log_start_offset,
             log_end: st.log_end_offset,
-            high_watermark: self.high_watermark(),
+            high_watermark: hw,
+            last_stable: self.txns.borrow().last_stable_offset(hw),
             size_bytes: st.size_bytes,
         }
     }
@@ -317,6 +344,7 @@ impl Partition {
                 self.check_leader()?;
             }
             let producer = ProducerFields::of(&b);
+            let transactional = check_client_batch(&b, producer.is_some())?;
             if let Some(pf) = producer {
                 if let Verdict::Duplicate {
                     first_offset,
@@ -337,6 +365,14 @@ impl Partition {
                 .map_err(OpError::from_log)?;
             if let Some(pf) = producer {
                 self.record_producer(&pf, info.base_offset, info.last_offset);
+                if transactional {
+                    self.txns.borrow_mut().on_batch(
+                        pf.pid,
+                        info.base_offset,
+                        info.last_offset,
+                        None,
+                    );
+                }
             }
             first.get_or_insert(info.base_offset);
             last = info.last_offset;
@@ -362,6 +398,74 @@ impl Partition {
             last,
             log_start: self.log.log_start_offset(),
         })
+    }
+
+    /// Writes a transaction marker (a control batch) for producer `pid`
+    /// at `epoch` through the append path, and waits until it is durable
+    /// and, on a cluster, in every in-sync replica (acks=all). A marker of
+    /// an older epoch than the producer's here is fenced; a newer one
+    /// fences the older epoch's batches. Returns the marker's offset.
+    pub async fn write_marker(
+        &self,
+        pid: i64,
+        epoch: i16,
+        marker: Marker,
+        timeout: Duration,
+    ) -> OpResult<u64> {
+        self.check_leader()?;
+        let repl_epoch = {
+            let r = self.repl.borrow();
+            r.check_acks_all(self.name())?;
+            r.epoch
+        };
+        let clustered = self.role() == Role::Leader;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let batch = levee_engine::batch::build_control_batch(
+            pid,
+            epoch,
+            &marker.key(),
+            &marker.value(),
+            now_ms,
+        );
+        let len = batch.len() as u64;
+        let checked = CheckedBatch::produced(bytes::Bytes::from(batch), self.log.max_batch_bytes())
+            .map_err(|e| OpError::from_log(e.into()))?;
+        let order = self.append_order.lock().await;
+        if clustered && (self.role() != Role::Leader || self.repl.borrow().epoch != repl_epoch) {
+            self.check_leader()?;
+        }
+        if let Some(current) = self.producers.borrow().epoch(pid) {
+            if current > epoch {
+                return Err(OpError::new(
+                    ErrorCode::ProducerFenced,
+                    format!("producer {pid} has epoch {current} on partition {} of `{}`; a marker of its epoch {epoch} is fenced", self.partition, self.topic),
+                ));
+            }
+        }
+        let info = self
+            .log
+            .append_checked(checked, batch_epoch(repl_epoch))
+            .await
+            .map_err(OpError::from_log)?;
+        self.producers.borrow_mut().bump_epoch(pid, epoch, now_ms);
+        self.producers_dirty.set(true);
+        self.txns
+            .borrow_mut()
+            .on_batch(pid, info.base_offset, info.last_offset, Some(marker));
+        self.appended.notify();
+        add(&self.bytes_since_snapshot, len);
+        if clustered {
+            self.recompute_hw();
+        }
+        drop(order);
+        self.wait_durable(info.last_offset, timeout).await?;
+        if clustered {
+            self.wait_committed(repl_epoch, info.last_offset, timeout)
+                .await?;
+        }
+        Ok(info.base_offset)
     }
 
     async fn wait_durable(&self, last: u64, timeout: Duration) -> OpResult<()> {
@@ -435,15 +539,25 @@ impl Partition {
                 self.check_leader()?;
                 (offset, self.is_clustered().then(|| self.high_watermark()))
             }
+            Reader::Committed => {
+                self.check_leader()?;
+                (offset, Some(self.last_stable_offset()))
+            }
         };
         let out = self
             .log
             .read(offset, max_bytes, visible)
             .await
             .map_err(OpError::from_log)?;
+        let aborted = if reader == Reader::Committed && !out.data.is_empty() {
+            self.txns.borrow().aborted_in(offset, out.next_offset)
+        } else {
+            Vec::new()
+        };
         Ok(ReadOut {
             data: out.data,
             state: self.state(),
+            aborted,
         })
     }
 
@@ -478,7 +592,8 @@ impl Partition {
     /// Completes when the partition has data at `offset` (committed data,
     /// unless for a replica), its role changes, the broker stops, or `wait`
     /// passes.
-    pub async fn wait_data(&self, offset: u64, wait: Duration, replica: bool, stop: &Shutdown) {
+    pub async fn wait_data(&self, offset: u64, wait: Duration, reader: Reader, stop: &Shutdown) {
+        let replica = matches!(reader, Reader::Replica { .. });
         let deadline = Instant::now() + wait;
         let role = (self.role(), self.repl.borrow().epoch);
         loop {
@@ -487,10 +602,10 @@ impl Partition {
             } else {
                 self.hw_changed.listen()
             };
-            let end = if replica {
-                self.log.log_end_offset()
-            } else {
-                self.high_watermark()
+            let end = match reader {
+                Reader::Replica { .. } => self.log.log_end_offset(),
+                Reader::Consumer => self.high_watermark(),
+                Reader::Committed => self.last_stable_offset(),
             };
             let changed = (self.role(), self.repl.borrow().epoch) != role;
             if end > offset || changed || stop.is_set() {
@@ -626,28 +741,45 @@ impl Partition {
             if let Some(pf) = ProducerFields::of_header(h) {
                 self.record_producer(&pf, h.base_offset(), h.last_offset());
             }
+            if let Some((pid, epoch, marker)) = txn_fields(h, batch) {
+                if marker.is_some() {
+                    self.producers
+                        .borrow_mut()
+                        .bump_epoch(pid, epoch, h.max_timestamp());
+                }
+                self.txns
+                    .borrow_mut()
+                    .on_batch(pid, h.base_offset(), h.last_offset(), marker);
+            }
         }
     }
 
     /// The log was cut at `offset`: forget the producers' batches from there.
     pub fn producers_truncated(&self, offset: u64) {
         self.producers.borrow_mut().truncate(offset);
+        if offset == 0 {
+            *self.txns.borrow_mut() = PartitionTxns::default();
+        } else {
+            self.txns.borrow_mut().truncate(offset);
+        }
         self.producers_dirty.set(true);
     }
 
     /// Rebuilds the producer table: the snapshot, then every batch after it.
     async fn load_producers(&self) -> OpResult<()> {
-        let (mut table, mut from) = match self.log.read_state_file(PRODUCER_SNAPSHOT).await {
-            Some(b) => decode_snapshot(&b).unwrap_or_else(|| {
-                warn!(topic = %self.topic, partition = self.partition, "damaged producer-state snapshot: rebuilding from the log");
-                (ProducerTable::default(), 0)
-            }),
-            None => (ProducerTable::default(), 0),
-        };
+        let (mut table, mut txns, mut from) =
+            match self.log.read_state_file(PRODUCER_SNAPSHOT).await {
+                Some(b) => decode_snapshot(&b).unwrap_or_else(|| {
+                    warn!(topic = %self.topic, partition = self.partition, "damaged producer-state snapshot: rebuilding from the log");
+                    (ProducerTable::default(), PartitionTxns::default(), 0)
+                }),
+                None => (ProducerTable::default(), PartitionTxns::default(), 0),
+            };
         let end = self.log.log_end_offset();
         if from > end {
             // The log lost its tail after the snapshot was taken.
             table.truncate(end);
+            txns.truncate(end);
             from = end;
         }
         let mut next = from.max(self.log.log_start_offset());
@@ -670,18 +802,26 @@ impl Partition {
                             pf.max_ts,
                         );
                     }
+                    if let Some((pid, epoch, marker)) = txn_fields(h, b) {
+                        if marker.is_some() {
+                            table.bump_epoch(pid, epoch, h.max_timestamp());
+                        }
+                        txns.on_batch(pid, h.base_offset(), h.last_offset(), marker);
+                    }
                 }
             }
             next = out.next_offset;
         }
         *self.producers.borrow_mut() = table;
+        txns.trim(self.log.log_start_offset());
+        *self.txns.borrow_mut() = txns;
         Ok(())
     }
 
     /// Writes the producer table's snapshot, covering the log up to its end.
     pub async fn snapshot_producers(&self) -> OpResult<()> {
         let end = self.log.log_end_offset();
-        let bytes = encode_snapshot(&self.producers.borrow(), end);
+        let bytes = encode_snapshot(&self.producers.borrow(), &self.txns.borrow(), end);
         self.producers_dirty.set(false);
         self.bytes_since_snapshot.set(0);
         self.log
@@ -717,6 +857,7 @@ impl Partition {
             {
                 self.producers_dirty.set(true);
             }
+            self.txns.borrow_mut().trim(self.log.log_start_offset());
             let due = self.bytes_since_snapshot.get() >= SNAPSHOT_EVERY_BYTES
                 || (self.producers_dirty.get() && last.elapsed() >= SNAPSHOT_INTERVAL);
             if due {
@@ -799,26 +940,79 @@ fn split_request(
     Ok((batches, msgs))
 }
 
-/// `LVPS`, the log offset it covers up to, a CRC32C of the table, the table.
-fn encode_snapshot(t: &ProducerTable, end: u64) -> Vec<u8> {
-    let table = t.encode();
+/// `LVPT`, the log offset it covers up to, a CRC32C of the rest, the
+/// producer table's length, the table, the transactions.
+fn encode_snapshot(t: &ProducerTable, txns: &PartitionTxns, end: u64) -> Vec<u8> {
+    let producers = t.encode();
+    let mut table = Vec::with_capacity(4 + producers.len() + 64);
+    table.extend_from_slice(&(producers.len() as u32).to_be_bytes());
+    table.extend_from_slice(&producers);
+    txns.encode(&mut table);
     let mut out = Vec::with_capacity(16 + table.len());
-    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(SNAPSHOT_MAGIC_TXNS);
     out.extend_from_slice(&end.to_be_bytes());
     out.extend_from_slice(&crc32c::crc32c(&table).to_be_bytes());
     out.extend_from_slice(&table);
     out
 }
 
-fn decode_snapshot(b: &[u8]) -> Option<(ProducerTable, u64)> {
-    if b.get(..4)? != SNAPSHOT_MAGIC {
-        return None;
-    }
+fn decode_snapshot(b: &[u8]) -> Option<(ProducerTable, PartitionTxns, u64)> {
+    let magic = b.get(..4)?;
     let end = u64::from_be_bytes(b.get(4..12)?.try_into().ok()?);
     let crc = u32::from_be_bytes(b.get(12..16)?.try_into().ok()?);
     let table = b.get(16..)?;
     if crc32c::crc32c(table) != crc {
         return None;
     }
-    Some((ProducerTable::decode(table)?, end))
+    if magic == SNAPSHOT_MAGIC {
+        // Written before transactions: none was open.
+        return Some((ProducerTable::decode(table)?, PartitionTxns::default(), end));
+    }
+    if magic != SNAPSHOT_MAGIC_TXNS {
+        return None;
+    }
+    let n = u32::from_be_bytes(table.get(..4)?.try_into().ok()?) as usize;
+    let producers = table.get(4..4usize.checked_add(n)?)?;
+    let txns = table.get(4 + n..)?;
+    Some((
+        ProducerTable::decode(producers)?,
+        PartitionTxns::decode(txns)?,
+        end,
+    ))
+}
+
+/// A stored batch's transaction fields: (producer id, epoch, its marker
+/// if it is a control batch), or `None` if it is not transactional.
+fn txn_fields(h: &BatchHeader, batch: &[u8]) -> Option<(i64, i16, Option<Marker>)> {
+    if !h.is_transactional() || h.producer_id() < 0 {
+        return None;
+    }
+    let marker = if h.is_control() {
+        let recs = levee_engine::batch::records(batch).ok()?;
+        let r = recs.first()?;
+        Some(Marker::parse(r.key?, r.value)?)
+    } else {
+        None
+    };
+    Some((h.producer_id(), h.producer_epoch(), marker))
+}
+
+/// Checks a batch a client produced: no control batch (markers come from
+/// the transaction coordinator), and a transactional batch only from an
+/// idempotent producer. Returns whether it is transactional.
+fn check_client_batch(b: &CheckedBatch, idempotent: bool) -> OpResult<bool> {
+    let h = BatchHeader::parse(&b.bytes).map_err(|e| OpError::from_log(e.into()))?;
+    if h.is_control() {
+        return Err(OpError::new(
+            ErrorCode::InvalidRequest,
+            "a client may not produce control batches (transaction markers)",
+        ));
+    }
+    if h.is_transactional() && !idempotent {
+        return Err(OpError::new(
+            ErrorCode::InvalidRequest,
+            "a transactional batch needs a producer id and sequence (InitProducerId with a transactional id)",
+        ));
+    }
+    Ok(h.is_transactional())
 }

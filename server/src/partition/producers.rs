@@ -147,6 +147,26 @@ impl ProducerTable {
         e.last_timestamp_ms = e.last_timestamp_ms.max(timestamp_ms);
     }
 
+    /// The producer's current epoch, if it is known here.
+    pub fn epoch(&self, pid: i64) -> Option<i16> {
+        self.producers.get(&pid).map(|e| e.epoch)
+    }
+
+    /// A transaction marker of `epoch` was written for `pid`: a newer
+    /// epoch fences the older one here too (its sequences start again).
+    pub fn bump_epoch(&mut self, pid: i64, epoch: i16, timestamp_ms: i64) {
+        let e = self.producers.entry(pid).or_insert(Entry {
+            epoch,
+            batches: VecDeque::new(),
+            last_timestamp_ms: timestamp_ms,
+        });
+        if epoch > e.epoch {
+            e.epoch = epoch;
+            e.batches.clear();
+        }
+        e.last_timestamp_ms = e.last_timestamp_ms.max(timestamp_ms);
+    }
+
     /// Forgets producers whose last batch is older than `expiration_ms`
     /// (Kafka's `producer.id.expiration.ms`). Returns how many went.
     pub fn expire(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
@@ -308,6 +328,27 @@ mod tests {
             Verdict::Fenced { current: 4, got: 3 }
         );
         assert_eq!(t.check(7, 4, 5, 9), Verdict::Append);
+    }
+
+    #[test]
+    fn a_marker_of_a_newer_epoch_fences_the_older_one() {
+        let mut t = ProducerTable::default();
+        t.record(7, 1, range(0, 10, 0), 1);
+        t.bump_epoch(7, 1, 2);
+        assert_eq!(
+            t.check(7, 1, 10, 19),
+            Verdict::Append,
+            "same epoch: no change"
+        );
+        t.bump_epoch(7, 2, 3);
+        assert_eq!(t.epoch(7), Some(2));
+        assert_eq!(
+            t.check(7, 1, 10, 19),
+            Verdict::Fenced { current: 2, got: 1 }
+        );
+        assert_eq!(t.check(7, 2, 0, 4), Verdict::Append);
+        t.bump_epoch(8, 0, 3);
+        assert_eq!(t.epoch(8), Some(0));
     }
 
     #[test]

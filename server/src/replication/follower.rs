@@ -132,6 +132,7 @@ impl Shard {
                     .collect(),
             ),
             replica_id: me as i64,
+            isolation_level: 0,
         }));
         let (h, body, start) = c.call(req, Duration::from_secs(5)).await?;
         // The batches are appended as shared slices of the response: their
@@ -269,15 +270,16 @@ async fn reconcile(c: &mut PeerConn, p: &Partition) -> Result<bool, String> {
     Ok(true)
 }
 
-/// A connection from a follower shard to a leader's client listener.
-struct PeerConn {
+/// A connection from a follower shard to a leader's client listener (also
+/// a transaction coordinator's to other nodes: `handlers/txn.rs`).
+pub(crate) struct PeerConn {
     stream: glommio::net::TcpStream,
     next_id: Cell<u64>,
     max_frame: usize,
 }
 
 impl PeerConn {
-    async fn connect(addr: &str, me: u64, max_frame: usize) -> Result<PeerConn, String> {
+    pub(crate) async fn connect(addr: &str, me: u64, max_frame: usize) -> Result<PeerConn, String> {
         let stream = futures_lite::future::or(
             async {
                 glommio::net::TcpStream::connect(addr)
@@ -314,7 +316,7 @@ impl PeerConn {
 
     /// Sends one request and reads its response: (header, frame body,
     /// start of the payload in the body).
-    async fn call(
+    pub(crate) async fn call(
         &mut self,
         request: Request,
         timeout: Duration,

@@ -22,6 +22,6 @@
 //!
 //! All the decisions are made by the I/O-free [`state::ReplicaState`].
 
-mod follower;
+pub(crate) mod follower;
 mod leader;
 pub mod state;

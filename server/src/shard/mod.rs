@@ -61,6 +61,8 @@ pub struct Shard {
     admin_lock: Semaphore,
     /// The consumer groups this shard coordinates.
     pub groups: Rc<crate::groups::Groups>,
+    /// The transactions this shard coordinates.
+    pub txns: Rc<crate::txn::Txns>,
     /// Shard 0: the producer ids left in its reserved block (next, end).
     producer_ids: Cell<Option<(i64, i64)>>,
     /// The data directory's disk-full state and space reserve, shared by
@@ -103,6 +105,7 @@ impl Shard {
             shutdown: Shutdown::default(),
             admin_lock: Semaphore::new(1),
             groups: Rc::new(crate::groups::Groups::new(&cfg.data_dir)),
+            txns: Rc::new(crate::txn::Txns::default()),
             producer_ids: Cell::new(None),
             space,
             cfg,
@@ -206,6 +209,9 @@ impl Shard {
             self.groups
                 .become_leader(p, meta.partitions, part.clone(), 0);
         }
+        if name == levee_core::TXN_TOPIC && self.cluster.is_none() {
+            self.txns.become_leader(p, part.clone(), 0);
+        }
         Ok(part)
     }
 
@@ -272,6 +278,18 @@ impl Shard {
                 self.groups.resign(p);
             }
         }
+        if name == levee_core::TXN_TOPIC {
+            let mine: Vec<u32> = self
+                .parts
+                .borrow()
+                .keys()
+                .filter(|(t, _)| t == name)
+                .map(|(_, p)| *p)
+                .collect();
+            for p in mine {
+                self.txns.resign(p);
+            }
+        }
         let gone: Vec<Rc<Partition>> = {
             let mut parts = self.parts.borrow_mut();
             let keys: Vec<_> = parts.keys().filter(|(t, _)| t == name).cloned().collect();
@@ -289,6 +307,7 @@ impl Shard {
     /// Closes every log cleanly (flush, indexes, clean marker).
     pub async fn close_all(&self) {
         self.groups.close_all();
+        self.txns.close_all();
         for p in self.all_partitions() {
             // The producer table, so the next start need not rescan.
             if let Err(e) = p.snapshot_producers().await {
@@ -346,6 +365,16 @@ impl Shard {
                 "levee_shard_forwarded_total",
                 &shard,
                 m.forwarded.get() as f64,
+            ),
+            (
+                "levee_transactions_open",
+                &shard,
+                self.txns.open_count() as f64,
+            ),
+            (
+                "levee_transaction_oldest_open_age_seconds",
+                &shard,
+                self.txns.oldest_open_age_ms(crate::txn::now_ms()) as f64 / 1000.0,
             ),
         ] {
             out.push(Sample::Value {

@@ -45,6 +45,15 @@ pub mod code {
     pub const MEMBER_ID_REQUIRED: i16 = 79;
     pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
     pub const INVALID_PRODUCER_EPOCH: i16 = 47;
+    pub const INVALID_TXN_STATE: i16 = 48;
+    pub const INVALID_PRODUCER_ID_MAPPING: i16 = 49;
+    pub const INVALID_TRANSACTION_TIMEOUT: i16 = 50;
+    pub const CONCURRENT_TRANSACTIONS: i16 = 51;
+    pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+    pub const INVALID_RECORD: i16 = 87;
+    pub const UNSTABLE_OFFSET_COMMIT: i16 = 88;
+    pub const PRODUCER_FENCED: i16 = 90;
+    pub const TRANSACTIONAL_ID_NOT_FOUND: i16 = 105;
     pub const THROTTLING_QUOTA_EXCEEDED: i16 = 89;
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
 }
@@ -87,6 +96,12 @@ pub fn kafka_error(e: ErrorCode, group: bool) -> i16 {
         ErrorCode::InvalidPartitions => INVALID_PARTITIONS,
         ErrorCode::InvalidReplicaAssignment => INVALID_REPLICA_ASSIGNMENT,
         ErrorCode::CoordinatorLoadInProgress => COORDINATOR_LOAD_IN_PROGRESS,
+        ErrorCode::InvalidTxnState => INVALID_TXN_STATE,
+        ErrorCode::ConcurrentTransactions => CONCURRENT_TRANSACTIONS,
+        ErrorCode::ProducerFenced => PRODUCER_FENCED,
+        ErrorCode::InvalidProducerIdMapping => INVALID_PRODUCER_ID_MAPPING,
+        ErrorCode::TransactionalIdNotFound => TRANSACTIONAL_ID_NOT_FOUND,
+        ErrorCode::InvalidTransactionTimeout => INVALID_TRANSACTION_TIMEOUT,
     }
 }
 
@@ -116,6 +131,10 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    (ApiKey::AddOffsetsToTxn, 0, 3),
+    (ApiKey::EndTxn, 0, 3),
+    (ApiKey::TxnOffsetCommit, 0, 3),
 ];
 
 /// Whether `key` at `version` is served.
@@ -240,6 +259,10 @@ pub fn decode_any(frame_body: &[u8]) -> Result<(), String> {
         InitProducerId => m::InitProducerIdRequest,
         AlterConfigs => m::AlterConfigsRequest,
         IncrementalAlterConfigs => m::IncrementalAlterConfigsRequest,
+        AddPartitionsToTxn => m::AddPartitionsToTxnRequest,
+        AddOffsetsToTxn => m::AddOffsetsToTxnRequest,
+        EndTxn => m::EndTxnRequest,
+        TxnOffsetCommit => m::TxnOffsetCommitRequest,
     )
     .map_err(|e| e.to_string())
 }

@@ -71,6 +71,8 @@ pub async fn fetch(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
         min_bytes: req.min_bytes.max(0) as usize,
         max_bytes,
         replica: None,
+        // Kafka's isolation level 1: read_committed.
+        read_committed: req.isolation_level == 1,
         partitions: parts,
     };
     let mut results = handlers::fetch::fetch(&ctx.shard, neutral)
@@ -89,9 +91,21 @@ pub async fn fetch(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
         };
         match res {
             Ok(read) => {
-                let hw = read.state.high_watermark as i64;
-                pd.high_watermark = hw;
-                pd.last_stable_offset = hw;
+                pd.high_watermark = read.state.high_watermark as i64;
+                pd.last_stable_offset = read.state.last_stable as i64;
+                if req.isolation_level == 1 {
+                    pd.aborted_transactions = Some(
+                        read.aborted
+                            .iter()
+                            .map(|a| {
+                                let mut t = fetch_response::AbortedTransaction::default();
+                                t.producer_id = ProducerId(a.producer_id);
+                                t.first_offset = a.first_offset as i64;
+                                t
+                            })
+                            .collect(),
+                    );
+                }
                 pd.log_start_offset = read.state.log_start as i64;
                 pd.records = Some(bytes::Bytes::from(read.data));
             }

@@ -47,11 +47,11 @@ pub async fn find_coordinator(ctx: &Ctx, req: FindCoordinatorRequest) -> FindCoo
     } else {
         vec![req.key.clone()]
     };
-    // The groups' topic is created on first use.
-    let created = if req.key_type == 0 {
-        handlers::groups::ensure_offsets_topic(&ctx.shard).await
-    } else {
-        Ok(())
+    // The groups' (and transactions') topic is created on first use.
+    let created = match req.key_type {
+        0 => handlers::groups::ensure_offsets_topic(&ctx.shard).await,
+        1 => handlers::txn::ensure_txn_topic(&ctx.shard).await,
+        _ => Ok(()),
     };
     let mut out = FindCoordinatorResponse::default();
     for key in keys {
@@ -61,9 +61,13 @@ pub async fn find_coordinator(ctx: &Ctx, req: FindCoordinatorRequest) -> FindCoo
         let found = match (&created, req.key_type) {
             (Err(e), _) => Err(e.clone()),
             (Ok(()), 0) => handlers::groups::coordinator(&ctx.shard, key.as_str()),
+            (Ok(()), 1) => handlers::txn::coordinator(&ctx.shard, key.as_str()),
             _ => Err(OpError::new(
-                ErrorCode::CoordinatorUnavailable,
-                "transactions are not supported yet",
+                ErrorCode::InvalidRequest,
+                format!(
+                    "coordinator key type {} is not 0 (group) or 1 (transaction)",
+                    req.key_type
+                ),
             )),
         };
         match found.map(|(_, node)| brokers.iter().find(|(id, _, _)| *id == node as i32)) {

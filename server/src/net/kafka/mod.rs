@@ -4,7 +4,7 @@
 //! `kafka-protocol` crate and handed to the request layer (`handlers/`),
 //! responses out in request order. One file per group of APIs:
 //! `produce.rs`, `fetch.rs`, `metadata.rs`, `groups.rs`, `offsets.rs`,
-//! `admin.rs`; `codec.rs` has the framing, versions and error codes.
+//! `admin.rs`, `txn.rs`; `codec.rs` has the framing, versions and error codes.
 //!
 //! Bad input stays with its connection: an oversized or truncated frame,
 //! or an undecodable request, closes that connection; an API or version
@@ -19,6 +19,7 @@ mod metadata;
 mod offsets;
 mod produce;
 mod producers;
+mod txn;
 
 use crate::net::conn::{read_exact_or_shutdown, Conn, Outgoing, Pending};
 use crate::shard::{buffers, bump, Shard};
@@ -200,6 +201,12 @@ async fn process(shard: &Rc<Shard>, body: &mut Bytes, host: Rc<str>) -> Reply {
         ),
         ApiKey::DescribeCluster => serve!(m::DescribeClusterRequest, admin::describe_cluster),
         ApiKey::InitProducerId => serve!(m::InitProducerIdRequest, producers::init_producer_id),
+        ApiKey::AddPartitionsToTxn => {
+            serve!(m::AddPartitionsToTxnRequest, txn::add_partitions_to_txn)
+        }
+        ApiKey::AddOffsetsToTxn => serve!(m::AddOffsetsToTxnRequest, txn::add_offsets_to_txn),
+        ApiKey::EndTxn => serve!(m::EndTxnRequest, txn::end_txn),
+        ApiKey::TxnOffsetCommit => serve!(m::TxnOffsetCommitRequest, txn::txn_offset_commit),
         _ => Reply::Frame(minimal_error(corr, code::UNSUPPORTED_VERSION)),
     }
 }

@@ -33,7 +33,8 @@ pub async fn list_offsets(ctx: &Ctx, req: ListOffsetsRequest) -> ListOffsetsResp
             }
         }
     }
-    let results = handlers::offsets::list_offsets(&ctx.shard, wanted).await;
+    let results =
+        handlers::offsets::list_offsets(&ctx.shard, wanted, req.isolation_level == 1).await;
     let mut topics: BTreeMap<String, Vec<ListOffsetsPartitionResponse>> = BTreeMap::new();
     for (topic, partition, res) in results {
         let mut r = ListOffsetsPartitionResponse::default();
@@ -87,6 +88,7 @@ pub async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> OffsetCommitR
                     .as_ref()
                     .map(|m| m.as_str().to_string())
                     .unwrap_or_default(),
+                leader_epoch: p.committed_leader_epoch,
             })
         })
         .collect();
@@ -141,7 +143,8 @@ pub async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> OffsetCommitR
 
 /// A partition's committed offset as OffsetFetch returns it: (partition,
 /// offset, metadata, error).
-type Fetched = (i32, i64, String, i16);
+/// (partition, offset, metadata, error, leader epoch)
+type Fetched = (i32, i64, String, i16, i32);
 
 /// One group's committed offsets by topic, for the partitions asked (or
 /// all committed ones).
@@ -149,8 +152,18 @@ async fn fetch_group(
     ctx: &Ctx,
     group: &str,
     topics: Option<Vec<(String, Vec<i32>)>>,
+    require_stable: bool,
 ) -> Result<Vec<(String, Vec<Fetched>)>, i16> {
     check_coordinator(ctx, group).map_err(|e| kafka_error(e.code, true))?;
+    // KIP-447: offsets a transaction sent and has not completed are
+    // unstable for a consumer that asks (read_committed ones do).
+    let unstable: Vec<(String, u32)> = if require_stable {
+        handlers::groups::txn_pending_offsets(&ctx.shard, group.to_string())
+            .await
+            .map_err(|e| kafka_error(e.code, true))?
+    } else {
+        Vec::new()
+    };
     let wanted = topics.as_ref().map(|ts| {
         ts.iter()
             .map(|(t, ps)| (t.clone(), ps.iter().map(|&p| p.max(0) as u32).collect()))
@@ -159,12 +172,16 @@ async fn fetch_group(
     let committed = handlers::groups::fetch_offsets(&ctx.shard, group.to_string(), wanted)
         .await
         .map_err(|e| kafka_error(e.code, true))?;
-    let mut have: BTreeMap<(String, i32), (i64, String)> = committed
+    let mut have: BTreeMap<(String, i32), (i64, String, i32)> = committed
         .into_iter()
         .map(|c| {
             (
                 (c.topic, c.partition as i32),
-                (c.committed.offset, c.committed.metadata),
+                (
+                    c.committed.offset,
+                    c.committed.metadata,
+                    c.committed.leader_epoch,
+                ),
             )
         })
         .collect();
@@ -175,20 +192,27 @@ async fn fetch_group(
                 let parts = ps
                     .iter()
                     .map(|&p| match have.remove(&(t.clone(), p)) {
-                        Some((o, m)) => (p, o, m, code::NONE),
+                        Some((o, m, e)) => (p, o, m, code::NONE, e),
                         // No commit: offset -1, no error (Kafka's answer).
-                        None => (p, -1, String::new(), code::NONE),
+                        None => (p, -1, String::new(), code::NONE, -1),
                     })
                     .collect();
                 out.push((t, parts));
             }
         }
         None => {
-            for ((t, p), (o, m)) in have {
+            for ((t, p), (o, m, e)) in have {
                 match out.iter_mut().find(|(n, _)| *n == t) {
-                    Some((_, v)) => v.push((p, o, m, code::NONE)),
-                    None => out.push((t, vec![(p, o, m, code::NONE)])),
+                    Some((_, v)) => v.push((p, o, m, code::NONE, e)),
+                    None => out.push((t, vec![(p, o, m, code::NONE, e)])),
                 }
+            }
+        }
+    }
+    for (t, parts) in &mut out {
+        for f in parts.iter_mut() {
+            if unstable.contains(&(t.clone(), f.0.max(0) as u32)) {
+                f.3 = code::UNSTABLE_OFFSET_COMMIT;
             }
         }
     }
@@ -206,11 +230,11 @@ macro_rules! topics_of {
                 t.name = TopicName(str_bytes(name));
                 t.partitions = parts
                     .into_iter()
-                    .map(|(p, o, m, e): Fetched| {
+                    .map(|(p, o, m, e, epoch): Fetched| {
                         let mut r = $part::default();
                         r.partition_index = p;
                         r.committed_offset = o;
-                        r.committed_leader_epoch = -1;
+                        r.committed_leader_epoch = epoch;
                         r.metadata = Some(str_bytes(m));
                         r.error_code = e;
                         r
@@ -233,7 +257,7 @@ pub async fn offset_fetch(ctx: &Ctx, req: OffsetFetchRequest) -> OffsetFetchResp
             });
             let mut gr = OffsetFetchResponseGroup::default();
             gr.group_id = g.group_id.clone();
-            match fetch_group(ctx, g.group_id.as_str(), topics).await {
+            match fetch_group(ctx, g.group_id.as_str(), topics, req.require_stable).await {
                 Ok(ts) => {
                     gr.topics =
                         topics_of!(ts, OffsetFetchResponseTopics, OffsetFetchResponsePartitions)
@@ -249,7 +273,7 @@ pub async fn offset_fetch(ctx: &Ctx, req: OffsetFetchRequest) -> OffsetFetchResp
             .map(|t| (t.name.as_str().to_string(), t.partition_indexes.clone()))
             .collect()
     });
-    match fetch_group(ctx, req.group_id.as_str(), topics).await {
+    match fetch_group(ctx, req.group_id.as_str(), topics, req.require_stable).await {
         Ok(ts) => {
             out.topics = topics_of!(ts, OffsetFetchResponseTopic, OffsetFetchResponsePartition)
         }

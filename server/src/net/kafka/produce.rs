@@ -63,15 +63,6 @@ pub async fn produce(ctx: &Ctx, req: ProduceRequest) -> ProduceResponse {
         fail_all(&mut out, &req, 21, "acks must be 0, 1 or -1 (all)"); // INVALID_REQUIRED_ACKS
         return out;
     }
-    if req.transactional_id.is_some() {
-        fail_all(
-            &mut out,
-            &req,
-            code::INVALID_REQUEST,
-            "transactional produce is not supported yet",
-        );
-        return out;
-    }
     let rf = super::metadata::default_replication(ctx);
     super::metadata::auto_create(
         &ctx.shard,

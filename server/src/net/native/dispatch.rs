@@ -87,7 +87,7 @@ pub async fn process(
             let existing = (r.producer_id >= 0 && r.producer_epoch >= 0)
                 .then_some((r.producer_id, r.producer_epoch));
             let (error, message, producer_id, producer_epoch) =
-                match handlers::producers::init_producer_id(shard, None, existing).await {
+                match handlers::producers::init_producer_id(shard, existing).await {
                     Ok((pid, epoch)) => (ErrorCode::None, None, pid, epoch),
                     Err(e) => (e.code, Some(e.message), -1, -1),
                 };
@@ -96,6 +96,86 @@ pub async fn process(
                 message,
                 producer_id,
                 producer_epoch,
+            }))
+        }
+        Request::WriteTxnMarker(w) => {
+            let marker = crate::partition::txns::Marker {
+                commit: w.commit,
+                coordinator_epoch: w.coordinator_epoch,
+            };
+            let res = handlers::txn::write_marker_here(
+                shard,
+                w.topic,
+                w.partition,
+                w.producer_id,
+                w.producer_epoch,
+                marker,
+            )
+            .await;
+            group_result(None, res)
+        }
+        Request::CommitTxnOffsets(c) => {
+            let epochs = c.leader_epochs.unwrap_or_default();
+            let offsets: Vec<OffsetCommit> = c
+                .offsets
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+                .map(|(i, o)| OffsetCommit {
+                    topic: o.topic,
+                    partition: o.partition,
+                    offset: o.offset,
+                    metadata: o.metadata.unwrap_or_default(),
+                    leader_epoch: epochs.get(i).copied().unwrap_or(-1),
+                })
+                .collect();
+            let res = if c.abort {
+                let parts = offsets
+                    .into_iter()
+                    .map(|o| (o.topic, o.partition))
+                    .collect();
+                handlers::groups::abort_txn_offsets(shard, c.group.clone(), parts).await
+            } else {
+                handlers::groups::commit_txn_offsets(shard, c.group.clone(), offsets).await
+            };
+            group_result(Some(c.group), res)
+        }
+        Request::AddTxnOffsets(a) => {
+            let epochs = a.leader_epochs.unwrap_or_default();
+            let offsets = a
+                .offsets
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+                .map(|(i, o)| {
+                    let e = epochs.get(i).copied().unwrap_or(-1);
+                    (
+                        (o.topic, o.partition),
+                        (o.offset, e, o.metadata.unwrap_or_default()),
+                    )
+                })
+                .collect();
+            let res = handlers::txn::add_txn_offsets(
+                shard,
+                a.transactional_id,
+                a.group.clone(),
+                a.producer_id,
+                a.producer_epoch,
+                offsets,
+            )
+            .await;
+            group_result(Some(a.group), res)
+        }
+        Request::ListTransactions(l) => {
+            let wanted = l.transactional_id.filter(|t| !t.is_empty());
+            let transactions = handlers::txn::list(shard)
+                .await?
+                .into_iter()
+                .filter(|t| wanted.as_ref().is_none_or(|w| *w == t.transactional_id))
+                .map(transaction_info)
+                .collect();
+            Response::ListTransactionsResponse(Box::new(proto::ListTransactionsResponse {
+                transactions: Some(transactions),
             }))
         }
         Request::AlterTopic(a) => {
@@ -186,7 +266,7 @@ pub async fn process(
                 .into_iter()
                 .map(|lp| (lp.topic, lp.partition, lp.spec))
                 .collect();
-            let out = handlers::offsets::list_offsets(shard, wanted)
+            let out = handlers::offsets::list_offsets(shard, wanted, false)
                 .await
                 .into_iter()
                 .map(|(topic, partition, res)| {
@@ -369,6 +449,7 @@ async fn fetch(shard: &Rc<Shard>, f: proto::Fetch) -> Processed {
         min_bytes: f.min_bytes as usize,
         max_bytes: (f.max_bytes as usize).min(frame_room),
         replica: (f.replica_id >= 0).then_some(f.replica_id as u64),
+        read_committed: f.isolation_level == 1,
         partitions: parts
             .iter()
             .map(|fp| FetchPartition {
@@ -394,11 +475,26 @@ async fn fetch(shard: &Rc<Shard>, f: proto::Fetch) -> Processed {
             log_start_offset: 0,
             payload_offset: offset as u32,
             payload_len: 0,
+            last_stable_offset: 0,
+            aborted: None,
         };
         match res {
             Ok(read) => {
                 r.high_watermark = read.state.high_watermark;
                 r.log_start_offset = read.state.log_start;
+                r.last_stable_offset = read.state.last_stable;
+                if f.isolation_level == 1 {
+                    r.aborted = Some(
+                        read.aborted
+                            .iter()
+                            .map(|a| proto::AbortedTxn {
+                                producer_id: a.producer_id,
+                                first_offset: a.first_offset,
+                                last_offset: a.last_offset,
+                            })
+                            .collect(),
+                    );
+                }
                 if !read.data.is_empty() {
                     r.payload_len = read.data.len() as u32;
                     offset += read.data.len();
@@ -471,6 +567,7 @@ async fn group_request(shard: &Rc<Shard>, req: Request, peer: &str) -> Response 
                     partition: o.partition,
                     offset: o.offset,
                     metadata: o.metadata.unwrap_or_default(),
+                    leader_epoch: -1,
                 })
                 .collect();
             let member = c.member_id.unwrap_or_default();
@@ -611,5 +708,44 @@ async fn join(shard: &Rc<Shard>, j: proto::JoinGroup, peer: &str) -> Response {
             assignment: None,
             heartbeat_interval_ms: 0,
         },
+    }))
+}
+
+/// A transaction as the native protocol lists it.
+fn transaction_info(t: handlers::txn::TxnSummary) -> proto::TransactionInfo {
+    let mut by_topic: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+    for (topic, p) in t.partitions {
+        by_topic.entry(topic).or_default().push(p);
+    }
+    proto::TransactionInfo {
+        transactional_id: Some(t.transactional_id),
+        producer_id: t.producer_id,
+        epoch: t.epoch,
+        state: Some(t.state.to_string()),
+        timeout_ms: t.timeout_ms,
+        age_ms: t.age_ms,
+        partitions: Some(
+            by_topic
+                .into_iter()
+                .map(|(topic, partitions)| proto::TopicPartitions {
+                    topic,
+                    partitions: Some(partitions),
+                })
+                .collect(),
+        ),
+        groups: Some(t.groups),
+    }
+}
+
+/// An internal request's outcome.
+fn group_result(group: Option<String>, res: crate::error::OpResult<()>) -> Response {
+    let (error, message) = match res {
+        Ok(()) => (ErrorCode::None, None),
+        Err(e) => (e.code, Some(e.message)),
+    };
+    Response::GroupResult(Box::new(proto::GroupResult {
+        group,
+        error,
+        message,
     }))
 }
