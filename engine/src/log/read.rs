@@ -60,6 +60,17 @@ impl Log {
             return false;
         }
         let start = s.cache.partition_point(|c| c.next_offset <= want);
+        // Size the output once: growing it batch by batch would copy what
+        // it already holds at every doubling.
+        let (mut n, mut need) = (out.data.len(), 0usize);
+        for c in s.cache.iter().skip(start) {
+            if c.base_offset >= bound || (n > 0 && n + c.bytes.len() > max_bytes) {
+                break;
+            }
+            n += c.bytes.len();
+            need += c.bytes.len();
+        }
+        out.data.reserve(need);
         for c in s.cache.iter().skip(start) {
             if c.base_offset >= bound {
                 break;

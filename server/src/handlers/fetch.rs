@@ -67,7 +67,7 @@ async fn read_all(
     req: &FetchRequest,
     max_total: usize,
 ) -> Vec<OpResult<ReadOut>> {
-    let tasks: Vec<_> = req
+    let jobs: Vec<_> = req
         .partitions
         .iter()
         .map(|fp| {
@@ -75,22 +75,13 @@ async fn read_all(
             let (topic, p, offset) = (fp.topic.clone(), fp.partition, fp.offset);
             let max = fp.max_bytes.clamp(1, max_total);
             shard.check_partition(&fp.topic, fp.partition).map(|_| {
-                glommio::spawn_local(
-                    shard.submit_to(shard.owner(&fp.topic, fp.partition), move |s| async move {
-                        s.partition(&topic, p)?.read(offset, max, reader).await
-                    }),
-                )
+                shard.submit_to(shard.owner(&fp.topic, fp.partition), move |s| async move {
+                    s.partition(&topic, p)?.read(offset, max, reader).await
+                })
             })
         })
         .collect();
-    let mut results = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        results.push(match t {
-            Ok(t) => t.await,
-            Err(e) => Err(e),
-        });
-    }
-    results
+    super::run_in_order(jobs).await
 }
 
 /// Who reads `fp`: a follower, or a consumer at the request's isolation.

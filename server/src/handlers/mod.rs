@@ -15,9 +15,43 @@ pub mod producers;
 pub mod topics;
 pub mod txn;
 
+use crate::error::OpResult;
 use crate::shard::Shard;
+use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+
+/// Runs one job per partition of a request, concurrently, and returns
+/// their outputs in the order given (a job that could not start is its
+/// error). A lone job, the usual case, is awaited in place: a task of its
+/// own would only add a spawn, a wake-up and a poll to every request.
+pub(crate) async fn run_in_order<T, F>(jobs: Vec<OpResult<F>>) -> Vec<OpResult<T>>
+where
+    T: 'static,
+    F: Future<Output = OpResult<T>> + 'static,
+{
+    let mut out = Vec::with_capacity(jobs.len());
+    if jobs.len() == 1 {
+        for job in jobs {
+            out.push(match job {
+                Ok(f) => f.await,
+                Err(e) => Err(e),
+            });
+        }
+        return out;
+    }
+    let tasks: Vec<_> = jobs
+        .into_iter()
+        .map(|j| j.map(glommio::spawn_local))
+        .collect();
+    for t in tasks {
+        out.push(match t {
+            Ok(t) => t.await,
+            Err(e) => Err(e),
+        });
+    }
+    out
+}
 
 /// Cluster mode: a topic unknown here may just have been created, and this
 /// node's metadata may lag the coordinators by a poll; wait briefly for it

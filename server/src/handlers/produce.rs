@@ -31,44 +31,47 @@ pub async fn produce(
 ) -> Vec<(String, u32, OpResult<Produced>)> {
     let (parts, backing) = (req.partitions, req.backing);
     super::await_topics(shard, parts.iter().map(|p| p.topic.as_str())).await;
-    let tasks: Vec<_> = parts
+    let mut names = Vec::with_capacity(parts.len());
+    let jobs: Vec<_> = parts
         .into_iter()
         .map(|pp| {
-            let check = super::topics::check_not_internal(&pp.topic, "produce to")
-                .and_then(|()| shard.check_partition(&pp.topic, pp.partition));
-            let task = match (check, pp.data) {
-                (Ok(()), Ok(data)) => {
-                    let (topic, p) = (pp.topic.clone(), pp.partition);
-                    Ok(glommio::spawn_local(shard.submit_to(
-                        shard.owner(&pp.topic, pp.partition),
-                        move |s| async move {
-                            let res = s
-                                .partition(&topic, p)?
-                                .produce(acks, timeout, data, backing)
-                                .await;
-                            if let Err(e) = &res {
-                                if e.no_space {
-                                    s.space.note_full(&format!(
-                                        "produce to partition {p} of `{topic}`"
-                                    ));
-                                }
-                            }
-                            res
-                        },
-                    )))
-                }
-                (Err(e), _) | (_, Err(e)) => Err(e),
-            };
-            (pp.topic, pp.partition, task)
+            names.push((pp.topic.clone(), pp.partition));
+            append_job(shard, acks, timeout, backing, pp)
         })
         .collect();
-    let mut out = Vec::with_capacity(tasks.len());
-    for (topic, partition, task) in tasks {
-        let res = match task {
-            Ok(t) => t.await,
-            Err(e) => Err(e),
-        };
-        out.push((topic, partition, res));
-    }
-    out
+    let results = super::run_in_order(jobs).await;
+    names
+        .into_iter()
+        .zip(results)
+        .map(|((topic, partition), res)| (topic, partition, res))
+        .collect()
+}
+
+/// One partition's append, to run on the shard that owns it (or the
+/// error that keeps it from starting).
+fn append_job(
+    shard: &Rc<Shard>,
+    acks: i8,
+    timeout: Duration,
+    backing: usize,
+    pp: ProducePartition,
+) -> OpResult<impl std::future::Future<Output = OpResult<Produced>> + 'static> {
+    super::topics::check_not_internal(&pp.topic, "produce to")
+        .and_then(|()| shard.check_partition(&pp.topic, pp.partition))?;
+    let data = pp.data?;
+    let owner = shard.owner(&pp.topic, pp.partition);
+    let (topic, p) = (pp.topic, pp.partition);
+    Ok(shard.submit_to(owner, move |s| async move {
+        let res = s
+            .partition(&topic, p)?
+            .produce(acks, timeout, data, backing)
+            .await;
+        if let Err(e) = &res {
+            if e.no_space {
+                s.space
+                    .note_full(&format!("produce to partition {p} of `{topic}`"));
+            }
+        }
+        res
+    }))
 }

@@ -137,7 +137,7 @@ impl Shard {
         let (h, body, start) = c.call(req, Duration::from_secs(5)).await?;
         // The batches are appended as shared slices of the response: their
         // one copy is into the segment's DMA chunk.
-        let body = bytes::Bytes::from(body);
+        let body = crate::shard::buffers::shared(body);
         let payload = &body[start..];
         let Some(Response::FetchResponse(r)) = h.response else {
             return Err(format!(
@@ -342,7 +342,8 @@ impl PeerConn {
                 .await
                 .map_err(|e| e.to_string())?;
             let len = levee_schemas::frame_len(prefix, max).map_err(|e| e.to_string())?;
-            let mut body = vec![0u8; len];
+            // A recycled buffer: no zero-fill of every response's bytes.
+            let mut body = crate::shard::buffers::take(len);
             stream
                 .read_exact(&mut body)
                 .await

@@ -6,21 +6,42 @@
 //! A produce request's batches travel as [`Bytes`] slices of its buffer
 //! (into the log's tail cache, to followers, across shards), so the buffer
 //! comes back when the last slice is dropped: [`shared`] wraps it in an
-//! owner whose `Drop` returns it to the pool of the thread that drops it.
+//! owner whose `Drop` returns it to the pool of the thread that took it.
+//! Dropped on another thread (a batch appended on the shard that owns its
+//! partition, not on the one that read the request), it goes into that
+//! pool's lock-free return queue, drained by the next [`take`]: otherwise a
+//! shard that reads most requests (both of a client's connections landed
+//! on it) would allocate and zero-fill a fresh buffer for every request it
+//! forwards, while the owner's pool overflowed with buffers it never uses.
 //! Each thread (shard) keeps at most [`POOLED`] buffers of at most
-//! [`POOLED_MAX`] bytes, so the pool bounds memory by configuration, not
-//! by traffic.
+//! [`POOLED_MAX`] bytes, plus at most [`POOLED`] in its return queue, so
+//! the pool bounds memory by configuration, not by traffic.
 
 use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
 use std::cell::RefCell;
+use std::sync::Arc;
 
 /// Buffers a thread keeps for reuse.
 pub const POOLED: usize = 16;
 /// The largest buffer kept (larger ones are freed).
 pub const POOLED_MAX: usize = 4 << 20;
 
+type Returns = Arc<ArrayQueue<Vec<u8>>>;
+
 thread_local! {
     static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    /// Buffers of this thread's pool dropped on other threads.
+    static RETURNS: Returns = Arc::new(ArrayQueue::new(POOLED));
+}
+
+/// Moves buffers other threads gave back into this thread's pool.
+fn collect_returns() {
+    let _ = RETURNS.try_with(|q| {
+        while let Some(b) = q.pop() {
+            give_back(b);
+        }
+    });
 }
 
 /// A buffer of exactly `len` bytes to read a request into (contents
@@ -30,6 +51,7 @@ thread_local! {
 /// the buffers large ones (produces) need: growing a buffer's length
 /// zero-fills the new bytes.
 pub fn take(len: usize) -> Vec<u8> {
+    collect_returns();
     let reused = POOL
         .try_with(|p| {
             let mut pool = p.borrow_mut();
@@ -72,10 +94,14 @@ pub fn give_back(b: Vec<u8>) {
 /// A request buffer as shared bytes: slices of it may outlive the request,
 /// and the buffer returns to the pool once the last one is dropped.
 pub fn shared(b: Vec<u8>) -> Bytes {
-    Bytes::from_owner(Recycled(b))
+    match RETURNS.try_with(Arc::clone) {
+        Ok(home) => Bytes::from_owner(Recycled(b, Some(home))),
+        Err(_) => Bytes::from_owner(Recycled(b, None)),
+    }
 }
 
-struct Recycled(Vec<u8>);
+/// A shared request buffer and the return queue of the pool it came from.
+struct Recycled(Vec<u8>, Option<Returns>);
 
 impl AsRef<[u8]> for Recycled {
     fn as_ref(&self) -> &[u8] {
@@ -85,7 +111,20 @@ impl AsRef<[u8]> for Recycled {
 
 impl Drop for Recycled {
     fn drop(&mut self) {
-        give_back(std::mem::take(&mut self.0));
+        let b = std::mem::take(&mut self.0);
+        let at_home = |home: &Returns| {
+            RETURNS
+                .try_with(|mine| Arc::ptr_eq(mine, home))
+                .unwrap_or(false)
+        };
+        match self.1.take() {
+            // Another thread's buffer: back to its pool (freed if that
+            // pool's queue is full).
+            Some(home) if !at_home(&home) && b.capacity() <= POOLED_MAX => {
+                let _ = home.push(b);
+            }
+            _ => give_back(b),
+        }
     }
 }
 
@@ -127,6 +166,21 @@ mod tests {
         assert!(large.capacity() >= 1 << 20);
         assert_eq!(POOL.with(|p| p.borrow()[0].len()), 100);
         give_back(large);
+    }
+
+    #[test]
+    fn a_buffer_dropped_on_another_thread_returns_to_its_own_pool() {
+        POOL.with(|p| p.borrow_mut().clear());
+        let b = take(100_000);
+        let ptr = b.as_ptr();
+        let slice = shared(b).slice(1..2);
+        std::thread::spawn(move || drop(slice))
+            .join()
+            .expect("the dropping thread ends");
+        // Not in the other thread's pool: back here, and taken again.
+        let again = take(100_000);
+        assert_eq!(again.as_ptr(), ptr);
+        give_back(again);
     }
 
     #[test]

@@ -4,9 +4,11 @@
 //! per pair of shards); on the same shard it is just called.
 //!
 //! Order: jobs from one shard to another start on the target in the order
-//! they were submitted. A submit only appends to a local queue per target
-//! shard (it never waits), and one task per target moves that queue into
-//! the mesh channel; the target spawns jobs in arrival order. (Tasks
+//! they were submitted. A submit never waits: it puts the message straight
+//! into the mesh channel when nothing is queued before it and the channel
+//! has room (the usual case: no task hop), and otherwise appends it to a
+//! local queue per target shard, which one task per target moves into the
+//! channel in order; the target spawns jobs in arrival order. (Tasks
 //! waiting on a full channel themselves could resume in any order, and so
 //! reorder pipelined produce requests for one partition.)
 
@@ -15,6 +17,7 @@ use crate::error::{OpError, OpResult};
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalSender};
+use glommio::{GlommioError, ResourceType};
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -33,9 +36,42 @@ pub enum MeshMsg {
     Done { id: u64, out: Output },
 }
 
+/// The way to one other shard: its mesh channel, and the queue of
+/// messages waiting to enter it, in order.
+struct Outbox {
+    peer: usize,
+    senders: Rc<Senders<MeshMsg>>,
+    queue: LocalSender<MeshMsg>,
+    /// Messages in `queue` or being sent by its task: while any is, a new
+    /// one must queue behind them.
+    queued: Rc<Cell<usize>>,
+}
+
+impl Outbox {
+    /// Sends `msg` without waiting. `false`: the peer is gone (the message
+    /// is dropped, and with it a job's reply sender).
+    fn send(&self, msg: MeshMsg) -> bool {
+        let msg = if self.queued.get() == 0 {
+            match self.senders.try_send_to(self.peer, msg) {
+                Ok(()) => return true,
+                Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => msg,
+                Err(_) => return false,
+            }
+        } else {
+            msg
+        };
+        self.queued.set(self.queued.get() + 1);
+        if self.queue.try_send(msg).is_err() {
+            self.queued.set(self.queued.get() - 1);
+            return false;
+        }
+        true
+    }
+}
+
 pub(super) struct Mesh {
-    /// Per target shard: jobs waiting to enter its channel, in order.
-    outbox: Vec<Option<LocalSender<MeshMsg>>>,
+    /// Per target shard (`None`: this one).
+    outbox: Vec<Option<Outbox>>,
     pending: RefCell<HashMap<u64, oneshot::Sender<Output>>>,
     next_id: Cell<u64>,
 }
@@ -53,10 +89,13 @@ impl Mesh {
                     continue;
                 }
                 let (tx, rx) = local_channel::new_unbounded::<MeshMsg>();
-                let s = s.clone();
+                let queued = Rc::new(Cell::new(0usize));
+                let (senders, left) = (s.clone(), queued.clone());
                 glommio::spawn_local(async move {
                     while let Some(msg) = rx.recv().await {
-                        if s.send_to(peer, msg).await.is_err() {
+                        let sent = senders.send_to(peer, msg).await;
+                        left.set(left.get() - 1);
+                        if sent.is_err() {
                             // The peer is gone: dropping the job drops its
                             // reply sender, so its caller learns of it.
                             return;
@@ -64,7 +103,12 @@ impl Mesh {
                     }
                 })
                 .detach();
-                outbox.push(Some(tx));
+                outbox.push(Some(Outbox {
+                    peer,
+                    senders: s.clone(),
+                    queue: tx,
+                    queued,
+                }));
             }
         }
         Mesh {
@@ -111,7 +155,7 @@ impl Shard {
                 from: this.id,
                 job,
             };
-            if outbox.try_send(msg).is_err() {
+            if !outbox.send(msg) {
                 this.mesh.pending.borrow_mut().remove(&id);
                 return Err(OpError::shutting_down());
             }
@@ -141,7 +185,7 @@ impl Shard {
                             glommio::spawn_local(async move {
                                 let out = job(s.clone()).await;
                                 if let Some(Some(outbox)) = s.mesh.outbox.get(from) {
-                                    let _ = outbox.try_send(MeshMsg::Done { id, out });
+                                    outbox.send(MeshMsg::Done { id, out });
                                 }
                             })
                             .detach();
