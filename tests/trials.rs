@@ -251,9 +251,9 @@ fn trial_on(
     net: &common::ProxiedCluster,
 ) -> Result<Outcome, String> {
     let mut out = Outcome::default();
-    wait_healed_cluster(&nodes)?;
+    wait_healed_cluster(nodes)?;
     let (ok, o, e) = levee(
-        &bootstrap(&nodes),
+        &bootstrap(nodes),
         &[
             "topic",
             "create",
@@ -268,13 +268,13 @@ fn trial_on(
     if !ok {
         return Err(format!("topic create: {e}{}", String::from_utf8_lossy(&o)));
     }
-    wait_healed(&nodes, "tr", 3, Duration::from_secs(30))?;
+    wait_healed(nodes, "tr", 3, Duration::from_secs(30))?;
 
     // The producer: numbered records, partition i % 3; every acknowledged
     // (partition, offset, value) is recorded.
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::<(u32, u64, String)>::new()));
-    let all_boot = bootstrap(&nodes);
+    let all_boot = bootstrap(nodes);
     let producing = {
         let (stop, acked) = (stop.clone(), acked.clone());
         std::thread::spawn(move || {
@@ -444,7 +444,7 @@ fn trial_on(
         }
         // Recovered: every partition led, and all three replicas in sync
         // again (the time this takes is the trial's recovery time).
-        let healed = wait_healed(&nodes, "tr", 3, Duration::from_secs(60))?;
+        let healed = wait_healed(nodes, "tr", 3, Duration::from_secs(60))?;
         out.recover_ms.push(healed.as_millis());
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -455,7 +455,7 @@ fn trial_on(
     producing
         .join()
         .map_err(|_| "the producer thread panicked".to_string())?;
-    wait_healed(&nodes, "tr", 3, Duration::from_secs(60))?;
+    wait_healed(nodes, "tr", 3, Duration::from_secs(60))?;
 
     // Check 1: every acknowledged record at its offset; none twice.
     let acked = acked.lock().unwrap().clone();
@@ -471,7 +471,7 @@ fn trial_on(
     let visible_by = Instant::now() + Duration::from_secs(30);
     let stored: BTreeMap<(u32, u64), String> = rt.block_on(async {
         let client = Client::connect(ClientConfig::new(
-            bootstrap(&nodes).split(',').map(str::to_string),
+            bootstrap(nodes).split(',').map(str::to_string),
         ))
         .await
         .map_err(|e| e.to_string())?;
