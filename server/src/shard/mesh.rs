@@ -4,11 +4,9 @@
 //! per pair of shards); on the same shard it is just called.
 //!
 //! Order: jobs from one shard to another start on the target in the order
-//! they were submitted. A submit never waits: it puts the message straight
-//! into the mesh channel when nothing is queued before it and the channel
-//! has room (the usual case: no task hop), and otherwise appends it to a
-//! local queue per target shard, which one task per target moves into the
-//! channel in order; the target spawns jobs in arrival order. (Tasks
+//! they were submitted. A submit only appends to a local queue per target
+//! shard (it never waits), and one task per target moves that queue into
+//! the mesh channel; the target spawns jobs in arrival order. (Tasks
 //! waiting on a full channel themselves could resume in any order, and so
 //! reorder pipelined produce requests for one partition.)
 
@@ -17,7 +15,6 @@ use crate::error::{OpError, OpResult};
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalSender};
-use glommio::{GlommioError, ResourceType};
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -36,42 +33,9 @@ pub enum MeshMsg {
     Done { id: u64, out: Output },
 }
 
-/// The way to one other shard: its mesh channel, and the queue of
-/// messages waiting to enter it, in order.
-struct Outbox {
-    peer: usize,
-    senders: Rc<Senders<MeshMsg>>,
-    queue: LocalSender<MeshMsg>,
-    /// Messages in `queue` or being sent by its task: while any is, a new
-    /// one must queue behind them.
-    queued: Rc<Cell<usize>>,
-}
-
-impl Outbox {
-    /// Sends `msg` without waiting. `false`: the peer is gone (the message
-    /// is dropped, and with it a job's reply sender).
-    fn send(&self, msg: MeshMsg) -> bool {
-        let msg = if self.queued.get() == 0 {
-            match self.senders.try_send_to(self.peer, msg) {
-                Ok(()) => return true,
-                Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => msg,
-                Err(_) => return false,
-            }
-        } else {
-            msg
-        };
-        self.queued.set(self.queued.get() + 1);
-        if self.queue.try_send(msg).is_err() {
-            self.queued.set(self.queued.get() - 1);
-            return false;
-        }
-        true
-    }
-}
-
 pub(super) struct Mesh {
-    /// Per target shard (`None`: this one).
-    outbox: Vec<Option<Outbox>>,
+    /// Per target shard: jobs waiting to enter its channel, in order.
+    outbox: Vec<Option<LocalSender<MeshMsg>>>,
     pending: RefCell<HashMap<u64, oneshot::Sender<Output>>>,
     next_id: Cell<u64>,
 }
@@ -89,13 +53,10 @@ impl Mesh {
                     continue;
                 }
                 let (tx, rx) = local_channel::new_unbounded::<MeshMsg>();
-                let queued = Rc::new(Cell::new(0usize));
-                let (senders, left) = (s.clone(), queued.clone());
+                let s = s.clone();
                 glommio::spawn_local(async move {
                     while let Some(msg) = rx.recv().await {
-                        let sent = senders.send_to(peer, msg).await;
-                        left.set(left.get() - 1);
-                        if sent.is_err() {
+                        if s.send_to(peer, msg).await.is_err() {
                             // The peer is gone: dropping the job drops its
                             // reply sender, so its caller learns of it.
                             return;
@@ -103,12 +64,7 @@ impl Mesh {
                     }
                 })
                 .detach();
-                outbox.push(Some(Outbox {
-                    peer,
-                    senders: s.clone(),
-                    queue: tx,
-                    queued,
-                }));
+                outbox.push(Some(tx));
             }
         }
         Mesh {
@@ -155,7 +111,7 @@ impl Shard {
                 from: this.id,
                 job,
             };
-            if !outbox.send(msg) {
+            if outbox.try_send(msg).is_err() {
                 this.mesh.pending.borrow_mut().remove(&id);
                 return Err(OpError::shutting_down());
             }
@@ -185,7 +141,7 @@ impl Shard {
                             glommio::spawn_local(async move {
                                 let out = job(s.clone()).await;
                                 if let Some(Some(outbox)) = s.mesh.outbox.get(from) {
-                                    outbox.send(MeshMsg::Done { id, out });
+                                    let _ = outbox.try_send(MeshMsg::Done { id, out });
                                 }
                             })
                             .detach();
