@@ -237,6 +237,22 @@ fn retry_idempotent(e: &ClientError) -> bool {
     )
 }
 
+/// What a partition's answer means for its batches. A partition the
+/// broker does not know (yet: a node that just restarted and has not
+/// applied the metadata, a topic being created) is retried after a
+/// metadata refresh, as Kafka's clients do, until the delivery timeout:
+/// failing the batch would, for an idempotent producer, start a new epoch
+/// and renumber batches whose earlier attempts may have been written.
+fn answered(res: Result<(u64, u64)>, idempotent: bool) -> EntryOutcome {
+    match res {
+        Ok((base, _)) => EntryOutcome::Delivered(Some(base)),
+        Err(e) if e.is_retriable() => EntryOutcome::Retry(e),
+        Err(e) if e.code() == Some(ErrorCode::UnknownTopicOrPartition) => EntryOutcome::Retry(e),
+        Err(e) if idempotent && retry_idempotent(&e) => EntryOutcome::Retry(e),
+        Err(e) => EntryOutcome::Fail(e),
+    }
+}
+
 async fn wait(
     entries: Vec<Entry>,
     first: Result<InFlightProduce>,
@@ -252,12 +268,7 @@ async fn wait(
         .map(|(e, a)| {
             let outcome = match a {
                 ProduceOutcome::Written => EntryOutcome::Delivered(None),
-                ProduceOutcome::Answered(r) => match r.result() {
-                    Ok((base, _)) => EntryOutcome::Delivered(Some(base)),
-                    Err(e) if e.is_retriable() => EntryOutcome::Retry(e),
-                    Err(e) if idempotent && retry_idempotent(&e) => EntryOutcome::Retry(e),
-                    Err(e) => EntryOutcome::Fail(e),
-                },
+                ProduceOutcome::Answered(r) => answered(r.result(), idempotent),
                 ProduceOutcome::Failed(e) if e.is_retriable() => EntryOutcome::Retry(e),
                 ProduceOutcome::Failed(e) => EntryOutcome::Fail(e),
             };
@@ -280,4 +291,26 @@ fn complete(shared: &Shared, outcomes: Vec<(Entry, EntryOutcome)>) {
             .fetch_add(retried, std::sync::atomic::Ordering::Relaxed);
     }
     shared.wake.notify_one();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ClientError;
+
+    #[test]
+    fn an_unknown_partition_is_retried_and_a_bad_request_fails() {
+        let unknown =
+            ClientError::from_code(ErrorCode::UnknownTopicOrPartition, None, "t", Some(0));
+        assert!(matches!(
+            answered(Err(unknown), true),
+            EntryOutcome::Retry(_)
+        ));
+        let bad = ClientError::from_code(ErrorCode::InvalidRequest, None, "t", Some(0));
+        assert!(matches!(answered(Err(bad), true), EntryOutcome::Fail(_)));
+        assert!(matches!(
+            answered(Ok((7, 9)), true),
+            EntryOutcome::Delivered(Some(7))
+        ));
+    }
 }
