@@ -289,15 +289,7 @@ pub async fn add_partitions(
             let home = s.txns.ready(index).await?;
             let max = s.cfg.max_partitions_per_transaction;
             home.update(&id, |cur| {
-                let Some(m) = cur else {
-                    return Err(txn_error(
-                        state::TxnError::InvalidProducerIdMapping {
-                            current: -1,
-                            got: pid,
-                        },
-                        &id,
-                    ));
-                };
+                let m = known(cur, pid, &id)?;
                 check_open_limit(&s, cur)?;
                 state::add_partitions(m, pid, epoch, &added, now_ms(), max)
                     .map_err(|e| txn_error(e, &id))
@@ -323,15 +315,7 @@ pub async fn add_offsets(
         .submit_to(owner, move |s| async move {
             let home = s.txns.ready(index).await?;
             home.update(&id, |cur| {
-                let Some(m) = cur else {
-                    return Err(txn_error(
-                        state::TxnError::InvalidProducerIdMapping {
-                            current: -1,
-                            got: pid,
-                        },
-                        &id,
-                    ));
-                };
+                let m = known(cur, pid, &id)?;
                 check_open_limit(&s, cur)?;
                 let max = s.cfg.max_partitions_per_transaction;
                 state::add_offsets(m, pid, epoch, &group, now_ms(), max)
@@ -438,15 +422,7 @@ pub async fn add_txn_offsets(
             let home = s.txns.ready(index).await?;
             let max = s.cfg.max_partitions_per_transaction;
             home.update(&id, |cur| {
-                let Some(m) = cur else {
-                    return Err(txn_error(
-                        state::TxnError::InvalidProducerIdMapping {
-                            current: -1,
-                            got: pid,
-                        },
-                        &id,
-                    ));
-                };
+                let m = known(cur, pid, &id)?;
                 state::txn_offsets(m, pid, epoch, &group, &offsets, max)
                     .map(Some)
                     .map_err(|e| txn_error(e, &id))
@@ -508,15 +484,7 @@ pub async fn end_txn(
             let home = s.txns.ready(index).await?;
             let mut done = false;
             home.update(&id, |cur| {
-                let Some(m) = cur else {
-                    return Err(txn_error(
-                        state::TxnError::InvalidProducerIdMapping {
-                            current: -1,
-                            got: pid,
-                        },
-                        &id,
-                    ));
-                };
+                let m = known(cur, pid, &id)?;
                 match state::end(m, pid, epoch, commit, now_ms()) {
                     Ok(EndOutcome::Prepare(next)) => Ok(Some(next)),
                     Ok(EndOutcome::AlreadyDone) => {
@@ -882,4 +850,18 @@ async fn drive_home(s: &Rc<Shard>, home: &Rc<TxnHome>, expiration_ms: i64) {
     if let Err(e) = home.snapshot_if_due().await {
         warn!(partition = home.index, error = %e.message, "rewriting the transaction state log failed; retried later");
     }
+}
+
+/// The transactional id's state, or INVALID_PRODUCER_ID_MAPPING for an id
+/// the coordinator does not know (no InitProducerId yet, or expired).
+fn known<'a>(cur: Option<&'a TxnMeta>, pid: i64, id: &str) -> OpResult<&'a TxnMeta> {
+    cur.ok_or_else(|| {
+        txn_error(
+            state::TxnError::InvalidProducerIdMapping {
+                current: -1,
+                got: pid,
+            },
+            id,
+        )
+    })
 }
