@@ -8,6 +8,7 @@
 #   benches/soak.sh                      one hour (about 62 minutes in all)
 #   MINUTES=10 benches/soak.sh           a shorter run
 #   OUT=/some/dir benches/soak.sh        where the figures go (default target/soak)
+#   RETENTION_MIB=2048 benches/soak.sh   kept per partition (4 partitions)
 #
 # It builds the release binary (or takes $LEVEE_BIN), starts a fresh broker
 # on a new data directory under $OUT (deleted at the end: only that
@@ -33,7 +34,17 @@ cleanup() {
   rm -rf -- "$data"
 }
 trap cleanup EXIT
-"$LEVEE_BIN" serve --data-dir "$data" --listen "127.0.0.1:$port" --kafka-listen none \
+# Retention keeps the disk from filling: an hour at hundreds of MB/s is more
+# than any development disk holds. Each partition keeps about
+# RETENTION_MIB (default 2048) in 256 MiB segments, checked every 5 s, so
+# the soak also runs retention as a peak-shaving broker does.
+cat >"$OUT/soak.toml" <<EOF
+[log]
+segment_bytes = 268435456
+retention_bytes = $((${RETENTION_MIB:-2048} * 1024 * 1024))
+retention_check_interval_ms = 5000
+EOF
+"$LEVEE_BIN" serve --config "$OUT/soak.toml" --data-dir "$data" --listen "127.0.0.1:$port" --kafka-listen none \
   --admin-listen "127.0.0.1:$admin" >"$OUT/broker.log" 2>&1 &
 broker=$!
 sleep 2
@@ -50,14 +61,15 @@ echo "maximum $max MB/s; soaking at $rate MB/s for $MINUTES min"
 bench --duration $((MINUTES * 60)) --warmup 0 --rate "$rate" --json "$OUT/soak.json" \
   >"$OUT/soak.txt" 2>&1 &
 load=$!
-echo "minute,rss_kib,open_files,ack_p99_ms" >"$OUT/minutes.csv"
+echo "minute,rss_kib,open_files,ack_p99_ms,data_mib" >"$OUT/minutes.csv"
 for m in $(seq 1 "$MINUTES"); do
   sleep 60
   rss=$(awk '/VmRSS/ {print $2}' "/proc/$broker/status")
   fds=$(ls "/proc/$broker/fd" | wc -l)
   # The progress line of the last second: "... | ack p99  1.234 ms | ...".
   p99=$(grep -a 'ack p99' "$OUT/soak.txt" | tail -1 | sed -E 's/.*ack p99 +([0-9.]+) ms.*/\1/')
-  echo "$m,$rss,$fds,$p99" | tee -a "$OUT/minutes.csv"
+  disk=$(du -sm "$data" | cut -f1)
+  echo "$m,$rss,$fds,$p99,$disk" | tee -a "$OUT/minutes.csv"
 done
 wait "$load" || true
 python3 - "$OUT/minutes.csv" <<'PY'
@@ -68,7 +80,7 @@ def ratio(k):
     a, b = float(first[k]), float(last[k])
     return b / a if a else float("nan")
 print(f"minutes: {len(rows)}")
-for k in ("rss_kib", "open_files", "ack_p99_ms"):
+for k in ("rss_kib", "open_files", "ack_p99_ms", "data_mib"):
     print(f"{k}: first {first[k]}, last {last[k]}, max {max(float(r[k]) for r in rows)}, last/first {ratio(k):.2f}")
 PY
 grep -a -E "^(produce|consume|ack latency|verification|result)" "$OUT/soak.txt" || true
