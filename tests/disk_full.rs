@@ -21,109 +21,14 @@ mod common;
 #[path = "common/kafka.rs"]
 mod kafka;
 
+use common::loopfs::LoopFs;
 use common::raw::Raw;
 use common::{levee, Broker};
 use levee_engine::batch::{build_batch, records, split_batches, BatchHeader, Record};
 use levee_schemas::proto::{ErrorCode, ProducePartitionResponse};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// A filesystem of its own: an ext4 image in /tmp, loop-mounted. Dropping
-/// it unmounts it and removes the image and the directories it made.
-struct LoopFs {
-    base: PathBuf,
-    img: PathBuf,
-    mnt: PathBuf,
-    mounted: bool,
-}
-
-fn run(cmd: &mut Command) -> Result<(), String> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-impl LoopFs {
-    /// `Err`: why this host cannot run the test.
-    fn create(mib: u64) -> Result<LoopFs, String> {
-        let uid = Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
-        if uid != "0" {
-            return Err(format!(
-                "not root (uid {uid}): mounting a loop device needs root"
-            ));
-        }
-        run(Command::new("mkfs.ext4").arg("-V"))
-            .map_err(|e| format!("mkfs.ext4 is not available: {e}"))?;
-        run(Command::new("losetup").arg("-f")).map_err(|e| format!("no free loop device: {e}"))?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let base = PathBuf::from(format!(
-            "/tmp/levee-disk-full-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir(&base).map_err(|e| format!("creating {}: {e}", base.display()))?;
-        let mut fs = LoopFs {
-            img: base.join("disk.img"),
-            mnt: base.join("mnt"),
-            base,
-            mounted: false,
-        };
-        run(Command::new("truncate")
-            .arg("-s")
-            .arg(format!("{mib}M"))
-            .arg(&fs.img))?;
-        // 4 KiB blocks, as on a real data disk (a small image would get
-        // 1 KiB ones): a log's preallocation steps are whole blocks then.
-        run(Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-b", "4096"])
-            .arg(&fs.img))?;
-        std::fs::create_dir(&fs.mnt).map_err(|e| e.to_string())?;
-        run(Command::new("mount")
-            .arg("-o")
-            .arg("loop")
-            .arg(&fs.img)
-            .arg(&fs.mnt))
-        .map_err(|e| format!("cannot loop-mount an image (no loop devices here?): {e}"))?;
-        fs.mounted = true;
-        Ok(fs)
-    }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        if self.mounted {
-            let unmounted = run(Command::new("umount").arg(&self.mnt)).is_ok()
-                || run(Command::new("umount").arg("-l").arg(&self.mnt)).is_ok();
-            if !unmounted {
-                eprintln!(
-                    "could not unmount {}: left in place with {}",
-                    self.mnt.display(),
-                    self.img.display()
-                );
-                return;
-            }
-        }
-        let _ = std::fs::remove_file(&self.img);
-        // Empty once unmounted: never removed recursively.
-        let _ = std::fs::remove_dir(&self.mnt);
-        let _ = std::fs::remove_dir(&self.base);
-    }
-}
 
 const RECORDS: usize = 64;
 const VALUE_LEN: usize = 2000;
@@ -276,29 +181,6 @@ fn cli(b: &Broker, args: &[&str]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Takes whatever space produce left (less than a batch) with a file of
-/// its own beside the data directory, as any other writer on the disk
-/// would: afterwards not a block is free. Returns the bytes it took.
-fn top_up(fs: &LoopFs, name: &str) -> u64 {
-    use std::io::Write;
-    let mut f = std::fs::File::create(fs.mnt.join(name)).unwrap();
-    let mut took = 0u64;
-    for chunk in [1 << 16, 4096, 1] {
-        let buf = vec![7u8; chunk];
-        while f.write_all(&buf).is_ok() {
-            took += chunk as u64;
-        }
-    }
-    let _ = f.sync_all();
-    took
-}
-
-fn data_dir(fs: &LoopFs) -> PathBuf {
-    let d = fs.mnt.join("data");
-    std::fs::create_dir(&d).unwrap();
-    d
-}
-
 fn used_mib(dir: &Path) -> u64 {
     let out = Command::new("du")
         .arg("-sm")
@@ -322,7 +204,7 @@ fn a_broker_on_a_full_disk_stays_operable() {
         }
     };
     // Declared after `fs`: the broker stops before the unmount.
-    let b = Broker::start_in("disk-full", data_dir(&fs), &["--cores", "1"]);
+    let b = Broker::start_in("disk-full", fs.data_dir(), &["--cores", "1"]);
     assert!(
         b.data_dir().join("space.reserve").exists(),
         "no space reserve at start"
@@ -360,7 +242,7 @@ fn a_broker_on_a_full_disk_stays_operable() {
     let (mut acked, failed) = fill(&mut raw, "events", &mut seq);
     assert!(acked.len() > 100, "only {} batches fitted", acked.len());
     assert_disk_full_error(&failed);
-    let slack = top_up(&fs, "hog-1");
+    let slack = fs.top_up("hog-1");
     wait_disk_full(&b, 1.0);
     let (status, body) = http_get(b.admin, "/health");
     assert!(status.contains("503"), "{status}\n{body}");
@@ -415,14 +297,14 @@ fn a_broker_on_a_full_disk_stays_operable() {
     let (more, failed) = fill(&mut raw, "events", &mut seq);
     assert_disk_full_error(&failed);
     acked.extend(more);
-    top_up(&fs, "hog-2");
+    fs.top_up("hog-2");
     wait_disk_full(&b, 1.0);
     cli(&b, &["group", "delete", "dfg"]);
     assert!(!cli(&b, &["group", "list"]).contains("dfg"));
     let (more, failed) = fill(&mut raw, "events", &mut seq);
     assert_disk_full_error(&failed);
     acked.extend(more);
-    top_up(&fs, "hog-3");
+    fs.top_up("hog-3");
     let before = used_mib(b.data_dir());
     let t = Instant::now();
     let out = cli(

@@ -2,6 +2,7 @@
 //! data directory, for the multi-process tests.
 #![allow(dead_code)]
 
+pub mod loopfs;
 pub mod proxy;
 pub mod raw;
 
