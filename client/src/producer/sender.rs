@@ -242,12 +242,22 @@ fn retry_idempotent(e: &ClientError) -> bool {
 /// applied the metadata, a topic being created) is retried after a
 /// metadata refresh, as Kafka's clients do, until the delivery timeout:
 /// failing the batch would, for an idempotent producer, start a new epoch
-/// and renumber batches whose earlier attempts may have been written.
+/// and renumber batches whose earlier attempts may have been written. A
+/// storage error (the leader's disk is full or failing) is retried the same
+/// way, as Kafka's clients retry KAFKA_STORAGE_ERROR: space may be freed,
+/// or leadership move to a replica whose disk works.
 fn answered(res: Result<(u64, u64)>, idempotent: bool) -> EntryOutcome {
     match res {
         Ok((base, _)) => EntryOutcome::Delivered(Some(base)),
         Err(e) if e.is_retriable() => EntryOutcome::Retry(e),
-        Err(e) if e.code() == Some(ErrorCode::UnknownTopicOrPartition) => EntryOutcome::Retry(e),
+        Err(e)
+            if matches!(
+                e.code(),
+                Some(ErrorCode::UnknownTopicOrPartition | ErrorCode::StorageError)
+            ) =>
+        {
+            EntryOutcome::Retry(e)
+        }
         Err(e) if idempotent && retry_idempotent(&e) => EntryOutcome::Retry(e),
         Err(e) => EntryOutcome::Fail(e),
     }
@@ -299,13 +309,20 @@ mod tests {
     use crate::ClientError;
 
     #[test]
-    fn an_unknown_partition_is_retried_and_a_bad_request_fails() {
+    fn an_unknown_partition_and_a_storage_error_are_retried_and_a_bad_request_fails() {
         let unknown =
             ClientError::from_code(ErrorCode::UnknownTopicOrPartition, None, "t", Some(0));
         assert!(matches!(
             answered(Err(unknown), true),
             EntryOutcome::Retry(_)
         ));
+        let full = ClientError::from_code(
+            ErrorCode::StorageError,
+            Some("the broker's disk is full".to_string()),
+            "t",
+            Some(0),
+        );
+        assert!(matches!(answered(Err(full), true), EntryOutcome::Retry(_)));
         let bad = ClientError::from_code(ErrorCode::InvalidRequest, None, "t", Some(0));
         assert!(matches!(answered(Err(bad), true), EntryOutcome::Fail(_)));
         assert!(matches!(
