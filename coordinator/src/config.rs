@@ -80,6 +80,20 @@ pub struct CoordinatorConfig {
     pub snapshot_entries: u64,
     /// Messages queued per peer before new ones are dropped (default 1024).
     pub peer_queue: usize,
+    /// Called when a write of the coordinator's log finds the disk full,
+    /// before it is tried again: the broker reports its disk full and
+    /// gives up its space reserve (returns the bytes freed).
+    pub on_out_of_space: Option<OutOfSpaceHook>,
+}
+
+/// See [`CoordinatorConfig::on_out_of_space`].
+#[derive(Clone)]
+pub struct OutOfSpaceHook(pub std::sync::Arc<dyn Fn(&str) -> u64 + Send + Sync>);
+
+impl std::fmt::Debug for OutOfSpaceHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OutOfSpaceHook")
+    }
 }
 
 impl CoordinatorConfig {
@@ -97,6 +111,7 @@ impl CoordinatorConfig {
             propose_timeout_ms: 5000,
             snapshot_entries: 1000,
             peer_queue: 1024,
+            on_out_of_space: None,
         }
     }
 

@@ -22,6 +22,14 @@ pub enum StorageError {
     },
 }
 
+impl StorageError {
+    /// Whether the disk (or quota) is full: a write that can succeed once
+    /// space is freed, unlike a failing disk or corrupt data.
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self, StorageError::Io { source, .. } if levee_core::is_out_of_space(source))
+    }
+}
+
 /// Errors returned to callers of the coordinator API (local or over TCP).
 ///
 /// This type is serialisable so the same error crosses the client RPC.

@@ -21,7 +21,7 @@ pub mod state;
 pub mod storage;
 pub mod wire;
 
-pub use config::{CoordinatorConfig, PeerSpec};
+pub use config::{CoordinatorConfig, OutOfSpaceHook, PeerSpec};
 pub use error::{CoordError, StartError, StorageError};
 pub use node::{Coordinator, CoordinatorHandle};
 pub use state::{

@@ -649,6 +649,11 @@ struct RaftLoop {
     /// Controller commands in flight, to avoid proposing them again.
     in_flight: HashMap<String, Instant>,
     was_leader: bool,
+    /// A ready a full disk kept from being written: its number and the
+    /// messages to send once it is.
+    unsynced: Option<(u64, Vec<raft::eraftpb::Message>)>,
+    /// Since when writes of the log have found the disk full.
+    storage_full_since: Option<Instant>,
 }
 
 impl RaftLoop {
@@ -667,6 +672,8 @@ impl RaftLoop {
             leases: HashMap::new(),
             in_flight: HashMap::new(),
             was_leader: false,
+            unsynced: None,
+            storage_full_since: None,
         }
     }
 
@@ -1091,10 +1098,113 @@ impl RaftLoop {
     }
 
     fn handle_ready(&mut self) -> Result<(), crate::StorageError> {
+        // Records a full disk kept from being written go first; until they
+        // are on disk raft hands out no other ready, and the messages that
+        // had to wait for them (votes, acknowledgements) wait with them.
+        if let Some((number, msgs)) = self.unsynced.take() {
+            if let Err(e) = self.sync_storage() {
+                if !e.is_out_of_space() {
+                    return Err(e);
+                }
+                self.unsynced = Some((number, msgs));
+                return Ok(());
+            }
+            self.storage_has_room();
+            self.send(msgs);
+            self.node.on_persist_ready(number);
+        }
         if !self.node.has_ready() {
             return Ok(());
         }
-        let mut ready = self.node.ready();
+        let ready = self.node.ready();
+        let (mut ready, mut changed) = self.take_ready(ready)?;
+        match self.sync_storage() {
+            Ok(()) => {
+                self.storage_has_room();
+                // The messages that had to wait for the records to be on disk.
+                if !ready.persisted_messages().is_empty() {
+                    let m = ready.take_persisted_messages();
+                    self.send(m);
+                }
+                let light = self.node.advance(ready);
+                changed |= self.finish_ready(light);
+            }
+            Err(e) if e.is_out_of_space() => {
+                // Raft's asynchronous persistence: the ready is handed over
+                // now and reported persisted once its records are written.
+                let msgs = ready.take_persisted_messages();
+                let number = ready.number();
+                self.node.advance_append_async(ready);
+                self.node.advance_apply();
+                self.unsynced = Some((number, msgs));
+            }
+            Err(e) => return Err(e),
+        }
+        if changed {
+            *self.inner.metadata.borrow_mut() = Rc::new(self.sm.clone());
+            self.inner.metadata_notify.notify();
+        }
+        if self.unsynced.is_some() {
+            return Ok(());
+        }
+        if let Err(e) = self.maybe_compact() {
+            if !matches!(e, crate::StorageError::Io { .. }) {
+                return Err(e);
+            }
+            // The log file is as it was (a superset of the snapshot taken
+            // in memory): only its compaction waits for the next one.
+            warn!(
+                node = self.inner.cfg.node_id,
+                "coordinator log compaction failed; the log stays uncompacted until the next: {e}"
+            );
+        }
+        Ok(())
+    }
+
+    fn storage_has_room(&mut self) {
+        if let Some(since) = self.storage_full_since.take() {
+            info!(
+                node = self.inner.cfg.node_id,
+                waited_ms = since.elapsed().as_millis() as u64,
+                "coordinator storage: the disk has room again; the coordinator goes on"
+            );
+        }
+    }
+
+    /// Writes the buffered records of a ready. A full disk is reported to
+    /// the broker (which gives up its space reserve) and the write is tried
+    /// once more; if it still fails, the coordinator waits for space: it
+    /// neither votes nor acknowledges until the records are on disk.
+    fn sync_storage(&mut self) -> Result<(), crate::StorageError> {
+        match self.node.mut_store().sync() {
+            Err(e) if e.is_out_of_space() && self.storage_full_since.is_none() => {
+                self.storage_full_since = Some(Instant::now());
+                warn!(
+                    node = self.inner.cfg.node_id,
+                    "coordinator storage: the disk is full; the coordinator waits until space is freed: {e}"
+                );
+                let freed = self
+                    .inner
+                    .cfg
+                    .on_out_of_space
+                    .as_ref()
+                    .map_or(0, |h| (h.0)("coordinator log"));
+                if freed > 0 {
+                    self.node.mut_store().sync()
+                } else {
+                    Err(e)
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// The first half of a ready: messages, a snapshot, committed entries
+    /// applied, entries and hard state buffered (not yet written).
+    fn take_ready(
+        &mut self,
+        mut ready: raft::Ready,
+    ) -> Result<(raft::Ready, bool), crate::StorageError> {
         if !ready.messages().is_empty() {
             let m = ready.take_messages();
             self.send(m);
@@ -1131,12 +1241,13 @@ impl RaftLoop {
             let hs = hs.clone();
             self.node.mut_store().set_hard_state(&hs);
         }
-        self.node.mut_store().sync()?;
-        if !ready.persisted_messages().is_empty() {
-            let m = ready.take_persisted_messages();
-            self.send(m);
-        }
-        let mut light = self.node.advance(ready);
+        Ok((ready, changed))
+    }
+
+    /// After `advance`: the commit index, messages and entries committed
+    /// meanwhile. Whether the state machine changed.
+    fn finish_ready(&mut self, mut light: raft::LightReady) -> bool {
+        let mut changed = false;
         if let Some(commit) = light.commit_index() {
             // Not fsync'ed on its own: a lost commit index is re-learned
             // from the leader; it goes to disk with the next sync.
@@ -1147,12 +1258,7 @@ impl RaftLoop {
         let committed = light.take_committed_entries();
         changed |= self.apply(committed);
         self.node.advance_apply();
-        if changed {
-            *self.inner.metadata.borrow_mut() = Rc::new(self.sm.clone());
-            self.inner.metadata_notify.notify();
-        }
-        self.maybe_compact()?;
-        Ok(())
+        changed
     }
 
     /// Applies committed entries to the state machine; answers local

@@ -442,14 +442,42 @@ impl DiskStorage {
     }
 
     /// Writes buffered records and fsyncs the log (blocking).
+    ///
+    /// A failed write or sync (a full disk) leaves the file as it was
+    /// before and the records buffered, so that the call can be made again:
+    /// nothing torn stays in front of the records a retry writes whole
+    /// (a reader takes a torn record for the end of the log).
     pub fn sync(&mut self) -> Result<(), StorageError> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        self.file
-            .write_all(&self.pending)
-            .map_err(io_err(&self.path))?;
-        self.file.sync_data().map_err(io_err(&self.path))?;
+        let start = self.file.stream_position().map_err(io_err(&self.path))?;
+        let res = if take_injected_full_disk(&self.dir) {
+            // As a disk that fills in the middle of the write.
+            let half = self.pending.len() / 2;
+            self.file
+                .write_all(&self.pending[..half])
+                .and_then(|()| Err(std::io::Error::from_raw_os_error(28)))
+        } else {
+            self.file
+                .write_all(&self.pending)
+                .and_then(|()| self.file.sync_data())
+        };
+        if let Err(e) = res {
+            let undone = self
+                .file
+                .set_len(start)
+                .and_then(|()| self.file.seek(SeekFrom::Start(start)).map(|_| ()));
+            if let Err(u) = undone {
+                // The file may now end in a torn record: a retry must not
+                // append after it (a restart drops it as a torn tail).
+                return Err(StorageError::Corrupt {
+                    path: self.path.clone(),
+                    reason: format!("a write failed ({e}) and could not be undone: {u}"),
+                });
+            }
+            return Err(io_err(&self.path)(e));
+        }
         self.pending.clear();
         Ok(())
     }
@@ -501,6 +529,31 @@ impl DiskStorage {
         file.seek(SeekFrom::End(0)).map_err(io_err(&self.path))?;
         self.file = file;
         Ok(())
+    }
+}
+
+/// Test hook: syncs of the storage in `dir` still to fail as on a full disk.
+static INJECTED_FULL_DISK: std::sync::Mutex<Vec<(PathBuf, u32)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Makes the next `n` syncs of the storage in `dir` write half of their
+/// records and then fail with `ENOSPC`, as a disk that fills mid-write:
+/// for tests of what follows.
+#[doc(hidden)]
+pub fn inject_full_disk(dir: &Path, n: u32) {
+    let mut v = INJECTED_FULL_DISK.lock().unwrap_or_else(|p| p.into_inner());
+    v.retain(|(d, _)| d != dir);
+    v.push((dir.to_path_buf(), n));
+}
+
+fn take_injected_full_disk(dir: &Path) -> bool {
+    let mut v = INJECTED_FULL_DISK.lock().unwrap_or_else(|p| p.into_inner());
+    match v.iter_mut().find(|(d, n)| d == dir && *n > 0) {
+        Some((_, n)) => {
+            *n -= 1;
+            true
+        }
+        None => false,
     }
 }
 

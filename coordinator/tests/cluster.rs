@@ -368,6 +368,59 @@ fn restarted_node_catches_up_from_a_snapshot() {
     }
 }
 
+/// A coordinator whose disk fills (its log writes fail half-written with
+/// ENOSPC) waits, does not stop, and goes on once writes succeed again;
+/// what it wrote before and after reads back whole after a restart.
+#[test]
+fn a_coordinator_on_a_full_disk_waits_and_goes_on() {
+    let mut c = Cluster::new("fulldisk", 3, no_tune);
+    let leader = c.wait_leader(Duration::from_secs(10));
+    c.propose(register(1)).unwrap();
+    // The leader's disk fills for its next 40 writes (2 s or more of
+    // ticks); the other two commit without it meanwhile.
+    let dir = c.dirs[(leader - 1) as usize].join("coordinator");
+    levee_coordinator::storage::inject_full_disk(&dir, 40);
+    for b in 2..=3 {
+        c.propose(register(b)).unwrap();
+    }
+    let a = client::create_topic(
+        &c.addrs(),
+        "orders",
+        TopicConfig::new(3, 2),
+        Vec::new(),
+        RPC * 5,
+    )
+    .unwrap();
+    // Every node, the one whose disk was full included, applies it: that
+    // node's coordinator did not stop.
+    let before = c.wait_converged(a.version, Duration::from_secs(20));
+    assert!(
+        c.status(leader).is_some(),
+        "the coordinator whose disk was full stopped"
+    );
+    let committed = c.status(leader).unwrap().commit_index;
+    for id in 1..=3 {
+        c.stop(id);
+    }
+    // The node's own log reads back at least to what it had committed:
+    // nothing its failed writes left half-written hides what it wrote
+    // after them.
+    let s = DiskStorage::open(&dir, leader, &[1, 2, 3]).unwrap();
+    let last = raft::Storage::last_index(&s).unwrap();
+    drop(s);
+    assert!(
+        last >= committed,
+        "node {leader}'s log reads back to entry {last}, but it had committed {committed}"
+    );
+    for id in 1..=3 {
+        c.start(id);
+    }
+    c.wait_leader(Duration::from_secs(10));
+    let after = c.wait_converged(before.version, Duration::from_secs(10));
+    assert_eq!(after.topics, before.topics);
+    assert_eq!(after.brokers, before.brokers);
+}
+
 #[test]
 fn full_restart_recovers_state_from_disk() {
     let mut c = Cluster::new("restart", 3, no_tune);

@@ -136,7 +136,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), String> {
     if let (Some(peers), Some(view)) = (peers, view) {
         let me = u64::from(cfg.node_id);
         if peers.iter().any(|p| p.id == me) {
-            extra.push(start_coordinator(&cfg, peers.clone(), &phases)?);
+            extra.push(start_coordinator(&cfg, peers.clone(), &phases, &space)?);
         }
         let kafka = cfg
             .kafka_advertised()
@@ -206,9 +206,19 @@ fn start_coordinator(
     cfg: &Arc<ServerConfig>,
     peers: Vec<levee_coordinator::PeerSpec>,
     phases: &Arc<Phases>,
+    space: &Arc<crate::space::SpaceState>,
 ) -> Result<std::thread::JoinHandle<Result<(), String>>, String> {
     let mut cc =
         levee_coordinator::CoordinatorConfig::new(cfg.node_id.into(), peers, cfg.data_dir.clone());
+    // Its log lives in the data directory: a full disk there is the
+    // broker's, reported as such, and the space reserve is given up for it.
+    let space = space.clone();
+    cc.on_out_of_space = Some(levee_coordinator::OutOfSpaceHook(Arc::new(
+        move |what: &str| {
+            space.note_full(what);
+            space.release_reserve().unwrap_or(0)
+        },
+    )));
     cc.broker_lease_ms = cfg.broker_lease_ms;
     cc.listen = cfg.cluster_listen_addr().map_err(|e| e.to_string())?;
     cc.propose_timeout_ms = cc.propose_timeout_ms.min(cfg.broker_lease_ms * 2);
