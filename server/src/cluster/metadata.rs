@@ -12,6 +12,10 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
+/// How soon a metadata version that could not be wholly applied is
+/// applied again.
+const APPLY_RETRY: Duration = Duration::from_millis(500);
+
 impl Shard {
     /// Watches the cluster view and applies each new metadata version.
     pub async fn run_metadata_watch(self: Rc<Self>) {
@@ -19,16 +23,22 @@ impl Shard {
             return;
         };
         let mut seen = 0;
+        // A version not wholly applied (a replica that could not be opened
+        // or start its leader epoch: a full disk, say) is applied again
+        // every RETRY until it is, not left until the next change.
+        let mut retry_at: Option<Instant> = None;
         while !self.shutdown.is_set() {
             let v = view.version();
-            if v != seen {
+            let due = retry_at.is_some_and(|t| Instant::now() >= t);
+            if v != seen || due {
                 match view.metadata() {
                     // Not registered yet: this metadata may still name this
                     // node leader in an epoch it held before a restart.
                     Some(md) if !view.registered_in(&md) => {}
                     Some(md) => {
-                        self.apply_metadata(&md).await;
+                        let whole = self.apply_metadata(&md).await;
                         seen = v;
+                        retry_at = (!whole).then(|| Instant::now() + APPLY_RETRY);
                     }
                     None => seen = v,
                 }
@@ -38,7 +48,9 @@ impl Shard {
     }
 
     /// Adopts topics and this shard's replicas' roles from the metadata.
-    pub async fn apply_metadata(self: &Rc<Self>, md: &Metadata) {
+    /// Whether every replica took its role (`false`: apply it again later).
+    pub async fn apply_metadata(self: &Rc<Self>, md: &Metadata) -> bool {
+        let mut whole = true;
         let me = u64::from(self.cfg.node_id);
         let topics: BTreeMap<String, TopicMeta> = md
             .topics
@@ -75,7 +87,12 @@ impl Shard {
                 let part = match self.open_partition(name, p, meta).await {
                     Ok(part) => part,
                     Err(e) => {
-                        warn!(topic = %name, partition = p, error = %e.message, "cannot open a replica");
+                        warn!(topic = %name, partition = p, error = %e.message, "cannot open a replica; retrying");
+                        if e.no_space {
+                            self.space
+                                .note_full(&format!("opening partition {p} of `{name}`"));
+                        }
+                        whole = false;
                         continue;
                     }
                 };
@@ -85,7 +102,7 @@ impl Shard {
                     replicas: pi.replicas.clone(),
                     isr: pi.isr.clone(),
                 };
-                self.apply_placement(&part, &pl).await;
+                whole &= self.apply_placement(&part, &pl).await;
             }
         }
         for name in altered {
@@ -95,9 +112,12 @@ impl Shard {
                 info!(topic = %name, "applied a topic's new settings");
             }
         }
+        whole
     }
 
-    async fn apply_placement(self: &Rc<Self>, part: &Rc<Partition>, pl: &Placement) {
+    /// Gives a replica the role `pl` names. `false`: it could not (its
+    /// leader epoch could not be written), and keeps its old one.
+    async fn apply_placement(self: &Rc<Self>, part: &Rc<Partition>, pl: &Placement) -> bool {
         // A change of role waits for appends in progress (a follower's
         // fetched batches, a produce request's), so a new leader's epoch
         // starts after them and no produce check runs against a producer
@@ -105,7 +125,7 @@ impl Shard {
         let _order = part.append_order().await;
         let t = part.repl.borrow().classify(pl);
         match t {
-            Transition::Stale => return,
+            Transition::Stale => return true,
             Transition::Change(Role::Leader) => {
                 // Mark where this epoch starts before accepting any write in it.
                 if let Err(e) = part
@@ -113,8 +133,14 @@ impl Shard {
                     .assign_epoch_start(batch_epoch(pl.leader_epoch))
                     .await
                 {
-                    warn!(topic = %part.topic, partition = part.partition, error = %e, "cannot start the leader epoch");
-                    return;
+                    warn!(topic = %part.topic, partition = part.partition, error = %e, "cannot start the leader epoch; retrying");
+                    if e.is_no_space() {
+                        self.space.note_full(&format!(
+                            "leader epoch of partition {} of `{}`",
+                            part.partition, part.topic
+                        ));
+                    }
+                    return false;
                 }
             }
             _ => {}
@@ -162,5 +188,6 @@ impl Shard {
                 self.txns.resign(part.partition);
             }
         }
+        true
     }
 }

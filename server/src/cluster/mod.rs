@@ -22,8 +22,10 @@ pub struct ClusterView {
     pub coordinators: Vec<(u64, String)>,
     pub lease_ms: u64,
     /// This process's incarnation, registered with the coordinators: a new
-    /// one on every start, so they see a restart even within the lease.
-    pub incarnation: u64,
+    /// one on every start, so they see a restart even within the lease,
+    /// and a new one when a full disk cost a replica what it had (see
+    /// [`ClusterView::reincarnate`]).
+    incarnation: AtomicU64,
     md: Mutex<Option<Arc<Metadata>>>,
     /// Metadata version + 1 (0: none yet).
     version: AtomicU64,
@@ -35,7 +37,7 @@ impl ClusterView {
             node_id,
             coordinators,
             lease_ms,
-            incarnation: new_incarnation(),
+            incarnation: AtomicU64::new(new_incarnation()),
             md: Mutex::new(None),
             version: AtomicU64::new(0),
         })
@@ -51,7 +53,40 @@ impl ClusterView {
     pub fn registered_in(&self, md: &Metadata) -> bool {
         md.brokers
             .get(&self.node_id)
-            .is_some_and(|b| b.incarnation == self.incarnation)
+            .is_some_and(|b| b.incarnation == self.incarnation())
+    }
+
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation.load(Ordering::Acquire)
+    }
+
+    /// Registers this node anew, as a restart would: the coordinators take
+    /// it out of every ISR and move the partitions it leads, and its
+    /// replicas act on no metadata until the new registration is in. For
+    /// replicas whose logs a full disk cut below what they had reported
+    /// (they must not be elected before they have caught up again). A
+    /// registration already pending is kept. Returns the incarnation to
+    /// wait for.
+    pub fn reincarnate(&self) -> u64 {
+        let cur = self.incarnation();
+        let registered = self.metadata().is_some_and(|md| self.registered_in(&md));
+        if !registered {
+            return cur;
+        }
+        let next = new_incarnation().max(cur + 1);
+        match self
+            .incarnation
+            .compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => {
+                info!(
+                    node_id = self.node_id,
+                    "registering anew: the coordinators take this node out of the ISRs while its replicas recover"
+                );
+                next
+            }
+            Err(now) => now,
+        }
     }
 
     /// 0 until the first metadata arrives, then its version + 1.
@@ -175,10 +210,13 @@ pub fn start_membership(
             // Below the lease, so one slow round still renews it in time.
             let timeout = Duration::from_millis(view.lease_ms / 2).max(Duration::from_millis(200));
             let node_id = view.node_id;
-            let mut registered = false;
+            // The incarnation last registered (0: none yet).
+            let mut registered_as = 0;
             let mut last_warn = Instant::now() - Duration::from_secs(60);
             while !stop.load(Ordering::SeqCst) {
                 let started = Instant::now();
+                let incarnation = view.incarnation();
+                let registered = registered_as == incarnation;
                 let r = if registered {
                     heartbeat_all(&addrs, node_id, timeout)
                 } else {
@@ -189,7 +227,7 @@ pub fn start_membership(
                             client_addr: client_addr.clone(),
                             kafka_addr: kafka_addr.clone(),
                             shards: shards as u32,
-                            incarnation: view.incarnation,
+                            incarnation,
                         },
                         timeout,
                     )
@@ -198,7 +236,7 @@ pub fn start_membership(
                 match r {
                     Ok(()) if !registered => {
                         info!(node_id, "registered with the coordinator quorum");
-                        registered = true;
+                        registered_as = incarnation;
                     }
                     Ok(()) => {}
                     Err(e) => {

@@ -123,6 +123,10 @@ pub struct Partition {
     txns: RefCell<PartitionTxns>,
     /// Orders appends by request (see `produce`).
     append_order: levee_engine::fifo::FifoLock,
+    /// A replicated log a full disk stopped, waiting to be reopened: the
+    /// node's incarnation whose registration takes it out of the ISRs
+    /// first, and since when it waits (see `Shard::recover_full_disk`).
+    pub full_disk_rejoin: Cell<Option<(u64, std::time::Instant)>>,
     /// The producer table changed, and bytes appended, since its snapshot.
     producers_dirty: Cell<bool>,
     bytes_since_snapshot: Cell<u64>,
@@ -215,6 +219,7 @@ impl Partition {
             producers: RefCell::new(ProducerTable::default()),
             txns: RefCell::new(PartitionTxns::default()),
             append_order: levee_engine::fifo::FifoLock::default(),
+            full_disk_rejoin: Cell::new(None),
             producers_dirty: Cell::new(false),
             bytes_since_snapshot: Cell::new(0),
         });

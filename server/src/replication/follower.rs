@@ -147,6 +147,7 @@ impl Shard {
             ));
         };
         let mut useful = false;
+        let mut full = false;
         for (fp, p) in r.partitions.unwrap_or_default().into_iter().zip(&ready) {
             if fp.error != ErrorCode::None {
                 debug!(topic = %p.topic, partition = p.partition, error = ?fp.error, message = ?fp.message, "replica fetch error");
@@ -192,7 +193,18 @@ impl Shard {
                         break;
                     }
                     Err(e) => {
-                        warn!(topic = %p.topic, partition = p.partition, error = %e, "appending a replicated batch failed");
+                        if e.is_no_space() {
+                            // Reported as the broker's full disk; the fetch
+                            // backs off until space is freed.
+                            self.space.note_full(&format!(
+                                "replica of partition {} of `{}`",
+                                p.partition, p.topic
+                            ));
+                            full = true;
+                            debug!(topic = %p.topic, partition = p.partition, error = %e, "appending a replicated batch failed: the disk is full");
+                        } else {
+                            warn!(topic = %p.topic, partition = p.partition, error = %e, "appending a replicated batch failed");
+                        }
                         p.repl.borrow_mut().needs_reconcile = true;
                         break;
                     }
@@ -221,6 +233,9 @@ impl Shard {
                     warn!(topic = %p.topic, partition = p.partition, error = %e, "following the leader's log start failed");
                 }
             }
+        }
+        if full {
+            glommio::timer::sleep(Duration::from_millis(250)).await;
         }
         Ok(useful)
     }
