@@ -17,7 +17,7 @@
 //! sends to the coordinators, or slows all its links.
 //!
 //! A failing trial prints its seed and the command that replays it. CI runs
-//! four seeds (1, 2, 4006, 4007: among them every kind of fault but slow
+//! five seeds (1, 2, 4006, 4007, 6002: among them every kind of fault but slow
 //! links); `TRIALS=N` runs N more (seeds from `TRIAL_SEED`, default 1000,
 //! upwards) and prints a summary. `TRIAL_SEED=S TRIALS=1` replays one.
 //! Half the kills also tear the last batch of the killed node's newest
@@ -27,10 +27,18 @@
 //! A group member reads the topic and commits every 200 ms throughout;
 //! the checker also verifies that every acknowledged commit is still the
 //! group's committed offset (or a later one is) after healing.
-//! Not yet here (issue 19): a full disk.
+//! A full disk: each node's data directory is on a 256 MiB ext4 image of
+//! its own, loop-mounted (needs root and loop devices; without them the
+//! trials run without this fault and say so). After a fault has healed, a
+//! third RNG (so that the other faults of a seed stay what they were)
+//! may fill one node's filesystem for 2-4 s, and until the node finds it
+//! full, up to 10 s (every free block taken by files beside the data
+//! directory), and then free it: the node must keep
+//! what it acknowledged, and its replicas catch up again without a restart.
 
 mod common;
 
+use common::loopfs::LoopFs;
 use common::{levee, Broker};
 use levee_client::{
     Client, ClientConfig, GroupConsumer, GroupConsumerConfig, OffsetReset, Producer, ProducerConfig,
@@ -45,6 +53,31 @@ use std::time::{Duration, Instant};
 
 const PARTITIONS: u32 = 3;
 const GROUP: &str = "trial-group";
+const PAD: &str = "................................................................................................................................................................................................";
+
+/// A record's value without its padding, for reports.
+fn short(v: &str) -> &str {
+    v.strip_suffix(PAD)
+        .and_then(|s| s.strip_suffix('-'))
+        .unwrap_or(v)
+}
+
+/// Node `b`'s gauge `levee_disk_full` (1: a write found its disk full), or
+/// `None` when its admin port does not answer.
+fn disk_full_gauge(b: &Broker) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&b.admin, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.lines()
+        .find_map(|l| l.strip_prefix("levee_disk_full")?.trim().parse().ok())
+}
 
 #[derive(Debug, Default, Clone)]
 struct Outcome {
@@ -162,11 +195,10 @@ fn tear_tail(dir: &std::path::Path, rng: &mut StdRng) -> Option<&'static str> {
         .filter(|p| p.extension().is_some_and(|x| x == "log"))
         .collect();
     segs.sort();
-    // The newest segment that holds a batch (a segment just rolled holds
-    // none yet).
-    segs.into_iter()
-        .rev()
-        .find_map(|seg| tear_segment(&seg, rng))
+    // Only the newest segment: a roll synced the ones before it, so no
+    // crash can tear them (one just rolled holds no batch yet: then there
+    // is nothing to tear).
+    tear_segment(segs.last()?, rng)
 }
 
 fn tear_segment(seg: &std::path::Path, rng: &mut StdRng) -> Option<&'static str> {
@@ -220,33 +252,73 @@ fn run_trial(seed: u64) -> Result<Outcome, String> {
     // a killed node loses its unflushed tail and must not take back what
     // the others acknowledged.
     let fsync = fsync_of(seed);
-    let mut net = common::ProxiedCluster::start(
+    let mut disk_rng = StdRng::seed_from_u64(seed ^ 0x0d15_cf11);
+    // Declared before the nodes, so dropped (unmounted) after they stop.
+    let disks: Option<Vec<LoopFs>> = match (0..3).map(|_| LoopFs::create(256)).collect() {
+        Ok(d) => Some(d),
+        Err(why) => {
+            eprintln!("trial {seed}: no full-disk faults: {why}");
+            None
+        }
+    };
+    let dirs = disks
+        .as_ref()
+        .map(|d| d.iter().map(LoopFs::data_dir).collect::<Vec<_>>());
+    let mut net = common::ProxiedCluster::start_in(
         &format!("trial-{seed}"),
         &format!("broker_lease_ms = 1500\nheartbeat_interval_ms = 250\nreplica_lag_time_max_ms = 3000\n[log]\nfsync = \"{fsync}\"\nsegment_bytes = 262144\n"),
+        dirs,
     );
     let mut nodes = std::mem::take(&mut net.nodes);
-    let res = trial_on(seed, &mut rng, &mut tear_rng, &mut nodes, &net);
+    let mut faults = Faults {
+        rng: &mut rng,
+        tear_rng: &mut tear_rng,
+        disk_rng: &mut disk_rng,
+        disks: disks.as_deref(),
+    };
+    let res = trial_on(seed, &mut faults, &mut nodes, &net);
     if res.is_err() {
         // Keep the brokers' logs of a failing trial for diagnosis.
         for (i, n) in nodes.iter().enumerate() {
             let path = std::env::temp_dir().join(format!("levee-trial-{seed}-node{}.log", i + 1));
             let _ = std::fs::write(&path, n.log_text());
+            // And the trial topic's replicas, as they are on disk.
+            let keep = std::env::temp_dir().join(format!("levee-trial-{seed}-node{}-data", i + 1));
+            let _ = std::fs::remove_dir_all(&keep);
+            let _ = std::fs::create_dir_all(&keep);
+            for p in 0..PARTITIONS {
+                let _ = std::process::Command::new("cp")
+                    .arg("-a")
+                    .arg(n.data_dir().join(format!("tr-{p}")))
+                    .arg(&keep)
+                    .status();
+            }
         }
     }
     res.map_err(|e| {
         format!(
-            "{e}; broker logs kept in {}",
+            "{e}; broker logs and the topic's replicas kept in {}",
             std::env::temp_dir()
-                .join(format!("levee-trial-{seed}-node*.log"))
+                .join(format!("levee-trial-{seed}-node*"))
                 .display()
         )
     })
 }
 
+/// What a trial draws its faults from: the seed's RNGs (one per kind of
+/// fault added after the first, so that adding one left the others'
+/// schedules as they were) and the nodes' filesystems, when they are of
+/// their own.
+struct Faults<'a> {
+    rng: &'a mut StdRng,
+    tear_rng: &'a mut StdRng,
+    disk_rng: &'a mut StdRng,
+    disks: Option<&'a [LoopFs]>,
+}
+
 fn trial_on(
     seed: u64,
-    rng: &mut StdRng,
-    tear_rng: &mut StdRng,
+    faults: &mut Faults<'_>,
     nodes: &mut [Broker],
     net: &common::ProxiedCluster,
 ) -> Result<Outcome, String> {
@@ -299,10 +371,16 @@ fn trial_on(
                 let mut i = 0u64;
                 let mut pending = Vec::new();
                 while !stop.load(Ordering::SeqCst) {
-                    let v = format!("r-{i}");
+                    // 192 bytes of padding: segments (256 KiB) roll every
+                    // second or so, so a full disk bites within its 2-4 s.
+                    let v = format!("r-{i}-{PAD}");
                     let p = (i % u64::from(PARTITIONS)) as u32;
                     let rec = levee_client::Record {
-                        timestamp: 1_700_000_000_000,
+                        // Now: a timestamp years old would have retention
+                        // (7 days by age) delete sealed segments a minute in.
+                        timestamp: std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as i64),
                         key: None,
                         value: Some(v.clone().into_bytes()),
                         headers: vec![],
@@ -389,6 +467,8 @@ fn trial_on(
     };
 
     // Faults, chosen by the seed.
+    let rng = &mut *faults.rng;
+    let tear_rng = &mut *faults.tear_rng;
     let n_faults = rng.gen_range(2..=3);
     for _ in 0..n_faults {
         std::thread::sleep(Duration::from_millis(rng.gen_range(500..1500)));
@@ -446,6 +526,31 @@ fn trial_on(
         // again (the time this takes is the trial's recovery time).
         let healed = wait_healed(nodes, "tr", 3, Duration::from_secs(60))?;
         out.recover_ms.push(healed.as_millis());
+        // Then, sometimes, a full disk on one node for 2-4 s.
+        if let Some(disks) = faults.disks {
+            if faults.disk_rng.gen_bool(0.4) {
+                let victim = faults.disk_rng.gen_range(0..3usize);
+                let held = Duration::from_millis(faults.disk_rng.gen_range(2000..4000));
+                *out.faults.entry("disk full").or_default() += 1;
+                disks[victim].fill();
+                // Held for the drawn time, and until the node has found
+                // its disk full (a write failed), up to 10 s.
+                let since = Instant::now();
+                let mut felt = false;
+                while since.elapsed() < held || (!felt && since.elapsed() < Duration::from_secs(10))
+                {
+                    felt |= disk_full_gauge(&nodes[victim]) == Some(1.0);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                disks[victim].unfill();
+                if felt {
+                    *out.faults.entry("disk full: ENOSPC reported").or_default() += 1;
+                }
+                let healed = wait_healed(nodes, "tr", 3, Duration::from_secs(60))
+                    .map_err(|e| format!("after node {}'s disk was full: {e}", victim + 1))?;
+                out.recover_ms.push(healed.as_millis());
+            }
+        }
     }
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::SeqCst);
@@ -525,8 +630,10 @@ fn trial_on(
             out.lost += 1;
             if out.detail.len() < 20 {
                 out.detail.push(format!(
-                    "{v} acked at {p}/{off}, which holds {:?}; {v} is at {:?}",
-                    stored.get(&(*p, *off)),
+                    "{} acked at {p}/{off}, which holds {:?}; {} is at {:?}",
+                    short(v),
+                    stored.get(&(*p, *off)).map(|s| short(s)),
+                    short(v),
                     at.get(v)
                 ));
             }
@@ -539,7 +646,7 @@ fn trial_on(
     for (v, at) in seen.iter().filter(|(_, at)| at.len() > 1) {
         out.duplicated += 1;
         if out.detail.len() < 20 {
-            out.detail.push(format!("{v} stored at {at:?}"));
+            out.detail.push(format!("{} stored at {at:?}", short(v)));
         }
     }
 
@@ -644,8 +751,9 @@ fn seeded_fault_trials() {
         (first..first + extra).collect()
     } else {
         // Between them: kill -9, SIGSTOP, a torn tail, an isolated node,
-        // a one-way cut.
-        vec![1, 2, 4006, 4007]
+        // a one-way cut, and (6002) a full disk that stopped a replica's
+        // log and hit a new leader's epoch write.
+        vec![1, 2, 4006, 4007, 6002]
     };
     let started = Instant::now();
     let mut faults: BTreeMap<&'static str, usize> = BTreeMap::new();

@@ -101,6 +101,43 @@ impl LoopFs {
         std::fs::create_dir(&d).unwrap();
         d
     }
+
+    /// Takes every free block with files of its own (`filler-N`, from 1 GiB
+    /// down to 4 KiB each) as another writer on the disk would: afterwards
+    /// a new block cannot be allocated. Returns the bytes taken.
+    pub fn fill(&self) -> u64 {
+        let mut took = 0u64;
+        let mut n = 0usize;
+        let mut size: u64 = 1 << 30;
+        while size >= 4096 {
+            let f = self.mnt.join(format!("filler-{n}"));
+            let ok = Command::new("fallocate")
+                .arg("-l")
+                .arg(size.to_string())
+                .arg(&f)
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                took += size;
+                n += 1;
+            } else {
+                let _ = std::fs::remove_file(&f);
+                size /= 2;
+            }
+        }
+        took
+    }
+
+    /// Frees what [`LoopFs::fill`] took.
+    pub fn unfill(&self) {
+        if let Ok(rd) = std::fs::read_dir(&self.mnt) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with("filler-") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
 }
 
 impl Drop for LoopFs {

@@ -122,6 +122,12 @@ pub struct ProxiedCluster {
 
 impl ProxiedCluster {
     pub fn start(name: &str, config: &str) -> ProxiedCluster {
+        Self::start_in(name, config, None)
+    }
+
+    /// As [`ProxiedCluster::start`], node i's data in `dirs[i]` when given
+    /// (directories the caller made, on filesystems of their own, say).
+    pub fn start_in(name: &str, config: &str, dirs: Option<Vec<PathBuf>>) -> ProxiedCluster {
         let coords: Vec<SocketAddr> = (0..3)
             .map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap())
             .collect();
@@ -146,21 +152,23 @@ impl ProxiedCluster {
                 .collect::<Vec<_>>()
                 .join(",");
             let adv = native[i].addr.to_string();
-            let b = Broker::start_with(
-                &format!("{name}-n{}", i + 1),
-                &[
-                    "--config",
-                    cfg.to_str().unwrap(),
-                    "--node-id",
-                    &(i + 1).to_string(),
-                    "--coordinators",
-                    &list,
-                    "--advertise",
-                    &adv,
-                    "--cores",
-                    "1",
-                ],
-            );
+            let node = (i + 1).to_string();
+            let args = [
+                "--config",
+                cfg.to_str().unwrap(),
+                "--node-id",
+                &node,
+                "--coordinators",
+                &list,
+                "--advertise",
+                &adv,
+                "--cores",
+                "1",
+            ];
+            let b = match &dirs {
+                Some(d) => Broker::start_in(&format!("{name}-n{}", i + 1), d[i].clone(), &args),
+                None => Broker::start_with(&format!("{name}-n{}", i + 1), &args),
+            };
             native[i].set_target(b.addr);
             nodes.push(b);
         }
