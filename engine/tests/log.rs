@@ -732,6 +732,36 @@ fn a_log_stopped_by_a_full_disk_is_cut_to_what_reached_the_disk_and_writes_again
     });
 }
 
+/// A follower's truncation that finds the disk full stops the log as a
+/// full disk does (it used to leave it closed for good): once there is
+/// room it reopens, and the truncation can be made again.
+#[test]
+fn a_truncation_on_a_full_disk_stops_the_log_until_there_is_room() {
+    let dir = tempdir();
+    run(async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        for i in 0..20u64 {
+            log.append_durable(make_batch(i, 2, 300, 1)).await.unwrap();
+        }
+        log.fail_next_write(std::io::ErrorKind::StorageFull);
+        let e = log.truncate_to(10).await.unwrap_err();
+        assert!(e.is_no_space(), "{e}");
+        assert!(log.is_stopped_by_full_disk());
+        assert!(log
+            .append(make_batch(99, 1, 10, 1))
+            .await
+            .unwrap_err()
+            .is_no_space());
+        let (_, end) = log.recover_from_full_disk().await.unwrap().unwrap();
+        assert!(end >= 10, "{end}");
+        log.truncate_to(10).await.unwrap();
+        assert_eq!(log.log_end_offset(), 10);
+        let info = log.append_durable(make_batch(7, 3, 300, 1)).await.unwrap();
+        assert_eq!(info.base_offset, 10);
+        assert_eq!(read_all(&log).await, 13);
+    });
+}
+
 #[test]
 fn a_log_stopped_by_another_write_failure_stays_stopped() {
     let dir = tempdir();

@@ -275,6 +275,14 @@ impl Poison {
         }
     }
 
+    /// A full disk, `reason` saying what it stopped.
+    fn no_space(reason: String) -> Poison {
+        Poison {
+            reason,
+            no_space: true,
+        }
+    }
+
     /// A failed I/O call, `what` naming it.
     fn io(what: String, e: io::Error) -> Poison {
         Poison {
@@ -344,9 +352,10 @@ impl Log {
         Ok(())
     }
 
-    /// Makes the next segment write (a full chunk's or a flush's) fail with
-    /// `kind` without writing anything, as a full or failing disk would:
-    /// for tests of what follows a failed write.
+    /// Makes the next segment write (a full chunk's or a flush's), or the
+    /// next truncation's write of the leader epochs, fail with `kind`
+    /// without writing anything, as a full or failing disk would: for
+    /// tests of what follows a failed write.
     #[doc(hidden)]
     pub fn fail_next_write(&self, kind: io::ErrorKind) {
         self.st.borrow_mut().fail_next_write = Some(kind);

@@ -131,16 +131,27 @@ impl Log {
             Ok(()) => {
                 let mut epochs = self.st.borrow().epochs.clone();
                 epochs.truncate_from(if empty { 0 } else { offset });
-                write_file_atomic(&dir.join(EPOCH_FILE), &epochs.encode()).await
+                let injected = self.st.borrow_mut().fail_next_write.take();
+                match injected {
+                    Some(kind) => Err(io_err("writing the leader epochs", io::Error::from(kind))),
+                    None => write_file_atomic(&dir.join(EPOCH_FILE), &epochs.encode()).await,
+                }
             }
             Err(e) => Err(e),
         };
         if let Err(e) = res {
             let mut s = self.st.borrow_mut();
-            s.poisoned = Some(Poison::other(format!(
-                "truncating to offset {offset} failed: {e}"
-            )));
+            let reason = format!("truncating to offset {offset} failed: {e}");
             s.reopening = false;
+            if e.is_no_space() {
+                // The files hold the old log or a prefix of it: once there
+                // is room, `recover_from_full_disk` reopens it from them
+                // (and a follower truncates again).
+                s.poisoned = Some(Poison::no_space(reason));
+                s.closed = false;
+            } else {
+                s.poisoned = Some(Poison::other(reason));
+            }
             return Err(e);
         }
         // Drop the old files before reopening.
