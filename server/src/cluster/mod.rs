@@ -258,3 +258,48 @@ pub fn start_membership(
         })
         .map_err(|e| format!("cannot start the membership thread: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use levee_coordinator::BrokerInfo;
+
+    fn md_with(node: u64, incarnation: u64, version: u64) -> Metadata {
+        let mut md = Metadata {
+            version,
+            ..Default::default()
+        };
+        md.brokers.insert(
+            node,
+            BrokerInfo {
+                node_id: node,
+                client_addr: "127.0.0.1:1".into(),
+                kafka_addr: String::new(),
+                shards: 1,
+                alive: true,
+                incarnation,
+            },
+        );
+        md
+    }
+
+    #[test]
+    fn reincarnating_waits_for_the_pending_registration() {
+        let v = ClusterView::new(1, vec![(1, "127.0.0.1:2".into())], 1000);
+        let first = v.incarnation();
+        // Not registered yet: nothing to replace.
+        assert_eq!(v.reincarnate(), first);
+        assert!(v.publish(md_with(1, first, 1)));
+        assert!(v.registered_in(&v.metadata().unwrap()));
+        // Registered: a new incarnation, and the metadata no longer counts
+        // as this process's until it is registered in turn.
+        let second = v.reincarnate();
+        assert_ne!(second, first);
+        assert_eq!(v.incarnation(), second);
+        assert!(!v.registered_in(&v.metadata().unwrap()));
+        // Asked again before that: the pending one is kept.
+        assert_eq!(v.reincarnate(), second);
+        assert!(v.publish(md_with(1, second, 2)));
+        assert!(v.registered_in(&v.metadata().unwrap()));
+    }
+}
