@@ -762,6 +762,40 @@ fn a_truncation_on_a_full_disk_stops_the_log_until_there_is_room() {
     });
 }
 
+/// A new epoch whose write fails (a full disk) is not adopted: no batch of
+/// it is appended, a second try writes it, and the log reopens with the
+/// batches and the epochs agreeing (it used to take the epoch as written,
+/// append its batches, and fail to reopen: "stored batch has leader epoch
+/// 6 where the epochs say 5").
+#[test]
+fn a_new_epoch_that_could_not_be_written_is_not_adopted() {
+    let dir = tempdir();
+    run(async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        log.append_with_epoch(make_batch(1, 2, 100, 1), 1).await.unwrap();
+        log.flush().await.unwrap();
+        log.fail_next_epoch_write(std::io::ErrorKind::StorageFull);
+        let e = log
+            .append_with_epoch(make_batch(2, 2, 100, 1), 2)
+            .await
+            .unwrap_err();
+        assert!(e.is_no_space(), "{e}");
+        assert_eq!(log.log_end_offset(), 2);
+        // Tried again, the epoch is written and the batch appended.
+        log.append_with_epoch(make_batch(2, 2, 100, 1), 2).await.unwrap();
+        log.fail_next_epoch_write(std::io::ErrorKind::StorageFull);
+        assert!(log.assign_epoch_start(3).await.unwrap_err().is_no_space());
+        log.assign_epoch_start(3).await.unwrap();
+        log.append_with_epoch(make_batch(3, 2, 100, 1), 3).await.unwrap();
+        log.close().await.unwrap();
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        assert_eq!(log.log_end_offset(), 6);
+        assert_eq!(read_all(&log).await, 6);
+        assert_eq!(log.latest_epoch(), Some(3));
+        assert_eq!(log.end_offset_for_epoch(2), (2, 4));
+    });
+}
+
 #[test]
 fn a_log_stopped_by_another_write_failure_stays_stopped() {
     let dir = tempdir();

@@ -230,8 +230,12 @@ impl Log {
     /// latest known epoch, durably, before any batch of it is written.
     /// Caller holds `append_lock`.
     pub(super) async fn note_epoch(&self, epoch: i32) -> Result<()> {
+        // The new epochs are written before they are adopted: should the
+        // write fail (a full disk), the log must not append batches of an
+        // epoch its file does not have (a reopen would find them corrupt),
+        // nor take a later call for this epoch as already done.
         let changed = {
-            let mut s = self.st.borrow_mut();
+            let s = self.st.borrow();
             let next = s.next_offset;
             match s.epochs.latest() {
                 Some((e, _)) if epoch == e => None,
@@ -247,19 +251,32 @@ impl Log {
                     }
                     // Epochs that started at the end and wrote nothing
                     // (this replica led briefly) give way, as in Kafka.
-                    s.epochs.truncate_from(next);
-                    s.epochs.assign(epoch, next);
-                    Some((s.dir.join(EPOCH_FILE), s.epochs.encode()))
+                    let mut epochs = s.epochs.clone();
+                    epochs.truncate_from(next);
+                    epochs.assign(epoch, next);
+                    Some(epochs)
                 }
                 _ if epoch < 0 => None,
                 _ => {
-                    s.epochs.assign(epoch, next);
-                    Some((s.dir.join(EPOCH_FILE), s.epochs.encode()))
+                    let mut epochs = s.epochs.clone();
+                    epochs.assign(epoch, next);
+                    Some(epochs)
                 }
             }
         };
-        if let Some((path, bytes)) = changed {
-            write_file_atomic(&path, &bytes).await?;
+        if let Some(epochs) = changed {
+            let path = self.st.borrow().dir.join(EPOCH_FILE);
+            let injected = self.st.borrow_mut().fail_next_epoch_write.take();
+            match injected {
+                Some(kind) => {
+                    return Err(crate::error::io_err(
+                        "writing the leader epochs",
+                        io::Error::from(kind),
+                    ))
+                }
+                None => write_file_atomic(&path, &epochs.encode()).await?,
+            }
+            self.st.borrow_mut().epochs = epochs;
         }
         Ok(())
     }

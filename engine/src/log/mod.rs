@@ -198,6 +198,9 @@ struct State {
     /// The next segment write fails with this instead of running (tests
     /// of write failures: [`Log::fail_next_write`]).
     fail_next_write: Option<io::ErrorKind>,
+    /// Test hook: the next write of the leader epochs by an append or an
+    /// epoch start fails with this ([`Log::fail_next_epoch_write`]).
+    fail_next_epoch_write: Option<io::ErrorKind>,
 }
 
 impl State {
@@ -359,6 +362,13 @@ impl Log {
     #[doc(hidden)]
     pub fn fail_next_write(&self, kind: io::ErrorKind) {
         self.st.borrow_mut().fail_next_write = Some(kind);
+    }
+
+    /// Makes the next write of the leader epochs by an append or an epoch
+    /// start fail with `kind`, writing nothing: for tests.
+    #[doc(hidden)]
+    pub fn fail_next_epoch_write(&self, kind: io::ErrorKind) {
+        self.st.borrow_mut().fail_next_epoch_write = Some(kind);
     }
 
     /// Whether the log refuses writes since a write failed on a full disk

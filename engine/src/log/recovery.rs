@@ -437,6 +437,7 @@ impl Log {
             last_active: Instant::now(),
             released: false,
             fail_next_write: None,
+            fail_next_epoch_write: None,
         };
         Ok(Log {
             st: Rc::new(RefCell::new(st)),
