@@ -25,8 +25,20 @@ pub fn levee_bin() -> PathBuf {
 /// out again after a node stopped) is ever one of the nodes' ports: two
 /// nodes on one port would share it (SO_REUSEPORT), and a node refuses to
 /// start on a port something else listens on.
+///
+/// `LEVEE_TEST_PORTS=FIRST-LAST` narrows the range, so that test processes
+/// run side by side (the lanes of `tests/trials.sh`) cannot pick the same
+/// port between one's check and its broker's bind.
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let (first, span) = std::env::var("LEVEE_TEST_PORTS")
+        .ok()
+        .and_then(|r| {
+            let (a, b) = r.split_once('-')?;
+            let (a, b): (u16, u16) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+            (b > a).then_some((a, u64::from(b - a) + 1))
+        })
+        .unwrap_or((20_000, 12_000));
     let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
     let mut x = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -38,7 +50,7 @@ pub fn free_port() -> u16 {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let port = 20_000 + (x % 12_000) as u16;
+        let port = first + (x % span) as u16;
         if given.contains(&port) {
             continue;
         }
