@@ -17,7 +17,7 @@
 //! sends to the coordinators, or slows all its links.
 //!
 //! A failing trial prints its seed and the command that replays it. CI runs
-//! five seeds (1, 2, 4006, 4007, 6002: among them every kind of fault but slow
+//! six seeds (1, 2, 4006, 4007, 6002, 11013: among them every kind of fault but slow
 //! links); `TRIALS=N` runs N more (seeds from `TRIAL_SEED`, default 1000,
 //! upwards) and prints a summary. `TRIAL_SEED=S TRIALS=1` replays one.
 //! Half the kills also tear the last batch of the killed node's newest
@@ -751,9 +751,10 @@ fn seeded_fault_trials() {
         (first..first + extra).collect()
     } else {
         // Between them: kill -9, SIGSTOP, a torn tail, an isolated node,
-        // a one-way cut, and (6002) a full disk that stopped a replica's
-        // log and hit a new leader's epoch write.
-        vec![1, 2, 4006, 4007, 6002]
+        // a one-way cut, and full disks: 6002 stopped a replica's log and
+        // a new leader's epoch write; 11013 lost 2,320 acknowledged
+        // records to an epoch write that failed.
+        vec![1, 2, 4006, 4007, 6002, 11013]
     };
     let started = Instant::now();
     let mut faults: BTreeMap<&'static str, usize> = BTreeMap::new();
