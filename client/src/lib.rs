@@ -47,4 +47,4 @@ pub use levee_engine::{Compression, FsyncPolicy, Record};
 pub use levee_schemas::proto::ErrorCode;
 pub use levee_schemas::proto::NodeStatus;
 pub use producer::{Acks, DeliveryFuture, DeliveryReport, Producer, ProducerConfig};
-pub use txn::TransactionInfo;
+pub use txn::{ConsumerGroupMetadata, TransactionInfo, TxnCoordinator};
