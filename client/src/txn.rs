@@ -145,7 +145,12 @@ impl Client {
             transactional_id: id.to_string(),
         }));
         let reply = self
-            .call(req, Vec::new(), Duration::ZERO, "find transaction coordinator")
+            .call(
+                req,
+                Vec::new(),
+                Duration::ZERO,
+                "find transaction coordinator",
+            )
             .await?;
         let (code, message) = txn_reply_code(&reply);
         if code != ErrorCode::None {
@@ -246,7 +251,13 @@ impl Client {
                 .unwrap_or(i32::MAX),
         }));
         let reply = self
-            .txn_call(coord, req, TXN_SLACK, "init transactional producer id", deadline)
+            .txn_call(
+                coord,
+                req,
+                TXN_SLACK,
+                "init transactional producer id",
+                deadline,
+            )
             .await?;
         match reply.header.response {
             Some(Response::ProducerIdResponse(r)) => Ok((r.producer_id, r.producer_epoch)),
@@ -282,7 +293,13 @@ impl Client {
             ),
         }));
         let reply = self
-            .txn_call(coord, req, Duration::ZERO, "add partitions to transaction", deadline)
+            .txn_call(
+                coord,
+                req,
+                Duration::ZERO,
+                "add partitions to transaction",
+                deadline,
+            )
             .await?;
         txn_failed(reply)
     }
@@ -302,8 +319,14 @@ impl Client {
             producer_epoch,
             group: group.to_string(),
         }));
-        self.txn_call(coord, req, Duration::ZERO, "add offsets to transaction", deadline)
-            .await?;
+        self.txn_call(
+            coord,
+            req,
+            Duration::ZERO,
+            "add offsets to transaction",
+            deadline,
+        )
+        .await?;
         Ok(())
     }
 
@@ -342,7 +365,12 @@ impl Client {
             leader_epochs: None,
         }));
         let reply = self
-            .group_call(&group.group, req, Duration::ZERO, "commit offsets to transaction")
+            .group_call(
+                &group.group,
+                req,
+                Duration::ZERO,
+                "commit offsets to transaction",
+            )
             .await
             .map_err(|e| match e {
                 ClientError::Server { code, message } => txn_error(code, message, transactional_id),

@@ -285,7 +285,10 @@ mod tests {
         assert!(s.begin().is_err(), "one at a time");
         s.can_send().unwrap();
         s.can_dispatch().unwrap();
-        assert_eq!(s.to_add(&[tp("a", 1), tp("a", 0), tp("a", 1)]), vec![tp("a", 0), tp("a", 1)]);
+        assert_eq!(
+            s.to_add(&[tp("a", 1), tp("a", 0), tp("a", 1)]),
+            vec![tp("a", 0), tp("a", 1)]
+        );
         assert!(!s.open_at_coordinator);
         s.added(vec![tp("a", 0)]);
         assert!(s.open_at_coordinator);
@@ -368,7 +371,10 @@ mod tests {
                 s.begin(),
                 s.can_init(),
             ] {
-                assert!(matches!(r, Err(ClientError::ProducerFenced { .. })), "{r:?}");
+                assert!(
+                    matches!(r, Err(ClientError::ProducerFenced { .. })),
+                    "{r:?}"
+                );
             }
             // Also outside a transaction.
             let mut s = TxnState::new("t".into());

@@ -89,21 +89,15 @@ pub async fn process(
             let txn = r.transactional_id.filter(|t| !t.is_empty());
             let res = match txn {
                 Some(id) => {
-                    handlers::txn::init_producer_id(
-                        shard,
-                        id,
-                        r.transaction_timeout_ms,
-                        existing,
-                    )
-                    .await
+                    handlers::txn::init_producer_id(shard, id, r.transaction_timeout_ms, existing)
+                        .await
                 }
                 None => handlers::producers::init_producer_id(shard, existing).await,
             };
-            let (error, message, producer_id, producer_epoch) =
-                match res {
-                    Ok((pid, epoch)) => (ErrorCode::None, None, pid, epoch),
-                    Err(e) => (e.code, Some(e.message), -1, -1),
-                };
+            let (error, message, producer_id, producer_epoch) = match res {
+                Ok((pid, epoch)) => (ErrorCode::None, None, pid, epoch),
+                Err(e) => (e.code, Some(e.message), -1, -1),
+            };
             Response::ProducerIdResponse(Box::new(proto::ProducerIdResponse {
                 error,
                 message,
