@@ -245,7 +245,9 @@ fn a_second_producer_with_the_same_transactional_id_fences_the_first() {
 
         p2.begin_transaction().unwrap();
         send_n(&p2, "fz", 2, "new", 4).await;
-        p2.commit_transaction().await.expect("the new producer commits");
+        p2.commit_transaction()
+            .await
+            .expect("the new producer commits");
 
         // A Kafka producer with the same id fences the native one too (one
         // coordinator for both protocols).
@@ -374,15 +376,14 @@ fn offsets_sent_to_a_native_transaction_are_committed_only_with_it() {
             .send_offsets_to_transaction(&g.positions(), &stale)
             .await
             .unwrap_err();
-        assert!(
-            matches!(e, ClientError::AbortableTransaction { .. }),
-            "{e}"
-        );
+        assert!(matches!(e, ClientError::AbortableTransaction { .. }), "{e}");
         assert!(matches!(
             p.commit_transaction().await,
             Err(ClientError::AbortableTransaction { .. })
         ));
-        p.abort_transaction().await.expect("abort after the failure");
+        p.abort_transaction()
+            .await
+            .expect("abort after the failure");
         p.begin_transaction().unwrap();
         send_n(&p, "out", 1, "last", 2).await;
         p.send_offsets_to_transaction(&g.positions(), &g.group_metadata())
@@ -432,36 +433,49 @@ fn native_transformer_process() {
                     Err(e) if e.needs_rejoin() => continue,
                     Err(e) => panic!("transformer consumer: {e}"),
                 };
-                if batch.is_empty() {
-                    continue;
-                }
-                p.begin_transaction().expect("begin");
-                for r in &batch {
-                    let v = String::from_utf8_lossy(r.value.as_deref().unwrap_or_default())
-                        .into_owned();
-                    for (topic, tag) in [(out_b, "B"), (out_c, "C")] {
-                        p.send(topic, None, format!("{tag}:{v}").into_bytes())
-                            .await
-                            .expect("send");
+                // Transactions of up to 10 records, each committing the
+                // offsets after its own records.
+                let mut failed = false;
+                for chunk in batch.chunks(10) {
+                    p.begin_transaction().expect("begin");
+                    let mut offsets = std::collections::BTreeMap::new();
+                    for r in chunk {
+                        let v = String::from_utf8_lossy(r.value.as_deref().unwrap_or_default())
+                            .into_owned();
+                        for (topic, tag) in [(out_b, "B"), (out_c, "C")] {
+                            p.send(topic, None, format!("{tag}:{v}").into_bytes())
+                                .await
+                                .expect("send");
+                        }
+                        offsets.insert((r.topic.clone(), r.partition), r.offset + 1);
+                    }
+                    let offsets: Vec<levee_client::OffsetCommit> = offsets
+                        .into_iter()
+                        .map(|((t, p), o)| levee_client::OffsetCommit::new(t, p, o))
+                        .collect();
+                    let res = match p
+                        .send_offsets_to_transaction(&offsets, &g.group_metadata())
+                        .await
+                    {
+                        Ok(()) => p.commit_transaction().await,
+                        Err(e) => Err(e),
+                    };
+                    match res {
+                        Ok(()) => {}
+                        Err(e @ ClientError::AbortableTransaction { .. }) => {
+                            // A rebalance took the generation away: abort,
+                            // and start again from the group's committed
+                            // offsets.
+                            eprintln!("transformer: {e}; aborting and rejoining");
+                            p.abort_transaction().await.expect("abort");
+                            failed = true;
+                            break;
+                        }
+                        Err(e) => panic!("transformer: {e}"),
                     }
                 }
-                let res = match p
-                    .send_offsets_to_transaction(&g.positions(), &g.group_metadata())
-                    .await
-                {
-                    Ok(()) => p.commit_transaction().await,
-                    Err(e) => Err(e),
-                };
-                match res {
-                    Ok(()) => {}
-                    Err(e @ ClientError::AbortableTransaction { .. }) => {
-                        // A rebalance took the generation away: abort, and
-                        // start again from the group's committed offsets.
-                        eprintln!("transformer: {e}; aborting and rejoining");
-                        p.abort_transaction().await.expect("abort");
-                        break;
-                    }
-                    Err(e) => panic!("transformer: {e}"),
+                if failed {
+                    break;
                 }
             }
             let _ = g.close().await;
@@ -536,25 +550,35 @@ fn native_consume_transform_produce_survives_kill_9_exactly_once() {
             .data_dir()
             .with_extension(format!("ntransformer{trial}.log"));
         let kills = rng.range(2, 4) as usize;
+        // Follows B's progress, read_committed, without waiting.
+        let mut progress = rt.block_on(async {
+            let mut con = levee_client::Consumer::new(
+                client(&bs).await,
+                ConsumerConfig {
+                    read_committed: true,
+                    max_wait: Duration::from_millis(20),
+                    ..ConsumerConfig::default()
+                },
+            );
+            con.assign(&bt, None, StartPosition::Earliest)
+                .await
+                .unwrap();
+            con
+        });
+        let mut seen = 0;
         for k in 0..kills {
             let mut child = spawn_transformer(&args, &log);
             let target = records * (k + 1) / (kills + 1);
             let until = Instant::now() + Duration::from_secs(60);
-            while Instant::now() < until {
-                let n = rt.block_on(async {
-                    let c = client(&bs).await;
-                    native_values(&c, &bt, true).await.len()
-                });
-                if n >= target {
-                    break;
-                }
+            while seen < target && Instant::now() < until {
+                seen += rt.block_on(progress.poll()).expect("progress").len();
             }
             let ms = rng.range(0, 300);
             std::thread::sleep(Duration::from_millis(ms));
             child.kill().unwrap(); // SIGKILL
             child.wait().unwrap();
             eprintln!(
-                "trial {trial} (seed {seed:#x}): killed the transformer {ms} ms after about {target} of {records} outputs ({}/{kills})",
+                "trial {trial} (seed {seed:#x}): killed the transformer {ms} ms after {seen} of {records} outputs ({}/{kills})",
                 k + 1
             );
         }
@@ -575,6 +599,13 @@ fn native_consume_transform_produce_survives_kill_9_exactly_once() {
         }
         child.kill().unwrap();
         child.wait().unwrap();
+        let written = rt.block_on(async {
+            let c = client(&bs).await;
+            native_values(&c, &bt, false).await.len()
+        });
+        eprintln!(
+            "trial {trial}: B holds {written} records read_uncommitted (aborted ones included) for {records} inputs"
+        );
         let want = |tag: &str| {
             let mut v: Vec<String> = (0..records).map(|i| format!("{tag}:r-{i}")).collect();
             v.sort();
