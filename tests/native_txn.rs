@@ -641,3 +641,136 @@ fn levee_produce_with_a_transactional_id_commits_each_chunk() {
     });
     assert_eq!(kafka_committed_values(&b, "cli", 2), tagged(&[("l", 600)]));
 }
+
+fn cluster(name: &str) -> Vec<Broker> {
+    let (nodes, _) = common::start_three_nodes(
+        name,
+        "broker_lease_ms = 1500\nheartbeat_interval_ms = 250\nreplica_lag_time_max_ms = 3000\n",
+    );
+    let native = nodes
+        .iter()
+        .map(|n| n.bootstrap())
+        .collect::<Vec<_>>()
+        .join(",");
+    let until = Instant::now() + T;
+    loop {
+        let (ok, out, err) = common::levee(&native, &["cluster", "status"], None);
+        let st = String::from_utf8_lossy(&out);
+        if ok && st.contains("leader: node") && st.matches("live").count() >= 3 {
+            return nodes;
+        }
+        assert!(Instant::now() < until, "cluster did not form: {st}{err}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn create_replicated(nodes: &[Broker], topic: &str, partitions: u32) {
+    let (ok, out, err) = common::levee(
+        &nodes[0].bootstrap(),
+        &[
+            "topic",
+            "create",
+            topic,
+            "--partitions",
+            &partitions.to_string(),
+            "--replication-factor",
+            "3",
+        ],
+        None,
+    );
+    assert!(ok, "topic create: {err}{}", String::from_utf8_lossy(&out));
+}
+
+/// On a 3-node cluster: partitions led by every node, a group coordinated
+/// by any node; then the transaction coordinator's node is killed with
+/// SIGKILL between two transactions and the same producer goes on (it
+/// finds the next coordinator).
+#[test]
+fn native_transactions_on_a_cluster_survive_a_coordinator_kill() {
+    let mut nodes = cluster("native-txn-cluster");
+    create_replicated(&nodes, "nct", 6);
+    create_replicated(&nodes, "ncin", 3);
+    let all: Vec<String> = nodes.iter().map(|n| n.bootstrap()).collect();
+    let rt = rt();
+    let (c, p, coord) = rt.block_on(async {
+        let c = Client::connect(ClientConfig::new(all.clone()))
+            .await
+            .expect("connect");
+        // Every partition has a leader.
+        let until = Instant::now() + T;
+        loop {
+            let info = c.describe_topic("nct").await.unwrap();
+            let led = info
+                .partitions
+                .iter()
+                .filter(|p| p.leader != levee_client::NO_LEADER)
+                .count();
+            if led == 6 {
+                break;
+            }
+            assert!(Instant::now() < until, "nct has no leaders: {info:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let p = txn_producer(&c, "ncluster-id").await;
+        p.begin_transaction().unwrap();
+        send_n(&p, "nct", 6, "k", 60).await;
+        p.commit_transaction().await.expect("commit");
+        p.begin_transaction().unwrap();
+        send_n(&p, "nct", 6, "ab", 60).await;
+        p.flush().await.unwrap();
+        p.abort_transaction().await.expect("abort");
+
+        // Offsets of a group (its coordinator may be another node).
+        let plain = Producer::new(c.clone(), ProducerConfig::default()).unwrap();
+        send_n(&plain, "ncin", 3, "in", 30).await;
+        plain.flush().await.unwrap();
+        let mut gcfg = GroupConsumerConfig::new("ncluster-eos", ["ncin"]);
+        gcfg.auto_commit = None;
+        gcfg.reset = OffsetReset::Earliest;
+        gcfg.fetch.read_committed = true;
+        let mut g = GroupConsumer::join(c.clone(), gcfg).await.expect("join");
+        let mut seen = 0;
+        while seen < 30 && Instant::now() < until + T {
+            seen += g.poll().await.unwrap().len();
+        }
+        assert_eq!(seen, 30);
+        p.begin_transaction().unwrap();
+        send_n(&p, "nct", 6, "o", 6).await;
+        p.send_offsets_to_transaction(&g.positions(), &g.group_metadata())
+            .await
+            .expect("send offsets");
+        p.commit_transaction().await.expect("commit with offsets");
+        let mut a = levee_client::Assignment::new();
+        a.insert("ncin".to_string(), vec![0, 1, 2]);
+        let got: Vec<u64> = c
+            .fetch_offsets("ncluster-eos", &a)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.offset)
+            .collect();
+        assert_eq!(got, vec![10, 10, 10]);
+        let _ = g.close().await;
+        let coord = c.find_txn_coordinator("ncluster-id").await.unwrap();
+        (c, p, coord)
+    });
+    eprintln!("killing node {coord}, the coordinator of ncluster-id");
+    nodes[(coord - 1) as usize].kill();
+    rt.block_on(async {
+        p.begin_transaction().unwrap();
+        send_n(&p, "nct", 6, "after", 12).await;
+        p.commit_transaction()
+            .await
+            .expect("commit after the coordinator's kill");
+        let mut want = tagged(&[("k", 60), ("o", 6), ("after", 12)]);
+        want.sort();
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = native_values(&c, "nct", true).await;
+            if got == want || Instant::now() > until {
+                assert_eq!(got, want, "read_committed on the cluster");
+                break;
+            }
+        }
+    });
+}
