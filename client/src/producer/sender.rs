@@ -369,12 +369,16 @@ fn complete(shared: &Shared, outcomes: Vec<(Entry, EntryOutcome)>) {
             _ => None,
         })
     });
+    // The transaction's state is updated before the deliveries resolve
+    // (and with them a flush that commit or abort waits for): held across
+    // `completed`, so that the commit or abort sees the failure and the
+    // epoch bump, and a failure never lands in the next transaction.
+    let mut txn = shared.txn.as_ref().map(|t| t.lock());
+    if let (Some(st), Some(e)) = (txn.as_mut(), failure) {
+        st.fail(e);
+    }
     let (released, retried, gave_up) = shared.lock().completed(&shared.config, outcomes);
-    if let Some(t) = shared.txn.as_ref() {
-        let mut st = t.lock();
-        if let Some(e) = failure {
-            st.fail(e);
-        }
+    if let Some(st) = txn.as_mut() {
         if gave_up {
             st.bump_epoch = true;
         }
@@ -383,6 +387,7 @@ fn complete(shared: &Shared, outcomes: Vec<(Entry, EntryOutcome)>) {
             super::lock_idem(idem).reset = true;
         }
     }
+    drop(txn);
     shared.buffer.add_permits(released);
     if retried > 0 {
         shared
