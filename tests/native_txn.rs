@@ -196,6 +196,39 @@ fn native_transactions_commit_and_abort() {
         assert_eq!(native_values(&c, "nt", true).await, committed);
         assert_eq!(kafka_committed_values(&b, "nt", 2), committed);
 
+        // A partition that cannot be added (there is no partition 7): the
+        // record fails, the transaction must be aborted, the next one works.
+        p.begin_transaction().unwrap();
+        send_n(&p, "nt", 2, "e", 2).await;
+        let bad = p
+            .send_record(
+                "nt",
+                Some(7),
+                levee_client::Record {
+                    timestamp: 0,
+                    key: None,
+                    value: Some(b"nowhere".to_vec()),
+                    headers: Vec::new(),
+                },
+            )
+            .await
+            .expect("queued");
+        assert!(bad.await.is_err(), "a record for partition 7 was delivered");
+        let e = p.commit_transaction().await.unwrap_err();
+        assert!(matches!(e, ClientError::AbortableTransaction { .. }), "{e}");
+        assert!(matches!(
+            p.send("nt", None, b"x".to_vec()).await,
+            Err(ClientError::AbortableTransaction { .. })
+        ));
+        p.abort_transaction()
+            .await
+            .expect("abort after the failure");
+        p.begin_transaction().unwrap();
+        send_n(&p, "nt", 2, "f", 4).await;
+        p.commit_transaction().await.expect("commit after an abort");
+        let committed = tagged(&[("c", 20), ("d", 10), ("o", 4), ("f", 4)]);
+        assert_eq!(native_values(&c, "nt", true).await, committed);
+
         // A commit with nothing in it, and the state checks.
         p.begin_transaction().unwrap();
         p.commit_transaction().await.expect("an empty commit");
