@@ -373,13 +373,20 @@ fn complete(shared: &Shared, outcomes: Vec<(Entry, EntryOutcome)>) {
     // (and with them a flush that commit or abort waits for): held across
     // `completed`, so that the commit or abort sees the failure and the
     // epoch bump, and a failure never lands in the next transaction.
+    // Only a batch that was numbered (sent at least once) leaves a gap in
+    // its partition's sequence when it fails; records an abort dropped
+    // before sending them do not.
+    let numbered = shared.txn.is_some()
+        && outcomes.iter().any(|(en, o)| {
+            !matches!(o, EntryOutcome::Delivered(_)) && en.batches.iter().any(|b| b.stamp.is_some())
+        });
     let mut txn = shared.txn.as_ref().map(|t| t.lock());
     if let (Some(st), Some(e)) = (txn.as_mut(), failure) {
         st.fail(e);
     }
     let (released, retried, gave_up) = shared.lock().completed(&shared.config, outcomes);
     if let Some(st) = txn.as_mut() {
-        if gave_up {
+        if gave_up && numbered {
             st.bump_epoch = true;
         }
     } else if gave_up {
