@@ -559,7 +559,7 @@ fn native_consume_transform_produce_survives_kill_9_exactly_once() {
         .unwrap_or(2);
     let b = Broker::start("native-txn-ctp");
     let bs = b.bootstrap();
-    let records = 600usize;
+    let records = 1500usize;
     let rt = rt();
     for trial in 0..trials {
         let seed = 0x0a7e_0000 + trial;
@@ -606,7 +606,7 @@ fn native_consume_transform_produce_survives_kill_9_exactly_once() {
             while seen < target && Instant::now() < until {
                 seen += rt.block_on(progress.poll()).expect("progress").len();
             }
-            let ms = rng.range(0, 300);
+            let ms = rng.range(0, 150);
             std::thread::sleep(Duration::from_millis(ms));
             child.kill().unwrap(); // SIGKILL
             child.wait().unwrap();
