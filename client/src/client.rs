@@ -988,6 +988,8 @@ impl Client {
         let req = Request::InitProducerId(Box::new(proto::InitProducerId {
             producer_id,
             producer_epoch,
+            transactional_id: None,
+            transaction_timeout_ms: 0,
         }));
         let reply = self
             .call(req, Vec::new(), Duration::ZERO, "init producer id")

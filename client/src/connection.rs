@@ -426,6 +426,8 @@ fn response_name(r: Option<&Response>) -> &'static str {
         Some(Response::ClusterStatusResponse(_)) => "ClusterStatusResponse",
         Some(Response::ProducerIdResponse(_)) => "ProducerIdResponse",
         Some(Response::ListTransactionsResponse(_)) => "ListTransactionsResponse",
+        Some(Response::TxnCoordinatorResponse(_)) => "TxnCoordinatorResponse",
+        Some(Response::TxnResponse(_)) => "TxnResponse",
     }
 }
 

@@ -138,6 +138,30 @@ pub enum ClientError {
         /// The broker's message (may be empty).
         message: String,
     },
+    /// A transactional producer was fenced: another producer with the same
+    /// transactional id started since (or this one's transaction ran past
+    /// its timeout and was aborted at a new epoch). Fatal: this producer
+    /// can do nothing more; drop it (and start a new one if this process
+    /// should continue).
+    #[error("transactional producer `{transactional_id}` was fenced by a newer producer with the same transactional id (or its transaction timed out): {message} (this producer cannot continue; create a new one)")]
+    ProducerFenced {
+        /// The transactional id.
+        transactional_id: String,
+        /// What happened.
+        message: String,
+    },
+    /// The open transaction cannot commit (a record was not delivered,
+    /// partitions or offsets could not be added to it, the commit was
+    /// refused): call `abort_transaction`, then start a new one.
+    #[error("the transaction cannot commit and must be aborted: {reason} (call abort_transaction, then begin a new transaction)")]
+    AbortableTransaction {
+        /// The first failure of the transaction.
+        reason: String,
+    },
+    /// The call does not fit the transactional producer's state (sending
+    /// outside a transaction, committing before `init_transactions`).
+    #[error("invalid transaction state: {0}")]
+    InvalidTxnState(String),
     /// A group consumer was assigned a partition for which the group has no
     /// committed offset, and its reset policy is `error`.
     #[error("group `{group}` has no committed offset for {topic}/{partition} and the offset reset policy is `error` (commit one with `levee group reset-offsets {group} --topic {topic} --to earliest|latest|OFFSET`, or use the earliest/latest policy)")]
@@ -295,6 +319,7 @@ impl ClientError {
             ClientError::OffsetOutOfRange { .. } => Some(ErrorCode::OffsetOutOfRange),
             ClientError::Rebalance { .. } => Some(ErrorCode::RebalanceInProgress),
             ClientError::Fenced { code, .. } | ClientError::Group { code, .. } => Some(*code),
+            ClientError::ProducerFenced { .. } => Some(ErrorCode::ProducerFenced),
             _ => None,
         }
     }

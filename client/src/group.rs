@@ -211,6 +211,7 @@ fn reply_code(reply: &crate::connection::Reply) -> ErrorCode {
         Some(Response::GroupResult(r)) => r.error,
         Some(Response::OffsetsResponse(r)) => r.error,
         Some(Response::GroupDescription(r)) => r.error,
+        Some(Response::TxnResponse(r)) => r.error,
         _ => ErrorCode::None,
     }
 }
@@ -237,7 +238,7 @@ impl Client {
     /// bootstrap broker until that topic exists). A broker that is not (or
     /// not yet) the coordinator says so; the metadata is then read again
     /// and the request sent again, for up to [`COORDINATOR_WAIT`].
-    async fn group_call(
+    pub(crate) async fn group_call(
         &self,
         group: &str,
         request: Request,
@@ -869,6 +870,27 @@ impl GroupConsumer {
     /// This member's id (empty before the first join).
     pub fn member_id(&self) -> &str {
         &self.member_id
+    }
+
+    /// The group, member id and generation, for a transactional producer's
+    /// [`crate::Producer::send_offsets_to_transaction`] (the group's
+    /// coordinator checks them, as Kafka's does).
+    pub fn group_metadata(&self) -> crate::txn::ConsumerGroupMetadata {
+        crate::txn::ConsumerGroupMetadata {
+            group: self.config.group.clone(),
+            member_id: self.member_id.clone(),
+            generation: self.generation,
+        }
+    }
+
+    /// The position of every assigned partition (the next offset `poll`
+    /// returns), as offsets to commit: what a consume-transform-produce
+    /// loop sends to its transaction after processing a poll's records.
+    pub fn positions(&self) -> Vec<OffsetCommit> {
+        self.consumer
+            .positions()
+            .map(|(t, p, o)| OffsetCommit::new(t, p, o))
+            .collect()
     }
 
     /// The strategy the broker assigned with.

@@ -9,7 +9,10 @@
 //!   offset lookups, routed by a metadata cache that follows leader changes.
 //! - [`Producer`]: per-partition batching, compression, Kafka's murmur2
 //!   partitioner, bounded buffering (backpressure), retries, per-message
-//!   delivery reports.
+//!   delivery reports; idempotence, and transactions with
+//!   `ProducerConfig::transactional_id` (`init_transactions`,
+//!   `begin_transaction`, `send_offsets_to_transaction`,
+//!   `commit_transaction`, `abort_transaction`, as Kafka's clients).
 //! - [`Consumer`]: assigned partitions, long-poll fetch, CRC validation,
 //!   decompression, position tracking.
 //! - [`GroupConsumer`]: a member of a consumer group: partitions assigned by
@@ -47,4 +50,4 @@ pub use levee_engine::{Compression, FsyncPolicy, Record};
 pub use levee_schemas::proto::ErrorCode;
 pub use levee_schemas::proto::NodeStatus;
 pub use producer::{Acks, DeliveryFuture, DeliveryReport, Producer, ProducerConfig};
-pub use txn::TransactionInfo;
+pub use txn::{ConsumerGroupMetadata, TransactionInfo, TxnCoordinator};

@@ -1,11 +1,118 @@
-//! Transactions of Kafka clients' transactional producers, as their
-//! coordinators list them (`levee txn list|describe`).
+//! Transactions: the requests of a transactional producer (KIP-98's
+//! FindCoordinator, InitProducerId with a transactional id,
+//! AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit and EndTxn, over
+//! the native protocol; [`crate::Producer`] drives them), and the
+//! transactions as their coordinators list them (`levee txn
+//! list|describe`).
 
-use levee_schemas::proto::{ErrorCode, ListTransactions, Request, Response};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use levee_schemas::proto::{
+    self, AddOffsetsToTxn, AddPartitionsToTxn, EndTxn, ErrorCode, FindTxnCoordinator,
+    ListTransactions, Request, Response, TopicPartitions, TxnOffsetCommit,
+};
 
 use crate::client::{required, Client};
-use crate::connection::unexpected;
+use crate::connection::{unexpected, Reply};
 use crate::error::{ClientError, Result};
+use crate::group::OffsetCommit;
+
+/// A consumer group member as a transaction's offsets name it
+/// ([`crate::GroupConsumer::group_metadata`]); the group's coordinator
+/// refuses offsets of a member that is no longer in the group's current
+/// generation. An empty member id with generation -1 is not checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerGroupMetadata {
+    /// The group.
+    pub group: String,
+    /// The member's id.
+    pub member_id: String,
+    /// The member's generation.
+    pub generation: i32,
+}
+
+impl ConsumerGroupMetadata {
+    /// A group without a member check (a producer outside the group).
+    pub fn unchecked(group: impl Into<String>) -> ConsumerGroupMetadata {
+        ConsumerGroupMetadata {
+            group: group.into(),
+            member_id: String::new(),
+            generation: -1,
+        }
+    }
+}
+
+/// A transactional id and the node last found coordinating it.
+#[derive(Debug)]
+pub struct TxnCoordinator {
+    /// The transactional id.
+    pub transactional_id: String,
+    node: Mutex<Option<u32>>,
+}
+
+impl TxnCoordinator {
+    /// A transactional id whose coordinator is not looked up yet.
+    pub fn new(transactional_id: impl Into<String>) -> TxnCoordinator {
+        TxnCoordinator {
+            transactional_id: transactional_id.into(),
+            node: Mutex::new(None),
+        }
+    }
+
+    fn get(&self) -> Option<u32> {
+        *self.node.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, node: Option<u32>) {
+        *self.node.lock().unwrap_or_else(|p| p.into_inner()) = node;
+    }
+}
+
+/// How long EndTxn and InitProducerId (which may abort an open transaction
+/// first) may take beyond the request timeout: the coordinator answers
+/// once the transaction's markers are written.
+const TXN_SLACK: Duration = Duration::from_secs(30);
+
+/// The error a transaction request's answer carries, wherever it carries it.
+fn txn_reply_code(reply: &Reply) -> (ErrorCode, String) {
+    if reply.header.error != ErrorCode::None {
+        return (
+            reply.header.error,
+            reply.header.message.clone().unwrap_or_default(),
+        );
+    }
+    match &reply.header.response {
+        Some(Response::TxnResponse(r)) => (r.error, r.message.clone().unwrap_or_default()),
+        Some(Response::ProducerIdResponse(r)) => (r.error, r.message.clone().unwrap_or_default()),
+        Some(Response::TxnCoordinatorResponse(r)) => {
+            (r.error, r.message.clone().unwrap_or_default())
+        }
+        _ => (ErrorCode::None, String::new()),
+    }
+}
+
+/// Whether a code means: find the coordinator again, then retry.
+fn coordinator_moved(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::NotLeader
+            | ErrorCode::CoordinatorUnavailable
+            | ErrorCode::CoordinatorLoadInProgress
+            | ErrorCode::ShuttingDown
+    )
+}
+
+/// A transaction error as the client's typed error.
+pub(crate) fn txn_error(code: ErrorCode, message: String, id: &str) -> ClientError {
+    match code {
+        ErrorCode::ProducerFenced => ClientError::ProducerFenced {
+            transactional_id: id.to_string(),
+            message,
+        },
+        _ => ClientError::Server { code, message },
+    }
+}
 
 /// A transactional id at its coordinator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +138,278 @@ pub struct TransactionInfo {
 }
 
 impl Client {
+    /// The node coordinating transactional id `id` (asked of the bootstrap
+    /// broker, which creates the transaction state topic on first use).
+    pub async fn find_txn_coordinator(&self, id: &str) -> Result<u32> {
+        let req = Request::FindTxnCoordinator(Box::new(FindTxnCoordinator {
+            transactional_id: id.to_string(),
+        }));
+        let reply = self
+            .call(
+                req,
+                Vec::new(),
+                Duration::ZERO,
+                "find transaction coordinator",
+            )
+            .await?;
+        let (code, message) = txn_reply_code(&reply);
+        if code != ErrorCode::None {
+            return Err(txn_error(code, message, id));
+        }
+        match reply.header.response {
+            Some(Response::TxnCoordinatorResponse(r)) => Ok(r.node_id),
+            other => Err(unexpected("TxnCoordinatorResponse", other.as_ref())),
+        }
+    }
+
+    /// Sends a transaction request to the id's coordinator. A coordinator
+    /// that moved or is loading (NotLeader, CoordinatorUnavailable,
+    /// CoordinatorLoadInProgress, a lost connection) is looked up again,
+    /// and a transaction still completing (ConcurrentTransactions) waited
+    /// for, with backoff, until `deadline`; then the last error is returned.
+    /// A fenced producer gets [`ClientError::ProducerFenced`].
+    pub(crate) async fn txn_call(
+        &self,
+        coord: &TxnCoordinator,
+        request: Request,
+        extra: Duration,
+        what: &str,
+        deadline: Instant,
+    ) -> Result<Reply> {
+        let id = coord.transactional_id.as_str();
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let node = match coord.get() {
+                Some(n) => Ok(n),
+                None => self.find_txn_coordinator(id).await,
+            };
+            let res = match node {
+                Ok(n) => {
+                    coord.set(Some(n));
+                    match self.node_connection(n).await {
+                        Ok(conn) => {
+                            conn.call(
+                                request.clone(),
+                                Vec::new(),
+                                self.config().request_timeout + extra,
+                                what,
+                            )
+                            .await
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            let (code, message) = match &res {
+                Ok(reply) => txn_reply_code(reply),
+                Err(ClientError::Server { code, message }) => (*code, message.clone()),
+                Err(e) if e.is_retriable() => (ErrorCode::CoordinatorUnavailable, e.to_string()),
+                Err(_) => (ErrorCode::None, String::new()),
+            };
+            let moved = coordinator_moved(code);
+            let retry = moved || code == ErrorCode::ConcurrentTransactions;
+            if retry && Instant::now() + backoff < deadline {
+                tracing::debug!(
+                    transactional_id = id,
+                    code = levee_schemas::error_name(code),
+                    "transaction request retried"
+                );
+                if moved {
+                    coord.set(None);
+                    self.invalidate_metadata();
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+                continue;
+            }
+            let reply = res?;
+            if code != ErrorCode::None {
+                return Err(txn_error(code, message, id));
+            }
+            return Ok(reply);
+        }
+    }
+
+    /// InitProducerId with a transactional id, at its coordinator: the id's
+    /// producer id and a new epoch, which fences any producer with an older
+    /// one (its open transaction is aborted first). `existing`: the id and
+    /// epoch this producer has (to take the next epoch after an abort).
+    pub async fn init_transactional_producer(
+        &self,
+        coord: &TxnCoordinator,
+        transaction_timeout: Duration,
+        existing: Option<(i64, i16)>,
+        deadline: Instant,
+    ) -> Result<(i64, i16)> {
+        let (producer_id, producer_epoch) = existing.unwrap_or((-1, -1));
+        let req = Request::InitProducerId(Box::new(proto::InitProducerId {
+            producer_id,
+            producer_epoch,
+            transactional_id: Some(coord.transactional_id.clone()),
+            transaction_timeout_ms: i32::try_from(transaction_timeout.as_millis())
+                .unwrap_or(i32::MAX),
+        }));
+        let reply = self
+            .txn_call(
+                coord,
+                req,
+                TXN_SLACK,
+                "init transactional producer id",
+                deadline,
+            )
+            .await?;
+        match reply.header.response {
+            Some(Response::ProducerIdResponse(r)) => Ok((r.producer_id, r.producer_epoch)),
+            other => Err(unexpected("ProducerIdResponse", other.as_ref())),
+        }
+    }
+
+    /// AddPartitionsToTxn: the partitions that could not be added (with
+    /// their errors); empty when all were.
+    pub async fn add_partitions_to_txn(
+        &self,
+        coord: &TxnCoordinator,
+        (producer_id, producer_epoch): (i64, i16),
+        partitions: &[(String, u32)],
+        deadline: Instant,
+    ) -> Result<Vec<(String, u32, ClientError)>> {
+        let mut by_topic: std::collections::BTreeMap<&str, Vec<u32>> = Default::default();
+        for (t, p) in partitions {
+            by_topic.entry(t.as_str()).or_default().push(*p);
+        }
+        let req = Request::AddPartitionsToTxn(Box::new(AddPartitionsToTxn {
+            transactional_id: coord.transactional_id.clone(),
+            producer_id,
+            producer_epoch,
+            partitions: Some(
+                by_topic
+                    .into_iter()
+                    .map(|(t, ps)| TopicPartitions {
+                        topic: t.to_string(),
+                        partitions: Some(ps),
+                    })
+                    .collect(),
+            ),
+        }));
+        let reply = self
+            .txn_call(
+                coord,
+                req,
+                Duration::ZERO,
+                "add partitions to transaction",
+                deadline,
+            )
+            .await?;
+        txn_failed(reply)
+    }
+
+    /// AddOffsetsToTxn: offsets of `group` sent in this transaction are
+    /// committed with it.
+    pub async fn add_offsets_to_txn(
+        &self,
+        coord: &TxnCoordinator,
+        (producer_id, producer_epoch): (i64, i16),
+        group: &str,
+        deadline: Instant,
+    ) -> Result<()> {
+        let req = Request::AddOffsetsToTxn(Box::new(AddOffsetsToTxn {
+            transactional_id: coord.transactional_id.clone(),
+            producer_id,
+            producer_epoch,
+            group: group.to_string(),
+        }));
+        self.txn_call(
+            coord,
+            req,
+            Duration::ZERO,
+            "add offsets to transaction",
+            deadline,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// TxnOffsetCommit, at the group's coordinator (after
+    /// [`Client::add_offsets_to_txn`]): the offsets, checked against the
+    /// member, are kept with the transaction and committed with it. Fails
+    /// if any partition's offset was refused.
+    pub async fn txn_offset_commit(
+        &self,
+        transactional_id: &str,
+        (producer_id, producer_epoch): (i64, i16),
+        group: &ConsumerGroupMetadata,
+        offsets: &[OffsetCommit],
+    ) -> Result<()> {
+        let req = Request::TxnOffsetCommit(Box::new(TxnOffsetCommit {
+            transactional_id: transactional_id.to_string(),
+            group: group.group.clone(),
+            producer_id,
+            producer_epoch,
+            member_id: Some(group.member_id.clone()),
+            generation: group.generation,
+            offsets: Some(
+                offsets
+                    .iter()
+                    .map(|o| proto::CommittedOffset {
+                        topic: o.topic.clone(),
+                        partition: o.partition,
+                        offset: o
+                            .offset
+                            .map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX)),
+                        metadata: o.metadata.clone(),
+                        commit_timestamp_ms: 0,
+                    })
+                    .collect(),
+            ),
+            leader_epochs: None,
+        }));
+        let reply = self
+            .group_call(
+                &group.group,
+                req,
+                Duration::ZERO,
+                "commit offsets to transaction",
+            )
+            .await
+            .map_err(|e| match e {
+                ClientError::Server { code, message } => txn_error(code, message, transactional_id),
+                e => e,
+            })?;
+        let (code, message) = txn_reply_code(&reply);
+        if code != ErrorCode::None {
+            return Err(txn_error(code, message, transactional_id));
+        }
+        match txn_failed(reply)?.into_iter().next() {
+            None => Ok(()),
+            Some((_, _, e)) => Err(e),
+        }
+    }
+
+    /// EndTxn: commits (`commit`) or aborts the open transaction; answered
+    /// once its markers are written.
+    pub async fn end_txn(
+        &self,
+        coord: &TxnCoordinator,
+        (producer_id, producer_epoch): (i64, i16),
+        commit: bool,
+        deadline: Instant,
+    ) -> Result<()> {
+        let req = Request::EndTxn(Box::new(EndTxn {
+            transactional_id: coord.transactional_id.clone(),
+            producer_id,
+            producer_epoch,
+            commit,
+        }));
+        let what = if commit {
+            "commit transaction"
+        } else {
+            "abort transaction"
+        };
+        self.txn_call(coord, req, TXN_SLACK, what, deadline).await?;
+        Ok(())
+    }
+
     /// Every transactional id of the cluster (each node lists those it
     /// coordinates), or only `id`; sorted by id.
     pub async fn list_transactions(&self, id: Option<&str>) -> Result<Vec<TransactionInfo>> {
@@ -128,5 +507,20 @@ impl Client {
                 .collect()),
             other => Err(unexpected("ListTransactionsResponse", other.as_ref())),
         }
+    }
+}
+
+/// A TxnResponse's per-partition failures.
+fn txn_failed(reply: Reply) -> Result<Vec<(String, u32, ClientError)>> {
+    match reply.header.response {
+        Some(Response::TxnResponse(r)) => Ok(required(r.failed)
+            .into_iter()
+            .map(|f| {
+                let topic = f.topic.unwrap_or_default();
+                let e = ClientError::from_code(f.error, f.message, &topic, Some(f.partition));
+                (topic, f.partition, e)
+            })
+            .collect()),
+        other => Err(unexpected("TxnResponse", other.as_ref())),
     }
 }

@@ -349,7 +349,12 @@ fn handle(state: &Mutex<State>, body: &[u8]) -> Action {
             | Request::ListTransactions(_)
             | Request::WriteTxnMarker(_)
             | Request::CommitTxnOffsets(_)
-            | Request::AddTxnOffsets(_) => unimplemented!(),
+            | Request::AddTxnOffsets(_)
+            | Request::FindTxnCoordinator(_)
+            | Request::AddPartitionsToTxn(_)
+            | Request::AddOffsetsToTxn(_)
+            | Request::TxnOffsetCommit(_)
+            | Request::EndTxn(_) => unimplemented!(),
             Request::Produce(p) => {
                 st.produce_requests.fetch_add(1, Ordering::SeqCst);
                 let not_leader = st.not_leader.load(Ordering::SeqCst) > 0

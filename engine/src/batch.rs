@@ -356,6 +356,14 @@ pub fn set_producer(bytes: &mut [u8], producer_id: i64, epoch: i16, base_sequenc
     header_mut(bytes).crc = U32::new(crc);
 }
 
+/// Marks a built batch (whole, at least [`HEADER_LEN`] bytes) as a
+/// transactional producer's. The CRC is not computed again: call
+/// [`set_producer`] after it, which does.
+pub fn set_transactional(bytes: &mut [u8]) {
+    let h = header_mut(bytes);
+    h.attributes = I16::new(h.attributes.get() | ATTR_TRANSACTIONAL);
+}
+
 /// One record to put in a batch.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Record {

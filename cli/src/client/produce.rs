@@ -36,6 +36,12 @@ pub struct ProduceArgs {
     /// Wait up to this long for a batch to fill.
     #[arg(long, default_value_t = 5)]
     pub linger_ms: u64,
+    /// Write in transactions of this transactional id: one transaction per
+    /// chunk of up to 256 input lines, committed before the next is read
+    /// (read_committed consumers see a chunk whole or not at all). A
+    /// failed transaction is aborted and the command fails.
+    #[arg(long, value_name = "ID")]
+    pub transactional_id: Option<String>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub connect: ConnectArgs,
@@ -135,10 +141,18 @@ pub(super) async fn produce(a: ProduceArgs) -> Result<(), String> {
             batch_size: a.batch_size,
             linger: Duration::from_millis(a.linger_ms),
             partition: a.partition,
+            transactional_id: a.transactional_id.clone(),
             ..ProducerConfig::default()
         },
     )
     .map_err(|e| e.to_string())?;
+    let transactional = a.transactional_id.is_some();
+    if transactional {
+        producer
+            .init_transactions()
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     let sep = a.key_separator.as_deref().map(str::as_bytes);
     let mut lines = stdin_lines();
     let mut pending: VecDeque<DeliveryFuture> = VecDeque::new();
@@ -152,6 +166,9 @@ pub(super) async fn produce(a: ProduceArgs) -> Result<(), String> {
                 break;
             }
         };
+        if transactional {
+            producer.begin_transaction().map_err(|e| e.to_string())?;
+        }
         for line in chunk {
             let (key, value) = split_key(line, sep);
             match producer.send(&a.topic, key, value).await {
@@ -164,6 +181,18 @@ pub(super) async fn produce(a: ProduceArgs) -> Result<(), String> {
                 if let Some(f) = pending.pop_front() {
                     tally.record(f.await.map(drop));
                 }
+            }
+        }
+        if transactional {
+            if let Err(e) = producer.commit_transaction().await {
+                let aborted = match producer.abort_transaction().await {
+                    Ok(()) => "aborted".to_string(),
+                    Err(a) => format!("not aborted: {a}"),
+                };
+                return Err(format!(
+                    "committing a transaction after {} message(s) failed ({aborted}): {e}",
+                    tally.total + pending.len() as u64
+                ));
             }
         }
     }

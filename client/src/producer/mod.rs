@@ -34,6 +34,18 @@
 //!   order holds across retries and only duplicates remain possible.
 //!   [`Producer::retried_batches`] counts the retries.
 //!
+//! - **Transactions** (KIP-98, with [`ProducerConfig::transactional_id`]):
+//!   [`Producer::init_transactions`] once, then per transaction
+//!   [`Producer::begin_transaction`], sends, optionally
+//!   [`Producer::send_offsets_to_transaction`], and
+//!   [`Producer::commit_transaction`] or [`Producer::abort_transaction`].
+//!   A partition is added to the transaction at its coordinator before its
+//!   first batch is sent; a commit first waits for every record sent; a
+//!   failure makes the transaction abortable ([`ClientError::AbortableTransaction`]:
+//!   abort it, then go on); a newer producer with the same transactional
+//!   id fences this one ([`ClientError::ProducerFenced`]: fatal). See
+//!   `txn.rs` for the states.
+//!
 //! Each partition's batches go to its leader (see [`Client`]). `send`
 //! appends to the batch under a lock shared with the producer's task: no
 //! channel hop, allocation or task wake-up per record; the records of a
@@ -41,6 +53,7 @@
 
 mod accumulator;
 mod sender;
+mod txn;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -52,6 +65,8 @@ use tokio::sync::{oneshot, Notify, Semaphore, TryAcquireError};
 use crate::client::Client;
 use crate::codec::partition_for_key;
 use crate::error::{ClientError, Result};
+use crate::group::OffsetCommit;
+use crate::txn::{ConsumerGroupMetadata, TxnCoordinator};
 pub use accumulator::DeliveryFuture;
 use accumulator::{Accumulator, RecordSize};
 
@@ -135,6 +150,20 @@ pub struct ProducerConfig {
     /// partition, so a batch sent again after a lost answer is written
     /// once, in order. Needs `max_in_flight` <= 5, as Kafka's.
     pub enable_idempotence: bool,
+    /// Makes the producer transactional (default none): its records are
+    /// written in transactions, which read_committed consumers see only
+    /// once committed. The id names the producer across restarts: a new
+    /// producer with the same id fences the old one and aborts its open
+    /// transaction. Needs idempotence (`acks = all`).
+    pub transactional_id: Option<String>,
+    /// How long a transaction may stay open before the coordinator aborts
+    /// it (default 60 s; at most the broker's `transaction_max_timeout_ms`).
+    pub transaction_timeout: Duration,
+    /// How long a transaction call (`init_transactions`, adding partitions,
+    /// offsets, commit, abort) keeps retrying a coordinator that moved,
+    /// is loading or is still completing the previous transaction
+    /// (default 60 s, as Kafka's `max.block.ms`).
+    pub transaction_call_timeout: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -155,6 +184,9 @@ impl Default for ProducerConfig {
             partition: None,
             metadata_max_age: Duration::from_secs(300),
             enable_idempotence: true,
+            transactional_id: None,
+            transaction_timeout: Duration::from_secs(60),
+            transaction_call_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -193,6 +225,20 @@ struct Shared {
     /// Metadata lookups that failed recently, by topic, so that a burst of
     /// records to a missing topic costs one lookup, not one per record.
     failed_lookups: Mutex<std::collections::HashMap<String, (ClientError, tokio::time::Instant)>>,
+    /// A transactional producer's coordinator and state.
+    txn: Option<TxnShared>,
+}
+
+/// A transactional producer's coordinator and state.
+struct TxnShared {
+    coordinator: TxnCoordinator,
+    state: Mutex<txn::TxnState>,
+}
+
+impl TxnShared {
+    fn lock(&self) -> MutexGuard<'_, txn::TxnState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 fn lock_idem(m: &Mutex<sender::Idempotence>) -> MutexGuard<'_, sender::Idempotence> {
@@ -263,6 +309,22 @@ impl Producer {
                 config.max_in_flight
             )));
         }
+        if let Some(id) = config.transactional_id.as_deref() {
+            if !idempotent {
+                return Err(ClientError::InvalidArgument(format!(
+                    "transactional producer `{id}` needs idempotence: set acks = all and enable_idempotence"
+                )));
+            }
+            if id.is_empty() {
+                return Err(ClientError::InvalidArgument(
+                    "the transactional id is empty".into(),
+                ));
+            }
+        }
+        let txn = config.transactional_id.clone().map(|id| TxnShared {
+            coordinator: TxnCoordinator::new(id.clone()),
+            state: Mutex::new(txn::TxnState::new(id)),
+        });
         let config = ProducerConfig {
             max_in_flight: config.max_in_flight.max(1),
             buffer_bytes: config.buffer_bytes.clamp(1, Semaphore::MAX_PERMITS),
@@ -283,6 +345,7 @@ impl Producer {
             retried: AtomicU64::new(0),
             failed_lookups: Mutex::new(std::collections::HashMap::new()),
             idempotence: idempotent.then(|| Mutex::new(sender::Idempotence::default())),
+            txn,
             config,
         });
         tokio::spawn(sender::run(shared.clone(), client.clone()));
@@ -331,6 +394,9 @@ impl Producer {
         record: Record,
     ) -> Result<DeliveryFuture> {
         let shared = &self.shared;
+        if let Some(t) = shared.txn.as_ref() {
+            t.lock().can_send()?;
+        }
         let size = RecordSize::of(&record);
         if size.alone() > shared.max_batch_bytes {
             return Ok(DeliveryFuture::failed(ClientError::InvalidArgument(format!(
@@ -476,6 +542,197 @@ impl Producer {
         }
         self.shared.wake.notify_one();
         rx.await.map_err(|_| ClientError::Closed)
+    }
+}
+
+impl Producer {
+    fn txn(&self) -> Result<&TxnShared> {
+        self.shared.txn.as_ref().ok_or_else(|| {
+            ClientError::InvalidTxnState(
+                "this producer is not transactional (set ProducerConfig::transactional_id)".into(),
+            )
+        })
+    }
+
+    /// The producer id and epoch (a transactional producer has them once
+    /// `init_transactions` returned).
+    fn identity(&self) -> Result<(i64, i16)> {
+        self.shared
+            .idempotence
+            .as_ref()
+            .and_then(|i| lock_idem(i).id)
+            .ok_or_else(|| ClientError::InvalidTxnState("call init_transactions first".into()))
+    }
+
+    fn txn_deadline(&self) -> std::time::Instant {
+        std::time::Instant::now() + self.shared.config.transaction_call_timeout
+    }
+
+    /// Sets a new producer id and epoch (numbering from 0 again).
+    fn set_identity(&self, id: (i64, i16)) {
+        if let Some(i) = self.shared.idempotence.as_ref() {
+            let mut i = lock_idem(i);
+            i.id = Some(id);
+            i.restart();
+        }
+    }
+
+    /// Registers the transactional id with its coordinator and takes its
+    /// producer id and a new epoch: a producer with the same id that is
+    /// still running is fenced from now on, and a transaction it left open
+    /// is aborted (so nothing of it becomes visible). Call once, before
+    /// the first transaction; a failed call may be retried.
+    pub async fn init_transactions(&self) -> Result<()> {
+        let t = self.txn()?;
+        t.lock().can_init()?;
+        let id = self
+            .client
+            .init_transactional_producer(
+                &t.coordinator,
+                self.shared.config.transaction_timeout,
+                None,
+                self.txn_deadline(),
+            )
+            .await?;
+        tracing::debug!(
+            transactional_id = t.coordinator.transactional_id,
+            producer_id = id.0,
+            epoch = id.1,
+            "transactional producer initialized"
+        );
+        self.set_identity(id);
+        t.lock().initialized();
+        Ok(())
+    }
+
+    /// Opens a transaction (locally: the coordinator hears of it with the
+    /// first partition or offsets added).
+    pub fn begin_transaction(&self) -> Result<()> {
+        self.txn()?.lock().begin()
+    }
+
+    /// Adds a consumer group's offsets (each the next offset to consume) to
+    /// the open transaction: the group commits them only if the
+    /// transaction commits. `group` names the member (see
+    /// [`crate::GroupConsumer::group_metadata`]); the group's coordinator
+    /// refuses offsets of a member that is no longer in its generation,
+    /// which makes the transaction abortable.
+    pub async fn send_offsets_to_transaction(
+        &self,
+        offsets: &[OffsetCommit],
+        group: &ConsumerGroupMetadata,
+    ) -> Result<()> {
+        let t = self.txn()?;
+        t.lock().can_add_offsets()?;
+        let id = self.identity()?;
+        let res = async {
+            self.client
+                .add_offsets_to_txn(&t.coordinator, id, &group.group, self.txn_deadline())
+                .await?;
+            t.lock().open_at_coordinator = true;
+            self.client
+                .txn_offset_commit(&t.coordinator.transactional_id, id, group, offsets)
+                .await
+        }
+        .await;
+        res.map_err(|e| t.lock().fail(e))
+    }
+
+    /// Commits the open transaction: waits until every record sent in it
+    /// is acknowledged, then asks the coordinator to commit (answered once
+    /// the commit markers are written). If a record failed, the
+    /// transaction cannot commit: [`ClientError::AbortableTransaction`]
+    /// (call [`Producer::abort_transaction`]). A retriable failure of the
+    /// commit itself (the coordinator unreachable past
+    /// `transaction_call_timeout`) may be retried by calling this again.
+    pub async fn commit_transaction(&self) -> Result<()> {
+        let t = self.txn()?;
+        t.lock().begin_commit()?;
+        let flushed = self.flush().await;
+        {
+            let mut st = t.lock();
+            st.begin_commit()?;
+            if let Err(e) = flushed {
+                return Err(st.fail(e));
+            }
+        }
+        let open = t.lock().open_at_coordinator;
+        if open {
+            let id = self.identity()?;
+            if let Err(e) = self
+                .client
+                .end_txn(&t.coordinator, id, true, self.txn_deadline())
+                .await
+            {
+                if e.is_retriable() {
+                    // Still Committing: commit_transaction may be called again.
+                    return Err(e);
+                }
+                return Err(t.lock().fail(e));
+            }
+        }
+        t.lock().ended();
+        Ok(())
+    }
+
+    /// Aborts the open transaction: records not sent yet are dropped (their
+    /// deliveries fail), those in flight are waited for, then the
+    /// coordinator writes abort markers, so read_committed consumers never
+    /// see any of them. Allowed after a failure made the transaction
+    /// abortable; not after the producer was fenced.
+    pub async fn abort_transaction(&self) -> Result<()> {
+        let t = self.txn()?;
+        t.lock().begin_abort()?;
+        // Dropped and failed records are expected here.
+        let _ = self.flush().await;
+        let (open, bump) = {
+            let st = t.lock();
+            if let txn::Phase::Fatal(e) = &st.phase {
+                return Err(e.clone());
+            }
+            (st.open_at_coordinator, st.bump_epoch)
+        };
+        let id = self.identity()?;
+        if open {
+            self.client
+                .end_txn(&t.coordinator, id, false, self.txn_deadline())
+                .await
+                .map_err(|e| {
+                    if txn::is_fencing(&e) {
+                        t.lock().fail(e)
+                    } else {
+                        e
+                    }
+                })?;
+        }
+        if bump {
+            // A batch failed for good: its partition's sequence has a gap,
+            // so the producer goes on at its next epoch (KIP-360).
+            let next = self
+                .client
+                .init_transactional_producer(
+                    &t.coordinator,
+                    self.shared.config.transaction_timeout,
+                    Some(id),
+                    self.txn_deadline(),
+                )
+                .await
+                .map_err(|e| {
+                    if txn::is_fencing(&e) {
+                        t.lock().fail(e)
+                    } else {
+                        e
+                    }
+                })?;
+            self.set_identity(next);
+        }
+        t.lock().ended();
+        Ok(())
+    }
+
+    /// The transactional id, if this producer is transactional.
+    pub fn transactional_id(&self) -> Option<&str> {
+        self.shared.config.transactional_id.as_deref()
     }
 }
 

@@ -69,6 +69,12 @@ pub(crate) struct Idempotence {
 }
 
 impl Idempotence {
+    /// A new producer id or epoch: sequences start from 0 again.
+    pub fn restart(&mut self) {
+        self.next_seq.clear();
+        self.reset = false;
+    }
+
     /// The sequence for `count` records of a partition, advancing it.
     fn take(&mut self, topic: &str, partition: u32, count: u32) -> i32 {
         let next = self
@@ -92,6 +98,7 @@ fn encode(
     topic: &str,
     partition: u32,
     idem: Option<&mut Idempotence>,
+    transactional: bool,
 ) -> std::result::Result<(), String> {
     let identity = idem.as_ref().and_then(|i| i.id);
     if b.bytes.is_some() && b.stamp == identity {
@@ -111,6 +118,9 @@ fn encode(
         }
     };
     if let (Some(idem), Some((pid, epoch))) = (idem, identity) {
+        if transactional {
+            levee_engine::batch::set_transactional(&mut bytes);
+        }
         let seq = idem.take(topic, partition, b.count);
         levee_engine::batch::set_producer(&mut bytes, pid, epoch, seq);
     }
@@ -129,6 +139,15 @@ async fn identity(shared: &Shared, client: &Client) -> Result<()> {
         let i = super::lock_idem(idem);
         (i.id, i.reset)
     };
+    if shared.txn.is_some() {
+        // A transactional producer's id comes from init_transactions.
+        return match current {
+            Some(_) => Ok(()),
+            None => Err(ClientError::InvalidTxnState(
+                "call init_transactions first".into(),
+            )),
+        };
+    }
     if current.is_some() && !reset {
         return Ok(());
     }
@@ -149,8 +168,63 @@ async fn identity(shared: &Shared, client: &Client) -> Result<()> {
 
 /// Queues one request on its leaders' connections, then waits for its
 /// answer in the background.
+/// A transactional producer's partitions are added to the transaction at
+/// its coordinator before their first batch is sent. Fails (the batches
+/// fail with it) when the transaction cannot take them: aborting, failed
+/// or fenced; a failure to add them makes the transaction abortable.
+async fn add_to_txn(shared: &Shared, client: &Client, entries: &[Entry]) -> Result<()> {
+    let Some(t) = shared.txn.as_ref() else {
+        return Ok(());
+    };
+    let keys: Vec<(String, u32)> = entries
+        .iter()
+        .map(|e| (e.topic.clone(), e.partition))
+        .collect();
+    let todo = {
+        let st = t.lock();
+        st.can_dispatch()?;
+        st.to_add(&keys)
+    };
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let id = shared
+        .idempotence
+        .as_ref()
+        .and_then(|i| super::lock_idem(i).id)
+        .ok_or_else(|| ClientError::InvalidTxnState("call init_transactions first".into()))?;
+    let deadline = std::time::Instant::now() + shared.config.transaction_call_timeout;
+    let res = client
+        .add_partitions_to_txn(&t.coordinator, id, &todo, deadline)
+        .await;
+    let mut st = t.lock();
+    match res {
+        Ok(failed) => {
+            let good: Vec<(String, u32)> = todo
+                .iter()
+                .filter(|tp| !failed.iter().any(|(t, p, _)| (t, *p) == (&tp.0, tp.1)))
+                .cloned()
+                .collect();
+            st.added(good);
+            match failed.into_iter().next() {
+                None => Ok(()),
+                Some((_, _, e)) => Err(st.fail(e)),
+            }
+        }
+        Err(e) => Err(st.fail(e)),
+    }
+}
+
 async fn dispatch(shared: &Arc<Shared>, client: &Client, mut entries: Vec<Entry>) {
     let compression = shared.config.compression;
+    if let Err(e) = add_to_txn(shared, client, &entries).await {
+        let outcomes = entries
+            .into_iter()
+            .map(|en| (en, EntryOutcome::Fail(e.clone())))
+            .collect();
+        complete(shared, outcomes);
+        return;
+    }
     if let Err(e) = identity(shared, client).await {
         // No producer id yet: nothing is sent; the batches wait for a retry.
         let outcomes = entries
@@ -170,10 +244,17 @@ async fn dispatch(shared: &Arc<Shared>, client: &Client, mut entries: Vec<Entry>
     let mut unencodable = Vec::new();
     {
         let mut idem = shared.idempotence.as_ref().map(super::lock_idem);
+        let transactional = shared.txn.is_some();
         for e in &mut entries {
             for b in &mut e.batches {
-                if let Err(why) = encode(b, compression, &e.topic, e.partition, idem.as_deref_mut())
-                {
+                if let Err(why) = encode(
+                    b,
+                    compression,
+                    &e.topic,
+                    e.partition,
+                    idem.as_deref_mut(),
+                    transactional,
+                ) {
                     unencodable.push(why);
                 }
             }
@@ -217,7 +298,9 @@ async fn dispatch(shared: &Arc<Shared>, client: &Client, mut entries: Vec<Entry>
         .collect();
     shared.lock().sent(&keys, nodes);
     let shared = shared.clone();
-    let idempotent = shared.idempotence.is_some();
+    // A transactional producer's epoch changes only by its own
+    // init_transactions: an epoch refusal means it was fenced.
+    let idempotent = shared.idempotence.is_some() && shared.txn.is_none();
     tokio::spawn(async move {
         let outcomes = wait(entries, first, idempotent).await;
         complete(&shared, outcomes);
@@ -288,12 +371,40 @@ async fn wait(
 }
 
 fn complete(shared: &Shared, outcomes: Vec<(Entry, EntryOutcome)>) {
+    // A record that fails makes a transaction abortable (or, fenced, the
+    // producer fatal).
+    let failure = shared.txn.as_ref().and_then(|_| {
+        outcomes.iter().find_map(|(_, o)| match o {
+            EntryOutcome::Fail(e) => Some(e.clone()),
+            _ => None,
+        })
+    });
+    // The transaction's state is updated before the deliveries resolve
+    // (and with them a flush that commit or abort waits for): held across
+    // `completed`, so that the commit or abort sees the failure and the
+    // epoch bump, and a failure never lands in the next transaction.
+    // Only a batch that was numbered (sent at least once) leaves a gap in
+    // its partition's sequence when it fails; records an abort dropped
+    // before sending them do not.
+    let numbered = shared.txn.is_some()
+        && outcomes.iter().any(|(en, o)| {
+            !matches!(o, EntryOutcome::Delivered(_)) && en.batches.iter().any(|b| b.stamp.is_some())
+        });
+    let mut txn = shared.txn.as_ref().map(|t| t.lock());
+    if let (Some(st), Some(e)) = (txn.as_mut(), failure) {
+        st.fail(e);
+    }
     let (released, retried, gave_up) = shared.lock().completed(&shared.config, outcomes);
-    if gave_up {
+    if let Some(st) = txn.as_mut() {
+        if gave_up && numbered {
+            st.bump_epoch = true;
+        }
+    } else if gave_up {
         if let Some(idem) = shared.idempotence.as_ref() {
             super::lock_idem(idem).reset = true;
         }
     }
+    drop(txn);
     shared.buffer.add_permits(released);
     if retried > 0 {
         shared

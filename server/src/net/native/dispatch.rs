@@ -86,11 +86,18 @@ pub async fn process(
         Request::InitProducerId(r) => {
             let existing = (r.producer_id >= 0 && r.producer_epoch >= 0)
                 .then_some((r.producer_id, r.producer_epoch));
-            let (error, message, producer_id, producer_epoch) =
-                match handlers::producers::init_producer_id(shard, existing).await {
-                    Ok((pid, epoch)) => (ErrorCode::None, None, pid, epoch),
-                    Err(e) => (e.code, Some(e.message), -1, -1),
-                };
+            let txn = r.transactional_id.filter(|t| !t.is_empty());
+            let res = match txn {
+                Some(id) => {
+                    handlers::txn::init_producer_id(shard, id, r.transaction_timeout_ms, existing)
+                        .await
+                }
+                None => handlers::producers::init_producer_id(shard, existing).await,
+            };
+            let (error, message, producer_id, producer_epoch) = match res {
+                Ok((pid, epoch)) => (ErrorCode::None, None, pid, epoch),
+                Err(e) => (e.code, Some(e.message), -1, -1),
+            };
             Response::ProducerIdResponse(Box::new(proto::ProducerIdResponse {
                 error,
                 message,
@@ -177,6 +184,92 @@ pub async fn process(
             Response::ListTransactionsResponse(Box::new(proto::ListTransactionsResponse {
                 transactions: Some(transactions),
             }))
+        }
+        Request::FindTxnCoordinator(f) => find_txn_coordinator(shard, &f.transactional_id).await,
+        Request::AddPartitionsToTxn(a) => {
+            let parts = a
+                .partitions
+                .unwrap_or_default()
+                .into_iter()
+                .flat_map(|tp| {
+                    let topic = tp.topic;
+                    tp.partitions
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(move |p| (topic.clone(), p))
+                })
+                .collect();
+            let res = handlers::txn::add_partitions(
+                shard,
+                a.transactional_id,
+                a.producer_id,
+                a.producer_epoch,
+                parts,
+            )
+            .await
+            .map(|per| {
+                per.into_iter()
+                    .filter_map(|((t, p), r)| r.err().map(|e| (t, p, e)))
+                    .collect()
+            });
+            txn_response(res)
+        }
+        Request::AddOffsetsToTxn(a) => {
+            let res = handlers::txn::add_offsets(
+                shard,
+                a.transactional_id,
+                a.producer_id,
+                a.producer_epoch,
+                a.group,
+            )
+            .await
+            .map(|()| Vec::new());
+            txn_response(res)
+        }
+        Request::TxnOffsetCommit(c) => {
+            let epochs = c.leader_epochs.unwrap_or_default();
+            let offsets: Vec<OffsetCommit> = c
+                .offsets
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+                .map(|(i, o)| OffsetCommit {
+                    topic: o.topic,
+                    partition: o.partition,
+                    offset: o.offset,
+                    metadata: o.metadata.unwrap_or_default(),
+                    leader_epoch: epochs.get(i).copied().unwrap_or(-1),
+                })
+                .collect();
+            let res = handlers::txn::txn_offset_commit(
+                shard,
+                c.transactional_id,
+                c.group,
+                c.producer_id,
+                c.producer_epoch,
+                c.member_id.unwrap_or_default(),
+                c.generation,
+                offsets,
+            )
+            .await
+            .map(|per| {
+                per.into_iter()
+                    .filter_map(|(t, p, r)| r.err().map(|e| (t, p, e)))
+                    .collect()
+            });
+            txn_response(res)
+        }
+        Request::EndTxn(e) => {
+            let res = handlers::txn::end_txn(
+                shard,
+                e.transactional_id,
+                e.producer_id,
+                e.producer_epoch,
+                e.commit,
+            )
+            .await
+            .map(|()| Vec::new());
+            txn_response(res)
         }
         Request::AlterTopic(a) => {
             let changes = a
@@ -738,6 +831,66 @@ fn transaction_info(t: handlers::txn::TxnSummary) -> proto::TransactionInfo {
 }
 
 /// An internal request's outcome.
+/// Where a transactional id is coordinated (creating the transaction
+/// state topic on first use): the node and its native address.
+async fn find_txn_coordinator(shard: &Rc<Shard>, id: &str) -> Response {
+    let found = match handlers::txn::ensure_txn_topic(shard).await {
+        Ok(()) => handlers::txn::coordinator(shard, id),
+        Err(e) => Err(e),
+    };
+    let mut r = proto::TxnCoordinatorResponse {
+        error: ErrorCode::None,
+        message: None,
+        node_id: 0,
+        host: None,
+        port: 0,
+    };
+    match found {
+        Ok((_, node)) => {
+            match handlers::metadata::brokers(shard)
+                .into_iter()
+                .find(|b| b.node_id == node)
+            {
+                Some(b) => (r.node_id, r.host, r.port) = (node, Some(b.host), b.port),
+                None => {
+                    r.error = ErrorCode::CoordinatorUnavailable;
+                    r.message = Some(format!(
+                        "node {node} coordinates transactional id `{id}` but has no address in the metadata yet; retry"
+                    ));
+                }
+            }
+        }
+        Err(e) => (r.error, r.message) = (e.code, Some(e.message)),
+    }
+    Response::TxnCoordinatorResponse(Box::new(r))
+}
+
+/// A transactional producer's request answered: a whole-request error, or
+/// the partitions that failed alone.
+fn txn_response(res: crate::error::OpResult<Vec<(String, u32, OpError)>>) -> Response {
+    let (error, message, failed) = match res {
+        Ok(failed) => (
+            ErrorCode::None,
+            None,
+            failed
+                .into_iter()
+                .map(|(t, p, e)| proto::PartitionError {
+                    topic: Some(t),
+                    partition: p,
+                    error: e.code,
+                    message: Some(e.message),
+                })
+                .collect(),
+        ),
+        Err(e) => (e.code, Some(e.message), Vec::new()),
+    };
+    Response::TxnResponse(Box::new(proto::TxnResponse {
+        error,
+        message,
+        failed: Some(failed),
+    }))
+}
+
 fn group_result(group: Option<String>, res: crate::error::OpResult<()>) -> Response {
     let (error, message) = match res {
         Ok(()) => (ErrorCode::None, None),
