@@ -297,6 +297,44 @@ impl Partition {
         }
     }
 
+    /// Leader: advances the log start to `offset` (-1: the high
+    /// watermark), Kafka's DeleteRecords. Records below it are no longer
+    /// read; whole segments below it are deleted; the new start is durable
+    /// before this returns, and followers take it from their fetches.
+    /// Returns the log start afterwards (Kafka's low watermark).
+    pub async fn delete_records(&self, offset: i64) -> OpResult<u64> {
+        self.check_leader()?;
+        let hw = self.high_watermark();
+        let target = match offset {
+            -1 => hw,
+            o if o >= 0 && o as u64 <= hw => o as u64,
+            o => {
+                return Err(OpError::new(
+                    ErrorCode::OffsetOutOfRange,
+                    format!(
+                        "cannot delete the records of partition {} of `{}` before offset {o}: \
+                         it is not -1 (the high watermark) or an offset up to the high watermark {hw}",
+                        self.partition, self.topic
+                    ),
+                ))
+            }
+        };
+        self.advance_log_start(target).await
+    }
+
+    /// Advances the log start to `offset` (see [`Log::advance_log_start`])
+    /// and drops the aborted-transaction index below it. A leader's
+    /// DeleteRecords, or a follower following its leader's log start.
+    pub async fn advance_log_start(&self, offset: u64) -> OpResult<u64> {
+        let start = self
+            .log
+            .advance_log_start(offset)
+            .await
+            .map_err(OpError::from_log)?;
+        self.txns.borrow_mut().trim(start);
+        Ok(start)
+    }
+
     /// Appends the batches of one produce request (`data`: whole batches
     /// end to end) and, for `acks=all`, waits until the last is durable
     /// (and replicated, on a cluster).
