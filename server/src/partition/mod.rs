@@ -116,6 +116,10 @@ pub struct Partition {
     /// Notified when the high watermark moves or the role changes.
     pub hw_changed: LocalEvent,
     max_backlog: Cell<Option<u64>>,
+    /// The topic's `max.message.bytes` (`None`: the log's bound). Only
+    /// produce checks it: what is stored stays readable and replicable
+    /// whatever the topic's limit becomes.
+    max_message: Cell<Option<usize>>,
     counters: Counters,
     /// Idempotent producers' sequences (KIP-98).
     producers: RefCell<ProducerTable>,
@@ -185,6 +189,15 @@ fn add(c: &Cell<u64>, v: u64) {
     c.set(c.get() + v);
 }
 
+/// A topic's bounds on what producers write to each of its partitions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProduceLimits {
+    /// `max_backlog_bytes` (see [`Partition::backlog`]).
+    pub max_backlog: Option<u64>,
+    /// `max.message.bytes`: the largest record batch.
+    pub max_message: Option<usize>,
+}
+
 impl Partition {
     /// Opens (recovering if needed) the log in `dir` and starts its
     /// background work (flushes, retention). `me` is this node; a cluster
@@ -194,7 +207,7 @@ impl Partition {
         partition: u32,
         dir: &Path,
         cfg: LogConfig,
-        max_backlog: Option<u64>,
+        limits: ProduceLimits,
         me: Option<u64>,
     ) -> OpResult<Rc<Partition>> {
         let log = Log::open(dir, cfg).await.map_err(OpError::from_log)?;
@@ -210,7 +223,8 @@ impl Partition {
             appended: LocalEvent::default(),
             repl: RefCell::new(repl),
             hw_changed: LocalEvent::default(),
-            max_backlog: Cell::new(max_backlog),
+            max_backlog: Cell::new(limits.max_backlog),
+            max_message: Cell::new(limits.max_message),
             counters: Counters::default(),
             producers: RefCell::new(ProducerTable::default()),
             txns: RefCell::new(PartitionTxns::default()),
@@ -231,11 +245,20 @@ impl Partition {
     }
 
     /// Retunes the partition to a topic's new settings: its log's
-    /// (segment size, retention, fsync) and the backlog bound.
-    pub fn set_config(&self, cfg: &LogConfig, max_backlog: Option<u64>) -> OpResult<()> {
+    /// (segment size, retention, fsync), the backlog bound and the
+    /// largest batch a producer may write.
+    pub fn set_config(&self, cfg: &LogConfig, limits: ProduceLimits) -> OpResult<()> {
         self.log.set_config(cfg).map_err(OpError::from_log)?;
-        self.max_backlog.set(max_backlog);
+        self.max_backlog.set(limits.max_backlog);
+        self.max_message.set(limits.max_message);
         Ok(())
+    }
+
+    /// The largest batch a producer may write: the topic's
+    /// `max.message.bytes`, else the log's (the broker's) bound.
+    pub fn max_message_bytes(&self) -> usize {
+        let log_max = self.log.max_batch_bytes();
+        self.max_message.get().map_or(log_max, |m| m.min(log_max))
     }
 
     pub fn name(&self) -> Name<'_> {
@@ -356,7 +379,7 @@ impl Partition {
             r.epoch
         };
         let clustered = self.role() == Role::Leader;
-        let (batches, msgs) = split_request(&data, self.log.max_batch_bytes(), backing)?;
+        let (batches, msgs) = split_request(&data, self.max_message_bytes(), backing)?;
         if let Some(max) = self.max_backlog.get() {
             if self.backlog() + data.len() as u64 > max {
                 return Err(OpError::new(

@@ -317,6 +317,7 @@ fn topic_meta(shard: &Shard, cfg: Option<proto::TopicConfig>) -> TopicMeta {
             .unwrap_or_default(),
         max_backlog_bytes: cfg.as_ref().map_or(-1, |c| c.max_backlog_bytes),
         segment_bytes: cfg.as_ref().map_or(-1, |c| c.segment_bytes),
+        max_message_bytes: -1,
         id: String::new(),
     }
 }
