@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use levee_schemas::proto::{
-    self, CreateTopic, DeleteTopic, DescribeTopic, ErrorCode, Fetch, FetchPartition, ListOffsets,
-    ListOffsetsPartition, ListTopics, Metadata, Produce, ProducePartition, Request, Response,
+    self, CreateTopic, DeleteRecords, DeleteRecordsPartition, DeleteTopic, DescribeTopic,
+    ErrorCode, Fetch, FetchPartition, ListOffsets, ListOffsetsPartition, ListTopics, Metadata,
+    Produce, ProducePartition, Request, Response,
 };
 use levee_schemas::{payload_slice, DEFAULT_MAX_FRAME_BYTES};
 use tokio::sync::Mutex;
@@ -1167,31 +1168,85 @@ impl Client {
         partitions: &[u32],
         spec: OffsetSpec,
     ) -> Result<Vec<(u32, Option<u64>)>> {
-        let keys: Vec<(&str, u32)> = partitions.iter().map(|&p| (topic, p)).collect();
-        let routes = self.routes(&keys).await;
-        let subs = self
-            .send_routed(&routes, false, |idx| {
-                let req = Request::ListOffsets(Box::new(ListOffsets {
+        self.offsets_of(topic, partitions, "list offsets", |idx| {
+            Request::ListOffsets(Box::new(ListOffsets {
+                partitions: Some(
+                    idx.iter()
+                        .map(|&i| ListOffsetsPartition {
+                            topic: topic.to_string(),
+                            partition: partitions[i],
+                            spec: spec.to_wire(),
+                        })
+                        .collect(),
+                ),
+            }))
+        })
+        .await
+    }
+
+    /// Deletes the records of each `(partition, offset)` of `topic` before
+    /// that offset (Kafka's DeleteRecords; `None`: before the high
+    /// watermark, i.e. all of them): each partition's leader advances its
+    /// log start. Returns each partition's log start afterwards, in the
+    /// order given.
+    pub async fn delete_records(
+        &self,
+        topic: &str,
+        before: &[(u32, Option<u64>)],
+    ) -> Result<Vec<(u32, u64)>> {
+        let partitions: Vec<u32> = before.iter().map(|b| b.0).collect();
+        let mut wire = Vec::with_capacity(before.len());
+        for &(p, o) in before {
+            wire.push(match o {
+                None => -1,
+                Some(o) => i64::try_from(o).map_err(|_| {
+                    ClientError::InvalidArgument(format!(
+                        "offset {o} of partition {p} is past the largest offset"
+                    ))
+                })?,
+            });
+        }
+        let out = self
+            .offsets_of(topic, &partitions, "delete records", |idx| {
+                Request::DeleteRecords(Box::new(DeleteRecords {
                     partitions: Some(
                         idx.iter()
-                            .map(|&i| ListOffsetsPartition {
+                            .map(|&i| DeleteRecordsPartition {
                                 topic: topic.to_string(),
                                 partition: partitions[i],
-                                spec: spec.to_wire(),
+                                offset: wire[i],
                             })
                             .collect(),
                     ),
-                }));
-                (req, Vec::new())
+                }))
             })
+            .await?;
+        Ok(out
+            .into_iter()
+            .map(|(p, o)| (p, o.unwrap_or_default()))
+            .collect())
+    }
+
+    /// Sends a per-partition offsets request (`build` makes it for the
+    /// partitions at the given indexes) to each partition's leader and
+    /// gathers the ListOffsetsResponses, in the order of `partitions`.
+    async fn offsets_of(
+        &self,
+        topic: &str,
+        partitions: &[u32],
+        what: &str,
+        build: impl Fn(&[usize]) -> Request,
+    ) -> Result<Vec<(u32, Option<u64>)>> {
+        let keys: Vec<(&str, u32)> = partitions.iter().map(|&p| (topic, p)).collect();
+        let routes = self.routes(&keys).await;
+        let subs = self
+            .send_routed(&routes, false, |idx| (build(idx), Vec::new()))
             .await;
         let mut out: Vec<Option<Result<OffsetEntry>>> = vec![None; partitions.len()];
         let timeout = self.inner.config.request_timeout;
         for sub in subs {
             let reply = match sub.state {
-                SubState::Queued(conn, pending) => {
-                    conn.wait(pending, timeout, "list offsets").await
-                }
+                SubState::Queued(conn, pending) => conn.wait(pending, timeout, what).await,
                 SubState::Written(..) => Err(ClientError::Protocol("no response".into())),
                 SubState::Failed(e) => Err(e),
                 SubState::NoLeader => {
