@@ -262,7 +262,12 @@ impl State {
     /// The log start: the first segment's base, or the recorded floor if
     /// that is higher (never past the log end).
     fn derived_log_start(&self) -> u64 {
-        let first = self.sealed.keys().next().copied().unwrap_or(self.active.base);
+        let first = self
+            .sealed
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.active.base);
         first.max(self.start_floor).min(self.next_offset)
     }
 

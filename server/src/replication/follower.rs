@@ -218,7 +218,11 @@ impl Shard {
             if fp.log_start_offset > p.log.log_start_offset() {
                 let upto = fp.log_start_offset.min(p.high_watermark());
                 let res = if levee_core::is_internal_topic(&p.topic) {
-                    p.log.delete_before(upto).await.map(drop).map_err(|e| e.to_string())
+                    p.log
+                        .delete_before(upto)
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
                 } else {
                     p.advance_log_start(upto)
                         .await
