@@ -349,7 +349,8 @@ fn handle(state: &Mutex<State>, body: &[u8]) -> Action {
             | Request::ListTransactions(_)
             | Request::WriteTxnMarker(_)
             | Request::CommitTxnOffsets(_)
-            | Request::AddTxnOffsets(_) => unimplemented!(),
+            | Request::AddTxnOffsets(_)
+            | Request::DeleteRecords(_) => unimplemented!(),
             Request::Produce(p) => {
                 st.produce_requests.fetch_add(1, Ordering::SeqCst);
                 let not_leader = st.not_leader.load(Ordering::SeqCst) > 0
