@@ -202,6 +202,18 @@ def check_all(boot):
               on_delivery=lambda e, m: results.append(e))
     p.flush(30)
     check(results == [None], f"a 5,000-byte batch: {results}")
+    # Raised with IncrementalAlterConfigs: the 20,000-byte batch goes in;
+    # back to the broker default (DELETE) as well.
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry
+    for op, value in [(AlterConfigOpType.SET, "30000"), (AlterConfigOpType.DELETE, None)]:
+        r = ConfigResource(ResourceType.TOPIC, "dr-small", incremental_configs=[
+            ConfigEntry("max.message.bytes", value, incremental_operation=op)])
+        admin.incremental_alter_configs([r], request_timeout=10)[r].result(timeout=15)
+        results.clear()
+        p.produce("dr-small", value=b"z" * 20000, partition=0,
+                  on_delivery=lambda e, m: results.append(e))
+        p.flush(30)
+        check(results == [None], f"a 20,000-byte batch after max.message.bytes {op} {value}: {results}")
     # A value below a batch header is refused per topic, with a message.
     fs = admin.create_topics([NewTopic("dr-tiny", 1, 1, config={"max.message.bytes": "10"})],
                              request_timeout=15)
