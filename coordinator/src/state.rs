@@ -797,6 +797,19 @@ mod tests {
         let c: TopicConfig = serde_json::from_str(old).unwrap();
         assert!(c.id.is_empty());
         assert!(!serde_json::to_string(&c).unwrap().contains("id"));
+        // Nor a max.message.bytes: unset, and left out when written, so
+        // a node without the field reads it too.
+        assert_eq!(c.max_message_bytes, -1);
+        assert!(!serde_json::to_string(&c)
+            .unwrap()
+            .contains("max_message_bytes"));
+        let set = TopicConfig {
+            max_message_bytes: 10_000,
+            ..c
+        };
+        let back: TopicConfig =
+            serde_json::from_str(&serde_json::to_string(&set).unwrap()).unwrap();
+        assert_eq!(back, set);
     }
 
     #[test]
