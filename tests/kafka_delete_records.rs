@@ -97,6 +97,42 @@ fn delete_records_with_python_clients_survives_restarts() {
         None,
     );
     assert!(!ok && err.contains("does not exist"), "{err}");
+    // max.message.bytes from the CLI (the native CreateTopic and
+    // AlterTopic): a batch over it is refused, one under it taken.
+    let run = |args: &[&str], stdin: Option<&[u8]>| {
+        let (ok, out, err) = levee(&native, args, stdin);
+        (ok, format!("{}{err}", String::from_utf8_lossy(&out)))
+    };
+    let (ok, out) = run(
+        &[
+            "topic",
+            "create",
+            "cli-small",
+            "--max-message-bytes",
+            "1000",
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = run(&["topic", "describe", "cli-small"], None);
+    assert!(ok && out.contains("max_message_bytes: 1000"), "{out}");
+    let big = format!("{}\n", "x".repeat(2000));
+    let (ok, out) = run(&["produce", "cli-small"], Some(big.as_bytes()));
+    assert!(!ok && out.contains("message_too_large"), "{out}");
+    let (ok, out) = run(&["produce", "cli-small"], Some(b"small\n"));
+    assert!(ok, "{out}");
+    let (ok, out) = run(
+        &["topic", "alter", "cli-small", "--max-message-bytes", "5000"],
+        None,
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = run(&["produce", "cli-small"], Some(big.as_bytes()));
+    assert!(ok, "{out}");
+    let (ok, out) = run(
+        &["topic", "create", "cli-tiny", "--max-message-bytes", "10"],
+        None,
+    );
+    assert!(!ok && out.contains("invalid_config"), "{out}");
     b.kill();
     b.restart();
     let boot = b.kafka.to_string();

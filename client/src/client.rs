@@ -71,6 +71,9 @@ pub struct TopicSettings {
     pub max_backlog_bytes: Option<i64>,
     /// Segment size; `None`: the broker's default.
     pub segment_bytes: Option<i64>,
+    /// The largest record batch producers may write (Kafka's
+    /// `max.message.bytes`); `None`: the broker's `log.max_batch_bytes`.
+    pub max_message_bytes: Option<i64>,
 }
 
 impl Default for TopicSettings {
@@ -83,6 +86,7 @@ impl Default for TopicSettings {
             fsync: None,
             max_backlog_bytes: None,
             segment_bytes: None,
+            max_message_bytes: None,
         }
     }
 }
@@ -101,6 +105,7 @@ impl TopicSettings {
             fsync: self.fsync.clone(),
             max_backlog_bytes: self.max_backlog_bytes.unwrap_or(-1),
             segment_bytes: self.segment_bytes.unwrap_or(-1),
+            max_message_bytes: self.max_message_bytes.unwrap_or(-1),
         }
     }
 
@@ -113,6 +118,7 @@ impl TopicSettings {
             fsync: c.fsync.clone().filter(|s| !s.is_empty()),
             max_backlog_bytes: opt(c.max_backlog_bytes),
             segment_bytes: opt(c.segment_bytes),
+            max_message_bytes: opt(c.max_message_bytes),
         }
     }
 }
@@ -134,6 +140,8 @@ pub struct TopicChanges {
     pub fsync: Option<String>,
     /// Produce fails with `BacklogFull` past this many unconsumed bytes.
     pub max_backlog_bytes: Option<i64>,
+    /// The largest record batch producers may write (`max.message.bytes`).
+    pub max_message_bytes: Option<i64>,
     /// Settings to put back to the broker's defaults, by Kafka config name.
     pub reset: Vec<String>,
 }
@@ -152,6 +160,10 @@ impl TopicChanges {
             (
                 "levee.max.backlog.bytes",
                 self.max_backlog_bytes.map(|v| v.to_string()),
+            ),
+            (
+                "max.message.bytes",
+                self.max_message_bytes.map(|v| v.to_string()),
             ),
         ]
         .into_iter()

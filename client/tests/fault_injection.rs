@@ -174,6 +174,7 @@ fn describe(name: &str, logs: Option<&Vec<Log>>) -> TopicDescription {
                 fsync: Some("never".into()),
                 max_backlog_bytes: -1,
                 segment_bytes: -1,
+                max_message_bytes: -1,
             })),
             partitions: Some(
                 logs.iter()

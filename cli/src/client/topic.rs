@@ -60,9 +60,12 @@ pub struct TopicAlterArgs {
     /// Refuse produce once this many bytes are unconsumed.
     #[arg(long)]
     pub max_backlog_bytes: Option<i64>,
+    /// The largest record batch producers may write (max.message.bytes).
+    #[arg(long)]
+    pub max_message_bytes: Option<i64>,
     /// Put a setting back to the broker's default, by its Kafka name
     /// (retention.ms, retention.bytes, segment.bytes, levee.fsync,
-    /// levee.max.backlog.bytes); repeat for several.
+    /// levee.max.backlog.bytes, max.message.bytes); repeat for several.
     #[arg(long, value_name = "CONFIG")]
     pub reset: Vec<String>,
     /// Check the changes on the broker and change nothing.
@@ -172,6 +175,10 @@ pub struct TopicCreateArgs {
     /// Segment size (default: the broker's default).
     #[arg(long)]
     pub segment_bytes: Option<i64>,
+    /// The largest record batch producers may write (Kafka's
+    /// max.message.bytes; default: the broker's log.max_batch_bytes).
+    #[arg(long)]
+    pub max_message_bytes: Option<i64>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub connect: ConnectArgs,
@@ -219,6 +226,7 @@ pub(super) async fn topic(cmd: TopicCommand) -> Result<(), ClientError> {
                 fsync: a.fsync,
                 max_backlog_bytes: a.max_backlog_bytes,
                 segment_bytes: a.segment_bytes,
+                max_message_bytes: a.max_message_bytes,
             };
             client.create_topic(&a.name, &settings).await?;
             writeln!(
@@ -268,6 +276,11 @@ pub(super) async fn topic(cmd: TopicCommand) -> Result<(), ClientError> {
             )?;
             writeln!(
                 out,
+                "max_message_bytes: {}",
+                or_text(s.max_message_bytes, "default")
+            )?;
+            writeln!(
+                out,
                 "partition\tleader\tlog_start\tlog_end\thigh_watermark\tsize_bytes\tleader_epoch\treplicas\tisr"
             )?;
             for p in &t.partitions {
@@ -298,11 +311,12 @@ pub(super) async fn topic(cmd: TopicCommand) -> Result<(), ClientError> {
                 segment_bytes: a.segment_bytes,
                 fsync: a.fsync,
                 max_backlog_bytes: a.max_backlog_bytes,
+                max_message_bytes: a.max_message_bytes,
                 reset: a.reset,
             };
             if changes.is_empty() {
                 return Err(ClientError::InvalidArgument(
-                    "nothing to change: give --retention-bytes, --retention-ms, --segment-bytes, --fsync, --max-backlog-bytes or --reset".into(),
+                    "nothing to change: give --retention-bytes, --retention-ms, --segment-bytes, --fsync, --max-backlog-bytes, --max-message-bytes or --reset".into(),
                 ));
             }
             let client = connect(&a.connect).await?;

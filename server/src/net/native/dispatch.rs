@@ -331,7 +331,7 @@ fn topic_meta(shard: &Shard, cfg: Option<proto::TopicConfig>) -> TopicMeta {
             .unwrap_or_default(),
         max_backlog_bytes: cfg.as_ref().map_or(-1, |c| c.max_backlog_bytes),
         segment_bytes: cfg.as_ref().map_or(-1, |c| c.segment_bytes),
-        max_message_bytes: -1,
+        max_message_bytes: cfg.as_ref().map_or(-1, |c| c.max_message_bytes),
         id: String::new(),
     }
 }
@@ -374,6 +374,7 @@ async fn describe(shard: &Rc<Shard>, name: &str) -> proto::TopicDescription {
             fsync: Some(m.fsync.clone()),
             max_backlog_bytes: m.max_backlog_bytes,
             segment_bytes: m.segment_bytes,
+            max_message_bytes: m.max_message_bytes,
         })),
         partitions: Some(
             d.partitions
