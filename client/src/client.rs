@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use levee_schemas::proto::{
-    self, CreateTopic, DeleteTopic, DescribeTopic, ErrorCode, Fetch, FetchPartition, ListOffsets,
-    ListOffsetsPartition, ListTopics, Metadata, Produce, ProducePartition, Request, Response,
+    self, CreateTopic, DeleteRecords, DeleteRecordsPartition, DeleteTopic, DescribeTopic,
+    ErrorCode, Fetch, FetchPartition, ListOffsets, ListOffsetsPartition, ListTopics, Metadata,
+    Produce, ProducePartition, Request, Response,
 };
 use levee_schemas::{payload_slice, DEFAULT_MAX_FRAME_BYTES};
 use tokio::sync::Mutex;
@@ -70,6 +71,9 @@ pub struct TopicSettings {
     pub max_backlog_bytes: Option<i64>,
     /// Segment size; `None`: the broker's default.
     pub segment_bytes: Option<i64>,
+    /// The largest record batch producers may write (Kafka's
+    /// `max.message.bytes`); `None`: the broker's `log.max_batch_bytes`.
+    pub max_message_bytes: Option<i64>,
 }
 
 impl Default for TopicSettings {
@@ -82,6 +86,7 @@ impl Default for TopicSettings {
             fsync: None,
             max_backlog_bytes: None,
             segment_bytes: None,
+            max_message_bytes: None,
         }
     }
 }
@@ -100,6 +105,7 @@ impl TopicSettings {
             fsync: self.fsync.clone(),
             max_backlog_bytes: self.max_backlog_bytes.unwrap_or(-1),
             segment_bytes: self.segment_bytes.unwrap_or(-1),
+            max_message_bytes: self.max_message_bytes.unwrap_or(-1),
         }
     }
 
@@ -112,6 +118,7 @@ impl TopicSettings {
             fsync: c.fsync.clone().filter(|s| !s.is_empty()),
             max_backlog_bytes: opt(c.max_backlog_bytes),
             segment_bytes: opt(c.segment_bytes),
+            max_message_bytes: opt(c.max_message_bytes),
         }
     }
 }
@@ -133,6 +140,8 @@ pub struct TopicChanges {
     pub fsync: Option<String>,
     /// Produce fails with `BacklogFull` past this many unconsumed bytes.
     pub max_backlog_bytes: Option<i64>,
+    /// The largest record batch producers may write (`max.message.bytes`).
+    pub max_message_bytes: Option<i64>,
     /// Settings to put back to the broker's defaults, by Kafka config name.
     pub reset: Vec<String>,
 }
@@ -151,6 +160,10 @@ impl TopicChanges {
             (
                 "levee.max.backlog.bytes",
                 self.max_backlog_bytes.map(|v| v.to_string()),
+            ),
+            (
+                "max.message.bytes",
+                self.max_message_bytes.map(|v| v.to_string()),
             ),
         ]
         .into_iter()
@@ -1169,31 +1182,85 @@ impl Client {
         partitions: &[u32],
         spec: OffsetSpec,
     ) -> Result<Vec<(u32, Option<u64>)>> {
-        let keys: Vec<(&str, u32)> = partitions.iter().map(|&p| (topic, p)).collect();
-        let routes = self.routes(&keys).await;
-        let subs = self
-            .send_routed(&routes, false, |idx| {
-                let req = Request::ListOffsets(Box::new(ListOffsets {
+        self.offsets_of(topic, partitions, "list offsets", |idx| {
+            Request::ListOffsets(Box::new(ListOffsets {
+                partitions: Some(
+                    idx.iter()
+                        .map(|&i| ListOffsetsPartition {
+                            topic: topic.to_string(),
+                            partition: partitions[i],
+                            spec: spec.to_wire(),
+                        })
+                        .collect(),
+                ),
+            }))
+        })
+        .await
+    }
+
+    /// Deletes the records of each `(partition, offset)` of `topic` before
+    /// that offset (Kafka's DeleteRecords; `None`: before the high
+    /// watermark, i.e. all of them): each partition's leader advances its
+    /// log start. Returns each partition's log start afterwards, in the
+    /// order given.
+    pub async fn delete_records(
+        &self,
+        topic: &str,
+        before: &[(u32, Option<u64>)],
+    ) -> Result<Vec<(u32, u64)>> {
+        let partitions: Vec<u32> = before.iter().map(|b| b.0).collect();
+        let mut wire = Vec::with_capacity(before.len());
+        for &(p, o) in before {
+            wire.push(match o {
+                None => -1,
+                Some(o) => i64::try_from(o).map_err(|_| {
+                    ClientError::InvalidArgument(format!(
+                        "offset {o} of partition {p} is past the largest offset"
+                    ))
+                })?,
+            });
+        }
+        let out = self
+            .offsets_of(topic, &partitions, "delete records", |idx| {
+                Request::DeleteRecords(Box::new(DeleteRecords {
                     partitions: Some(
                         idx.iter()
-                            .map(|&i| ListOffsetsPartition {
+                            .map(|&i| DeleteRecordsPartition {
                                 topic: topic.to_string(),
                                 partition: partitions[i],
-                                spec: spec.to_wire(),
+                                offset: wire[i],
                             })
                             .collect(),
                     ),
-                }));
-                (req, Vec::new())
+                }))
             })
+            .await?;
+        Ok(out
+            .into_iter()
+            .map(|(p, o)| (p, o.unwrap_or_default()))
+            .collect())
+    }
+
+    /// Sends a per-partition offsets request (`build` makes it for the
+    /// partitions at the given indexes) to each partition's leader and
+    /// gathers the ListOffsetsResponses, in the order of `partitions`.
+    async fn offsets_of(
+        &self,
+        topic: &str,
+        partitions: &[u32],
+        what: &str,
+        build: impl Fn(&[usize]) -> Request,
+    ) -> Result<Vec<(u32, Option<u64>)>> {
+        let keys: Vec<(&str, u32)> = partitions.iter().map(|&p| (topic, p)).collect();
+        let routes = self.routes(&keys).await;
+        let subs = self
+            .send_routed(&routes, false, |idx| (build(idx), Vec::new()))
             .await;
         let mut out: Vec<Option<Result<OffsetEntry>>> = vec![None; partitions.len()];
         let timeout = self.inner.config.request_timeout;
         for sub in subs {
             let reply = match sub.state {
-                SubState::Queued(conn, pending) => {
-                    conn.wait(pending, timeout, "list offsets").await
-                }
+                SubState::Queued(conn, pending) => conn.wait(pending, timeout, what).await,
                 SubState::Written(..) => Err(ClientError::Protocol("no response".into())),
                 SubState::Failed(e) => Err(e),
                 SubState::NoLeader => {

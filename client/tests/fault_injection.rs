@@ -174,6 +174,7 @@ fn describe(name: &str, logs: Option<&Vec<Log>>) -> TopicDescription {
                 fsync: Some("never".into()),
                 max_backlog_bytes: -1,
                 segment_bytes: -1,
+                max_message_bytes: -1,
             })),
             partitions: Some(
                 logs.iter()
@@ -354,7 +355,8 @@ fn handle(state: &Mutex<State>, body: &[u8]) -> Action {
             | Request::AddPartitionsToTxn(_)
             | Request::AddOffsetsToTxn(_)
             | Request::TxnOffsetCommit(_)
-            | Request::EndTxn(_) => unimplemented!(),
+            | Request::EndTxn(_)
+            | Request::DeleteRecords(_) => unimplemented!(),
             Request::Produce(p) => {
                 st.produce_requests.fetch_add(1, Ordering::SeqCst);
                 let not_leader = st.not_leader.load(Ordering::SeqCst) > 0

@@ -18,6 +18,12 @@ pub struct TopicConfig {
     pub fsync: String,
     pub max_backlog_bytes: i64,
     pub segment_bytes: i64,
+    /// The largest record batch a producer may write (Kafka's
+    /// `max.message.bytes`); -1: the broker's `log.max_batch_bytes`.
+    /// Left out of the JSON when unset, so metadata without it reads as
+    /// before.
+    #[serde(default = "unset", skip_serializing_if = "is_unset")]
+    pub max_message_bytes: i64,
     /// The topic's id (a UUID, as text), given when it is created, so that
     /// a topic deleted and created again under the same name is told apart
     /// (Kafka's topic ids). Empty for topics created before ids existed.
@@ -36,9 +42,18 @@ impl TopicConfig {
             fsync: String::new(),
             max_backlog_bytes: -1,
             segment_bytes: -1,
+            max_message_bytes: -1,
             id: String::new(),
         }
     }
+}
+
+fn unset() -> i64 {
+    -1
+}
+
+fn is_unset(v: &i64) -> bool {
+    *v < 0
 }
 
 /// A new random topic id: a version-4 UUID as text. Never the nil UUID
@@ -782,6 +797,19 @@ mod tests {
         let c: TopicConfig = serde_json::from_str(old).unwrap();
         assert!(c.id.is_empty());
         assert!(!serde_json::to_string(&c).unwrap().contains("id"));
+        // Nor a max.message.bytes: unset, and left out when written, so
+        // a node without the field reads it too.
+        assert_eq!(c.max_message_bytes, -1);
+        assert!(!serde_json::to_string(&c)
+            .unwrap()
+            .contains("max_message_bytes"));
+        let set = TopicConfig {
+            max_message_bytes: 10_000,
+            ..c
+        };
+        let back: TopicConfig =
+            serde_json::from_str(&serde_json::to_string(&set).unwrap()).unwrap();
+        assert_eq!(back, set);
     }
 
     #[test]

@@ -246,6 +246,85 @@ fn delete_before_removes_only_segments_wholly_below_the_offset() {
 }
 
 #[test]
+fn advance_log_start_inside_a_segment_is_durable_and_deletes_segments_below() {
+    let dir = tempdir();
+    run(async {
+        let cfg = LogConfig {
+            segment_bytes: 32 << 10,
+            retention_bytes: None,
+            retention_age: None,
+            ..small_config()
+        };
+        let log = Log::open(dir.path(), cfg.clone()).await.unwrap();
+        for i in 0..300u64 {
+            log.append(make_batch(i, 1, 1000, i as i64)).await.unwrap();
+        }
+        let bases = log.segment_bases();
+        assert!(bases.len() > 4, "{bases:?}");
+        let start = bases[2] + 3;
+        assert_eq!(log.advance_log_start(start).await.unwrap(), start);
+        assert_eq!(log.log_start_offset(), start);
+        assert_eq!(log.segment_bases()[0], bases[2]);
+        assert!(matches!(
+            log.read(start - 1, 1 << 20, None).await,
+            Err(LogError::OffsetOutOfRange { log_start, .. }) if log_start == start
+        ));
+        let out = log.read(start, 1 << 20, None).await.unwrap();
+        check_read(&out, start);
+        // Lower or equal: nothing changes; past the end: a typed error.
+        assert_eq!(log.advance_log_start(5).await.unwrap(), start);
+        assert!(matches!(
+            log.advance_log_start(301).await,
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+        // Retention keeps the recorded start rather than the segment base.
+        log.enforce_retention().await.unwrap();
+        assert_eq!(log.log_start_offset(), start);
+        log.close().await.unwrap();
+        drop(log);
+        // A clean restart keeps it.
+        let log = Log::open(dir.path(), cfg.clone()).await.unwrap();
+        assert_eq!(log.log_start_offset(), start);
+        // Up to the log end: an empty log that continues at 300.
+        assert_eq!(log.advance_log_start(300).await.unwrap(), 300);
+        assert_eq!(log.segment_bases().len(), 1);
+        drop(log);
+        // Without a clean close as well.
+        let log = Log::open(dir.path(), cfg.clone()).await.unwrap();
+        assert_eq!(log.log_start_offset(), 300);
+        assert_eq!(log.log_end_offset(), 300);
+        let info = log.append(make_batch(0, 2, 100, 0)).await.unwrap();
+        assert_eq!(info.base_offset, 300);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_truncation_below_the_recorded_log_start_moves_it_back_to_the_end() {
+    let dir = tempdir();
+    run(async {
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        for i in 0..50u64 {
+            log.append(make_batch(i, 1, 100, i as i64)).await.unwrap();
+        }
+        log.advance_log_start(40).await.unwrap();
+        log.truncate_to(30).await.unwrap();
+        assert_eq!(log.log_end_offset(), 30);
+        assert!(log.log_start_offset() <= 30);
+        for i in 0..20u64 {
+            log.append(make_batch(i, 1, 100, i as i64)).await.unwrap();
+        }
+        log.close().await.unwrap();
+        drop(log);
+        // The recorded start no longer hides what came after the cut.
+        let log = Log::open(dir.path(), small_config()).await.unwrap();
+        assert_eq!(log.log_start_offset(), 30);
+        check_read(&log.read(30, 1 << 20, None).await.unwrap(), 30);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
 fn retention_by_size_and_age() {
     let dir = tempdir();
     run(async {

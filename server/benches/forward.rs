@@ -43,6 +43,7 @@ fn bench(c: &mut Criterion) {
             fsync: "never".into(),
             max_backlog_bytes: -1,
             segment_bytes: -1,
+            max_message_bytes: -1,
             id: String::new(),
         },
     );

@@ -77,6 +77,23 @@ pub fn check_new_topic(name: &str, meta: &TopicMeta, cluster: bool) -> Result<()
             "segment_bytes must be between 4096 and 4 GiB".to_string(),
         ));
     }
+    check_max_message_bytes(meta.max_message_bytes)?;
+    Ok(())
+}
+
+/// A topic's `max.message.bytes`: -1 (the broker default), or a size that
+/// holds at least a batch header and fits in a request.
+pub fn check_max_message_bytes(v: i64) -> Result<(), OpError> {
+    let min = levee_engine::batch::HEADER_LEN as i64;
+    if v >= 0 && !(min..=i64::from(i32::MAX)).contains(&v) {
+        return Err(OpError::new(
+            ErrorCode::InvalidConfig,
+            format!(
+                "max.message.bytes must be between {min} (a record batch's header) and {}, not {v}",
+                i32::MAX
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -85,15 +102,18 @@ pub fn check_new_topic(name: &str, meta: &TopicMeta, cluster: bool) -> Result<()
 pub type ConfigChange = (String, Option<String>);
 
 /// The topic settings a topic's configs can change, by Kafka name
-/// (`cleanup.policy` and `compression.type` take one value each).
+/// (`cleanup.policy`, `compression.type` and `message.timestamp.type`
+/// take one value each).
 pub const ALTERABLE_CONFIGS: &[&str] = &[
     "retention.ms",
     "retention.bytes",
     "segment.bytes",
+    "max.message.bytes",
     "levee.fsync",
     "levee.max.backlog.bytes",
     "cleanup.policy",
     "compression.type",
+    "message.timestamp.type",
 ];
 
 /// Sets one topic config by its Kafka name (what CreateTopics, AlterConfigs
@@ -109,6 +129,11 @@ pub fn set_config(meta: &mut TopicMeta, name: &str, value: Option<&str>) -> Resu
         ("retention.ms", v) => meta.retention_ms = v.map_or(Ok(-1), int)?,
         ("retention.bytes", v) => meta.retention_bytes = v.map_or(Ok(-1), int)?,
         ("segment.bytes", v) => meta.segment_bytes = v.map_or(Ok(-1), int)?,
+        ("max.message.bytes", v) => {
+            let v = v.map_or(Ok(-1), int)?;
+            check_max_message_bytes(v)?;
+            meta.max_message_bytes = v;
+        }
         ("levee.fsync", v) => meta.fsync = v.unwrap_or_default().trim().to_string(),
         ("levee.max.backlog.bytes", v) => meta.max_backlog_bytes = v.map_or(Ok(-1), int)?,
         ("cleanup.policy", None | Some("delete")) => {}
@@ -117,6 +142,14 @@ pub fn set_config(meta: &mut TopicMeta, name: &str, value: Option<&str>) -> Resu
         ("compression.type", Some(v)) => {
             return Err(invalid(format!(
                 "compression.type `{v}` is not supported; Levee stores batches as producers compress them (`producer`)"
+            )))
+        }
+        // Records keep the producer's timestamps (Kafka Streams asks for
+        // this on the topics it creates).
+        ("message.timestamp.type", None | Some("CreateTime")) => {}
+        ("message.timestamp.type", Some(v)) => {
+            return Err(invalid(format!(
+                "message.timestamp.type `{v}` is not supported; Levee keeps the producer's timestamps (`CreateTime`)"
             )))
         }
         ("cleanup.policy", Some(v)) => {
@@ -286,6 +319,8 @@ mod tests {
                 ch("levee.fsync", None),
                 ch("segment.bytes", Some(" 65536")),
                 ch("cleanup.policy", Some("delete")),
+                ch("max.message.bytes", Some("10000")),
+                ch("message.timestamp.type", Some("CreateTime")),
             ],
             false,
         )
@@ -295,9 +330,10 @@ mod tests {
                 m.retention_bytes,
                 m.retention_ms,
                 m.fsync.as_str(),
-                m.segment_bytes
+                m.segment_bytes,
+                m.max_message_bytes
             ),
-            (4096, 1000, "", 65536)
+            (4096, 1000, "", 65536, 10000)
         );
         assert_eq!((m.partitions, m.id.as_str()), (3, "id"));
         // AlterConfigs replaces: what is not named goes back to the default.
@@ -320,6 +356,9 @@ mod tests {
             vec![ch("cleanup.policy", Some("compact"))],
             vec![ch("compression.type", Some("zstd"))],
             vec![ch("min.insync.replicas", Some("2"))],
+            vec![ch("max.message.bytes", Some("60"))],
+            vec![ch("max.message.bytes", Some("big"))],
+            vec![ch("message.timestamp.type", Some("LogAppendTime"))],
             vec![ch("retention.ms", Some("1")), ch("retention.ms", Some("2"))],
         ] {
             let e = altered("t", &cur, &bad, false).unwrap_err();
@@ -341,6 +380,7 @@ mod tests {
                 fsync: "never".into(),
                 max_backlog_bytes: -1,
                 segment_bytes: -1,
+                max_message_bytes: 10_000,
                 id: "0b9f5a3c-7f1e-4c2a-9d1e-3a5b7c9d1e2f".into(),
             },
         );

@@ -47,7 +47,7 @@ fn a_partition_stopped_by_a_full_disk_reopens_and_takes_the_retry() {
             preallocate_bytes: 1 << 20,
             ..LogConfig::default()
         };
-        let p = Partition::open("t", 0, dir.path(), cfg, None, None)
+        let p = Partition::open("t", 0, dir.path(), cfg, Default::default(), None)
             .await
             .unwrap();
         let t = Duration::from_secs(10);

@@ -209,6 +209,7 @@ pub fn config(partitions: u32) -> TopicConfig {
         fsync: None,
         max_backlog_bytes: -1,
         segment_bytes: -1,
+        max_message_bytes: -1,
     }
 }
 

@@ -1,4 +1,4 @@
-//! `levee topic create|list|describe|alter|add-partitions|delete`.
+//! `levee topic create|list|describe|alter|add-partitions|delete-records|delete`.
 
 use std::io::Write;
 
@@ -32,6 +32,10 @@ pub enum TopicCommand {
     /// Grow a topic to more partitions (existing ones keep their data;
     /// keys then hash to other partitions than before).
     AddPartitions(TopicAddPartitionsArgs),
+    /// Delete a partition's records before an offset (Kafka's
+    /// DeleteRecords): its log start moves there, on every replica, and
+    /// consumers can no longer read below it.
+    DeleteRecords(TopicDeleteRecordsArgs),
     /// Delete a topic and all its data.
     Delete(TopicNameArgs),
 }
@@ -56,9 +60,12 @@ pub struct TopicAlterArgs {
     /// Refuse produce once this many bytes are unconsumed.
     #[arg(long)]
     pub max_backlog_bytes: Option<i64>,
+    /// The largest record batch producers may write (max.message.bytes).
+    #[arg(long)]
+    pub max_message_bytes: Option<i64>,
     /// Put a setting back to the broker's default, by its Kafka name
     /// (retention.ms, retention.bytes, segment.bytes, levee.fsync,
-    /// levee.max.backlog.bytes); repeat for several.
+    /// levee.max.backlog.bytes, max.message.bytes); repeat for several.
     #[arg(long, value_name = "CONFIG")]
     pub reset: Vec<String>,
     /// Check the changes on the broker and change nothing.
@@ -87,6 +94,42 @@ pub struct TopicAddPartitionsArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub connect: ConnectArgs,
+}
+
+/// `levee topic delete-records`
+#[derive(Debug, Clone, Args)]
+pub struct TopicDeleteRecordsArgs {
+    /// Topic name.
+    pub name: String,
+    /// The partition (repeat for several; default: every partition).
+    #[arg(long)]
+    pub partition: Vec<u32>,
+    /// Delete the records before this offset, or `end`: all of them (up
+    /// to the high watermark).
+    #[arg(long, value_name = "OFFSET|end", value_parser = parse_before)]
+    pub before: Before,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub connect: ConnectArgs,
+}
+
+/// `--before`: an offset, or the high watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Before {
+    /// Delete the records before this offset.
+    Offset(u64),
+    /// Delete every record (up to the high watermark).
+    End,
+}
+
+fn parse_before(s: &str) -> Result<Before, String> {
+    match s {
+        "end" => Ok(Before::End),
+        _ => s
+            .parse::<u64>()
+            .map(Before::Offset)
+            .map_err(|_| format!("`{s}` is not an offset (a number, or `end` for every record)")),
+    }
 }
 
 /// `1,2;2,3` as `[[1, 2], [2, 3]]`.
@@ -132,6 +175,10 @@ pub struct TopicCreateArgs {
     /// Segment size (default: the broker's default).
     #[arg(long)]
     pub segment_bytes: Option<i64>,
+    /// The largest record batch producers may write (Kafka's
+    /// max.message.bytes; default: the broker's log.max_batch_bytes).
+    #[arg(long)]
+    pub max_message_bytes: Option<i64>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub connect: ConnectArgs,
@@ -179,6 +226,7 @@ pub(super) async fn topic(cmd: TopicCommand) -> Result<(), ClientError> {
                 fsync: a.fsync,
                 max_backlog_bytes: a.max_backlog_bytes,
                 segment_bytes: a.segment_bytes,
+                max_message_bytes: a.max_message_bytes,
             };
             client.create_topic(&a.name, &settings).await?;
             writeln!(
@@ -228,6 +276,11 @@ pub(super) async fn topic(cmd: TopicCommand) -> Result<(), ClientError> {
             )?;
             writeln!(
                 out,
+                "max_message_bytes: {}",
+                or_text(s.max_message_bytes, "default")
+            )?;
+            writeln!(
+                out,
                 "partition\tleader\tlog_start\tlog_end\thigh_watermark\tsize_bytes\tleader_epoch\treplicas\tisr"
             )?;
             for p in &t.partitions {
@@ -258,11 +311,12 @@ pub(super) async fn topic(cmd: TopicCommand) -> Result<(), ClientError> {
                 segment_bytes: a.segment_bytes,
                 fsync: a.fsync,
                 max_backlog_bytes: a.max_backlog_bytes,
+                max_message_bytes: a.max_message_bytes,
                 reset: a.reset,
             };
             if changes.is_empty() {
                 return Err(ClientError::InvalidArgument(
-                    "nothing to change: give --retention-bytes, --retention-ms, --segment-bytes, --fsync, --max-backlog-bytes or --reset".into(),
+                    "nothing to change: give --retention-bytes, --retention-ms, --segment-bytes, --fsync, --max-backlog-bytes, --max-message-bytes or --reset".into(),
                 ));
             }
             let client = connect(&a.connect).await?;
@@ -279,6 +333,23 @@ pub(super) async fn topic(cmd: TopicCommand) -> Result<(), ClientError> {
                 writeln!(out, "topic {} accepts {what} (nothing changed)", a.name)?;
             } else {
                 writeln!(out, "altered topic {}: {what}", a.name)?;
+            }
+        }
+        TopicCommand::DeleteRecords(a) => {
+            let client = connect(&a.connect).await?;
+            let partitions = if a.partition.is_empty() {
+                let count = client.describe_topic(&a.name).await?.partition_count();
+                (0..count).collect()
+            } else {
+                a.partition.clone()
+            };
+            let offset = match a.before {
+                Before::Offset(o) => Some(o),
+                Before::End => None,
+            };
+            let before: Vec<(u32, Option<u64>)> = partitions.iter().map(|&p| (p, offset)).collect();
+            for (p, start) in client.delete_records(&a.name, &before).await? {
+                writeln!(out, "{}/{p}: log start {start}", a.name)?;
             }
         }
         TopicCommand::AddPartitions(a) => {

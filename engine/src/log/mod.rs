@@ -42,6 +42,10 @@ use recovery::*;
 
 const ALIGN: u64 = 4096;
 const CLEAN_MARKER: &str = "clean-shutdown";
+/// The log start offset set by [`Log::advance_log_start`] (Kafka's
+/// DeleteRecords), as decimal text: it may lie inside a segment, so it
+/// cannot be derived from the segment files alone.
+pub const LOG_START_FILE: &str = "log-start-offset";
 /// Largest buffer a disk read reserves up front.
 const MAX_READ_RESERVE: usize = 32 << 20;
 
@@ -169,6 +173,9 @@ struct State {
     active: Active,
     next_offset: u64,
     log_start: u64,
+    /// The log start recorded in [`LOG_START_FILE`] (0: none); the log
+    /// start is the greater of it and the first segment's base.
+    start_floor: u64,
     durable_next: u64,
     size_bytes: u64,
     cache: VecDeque<Cached>,
@@ -255,6 +262,18 @@ impl State {
         }
     }
 
+    /// The log start: the first segment's base, or the recorded floor if
+    /// that is higher (never past the log end).
+    fn derived_log_start(&self) -> u64 {
+        let first = self
+            .sealed
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.active.base);
+        first.max(self.start_floor).min(self.next_offset)
+    }
+
     fn path(&self, base: u64, ext: &str) -> PathBuf {
         self.dir.join(segment_name(base, ext))
     }
@@ -331,6 +350,8 @@ pub struct Log {
     /// Serializes appends in call order (see `fifo.rs`).
     append_lock: FifoLock,
     flush_lock: Semaphore,
+    /// Serializes [`Log::advance_log_start`]'s writes of [`LOG_START_FILE`].
+    start_lock: Semaphore,
 }
 
 impl Log {

@@ -169,6 +169,25 @@ pub(super) fn list_log_dir(dir: &Path) -> Result<Listing> {
     Ok(Listing { clean, segments })
 }
 
+/// The log start recorded in [`LOG_START_FILE`] (0: none). A damaged file
+/// is reported and ignored (the log start then follows the segments).
+async fn read_log_start_file(dir: &Path) -> u64 {
+    let path = dir.join(LOG_START_FILE);
+    let Some(bytes) = read_small_file(&path).await else {
+        return 0;
+    };
+    match std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|t| t.trim_end_matches('\0').trim().parse::<u64>().ok())
+    {
+        Some(v) => v,
+        None => {
+            warn!(file = %path.display(), "damaged log start file: ignored");
+            0
+        }
+    }
+}
+
 impl Log {
     /// Opens (creating if needed) the log in `dir`, recovering from a crash
     /// if the last shutdown was not clean.
@@ -391,7 +410,23 @@ impl Log {
             None
         };
         size_bytes += end;
-        let log_start = sealed.keys().next().copied().unwrap_or(active_base);
+        // A recorded log start past the log end (the tail was lost in a
+        // crash, or a follower truncated below it) is cut to the end.
+        let recorded = read_log_start_file(&dir).await;
+        let start_floor = recorded.min(next_offset);
+        if recorded > next_offset {
+            write_file_atomic(
+                &dir.join(LOG_START_FILE),
+                format!("{start_floor}\n").as_bytes(),
+            )
+            .await?;
+        }
+        let log_start = sealed
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(active_base)
+            .max(start_floor);
         if epochs.truncate_from(next_offset) {
             // Epochs whose batches were lost in the crash.
             write_file_atomic(&epoch_path, &epochs.encode()).await?;
@@ -420,6 +455,7 @@ impl Log {
             sealed,
             next_offset,
             log_start,
+            start_floor,
             durable_next: next_offset,
             size_bytes,
             cache: VecDeque::new(),
@@ -445,6 +481,7 @@ impl Log {
             flushed: LocalEvent::default(),
             append_lock: FifoLock::default(),
             flush_lock: Semaphore::new(1),
+            start_lock: Semaphore::new(1),
         })
     }
 }

@@ -52,10 +52,52 @@ impl Log {
         self.delete_segments(now_ms(), offset).await
     }
 
+    /// Advances the log start offset to `offset` (Kafka's DeleteRecords):
+    /// reads below it fail with [`LogError::OffsetOutOfRange`] and the
+    /// sealed segments wholly below it are deleted. The new start is
+    /// durable (in [`LOG_START_FILE`]) before this returns, so it survives
+    /// a restart. An offset at or below the log start changes nothing; one
+    /// past the log end is [`LogError::OffsetOutOfRange`]. Returns the log
+    /// start afterwards.
+    pub async fn advance_log_start(&self, offset: u64) -> Result<u64> {
+        let _p = self
+            .start_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        let dir = {
+            let s = self.st.borrow();
+            if s.closed {
+                return Err(LogError::Closed);
+            }
+            if offset > s.next_offset {
+                return Err(LogError::OffsetOutOfRange {
+                    offset,
+                    log_start: s.log_start,
+                    log_end: s.next_offset,
+                });
+            }
+            if offset <= s.log_start {
+                return Ok(s.log_start);
+            }
+            s.dir.clone()
+        };
+        write_file_atomic(&dir.join(LOG_START_FILE), format!("{offset}\n").as_bytes()).await?;
+        {
+            let mut s = self.st.borrow_mut();
+            s.start_floor = s.start_floor.max(offset);
+            s.log_start = s.derived_log_start();
+        }
+        info!(dir = %dir.display(), log_start = offset, "log start advanced");
+        self.delete_segments(now_ms(), offset).await?;
+        Ok(self.log_start_offset())
+    }
+
     async fn delete_segments(&self, now_ms: i64, floor: u64) -> Result<usize> {
         let mut doomed = Vec::new();
         {
             let mut s = self.st.borrow_mut();
+            let floor = floor.max(s.start_floor);
             while let Some((&base, seg)) = s.sealed.iter().next() {
                 let next_base = s.sealed.keys().nth(1).copied().unwrap_or(s.active.base);
                 let below_floor = next_base <= floor;
@@ -75,7 +117,7 @@ impl Log {
                     break;
                 };
                 s.size_bytes -= len;
-                s.log_start = s.sealed.keys().next().copied().unwrap_or(s.active.base);
+                s.log_start = s.derived_log_start();
                 if let Some(i) = s.index_cache.map.remove(&base) {
                     s.index_cache.bytes -= i.mem_bytes();
                     s.index_cache.order.retain(|b| *b != base);

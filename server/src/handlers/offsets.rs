@@ -37,6 +37,35 @@ pub async fn list_offsets(
     out
 }
 
+/// Advances the log start of each (topic, partition) to its offset (-1:
+/// the high watermark), on the shard that owns it (Kafka's DeleteRecords).
+/// Returns each partition's log start afterwards.
+pub async fn delete_records(
+    shard: &Rc<Shard>,
+    wanted: Vec<(String, u32, i64)>,
+) -> Vec<(String, u32, OpResult<i64>)> {
+    super::await_topics(shard, wanted.iter().map(|w| w.0.as_str())).await;
+    let mut out = Vec::with_capacity(wanted.len());
+    for (topic, partition, offset) in wanted {
+        let res = match super::topics::check_not_internal(&topic, "delete records of")
+            .and_then(|()| shard.check_partition(&topic, partition))
+        {
+            Ok(()) => {
+                let t = topic.clone();
+                shard
+                    .submit_to(shard.owner(&topic, partition), move |s| async move {
+                        let p = s.partition(&t, partition)?;
+                        Ok(p.delete_records(offset).await? as i64)
+                    })
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        out.push((topic, partition, res));
+    }
+    out
+}
+
 /// Leader: (the largest epoch not above `epoch`, where it ends).
 pub async fn epoch_end(
     shard: &Rc<Shard>,

@@ -116,6 +116,10 @@ pub struct Partition {
     /// Notified when the high watermark moves or the role changes.
     pub hw_changed: LocalEvent,
     max_backlog: Cell<Option<u64>>,
+    /// The topic's `max.message.bytes` (`None`: the log's bound). Only
+    /// produce checks it: what is stored stays readable and replicable
+    /// whatever the topic's limit becomes.
+    max_message: Cell<Option<usize>>,
     counters: Counters,
     /// Idempotent producers' sequences (KIP-98).
     producers: RefCell<ProducerTable>,
@@ -189,6 +193,15 @@ fn add(c: &Cell<u64>, v: u64) {
     c.set(c.get() + v);
 }
 
+/// A topic's bounds on what producers write to each of its partitions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProduceLimits {
+    /// `max_backlog_bytes` (see [`Partition::backlog`]).
+    pub max_backlog: Option<u64>,
+    /// `max.message.bytes`: the largest record batch.
+    pub max_message: Option<usize>,
+}
+
 impl Partition {
     /// Opens (recovering if needed) the log in `dir` and starts its
     /// background work (flushes, retention). `me` is this node; a cluster
@@ -198,7 +211,7 @@ impl Partition {
         partition: u32,
         dir: &Path,
         cfg: LogConfig,
-        max_backlog: Option<u64>,
+        limits: ProduceLimits,
         me: Option<u64>,
     ) -> OpResult<Rc<Partition>> {
         let log = Log::open(dir, cfg).await.map_err(OpError::from_log)?;
@@ -214,7 +227,8 @@ impl Partition {
             appended: LocalEvent::default(),
             repl: RefCell::new(repl),
             hw_changed: LocalEvent::default(),
-            max_backlog: Cell::new(max_backlog),
+            max_backlog: Cell::new(limits.max_backlog),
+            max_message: Cell::new(limits.max_message),
             counters: Counters::default(),
             producers: RefCell::new(ProducerTable::default()),
             txns: RefCell::new(PartitionTxns::default()),
@@ -236,11 +250,20 @@ impl Partition {
     }
 
     /// Retunes the partition to a topic's new settings: its log's
-    /// (segment size, retention, fsync) and the backlog bound.
-    pub fn set_config(&self, cfg: &LogConfig, max_backlog: Option<u64>) -> OpResult<()> {
+    /// (segment size, retention, fsync), the backlog bound and the
+    /// largest batch a producer may write.
+    pub fn set_config(&self, cfg: &LogConfig, limits: ProduceLimits) -> OpResult<()> {
         self.log.set_config(cfg).map_err(OpError::from_log)?;
-        self.max_backlog.set(max_backlog);
+        self.max_backlog.set(limits.max_backlog);
+        self.max_message.set(limits.max_message);
         Ok(())
+    }
+
+    /// The largest batch a producer may write: the topic's
+    /// `max.message.bytes`, else the log's (the broker's) bound.
+    pub fn max_message_bytes(&self) -> usize {
+        let log_max = self.log.max_batch_bytes();
+        self.max_message.get().map_or(log_max, |m| m.min(log_max))
     }
 
     pub fn name(&self) -> Name<'_> {
@@ -302,6 +325,44 @@ impl Partition {
         }
     }
 
+    /// Leader: advances the log start to `offset` (-1: the high
+    /// watermark), Kafka's DeleteRecords. Records below it are no longer
+    /// read; whole segments below it are deleted; the new start is durable
+    /// before this returns, and followers take it from their fetches.
+    /// Returns the log start afterwards (Kafka's low watermark).
+    pub async fn delete_records(&self, offset: i64) -> OpResult<u64> {
+        self.check_leader()?;
+        let hw = self.high_watermark();
+        let target = match offset {
+            -1 => hw,
+            o if o >= 0 && o as u64 <= hw => o as u64,
+            o => {
+                return Err(OpError::new(
+                    ErrorCode::OffsetOutOfRange,
+                    format!(
+                        "cannot delete the records of partition {} of `{}` before offset {o}: \
+                         it is not -1 (the high watermark) or an offset up to the high watermark {hw}",
+                        self.partition, self.topic
+                    ),
+                ))
+            }
+        };
+        self.advance_log_start(target).await
+    }
+
+    /// Advances the log start to `offset` (see [`Log::advance_log_start`])
+    /// and drops the aborted-transaction index below it. A leader's
+    /// DeleteRecords, or a follower following its leader's log start.
+    pub async fn advance_log_start(&self, offset: u64) -> OpResult<u64> {
+        let start = self
+            .log
+            .advance_log_start(offset)
+            .await
+            .map_err(OpError::from_log)?;
+        self.txns.borrow_mut().trim(start);
+        Ok(start)
+    }
+
     /// Appends the batches of one produce request (`data`: whole batches
     /// end to end) and, for `acks=all`, waits until the last is durable
     /// (and replicated, on a cluster).
@@ -323,7 +384,7 @@ impl Partition {
             r.epoch
         };
         let clustered = self.role() == Role::Leader;
-        let (batches, msgs) = split_request(&data, self.log.max_batch_bytes(), backing)?;
+        let (batches, msgs) = split_request(&data, self.max_message_bytes(), backing)?;
         if let Some(max) = self.max_backlog.get() {
             if self.backlog() + data.len() as u64 > max {
                 return Err(OpError::new(

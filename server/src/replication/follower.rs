@@ -222,14 +222,26 @@ impl Shard {
             if p.repl.borrow_mut().follow_hw(fp.high_watermark, end) {
                 p.hw_changed.notify();
             }
-            // An internal topic's leader drops what a snapshot made
-            // unneeded; its replicas follow (user topics keep their own
-            // retention).
-            if levee_core::is_internal_topic(&p.topic)
-                && fp.log_start_offset > p.log.log_start_offset()
-            {
+            // Follow the leader's log start (Kafka's followers do): an
+            // internal topic's leader drops what a snapshot made unneeded
+            // (whole segments); a user topic's moves with DeleteRecords or
+            // the leader's retention, and is recorded here too, so a
+            // follower that becomes leader answers from the same start.
+            if fp.log_start_offset > p.log.log_start_offset() {
                 let upto = fp.log_start_offset.min(p.high_watermark());
-                if let Err(e) = p.log.delete_before(upto).await {
+                let res = if levee_core::is_internal_topic(&p.topic) {
+                    p.log
+                        .delete_before(upto)
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                } else {
+                    p.advance_log_start(upto)
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.message)
+                };
+                if let Err(e) = res {
                     warn!(topic = %p.topic, partition = p.partition, error = %e, "following the leader's log start failed");
                 }
             }

@@ -17,7 +17,7 @@ pub use topics::REGISTRY_SHARD;
 use crate::config::{parse_fsync, ServerConfig};
 use crate::error::{OpError, OpResult};
 use crate::metrics::{Histogram, Sample};
-use crate::partition::Partition;
+use crate::partition::{Partition, ProduceLimits};
 use crate::topics::TopicMeta;
 use glommio::channels::channel_mesh::Senders;
 use glommio::sync::Semaphore;
@@ -193,10 +193,10 @@ impl Shard {
         if let Some(part) = self.parts.borrow().get(&(name.to_string(), p)) {
             return Ok(part.clone());
         }
-        let (cfg, max_backlog) = self.topic_log_config(meta)?;
+        let (cfg, limits) = self.topic_log_config(meta)?;
         let dir = crate::topics::partition_dir(&self.cfg.data_dir, name, p);
         let me = self.cluster.as_ref().map(|_| u64::from(self.cfg.node_id));
-        let part = Partition::open(name, p, &dir, cfg, max_backlog, me).await?;
+        let part = Partition::open(name, p, &dir, cfg, limits, me).await?;
         let upkeep = part.clone();
         let expiration = std::time::Duration::from_millis(self.cfg.producer_id_expiration_ms);
         glommio::spawn_local(async move { upkeep.run_producer_upkeep(expiration).await }).detach();
@@ -220,7 +220,7 @@ impl Shard {
     pub fn topic_log_config(
         &self,
         meta: &TopicMeta,
-    ) -> OpResult<(levee_engine::LogConfig, Option<u64>)> {
+    ) -> OpResult<(levee_engine::LogConfig, ProduceLimits)> {
         let fsync = if meta.fsync.is_empty() {
             None
         } else {
@@ -233,14 +233,18 @@ impl Shard {
             pos(meta.retention_bytes),
             pos(meta.retention_ms),
         );
-        Ok((cfg, pos(meta.max_backlog_bytes).map(|v| v as u64)))
+        let limits = ProduceLimits {
+            max_backlog: pos(meta.max_backlog_bytes).map(|v| v as u64),
+            max_message: pos(meta.max_message_bytes).map(|v| v as usize),
+        };
+        Ok((cfg, limits))
     }
 
     /// Gives this shard's open partitions of `name` the topic's new
     /// settings, and applies retention at once (a lower retention frees
     /// space now, not at the next periodic pass).
     pub async fn retune_topic(&self, name: &str, meta: &TopicMeta) -> OpResult<()> {
-        let (cfg, max_backlog) = self.topic_log_config(meta)?;
+        let (cfg, limits) = self.topic_log_config(meta)?;
         let parts: Vec<Rc<Partition>> = self
             .parts
             .borrow()
@@ -249,7 +253,7 @@ impl Shard {
             .map(|(_, p)| p.clone())
             .collect();
         for p in parts {
-            p.set_config(&cfg, max_backlog)?;
+            p.set_config(&cfg, limits)?;
             match p.log.enforce_retention().await {
                 Ok(0) => {}
                 Ok(n) => {

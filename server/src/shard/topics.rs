@@ -194,11 +194,13 @@ pub(crate) fn same_settings(a: &TopicMeta, b: &TopicMeta) -> bool {
         &a.fsync,
         a.max_backlog_bytes,
         a.segment_bytes,
+        a.max_message_bytes,
     ) == (
         b.retention_bytes,
         b.retention_ms,
         &b.fsync,
         b.max_backlog_bytes,
         b.segment_bytes,
+        b.max_message_bytes,
     )
 }

@@ -308,11 +308,8 @@ pub async fn describe_configs(ctx: &Ctx, req: DescribeConfigsRequest) -> Describ
                     all.push(entry("retention.bytes", ret_b.to_string(), s2));
                     all.push(entry("segment.bytes", seg.to_string(), s3));
                     all.push(entry("cleanup.policy", "delete".into(), SOURCE_DEFAULT));
-                    all.push(entry(
-                        "max.message.bytes",
-                        cfg.log.max_batch_bytes.to_string(),
-                        SOURCE_DEFAULT,
-                    ));
+                    let (max_msg, s6) = or(m.max_message_bytes, cfg.log.max_batch_bytes as i64);
+                    all.push(entry("max.message.bytes", max_msg.to_string(), s6));
                     let (fsync, s4) = if m.fsync.is_empty() {
                         (cfg.log.fsync.clone(), SOURCE_DEFAULT)
                     } else {
@@ -322,6 +319,11 @@ pub async fn describe_configs(ctx: &Ctx, req: DescribeConfigsRequest) -> Describ
                     let (backlog, s5) = or(m.max_backlog_bytes, -1);
                     all.push(entry("levee.max.backlog.bytes", backlog.to_string(), s5));
                     all.push(entry("compression.type", "producer".into(), SOURCE_DEFAULT));
+                    all.push(entry(
+                        "message.timestamp.type",
+                        "CreateTime".into(),
+                        SOURCE_DEFAULT,
+                    ));
                     // These change with AlterConfigs; broker configs do not.
                     for c in &mut all {
                         c.read_only = !crate::topics::ALTERABLE_CONFIGS.contains(&c.name.as_str());

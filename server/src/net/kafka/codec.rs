@@ -135,6 +135,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AddOffsetsToTxn, 0, 3),
     (ApiKey::EndTxn, 0, 3),
     (ApiKey::TxnOffsetCommit, 0, 3),
+    (ApiKey::DeleteRecords, 0, 2),
 ];
 
 /// Whether `key` at `version` is served.
@@ -239,6 +240,7 @@ pub fn decode_any(frame_body: &[u8]) -> Result<(), String> {
         Produce => m::ProduceRequest,
         Fetch => m::FetchRequest,
         ListOffsets => m::ListOffsetsRequest,
+        DeleteRecords => m::DeleteRecordsRequest,
         Metadata => m::MetadataRequest,
         OffsetCommit => m::OffsetCommitRequest,
         OffsetFetch => m::OffsetFetchRequest,

@@ -178,6 +178,7 @@ async fn process(shard: &Rc<Shard>, body: &mut Bytes, host: Rc<str>) -> Reply {
         },
         ApiKey::Fetch => serve!(m::FetchRequest, fetch::fetch),
         ApiKey::ListOffsets => serve!(m::ListOffsetsRequest, offsets::list_offsets),
+        ApiKey::DeleteRecords => serve!(m::DeleteRecordsRequest, offsets::delete_records),
         ApiKey::OffsetCommit => serve!(m::OffsetCommitRequest, offsets::offset_commit),
         ApiKey::OffsetFetch => serve!(m::OffsetFetchRequest, offsets::offset_fetch),
         ApiKey::FindCoordinator => serve!(m::FindCoordinatorRequest, groups::find_coordinator),

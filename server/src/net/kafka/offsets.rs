@@ -73,6 +73,53 @@ pub async fn list_offsets(ctx: &Ctx, req: ListOffsetsRequest) -> ListOffsetsResp
     out
 }
 
+/// DeleteRecords: each partition's leader advances its log start.
+pub async fn delete_records(ctx: &Ctx, req: DeleteRecordsRequest) -> DeleteRecordsResponse {
+    use kafka_protocol::messages::delete_records_response::{
+        DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+    };
+    let mut wanted = Vec::new();
+    let mut topics: BTreeMap<String, Vec<DeleteRecordsPartitionResult>> = BTreeMap::new();
+    for t in &req.topics {
+        let name = t.name.as_str().to_string();
+        for p in &t.partitions {
+            if p.partition_index < 0 {
+                let mut r = DeleteRecordsPartitionResult::default();
+                r.partition_index = p.partition_index;
+                r.low_watermark = -1;
+                r.error_code = code::UNKNOWN_TOPIC_OR_PARTITION;
+                topics.entry(name.clone()).or_default().push(r);
+            } else {
+                wanted.push((name.clone(), p.partition_index as u32, p.offset));
+            }
+        }
+    }
+    for (topic, partition, res) in handlers::offsets::delete_records(&ctx.shard, wanted).await {
+        let mut r = DeleteRecordsPartitionResult::default();
+        r.partition_index = partition as i32;
+        match res {
+            Ok(low) => r.low_watermark = low,
+            Err(e) => {
+                r.low_watermark = -1;
+                // An internal topic: INVALID_TOPIC_EXCEPTION, as Kafka.
+                r.error_code = kafka_error(e.code, false);
+            }
+        }
+        topics.entry(topic).or_default().push(r);
+    }
+    let mut out = DeleteRecordsResponse::default();
+    out.topics = topics
+        .into_iter()
+        .map(|(name, partitions)| {
+            let mut t = DeleteRecordsTopicResult::default();
+            t.name = TopicName(str_bytes(name));
+            t.partitions = partitions;
+            t
+        })
+        .collect();
+    out
+}
+
 pub async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse {
     let group = req.group_id.as_str().to_string();
     let offsets: Vec<OffsetCommit> = req

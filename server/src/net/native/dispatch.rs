@@ -1,7 +1,7 @@
 //! The native protocol's requests, decoded, handed to the request layer
 //! (`handlers/`), and its results encoded as the protocol's responses.
 
-use crate::error::OpError;
+use crate::error::{OpError, OpResult};
 use crate::groups::state::{Join, Subscription};
 use crate::groups::{Assignment, JoinReply, OffsetCommit};
 use crate::handlers::{self, fetch::FetchPartition, fetch::FetchRequest};
@@ -359,27 +359,16 @@ pub async fn process(
                 .into_iter()
                 .map(|lp| (lp.topic, lp.partition, lp.spec))
                 .collect();
-            let out = handlers::offsets::list_offsets(shard, wanted, false)
-                .await
+            offsets_response(handlers::offsets::list_offsets(shard, wanted, false).await)
+        }
+        Request::DeleteRecords(d) => {
+            let wanted = d
+                .partitions
+                .unwrap_or_default()
                 .into_iter()
-                .map(|(topic, partition, res)| {
-                    let (offset, r) = match res {
-                        Ok(o) => (o, Ok(())),
-                        Err(e) => (-1, Err(e)),
-                    };
-                    let (error, message) = err_fields(r);
-                    proto::ListOffsetsPartitionResponse {
-                        topic: Some(topic),
-                        partition,
-                        error,
-                        message,
-                        offset,
-                    }
-                })
+                .map(|dp| (dp.topic, dp.partition, dp.offset))
                 .collect();
-            Response::ListOffsetsResponse(Box::new(proto::ListOffsetsResponse {
-                partitions: Some(out),
-            }))
+            offsets_response(handlers::offsets::delete_records(shard, wanted).await)
         }
         req @ (Request::JoinGroup(_)
         | Request::Heartbeat(_)
@@ -390,6 +379,31 @@ pub async fn process(
         | Request::DeleteGroup(_)) => group_request(shard, req, peer).await,
     };
     Ok((resp, none()))
+}
+
+/// Per-partition offsets (ListOffsets, and DeleteRecords' new log starts)
+/// as a ListOffsetsResponse.
+fn offsets_response(results: Vec<(String, u32, OpResult<i64>)>) -> Response {
+    let out = results
+        .into_iter()
+        .map(|(topic, partition, res)| {
+            let (offset, r) = match res {
+                Ok(o) => (o, Ok(())),
+                Err(e) => (-1, Err(e)),
+            };
+            let (error, message) = err_fields(r);
+            proto::ListOffsetsPartitionResponse {
+                topic: Some(topic),
+                partition,
+                error,
+                message,
+                offset,
+            }
+        })
+        .collect();
+    Response::ListOffsetsResponse(Box::new(proto::ListOffsetsResponse {
+        partitions: Some(out),
+    }))
 }
 
 /// The topic settings a CreateTopic asks for, with the broker's defaults.
@@ -410,6 +424,7 @@ fn topic_meta(shard: &Shard, cfg: Option<proto::TopicConfig>) -> TopicMeta {
             .unwrap_or_default(),
         max_backlog_bytes: cfg.as_ref().map_or(-1, |c| c.max_backlog_bytes),
         segment_bytes: cfg.as_ref().map_or(-1, |c| c.segment_bytes),
+        max_message_bytes: cfg.as_ref().map_or(-1, |c| c.max_message_bytes),
         id: String::new(),
     }
 }
@@ -452,6 +467,7 @@ async fn describe(shard: &Rc<Shard>, name: &str) -> proto::TopicDescription {
             fsync: Some(m.fsync.clone()),
             max_backlog_bytes: m.max_backlog_bytes,
             segment_bytes: m.segment_bytes,
+            max_message_bytes: m.max_message_bytes,
         })),
         partitions: Some(
             d.partitions
