@@ -851,7 +851,9 @@ fn a_new_epoch_that_could_not_be_written_is_not_adopted() {
     let dir = tempdir();
     run(async {
         let log = Log::open(dir.path(), small_config()).await.unwrap();
-        log.append_with_epoch(make_batch(1, 2, 100, 1), 1).await.unwrap();
+        log.append_with_epoch(make_batch(1, 2, 100, 1), 1)
+            .await
+            .unwrap();
         log.flush().await.unwrap();
         log.fail_next_epoch_write(std::io::ErrorKind::StorageFull);
         let e = log
@@ -861,11 +863,15 @@ fn a_new_epoch_that_could_not_be_written_is_not_adopted() {
         assert!(e.is_no_space(), "{e}");
         assert_eq!(log.log_end_offset(), 2);
         // Tried again, the epoch is written and the batch appended.
-        log.append_with_epoch(make_batch(2, 2, 100, 1), 2).await.unwrap();
+        log.append_with_epoch(make_batch(2, 2, 100, 1), 2)
+            .await
+            .unwrap();
         log.fail_next_epoch_write(std::io::ErrorKind::StorageFull);
         assert!(log.assign_epoch_start(3).await.unwrap_err().is_no_space());
         log.assign_epoch_start(3).await.unwrap();
-        log.append_with_epoch(make_batch(3, 2, 100, 1), 3).await.unwrap();
+        log.append_with_epoch(make_batch(3, 2, 100, 1), 3)
+            .await
+            .unwrap();
         log.close().await.unwrap();
         let log = Log::open(dir.path(), small_config()).await.unwrap();
         assert_eq!(log.log_end_offset(), 6);
