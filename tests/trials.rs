@@ -762,7 +762,17 @@ fn seeded_fault_trials() {
     let mut recover = Vec::new();
     let mut failed = Vec::new();
     for seed in &seeds {
-        match run_trial(*seed) {
+        // A panic in the harness (a broker that could not start) fails
+        // this trial, not the ones after it.
+        let res = std::panic::catch_unwind(|| run_trial(*seed)).unwrap_or_else(|p| {
+            let what = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(format!("the trial panicked: {what}"))
+        });
+        match res {
             Ok(o) => {
                 eprintln!("trial {seed} (fsync {}): ok {o:?}", fsync_of(*seed));
                 for (k, v) in &o.faults {

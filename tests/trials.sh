@@ -33,10 +33,11 @@ if [ -z "${SUMMARY_ONLY:-}" ]; then
     first=$((SEED + lane * per))
     n=$((COUNT - lane * per < per ? COUNT - lane * per : per))
     [ "$n" -le 0 ] && continue
-    # Ports of their own per lane (20000-31999 split), so that two lanes
-    # never pick the same one.
-    span=$((12000 / LANES))
-    ports="$((20000 + lane * span))-$((20000 + (lane + 1) * span - 1))"
+    # Ports of their own per lane (14000-19999 split, below the range other
+    # tests pick from), so that two lanes, or a lane and another test
+    # run, never pick the same one.
+    span=$((6000 / LANES))
+    ports="$((14000 + lane * span))-$((14000 + (lane + 1) * span - 1))"
     LEVEE_TEST_PORTS=$ports LEVEE_BIN=$PWD/target/release/levee TRIAL_SEED=$first TRIALS=$n \
       cargo test -q -p levee-cli --test trials seeded -- --nocapture \
       >"$OUT/lane-$lane.log" 2>&1 &
