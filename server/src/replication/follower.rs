@@ -115,6 +115,17 @@ impl Shard {
         if ready.is_empty() {
             return Ok(false);
         }
+        // The leader and epoch each partition is fetched in: a response
+        // that comes back after either changed (a leader paused while it
+        // answered, say) is from a log that may since have been truncated,
+        // and is not appended.
+        let fetched_in: Vec<(u64, Option<u64>)> = ready
+            .iter()
+            .map(|p| {
+                let r = p.repl.borrow();
+                (r.epoch, r.leader)
+            })
+            .collect();
         let req = Request::Fetch(Box::new(Fetch {
             max_wait_ms: 500,
             min_bytes: 1,
@@ -148,7 +159,13 @@ impl Shard {
         };
         let mut useful = false;
         let mut full = false;
-        for (fp, p) in r.partitions.unwrap_or_default().into_iter().zip(&ready) {
+        for ((fp, p), asked) in r
+            .partitions
+            .unwrap_or_default()
+            .into_iter()
+            .zip(&ready)
+            .zip(&fetched_in)
+        {
             if fp.error != ErrorCode::None {
                 debug!(topic = %p.topic, partition = p.partition, error = ?fp.error, message = ?fp.message, "replica fetch error");
                 if fp.error == ErrorCode::OffsetOutOfRange {
@@ -166,8 +183,14 @@ impl Shard {
             // and a new leader's epoch starts after them.
             let order = p.append_order().await;
             for b in split_batches(data) {
-                // The role may have changed while the fetch was out.
-                if p.role() != Role::Follower {
+                // The role, leader or epoch may have changed while the
+                // fetch was out.
+                let current = {
+                    let r = p.repl.borrow();
+                    (r.role == Role::Follower).then_some((r.epoch, r.leader))
+                };
+                if current != Some(*asked) {
+                    debug!(topic = %p.topic, partition = p.partition, "a replica fetch answered after the leader changed: dropped");
                     break;
                 }
                 let mut res = p.log.append_replica(body.slice_ref(b)).await;
@@ -217,6 +240,15 @@ impl Shard {
                     warn!(topic = %p.topic, partition = p.partition, error = %e, "flushing replicated batches failed");
                 }
                 p.appended.notify();
+            }
+            let same = {
+                let r = p.repl.borrow();
+                r.role == Role::Follower && (r.epoch, r.leader) == *asked
+            };
+            if !same {
+                // Neither its high watermark nor its log start is ours to
+                // follow any more.
+                continue;
             }
             let end = p.log.log_end_offset();
             if p.repl.borrow_mut().follow_hw(fp.high_watermark, end) {
