@@ -875,8 +875,8 @@ impl GroupConsumer {
     /// The group, member id and generation, for a transactional producer's
     /// [`crate::Producer::send_offsets_to_transaction`] (the group's
     /// coordinator checks them, as Kafka's does).
-    pub fn group_metadata(&self) -> crate::txn::ConsumerGroupMetadata {
-        crate::txn::ConsumerGroupMetadata {
+    pub fn group_metadata(&self) -> ConsumerGroupMetadata {
+        ConsumerGroupMetadata {
             group: self.config.group.clone(),
             member_id: self.member_id.clone(),
             generation: self.generation,
@@ -1280,6 +1280,31 @@ fn worse(a: Rejoin, b: Rejoin) -> Rejoin {
 /// none, the log start) and the end of the log.
 pub fn lag(committed: Option<u64>, log_start: u64, end: u64) -> u64 {
     end.saturating_sub(committed.unwrap_or(log_start))
+}
+
+/// A consumer group member as a transaction's offsets name it
+/// ([`crate::GroupConsumer::group_metadata`]); the group's coordinator
+/// refuses offsets of a member that is no longer in the group's current
+/// generation. An empty member id with generation -1 is not checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerGroupMetadata {
+    /// The group.
+    pub group: String,
+    /// The member's id.
+    pub member_id: String,
+    /// The member's generation.
+    pub generation: i32,
+}
+
+impl ConsumerGroupMetadata {
+    /// A group without a member check (a producer outside the group).
+    pub fn unchecked(group: impl Into<String>) -> ConsumerGroupMetadata {
+        ConsumerGroupMetadata {
+            group: group.into(),
+            member_id: String::new(),
+            generation: -1,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -40,8 +40,9 @@ pub use codec::{murmur2, partition_for_key};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartPosition};
 pub use error::{ClientError, Result};
 pub use group::{
-    lag, Assignment, GroupConsumer, GroupConsumerConfig, GroupInfo, GroupMemberInfo, GroupOffset,
-    GroupSummary, JoinGroupRequest, JoinedGroup, OffsetCommit, OffsetReset,
+    lag, Assignment, ConsumerGroupMetadata, GroupConsumer, GroupConsumerConfig, GroupInfo,
+    GroupMemberInfo, GroupOffset, GroupSummary, JoinGroupRequest, JoinedGroup, OffsetCommit,
+    OffsetReset,
 };
 /// The record-batch format (the engine's), for callers that build or split
 /// batches themselves, such as the load generator's `--direct-batches`.
@@ -50,4 +51,4 @@ pub use levee_engine::{Compression, FsyncPolicy, Record};
 pub use levee_schemas::proto::ErrorCode;
 pub use levee_schemas::proto::NodeStatus;
 pub use producer::{Acks, DeliveryFuture, DeliveryReport, Producer, ProducerConfig};
-pub use txn::{ConsumerGroupMetadata, TransactionInfo, TxnCoordinator};
+pub use txn::{TransactionInfo, TxnCoordinator};

@@ -18,31 +18,6 @@ use crate::connection::{unexpected, Reply};
 use crate::error::{ClientError, Result};
 use crate::group::OffsetCommit;
 
-/// A consumer group member as a transaction's offsets name it
-/// ([`crate::GroupConsumer::group_metadata`]); the group's coordinator
-/// refuses offsets of a member that is no longer in the group's current
-/// generation. An empty member id with generation -1 is not checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConsumerGroupMetadata {
-    /// The group.
-    pub group: String,
-    /// The member's id.
-    pub member_id: String,
-    /// The member's generation.
-    pub generation: i32,
-}
-
-impl ConsumerGroupMetadata {
-    /// A group without a member check (a producer outside the group).
-    pub fn unchecked(group: impl Into<String>) -> ConsumerGroupMetadata {
-        ConsumerGroupMetadata {
-            group: group.into(),
-            member_id: String::new(),
-            generation: -1,
-        }
-    }
-}
-
 /// A transactional id and the node last found coordinating it.
 #[derive(Debug)]
 pub struct TxnCoordinator {
@@ -338,7 +313,7 @@ impl Client {
         &self,
         transactional_id: &str,
         (producer_id, producer_epoch): (i64, i16),
-        group: &ConsumerGroupMetadata,
+        group: &crate::group::ConsumerGroupMetadata,
         offsets: &[OffsetCommit],
     ) -> Result<()> {
         let req = Request::TxnOffsetCommit(Box::new(TxnOffsetCommit {

@@ -65,8 +65,9 @@ use tokio::sync::{oneshot, Notify, Semaphore, TryAcquireError};
 use crate::client::Client;
 use crate::codec::partition_for_key;
 use crate::error::{ClientError, Result};
+use crate::group::ConsumerGroupMetadata;
 use crate::group::OffsetCommit;
-use crate::txn::{ConsumerGroupMetadata, TxnCoordinator};
+use crate::txn::TxnCoordinator;
 pub use accumulator::DeliveryFuture;
 use accumulator::{Accumulator, RecordSize};
 
