@@ -185,11 +185,7 @@ impl Shard {
             for b in split_batches(data) {
                 // The role, leader or epoch may have changed while the
                 // fetch was out.
-                let current = {
-                    let r = p.repl.borrow();
-                    (r.role == Role::Follower).then_some((r.epoch, r.leader))
-                };
-                if current != Some(*asked) {
+                if !still_fetched_in(p, *asked) {
                     debug!(topic = %p.topic, partition = p.partition, "a replica fetch answered after the leader changed: dropped");
                     break;
                 }
@@ -241,11 +237,7 @@ impl Shard {
                 }
                 p.appended.notify();
             }
-            let same = {
-                let r = p.repl.borrow();
-                r.role == Role::Follower && (r.epoch, r.leader) == *asked
-            };
-            if !same {
+            if !still_fetched_in(p, *asked) {
                 // Neither its high watermark nor its log start is ours to
                 // follow any more.
                 continue;
@@ -283,6 +275,12 @@ impl Shard {
         }
         Ok(useful)
     }
+}
+
+/// Whether `p` still follows the leader, in the epoch, a fetch was made in.
+fn still_fetched_in(p: &Partition, asked: (u64, Option<u64>)) -> bool {
+    let r = p.repl.borrow();
+    r.role == Role::Follower && (r.epoch, r.leader) == asked
 }
 
 /// Follower: asks the leader where our latest epoch ends and truncates
