@@ -11,6 +11,7 @@
 #
 #   tests/trials.sh                        1000 trials, 2 lanes
 #   COUNT=100 LANES=3 tests/trials.sh      a shorter run
+#   LEVEE_BIN=/tmp/levee tests/trials.sh   against that broker binary
 #
 # The full-disk fault needs root and loop devices (see tests/trials.rs).
 # A failing trial keeps its brokers' logs and replicas in
@@ -25,7 +26,12 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
 if [ -z "${SUMMARY_ONLY:-}" ]; then
-  cargo build -q --release -p levee-cli --bin levee
+  # LEVEE_BIN picks a broker binary built elsewhere (say, a copy of the
+  # commit under test, so that rebuilding the tree does not change it midway).
+  if [ -z "${LEVEE_BIN:-}" ]; then
+    cargo build -q --release -p levee-cli --bin levee
+    LEVEE_BIN=$PWD/target/release/levee
+  fi
   cargo test -q -p levee-cli --test trials --no-run
   per=$(((COUNT + LANES - 1) / LANES))
   pids=()
@@ -38,7 +44,7 @@ if [ -z "${SUMMARY_ONLY:-}" ]; then
     # run, never pick the same one.
     span=$((6000 / LANES))
     ports="$((14000 + lane * span))-$((14000 + (lane + 1) * span - 1))"
-    LEVEE_TEST_PORTS=$ports LEVEE_BIN=$PWD/target/release/levee TRIAL_SEED=$first TRIALS=$n \
+    LEVEE_TEST_PORTS=$ports LEVEE_BIN=$LEVEE_BIN TRIAL_SEED=$first TRIALS=$n \
       cargo test -q -p levee-cli --test trials seeded -- --nocapture \
       >"$OUT/lane-$lane.log" 2>&1 &
     pids+=($!)
