@@ -898,6 +898,80 @@ fn transactions_on_a_cluster_span_every_node_and_survive_a_coordinator_kill() {
     assert_eq!(values(&consume_n(&rc2, 78, Duration::from_secs(60))), want);
 }
 
+/// KIP-447 across a failover: offsets a transaction sent are unstable for
+/// a read_committed consumer until the transaction completes, also when
+/// the group's coordinator is killed in between and another node takes
+/// the group over (the mark is stored with the group's state).
+#[test]
+fn pending_transactional_offsets_stay_unstable_when_the_group_coordinator_dies() {
+    let mut nodes = cluster("kafka-txn-pending");
+    let boot = nodes
+        .iter()
+        .map(|n| n.kafka.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    create_replicated(&nodes, "pin", 1);
+    create_replicated(&nodes, "pout", 1);
+    let plain = producer("plain", &producer_config(&boot, "all", "none"));
+    send_n(&plain, "pin", 1, "in", 10);
+    flush_all_delivered(&plain, 10);
+    let mut cfg = consumer_config(&boot, "pending-eos");
+    cfg.set("isolation.level", "read_committed");
+    let c = consumer("pending-eos", &cfg);
+    c.subscribe(&["pin"]).unwrap();
+    assert_eq!(consume_n(&c, 10, T).len(), 10);
+
+    let p = txn_producer(&boot, "pending-id");
+    p.init_transactions(T).unwrap();
+    p.begin_transaction().unwrap();
+    send_n(&p, "pout", 1, "out", 5);
+    let pos = c.position().unwrap();
+    let cgm = c.group_metadata().unwrap();
+    p.send_offsets_to_transaction(&pos, &cgm, T)
+        .expect("send_offsets_to_transaction");
+
+    // Kill -9 the group's coordinator (the transaction's may be another).
+    let probe = consumer("probe", &reader_config(&boot));
+    let (_, oparts) = metadata(&probe, Some(levee_core::OFFSETS_TOPIC));
+    let index = levee_core::group_partition("pending-eos", oparts.len() as u32) as i32;
+    let coord = oparts.iter().find(|t| t.id == index).unwrap().leader;
+    eprintln!("killing node {coord}, the coordinator of group pending-eos");
+    nodes[(coord - 1) as usize].kill();
+    let live = nodes
+        .iter()
+        .filter(|n| n.child.is_some())
+        .map(|n| n.kafka.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut q = TopicPartitionList::new();
+    q.add_partition("pin", 0);
+    // The new coordinator answers (a read_uncommitted fetch: no offset
+    // committed yet) ...
+    let mut ucfg = consumer_config(&live, "pending-eos");
+    ucfg.set("isolation.level", "read_uncommitted");
+    let unstable = consumer("after-uncommitted", &ucfg);
+    let r = unstable
+        .committed_offsets(q.clone(), Duration::from_secs(60))
+        .expect("the group's new coordinator answers");
+    assert_eq!(r.elements()[0].offset(), Offset::Invalid);
+    // ... and still holds the offsets unstable for a read_committed one.
+    let mut scfg = consumer_config(&live, "pending-eos");
+    scfg.set("isolation.level", "read_committed");
+    let stable = consumer("after-committed", &scfg);
+    let r = stable.committed_offsets(q.clone(), Duration::from_secs(3));
+    assert!(
+        r.is_err(),
+        "the new coordinator lost the pending mark: {r:?}"
+    );
+    // The transaction commits: the offsets are stable, and there.
+    p.commit_transaction(Duration::from_secs(60))
+        .expect("commit after the group coordinator's kill");
+    let r = stable
+        .committed_offsets(q, Duration::from_secs(30))
+        .expect("stable once committed");
+    assert_eq!(r.elements()[0].offset(), Offset::Offset(10));
+}
+
 // ---------------------------------------------------------------------
 // Benchmark: transactions of 100 records over 3 partitions, one producer,
 // measured with confluent-kafka (`tests/kafka/txn_bench.py`): the Rust

@@ -28,7 +28,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use store::{Committed, GroupMeta, OffsetChange, OffsetLog, OffsetMap, StoredGroup, StoredGroups};
+use store::{
+    Committed, GroupMeta, OffsetChange, OffsetLog, OffsetMap, PendingMap, StoredGroup, StoredGroups,
+};
 use tracing::{info, warn};
 
 pub use assign::Assignment;
@@ -120,6 +122,12 @@ pub struct Group {
     pub name: String,
     machine: RefCell<GroupMachine>,
     offsets: RefCell<OffsetMap>,
+    /// Offsets a transaction sent (TxnOffsetCommit) but has neither
+    /// committed nor aborted yet, with until when (wall-clock ms) the mark
+    /// holds: OffsetFetch with require_stable answers UNSTABLE_OFFSET_COMMIT
+    /// for them (KIP-447). Stored with the group, so a new coordinator
+    /// keeps them.
+    pending: RefCell<PendingMap>,
     /// Notified when the membership changes (wakes joins and syncs).
     changed: LocalEvent,
     home: Rc<Home>,
@@ -142,12 +150,6 @@ pub struct Groups {
     homes: RefCell<HashMap<u32, Rc<Home>>>,
     groups: RefCell<HashMap<String, Rc<Group>>>,
     next_member: Cell<u64>,
-    /// Offsets a transaction sent (TxnOffsetCommit) but has neither
-    /// committed nor aborted yet, (group, topic, partition) → until when
-    /// the mark holds: OffsetFetch with require_stable answers
-    /// UNSTABLE_OFFSET_COMMIT for them (KIP-447). In memory: a new
-    /// coordinator starts without them.
-    txn_pending: RefCell<HashMap<(String, String, u32), Instant>>,
 }
 
 impl Groups {
@@ -157,7 +159,6 @@ impl Groups {
             homes: RefCell::new(HashMap::new()),
             groups: RefCell::new(HashMap::new()),
             next_member: Cell::new(0),
-            txn_pending: RefCell::new(HashMap::new()),
         }
     }
 
@@ -238,6 +239,7 @@ impl Groups {
             name: name.clone(),
             machine: RefCell::new(GroupMachine::with_generation(Instant::now(), generation)),
             offsets: RefCell::new(sg.offsets),
+            pending: RefCell::new(sg.pending),
             changed: LocalEvent::default(),
             home: home.clone(),
             stored_generation: Cell::new(generation),
@@ -280,7 +282,7 @@ impl Groups {
                     name.clone(),
                     StoredGroup {
                         offsets,
-                        meta: None,
+                        ..StoredGroup::default()
                     },
                 );
             }
@@ -397,7 +399,7 @@ impl Groups {
     ) -> OpResult<Vec<(String, u32, OpResult<()>)>> {
         g.check_alive()?;
         g.machine.borrow().check_commit(member_id, generation)?;
-        self.write_offsets(g, topics, offsets).await
+        self.write_offsets(g, topics, offsets, &[]).await
     }
 
     /// Whether `member_id` of `generation` is a member of the group (a
@@ -428,47 +430,96 @@ impl Groups {
             .iter()
             .map(|o| (o.topic.clone(), o.partition))
             .collect();
-        let res = self.write_offsets(g, topics, offsets).await?;
-        self.clear_txn_pending(&g.name, &parts);
-        Ok(res)
+        // The commit and the end of the pending marks are one write.
+        self.write_offsets(g, topics, offsets, &parts).await
     }
 
-    /// A transaction sent offsets of `group` for `parts`: until it commits
-    /// or aborts (or `until`), they are unstable.
-    pub fn mark_txn_pending(&self, group: &str, parts: &[(String, u32)], until: Instant) {
-        let mut p = self.txn_pending.borrow_mut();
-        let now = Instant::now();
-        p.retain(|_, u| *u > now);
-        for (t, i) in parts {
-            p.insert((group.to_string(), t.clone(), *i), until);
+    /// A transaction sent offsets of group `name` for `parts`: until it
+    /// commits or aborts (or `until_ms`, wall-clock), they are unstable.
+    /// The mark is written with the group's state (replicated) before it
+    /// holds, so a coordinator that takes over keeps it.
+    pub async fn mark_txn_pending(
+        &self,
+        name: &str,
+        index: u32,
+        parts: Vec<(String, u32)>,
+        until_ms: i64,
+    ) -> OpResult<()> {
+        let g = self.open(name, index)?;
+        g.check_alive()?;
+        if parts.is_empty() {
+            return Ok(());
         }
+        let recs = store::group_pending_records(name, &parts, Some(until_ms), now_ms());
+        let target = g.clone();
+        g.home
+            .write_commit(recs, move || {
+                if target.gone.get().is_none() {
+                    let mut p = target.pending.borrow_mut();
+                    let now = now_ms();
+                    p.retain(|_, u| *u > now);
+                    for tp in parts {
+                        p.insert(tp, until_ms);
+                    }
+                }
+            })
+            .await
     }
 
-    /// The transaction that sent them committed or aborted.
-    pub fn clear_txn_pending(&self, group: &str, parts: &[(String, u32)]) {
-        let mut p = self.txn_pending.borrow_mut();
-        for (t, i) in parts {
-            p.remove(&(group.to_string(), t.clone(), *i));
+    /// The transaction that sent offsets of group `name` for `parts`
+    /// aborted: the marks end (written, as they were).
+    pub async fn clear_txn_pending(
+        &self,
+        name: &str,
+        index: u32,
+        parts: Vec<(String, u32)>,
+    ) -> OpResult<()> {
+        self.home(index)?;
+        let Some(g) = self.get(name) else {
+            return Ok(());
+        };
+        g.check_alive()?;
+        let parts: Vec<(String, u32)> = {
+            let p = g.pending.borrow();
+            parts.into_iter().filter(|tp| p.contains_key(tp)).collect()
+        };
+        if parts.is_empty() {
+            return Ok(());
         }
+        let recs = store::group_pending_records(name, &parts, None, now_ms());
+        let target = g.clone();
+        g.home
+            .write_commit(recs, move || {
+                let mut p = target.pending.borrow_mut();
+                for tp in &parts {
+                    p.remove(tp);
+                }
+            })
+            .await
     }
 
-    /// The partitions of `group` with offsets a transaction has not
+    /// The partitions of group `name` with offsets a transaction has not
     /// completed.
-    pub fn txn_pending(&self, group: &str) -> Vec<(String, u32)> {
-        let now = Instant::now();
-        self.txn_pending
-            .borrow()
-            .iter()
-            .filter(|((g, _, _), u)| g == group && **u > now)
-            .map(|((_, t, i), _)| (t.clone(), *i))
-            .collect()
+    pub fn txn_pending(&self, name: &str) -> Vec<(String, u32)> {
+        let now = now_ms();
+        self.get(name).map_or_else(Vec::new, |g| {
+            g.pending
+                .borrow()
+                .iter()
+                .filter(|(_, u)| **u > now)
+                .map(|(tp, _)| tp.clone())
+                .collect()
+        })
     }
 
+    /// Writes offsets (and ends the pending marks of `clear_pending`, in
+    /// the same batch), then applies them.
     async fn write_offsets(
         &self,
         g: &Rc<Group>,
         topics: &dyn TopicLookup,
         offsets: Vec<OffsetCommit>,
+        clear_pending: &[(String, u32)],
     ) -> OpResult<Vec<(String, u32, OpResult<()>)>> {
         let home = g.home.clone();
         let ts = now_ms();
@@ -491,11 +542,24 @@ impl Groups {
         if changes.is_empty() {
             return Ok(results);
         }
-        let recs = store::group_commit_records(&g.name, &changes, ts);
+        let mut recs = store::group_commit_records(&g.name, &changes, ts);
+        let cleared: Vec<(String, u32)> = {
+            let p = g.pending.borrow();
+            clear_pending
+                .iter()
+                .filter(|tp| p.contains_key(*tp))
+                .cloned()
+                .collect()
+        };
+        recs.extend(store::group_pending_records(&g.name, &cleared, None, ts));
         let target = g.clone();
         home.write_commit(recs, move || {
             if target.gone.get().is_none() {
                 store::apply_changes(&mut target.offsets.borrow_mut(), changes);
+                let mut p = target.pending.borrow_mut();
+                for tp in &cleared {
+                    p.remove(tp);
+                }
             }
         })
         .await?;
@@ -523,6 +587,7 @@ impl Groups {
                     StoredGroup {
                         offsets: g.offsets.borrow().clone(),
                         meta: Some(g.meta()),
+                        pending: g.pending.borrow().clone(),
                     },
                 )
             })
@@ -540,7 +605,12 @@ impl Groups {
         let home = g.home.clone();
         let _turn = home.write_turn().await?;
         g.check_alive()?;
-        let tombstones = store::group_tombstones(name, &g.offsets.borrow(), now_ms());
+        let stored = StoredGroup {
+            offsets: g.offsets.borrow().clone(),
+            meta: None,
+            pending: g.pending.borrow().clone(),
+        };
+        let tombstones = store::group_tombstones(name, &stored, now_ms());
         home.append(&tombstones).await?;
         g.gone.set(Some(ErrorCode::UnknownGroup));
         g.changed.notify();
@@ -806,28 +876,5 @@ impl Group {
             members,
             offsets: self.offsets(|_, _| true),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pending_transactional_offsets_clear_on_completion_and_lapse() {
-        let g = Groups::new(Path::new("/nonexistent"));
-        let later = Instant::now() + Duration::from_secs(60);
-        let parts = vec![("t".to_string(), 0), ("t".to_string(), 1)];
-        g.mark_txn_pending("g", &parts, later);
-        g.mark_txn_pending("other", &parts[..1], later);
-        let mut p = g.txn_pending("g");
-        p.sort();
-        assert_eq!(p, parts);
-        g.clear_txn_pending("g", &parts[..1]);
-        assert_eq!(g.txn_pending("g"), vec![("t".to_string(), 1)]);
-        assert_eq!(g.txn_pending("other"), vec![("t".to_string(), 0)]);
-        // A mark past its time no longer holds.
-        g.mark_txn_pending("g", &parts[..1], Instant::now());
-        assert_eq!(g.txn_pending("g"), vec![("t".to_string(), 1)]);
     }
 }

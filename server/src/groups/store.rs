@@ -263,6 +263,9 @@ impl OffsetLog {
 
 const KEY_OFFSET: u8 = b'O';
 const KEY_GROUP: u8 = b'G';
+/// A transaction's pending offsets of a partition (KIP-447): the value is
+/// until when the mark holds (wall-clock ms); no value clears it.
+const KEY_PENDING: u8 = b'P';
 
 /// What a group's metadata record holds.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -274,11 +277,17 @@ pub struct GroupMeta {
     pub protocol_type: String,
 }
 
+/// Partitions whose offsets a transaction sent (TxnOffsetCommit) and has
+/// neither committed nor aborted, with until when (wall-clock ms) that
+/// holds at most.
+pub type PendingMap = BTreeMap<(String, u32), i64>;
+
 /// One group's stored state.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StoredGroup {
     pub offsets: OffsetMap,
     pub meta: Option<GroupMeta>,
+    pub pending: PendingMap,
 }
 
 /// Every group of one offsets-topic partition.
@@ -290,6 +299,12 @@ fn group_offset_key(group: &str, topic: &str, partition: u32) -> Vec<u8> {
     k.extend_from_slice(group.as_bytes());
     k.push(0);
     k.extend_from_slice(&offset_key(topic, partition));
+    k
+}
+
+fn group_pending_key(group: &str, topic: &str, partition: u32) -> Vec<u8> {
+    let mut k = group_offset_key(group, topic, partition);
+    k[0] = KEY_PENDING;
     k
 }
 
@@ -327,6 +342,25 @@ pub fn group_commit_records(group: &str, changes: &[OffsetChange], ts: i64) -> V
         .collect()
 }
 
+/// The records that mark `parts` of `group` pending until `until_ms`
+/// (`Some`), or clear the mark (`None`).
+pub fn group_pending_records(
+    group: &str,
+    parts: &[(String, u32)],
+    until_ms: Option<i64>,
+    ts: i64,
+) -> Vec<Record> {
+    parts
+        .iter()
+        .map(|(t, p)| Record {
+            timestamp: ts,
+            key: Some(group_pending_key(group, t, *p)),
+            value: until_ms.map(|u| u.to_le_bytes().to_vec()),
+            headers: vec![],
+        })
+        .collect()
+}
+
 /// The record of a group's generation.
 pub fn group_meta_record(group: &str, meta: &GroupMeta, ts: i64) -> Record {
     Record {
@@ -337,10 +371,10 @@ pub fn group_meta_record(group: &str, meta: &GroupMeta, ts: i64) -> Record {
     }
 }
 
-/// The records that delete a group: a tombstone per offset, then one for
-/// its metadata.
-pub fn group_tombstones(group: &str, offsets: &OffsetMap, ts: i64) -> Vec<Record> {
-    offsets
+/// The records that delete a group: a tombstone per offset and pending
+/// mark, then one for its metadata.
+pub fn group_tombstones(group: &str, g: &StoredGroup, ts: i64) -> Vec<Record> {
+    g.offsets
         .keys()
         .map(|(t, p)| Record {
             timestamp: ts,
@@ -348,6 +382,12 @@ pub fn group_tombstones(group: &str, offsets: &OffsetMap, ts: i64) -> Vec<Record
             value: None,
             headers: vec![],
         })
+        .chain(g.pending.keys().map(|(t, p)| Record {
+            timestamp: ts,
+            key: Some(group_pending_key(group, t, *p)),
+            value: None,
+            headers: vec![],
+        }))
         .chain(std::iter::once(Record {
             timestamp: ts,
             key: Some(group_meta_key(group)),
@@ -357,8 +397,9 @@ pub fn group_tombstones(group: &str, offsets: &OffsetMap, ts: i64) -> Vec<Record
         .collect()
 }
 
-/// A snapshot of `groups`: their records again, in batches of at most
-/// about `batch_bytes` of keys and values each.
+/// A snapshot of `groups`: their records again (pending marks that have
+/// not lapsed by `ts`), in batches of at most about `batch_bytes` of keys
+/// and values each.
 pub fn snapshot_batches<'a>(
     groups: impl Iterator<Item = (&'a str, &'a StoredGroup)>,
     ts: i64,
@@ -390,6 +431,11 @@ pub fn snapshot_batches<'a>(
             ts,
         ) {
             push(r, &mut out);
+        }
+        for (tp, until) in g.pending.iter().filter(|(_, u)| **u > ts) {
+            for r in group_pending_records(name, std::slice::from_ref(tp), Some(*until), ts) {
+                push(r, &mut out);
+            }
         }
     }
     out.retain(|b| !b.is_empty());
@@ -424,6 +470,35 @@ pub fn apply_group_records(groups: &mut StoredGroups, recs: &[RecordView<'_>]) {
                     None => {
                         if let Some(g) = groups.get_mut(group) {
                             g.offsets.remove(&tp);
+                        }
+                    }
+                }
+            }
+            Some((&KEY_PENDING, rest)) => {
+                let Some(zero) = rest.iter().position(|&b| b == 0) else {
+                    continue;
+                };
+                let Ok(group) = std::str::from_utf8(&rest[..zero]) else {
+                    continue;
+                };
+                let Some(tp) = parse_key(&rest[zero + 1..]) else {
+                    continue;
+                };
+                let until = r
+                    .value
+                    .and_then(|v| v.try_into().ok())
+                    .map(i64::from_le_bytes);
+                match until {
+                    Some(u) => {
+                        groups
+                            .entry(group.to_string())
+                            .or_default()
+                            .pending
+                            .insert(tp, u);
+                    }
+                    None => {
+                        if let Some(g) = groups.get_mut(group) {
+                            g.pending.remove(&tp);
                         }
                     }
                 }
@@ -507,7 +582,7 @@ mod tests {
         commit(&mut live, &mut stored, "a", vec![(k(1), None)]);
         // Deleting group b: tombstones for everything it has.
         let b = live.remove("b.x").unwrap();
-        stored.push(build_batch(&group_tombstones("b.x", &b.offsets, 3)));
+        stored.push(build_batch(&group_tombstones("b.x", &b, 3)));
         commit(&mut live, &mut stored, "c", vec![(k(9), Some(c(2)))]);
 
         let mut replayed = StoredGroups::new();
@@ -532,6 +607,58 @@ mod tests {
             apply_group_records(&mut tail, &records(batch).unwrap());
         }
         assert_eq!(tail, live);
+    }
+
+    #[test]
+    fn pending_marks_replay_end_with_a_commit_or_tombstone_and_lapse_out_of_snapshots() {
+        let c = Committed {
+            offset: 3,
+            metadata: String::new(),
+            timestamp_ms: 1,
+            leader_epoch: -1,
+        };
+        let k = |p| ("t".to_string(), p);
+        let parts = vec![k(0), k(1), k(2)];
+        let mut stored = vec![
+            build_batch(&group_pending_records("g", &parts, Some(1_000), 1)),
+            build_batch(&group_pending_records("h", &parts[..1], Some(50), 1)),
+        ];
+        let replay = |stored: &[Vec<u8>]| {
+            let mut groups = StoredGroups::new();
+            for b in stored {
+                apply_group_records(&mut groups, &records(b).unwrap());
+            }
+            groups
+        };
+        let g = replay(&stored);
+        assert_eq!(g["g"].pending.len(), 3);
+        assert_eq!(g["g"].pending[&k(1)], 1_000);
+        assert_eq!(g["h"].pending[&k(0)], 50);
+        // A committed transaction: its offset and the end of the mark in
+        // one batch; an aborted one: a tombstone of the mark only.
+        let mut recs = group_commit_records("g", &[(k(0), Some(c.clone()))], 2);
+        recs.extend(group_pending_records("g", &parts[..1], None, 2));
+        stored.push(build_batch(&recs));
+        stored.push(build_batch(&group_pending_records(
+            "g",
+            &parts[1..2],
+            None,
+            2,
+        )));
+        let g = replay(&stored);
+        assert_eq!(g["g"].offsets[&k(0)], c);
+        assert_eq!(
+            g["g"].pending.keys().cloned().collect::<Vec<_>>(),
+            vec![k(2)]
+        );
+        // A snapshot at 100 keeps g's mark, not h's lapsed one; deleting
+        // g removes its marks too.
+        let snap = snapshot_batches(g.iter().map(|(n, s)| (n.as_str(), s)), 100, 1 << 20);
+        let after = replay(&snap.iter().map(|b| build_batch(b)).collect::<Vec<_>>());
+        assert_eq!(after["g"].pending[&k(2)], 1_000);
+        assert!(after.get("h").is_none_or(|h| h.pending.is_empty()));
+        stored.push(build_batch(&group_tombstones("g", &g["g"], 3)));
+        assert!(!replay(&stored).contains_key("g"));
     }
 
     #[test]

@@ -249,8 +249,7 @@ pub async fn abort_txn_offsets(
     shard
         .submit_to(owner, move |s| async move {
             s.groups.ready(index).await?;
-            s.groups.clear_txn_pending(&group, &parts);
-            Ok(())
+            s.groups.clear_txn_pending(&group, index, parts).await
         })
         .await
 }

@@ -392,14 +392,16 @@ pub async fn txn_offset_commit(
         call_node(shard, node, req, WRITE_WAIT).await?;
     }
     // Until the transaction completes, OffsetFetch with require_stable
-    // answers UNSTABLE_OFFSET_COMMIT for these partitions (KIP-447).
+    // answers UNSTABLE_OFFSET_COMMIT for these partitions (KIP-447). The
+    // mark is stored with the group before the request is answered, so
+    // the client's EndTxn always comes after it, and a coordinator that
+    // takes over the group keeps it.
     let parts: Vec<(String, u32)> = good.iter().map(|(tp, _)| tp.clone()).collect();
-    let until = Instant::now() + Duration::from_millis(shard.cfg.transaction_max_timeout_ms);
+    let until_ms = now_ms() + shard.cfg.transaction_max_timeout_ms as i64;
     let g = group_name;
     shard
         .submit_to(gowner, move |s| async move {
-            s.groups.mark_txn_pending(&g, &parts, until);
-            Ok(())
+            s.groups.mark_txn_pending(&g, gindex, parts, until_ms).await
         })
         .await?;
     results.extend(good.into_iter().map(|((t, p), _)| (t, p, Ok(()))));
