@@ -29,8 +29,13 @@ pub fn levee_bin() -> PathBuf {
 /// `LEVEE_TEST_PORTS=FIRST-LAST` narrows the range, so that test processes
 /// run side by side (the lanes of `tests/trials.sh`) cannot pick the same
 /// port between one's check and its broker's bind.
+///
+/// "Never the same twice" holds for the last half of the range handed out:
+/// a long run (the trials start clusters by the hundred) goes on with
+/// ports of clusters long stopped instead of running out.
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    static GIVEN: std::sync::Mutex<std::collections::VecDeque<u16>> =
+        std::sync::Mutex::new(std::collections::VecDeque::new());
     let (first, span) = std::env::var("LEVEE_TEST_PORTS")
         .ok()
         .and_then(|r| {
@@ -46,7 +51,8 @@ pub fn free_port() -> u16 {
         .unwrap_or(1)
         ^ (u64::from(std::process::id()) << 32)
         | 1;
-    loop {
+    let keep = (span / 2).max(1) as usize;
+    for _ in 0..span * 64 {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
@@ -55,10 +61,14 @@ pub fn free_port() -> u16 {
             continue;
         }
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            given.push(port);
+            given.push_back(port);
+            while given.len() > keep {
+                given.pop_front();
+            }
             return port;
         }
     }
+    panic!("no free port in {first}..{}", u64::from(first) + span);
 }
 
 pub fn temp_dir(name: &str) -> PathBuf {
