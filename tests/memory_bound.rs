@@ -64,6 +64,7 @@ fn churn_long_polls(b: &Broker, n: usize) {
                                 offset: 0,
                                 max_bytes: 1 << 20,
                                 leader_epoch: -1,
+                                log_start_offset: -1,
                             }]),
                             replica_id: -1,
                             isolation_level: 0,

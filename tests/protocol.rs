@@ -217,6 +217,7 @@ fn long_poll_fetch_wakes_when_data_arrives_on_another_shard() {
                         offset: 0,
                         max_bytes: 1 << 20,
                         leader_epoch: -1,
+                        log_start_offset: -1,
                     })
                     .collect(),
             ),
@@ -321,6 +322,7 @@ fn fetch_many(r: &mut Raw, topic: &str, parts: &[u32], max_bytes: u32, min_bytes
                         offset: 0,
                         max_bytes: 1 << 20,
                         leader_epoch: -1,
+                        log_start_offset: -1,
                     })
                     .collect(),
             ),

@@ -1201,8 +1201,9 @@ impl Client {
     /// Deletes the records of each `(partition, offset)` of `topic` before
     /// that offset (Kafka's DeleteRecords; `None`: before the high
     /// watermark, i.e. all of them): each partition's leader advances its
-    /// log start. Returns each partition's log start afterwards, in the
-    /// order given.
+    /// log start, and answers once every in-sync replica has. Returns each
+    /// partition's log start afterwards (the lowest of its replicas), in
+    /// the order given.
     pub async fn delete_records(
         &self,
         topic: &str,
@@ -1220,6 +1221,7 @@ impl Client {
                 })?,
             });
         }
+        let request_timeout = self.inner.config.request_timeout;
         let out = self
             .offsets_of(topic, &partitions, "delete records", |idx| {
                 Request::DeleteRecords(Box::new(DeleteRecords {
@@ -1232,6 +1234,11 @@ impl Client {
                             })
                             .collect(),
                     ),
+                    // Within the request's own timeout, so that a replica
+                    // that lags gets an answer that says so.
+                    timeout_ms: (request_timeout.as_millis() as u32)
+                        .saturating_sub(1000)
+                        .max(1),
                 }))
             })
             .await?;
@@ -1479,6 +1486,7 @@ impl Client {
                                     offset: p.offset,
                                     max_bytes: p.max_bytes,
                                     leader_epoch: -1,
+                                    log_start_offset: -1,
                                 }
                             })
                             .collect(),

@@ -241,6 +241,7 @@ mod tests {
                     offset: 7,
                     max_bytes: 4096,
                     leader_epoch: -1,
+                    log_start_offset: -1,
                 }]),
                 replica_id: -1,
                 isolation_level: 0,

@@ -166,6 +166,7 @@ impl Raw {
                     offset,
                     max_bytes: 1 << 20,
                     leader_epoch: -1,
+                    log_start_offset: -1,
                 }]),
                 replica_id: -1,
                 isolation_level: 0,

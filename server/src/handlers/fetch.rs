@@ -18,6 +18,8 @@ pub struct FetchPartition {
     pub max_bytes: usize,
     /// The leader epoch a follower knows (-1: none given).
     pub leader_epoch: i64,
+    /// A follower's log start (-1: not given).
+    pub log_start: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +92,7 @@ fn reader_of(req: &FetchRequest, fp: &FetchPartition) -> Reader {
         Some(node) => Reader::Replica {
             node,
             epoch: fp.leader_epoch,
+            log_start: fp.log_start,
         },
         None if req.read_committed => Reader::Committed,
         None => Reader::Consumer,

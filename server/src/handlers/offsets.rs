@@ -4,6 +4,7 @@
 use crate::error::OpResult;
 use crate::shard::Shard;
 use std::rc::Rc;
+use std::time::Duration;
 
 /// The offset for `spec` in each (topic, partition): -2 the log start, -1
 /// the log end (the last stable offset for a `read_committed` reader),
@@ -38,11 +39,13 @@ pub async fn list_offsets(
 }
 
 /// Advances the log start of each (topic, partition) to its offset (-1:
-/// the high watermark), on the shard that owns it (Kafka's DeleteRecords).
-/// Returns each partition's log start afterwards.
+/// the high watermark), on the shard that owns it (Kafka's DeleteRecords),
+/// and waits (up to `timeout`) until every in-sync replica has. Returns
+/// each partition's low watermark afterwards.
 pub async fn delete_records(
     shard: &Rc<Shard>,
     wanted: Vec<(String, u32, i64)>,
+    timeout: Duration,
 ) -> Vec<(String, u32, OpResult<i64>)> {
     super::await_topics(shard, wanted.iter().map(|w| w.0.as_str())).await;
     let mut out = Vec::with_capacity(wanted.len());
@@ -55,7 +58,7 @@ pub async fn delete_records(
                 shard
                     .submit_to(shard.owner(&topic, partition), move |s| async move {
                         let p = s.partition(&t, partition)?;
-                        Ok(p.delete_records(offset).await? as i64)
+                        Ok(p.delete_records(offset, timeout).await? as i64)
                     })
                     .await
             }

@@ -84,10 +84,12 @@ pub enum Reader {
     /// A read_committed consumer: below the last stable offset, with the
     /// aborted transactions it must skip.
     Committed,
-    /// A follower: its node id and the leader epoch it knows (-1: unknown).
+    /// A follower: its node id, the leader epoch it knows (-1: unknown)
+    /// and its log start (-1: not said).
     Replica {
         node: u64,
         epoch: i64,
+        log_start: i64,
     },
 }
 
@@ -330,7 +332,10 @@ impl Partition {
     /// read; whole segments below it are deleted; the new start is durable
     /// before this returns, and followers take it from their fetches.
     /// Returns the log start afterwards (Kafka's low watermark).
-    pub async fn delete_records(&self, offset: i64) -> OpResult<u64> {
+    /// Answers once every in-sync replica has moved its log start there
+    /// too (with the lowest, Kafka's low watermark), or after `timeout`
+    /// with REQUEST_TIMED_OUT.
+    pub async fn delete_records(&self, offset: i64, timeout: Duration) -> OpResult<u64> {
         self.check_leader()?;
         let hw = self.high_watermark();
         let target = match offset {
@@ -347,7 +352,35 @@ impl Partition {
                 ))
             }
         };
-        self.advance_log_start(target).await
+        let start = self.advance_log_start(target).await?;
+        // Wake the followers' long polls: the answer tells them the new
+        // log start, and their next fetch tells us they moved theirs.
+        self.appended.notify();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let low = self
+                .repl
+                .borrow()
+                .low_watermark(self.log.log_start_offset());
+            if low >= start {
+                return Ok(low);
+            }
+            self.check_leader()?;
+            if Instant::now() >= deadline {
+                return Err(OpError::new(
+                    ErrorCode::RequestTimedOut,
+                    format!(
+                        "the leader of partition {} of `{}` deleted the records before {start}, \
+                         but an in-sync replica still starts at {low} after {} ms; it drops them \
+                         with its next fetch, or leaves the ISR",
+                        self.partition,
+                        self.topic,
+                        timeout.as_millis()
+                    ),
+                ));
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Advances the log start to `offset` (see [`Log::advance_log_start`])
@@ -579,7 +612,11 @@ impl Partition {
     /// fetch tells the leader what the follower holds.
     pub async fn read(&self, offset: u64, max_bytes: usize, reader: Reader) -> OpResult<ReadOut> {
         let (offset, visible) = match reader {
-            Reader::Replica { node, epoch } => {
+            Reader::Replica {
+                node,
+                epoch,
+                log_start,
+            } => {
                 self.repl.borrow().check_replica_fetch(self.name(), epoch)?;
                 let end = self.log.log_end_offset();
                 if offset > end {
@@ -590,11 +627,13 @@ impl Partition {
                         ),
                     ));
                 }
-                if self
-                    .repl
-                    .borrow_mut()
-                    .record_follower_fetch(node, offset, end, Instant::now())
-                {
+                if self.repl.borrow_mut().record_follower_fetch(
+                    node,
+                    offset,
+                    u64::try_from(log_start).ok(),
+                    end,
+                    Instant::now(),
+                ) {
                     self.hw_changed.notify();
                 }
                 // A follower behind our log start gets our first batch and
@@ -662,6 +701,8 @@ impl Partition {
         let replica = matches!(reader, Reader::Replica { .. });
         let deadline = Instant::now() + wait;
         let role = (self.role(), self.repl.borrow().epoch);
+        // A follower learns a new log start (DeleteRecords) from an answer.
+        let log_start = self.log.log_start_offset();
         loop {
             let listen = if replica || !self.is_clustered() {
                 self.appended.listen()
@@ -673,7 +714,8 @@ impl Partition {
                 Reader::Consumer => self.high_watermark(),
                 Reader::Committed => self.last_stable_offset(),
             };
-            let changed = (self.role(), self.repl.borrow().epoch) != role;
+            let changed = (self.role(), self.repl.borrow().epoch) != role
+                || (replica && self.log.log_start_offset() != log_start);
             if end > offset || changed || stop.is_set() {
                 return;
             }

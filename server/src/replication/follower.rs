@@ -139,6 +139,7 @@ impl Shard {
                         offset: p.log.log_end_offset(),
                         max_bytes: 1 << 20,
                         leader_epoch: p.repl.borrow().epoch as i64,
+                        log_start_offset: p.log.log_start_offset() as i64,
                     })
                     .collect(),
             ),

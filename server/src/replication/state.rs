@@ -41,6 +41,8 @@ pub struct FollowerProgress {
     leo_at_last_fetch: u64,
     /// When it last held everything the leader held (Kafka's lastCaughtUpTime).
     pub last_caught_up: Instant,
+    /// Its log start, as its last fetch said (None: not said).
+    pub log_start: Option<u64>,
 }
 
 /// One partition's placement as the cluster metadata gives it.
@@ -198,11 +200,13 @@ impl ReplicaState {
         moved
     }
 
-    /// Leader: follower `node` fetched at `offset`. Returns whether the HW moved.
+    /// Leader: follower `node` fetched at `offset` (its log starting at
+    /// `log_start`, if it said). Returns whether the HW moved.
     pub fn record_follower_fetch(
         &mut self,
         node: u64,
         offset: u64,
+        log_start: Option<u64>,
         log_end: u64,
         now: Instant,
     ) -> bool {
@@ -211,7 +215,11 @@ impl ReplicaState {
             last_fetch: now,
             leo_at_last_fetch: log_end,
             last_caught_up: now,
+            log_start,
         });
+        if log_start.is_some() {
+            f.log_start = log_start;
+        }
         // Caught up now, or at least as far as the leader was when the
         // follower last fetched (Kafka's lastCaughtUpTime).
         if offset >= log_end {
@@ -223,6 +231,26 @@ impl ReplicaState {
         f.last_fetch = now;
         f.leo_at_last_fetch = log_end;
         self.recompute_hw(log_end)
+    }
+
+    /// Leader: the lowest log start of this replica (`own`) and the other
+    /// in-sync ones (Kafka's low watermark): what DeleteRecords deleted
+    /// is gone from every replica that may lead next once it passes the
+    /// offset. A follower that has not said counts as 0.
+    pub fn low_watermark(&self, own: u64) -> u64 {
+        if self.role != Role::Leader || !self.is_clustered() {
+            return own;
+        }
+        self.hw_members()
+            .into_iter()
+            .filter(|&n| n != self.me)
+            .map(|n| {
+                self.followers
+                    .get(&n)
+                    .and_then(|f| f.log_start)
+                    .unwrap_or(0)
+            })
+            .fold(own, u64::min)
     }
 
     /// Follower: the leader's HW arrived with a fetch. Returns whether ours moved.
@@ -409,6 +437,7 @@ impl ReplicaState {
                             last_fetch: now,
                             leo_at_last_fetch: u64::MAX,
                             last_caught_up: now,
+                            log_start: None,
                         },
                     );
                 }
@@ -570,17 +599,35 @@ mod tests {
         // Followers start at 0: nothing is committed yet.
         assert!(!r.recompute_hw(100));
         assert_eq!(r.high_watermark(100), 0);
-        assert!(!r.record_follower_fetch(2, 60, 100, now));
+        assert!(!r.record_follower_fetch(2, 60, None, 100, now));
         assert_eq!(r.high_watermark(100), 0, "node 3 still holds nothing");
-        assert!(r.record_follower_fetch(3, 40, 100, now));
+        assert!(r.record_follower_fetch(3, 40, None, 100, now));
         assert_eq!(r.high_watermark(100), 40);
-        assert!(r.record_follower_fetch(3, 100, 100, now));
+        assert!(r.record_follower_fetch(3, 100, None, 100, now));
         assert_eq!(r.high_watermark(100), 60);
         // A follower going back (it truncated) does not move the HW back.
-        assert!(!r.record_follower_fetch(2, 10, 100, now));
+        assert!(!r.record_follower_fetch(2, 10, None, 100, now));
         assert_eq!(r.high_watermark(100), 60);
         // The HW never passes the leader's own log end.
         assert_eq!(r.high_watermark(50), 50);
+    }
+
+    #[test]
+    fn the_low_watermark_is_the_lowest_in_sync_log_start() {
+        let now = Instant::now();
+        let mut r = leader(100, now);
+        // Followers that have not said their log start count as 0.
+        assert_eq!(r.low_watermark(50), 0);
+        r.record_follower_fetch(2, 100, Some(50), 100, now);
+        assert_eq!(r.low_watermark(50), 0, "node 3 has not said");
+        r.record_follower_fetch(3, 100, Some(20), 100, now);
+        assert_eq!(r.low_watermark(50), 20);
+        // A fetch that does not say keeps what the last one said.
+        r.record_follower_fetch(3, 100, None, 100, now);
+        assert_eq!(r.low_watermark(50), 20);
+        r.record_follower_fetch(3, 100, Some(70), 100, now);
+        assert_eq!(r.low_watermark(50), 50, "the leader's own is lowest");
+        assert_eq!(ReplicaState::single(1).low_watermark(9), 9);
     }
 
     #[test]
@@ -610,8 +657,8 @@ mod tests {
         let now = Instant::now();
         let mut r = leader(10, now);
         assert!(!r.committed(N, 1, 9, 10).unwrap());
-        r.record_follower_fetch(2, 10, 10, now);
-        r.record_follower_fetch(3, 10, 10, now);
+        r.record_follower_fetch(2, 10, None, 10, now);
+        r.record_follower_fetch(3, 10, None, 10, now);
         assert!(r.committed(N, 1, 9, 10).unwrap());
         // Written in another epoch: leadership moved in between.
         assert_eq!(
@@ -649,15 +696,15 @@ mod tests {
     fn a_lagging_follower_leaves_the_isr_once_committed_and_rejoins_when_caught_up() {
         let t0 = Instant::now();
         let mut r = leader(100, t0);
-        r.record_follower_fetch(2, 100, 100, t0);
-        r.record_follower_fetch(3, 100, 100, t0);
+        r.record_follower_fetch(2, 100, None, 100, t0);
+        r.record_follower_fetch(3, 100, None, 100, t0);
         assert_eq!(r.high_watermark(100), 100);
         // Nobody lags yet.
         assert_eq!(r.isr_proposal(t0 + Duration::from_secs(1), LAG), None);
         // Node 3 keeps fetching behind a growing log; node 2 keeps up.
         let t1 = t0 + Duration::from_secs(6);
-        r.record_follower_fetch(2, 200, 200, t1);
-        r.record_follower_fetch(3, 100, 200, t1);
+        r.record_follower_fetch(2, 200, None, 200, t1);
+        r.record_follower_fetch(3, 100, None, 200, t1);
         let (isr, epoch) = r.isr_proposal(t1, LAG).expect("node 3 lags");
         assert_eq!((isr.clone(), epoch), (vec![1, 2], 1));
         // While the proposal is in flight, no second one.
@@ -671,7 +718,7 @@ mod tests {
         assert!(r.recompute_hw(200));
         assert_eq!(r.high_watermark(200), 200);
         // Node 3 catches up to the HW: it is proposed back, and counts at once.
-        r.record_follower_fetch(3, 200, 200, t1);
+        r.record_follower_fetch(3, 200, None, 200, t1);
         let (isr, _) = r.isr_proposal(t1, LAG).expect("node 3 caught up");
         assert_eq!(isr, vec![1, 2, 3]);
         assert_eq!(r.hw_waits_for(), vec![1, 2, 3], "pending expansion counts");
@@ -688,7 +735,7 @@ mod tests {
         let t0 = Instant::now();
         let mut r = leader(10, t0);
         let t1 = t0 + Duration::from_secs(6);
-        r.record_follower_fetch(2, 10, 10, t1);
+        r.record_follower_fetch(2, 10, None, 10, t1);
         assert!(r.isr_proposal(t1, LAG).is_some(), "node 3 never fetched");
         r.proposal_done(false);
         assert_eq!(r.hw_waits_for(), vec![1, 2, 3]);
@@ -704,9 +751,9 @@ mod tests {
         r.recompute_hw(50);
         assert_eq!(r.high_watermark(50), 50);
         // At the HW, but this epoch started at 50 and the follower is at 40.
-        r.record_follower_fetch(2, 40, 50, t0);
+        r.record_follower_fetch(2, 40, None, 50, t0);
         assert_eq!(r.isr_proposal(t0, LAG), None);
-        r.record_follower_fetch(2, 50, 50, t0);
+        r.record_follower_fetch(2, 50, None, 50, t0);
         assert_eq!(r.isr_proposal(t0, LAG).map(|p| p.0), Some(vec![1, 2]));
     }
 
@@ -714,8 +761,8 @@ mod tests {
     fn a_dead_follower_dropped_from_the_isr_does_not_rejoin_on_stale_progress() {
         let t0 = Instant::now();
         let mut r = leader(100, t0);
-        r.record_follower_fetch(2, 100, 100, t0);
-        r.record_follower_fetch(3, 100, 100, t0);
+        r.record_follower_fetch(2, 100, None, 100, t0);
+        r.record_follower_fetch(3, 100, None, 100, t0);
         r.recompute_hw(100);
         // Node 3 dies; its lease expires and the coordinators drop it.
         let pl = placement(Some(1), 1, &[1, 2]);
@@ -724,12 +771,12 @@ mod tests {
         // last progress is still "at the HW", but old: it stays out.
         for s in 1..=20 {
             let t = t0 + Duration::from_millis(500 * s);
-            r.record_follower_fetch(2, 100, 100, t);
+            r.record_follower_fetch(2, 100, None, 100, t);
             assert_eq!(r.isr_proposal(t, LAG), None, "at {s}");
         }
         // Node 3 comes back and fetches at the end: it rejoins.
         let t = t0 + Duration::from_secs(11);
-        r.record_follower_fetch(3, 100, 100, t);
+        r.record_follower_fetch(3, 100, None, 100, t);
         assert_eq!(r.isr_proposal(t, LAG).map(|p| p.0), Some(vec![1, 2, 3]));
     }
 
@@ -737,13 +784,13 @@ mod tests {
     fn a_follower_that_fetches_at_the_leaders_old_end_counts_as_caught_up() {
         let t0 = Instant::now();
         let mut r = leader(100, t0);
-        r.record_follower_fetch(2, 100, 100, t0);
+        r.record_follower_fetch(2, 100, None, 100, t0);
         // The leader's log grew to 150; the follower's next fetch reaches
         // where the leader was at its last fetch: caught up as of then.
         let t1 = t0 + Duration::from_secs(4);
-        r.record_follower_fetch(2, 100, 150, t1);
+        r.record_follower_fetch(2, 100, None, 150, t1);
         let t2 = t1 + Duration::from_secs(3);
-        r.record_follower_fetch(2, 150, 180, t2);
+        r.record_follower_fetch(2, 150, None, 180, t2);
         assert_eq!(r.follower(2).unwrap().last_caught_up, t1);
     }
 

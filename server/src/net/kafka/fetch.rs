@@ -53,6 +53,7 @@ pub async fn fetch(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
                     offset: p.fetch_offset as u64,
                     max_bytes: p.partition_max_bytes.max(1) as usize,
                     leader_epoch: -1,
+                    log_start: -1,
                 });
             }
             asked.push((topic, p.partition, early));

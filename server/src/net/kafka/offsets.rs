@@ -17,6 +17,7 @@ use kafka_protocol::messages::offset_fetch_response::{
 };
 use kafka_protocol::messages::*;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 pub async fn list_offsets(ctx: &Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
     let mut wanted = Vec::new();
@@ -94,7 +95,13 @@ pub async fn delete_records(ctx: &Ctx, req: DeleteRecordsRequest) -> DeleteRecor
             }
         }
     }
-    for (topic, partition, res) in handlers::offsets::delete_records(&ctx.shard, wanted).await {
+    for (topic, partition, res) in handlers::offsets::delete_records(
+        &ctx.shard,
+        wanted,
+        Duration::from_millis(req.timeout_ms.max(0) as u64),
+    )
+    .await
+    {
         let mut r = DeleteRecordsPartitionResult::default();
         r.partition_index = partition as i32;
         match res {

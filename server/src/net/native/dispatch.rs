@@ -362,13 +362,14 @@ pub async fn process(
             offsets_response(handlers::offsets::list_offsets(shard, wanted, false).await)
         }
         Request::DeleteRecords(d) => {
+            let timeout = Duration::from_millis(u64::from(d.timeout_ms));
             let wanted = d
                 .partitions
                 .unwrap_or_default()
                 .into_iter()
                 .map(|dp| (dp.topic, dp.partition, dp.offset))
                 .collect();
-            offsets_response(handlers::offsets::delete_records(shard, wanted).await)
+            offsets_response(handlers::offsets::delete_records(shard, wanted, timeout).await)
         }
         req @ (Request::JoinGroup(_)
         | Request::Heartbeat(_)
@@ -567,6 +568,7 @@ async fn fetch(shard: &Rc<Shard>, f: proto::Fetch) -> Processed {
                 offset: fp.offset,
                 max_bytes: fp.max_bytes as usize,
                 leader_epoch: fp.leader_epoch,
+                log_start: fp.log_start_offset,
             })
             .collect(),
     };
