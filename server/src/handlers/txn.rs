@@ -21,7 +21,7 @@ use levee_core::{group_partition, TXN_TOPIC};
 use levee_schemas::proto::{self, ErrorCode, Request, Response};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// How long a marker write may wait for its replication.
 const MARKER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -435,6 +435,9 @@ pub async fn add_txn_offsets(
         .await
 }
 
+/// Idle connections kept per node and shard for internal requests.
+pub const IDLE_PEER_CONNS: usize = 4;
+
 /// Sends an internal request to node `node` (its client listener) and
 /// waits for its GroupResult.
 async fn call_node(shard: &Shard, node: u32, req: Request, wait: Duration) -> OpResult<()> {
@@ -450,13 +453,44 @@ async fn call_node(shard: &Shard, node: u32, req: Request, wait: Duration) -> Op
         })
         .ok_or_else(|| unavailable(format!("node {node} has no address in the metadata")))?;
     let me = u64::from(shard.cfg.node_id);
-    let mut conn = PeerConn::connect(&addr, me, shard.cfg.max_frame_bytes as usize)
-        .await
-        .map_err(|e| unavailable(format!("connecting to node {node} ({addr}): {e}")))?;
-    let (h, _, _) = conn
-        .call(req, wait)
-        .await
-        .map_err(|e| unavailable(format!("a request to node {node} ({addr}) failed: {e}")))?;
+    // An idle connection of an earlier request, if any; one the peer has
+    // closed since fails, and the request goes again on a new one (the
+    // requests sent this way are safe to repeat: the coordinator retries
+    // them anyway).
+    let idle = shard
+        .peer_conns
+        .borrow_mut()
+        .get_mut(&addr)
+        .and_then(Vec::pop);
+    let reply = match idle {
+        Some(mut conn) => match conn.call(req.clone(), wait).await {
+            Ok(r) => Some((conn, r)),
+            Err(e) => {
+                debug!(node, addr = %addr, error = %e, "an idle connection to a node failed; connecting again");
+                None
+            }
+        },
+        None => None,
+    };
+    let (conn, (h, _, _)) = match reply {
+        Some(r) => r,
+        None => {
+            let mut conn = PeerConn::connect(&addr, me, shard.cfg.max_frame_bytes as usize)
+                .await
+                .map_err(|e| unavailable(format!("connecting to node {node} ({addr}): {e}")))?;
+            let r = conn.call(req, wait).await.map_err(|e| {
+                unavailable(format!("a request to node {node} ({addr}) failed: {e}"))
+            })?;
+            (conn, r)
+        }
+    };
+    {
+        let mut pool = shard.peer_conns.borrow_mut();
+        let idle = pool.entry(addr).or_default();
+        if idle.len() < IDLE_PEER_CONNS {
+            idle.push(conn);
+        }
+    }
     if h.error != ErrorCode::None {
         return Err(OpError::new(h.error, h.message.unwrap_or_default()));
     }

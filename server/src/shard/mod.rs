@@ -68,6 +68,11 @@ pub struct Shard {
     /// The data directory's disk-full state and space reserve, shared by
     /// every shard.
     pub space: Arc<crate::space::SpaceState>,
+    /// Idle connections to other nodes' client listeners for internal
+    /// requests (transaction markers and offsets), by address: at most
+    /// [`crate::handlers::txn::IDLE_PEER_CONNS`] each, reused instead of a
+    /// connection per request.
+    pub(crate) peer_conns: RefCell<HashMap<String, Vec<crate::replication::follower::PeerConn>>>,
 }
 
 impl crate::groups::TopicLookup for Shard {
@@ -108,6 +113,7 @@ impl Shard {
             txns: Rc::new(crate::txn::Txns::default()),
             producer_ids: Cell::new(None),
             space,
+            peer_conns: RefCell::new(HashMap::new()),
             cfg,
         })
     }
