@@ -17,8 +17,8 @@
 //! sends to the coordinators, or slows all its links.
 //!
 //! A failing trial prints its seed and the command that replays it. CI runs
-//! six seeds (1, 2, 4006, 4007, 6002, 11013: among them every kind of fault but slow
-//! links); `TRIALS=N` runs N more (seeds from `TRIAL_SEED`, default 1000,
+//! eight seeds (1, 2, 4006, 4007, 6002, 11013, 13014, 13510: among them
+//! every kind of fault but slow links); `TRIALS=N` runs N more (seeds from `TRIAL_SEED`, default 1000,
 //! upwards) and prints a summary. `TRIAL_SEED=S TRIALS=1` replays one.
 //! Half the kills also tear the last batch of the killed node's newest
 //! segment (zeros or garbage from a point inside it). Even seeds run with
@@ -753,8 +753,11 @@ fn seeded_fault_trials() {
         // Between them: kill -9, SIGSTOP, a torn tail, an isolated node,
         // a one-way cut, and full disks: 6002 stopped a replica's log and
         // a new leader's epoch write; 11013 lost 2,320 acknowledged
-        // records to an epoch write that failed.
-        vec![1, 2, 4006, 4007, 6002, 11013]
+        // records to an epoch write that failed; 13014 and 13510 left
+        // replicas divergent (a follower appended a fetch answered by a
+        // leader it no longer followed; the timing that needs is not
+        // certain to recur on every run).
+        vec![1, 2, 4006, 4007, 6002, 11013, 13014, 13510]
     };
     let started = Instant::now();
     let mut faults: BTreeMap<&'static str, usize> = BTreeMap::new();
