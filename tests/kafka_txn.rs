@@ -754,6 +754,117 @@ fn a_transaction_past_its_timeout_is_aborted_and_its_producer_fenced() {
     );
 }
 
+/// WriteTxnMarkers, as Kafka's admin `abortTransaction` (and
+/// `kafka-transactions.sh abort`) sends it to a partition's leader to end
+/// a transaction that holds read_committed consumers: an abort marker
+/// written this way ends the transaction on that partition. No client at
+/// hand sends this API (it is Kafka's inter-broker and admin one), so the
+/// request is built by hand.
+#[test]
+fn write_txn_markers_ends_an_open_transaction_on_a_partition() {
+    let b = Broker::start("kafka-txn-markers");
+    let boot = b.kafka.to_string();
+    create_topic(&b, "hang", 1);
+    let p = txn_producer(&boot, "hang-id");
+    p.init_transactions(T).unwrap();
+    p.begin_transaction().unwrap();
+    send_n(&p, "hang", 1, "open", 5);
+    p.flush(T).unwrap();
+    let plain = producer("plain", &producer_config(&boot, "all", "none"));
+    send_n(&plain, "hang", 1, "after", 3);
+    flush_all_delivered(&plain, 3);
+    let rc = reader(&boot, "hang", 1, true);
+    assert!(
+        consume_for(&rc, Duration::from_secs(2)).is_empty(),
+        "read_committed read past an open transaction"
+    );
+
+    let (ok, out, err) = common::levee(&b.bootstrap(), &["txn", "list", "--open"], None);
+    assert!(ok, "levee txn list: {err}");
+    let out = String::from_utf8(out).unwrap();
+    let f: Vec<String> = out
+        .lines()
+        .find(|l| l.starts_with("hang-id\t"))
+        .unwrap_or_else(|| panic!("no hang-id in:\n{out}"))
+        .split('\t')
+        .map(str::to_string)
+        .collect();
+    let (pid, epoch): (i64, i16) = (f[2].parse().unwrap(), f[3].parse().unwrap());
+
+    // WriteTxnMarkers v1 (flexible; Kafka 4 dropped v0): one marker
+    // (abort) for hang/0 and for a topic that does not exist; then again
+    // with an epoch older than the producer's.
+    let mut k = KafkaRaw::connect(b.kafka);
+    let mut write_markers = |epoch: i16| -> Vec<(String, i32, i16)> {
+        use kafka_protocol::messages::write_txn_markers_request::{
+            WritableTxnMarker, WritableTxnMarkerTopic,
+        };
+        use kafka_protocol::messages::*;
+        use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+        let topic = |n: &str| {
+            let mut t = WritableTxnMarkerTopic::default();
+            t.name = TopicName(StrBytes::from_string(n.to_string()));
+            t.partition_indexes = vec![0];
+            t
+        };
+        let mut m = WritableTxnMarker::default();
+        m.producer_id = ProducerId(pid);
+        m.producer_epoch = epoch;
+        m.transaction_result = false;
+        m.topics = vec![topic("hang"), topic("nope")];
+        let mut req = WriteTxnMarkersRequest::default();
+        req.markers = vec![m];
+        let mut h = RequestHeader::default();
+        h.request_api_key = ApiKey::WriteTxnMarkers as i16;
+        h.request_api_version = 1;
+        h.correlation_id = 7;
+        let mut buf = bytes::BytesMut::new();
+        h.encode(&mut buf, ApiKey::WriteTxnMarkers.request_header_version(1))
+            .unwrap();
+        req.encode(&mut buf, 1).unwrap();
+        let mut frame = (buf.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&buf);
+        k.send_bytes(&frame).unwrap();
+        let (corr, body) = k.recv().expect("a WriteTxnMarkers answer");
+        assert_eq!(corr, 7);
+        // The rest of response header v1: its tagged fields (none).
+        let mut b = bytes::Bytes::from(body[1..].to_vec());
+        assert_eq!(body[0], 0, "response header tagged fields");
+        let r = WriteTxnMarkersResponse::decode(&mut b, 1).unwrap();
+        assert_eq!(r.markers.len(), 1);
+        assert_eq!(r.markers[0].producer_id, ProducerId(pid));
+        r.markers[0]
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|p| (t.name.as_str().to_string(), p.partition_index, p.error_code))
+            })
+            .collect()
+    };
+    let got = write_markers(epoch);
+    assert_eq!(
+        got,
+        vec![("hang".to_string(), 0, 0), ("nope".to_string(), 0, 3)],
+        "written on hang/0, UNKNOWN_TOPIC_OR_PARTITION for nope"
+    );
+    assert_eq!(
+        values(&consume_n(&rc, 3, T)),
+        tagged("after", 3),
+        "after the abort marker: the records after it, none of the transaction's"
+    );
+    assert!(consume_for(&rc, Duration::from_secs(1)).is_empty());
+    let got = write_markers(epoch - 1);
+    assert_eq!(
+        got[0],
+        ("hang".to_string(), 0, 47),
+        "INVALID_PRODUCER_EPOCH"
+    );
+    // The producer's own abort goes through its coordinator as usual.
+    p.abort_transaction(T).expect("abort");
+}
+
 // ---------------------------------------------------------------------
 // A three-node cluster.
 

@@ -136,6 +136,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::EndTxn, 0, 3),
     (ApiKey::TxnOffsetCommit, 0, 3),
     (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::WriteTxnMarkers, 1, 1),
 ];
 
 /// Whether `key` at `version` is served.
@@ -265,6 +266,7 @@ pub fn decode_any(frame_body: &[u8]) -> Result<(), String> {
         AddOffsetsToTxn => m::AddOffsetsToTxnRequest,
         EndTxn => m::EndTxnRequest,
         TxnOffsetCommit => m::TxnOffsetCommitRequest,
+        WriteTxnMarkers => m::WriteTxnMarkersRequest,
     )
     .map_err(|e| e.to_string())
 }

@@ -208,6 +208,7 @@ async fn process(shard: &Rc<Shard>, body: &mut Bytes, host: Rc<str>) -> Reply {
         ApiKey::AddOffsetsToTxn => serve!(m::AddOffsetsToTxnRequest, txn::add_offsets_to_txn),
         ApiKey::EndTxn => serve!(m::EndTxnRequest, txn::end_txn),
         ApiKey::TxnOffsetCommit => serve!(m::TxnOffsetCommitRequest, txn::txn_offset_commit),
+        ApiKey::WriteTxnMarkers => serve!(m::WriteTxnMarkersRequest, txn::write_txn_markers),
         _ => Reply::Frame(minimal_error(corr, code::UNSUPPORTED_VERSION)),
     }
 }

@@ -1,6 +1,6 @@
 //! Kafka's transaction APIs (KIP-98): AddPartitionsToTxn, AddOffsetsToTxn,
-//! EndTxn and TxnOffsetCommit (InitProducerId with a transactional id is
-//! in `producers.rs`). The work is in `handlers/txn.rs`.
+//! EndTxn, TxnOffsetCommit and WriteTxnMarkers (InitProducerId with a
+//! transactional id is in `producers.rs`). The work is in `handlers/txn.rs`.
 
 use super::codec::{code, kafka_error};
 use super::Ctx;
@@ -173,6 +173,69 @@ pub async fn txn_offset_commit(ctx: &Ctx, req: TxnOffsetCommitRequest) -> TxnOff
             tr.partitions.push(pr);
         }
         out.topics.push(tr);
+    }
+    out
+}
+
+/// WriteTxnMarkers (Kafka's inter-broker API, and what Kafka's admin
+/// `abortTransaction` / `kafka-transactions.sh abort` sends to a
+/// partition's leader to end a hanging transaction): writes each marker
+/// on the partitions this node leads; others get NOT_LEADER_OR_FOLLOWER,
+/// internal topics INVALID_TOPIC_EXCEPTION, and a producer epoch older
+/// than the partition's INVALID_PRODUCER_EPOCH (this API has no
+/// PRODUCER_FENCED).
+pub async fn write_txn_markers(ctx: &Ctx, req: WriteTxnMarkersRequest) -> WriteTxnMarkersResponse {
+    use crate::partition::txns::Marker;
+    use kafka_protocol::messages::write_txn_markers_response::{
+        WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
+    };
+    let mut out = WriteTxnMarkersResponse::default();
+    for m in &req.markers {
+        let marker = Marker {
+            commit: m.transaction_result,
+            coordinator_epoch: m.coordinator_epoch,
+        };
+        let mut result = WritableTxnMarkerResult::default();
+        result.producer_id = m.producer_id;
+        for t in &m.topics {
+            let topic = t.name.as_str().to_string();
+            let mut tr = WritableTxnMarkerTopicResult::default();
+            tr.name = t.name.clone();
+            for &p in &t.partition_indexes {
+                let res = if p < 0 {
+                    Err(OpError::new(
+                        ErrorCode::UnknownTopicOrPartition,
+                        format!("partition {p} of `{topic}` does not exist"),
+                    ))
+                } else {
+                    match handlers::topics::check_not_internal(&topic, "write markers to") {
+                        Ok(()) => {
+                            handlers::txn::write_marker_here(
+                                &ctx.shard,
+                                topic.clone(),
+                                p as u32,
+                                m.producer_id.0,
+                                m.producer_epoch,
+                                marker,
+                            )
+                            .await
+                        }
+                        Err(e) => Err(e),
+                    }
+                };
+                let mut pr = WritableTxnMarkerPartitionResult::default();
+                pr.partition_index = p;
+                if let Err(e) = res {
+                    pr.error_code = match e.code {
+                        ErrorCode::ProducerFenced => code::INVALID_PRODUCER_EPOCH,
+                        c => kafka_error(c, false),
+                    };
+                }
+                tr.partitions.push(pr);
+            }
+            result.topics.push(tr);
+        }
+        out.markers.push(result);
     }
     out
 }
