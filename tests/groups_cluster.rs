@@ -180,7 +180,6 @@ fn native_group_survives_a_kill_9_of_its_coordinator() {
         })
         .collect();
 
-    std::thread::sleep(Duration::from_secs(4));
     let rt = runtime();
     let probe = rt.block_on(client(&bs));
     let committed = |probe: &Client| -> BTreeMap<u32, u64> {
@@ -191,12 +190,22 @@ fn native_group_survives_a_kill_9_of_its_coordinator() {
             .map(|o| (o.partition, o.offset))
             .collect()
     };
+    // The members have consumed and committed for a while (on a loaded
+    // machine, the first commit may take longer than the 4 s waited).
+    std::thread::sleep(Duration::from_secs(4));
+    let until = Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        let c = committed(&probe);
+        if !c.is_empty() {
+            break c;
+        }
+        assert!(Instant::now() < until, "nothing committed before the kill");
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let victim = rt
         .block_on(probe.group_coordinator(group))
         .unwrap()
         .expect("a coordinator");
-    let before = committed(&probe);
-    assert!(!before.is_empty(), "nothing committed before the kill");
     eprintln!("killing node {victim}, coordinator of {group}; committed {before:?}");
     let killed_at = Instant::now();
     nodes[victim as usize - 1].kill();
