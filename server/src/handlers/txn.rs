@@ -12,7 +12,7 @@
 use crate::error::{OpError, OpResult};
 use crate::groups::OffsetCommit;
 use crate::partition::txns::Marker;
-use crate::replication::follower::PeerConn;
+use crate::replication::peer::PeerConn;
 use crate::shard::{Shard, REGISTRY_SHARD};
 use crate::topics::TopicMeta;
 use crate::txn::state::{self, EndOutcome, InitOutcome, TxnMeta, TxnOffset, TxnState};

@@ -24,4 +24,5 @@
 
 pub(crate) mod follower;
 mod leader;
+pub(crate) mod peer;
 pub mod state;

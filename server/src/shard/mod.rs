@@ -72,7 +72,7 @@ pub struct Shard {
     /// requests (transaction markers and offsets), by address: at most
     /// [`crate::handlers::txn::IDLE_PEER_CONNS`] each, reused instead of a
     /// connection per request.
-    pub(crate) peer_conns: RefCell<HashMap<String, Vec<crate::replication::follower::PeerConn>>>,
+    pub(crate) peer_conns: RefCell<HashMap<String, Vec<crate::replication::peer::PeerConn>>>,
 }
 
 impl crate::groups::TopicLookup for Shard {
