@@ -531,7 +531,19 @@ fn group_coordinator_kill_keeps_committed_offsets_and_the_group_goes_on() {
         .collect();
 
     let probe = consumer("gc-probe", &reader_config(&boot));
+    // The members consume and commit for a while first (on a loaded
+    // machine the first commit may take longer than the 4 s waited).
     std::thread::sleep(Duration::from_secs(4));
+    let until = Instant::now() + Duration::from_secs(30);
+    while commits.lock().unwrap().iter().all(|(_, c)| c.is_empty())
+        || processed.lock().unwrap().is_empty()
+    {
+        assert!(
+            Instant::now() < until,
+            "nothing processed and committed before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let victim = group_coordinator(&probe, group);
     let before_kill = processed.lock().unwrap().len();
     assert!(before_kill > 0, "nothing processed before the kill");
