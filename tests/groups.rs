@@ -327,6 +327,50 @@ fn empty_groups_expire_after_the_offsets_retention() {
     assert!(!b.data_dir.join("__groups").join("old").exists());
 }
 
+/// An empty group's offsets retention runs from its last stored change,
+/// not from when a coordinator (re)loaded it: a restart in between does
+/// not start it again.
+#[test]
+fn a_restart_does_not_restart_an_empty_groups_retention() {
+    let dir = common::temp_dir("groups-retention-restart-cfg");
+    let cfg = dir.join("levee.toml");
+    std::fs::write(&cfg, "group_offsets_retention_ms = 6000\n").unwrap();
+    let mut b = Broker::start_with(
+        "groups-retention-restart",
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let mut c = Raw::hello(&b);
+    c.create("t", 1);
+    assert_eq!(
+        commit(&mut c, "old", "", -1, &[("t", 0, 3)]).0,
+        ErrorCode::None
+    );
+    let committed = Instant::now();
+    std::thread::sleep(Duration::from_secs(4));
+    b.kill();
+    b.restart();
+    let mut c = Raw::hello(&b);
+    assert_eq!(
+        fetch_offsets(&mut c, "old").len(),
+        1,
+        "expired before its retention"
+    );
+    // Due 6 s after the commit (checked every second); a retention that
+    // started again at the restart would keep it past 10 s.
+    loop {
+        if fetch_offsets(&mut c, "old").is_empty() {
+            break;
+        }
+        assert!(
+            committed.elapsed() < Duration::from_millis(9500),
+            "the empty group outlived its retention: the restart started it again"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("expired {:?} after the commit", committed.elapsed());
+    assert!(committed.elapsed() >= Duration::from_millis(5000));
+}
+
 fn add_partitions(c: &mut Raw, topic: &str, count: u32, assignment: &[&[u32]]) -> ErrorCode {
     let (h, _) = c.call(
         Request::AddPartitions(Box::new(AddPartitions {

@@ -133,6 +133,8 @@ pub struct Group {
     home: Rc<Home>,
     /// The generation last written to the home (written after each rebalance).
     stored_generation: Cell<i32>,
+    /// When (wall-clock ms) that generation was written (0: not known).
+    generation_written_ms: Cell<i64>,
     driver_running: Cell<bool>,
     /// Deleted, or this node stopped coordinating it: the error requests get.
     gone: Cell<Option<ErrorCode>>,
@@ -235,14 +237,35 @@ impl Groups {
 
     fn adopt(&self, home: &Rc<Home>, name: String, sg: StoredGroup) -> Rc<Group> {
         let generation = sg.meta.as_ref().map_or(0, |m| m.generation);
+        let written_ms = sg.meta.as_ref().map_or(0, |m| m.written_ms);
+        // Loaded with no members: empty since its last stored change (its
+        // generation or a commit), so a failover or restart does not
+        // start its offsets retention again.
+        let now = Instant::now();
+        let last_ms = sg
+            .offsets
+            .values()
+            .map(|c| c.timestamp_ms)
+            .chain(std::iter::once(written_ms))
+            .filter(|&ms| ms > 0)
+            .max();
+        let empty_since = last_ms
+            .and_then(|ms| {
+                let ago = u64::try_from(now_ms().saturating_sub(ms)).unwrap_or(0);
+                now.checked_sub(Duration::from_millis(ago))
+            })
+            .unwrap_or(now);
+        let mut machine = GroupMachine::with_generation(now, generation);
+        machine.set_empty_since(empty_since);
         let g = Rc::new(Group {
             name: name.clone(),
-            machine: RefCell::new(GroupMachine::with_generation(Instant::now(), generation)),
+            machine: RefCell::new(machine),
             offsets: RefCell::new(sg.offsets),
             pending: RefCell::new(sg.pending),
             changed: LocalEvent::default(),
             home: home.clone(),
             stored_generation: Cell::new(generation),
+            generation_written_ms: Cell::new(written_ms),
             driver_running: Cell::new(false),
             gone: Cell::new(None),
         });
@@ -674,6 +697,11 @@ impl Group {
         GroupMeta {
             generation: m.generation(),
             protocol_type: m.protocol_type().unwrap_or("").to_string(),
+            written_ms: if m.generation() == self.stored_generation.get() {
+                self.generation_written_ms.get()
+            } else {
+                0
+            },
         }
     }
 
@@ -692,9 +720,13 @@ impl Group {
         if meta.generation <= self.stored_generation.get() || self.gone.get().is_some() {
             return;
         }
-        let rec = store::group_meta_record(&self.name, &meta, now_ms());
+        let ts = now_ms();
+        let rec = store::group_meta_record(&self.name, &meta, ts);
         match self.home.append(&[rec]).await {
-            Ok(_) => self.stored_generation.set(meta.generation),
+            Ok(_) => {
+                self.stored_generation.set(meta.generation);
+                self.generation_written_ms.set(ts);
+            }
             Err(e) => {
                 tracing::debug!(group = %self.name, error = %e.message, "storing the group's generation failed")
             }

@@ -228,6 +228,11 @@ impl GroupMachine {
     }
 
     /// Since when the group has had no members (`None`: it has some).
+    /// A group loaded with no members: when it last changed, as stored.
+    pub fn set_empty_since(&mut self, since: Instant) {
+        self.empty_since = since;
+    }
+
     pub fn empty_since(&self) -> Option<Instant> {
         self.members.is_empty().then_some(self.empty_since)
     }

@@ -275,7 +275,15 @@ pub struct GroupMeta {
     pub generation: i32,
     /// `consumer` for Kafka consumer groups, empty for native ones.
     pub protocol_type: String,
+    /// When (wall-clock ms) this generation was first written, 0 if not
+    /// known: a group with no members loaded by a new coordinator counts
+    /// its offsets retention from its last generation or commit, not from
+    /// the load. Kept in a record header, so snapshots keep it.
+    pub written_ms: i64,
 }
+
+/// The record header that carries a generation's first write time.
+const WRITTEN_HEADER: &[u8] = b"written_ms";
 
 /// Partitions whose offsets a transaction sent (TxnOffsetCommit) and has
 /// neither committed nor aborted, with until when (wall-clock ms) that
@@ -326,6 +334,7 @@ fn parse_meta(v: &[u8]) -> Option<GroupMeta> {
     Some(GroupMeta {
         generation: i32::from_le_bytes(v.get(..4)?.try_into().ok()?),
         protocol_type: String::from_utf8_lossy(v.get(4..)?).into_owned(),
+        written_ms: 0,
     })
 }
 
@@ -362,12 +371,21 @@ pub fn group_pending_records(
 }
 
 /// The record of a group's generation.
+/// (`meta.written_ms`, if known, else `ts`, is its write time.)
 pub fn group_meta_record(group: &str, meta: &GroupMeta, ts: i64) -> Record {
+    let written = if meta.written_ms > 0 {
+        meta.written_ms
+    } else {
+        ts
+    };
     Record {
         timestamp: ts,
         key: Some(group_meta_key(group)),
         value: Some(meta_value(meta)),
-        headers: vec![],
+        headers: vec![(
+            WRITTEN_HEADER.to_vec(),
+            Some(written.to_be_bytes().to_vec()),
+        )],
     }
 }
 
@@ -508,7 +526,16 @@ pub fn apply_group_records(groups: &mut StoredGroups, recs: &[RecordView<'_>]) {
                     continue;
                 };
                 match r.value.and_then(parse_meta) {
-                    Some(m) => groups.entry(group.to_string()).or_default().meta = Some(m),
+                    Some(mut m) => {
+                        // Records of older versions: their own timestamp.
+                        m.written_ms = r
+                            .headers
+                            .iter()
+                            .find(|(k, _)| *k == WRITTEN_HEADER)
+                            .and_then(|(_, v)| v.and_then(|v| v.try_into().ok()))
+                            .map_or(r.timestamp, i64::from_be_bytes);
+                        groups.entry(group.to_string()).or_default().meta = Some(m)
+                    }
                     // The group was deleted.
                     None => {
                         groups.remove(group);
@@ -573,9 +600,11 @@ mod tests {
             vec![(k(0), Some(c(5))), (k(1), Some(c(7)))],
         );
         commit(&mut live, &mut stored, "b.x", vec![(k(0), Some(c(1)))]);
+        // Written at 2: the snapshot below (at 5) keeps that time.
         let meta = GroupMeta {
             generation: 4,
             protocol_type: "consumer".into(),
+            written_ms: 2,
         };
         stored.push(build_batch(&[group_meta_record("a", &meta, 2)]));
         live.get_mut("a").unwrap().meta = Some(meta.clone());
