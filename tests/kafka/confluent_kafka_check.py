@@ -3,7 +3,8 @@
 client's default settings: admin create and list topics, produce with every
 codec, keys, a null key and headers, consume everything back, a consumer
 group that commits and a second member that resumes at the commit, topic
-ids, create partitions, alter and describe topic configs, list the groups.
+ids, create partitions, alter and describe topic configs, list, describe
+and delete the groups, describe the cluster and the broker's configs.
 
 Usage: confluent_kafka_check.py HOST:PORT
 Exits non-zero with a message naming what failed.
@@ -14,7 +15,8 @@ import uuid
 import warnings
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+from confluent_kafka.admin import (AdminClient, ConfigResource, NewPartitions, NewTopic,
+                                   ResourceType)
 
 
 def fail(msg):
@@ -248,7 +250,27 @@ def main():
     groups = admin.list_consumer_groups(request_timeout=10).result()
     names = [g.group_id for g in groups.valid]
     check(group in names, f"list_consumer_groups does not show {group}: {names}")
+
+    # DescribeGroups: the member and its partitions.
+    d = admin.describe_consumer_groups([group], request_timeout=10)[group].result(timeout=15)
+    check(d.group_id == group and len(d.members) == 1,
+          f"describe_consumer_groups: {len(d.members)} members, {d}")
+    assigned = d.members[0].assignment.topic_partitions if d.members[0].assignment else []
+    check(any(tp.topic == topic for tp in assigned),
+          f"describe_consumer_groups assignment: {assigned}")
+    # DescribeCluster, and the broker's configs (DescribeConfigs, BROKER).
+    cl = admin.describe_cluster(request_timeout=10).result(timeout=15)
+    check(len(cl.nodes) == 1 and cl.controller is not None and cl.cluster_id,
+          f"describe_cluster: {cl.cluster_id} controller {cl.controller} nodes {cl.nodes}")
+    broker = ConfigResource(ResourceType.BROKER, str(cl.nodes[0].id))
+    bc = admin.describe_configs([broker], request_timeout=10)[broker].result(timeout=15)
+    check(len(bc) > 0, "describe_configs of the broker returned nothing")
     c.close()
+    # DeleteGroups: the group (empty once its member left) and its offsets.
+    admin.delete_consumer_groups([group], request_timeout=10)[group].result(timeout=15)
+    groups = admin.list_consumer_groups(request_timeout=10).result()
+    names = [g.group_id for g in groups.valid]
+    check(group not in names, f"{group} still listed after delete_consumer_groups: {names}")
     print(f"confluent-kafka {__import__('confluent_kafka').version()[0]}: OK")
 
 
