@@ -1,7 +1,7 @@
 //! Bad input on the Kafka port, over raw TCP: a frame over
 //! `max_frame_bytes`, frames too short for a header, undecodable requests,
 //! an unknown API key, unsupported versions, a batch with a wrong CRC
-//! (CORRUPT_MESSAGE), a magic 1 batch (UNSUPPORTED_FOR_MESSAGE_FORMAT), an
+//! (CORRUPT_MESSAGE), magic 0 and 1 batches (UNSUPPORTED_FOR_MESSAGE_FORMAT), an
 //! unknown topic (UNKNOWN_TOPIC_OR_PARTITION). Each gets a Kafka error code
 //! or a closed connection, for that connection only: a well-behaved
 //! librdkafka producer keeps producing throughout and a raw client on its
@@ -238,15 +238,17 @@ fn bad_requests_get_an_error_or_a_closed_connection_and_other_clients_keep_worki
     );
     check_untouched(&mut good, "wrong CRC");
 
-    // A batch of magic 1 (the pre-0.11 message set format).
-    let mut old = batch(3);
-    old[16] = 1;
-    assert_eq!(
-        bad.produce("bad", 0, &old).0,
-        UNSUPPORTED_FOR_MESSAGE_FORMAT,
-        "magic 1"
-    );
-    check_untouched(&mut good, "magic 1");
+    // Batches of magic 0 and 1 (the pre-0.11 message set formats).
+    for magic in [0u8, 1] {
+        let mut old = batch(3);
+        old[16] = magic;
+        assert_eq!(
+            bad.produce("bad", 0, &old).0,
+            UNSUPPORTED_FOR_MESSAGE_FORMAT,
+            "magic {magic}"
+        );
+        check_untouched(&mut good, "magic 0 or 1");
+    }
 
     // An unknown topic (auto-creation is off), an unknown partition.
     assert_eq!(
