@@ -1,7 +1,7 @@
 //! Bad input on the Kafka port, over raw TCP: a frame over
 //! `max_frame_bytes`, frames too short for a header, undecodable requests,
 //! an unknown API key, unsupported versions, a batch with a wrong CRC
-//! (CORRUPT_MESSAGE), magic 0 and 1 batches (UNSUPPORTED_FOR_MESSAGE_FORMAT), an
+//! (CORRUPT_MESSAGE), fetch sessions (FETCH_SESSION_ID_NOT_FOUND), magic 0 and 1 batches (UNSUPPORTED_FOR_MESSAGE_FORMAT), an
 //! unknown topic (UNKNOWN_TOPIC_OR_PARTITION). Each gets a Kafka error code
 //! or a closed connection, for that connection only: a well-behaved
 //! librdkafka producer keeps producing throughout and a raw client on its
@@ -272,6 +272,37 @@ fn bad_requests_get_an_error_or_a_closed_connection_and_other_clients_keep_worki
         "list offsets of an unknown topic"
     );
     check_untouched(&mut good, "unknown topic");
+
+    // Fetch sessions (KIP-227) are declined: a full fetch (session id 0,
+    // epoch 0 or -1) gets session id 0 back; an incremental one (a session
+    // id, or an epoch past 0) FETCH_SESSION_ID_NOT_FOUND.
+    for (session, epoch, want) in [(0, -1, 0i16), (0, 0, 0), (7, 1, 70), (0, 3, 70), (7, 0, 70)] {
+        use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+        use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, TopicName};
+        use kafka_protocol::protocol::StrBytes;
+        let mut p = FetchPartition::default();
+        p.partition = 0;
+        p.partition_max_bytes = 1 << 20;
+        let mut t = FetchTopic::default();
+        t.topic = TopicName(StrBytes::from_static_str("bad"));
+        t.partitions = vec![p];
+        let mut req = FetchRequest::default();
+        req.replica_id = kafka_protocol::messages::BrokerId(-1);
+        req.max_wait_ms = 10;
+        req.max_bytes = 1 << 20;
+        req.session_id = session;
+        req.session_epoch = epoch;
+        req.topics = vec![t];
+        let r: FetchResponse = bad.call_encoded(ApiKey::Fetch, 12, &req);
+        assert_eq!(
+            (r.error_code, r.session_id),
+            (want, 0),
+            "fetch with session id {session}, epoch {epoch}"
+        );
+        if want == 0 {
+            assert_eq!(r.responses.len(), 1, "a full fetch answers its partitions");
+        }
+    }
 
     // After all that, the same connection still produces.
     assert_eq!(bad.produce("bad", 0, &batch(2)), (0, 0), "a valid batch");

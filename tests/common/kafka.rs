@@ -445,6 +445,46 @@ impl KafkaRaw {
         b
     }
 
+    /// One request encoded by the `kafka-protocol` crate (any version,
+    /// flexible ones too), and its decoded response.
+    pub fn call_encoded<Req, Resp>(
+        &mut self,
+        key: kafka_protocol::messages::ApiKey,
+        version: i16,
+        req: &Req,
+    ) -> Resp
+    where
+        Req: kafka_protocol::protocol::Encodable,
+        Resp: kafka_protocol::protocol::Decodable,
+    {
+        use kafka_protocol::messages::{RequestHeader, ResponseHeader};
+        use kafka_protocol::protocol::{Decodable, Encodable};
+        let corr = self.next;
+        self.next += 1;
+        let mut h = RequestHeader::default();
+        h.request_api_key = key as i16;
+        h.request_api_version = version;
+        h.correlation_id = corr;
+        let mut buf = bytes::BytesMut::new();
+        h.encode(&mut buf, key.request_header_version(version))
+            .unwrap();
+        req.encode(&mut buf, version).unwrap();
+        let mut frame = (buf.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&buf);
+        self.s.write_all(&frame).unwrap();
+        let mut len = [0u8; 4];
+        self.s.read_exact(&mut len).unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        self.s.read_exact(&mut body).unwrap();
+        let mut b = bytes::Bytes::from(body);
+        let rh = ResponseHeader::decode(&mut b, key.response_header_version(version)).unwrap();
+        assert_eq!(
+            rh.correlation_id, corr,
+            "correlation id of {key:?} v{version}"
+        );
+        Resp::decode(&mut b, version).unwrap()
+    }
+
     /// ApiVersions v0: (error, [(api key, min, max)]).
     pub fn api_versions(&mut self) -> (i16, Vec<(i16, i16, i16)>) {
         let b = self.call(api::API_VERSIONS, 0, &[]);

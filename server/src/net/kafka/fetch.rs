@@ -1,8 +1,8 @@
 //! Kafka's Fetch: long-polled reads of stored batches, returned as stored.
 //! Fetch sessions (KIP-227) are declined the way the KIP allows: every
 //! response carries session id 0, so clients keep sending full fetches;
-//! an incremental fetch on a session id this broker never gave out gets
-//! FETCH_SESSION_ID_NOT_FOUND.
+//! an incremental fetch on a session this broker never gave out (a session
+//! id, or an epoch past 0) gets FETCH_SESSION_ID_NOT_FOUND.
 
 use super::codec::{code, kafka_error};
 use super::Ctx;
@@ -21,7 +21,9 @@ fn leader_epoch(ctx: &Ctx, topic: &str, partition: i32) -> Option<i64> {
 
 pub async fn fetch(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
     let mut out = FetchResponse::default();
-    if req.session_id != 0 {
+    // An incremental fetch (a session id, or an epoch past 0 without one)
+    // names a session this broker never gave out.
+    if req.session_id != 0 || req.session_epoch > 0 {
         out.error_code = code::FETCH_SESSION_ID_NOT_FOUND;
         return out;
     }
