@@ -121,6 +121,33 @@ fn leader_kill_during_kafka_produce_and_consume_loses_no_acknowledged_message() 
     }
     let victim = parts.iter().find(|p| p.id == 0).unwrap().leader;
 
+    // A produce or fetch sent to a replica that does not lead the
+    // partition: NOT_LEADER_OR_FOLLOWER (clients then refresh metadata),
+    // and nothing written.
+    {
+        use levee_client::codec::build_batch;
+        use levee_engine::{Compression, Record};
+        let follower = if victim == 1 { 2 } else { 1 };
+        let mut raw = KafkaRaw::connect(cluster.nodes[follower - 1].kafka);
+        let rec = Record {
+            timestamp: 1_700_000_000_000,
+            key: None,
+            value: Some(b"to a follower".to_vec()),
+            headers: vec![],
+        };
+        let b = build_batch(&[rec], Compression::None).unwrap();
+        assert_eq!(
+            raw.produce("ha", 0, &b).0,
+            6,
+            "produce to node {follower}, a follower"
+        );
+        assert_eq!(
+            raw.fetch("ha", 0, 0).0,
+            6,
+            "fetch from node {follower}, a follower"
+        );
+    }
+
     // Producer thread: numbered messages round-robin over the partitions
     // until told to stop; delivery reports say which were acknowledged.
     let stop = Arc::new(AtomicBool::new(false));
