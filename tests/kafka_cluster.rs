@@ -572,6 +572,34 @@ fn group_coordinator_kill_keeps_committed_offsets_and_the_group_goes_on() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let victim = group_coordinator(&probe, group);
+    // A node that does not coordinate the group answers its group
+    // requests with NOT_COORDINATOR (clients then find the coordinator).
+    {
+        use kafka_protocol::messages::offset_commit_request::{
+            OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+        };
+        use kafka_protocol::messages::{
+            ApiKey, GroupId, OffsetCommitRequest, OffsetCommitResponse, TopicName,
+        };
+        use kafka_protocol::protocol::StrBytes;
+        let other = if victim == 1 { 2 } else { 1 };
+        let mut raw = KafkaRaw::connect(cluster.nodes[other as usize - 1].kafka);
+        let mut p = OffsetCommitRequestPartition::default();
+        p.partition_index = 0;
+        p.committed_offset = 0;
+        let mut t = OffsetCommitRequestTopic::default();
+        t.name = TopicName(StrBytes::from_static_str("gc"));
+        t.partitions = vec![p];
+        let mut req = OffsetCommitRequest::default();
+        req.group_id = GroupId(StrBytes::from_static_str(group));
+        req.generation_id_or_member_epoch = -1;
+        req.topics = vec![t];
+        let r: OffsetCommitResponse = raw.call_encoded(ApiKey::OffsetCommit, 8, &req);
+        assert_eq!(
+            r.topics[0].partitions[0].error_code, 16,
+            "an offset commit sent to node {other}, not the group's coordinator"
+        );
+    }
     let before_kill = processed.lock().unwrap().len();
     assert!(before_kill > 0, "nothing processed before the kill");
     let committed_before: BTreeMap<i32, i64> = {
