@@ -460,6 +460,14 @@ pub fn snapshot_batches<'a>(
     out
 }
 
+/// The group and (topic, partition) of an offset or pending-mark key
+/// (after its kind byte).
+fn parse_group_partition_key(rest: &[u8]) -> Option<(&str, (String, u32))> {
+    let zero = rest.iter().position(|&b| b == 0)?;
+    let group = std::str::from_utf8(&rest[..zero]).ok()?;
+    Some((group, parse_key(&rest[zero + 1..])?))
+}
+
 /// Applies one stored batch's records to `groups` (loading a partition).
 /// Records it does not know are skipped.
 pub fn apply_group_records(groups: &mut StoredGroups, recs: &[RecordView<'_>]) {
@@ -467,13 +475,7 @@ pub fn apply_group_records(groups: &mut StoredGroups, recs: &[RecordView<'_>]) {
         let Some(key) = r.key else { continue };
         match key.split_first() {
             Some((&KEY_OFFSET, rest)) => {
-                let Some(zero) = rest.iter().position(|&b| b == 0) else {
-                    continue;
-                };
-                let Ok(group) = std::str::from_utf8(&rest[..zero]) else {
-                    continue;
-                };
-                let Some(tp) = parse_key(&rest[zero + 1..]) else {
+                let Some((group, tp)) = parse_group_partition_key(rest) else {
                     continue;
                 };
                 match r.value.and_then(parse_value) {
@@ -493,13 +495,7 @@ pub fn apply_group_records(groups: &mut StoredGroups, recs: &[RecordView<'_>]) {
                 }
             }
             Some((&KEY_PENDING, rest)) => {
-                let Some(zero) = rest.iter().position(|&b| b == 0) else {
-                    continue;
-                };
-                let Ok(group) = std::str::from_utf8(&rest[..zero]) else {
-                    continue;
-                };
-                let Some(tp) = parse_key(&rest[zero + 1..]) else {
+                let Some((group, tp)) = parse_group_partition_key(rest) else {
                     continue;
                 };
                 let until = r
