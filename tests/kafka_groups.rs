@@ -331,3 +331,134 @@ fn kafka_and_native_consumers_see_one_group() {
     let _ = native.kill();
     let _ = native.wait();
 }
+
+/// Kafka's fencing and per-partition errors for OffsetCommit, on the wire:
+/// a commit from an old generation gets ILLEGAL_GENERATION, one from a
+/// member the group does not know UNKNOWN_MEMBER_ID, and nothing of either
+/// is stored; in one commit, a partition the topic does not have and a
+/// topic that does not exist get UNKNOWN_TOPIC_OR_PARTITION each while the
+/// request's good partition is stored.
+#[test]
+fn kafka_commits_are_fenced_and_refused_per_partition() {
+    use kafka::raw_group;
+    let b = Broker::start("kafka-commit-fencing");
+    create_topic(&b, "fenced", 2);
+    let group = "fencing";
+    let mut raw = KafkaRaw::connect(b.kafka);
+    let m = raw_group::join_and_sync(&mut raw, group, 30_000).expect("join and sync");
+    assert!(m.generation >= 1, "{m:?}");
+
+    let ok = raw_group::commit(&mut raw, group, &m.id, m.generation, &[("fenced", 0, 3)]);
+    assert_eq!(ok, vec![("fenced".to_string(), 0, 0)]);
+
+    let stale = raw_group::commit(
+        &mut raw,
+        group,
+        &m.id,
+        m.generation - 1,
+        &[("fenced", 0, 1), ("fenced", 1, 1)],
+    );
+    assert!(
+        stale.iter().all(|(_, _, e)| *e == 22),
+        "ILLEGAL_GENERATION for an old generation: {stale:?}"
+    );
+    let ahead = raw_group::commit(
+        &mut raw,
+        group,
+        &m.id,
+        m.generation + 1,
+        &[("fenced", 0, 1)],
+    );
+    assert_eq!(ahead[0].2, 22, "ILLEGAL_GENERATION for a future generation");
+    let stranger = raw_group::commit(
+        &mut raw,
+        group,
+        "not-a-member",
+        m.generation,
+        &[("fenced", 0, 1)],
+    );
+    assert_eq!(stranger[0].2, 25, "UNKNOWN_MEMBER_ID: {stranger:?}");
+
+    let mixed = raw_group::commit(
+        &mut raw,
+        group,
+        &m.id,
+        m.generation,
+        &[("fenced", 1, 7), ("fenced", 9, 7), ("no-such-topic", 0, 7)],
+    );
+    assert_eq!(
+        mixed,
+        vec![
+            ("fenced".to_string(), 1, 0),
+            ("fenced".to_string(), 9, 3),
+            ("no-such-topic".to_string(), 0, 3),
+        ],
+        "per-partition answers"
+    );
+    let (e, got) = raw_group::fetch(&mut raw, group, "fenced", &[0, 1]);
+    assert_eq!(e, 0);
+    assert_eq!(
+        got,
+        vec![(0, 3, 0), (1, 7, 0)],
+        "only the member's own commits in its generation are stored"
+    );
+}
+
+/// A coordinator that has not read its groups from the offsets topic yet
+/// answers COORDINATOR_LOAD_IN_PROGRESS (after waiting up to 5 s for the
+/// load), and a librdkafka consumer retries until it gets the offsets. The
+/// load is held back 10 s by a test-only fault
+/// (`LEVEE_FAULT_GROUP_LOAD_DELAY_MS`) after a restart.
+#[test]
+fn a_coordinator_still_loading_its_groups_answers_load_in_progress() {
+    use kafka::raw_group;
+    let mut b = Broker::start("kafka-group-loading");
+    create_topic(&b, "loading", 2);
+    let group = "loading-g";
+    let mut raw = KafkaRaw::connect(b.kafka);
+    let m = raw_group::join_and_sync(&mut raw, group, 30_000).expect("join and sync");
+    let ok = raw_group::commit(
+        &mut raw,
+        group,
+        &m.id,
+        m.generation,
+        &[("loading", 0, 11), ("loading", 1, 12)],
+    );
+    assert!(ok.iter().all(|(_, _, e)| *e == 0), "{ok:?}");
+    drop(raw);
+
+    b.stop();
+    b.env
+        .push(("LEVEE_FAULT_GROUP_LOAD_DELAY_MS".into(), "10000".into()));
+    b.spawn();
+    let started = Instant::now();
+    let mut raw = KafkaRaw::connect(b.kafka);
+    let (e, _) = raw_group::fetch(&mut raw, group, "loading", &[0, 1]);
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(10),
+        "the load finished before the check ({waited:?}); the fault did not hold it"
+    );
+    assert_eq!(e, 14, "COORDINATOR_LOAD_IN_PROGRESS while loading");
+
+    let c = consumer(
+        "loading-reader",
+        &consumer_config(&b.kafka.to_string(), group),
+    );
+    let mut q = TopicPartitionList::new();
+    q.add_partition("loading", 0);
+    q.add_partition("loading", 1);
+    let got: Vec<(i32, Offset)> = c
+        .committed_offsets(q, Duration::from_secs(30))
+        .expect("committed offsets once loaded")
+        .elements()
+        .iter()
+        .map(|e| (e.partition(), e.offset()))
+        .collect();
+    eprintln!("offsets read {:?} after the restart", started.elapsed());
+    assert_eq!(
+        got,
+        vec![(0, Offset::Offset(11)), (1, Offset::Offset(12))],
+        "the committed offsets, once loaded"
+    );
+}

@@ -641,3 +641,165 @@ pub fn run_with_timeout(cmd: &mut Command, within: Duration) -> (bool, String) {
         None => panic!("{cmd:?} did not finish within {within:?}:\n{text}"),
     }
 }
+
+/// A group member speaking the Kafka group protocol by hand (JoinGroup v5,
+/// SyncGroup v3, OffsetCommit v8, OffsetFetch v5), for tests of the
+/// coordinator's answers that a client library would hide.
+pub mod raw_group {
+    use super::KafkaRaw;
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+
+    fn s(v: &str) -> StrBytes {
+        StrBytes::from_string(v.to_string())
+    }
+
+    /// A joined member: its id and generation.
+    #[derive(Debug, Clone)]
+    pub struct Member {
+        pub id: String,
+        pub generation: i32,
+    }
+
+    /// Joins `group` (retrying once with the id the broker hands out on
+    /// MEMBER_ID_REQUIRED) and syncs as its leader with an empty
+    /// assignment. Err(code) if either step fails.
+    pub fn join_and_sync(raw: &mut KafkaRaw, group: &str, session_ms: i32) -> Result<Member, i16> {
+        find_coordinator(raw, group)?;
+        let mut member = String::new();
+        let joined = loop {
+            let mut p = JoinGroupRequestProtocol::default();
+            p.name = s("range");
+            p.metadata = bytes::Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+            let mut req = JoinGroupRequest::default();
+            req.group_id = GroupId(s(group));
+            req.session_timeout_ms = session_ms;
+            req.rebalance_timeout_ms = session_ms;
+            req.member_id = s(&member);
+            req.protocol_type = s("consumer");
+            req.protocols = vec![p];
+            let r: JoinGroupResponse = raw.call_encoded(ApiKey::JoinGroup, 5, &req);
+            if r.error_code == 79 && member.is_empty() {
+                member = r.member_id.to_string();
+                continue;
+            }
+            if r.error_code != 0 {
+                return Err(r.error_code);
+            }
+            break r;
+        };
+        let id = joined.member_id.to_string();
+        let mut a = SyncGroupRequestAssignment::default();
+        a.member_id = joined.member_id.clone();
+        a.assignment = bytes::Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let mut req = SyncGroupRequest::default();
+        req.group_id = GroupId(s(group));
+        req.generation_id = joined.generation_id;
+        req.member_id = joined.member_id;
+        req.assignments = if joined.leader.as_str() == id {
+            vec![a]
+        } else {
+            vec![]
+        };
+        let r: SyncGroupResponse = raw.call_encoded(ApiKey::SyncGroup, 3, &req);
+        if r.error_code != 0 {
+            return Err(r.error_code);
+        }
+        Ok(Member {
+            id,
+            generation: joined.generation_id,
+        })
+    }
+
+    /// FindCoordinator v1 for `group` (the first one creates the offsets
+    /// topic; COORDINATOR_NOT_AVAILABLE is retried for up to 10 s): the
+    /// coordinator's node id, or the error code.
+    pub fn find_coordinator(raw: &mut KafkaRaw, group: &str) -> Result<i32, i16> {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let mut req = FindCoordinatorRequest::default();
+            req.key = s(group);
+            let r: FindCoordinatorResponse = raw.call_encoded(ApiKey::FindCoordinator, 1, &req);
+            match r.error_code {
+                0 => return Ok(r.node_id.0),
+                15 if std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(100))
+                }
+                e => return Err(e),
+            }
+        }
+    }
+
+    /// OffsetCommit v8 of `offsets` (topic, partition, offset) as `member`
+    /// in `generation`: each partition's error code, in request order.
+    pub fn commit(
+        raw: &mut KafkaRaw,
+        group: &str,
+        member: &str,
+        generation: i32,
+        offsets: &[(&str, i32, i64)],
+    ) -> Vec<(String, i32, i16)> {
+        let mut topics: Vec<OffsetCommitRequestTopic> = Vec::new();
+        for (t, p, o) in offsets {
+            let mut part = OffsetCommitRequestPartition::default();
+            part.partition_index = *p;
+            part.committed_offset = *o;
+            match topics.iter_mut().find(|x| x.name.as_str() == *t) {
+                Some(x) => x.partitions.push(part),
+                None => {
+                    let mut x = OffsetCommitRequestTopic::default();
+                    x.name = TopicName(s(t));
+                    x.partitions = vec![part];
+                    topics.push(x);
+                }
+            }
+        }
+        let mut req = OffsetCommitRequest::default();
+        req.group_id = GroupId(s(group));
+        req.generation_id_or_member_epoch = generation;
+        req.member_id = s(member);
+        req.topics = topics;
+        let r: OffsetCommitResponse = raw.call_encoded(ApiKey::OffsetCommit, 8, &req);
+        r.topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|p| (t.name.to_string(), p.partition_index, p.error_code))
+            })
+            .collect()
+    }
+
+    /// OffsetFetch v5 of `partitions` of `topic`: (the group-level error,
+    /// [(partition, offset, error)]).
+    pub fn fetch(
+        raw: &mut KafkaRaw,
+        group: &str,
+        topic: &str,
+        partitions: &[i32],
+    ) -> (i16, Vec<(i32, i64, i16)>) {
+        let mut t = OffsetFetchRequestTopic::default();
+        t.name = TopicName(s(topic));
+        t.partition_indexes = partitions.to_vec();
+        let mut req = OffsetFetchRequest::default();
+        req.group_id = GroupId(s(group));
+        req.topics = Some(vec![t]);
+        let r: OffsetFetchResponse = raw.call_encoded(ApiKey::OffsetFetch, 5, &req);
+        let parts = r
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|p| (p.partition_index, p.committed_offset, p.error_code))
+            })
+            .collect();
+        (r.error_code, parts)
+    }
+}

@@ -143,6 +143,26 @@ pub struct Group {
 /// How long a request waits for its group's coordinator to take over.
 const READY_WAIT: Duration = Duration::from_secs(5);
 
+/// A test-only fault for the coordinator-load test: with
+/// `LEVEE_FAULT_GROUP_LOAD_DELAY_MS=N` in the broker's environment, a node
+/// that becomes the leader of an offsets partition waits N ms before it
+/// reads the partition's groups, so requests meanwhile see
+/// COORDINATOR_LOAD_IN_PROGRESS. Unset or 0: no delay.
+fn fault_group_load_delay() -> Option<Duration> {
+    static DELAY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let ms = *DELAY.get_or_init(|| {
+        let ms = std::env::var("LEVEE_FAULT_GROUP_LOAD_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if ms > 0 {
+            warn!(ms, "fault injection on: loading consumer groups is delayed (LEVEE_FAULT_GROUP_LOAD_DELAY_MS)");
+        }
+        ms
+    });
+    (ms > 0).then(|| Duration::from_millis(ms))
+}
+
 /// The groups this shard coordinates: those of the offsets-topic
 /// partitions it leads.
 pub struct Groups {
@@ -184,6 +204,9 @@ impl Groups {
         let groups = self.clone();
         glommio::spawn_local(async move {
             let started = Instant::now();
+            if let Some(delay) = fault_group_load_delay() {
+                glommio::timer::sleep(delay).await;
+            }
             let stored = match home.load().await {
                 Ok(s) => s,
                 Err(e) => {
