@@ -12,6 +12,7 @@ mod common;
 mod kafka;
 
 use common::{levee, Broker};
+use kafka::raw_group;
 use kafka::*;
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::{BaseRecord, Producer};
@@ -498,8 +499,9 @@ fn group_coordinator_kill_keeps_committed_offsets_and_the_group_goes_on() {
 
     // Each member: process (record) every message, commit every 200 ms;
     // every successful commit is logged with the offsets it stored.
-    let processed = Arc::new(Mutex::new(Vec::<String>::new()));
-    let commits = Arc::new(Mutex::new(Vec::<(Instant, BTreeMap<i32, i64>)>::new()));
+    type Reads = Vec<(String, i64, i64, Instant)>;
+    let processed = Arc::new(Mutex::new(Reads::new()));
+    let commits = Arc::new(Mutex::new(Vec::<(Instant, BTreeMap<i64, i64>)>::new()));
     let drain = Arc::new(AtomicBool::new(false));
     let members: Vec<_> = (0..3)
         .map(|i| {
@@ -520,10 +522,13 @@ fn group_coordinator_kill_keeps_committed_offsets_and_the_group_goes_on() {
                     match c.poll(Duration::from_millis(100)) {
                         Some(Ok(m)) => {
                             quiet_since = None;
-                            processed
-                                .lock()
-                                .unwrap()
-                                .push(String::from_utf8(owned(&m).value.unwrap()).unwrap());
+                            let m = owned(&m);
+                            processed.lock().unwrap().push((
+                                String::from_utf8(m.value.unwrap()).unwrap(),
+                                m.partition as i64,
+                                m.offset,
+                                Instant::now(),
+                            ));
                         }
                         Some(Err(e)) => eprintln!("member {i}: {e}"),
                         None => {
@@ -539,11 +544,11 @@ fn group_coordinator_kill_keeps_committed_offsets_and_the_group_goes_on() {
                         last_commit = Instant::now();
                         if let Ok(pos) = c.position() {
                             if c.commit_consumer_state(CommitMode::Sync).is_ok() {
-                                let stored: BTreeMap<i32, i64> = pos
+                                let stored: BTreeMap<i64, i64> = pos
                                     .elements()
                                     .iter()
                                     .filter_map(|e| match e.offset() {
-                                        Offset::Offset(o) => Some((e.partition(), o)),
+                                        Offset::Offset(o) => Some((e.partition() as i64, o)),
                                         _ => None,
                                     })
                                     .collect();
@@ -572,6 +577,14 @@ fn group_coordinator_kill_keeps_committed_offsets_and_the_group_goes_on() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let victim = group_coordinator(&probe, group);
+    // The offsets topic of a 3-node cluster: 16 partitions, each on all
+    // three nodes.
+    let (_, parts) = metadata(&probe, Some(levee_core::OFFSETS_TOPIC));
+    assert_eq!(parts.len(), 16, "{parts:?}");
+    assert!(
+        parts.iter().all(|p| p.replicas.len() == 3),
+        "replication factor 3: {parts:?}"
+    );
     // A node that does not coordinate the group answers its group
     // requests with NOT_COORDINATOR (clients then find the coordinator).
     {
@@ -602,7 +615,7 @@ fn group_coordinator_kill_keeps_committed_offsets_and_the_group_goes_on() {
     }
     let before_kill = processed.lock().unwrap().len();
     assert!(before_kill > 0, "nothing processed before the kill");
-    let committed_before: BTreeMap<i32, i64> = {
+    let committed_before: BTreeMap<i64, i64> = {
         let mut best = BTreeMap::new();
         for (_, c) in commits.lock().unwrap().iter() {
             for (p, o) in c {
@@ -636,6 +649,48 @@ fn group_coordinator_kill_keeps_committed_offsets_and_the_group_goes_on() {
         "new coordinator: node {new_coord} after {:?}",
         killed_at.elapsed()
     );
+    // As soon as the new coordinator answers, it has every offset
+    // acknowledged before the kill.
+    let committed_now = |name: &str| -> Option<BTreeMap<i64, i64>> {
+        let reader = consumer(name, &consumer_config(&boot, group));
+        let mut q = TopicPartitionList::new();
+        for p in 0..6 {
+            q.add_partition("gc", p);
+        }
+        match reader.committed_offsets(q, Duration::from_secs(10)) {
+            Ok(l) => Some(
+                l.elements()
+                    .iter()
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(o) => Some((e.partition() as i64, o)),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            Err(e) => {
+                eprintln!("committed offsets during the failover: {e}");
+                None
+            }
+        }
+    };
+    let until = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        if let Some(c) = committed_now("gc-first") {
+            break c;
+        }
+        assert!(
+            Instant::now() < until,
+            "no coordinator answered after the kill"
+        );
+    };
+    let answered = killed_at.elapsed();
+    for (p, o) in &committed_before {
+        assert!(
+            first.get(p).is_some_and(|f| f >= o),
+            "partition {p}: a commit of {o} was acknowledged before the kill; the new coordinator's first answer has {:?}",
+            first.get(p)
+        );
+    }
 
     // The group goes on: commits succeed again after the kill.
     let until = Instant::now() + Duration::from_secs(30);
@@ -650,6 +705,46 @@ fn group_coordinator_kill_keeps_committed_offsets_and_the_group_goes_on() {
             break;
         }
         assert!(Instant::now() < until, "no commit succeeded after the kill");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let first_commit = commits
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(t, _)| *t)
+        .filter(|t| *t > killed_at)
+        .min()
+        .unwrap()
+        - killed_at;
+    eprintln!("offsets read after {answered:?}; first commit after {first_commit:?}");
+    // Within the failover time (broker lease 1.5 s; a Raft election if the
+    // victim led the coordinators; the members' rejoin), with a margin for
+    // a loaded host.
+    assert!(
+        first_commit < Duration::from_secs(15),
+        "the members took {first_commit:?} to commit again after the kill"
+    );
+    // All three members are back in the group, as the CLI (through any
+    // live node) describes it.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out, err) = levee(
+            &cluster.native_bootstrap(),
+            &["group", "describe", group],
+            None,
+        );
+        let text = String::from_utf8_lossy(&out).to_string();
+        if ok && text.contains("members: 3") && text.contains("state: Stable") {
+            assert!(
+                text.contains(&format!("coordinator: node {new_coord}")),
+                "{text}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the group after the kill: {text}{err}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_secs(2));
@@ -668,7 +763,12 @@ fn group_coordinator_kill_keeps_committed_offsets_and_the_group_goes_on() {
         .collect();
     let until = Instant::now() + Duration::from_secs(60);
     loop {
-        let seen: BTreeSet<String> = processed.lock().unwrap().iter().cloned().collect();
+        let seen: BTreeSet<String> = processed
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.0.clone())
+            .collect();
         let missing = acked.difference(&seen).count();
         if missing == 0 {
             break;
@@ -686,21 +786,7 @@ fn group_coordinator_kill_keeps_committed_offsets_and_the_group_goes_on() {
 
     // No committed offset moved backwards: the group's offsets now (from
     // the new coordinator) are at least what was committed before the kill.
-    let reader = consumer("gc-final", &consumer_config(&boot, group));
-    let mut q = TopicPartitionList::new();
-    for p in 0..6 {
-        q.add_partition("gc", p);
-    }
-    let now: BTreeMap<i32, i64> = reader
-        .committed_offsets(q, Duration::from_secs(10))
-        .unwrap()
-        .elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(o) => Some((e.partition(), o)),
-            _ => None,
-        })
-        .collect();
+    let now = committed_now("gc-final").expect("committed offsets after the drain");
     for (p, o) in &committed_before {
         assert!(
             now.get(p).is_some_and(|n| n >= o),
@@ -708,14 +794,20 @@ fn group_coordinator_kill_keeps_committed_offsets_and_the_group_goes_on() {
             now.get(p)
         );
     }
+    // Records were read again only past commits acknowledged before they
+    // were read again: duplicates come only from reads after the last
+    // commit (before the kill, or before a rebalance).
     let all = processed.lock().unwrap().clone();
-    let distinct: BTreeSet<&String> = all.iter().collect();
+    let reads: Vec<(i64, i64, Instant)> = all.iter().map(|r| (r.1, r.2, r.3)).collect();
+    let (rereads, after_kill) = common::check_rereads(&reads, &commits.lock().unwrap(), killed_at);
+    let distinct: BTreeSet<&String> = all.iter().map(|r| &r.0).collect();
     eprintln!(
-        "acknowledged {}, processed {} records, {} distinct, {} duplicates",
+        "acknowledged {}, processed {} records, {} distinct, {} duplicates ({} of them read after the kill)",
         acked.len(),
         all.len(),
         distinct.len(),
-        all.len() - distinct.len()
+        rereads,
+        after_kill
     );
 }
 
@@ -814,4 +906,162 @@ fn topic_settings_altered_on_a_cluster_apply_on_every_replica() {
             .unwrap_or_else(|| panic!("no retention.bytes in {:?}", cfg.entries));
         assert_eq!(v, "200000", "node {}", n.kafka);
     }
+}
+
+/// The node that leads `group`'s offsets partition, asked of `via` with
+/// FindCoordinator until it names a node other than `not` (up to 30 s).
+fn coordinator_other_than(via: &Broker, group: &str, not: i32) -> i32 {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut raw = KafkaRaw::connect(via.kafka);
+        match raw_group::find_coordinator(&mut raw, group) {
+            Ok(n) if n != not => return n,
+            r => assert!(
+                Instant::now() < until,
+                "the coordinator of {group} did not move off node {not}: {r:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Joins `group` on node `b` (the coordinator), retrying while it takes
+/// over (COORDINATOR_LOAD_IN_PROGRESS, NOT_COORDINATOR) for up to 30 s.
+fn join_on(b: &Broker, group: &str) -> (KafkaRaw, raw_group::Member) {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut raw = KafkaRaw::connect(b.kafka);
+        match raw_group::join_and_sync(&mut raw, group, 6000) {
+            Ok(m) => return (raw, m),
+            Err(e) => assert!(
+                Instant::now() < until,
+                "joining {group} on node {}: error {e}",
+                b.kafka
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Kafka protocol: the group coordinator is paused (SIGSTOP) for longer
+/// than the broker lease and the session timeout; its offsets partition
+/// gets a new leader, where a new member joins in a later generation and
+/// commits. Resumed (SIGCONT), the old node answers the old member's
+/// commit with NOT_COORDINATOR (it no longer leads the partition in the
+/// epoch it loaded the group in), and the committed offset stays the new
+/// member's, on every node's answer.
+#[test]
+fn a_paused_kafka_coordinator_accepts_no_commit_from_the_old_generation() {
+    let cluster = Cluster::start("kafka-gc-stop");
+    let (ok, out, err) = levee(
+        &cluster.native_bootstrap(),
+        &[
+            "topic",
+            "create",
+            "kps",
+            "--partitions",
+            "2",
+            "--replication-factor",
+            "3",
+        ],
+        None,
+    );
+    assert!(ok, "topic create: {err}{}", String::from_utf8_lossy(&out));
+    let group = "kafka-paused";
+    let coord = coordinator_other_than(&cluster.nodes[0], group, -1);
+    let x = &cluster.nodes[coord as usize - 1];
+    let (mut old, m) = join_on(x, group);
+    let r = raw_group::commit(&mut old, group, &m.id, m.generation, &[("kps", 0, 10)]);
+    assert_eq!(r[0].2, 0, "{r:?}");
+
+    x.signal("STOP");
+    let other = cluster.nodes.iter().find(|n| n.kafka != x.kafka).unwrap();
+    let new_coord = coordinator_other_than(other, group, coord);
+    let y = &cluster.nodes[new_coord as usize - 1];
+    let (mut new, n) = join_on(y, group);
+    assert!(
+        n.generation > m.generation,
+        "generations go on: {} after {}",
+        n.generation,
+        m.generation
+    );
+    let r = raw_group::commit(&mut new, group, &n.id, n.generation, &[("kps", 0, 20)]);
+    assert_eq!(r[0].2, 0, "the new member's commit: {r:?}");
+    std::thread::sleep(Duration::from_secs(7));
+
+    x.signal("CONT");
+    let r = raw_group::commit(&mut old, group, &m.id, m.generation, &[("kps", 0, 5)]);
+    eprintln!("the resumed old coordinator answered the old member's commit with {r:?}");
+    assert_eq!(
+        r[0].2, 16,
+        "NOT_COORDINATOR from the resumed old coordinator"
+    );
+    let (e, got) = raw_group::fetch(&mut new, group, "kps", &[0]);
+    assert_eq!((e, got), (0, vec![(0, 20, 0)]));
+    // Once it has caught up, the old node points to the new coordinator
+    // and its copy of the offsets does not bring the fenced commit back.
+    assert_eq!(coordinator_other_than(x, group, coord), new_coord);
+    let (e, got) = raw_group::fetch(&mut new, group, "kps", &[0]);
+    assert_eq!((e, got), (0, vec![(0, 20, 0)]));
+}
+
+/// A graceful stop (SIGTERM) of the group coordinator's node moves the
+/// coordinator: another node leads the offsets partition, loads the group
+/// and answers with the committed offsets; the stopped node's members are
+/// unknown there (they rejoin, as after a failover).
+#[test]
+fn a_graceful_stop_moves_the_group_coordinator_with_its_offsets() {
+    let mut cluster = Cluster::start("kafka-gc-term");
+    let (ok, out, err) = levee(
+        &cluster.native_bootstrap(),
+        &[
+            "topic",
+            "create",
+            "kts",
+            "--partitions",
+            "2",
+            "--replication-factor",
+            "3",
+        ],
+        None,
+    );
+    assert!(ok, "topic create: {err}{}", String::from_utf8_lossy(&out));
+    let group = "kafka-stopped";
+    let coord = coordinator_other_than(&cluster.nodes[0], group, -1);
+    let (mut raw, m) = join_on(&cluster.nodes[coord as usize - 1], group);
+    let r = raw_group::commit(
+        &mut raw,
+        group,
+        &m.id,
+        m.generation,
+        &[("kts", 0, 31), ("kts", 1, 32)],
+    );
+    assert!(r.iter().all(|x| x.2 == 0), "{r:?}");
+    drop(raw);
+
+    let stopped_at = Instant::now();
+    let status = cluster.nodes[coord as usize - 1].stop();
+    assert!(status.success(), "levee exited with {status:?} on SIGTERM");
+    let other = cluster.nodes.iter().find(|n| n.child.is_some()).unwrap();
+    let new_coord = coordinator_other_than(other, group, coord);
+    let y = &cluster.nodes[new_coord as usize - 1];
+    let until = Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        let mut raw = KafkaRaw::connect(y.kafka);
+        match raw_group::fetch(&mut raw, group, "kts", &[0, 1]) {
+            (0, got) => break got,
+            (e, _) => assert!(Instant::now() < until, "offsets on node {new_coord}: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "coordinator moved from node {coord} to node {new_coord}; offsets served {:?} after the stop",
+        stopped_at.elapsed()
+    );
+    assert_eq!(got, vec![(0, 31, 0), (1, 32, 0)]);
+    let mut raw = KafkaRaw::connect(y.kafka);
+    let r = raw_group::commit(&mut raw, group, &m.id, m.generation, &[("kts", 0, 40)]);
+    assert_eq!(r[0].2, 25, "UNKNOWN_MEMBER_ID for the old member: {r:?}");
+    let (_, m2) = join_on(y, group);
+    assert!(m2.generation > m.generation);
 }

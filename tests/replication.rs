@@ -176,17 +176,6 @@ struct PartitionRow {
     high_watermark: u64,
 }
 
-fn signal(b: &Broker, sig: &str) {
-    let pid = b.child.as_ref().expect("running").id();
-    let ok = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{sig} {pid}");
-}
-
 /// A produce straight to one node, with the given acks and timeout.
 fn raw_produce(b: &Broker, topic: &str, values: &[&str], acks: i8, timeout_ms: u32) -> ErrorCode {
     let mut r = Raw::hello(b);
@@ -458,15 +447,15 @@ fn a_paused_leader_is_fenced_and_truncates_its_unacknowledged_suffix() {
     // Followers paused: the old leader appends a suffix nobody copies, and
     // acks=all cannot acknowledge it.
     for &f in &followers {
-        signal(c.node(f), "STOP");
+        c.node(f).signal("STOP");
     }
     let e = raw_produce(c.node(old), "p", &["lost1", "lost2"], -1, 300);
     assert_eq!(e, ErrorCode::RequestTimedOut);
     // Pause the leader and resume the followers: they elect a new leader
     // once the old one's lease expires.
-    signal(c.node(old), "STOP");
+    c.node(old).signal("STOP");
     for &f in &followers {
-        signal(c.node(f), "CONT");
+        c.node(f).signal("CONT");
     }
     let paused = Instant::now();
     let new = {
@@ -492,7 +481,7 @@ fn a_paused_leader_is_fenced_and_truncates_its_unacknowledged_suffix() {
     let new_leader = new.leader.unwrap();
     raw_produce_ok(c.node(new_leader), "p", &["after"]);
     // Resume the old leader: it must not acknowledge writes any more.
-    signal(c.node(old), "CONT");
+    c.node(old).signal("CONT");
     let e = raw_produce(c.node(old), "p", &["stale"], -1, 3_000);
     assert_ne!(e, ErrorCode::None, "the stale leader acknowledged a write");
     // It catches up from the new leader, its suffix truncated: every

@@ -382,6 +382,18 @@ impl Broker {
         }
     }
 
+    /// Sends `sig` (`STOP`, `CONT`, ...) to the running broker.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} {pid}");
+    }
+
     /// kill -9.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -449,4 +461,45 @@ pub fn levee(bootstrap: &str, args: &[&str], stdin: Option<&[u8]>) -> (bool, Vec
         out.stdout,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Group failover tests: checks that records were read again only where no
+/// acknowledged commit had already covered them, i.e. that committed
+/// offsets never went backwards and members resumed from them. `reads` are
+/// (partition, offset, when read) in the order read; `commits` are (when
+/// acknowledged, partition -> committed offset). A record's first read is
+/// free; each later read at time t must be at an offset at or past every
+/// commit of its partition acknowledged before t. Returns the number of
+/// re-reads and, of them, those read after `since`.
+pub fn check_rereads(
+    reads: &[(i64, i64, Instant)],
+    commits: &[(Instant, std::collections::BTreeMap<i64, i64>)],
+    since: Instant,
+) -> (usize, usize) {
+    use std::collections::{BTreeMap, HashSet};
+    let mut by_time: Vec<&(Instant, BTreeMap<i64, i64>)> = commits.iter().collect();
+    by_time.sort_by_key(|c| c.0);
+    let mut seen = HashSet::new();
+    let (mut rereads, mut after) = (0, 0);
+    for (p, o, t) in reads {
+        if seen.insert((*p, *o)) {
+            continue;
+        }
+        rereads += 1;
+        if *t >= since {
+            after += 1;
+        }
+        let covered = by_time
+            .iter()
+            .take_while(|c| c.0 < *t)
+            .filter_map(|c| c.1.get(p))
+            .max();
+        if let Some(c) = covered {
+            assert!(
+                o >= c,
+                "partition {p}: offset {o} read again after a commit of {c} was acknowledged (a committed offset went backwards, or a member did not resume from it)"
+            );
+        }
+    }
+    (rereads, after)
 }
