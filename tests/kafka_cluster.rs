@@ -1065,3 +1065,44 @@ fn a_graceful_stop_moves_the_group_coordinator_with_its_offsets() {
     let (_, m2) = join_on(y, group);
     assert!(m2.generation > m.generation);
 }
+
+/// The offsets topic keeps min(3, brokers) copies of every partition even
+/// when a cluster's first group request comes while a node is down: group
+/// requests get COORDINATOR_NOT_AVAILABLE (retriable) until the node is
+/// back, then the topic is created with all three replicas.
+#[test]
+fn the_offsets_topic_waits_for_three_live_brokers() {
+    let mut cluster = Cluster::start("kafka-offsets-rf");
+    cluster.nodes[2].kill();
+    // Until the coordinators declare node 3 down.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out, _) = levee(&cluster.native_bootstrap(), &["cluster", "status"], None);
+        if ok && String::from_utf8_lossy(&out).contains("\tdown\t") {
+            break;
+        }
+        assert!(Instant::now() < until, "node 3 still live");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut raw = KafkaRaw::connect(cluster.nodes[0].kafka);
+    assert_eq!(
+        raw_group::find_coordinator(&mut raw, "rf-group"),
+        Err(15),
+        "COORDINATOR_NOT_AVAILABLE while a node is down"
+    );
+    cluster.nodes[2].spawn();
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        match raw_group::find_coordinator(&mut raw, "rf-group") {
+            Ok(_) => break,
+            Err(e) => assert!(Instant::now() < until, "no coordinator: {e}"),
+        }
+    }
+    let probe = consumer("rf-probe", &reader_config(&cluster.kafka_bootstrap()));
+    let (_, parts) = metadata(&probe, Some(levee_core::OFFSETS_TOPIC));
+    assert_eq!(parts.len(), 16, "{parts:?}");
+    assert!(
+        parts.iter().all(|p| p.replicas.len() == 3),
+        "three replicas of every partition: {parts:?}"
+    );
+}

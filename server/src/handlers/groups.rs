@@ -21,15 +21,10 @@ pub type GroupSummary = (String, &'static str, usize, String);
 /// snapshot makes older ones unneeded), replicated to min(3, brokers).
 fn offsets_topic_meta(shard: &Shard) -> TopicMeta {
     let (partitions, rf) = match shard.cluster.as_ref() {
-        Some(v) => {
-            let alive = v
-                .metadata()
-                .map_or(1, |md| md.brokers.values().filter(|b| b.alive).count());
-            (
-                shard.cfg.group_partitions.unwrap_or(16),
-                alive.clamp(1, 3) as u16,
-            )
-        }
+        Some(_) => (
+            shard.cfg.group_partitions.unwrap_or(16),
+            super::internal_topic_replication(shard),
+        ),
         None => (shard.cfg.group_partitions.unwrap_or(1), 1),
     };
     let mut meta = TopicMeta::new(partitions, rf);
@@ -56,7 +51,7 @@ pub async fn ensure_offsets_topic(shard: &Rc<Shard>) -> OpResult<()> {
         Err(e) => Err(OpError::new(
             ErrorCode::CoordinatorUnavailable,
             format!(
-                "creating the consumer groups' topic {OFFSETS_TOPIC} failed: {}",
+                "creating the consumer groups' topic {OFFSETS_TOPIC} failed: {}; retry (an internal topic keeps min(3, brokers) copies, so it is created once that many brokers are live)",
                 e.message
             ),
         )),

@@ -21,6 +21,21 @@ use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+/// Replicas of each partition of an internal topic (`__consumer_offsets`,
+/// `__transaction_state`): 1 on a single node, else min(3, brokers that
+/// have joined the cluster), alive or not, as Kafka's
+/// `offsets.topic.replication.factor` does. Counting only live brokers
+/// would make the topic of a cluster first used with a node down keep
+/// fewer copies for good; instead its creation waits (the coordinator is
+/// unavailable, a retriable error) until that many brokers are live.
+pub fn internal_topic_replication(shard: &Shard) -> u16 {
+    shard
+        .cluster
+        .as_ref()
+        .and_then(|v| v.metadata())
+        .map_or(1, |md| md.brokers.len().clamp(1, 3) as u16)
+}
+
 /// Runs one job per partition of a request, concurrently, and returns
 /// their outputs in the order given (a job that could not start is its
 /// error). A lone job, the usual case, is awaited in place: a task of its

@@ -69,15 +69,10 @@ fn summary(id: &str, m: &TxnMeta, now: i64) -> TxnSummary {
 /// min(3, brokers).
 fn txn_topic_meta(shard: &Shard) -> TopicMeta {
     let (partitions, rf) = match shard.cluster.as_ref() {
-        Some(v) => {
-            let alive = v
-                .metadata()
-                .map_or(1, |md| md.brokers.values().filter(|b| b.alive).count());
-            (
-                shard.cfg.transaction_partitions.unwrap_or(16),
-                alive.clamp(1, 3) as u16,
-            )
-        }
+        Some(_) => (
+            shard.cfg.transaction_partitions.unwrap_or(16),
+            super::internal_topic_replication(shard),
+        ),
         None => (shard.cfg.transaction_partitions.unwrap_or(1), 1),
     };
     let mut meta = TopicMeta::new(partitions.max(1), rf);
@@ -101,7 +96,7 @@ pub async fn ensure_txn_topic(shard: &Rc<Shard>) -> OpResult<()> {
         Err(e) => Err(OpError::new(
             ErrorCode::CoordinatorUnavailable,
             format!(
-                "creating the transaction state topic {TXN_TOPIC} failed: {}",
+                "creating the transaction state topic {TXN_TOPIC} failed: {}; retry (an internal topic keeps min(3, brokers) copies, so it is created once that many brokers are live)",
                 e.message
             ),
         )),
