@@ -402,6 +402,27 @@ fn kafka_commits_are_fenced_and_refused_per_partition() {
         vec![(0, 3, 0), (1, 7, 0)],
         "only the member's own commits in its generation are stored"
     );
+    // A single node's offsets topic: one partition, one replica.
+    let probe = consumer("fencing-probe", &reader_config(&b.kafka.to_string()));
+    let (_, parts) = metadata(&probe, Some(levee_core::OFFSETS_TOPIC));
+    assert_eq!(parts.len(), 1, "{parts:?}");
+    assert_eq!(parts[0].replicas.len(), 1, "{parts:?}");
+}
+
+/// `group_partitions` sets how many partitions the offsets topic gets.
+#[test]
+fn group_partitions_sets_the_offsets_topics_partitions() {
+    let cfg = common::temp_dir("kafka-group-partitions-cfg").join("levee.toml");
+    std::fs::write(&cfg, "group_partitions = 4\n").unwrap();
+    let b = Broker::start_with(
+        "kafka-group-partitions",
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let mut raw = KafkaRaw::connect(b.kafka);
+    assert_eq!(kafka::raw_group::find_coordinator(&mut raw, "gp"), Ok(0));
+    let probe = consumer("gp-probe", &reader_config(&b.kafka.to_string()));
+    let (_, parts) = metadata(&probe, Some(levee_core::OFFSETS_TOPIC));
+    assert_eq!(parts.len(), 4, "{parts:?}");
 }
 
 /// A coordinator that has not read its groups from the offsets topic yet
