@@ -308,6 +308,38 @@ fn consume_from_earliest_latest_and_a_timestamp() {
         Offset::End,
         "offsets_for_times past the last record"
     );
+    // ListOffsets (v4) by time also answers the found record's own
+    // timestamp; earliest and latest answer timestamp -1.
+    {
+        use kafka_protocol::messages::list_offsets_request::{
+            ListOffsetsPartition, ListOffsetsTopic,
+        };
+        use kafka_protocol::messages::{
+            ApiKey, ListOffsetsRequest, ListOffsetsResponse, TopicName,
+        };
+        use kafka_protocol::protocol::StrBytes;
+        let mut raw = KafkaRaw::connect(b.kafka);
+        for (spec, want) in [
+            (t0 + 4500, (5, t0 + 5000)),
+            (t0 + 7000, (7, t0 + 7000)),
+            (t0 + 1_000_000, (-1, -1)),
+            (-2, (0, -1)),
+            (-1, (13, -1)),
+        ] {
+            let mut p = ListOffsetsPartition::default();
+            p.timestamp = spec;
+            let mut t = ListOffsetsTopic::default();
+            t.name = TopicName(StrBytes::from_static_str("times"));
+            t.partitions = vec![p];
+            let mut req = ListOffsetsRequest::default();
+            req.replica_id = kafka_protocol::messages::BrokerId(-1);
+            req.topics = vec![t];
+            let r: ListOffsetsResponse = raw.call_encoded(ApiKey::ListOffsets, 4, &req);
+            let got = &r.topics[0].partitions[0];
+            assert_eq!(got.error_code, 0, "ListOffsets({spec})");
+            assert_eq!((got.offset, got.timestamp), want, "ListOffsets({spec})");
+        }
+    }
     // Consuming from the offset found for a time.
     assign_all(&c, "times", 1, Offset::Offset(5));
     let got = consume_n(&c, 8, Duration::from_secs(10));

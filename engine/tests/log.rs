@@ -174,7 +174,10 @@ fn index_files_are_rebuilt_when_missing_or_damaged() {
             let out = log.read(at, 7_000, None).await.unwrap();
             at = check_read(&out, at).1;
         }
-        assert_eq!(log.offset_for_timestamp(10_150).await.unwrap(), Some(300));
+        assert_eq!(
+            log.offset_for_timestamp(10_150).await.unwrap().map(|f| f.0),
+            Some(300)
+        );
         log.close().await.unwrap();
     });
     // Rebuilt files are valid again: a clean reopen needs no scan.
@@ -200,14 +203,23 @@ fn timestamp_lookup() {
                 .unwrap();
         }
         assert!(log.segment_bases().len() > 3);
-        assert_eq!(log.offset_for_timestamp(0).await.unwrap(), Some(0));
-        assert_eq!(log.offset_for_timestamp(1000).await.unwrap(), Some(0));
-        assert_eq!(log.offset_for_timestamp(1001).await.unwrap(), Some(4));
-        assert_eq!(log.offset_for_timestamp(1500).await.unwrap(), Some(200));
-        assert_eq!(log.offset_for_timestamp(1995).await.unwrap(), Some(400));
-        assert_eq!(log.offset_for_timestamp(1991).await.unwrap(), Some(400));
-        assert_eq!(log.offset_for_timestamp(1990).await.unwrap(), Some(396));
-        assert_eq!(log.offset_for_timestamp(2990).await.unwrap(), Some(796));
+        // (offset, timestamp) of the first record at or after the time.
+        for (ts, want) in [
+            (0, (0, 1000)),
+            (1000, (0, 1000)),
+            (1001, (4, 1010)),
+            (1500, (200, 1500)),
+            (1995, (400, 2000)),
+            (1991, (400, 2000)),
+            (1990, (396, 1990)),
+            (2990, (796, 2990)),
+        ] {
+            assert_eq!(
+                log.offset_for_timestamp(ts).await.unwrap(),
+                Some(want),
+                "at {ts}"
+            );
+        }
         assert_eq!(log.offset_for_timestamp(5000).await.unwrap(), None);
         log.close().await.unwrap();
     });

@@ -399,9 +399,9 @@ impl Log {
         Ok(out.data.len() < max_bytes)
     }
 
-    /// The offset of the first record whose timestamp is at or after `ts`,
-    /// or `None` if every record is older.
-    pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<u64>> {
+    /// The offset and timestamp of the first record whose timestamp is at
+    /// or after `ts`, or `None` if every record is older.
+    pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(u64, i64)>> {
         // First segment whose newest record is at or after `ts`.
         let (seg_base, is_active) = {
             let s = self.st.borrow();
@@ -431,12 +431,13 @@ impl Log {
                 if h.max_timestamp.get() < ts {
                     continue;
                 }
+                let whole = (h.base_offset(), h.max_timestamp.get());
                 return Ok(Some(match batch::records(b) {
                     Ok(recs) => recs
                         .iter()
                         .find(|r| r.timestamp >= ts)
-                        .map_or(h.base_offset(), |r| r.offset),
-                    Err(_) => h.base_offset(),
+                        .map_or(whole, |r| (r.offset, r.timestamp)),
+                    Err(_) => whole,
                 }));
             }
             at = r.next_offset;

@@ -6,14 +6,15 @@ use crate::shard::Shard;
 use std::rc::Rc;
 use std::time::Duration;
 
-/// The offset for `spec` in each (topic, partition): -2 the log start, -1
-/// the log end (the last stable offset for a `read_committed` reader),
-/// otherwise the first offset at or after that timestamp.
+/// (offset, timestamp) for `spec` in each (topic, partition): -2 the log
+/// start, -1 the log end (the last stable offset for a `read_committed`
+/// reader), both with timestamp -1; otherwise the first record at or after
+/// that timestamp, with its timestamp ((-1, -1) if none).
 pub async fn list_offsets(
     shard: &Rc<Shard>,
     wanted: Vec<(String, u32, i64)>,
     read_committed: bool,
-) -> Vec<(String, u32, OpResult<i64>)> {
+) -> Vec<(String, u32, OpResult<(i64, i64)>)> {
     super::await_topics(shard, wanted.iter().map(|w| w.0.as_str())).await;
     let mut out = Vec::with_capacity(wanted.len());
     for (topic, partition, spec) in wanted {
@@ -25,7 +26,7 @@ pub async fn list_offsets(
                         let p = s.partition(&t, partition)?;
                         if read_committed && spec == -1 {
                             p.check_leader()?;
-                            return Ok(p.last_stable_offset() as i64);
+                            return Ok((p.last_stable_offset() as i64, -1));
                         }
                         p.list_offset(spec).await
                     })

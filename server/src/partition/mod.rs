@@ -731,19 +731,25 @@ impl Partition {
         }
     }
 
-    /// The offset for `spec`: -2 the log start, -1 the end of what
-    /// consumers may read (the high watermark), otherwise the first offset
-    /// with a timestamp at or after `spec` (-1: none).
-    pub async fn list_offset(&self, spec: i64) -> OpResult<i64> {
+    /// (offset, timestamp) for `spec`: -2 the log start, -1 the end of
+    /// what consumers may read (the high watermark), both with timestamp
+    /// -1; otherwise the first record below the high watermark with a
+    /// timestamp at or after `spec`, and its timestamp ((-1, -1): none).
+    pub async fn list_offset(&self, spec: i64) -> OpResult<(i64, i64)> {
         match spec {
-            -2 => Ok(self.log.log_start_offset() as i64),
-            -1 => Ok(self.high_watermark() as i64),
-            ts if ts >= 0 => Ok(self
-                .log
-                .offset_for_timestamp(ts)
-                .await
-                .map_err(OpError::from_log)?
-                .map_or(-1, |o| o as i64)),
+            -2 => Ok((self.log.log_start_offset() as i64, -1)),
+            -1 => Ok((self.high_watermark() as i64, -1)),
+            ts if ts >= 0 => Ok(
+                match self
+                    .log
+                    .offset_for_timestamp(ts)
+                    .await
+                    .map_err(OpError::from_log)?
+                {
+                    Some((o, t)) if o < self.high_watermark() => (o as i64, t),
+                    _ => (-1, -1),
+                },
+            ),
             other => Err(OpError::new(
                 ErrorCode::InvalidRequest,
                 format!("offset spec {other} is not -2 (earliest), -1 (latest) or a timestamp"),

@@ -42,8 +42,9 @@ pub async fn list_offsets(ctx: &Ctx, req: ListOffsetsRequest) -> ListOffsetsResp
         r.partition_index = partition as i32;
         r.timestamp = -1;
         match res {
-            Ok(o) => {
+            Ok((o, ts)) => {
                 r.offset = o;
+                r.timestamp = ts;
                 r.leader_epoch = -1;
             }
             Err(e) => {

@@ -359,7 +359,13 @@ pub async fn process(
                 .into_iter()
                 .map(|lp| (lp.topic, lp.partition, lp.spec))
                 .collect();
-            offsets_response(handlers::offsets::list_offsets(shard, wanted, false).await)
+            let found = handlers::offsets::list_offsets(shard, wanted, false).await;
+            offsets_response(
+                found
+                    .into_iter()
+                    .map(|(t, p, r)| (t, p, r.map(|(offset, _)| offset)))
+                    .collect(),
+            )
         }
         Request::DeleteRecords(d) => {
             let timeout = Duration::from_millis(u64::from(d.timeout_ms));
