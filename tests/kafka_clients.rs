@@ -743,3 +743,83 @@ fn native_producer_to_rdkafka_consumer_and_back_with_identical_records_and_bytes
         }
     }
 }
+
+/// A Kafka listener on a wildcard address needs an advertised address:
+/// `levee serve --kafka-listen 0.0.0.0:P` alone refuses to start and names
+/// `kafka_advertise`; with `--kafka-advertise localhost:P`, Metadata
+/// returns that address and a librdkafka producer bootstrapped at
+/// 127.0.0.1 goes on through it; a malformed advertised address is refused.
+#[test]
+fn a_wildcard_kafka_listener_needs_and_advertises_kafka_advertise() {
+    use std::process::{Command, Stdio};
+    let dir = common::temp_dir("kafka-advertise");
+    let (native, kport, admin) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let serve = |extra: &[&str]| {
+        let mut c = Command::new(common::levee_bin());
+        c.arg("serve")
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--listen", &format!("127.0.0.1:{native}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args(["--kafka-listen", &format!("0.0.0.0:{kport}")])
+            .args(extra);
+        c
+    };
+    for (extra, says) in [
+        (&[][..], "kafka_advertise"),
+        (&["--kafka-advertise", "no-port"][..], "not HOST:PORT"),
+    ] {
+        let out = serve(extra).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "levee serve {extra:?} started");
+        assert!(err.contains(says), "levee serve {extra:?}: {err}");
+    }
+
+    let log = std::fs::File::create(dir.join("levee.log")).unwrap();
+    let advertised = format!("localhost:{kport}");
+    let mut child = serve(&["--kafka-advertise", &advertised])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", kport)).is_err() {
+        assert!(
+            std::time::Instant::now() < until,
+            "no Kafka listener on port {kport}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let boot = format!("127.0.0.1:{kport}");
+    let c = consumer("advertise-probe", &reader_config(&boot));
+    let (brokers, _) = metadata(&c, None);
+    assert_eq!(brokers, vec![(0, advertised.clone())]);
+    let mut cfg = producer_config(&boot, "all", "none");
+    cfg.set("allow.auto.create.topics", "false");
+    let admin: AdminClient<DefaultClientContext> = base_config(&boot).create().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let made = rt
+        .block_on(admin.create_topics(
+            &[NewTopic::new("adv", 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        ))
+        .unwrap();
+    assert!(made[0].is_ok(), "{made:?}");
+    let p = producer("advertise-producer", &cfg);
+    for i in 0..5 {
+        p.send(BaseRecord::<[u8], [u8]>::to("adv").payload(format!("a{i}").as_bytes()))
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let d = flush_all_delivered(&p, 5);
+    assert!(d.iter().all(|d| d.error.is_none()), "{d:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
