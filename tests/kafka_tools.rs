@@ -8,6 +8,7 @@
 //!   create partitions, alter topic configs (IncrementalAlterConfigs and
 //!   AlterConfigs; bad values and unknown configs refused with
 //!   INVALID_CONFIG) and describe them, list groups;
+//!   the same script also runs with kafka-python 2.x;
 //! - `kcat.sh`: `kcat -L`, `-P` (to a topic auto-created by the produce)
 //!   and `-C`.
 //!
@@ -61,6 +62,37 @@ fn python_kafka_python() {
     }
     let b = Broker::start("kafka-kafka-python");
     run_script(&b, &py, "kafka_python_check.py");
+}
+
+/// The same script with kafka-python 2.x (its admin API differs; it asks
+/// Metadata for authorized operations), installed by `setup.sh` into its
+/// own directory (`LEVEE_KAFKA_PYTHON2_DIR`).
+#[test]
+fn python_kafka_python_2() {
+    let py = python();
+    let dir = std::env::var("LEVEE_KAFKA_PYTHON2_DIR")
+        .unwrap_or_else(|_| "/opt/levee-test-clients/kafka-python-2.3.3".into());
+    let check = format!(
+        "import os, sys; sys.path.insert(0, {dir:?}); import kafka, lz4, snappy, zstandard; assert kafka.__version__.startswith('2.')"
+    );
+    if !need_tool(
+        &format!("kafka-python 2.x in {dir} (tests/kafka/setup.sh)"),
+        &[&py, "-c", &check],
+    ) {
+        return;
+    }
+    let b = Broker::start("kafka-kafka-python-2");
+    let path = repo_root().join("tests/kafka/kafka_python_check.py");
+    let (ok, out) = run_with_timeout(
+        Command::new(&py)
+            .arg(&path)
+            .arg(b.kafka.to_string())
+            .env("PYTHONPATH", &dir),
+        Duration::from_secs(120),
+    );
+    eprintln!("kafka_python_check.py (2.x):\n{out}");
+    assert!(ok, "kafka-python 2.x failed against levee serve:\n{out}");
+    assert!(out.contains("kafka-python 2."), "{out}");
 }
 
 #[test]

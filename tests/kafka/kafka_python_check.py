@@ -95,6 +95,13 @@ def main():
     check(got[0].offset == 15, f"resumed at offset {got[0].offset}")
     check(not consume(c, 1, 1), "the resumed member read more than the new message")
 
+    if int(kafka.__version__.split(".")[0]) < 3:
+        admin_2x(admin, topic, group)
+        c.close()
+        admin.close()
+        print(f"kafka-python {kafka.__version__}: OK")
+        return
+
     # CreatePartitions: validate only (nothing changes), then grow to 5 with
     # a manual assignment; a shrink is refused with INVALID_PARTITIONS.
     admin.create_partitions({topic: 4}, validate_only=True)
@@ -165,6 +172,33 @@ def main():
     c.close()
     admin.close()
     print(f"kafka-python {kafka.__version__}: OK")
+
+
+def admin_2x(admin, topic, group):
+    """The admin calls of kafka-python 2.x, whose API differs from 3.x:
+    describe the topic (Metadata with authorized operations), grow it with
+    NewPartitions (validate only first), read its configs, list groups."""
+    from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions
+
+    d = admin.describe_topics([topic])[0]
+    check(len(d["partitions"]) == 3, f"describe_topics: {d}")
+    check("READ" in d.get("authorized_operations", []),
+          f"authorized operations of the topic: {d.get('authorized_operations')}")
+    admin.create_partitions({topic: NewPartitions(4)}, validate_only=True)
+    check(len(admin.describe_topics([topic])[0]["partitions"]) == 3,
+          "validate_only create_partitions changed the topic")
+    admin.create_partitions({topic: NewPartitions(5)})
+    check(len(admin.describe_topics([topic])[0]["partitions"]) == 5,
+          "create_partitions did not grow the topic to 5")
+    cluster = admin.describe_cluster()
+    check(cluster.get("cluster_id"), f"describe_cluster: {cluster}")
+    r = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    names = [e[0] for res in r for t in res.resources for e in t[4]]
+    check("retention.ms" in names, f"describe_configs: {names}")
+    groups = [g[0] for g in admin.list_consumer_groups()]
+    check(group in groups, f"list_consumer_groups does not show {group}: {groups}")
+    desc = admin.describe_consumer_groups([group])[0]
+    check(desc.group == group, f"describe_consumer_groups: {desc}")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,19 @@ if [ -n "$missing" ]; then
   PIP_BREAK_SYSTEM_PACKAGES=1 "$PYTHON" -m pip install -q --disable-pip-version-check $missing
 fi
 
+# kafka-python 2.x beside 3.x: its own directory, put first on PYTHONPATH
+# by the test that runs it (tests/kafka_tools.rs).
+KAFKA_PYTHON2=${LEVEE_KAFKA_PYTHON2_DIR:-/opt/levee-test-clients/kafka-python-2.3.3}
+if [ "$(PYTHONPATH="$KAFKA_PYTHON2" "$PYTHON" -c 'import kafka; print(kafka.__version__)' 2>/dev/null)" != "2.3.3" ]; then
+  echo "setup.sh: installing kafka-python==2.3.3 into $KAFKA_PYTHON2 (pip)"
+  as_root mkdir -p "$KAFKA_PYTHON2"
+  PIP_BREAK_SYSTEM_PACKAGES=1 as_root "$PYTHON" -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+    --no-deps --upgrade --target "$KAFKA_PYTHON2" "kafka-python==2.3.3"
+fi
+
 # What the tests will use, or a clear failure now.
 command -v kcat >/dev/null || { echo "setup.sh: kcat is still missing" >&2; exit 1; }
 "$PYTHON" -c 'import confluent_kafka, kafka, lz4, snappy, zstandard' \
   || { echo "setup.sh: a Python Kafka module does not import" >&2; exit 1; }
+[ "$(PYTHONPATH="$KAFKA_PYTHON2" "$PYTHON" -c 'import kafka; print(kafka.__version__)')" = "2.3.3" ] \
+  || { echo "setup.sh: kafka-python 2.3.3 does not import from $KAFKA_PYTHON2" >&2; exit 1; }

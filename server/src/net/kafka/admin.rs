@@ -553,8 +553,12 @@ pub async fn incremental_alter_configs(
     out
 }
 
-pub async fn describe_cluster(ctx: &Ctx, _req: DescribeClusterRequest) -> DescribeClusterResponse {
+pub async fn describe_cluster(ctx: &Ctx, req: DescribeClusterRequest) -> DescribeClusterResponse {
     let mut out = DescribeClusterResponse::default();
+    out.cluster_authorized_operations = super::metadata::authorized(
+        req.include_cluster_authorized_operations,
+        super::metadata::CLUSTER_OPERATIONS,
+    );
     out.cluster_id = str_bytes(cluster_id(&ctx.shard));
     out.controller_id = BrokerId(coordinator_node(&ctx.shard));
     out.brokers = kafka_brokers(&ctx.shard)

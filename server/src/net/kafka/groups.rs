@@ -269,7 +269,10 @@ pub async fn describe_groups(ctx: &Ctx, req: DescribeGroupsRequest) -> DescribeG
     for id in req.groups {
         let mut g = DescribedGroup::default();
         g.group_id = id.clone();
-        g.authorized_operations = i32::MIN;
+        g.authorized_operations = super::metadata::authorized(
+            req.include_authorized_operations,
+            super::metadata::GROUP_OPERATIONS,
+        );
         let res = match check_coordinator(ctx, id.as_str()) {
             Err(e) => Err(e),
             Ok(()) => handlers::groups::describe(&ctx.shard, id.as_str().to_string()).await,

@@ -26,7 +26,40 @@ pub fn default_replication(ctx: &Ctx) -> u16 {
 }
 
 /// Kafka's "authorized operations not requested" marker.
-const NO_AUTHORIZED_OPERATIONS: i32 = i32::MIN;
+pub const NO_AUTHORIZED_OPERATIONS: i32 = i32::MIN;
+
+/// A set of Kafka ACL operation codes as the bit field Kafka answers.
+const fn operations(codes: &[u8]) -> i32 {
+    let mut bits = 0i32;
+    let mut i = 0;
+    while i < codes.len() {
+        bits |= 1 << codes[i];
+        i += 1;
+    }
+    bits
+}
+
+// Levee has no authorization: a client that asks what it may do
+// (`include_*_authorized_operations`) is told every operation Kafka
+// defines for the resource. Codes: READ 3, WRITE 4, CREATE 5, DELETE 6,
+// ALTER 7, DESCRIBE 8, CLUSTER_ACTION 9, DESCRIBE_CONFIGS 10,
+// ALTER_CONFIGS 11, IDEMPOTENT_WRITE 12.
+/// Every operation on a topic.
+pub const TOPIC_OPERATIONS: i32 = operations(&[3, 4, 5, 6, 7, 8, 10, 11]);
+/// Every operation on the cluster.
+pub const CLUSTER_OPERATIONS: i32 = operations(&[5, 7, 8, 9, 10, 11, 12]);
+/// Every operation on a consumer group.
+pub const GROUP_OPERATIONS: i32 = operations(&[3, 6, 8]);
+
+/// `all` if the request asked for authorized operations, else Kafka's
+/// "not requested" marker.
+pub fn authorized(asked: bool, all: i32) -> i32 {
+    if asked {
+        all
+    } else {
+        NO_AUTHORIZED_OPERATIONS
+    }
+}
 
 /// Every live broker with its advertised Kafka address: (id, host, port).
 pub fn kafka_brokers(shard: &Shard) -> Vec<(i32, String, i32)> {
@@ -118,10 +151,10 @@ fn unknown_id_entry(id: Uuid) -> MetadataResponseTopic {
     t
 }
 
-fn topic_entry(shard: &Shard, name: &str) -> MetadataResponseTopic {
+fn topic_entry(shard: &Shard, name: &str, ops: i32) -> MetadataResponseTopic {
     let mut t = MetadataResponseTopic::default();
     t.name = Some(TopicName(str_bytes(name)));
-    t.topic_authorized_operations = NO_AUTHORIZED_OPERATIONS;
+    t.topic_authorized_operations = ops;
     let (meta, placements) = match handlers::topics::placement(shard, name) {
         Ok(p) => p,
         Err(e) => {
@@ -208,11 +241,15 @@ pub async fn metadata(ctx: &Ctx, req: MetadataRequest) -> MetadataResponse {
         .collect();
     out.cluster_id = Some(str_bytes(cluster_id(shard)));
     out.controller_id = BrokerId(coordinator_node(shard));
-    out.cluster_authorized_operations = NO_AUTHORIZED_OPERATIONS;
-    out.topics = names.iter().map(|n| topic_entry(shard, n)).collect();
+    out.cluster_authorized_operations = authorized(
+        req.include_cluster_authorized_operations,
+        CLUSTER_OPERATIONS,
+    );
+    let ops = authorized(req.include_topic_authorized_operations, TOPIC_OPERATIONS);
+    out.topics = names.iter().map(|n| topic_entry(shard, n, ops)).collect();
     out.topics
         .extend(by_id.into_iter().map(|id| match topic_by_id(shard, id) {
-            Some(n) => topic_entry(shard, &n),
+            Some(n) => topic_entry(shard, &n, ops),
             None => unknown_id_entry(id),
         }));
     out
