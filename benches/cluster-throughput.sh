@@ -4,13 +4,19 @@
 # (default 3) and printing the median ratio. Every node and the load
 # generator share this host's CPUs and disk, so on a small host the ratio
 # mostly shows that three brokers do three times the work.
-#   ROUNDS=3 DURATION=15 benches/cluster-throughput.sh
+# Also prints each broker's CPU time per byte produced (user + system from
+# /proc/PID/stat over the measured window, after the warmup).
+#   ROUNDS=3 DURATION=15 [LEVEE_BIN=path] benches/cluster-throughput.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-3}
 duration=${DURATION:-15}
-cargo build --release -p levee-cli --bin levee >/dev/null 2>&1
-L=target/release/levee
+if [ -n "${LEVEE_BIN:-}" ]; then
+  L=$LEVEE_BIN
+else
+  cargo build --release -p levee-cli --bin levee >/dev/null 2>&1
+  L=target/release/levee
+fi
 out=target/cluster-throughput
 work=${WORK_DIR:-target/cluster-throughput-data}
 rm -rf "$out" "$work" && mkdir -p "$out" "$work"
@@ -27,9 +33,23 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; pids=(); }
 trap 'cleanup; rm -rf "$work"' EXIT
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+ticks() { # pid: user + system clock ticks
+  awk '{print $14 + $15}' "/proc/$1/stat"
+}
 bench() { # bootstrap acks json
+  local b t0=() t1=() k
   "$L" bench --bootstrap "$1" --topic bt --partitions 6 --acks "$2" --message-size 1024 \
-    --producers 2 --duration "$duration" --warmup 2 --direct-batches --quiet --json "$3" >/dev/null
+    --producers 2 --duration "$duration" --warmup 2 --direct-batches --quiet --json "$3" >/dev/null &
+  b=$!
+  sleep 2.5
+  for k in "${pids[@]}"; do t0+=("$(ticks "$k")"); done
+  sleep "$((duration - 1))"
+  for k in "${pids[@]}"; do t1+=("$(ticks "$k")"); done
+  wait "$b"
+  # CPU seconds of each broker over the $((duration - 1)) s window.
+  for k in "${!t0[@]}"; do
+    echo "$(( t1[k] - t0[k] )) $(getconf CLK_TCK) $((duration - 1))"
+  done > "$3.cpu"
 }
 for i in $(seq 1 "$rounds"); do
   # Single node, every core, acks=1.
@@ -68,4 +88,13 @@ r = [b / a for a, b in zip(s, c)]
 print(f"single node acks=1 MB/s: {[round(x) for x in s]}")
 print(f"3 nodes RF3 acks=all MB/s: {[round(x) for x in c]}")
 print(f"median ratio {statistics.median(r):.1%} (range {min(r):.0%}..{max(r):.0%})")
+def ns_per_byte(name, i):
+    mbs = mb(f"{out}/{name}-{i}.json")
+    rows = [l.split() for l in open(f"{out}/{name}-{i}.json.cpu")]
+    return [int(t) / int(hz) / (mbs * 1e6 * int(w)) * 1e9 for t, hz, w in rows]
+for name in ["single", "cluster"]:
+    per = [ns_per_byte(name, i) for i in range(1, rounds + 1)]
+    med = [statistics.median(run[n] for run in per) for n in range(len(per[0]))]
+    print(f"{name}: broker CPU ns per produced byte, median per broker: {[round(x, 2) for x in med]}"
+          f" (sum {sum(med):.2f})")
 PY
