@@ -55,7 +55,7 @@ for i in $(seq 1 "$rounds"); do
   # Single node, every core, acks=1.
   rm -rf "$work/single"
   "$L" serve --config "$work/levee.toml" --data-dir "$work/single" --listen 127.0.0.1:9301 \
-    --admin-listen "" >"$out/single-$i.log" 2>&1 & pids+=($!)
+    --admin-listen "" --kafka-listen none >"$out/single-$i.log" 2>&1 & pids+=($!)
   wait_port 9301
   "$L" topic create bt --partitions 6 --bootstrap 127.0.0.1:9301 >/dev/null
   bench 127.0.0.1:9301 1 "$out/single-$i.json"
@@ -66,7 +66,7 @@ for i in $(seq 1 "$rounds"); do
     rm -rf "$work/n$n"
     cpu=$(( (n - 1) % cpus ))
     "$L" serve --config "$work/levee.toml" --data-dir "$work/n$n" --listen 127.0.0.1:930$((n + 1)) \
-      --admin-listen "" --node-id $n --coordinators $C --cores "$cpu-$cpu" >"$out/n$n-$i.log" 2>&1 & pids+=($!)
+      --admin-listen "" --kafka-listen none --node-id $n --coordinators $C --cores "$cpu-$cpu" >"$out/n$n-$i.log" 2>&1 & pids+=($!)
   done
   for n in 1 2 3; do wait_port 930$((n + 1)); done
   B=127.0.0.1:9302,127.0.0.1:9303,127.0.0.1:9304

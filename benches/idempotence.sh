@@ -37,8 +37,14 @@ run() { # label json extra...
     --producers 2 --consumers 1 --message-size 1024 --acks all --duration 6 --warmup 1 \
     --quiet --json "$json" "$@" > /dev/null 2>&1 || true
   stop_broker
-  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); v=d["verification"]
-print(f"{sys.argv[2]}: {d[\"produce\"][\"mb_s\"]:.1f} MB/s, ack p50 {d[\"ack_latency\"][\"p50_ms\"]:.2f} ms, p99 {d[\"ack_latency\"][\"p99_ms\"]:.2f} ms, checked {v[\"checked\"]}, counts {v[\"counts\"]}")' "$json" "$label"
+  python3 - "$json" "$label" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+v, a = d["verification"], d["ack_latency"]
+print(f'{sys.argv[2]}: {d["produce"]["mb_s"]:.1f} MB/s, ack p50 {a["p50_ms"]:.2f} ms, '
+      f'p99 {a["p99_ms"]:.2f} ms, lost {v["loss"]["lost"]}, duplicates {v["counts"]["duplicates"]}, '
+      f'reordered {v["counts"]["reordered"]}')
+PY
 }
 for r in $(seq "$rounds"); do
   run "r$r idempotence on " "$work/on-$r.json"

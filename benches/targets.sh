@@ -24,7 +24,9 @@
 # its own subdirectories there. ROUNDS (default 3) rounds of each
 # measurement; every broker is fresh (`levee serve --cores 2`) on an empty
 # data directory. Output: lines "MEASURE bN rR: ..." and a summary of
-# medians per build at the end (also in SCRATCH_DIR/targets.txt).
+# medians per build at the end (also in SCRATCH_DIR/targets.txt). One
+# load generator drives every build: `levee bench` of BENCH, or of the last
+# BIN given.
 set -euo pipefail
 scratch=$(realpath -m "${1:?scratch directory}")
 shift
@@ -67,10 +69,12 @@ start_broker() { # bin [keep]: a fresh data directory unless keep
   exit 1
 }
 
+# One load generator for every build: BENCH, else the last build given.
+bench_bin=$(realpath "${BENCH:-${bins[-1]}}")
 bench() { # bin json args...
-  local bin=$1 json=$2
+  local json=$2
   shift 2
-  "$bin" bench --bootstrap "127.0.0.1:$port" --admin "127.0.0.1:$admin" --message-size 1024 \
+  "$bench_bin" bench --bootstrap "127.0.0.1:$port" --admin "127.0.0.1:$admin" --message-size 1024 \
     --quiet --json "$json" "$@" > "$json.log" 2>&1 || true
 }
 

@@ -10,7 +10,7 @@ use levee_client::{Client, ClientError, ErrorCode, OffsetSpec, TopicSettings};
 use crate::args::Protocol;
 use crate::connect::{client_config, kafka_connect};
 use crate::kafka;
-use crate::workload::{client_err, usage, BenchError, Config};
+use crate::workload::{client_err, BenchError, Config};
 
 /// Describes the topic, creating it if missing; returns its partition count.
 pub(crate) async fn ensure_topic(cfg: &Config, client: &Client) -> Result<u32, BenchError> {
@@ -73,6 +73,7 @@ pub(crate) async fn ensure_topic(cfg: &Config, client: &Client) -> Result<u32, B
 }
 
 /// The broker's administration, over the protocol the bench speaks.
+#[derive(Clone)]
 pub(crate) enum Admin {
     Native(Client),
     Kafka(Arc<kafka::KafkaClient>),
@@ -90,12 +91,111 @@ impl Admin {
         })
     }
 
-    /// The native client (group administration has no Kafka path here).
-    pub(crate) fn native(&self) -> Result<&Client, BenchError> {
+    /// `group`'s committed offsets of `topic` (partitions with none are
+    /// left out).
+    pub(crate) async fn group_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: u32,
+    ) -> Result<HashMap<u32, u64>, String> {
         match self {
-            Admin::Native(c) => Ok(c),
-            Admin::Kafka(_) => Err(usage("this needs --protocol native")),
+            Admin::Native(c) => Ok(c
+                .fetch_offsets(group, &levee_client::Assignment::new())
+                .await
+                .map_err(|e| format!("fetch offsets of group `{group}`: {e}"))?
+                .into_iter()
+                .filter(|o| o.topic == topic)
+                .map(|o| (o.partition, o.offset))
+                .collect()),
+            Admin::Kafka(k) => k.offset_fetch(group, topic, partitions).await,
         }
+    }
+
+    /// `group`'s state, member count and generation (Kafka: -1, unknown).
+    pub(crate) async fn group_state(&self, group: &str) -> Result<(String, usize, i32), String> {
+        match self {
+            Admin::Native(c) => c
+                .describe_group(group)
+                .await
+                .map(|i| (i.state, i.members.len(), i.generation))
+                .map_err(|e| e.to_string()),
+            Admin::Kafka(k) => k.describe_group(group).await,
+        }
+    }
+
+    /// An administrative commit of `offsets` for `group` (no member, no
+    /// generation): accepted only while the group has no members
+    /// (`Ok(false)` otherwise).
+    pub(crate) async fn commit_group_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        offsets: &[(u32, u64)],
+    ) -> Result<bool, String> {
+        match self {
+            Admin::Native(c) => {
+                let commits: Vec<levee_client::OffsetCommit> = offsets
+                    .iter()
+                    .map(|(p, o)| levee_client::OffsetCommit::new(topic, *p, *o))
+                    .collect();
+                match c.commit_offsets(group, "", -1, &commits).await {
+                    Ok(()) => Ok(true),
+                    Err(e) if e.code() == Some(ErrorCode::GroupNotEmpty) => Ok(false),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Admin::Kafka(k) => match k.offset_commit(group, -1, "", topic, offsets).await? {
+                0 => Ok(true),
+                // ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, REBALANCE_IN_PROGRESS:
+                // the group has members.
+                22 | 25 | 27 => Ok(false),
+                c => Err(format!(
+                    "commit offsets of group `{group}`: Kafka error {c}"
+                )),
+            },
+        }
+    }
+
+    /// The group's lag: each partition's high watermark minus its
+    /// committed offset (none: its log start), summed.
+    pub(crate) async fn group_lag(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: u32,
+    ) -> Result<i64, String> {
+        let committed = self.group_offsets(group, topic, partitions).await?;
+        let (starts, ends) = match self {
+            Admin::Native(c) => {
+                let info = c
+                    .describe_topic(topic)
+                    .await
+                    .map_err(|e| format!("describe topic: {e}"))?;
+                let mut starts = HashMap::new();
+                let mut ends = HashMap::new();
+                for p in &info.partitions {
+                    starts.insert(p.partition, p.log_start_offset);
+                    ends.insert(p.partition, p.high_watermark);
+                }
+                (starts, ends)
+            }
+            Admin::Kafka(k) => (
+                k.list_offsets(topic, partitions, -2).await?,
+                k.list_offsets(topic, partitions, -1).await?,
+            ),
+        };
+        let total: u64 = ends
+            .iter()
+            .map(|(p, end)| {
+                levee_client::lag(
+                    committed.get(p).copied(),
+                    starts.get(p).copied().unwrap_or(0),
+                    *end,
+                )
+            })
+            .sum();
+        Ok(i64::try_from(total).unwrap_or(i64::MAX))
     }
 
     pub(crate) async fn ensure_topic(&self, cfg: &Config) -> Result<u32, BenchError> {

@@ -74,8 +74,10 @@ Examples:
   levee bench --producers 2 --consumers 3 --group bench-g --partitions 6 --rate 50   # consumer group, lag")]
 pub struct BenchArgs {
     /// The protocol to drive the broker with: `native` (Levee's), or `kafka`
-    /// (any Kafka-compatible broker; needs `--direct-batches` for producers;
-    /// no `--group`). The default `--bootstrap` becomes 127.0.0.1:9092.
+    /// (any Kafka-compatible broker, through the bench's own Kafka client:
+    /// producers send the bench's own batches, as with `--direct-batches`;
+    /// `--group` members use the classic group protocol with the range
+    /// assignor). The default `--bootstrap` becomes 127.0.0.1:9092.
     #[arg(long, value_enum, default_value_t = Protocol::Native)]
     pub protocol: Protocol,
     /// Broker addresses HOST:PORT[,...].

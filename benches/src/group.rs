@@ -1,40 +1,121 @@
 //! `--group`: consumers as members of a consumer group, the group's
 //! starting offsets, its progress and lag, and rebalances.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use levee_client::{
-    Assignment, Client, ClientError, ErrorCode, GroupConsumer, GroupConsumerConfig, OffsetCommit,
-    OffsetReset, OffsetSpec,
+    Client, ClientError, ConsumedRecord, GroupConsumer, GroupConsumerConfig, OffsetReset,
+    OffsetSpec,
 };
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use crate::admin::end_offsets;
-use crate::connect::client_config;
+use crate::admin::Admin;
+use crate::args::Protocol;
+use crate::connect::{client_config, kafka_connect};
 use crate::consumer::{account, consumer_fetch_config, pace, ConsumerCtx, ConsumerDone};
+use crate::kafka_group::{KafkaMember, KafkaMemberError};
 use crate::rate::Pacer;
 use crate::shared::{lock, Shared, Targets};
 use crate::verify::Owner;
-use crate::workload::{client_err, BenchError, Config};
+use crate::workload::{BenchError, Config};
 
-/// Whether every partition assigned to a group member is at or past its target.
-fn group_reached(gc: &GroupConsumer, topic: &str, targets: &HashMap<u32, u64>) -> bool {
-    gc.assignment().get(topic).is_none_or(|ps| {
-        ps.iter().all(|p| {
-            let target = targets.get(p).copied().unwrap_or(0);
-            gc.position(topic, *p).unwrap_or(0) >= target
-        })
-    })
+/// A member of the group, over the protocol the bench speaks.
+enum Member {
+    Native(Box<GroupConsumer>),
+    Kafka(Box<KafkaMember>),
+}
+
+/// What went wrong in a member's poll or commit.
+enum MemberError {
+    /// A batch failed its checks.
+    Corrupt(String),
+    /// Worth trying again (a rebalance, a moved leader or coordinator).
+    Retry(String),
+    /// A commit refused: the member joins again.
+    Fenced,
+    Fatal(String),
+}
+
+impl From<ClientError> for MemberError {
+    fn from(e: ClientError) -> MemberError {
+        match e {
+            e @ (ClientError::Checksum { .. } | ClientError::MalformedBatch { .. }) => {
+                MemberError::Corrupt(e.to_string())
+            }
+            e if e.needs_rejoin() => MemberError::Fenced,
+            e if e.is_retriable() => MemberError::Retry(e.to_string()),
+            e => MemberError::Fatal(e.to_string()),
+        }
+    }
+}
+
+impl From<KafkaMemberError> for MemberError {
+    fn from(e: KafkaMemberError) -> MemberError {
+        match e {
+            KafkaMemberError::Corrupt(m) => MemberError::Corrupt(m),
+            KafkaMemberError::Retry(m) => MemberError::Retry(m),
+            KafkaMemberError::Fenced => MemberError::Fenced,
+            KafkaMemberError::Fatal(m) => MemberError::Fatal(m),
+        }
+    }
+}
+
+impl Member {
+    fn generation(&self) -> i32 {
+        match self {
+            Member::Native(gc) => gc.generation(),
+            Member::Kafka(m) => m.generation(),
+        }
+    }
+
+    /// Whether every partition assigned to it is at or past its target.
+    fn reached(&self, topic: &str, targets: &HashMap<u32, u64>) -> bool {
+        match self {
+            Member::Native(gc) => gc.assignment().get(topic).is_none_or(|ps| {
+                ps.iter().all(|p| {
+                    let target = targets.get(p).copied().unwrap_or(0);
+                    gc.position(topic, *p).unwrap_or(0) >= target
+                })
+            }),
+            Member::Kafka(m) => m.reached(targets),
+        }
+    }
+
+    async fn poll(&mut self) -> Result<Vec<ConsumedRecord>, MemberError> {
+        match self {
+            // A rejoin the broker asks for is a retry here: the next poll
+            // joins again.
+            Member::Native(gc) => gc.poll().await.map_err(|e| match MemberError::from(e) {
+                MemberError::Fenced => MemberError::Retry("joining the group again".into()),
+                other => other,
+            }),
+            Member::Kafka(m) => Ok(m.poll().await?),
+        }
+    }
+
+    async fn commit(&mut self) -> Result<(), MemberError> {
+        match self {
+            Member::Native(gc) => Ok(gc.commit().await?),
+            Member::Kafka(m) => Ok(m.commit().await?),
+        }
+    }
+
+    async fn close(self) -> Result<(), String> {
+        match self {
+            Member::Native(gc) => gc.close().await.map_err(|e| e.to_string()),
+            Member::Kafka(m) => m.close().await,
+        }
+    }
 }
 
 /// Commits a group member's positions; a refusal (rebalance, fencing) is
 /// counted, not fatal: the next poll joins again and the next owner reads
 /// the uncommitted records again. Returns whether the commit went through.
-async fn group_commit(gc: &mut GroupConsumer, shared: &Shared, id: usize, dirty: bool) -> bool {
+async fn group_commit(gc: &mut Member, shared: &Shared, id: usize, dirty: bool) -> bool {
     let started = Instant::now();
     match gc.commit().await {
         Ok(()) => {
@@ -47,11 +128,11 @@ async fn group_commit(gc: &mut GroupConsumer, shared: &Shared, id: usize, dirty:
             }
             true
         }
-        Err(e) if e.needs_rejoin() => {
+        Err(MemberError::Fenced) => {
             shared.commits_refused.fetch_add(1, Relaxed);
             false
         }
-        Err(e) => {
+        Err(MemberError::Retry(e) | MemberError::Fatal(e) | MemberError::Corrupt(e)) => {
             shared.note(format!("consumer {id}: commit failed: {e}"));
             false
         }
@@ -140,20 +221,30 @@ pub(crate) async fn group_consumer_task(
                 retries = 0;
                 r
             }
-            Err(e @ (ClientError::Checksum { .. } | ClientError::MalformedBatch { .. })) => {
+            Err(MemberError::Corrupt(e)) => {
                 lock(&verifier).counts.corrupt_batches += 1;
                 shared.note(format!("consumer {id}: {e}"));
                 break;
             }
             // A rejoin that failed is tried again by the next poll.
-            Err(e) if (e.is_retriable() || e.needs_rejoin()) && retries < 50 => {
+            Err(MemberError::Retry(e)) if retries < 50 => {
                 retries += 1;
                 shared.note(format!("consumer {id}: retrying: {e}"));
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
-            Err(e) => {
+            Err(MemberError::Fenced) if retries < 50 => {
+                retries += 1;
+                continue;
+            }
+            Err(MemberError::Retry(e) | MemberError::Fatal(e)) => {
                 done.fatal = Some(format!("consumer {id}: {e}"));
+                break;
+            }
+            Err(MemberError::Fenced) => {
+                done.fatal = Some(format!(
+                    "consumer {id}: fenced from the group again and again"
+                ));
                 break;
             }
         };
@@ -175,7 +266,7 @@ pub(crate) async fn group_consumer_task(
                     || targets
                         .borrow()
                         .as_ref()
-                        .is_some_and(|t| group_reached(&gc, &a.topic, t))
+                        .is_some_and(|t| gc.reached(&a.topic, t))
             }
         };
         if due {
@@ -202,7 +293,7 @@ pub(crate) async fn group_consumer_task(
 /// leaves. Returns the generation it settled in and a probe of its lag.
 pub(crate) async fn watch_group(
     cfg: &Config,
-    admin: &Client,
+    admin: &Admin,
     group: &str,
     members: usize,
     partitions: u32,
@@ -210,17 +301,27 @@ pub(crate) async fn watch_group(
     shared: &Arc<Shared>,
 ) -> (Option<i32>, LagProbe) {
     let a = &cfg.args;
-    let start_generation = wait_for_group(admin, group, members).await;
-    match start_generation {
-        Some(gen) => eprintln!("group `{group}`: {members} member(s) stable in generation {gen}"),
-        None => shared.note(format!(
-            "group `{group}` was not stable with {members} member(s) after 15 s; starting anyway"
-        )),
-    }
+    let start_generation = match wait_for_group(admin, group, members).await {
+        Some(Some(gen)) => {
+            eprintln!("group `{group}`: {members} member(s) stable in generation {gen}");
+            Some(gen)
+        }
+        Some(None) => {
+            eprintln!("group `{group}`: {members} member(s) stable");
+            None
+        }
+        None => {
+            shared.note(format!(
+                "group `{group}` was not stable with {members} member(s) after 15 s; starting anyway"
+            ));
+            None
+        }
+    };
     let lag_probe = LagProbe {
-        client: admin.clone(),
+        admin: admin.clone(),
         group: group.to_string(),
         topic: a.topic.clone(),
+        partitions,
     };
     if let Some(every) = a.churn_interval {
         tokio::spawn(churn(shared.clone(), Duration::from_secs_f64(every)));
@@ -250,8 +351,23 @@ async fn churn(shared: Arc<Shared>, every: Duration) {
 }
 
 /// Connects and joins the group as consumer `id` (auto-commit off).
-async fn join_member(cfg: &Config, id: usize, group: &str) -> Result<GroupConsumer, String> {
+async fn join_member(cfg: &Config, id: usize, group: &str) -> Result<Member, String> {
     let a = &cfg.args;
+    if a.protocol == Protocol::Kafka {
+        let client = kafka_connect(cfg).await?;
+        let partitions = client.ensure_topic(&a.topic, a.partitions, -1).await?;
+        return KafkaMember::join(
+            client,
+            group,
+            &a.topic,
+            partitions,
+            cfg.reset() != OffsetReset::Latest,
+            a.fetch_partition_bytes,
+        )
+        .await
+        .map(|m| Member::Kafka(Box::new(m)))
+        .map_err(|e| format!("consumer {id}: {e}"));
+    }
     let client = Client::connect(client_config(cfg, format!("levee-bench-c{id}")))
         .await
         .map_err(|e| format!("consumer {id}: {e}"))?;
@@ -263,6 +379,7 @@ async fn join_member(cfg: &Config, id: usize, group: &str) -> Result<GroupConsum
     };
     GroupConsumer::join(client, config)
         .await
+        .map(|gc| Member::Native(Box::new(gc)))
         .map_err(|e| format!("consumer {id}: join group `{group}`: {e}"))
 }
 
@@ -271,7 +388,7 @@ async fn join_member(cfg: &Config, id: usize, group: &str) -> Result<GroupConsum
 /// `group_done` (the members stop). Commits follow verification, so every
 /// message below the targets has been checked by then.
 async fn watch_group_progress(
-    admin: Client,
+    admin: Admin,
     group: String,
     topic: String,
     partitions: u32,
@@ -292,13 +409,8 @@ async fn watch_group_progress(
         }
     };
     while !shared.stop_consuming.load(Relaxed) {
-        match admin.fetch_offsets(&group, &Assignment::new()).await {
-            Ok(found) => {
-                let committed: HashMap<u32, u64> = found
-                    .into_iter()
-                    .filter(|o| o.topic == topic)
-                    .map(|o| (o.partition, o.offset))
-                    .collect();
+        match admin.group_offsets(&group, &topic, partitions).await {
+            Ok(committed) => {
                 if group_targets_reached(&committed, &t, partitions) {
                     shared.group_done.store(true, Relaxed);
                     return;
@@ -324,42 +436,17 @@ fn group_targets_reached(
 /// offsets, summed over the topic's partitions.
 #[derive(Clone)]
 pub(crate) struct LagProbe {
-    pub(crate) client: Client,
+    pub(crate) admin: Admin,
     pub(crate) group: String,
     pub(crate) topic: String,
+    pub(crate) partitions: u32,
 }
 
 impl LagProbe {
     pub(crate) async fn sample(&self) -> Result<i64, String> {
-        let fut = async {
-            let info = self
-                .client
-                .describe_topic(&self.topic)
-                .await
-                .map_err(|e| format!("describe topic: {e}"))?;
-            let found = self
-                .client
-                .fetch_offsets(&self.group, &Assignment::new())
-                .await
-                .map_err(|e| format!("fetch the group's offsets: {e}"))?;
-            let committed: HashMap<u32, u64> = found
-                .into_iter()
-                .filter(|o| o.topic == self.topic)
-                .map(|o| (o.partition, o.offset))
-                .collect();
-            let total: u64 = info
-                .partitions
-                .iter()
-                .map(|p| {
-                    levee_client::lag(
-                        committed.get(&p.partition).copied(),
-                        p.log_start_offset,
-                        p.high_watermark,
-                    )
-                })
-                .sum();
-            Ok(i64::try_from(total).unwrap_or(i64::MAX))
-        };
+        let fut = self
+            .admin
+            .group_lag(&self.group, &self.topic, self.partitions);
         match tokio::time::timeout(Duration::from_millis(800), fut).await {
             Ok(r) => r,
             Err(_) => Err("lag sample timed out".into()),
@@ -374,70 +461,65 @@ impl LagProbe {
 /// skip what was produced in between.
 pub(crate) async fn prepare_group(
     cfg: &Config,
-    admin: &Client,
+    admin: &Admin,
     group: &str,
     partitions: u32,
 ) -> Result<(), BenchError> {
     let topic = &cfg.args.topic;
     let existing = admin
-        .fetch_offsets(group, &Assignment::new())
+        .group_offsets(group, topic, partitions)
         .await
-        .map_err(|e| client_err(&format!("fetch offsets of group `{group}`"), &e))?;
-    let have: HashSet<u32> = existing
-        .iter()
-        .filter(|o| &o.topic == topic)
-        .map(|o| o.partition)
-        .collect();
-    if !have.is_empty() {
+        .map_err(BenchError::Client)?;
+    if !existing.is_empty() {
         eprintln!(
             "note: group `{group}` has committed offsets for {} of {partitions} partition(s) of `{topic}`: its members resume from them",
-            have.len()
+            existing.len()
         );
     }
     if cfg.reset() != OffsetReset::Latest {
         return Ok(());
     }
-    let ends = end_offsets(admin, topic, partitions, OffsetSpec::Latest)
-        .await
-        .map_err(|e| client_err("list offsets", &e))?;
-    let mut commits: Vec<OffsetCommit> = ends
+    let ends = admin
+        .end_offsets(topic, partitions, OffsetSpec::Latest)
+        .await?;
+    let mut commits: Vec<(u32, u64)> = ends
         .iter()
-        .filter(|(p, _)| !have.contains(p))
-        .map(|(p, o)| OffsetCommit::new(topic.clone(), *p, *o))
+        .filter(|(p, _)| !existing.contains_key(p))
+        .map(|(p, o)| (*p, *o))
         .collect();
     if commits.is_empty() {
         return Ok(());
     }
-    commits.sort_by_key(|c| c.partition);
-    match admin.commit_offsets(group, "", -1, &commits).await {
-        Ok(()) => {
+    commits.sort();
+    match admin.commit_group_offsets(group, topic, &commits).await {
+        Ok(true) => {
             eprintln!(
                 "group `{group}`: committed the end offsets of {} partition(s) so that members start there (--from latest)",
                 commits.len()
             );
             Ok(())
         }
-        Err(e) if e.code() == Some(ErrorCode::GroupNotEmpty) => {
+        Ok(false) => {
             eprintln!(
                 "note: group `{group}` already has members: partitions without a committed offset start at the end of the log when first read"
             );
             Ok(())
         }
-        Err(e) => Err(client_err(
-            &format!("commit starting offsets of group `{group}`"),
-            &e,
-        )),
+        Err(e) => Err(BenchError::Client(format!(
+            "commit starting offsets of group `{group}`: {e}"
+        ))),
     }
 }
 
 /// Waits (up to 15 s) until the group is stable with at least `members`
 /// members; returns its generation then.
-async fn wait_for_group(admin: &Client, group: &str, members: usize) -> Option<i32> {
+/// (Over the Kafka API the generation is not known: `Some(None)`.)
+async fn wait_for_group(admin: &Admin, group: &str, members: usize) -> Option<Option<i32>> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        if let Ok(info) = admin.describe_group(group).await {
-            if info.state == "Stable" && info.members.len() >= members {
-                return Some(info.generation);
+        if let Ok((state, n, generation)) = admin.group_state(group).await {
+            if state == "Stable" && n >= members {
+                return Some((generation >= 0).then_some(generation));
             }
         }
         if Instant::now() >= deadline {

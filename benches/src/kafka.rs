@@ -21,6 +21,21 @@ const PRODUCE_V: i16 = 9;
 const FETCH_V: i16 = 11;
 const LIST_OFFSETS_V: i16 = 5;
 const CREATE_TOPICS_V: i16 = 5;
+const FIND_COORDINATOR_V: i16 = 1;
+const JOIN_GROUP_V: i16 = 5;
+const SYNC_GROUP_V: i16 = 3;
+const HEARTBEAT_V: i16 = 3;
+const LEAVE_GROUP_V: i16 = 1;
+const OFFSET_COMMIT_V: i16 = 7;
+const OFFSET_FETCH_V: i16 = 5;
+const DESCRIBE_GROUPS_V: i16 = 3;
+
+/// Kafka error codes that say the group's coordinator moved or is not
+/// ready: COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE,
+/// NOT_COORDINATOR.
+pub fn coordinator_moved(code: i16) -> bool {
+    matches!(code, 14..=16)
+}
 
 /// Kafka error codes a producer retries.
 pub fn retriable(code: i16) -> bool {
@@ -174,6 +189,8 @@ pub struct KafkaClient {
     bootstrap: Vec<String>,
     conns: tokio::sync::Mutex<HashMap<i32, Arc<Conn>>>,
     meta: Mutex<Meta>,
+    /// Each group's coordinator, once found.
+    coordinators: tokio::sync::Mutex<HashMap<String, Arc<Conn>>>,
 }
 
 impl KafkaClient {
@@ -182,6 +199,7 @@ impl KafkaClient {
             bootstrap: bootstrap.to_vec(),
             conns: Default::default(),
             meta: Default::default(),
+            coordinators: Default::default(),
         };
         c.refresh(&[]).await?;
         Ok(c)
@@ -438,5 +456,266 @@ impl KafkaClient {
             out.insert(p, r.offset.max(0) as u64);
         }
         Ok(out)
+    }
+
+    /// The connection to `group`'s coordinator (FindCoordinator, retried
+    /// while the coordinator is not available, up to 10 s).
+    async fn coordinator(&self, group: &str) -> Result<Arc<Conn>, String> {
+        if let Some(c) = self.coordinators.lock().await.get(group) {
+            return Ok(c.clone());
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let addr = loop {
+            let conn = self.any_conn().await?;
+            let mut req = FindCoordinatorRequest::default();
+            req.key = StrBytes::from_string(group.to_string());
+            let resp: FindCoordinatorResponse = conn
+                .call(ApiKey::FindCoordinator, FIND_COORDINATOR_V, &req)
+                .await?;
+            if resp.error_code == 0 {
+                break format!("{}:{}", resp.host.as_str(), resp.port);
+            }
+            if !coordinator_moved(resp.error_code) || tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "finding the coordinator of group `{group}`: Kafka error {}",
+                    resp.error_code
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let c = Arc::new(Conn::connect(&addr).await?);
+        self.coordinators
+            .lock()
+            .await
+            .insert(group.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Forgets `group`'s coordinator, after an error that says it moved.
+    pub async fn forget_coordinator(&self, group: &str) {
+        self.coordinators.lock().await.remove(group);
+    }
+
+    /// A group request to its coordinator; a transport error forgets it.
+    async fn group_call<R: Encodable, T: Decodable>(
+        &self,
+        group: &str,
+        key: ApiKey,
+        version: i16,
+        req: &R,
+    ) -> Result<T, String> {
+        let conn = self.coordinator(group).await?;
+        let r = conn.call(key, version, req).await;
+        if r.is_err() {
+            self.forget_coordinator(group).await;
+        }
+        r
+    }
+
+    /// JoinGroup (classic protocol, type `consumer`, the range assignor)
+    /// subscribing to `topic`.
+    pub async fn join_group(
+        &self,
+        group: &str,
+        member_id: &str,
+        topic: &str,
+        session_ms: i32,
+    ) -> Result<JoinGroupResponse, String> {
+        let mut sub = ConsumerProtocolSubscription::default();
+        sub.topics = vec![StrBytes::from_string(topic.to_string())];
+        let mut meta = BytesMut::new();
+        meta.extend_from_slice(&0i16.to_be_bytes());
+        sub.encode(&mut meta, 0).map_err(|e| e.to_string())?;
+        let mut p = join_group_request::JoinGroupRequestProtocol::default();
+        p.name = StrBytes::from_static_str("range");
+        p.metadata = meta.freeze();
+        let mut req = JoinGroupRequest::default();
+        req.group_id = GroupId(StrBytes::from_string(group.to_string()));
+        req.session_timeout_ms = session_ms;
+        req.rebalance_timeout_ms = session_ms;
+        req.member_id = StrBytes::from_string(member_id.to_string());
+        req.protocol_type = StrBytes::from_static_str("consumer");
+        req.protocols = vec![p];
+        self.group_call(group, ApiKey::JoinGroup, JOIN_GROUP_V, &req)
+            .await
+    }
+
+    /// SyncGroup: the leader sends every member's partitions of `topic`;
+    /// the others send none. Returns (error, this member's partitions).
+    pub async fn sync_group(
+        &self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        topic: &str,
+        assignments: &[(String, Vec<i32>)],
+    ) -> Result<(i16, Vec<u32>), String> {
+        let mut req = SyncGroupRequest::default();
+        req.group_id = GroupId(StrBytes::from_string(group.to_string()));
+        req.generation_id = generation;
+        req.member_id = StrBytes::from_string(member_id.to_string());
+        for (member, parts) in assignments {
+            let mut tp = consumer_protocol_assignment::TopicPartition::default();
+            tp.topic = TopicName(StrBytes::from_string(topic.to_string()));
+            tp.partitions = parts.clone();
+            let mut a = ConsumerProtocolAssignment::default();
+            a.assigned_partitions = vec![tp];
+            let mut buf = BytesMut::new();
+            buf.extend_from_slice(&0i16.to_be_bytes());
+            a.encode(&mut buf, 0).map_err(|e| e.to_string())?;
+            let mut sa = sync_group_request::SyncGroupRequestAssignment::default();
+            sa.member_id = StrBytes::from_string(member.clone());
+            sa.assignment = buf.freeze();
+            req.assignments.push(sa);
+        }
+        let resp: SyncGroupResponse = self
+            .group_call(group, ApiKey::SyncGroup, SYNC_GROUP_V, &req)
+            .await?;
+        if resp.error_code != 0 {
+            return Ok((resp.error_code, Vec::new()));
+        }
+        let mut body = resp.assignment;
+        if body.len() < 2 {
+            return Ok((0, Vec::new()));
+        }
+        let version = i16::from_be_bytes([body[0], body[1]]);
+        let _ = body.split_to(2);
+        let a = ConsumerProtocolAssignment::decode(&mut body, version.clamp(0, 3))
+            .map_err(|e| format!("a SyncGroup assignment: {e}"))?;
+        Ok((
+            0,
+            a.assigned_partitions
+                .iter()
+                .filter(|t| t.topic.as_str() == topic)
+                .flat_map(|t| t.partitions.iter().map(|p| *p as u32))
+                .collect(),
+        ))
+    }
+
+    /// Heartbeat: the error code (0: still a member of that generation).
+    pub async fn heartbeat(
+        &self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+    ) -> Result<i16, String> {
+        let mut req = HeartbeatRequest::default();
+        req.group_id = GroupId(StrBytes::from_string(group.to_string()));
+        req.generation_id = generation;
+        req.member_id = StrBytes::from_string(member_id.to_string());
+        let resp: HeartbeatResponse = self
+            .group_call(group, ApiKey::Heartbeat, HEARTBEAT_V, &req)
+            .await?;
+        Ok(resp.error_code)
+    }
+
+    /// LeaveGroup of one member.
+    pub async fn leave_group(&self, group: &str, member_id: &str) -> Result<i16, String> {
+        let mut req = LeaveGroupRequest::default();
+        req.group_id = GroupId(StrBytes::from_string(group.to_string()));
+        req.member_id = StrBytes::from_string(member_id.to_string());
+        let resp: LeaveGroupResponse = self
+            .group_call(group, ApiKey::LeaveGroup, LEAVE_GROUP_V, &req)
+            .await?;
+        Ok(resp.error_code)
+    }
+
+    /// OffsetCommit of `offsets` ((partition, offset)) of `topic` as
+    /// `member_id` in `generation` (an administrative commit: "" and -1).
+    /// Ok(0), or the first error code.
+    pub async fn offset_commit(
+        &self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        topic: &str,
+        offsets: &[(u32, u64)],
+    ) -> Result<i16, String> {
+        let mut t = offset_commit_request::OffsetCommitRequestTopic::default();
+        t.name = TopicName(StrBytes::from_string(topic.to_string()));
+        t.partitions = offsets
+            .iter()
+            .map(|&(p, o)| {
+                let mut op = offset_commit_request::OffsetCommitRequestPartition::default();
+                op.partition_index = p as i32;
+                op.committed_offset = o as i64;
+                op.committed_leader_epoch = -1;
+                op
+            })
+            .collect();
+        let mut req = OffsetCommitRequest::default();
+        req.group_id = GroupId(StrBytes::from_string(group.to_string()));
+        req.generation_id_or_member_epoch = generation;
+        req.member_id = StrBytes::from_string(member_id.to_string());
+        req.topics = vec![t];
+        let resp: OffsetCommitResponse = self
+            .group_call(group, ApiKey::OffsetCommit, OFFSET_COMMIT_V, &req)
+            .await?;
+        Ok(resp
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+            .find(|e| *e != 0)
+            .unwrap_or(0))
+    }
+
+    /// The group's committed offsets of `topic`'s first `partitions`
+    /// partitions (those with none are left out).
+    pub async fn offset_fetch(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: u32,
+    ) -> Result<HashMap<u32, u64>, String> {
+        let mut t = offset_fetch_request::OffsetFetchRequestTopic::default();
+        t.name = TopicName(StrBytes::from_string(topic.to_string()));
+        t.partition_indexes = (0..partitions as i32).collect();
+        let mut req = OffsetFetchRequest::default();
+        req.group_id = GroupId(StrBytes::from_string(group.to_string()));
+        req.topics = Some(vec![t]);
+        let resp: OffsetFetchResponse = self
+            .group_call(group, ApiKey::OffsetFetch, OFFSET_FETCH_V, &req)
+            .await?;
+        if resp.error_code != 0 {
+            if coordinator_moved(resp.error_code) {
+                self.forget_coordinator(group).await;
+            }
+            return Err(format!(
+                "offsets of group `{group}`: Kafka error {}",
+                resp.error_code
+            ));
+        }
+        Ok(resp
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter())
+            .filter(|p| p.error_code == 0 && p.committed_offset >= 0)
+            .map(|p| (p.partition_index as u32, p.committed_offset as u64))
+            .collect())
+    }
+
+    /// The group's state, member count and generation (DescribeGroups).
+    pub async fn describe_group(&self, group: &str) -> Result<(String, usize, i32), String> {
+        let mut req = DescribeGroupsRequest::default();
+        req.groups = vec![GroupId(StrBytes::from_string(group.to_string()))];
+        let resp: DescribeGroupsResponse = self
+            .group_call(group, ApiKey::DescribeGroups, DESCRIBE_GROUPS_V, &req)
+            .await?;
+        let g = resp
+            .groups
+            .first()
+            .ok_or("an empty DescribeGroups response")?;
+        if g.error_code != 0 {
+            if coordinator_moved(g.error_code) {
+                self.forget_coordinator(group).await;
+            }
+            return Err(format!(
+                "describe group `{group}`: Kafka error {}",
+                g.error_code
+            ));
+        }
+        // DescribeGroups v3 has no generation; the members' count and the
+        // state are what the bench needs. -1: unknown.
+        Ok((g.group_state.to_string(), g.members.len(), -1))
     }
 }

@@ -237,23 +237,36 @@ impl RecordSource for KafkaSource {
                 }
             };
             let pos = self.positions.entry(p).or_default();
-            for b in levee_client::batch::split_batches(&data) {
-                let mut out = Vec::new();
-                match levee_client::codec::decode_stored_batch(b, usize::MAX, *pos, &mut out) {
-                    Ok(next) => *pos = (*pos).max(next),
-                    Err(e) => return Err(PollError::Corrupt(format!("partition {p}: {e:?}"))),
-                }
-                records.extend(out.into_iter().map(|r| ConsumedRecord {
-                    topic: self.topic.clone(),
-                    partition: p,
-                    offset: r.offset,
-                    timestamp: r.timestamp,
-                    key: r.key,
-                    value: r.value,
-                    headers: r.headers,
-                }));
-            }
+            decode_into(&self.topic, p, &data, pos, &mut records).map_err(PollError::Corrupt)?;
         }
         Ok(records)
     }
+}
+
+/// Decodes the stored batches fetched from partition `p` into `records`
+/// (those at or after `pos`), moving `pos` past them.
+pub(crate) fn decode_into(
+    topic: &str,
+    p: u32,
+    data: &[u8],
+    pos: &mut u64,
+    records: &mut Vec<ConsumedRecord>,
+) -> Result<(), String> {
+    for b in levee_client::batch::split_batches(data) {
+        let mut out = Vec::new();
+        match levee_client::codec::decode_stored_batch(b, usize::MAX, *pos, &mut out) {
+            Ok(next) => *pos = (*pos).max(next),
+            Err(e) => return Err(format!("partition {p}: {e:?}")),
+        }
+        records.extend(out.into_iter().map(|r| ConsumedRecord {
+            topic: topic.to_string(),
+            partition: p,
+            offset: r.offset,
+            timestamp: r.timestamp,
+            key: r.key,
+            value: r.value,
+            headers: r.headers,
+        }));
+    }
+    Ok(())
 }

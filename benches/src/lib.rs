@@ -42,6 +42,7 @@ pub mod stats;
 pub mod verify;
 
 pub mod kafka;
+mod kafka_group;
 mod kafka_tasks;
 
 mod admin;

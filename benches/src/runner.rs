@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use levee_client::{Acks, Assignment, OffsetSpec, StartPosition};
+use levee_client::{Acks, OffsetSpec, StartPosition};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -25,7 +25,7 @@ use crate::shared::{lock, Shared, Snap, Targets};
 use crate::stats::{Point, TaskHists};
 use crate::summary::{self, Outcome, Verified};
 use crate::verify::{Counts, Sent, Verifier};
-use crate::workload::{client_err, host_cpus, BenchError, Config};
+use crate::workload::{host_cpus, BenchError, Config};
 
 fn random_run_id() -> u64 {
     let t = SystemTime::now()
@@ -54,7 +54,7 @@ pub(crate) async fn bench(cfg: Config) -> Result<(Report, Option<String>), Bench
     let warmup = Duration::from_secs_f64(a.warmup);
     let shared = Arc::new(Shared::new(Instant::now(), start_wall, warmup, run_id));
     if let Some(g) = &a.group {
-        prepare_group(&cfg, admin.native()?, g, partitions).await?;
+        prepare_group(&cfg, &admin, g, partitions).await?;
     }
     let mut catchup_total = None;
     if a.producers == 0 {
@@ -66,10 +66,9 @@ pub(crate) async fn bench(cfg: Config) -> Result<(Report, Option<String>), Bench
     consumers_ready(std::mem::take(&mut consumers.readies), &shared).await?;
     let (start_generation, lag_probe) = match &a.group {
         Some(g) => {
-            let admin = admin.native()?;
             let watch = watch_group(
                 &cfg,
-                admin,
+                &admin,
                 g,
                 consumers_used,
                 partitions,
@@ -200,13 +199,10 @@ async fn catchup(
     if let Some(g) = &a.group {
         // The group resumes from its committed offsets.
         let found = admin
-            .native()?
-            .fetch_offsets(g, &Assignment::new())
+            .group_offsets(g, &a.topic, partitions)
             .await
-            .map_err(|e| client_err(&format!("fetch offsets of group `{g}`"), &e))?;
-        for o in found.into_iter().filter(|o| o.topic == a.topic) {
-            starts.insert(o.partition, o.offset);
-        }
+            .map_err(BenchError::Client)?;
+        starts.extend(found);
     }
     let total: u64 = ends
         .iter()

@@ -61,17 +61,14 @@ impl Config {
         if args.direct_batches && !matches!(args.keys, Keys::None) {
             return Err(usage("--direct-batches needs --keys none"));
         }
-        if args.protocol == Protocol::Kafka {
-            if args.producers > 0 && !args.direct_batches {
+        if args.protocol == Protocol::Kafka && args.producers > 0 && !args.direct_batches {
+            // The bench has no Kafka client library: it builds the batches.
+            if !matches!(args.keys, Keys::None) {
                 return Err(usage(
-                    "--protocol kafka produces with --direct-batches (the bench builds the batches; no Kafka client library is involved)",
+                    "--protocol kafka produces the bench's own batches (as --direct-batches), which need --keys none",
                 ));
             }
-            if args.group.is_some() {
-                return Err(usage(
-                    "--protocol kafka does not run consumer groups (no --group)",
-                ));
-            }
+            args.direct_batches = true;
         }
         if args.message_size < payload::HEADER_LEN {
             return Err(usage(format!(
