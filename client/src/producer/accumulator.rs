@@ -372,7 +372,7 @@ struct Topic {
 /// An idempotent producer's most batches in flight per partition: the
 /// broker remembers this many of a producer's last batches per partition
 /// to recognize one sent again (`BATCHES_KEPT` on the broker).
-pub const MAX_UNACKED_BATCHES: usize = 32;
+pub const MAX_UNACKED_BATCHES: usize = 128;
 
 /// How many records go between two checks of a partition count's age.
 const AGE_CHECK_EVERY: u32 = 256;
