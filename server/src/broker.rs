@@ -37,8 +37,27 @@ fn ensure_port_free(addr: std::net::SocketAddr, option: &str) -> Result<(), Stri
     Ok(())
 }
 
+/// glibc's malloc hands a freed large block straight back to the kernel
+/// (a block above the mmap threshold is its own mapping; an arena's top
+/// past the trim threshold is cut), so every fetch response's buffer (up
+/// to the fetch size) was faulted in and zero-filled again: 12% of the
+/// broker's CPU in a catch-up read (`benches/PERFORMANCE.md`). Fixed
+/// thresholds keep such blocks in the arenas for the next response. What a
+/// shard keeps is what its requests needed at once, which the request and
+/// fetch size limits bound.
+fn keep_freed_blocks() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes glibc's allocator settings; it is called
+    // before any shard thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
+    }
+}
+
 pub fn run(cfg: ServerConfig) -> Result<(), String> {
     cfg.validate().map_err(|e| e.to_string())?;
+    keep_freed_blocks();
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
         format!(
             "cannot create data directory {}: {e}",
