@@ -12,7 +12,8 @@ use std::time::Duration;
 use levee_client::ConsumedRecord;
 use tokio::task::JoinHandle;
 
-use crate::kafka::{coordinator_moved, retriable, KafkaClient};
+use crate::consumer::PollError;
+use crate::kafka::{coordinator_moved, KafkaClient};
 
 /// Kafka error codes that make a member join again: ILLEGAL_GENERATION,
 /// UNKNOWN_MEMBER_ID, REBALANCE_IN_PROGRESS.
@@ -175,7 +176,10 @@ impl KafkaMember {
                 .await
             {
                 Ok(r) => r,
-                Err(_) => continue,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             if code != 0 {
                 if code == 25 {
@@ -256,47 +260,20 @@ impl KafkaMember {
             tokio::time::sleep(Duration::from_millis(100)).await;
             return Ok(Vec::new());
         }
-        let want: Vec<(u32, u64)> = self
-            .assigned
-            .iter()
-            .map(|p| (*p, self.positions.get(p).copied().unwrap_or(0)))
-            .collect();
-        let fetched = match self
-            .client
-            .fetch(
-                &self.topic,
-                &want,
-                Duration::from_millis(100),
-                (self.partition_bytes as usize * want.len()).min(64 << 20) as i32,
-                self.partition_bytes as i32,
-            )
-            .await
-        {
-            Ok(f) => f,
-            Err(e) => {
-                self.client.invalidate().await;
-                return Err(KafkaMemberError::Retry(e));
-            }
-        };
-        let mut records = Vec::new();
-        for (p, res) in fetched {
-            let data = match res {
-                Ok((data, _hw)) => data,
-                Err(code) if retriable(code) => {
-                    self.client.invalidate().await;
-                    continue;
-                }
-                Err(code) => {
-                    return Err(KafkaMemberError::Fatal(format!(
-                        "partition {p}: Kafka error {code}"
-                    )))
-                }
-            };
-            let pos = self.positions.entry(p).or_default();
-            crate::kafka_tasks::decode_into(&self.topic, p, &data, pos, &mut records)
-                .map_err(KafkaMemberError::Corrupt)?;
-        }
-        Ok(records)
+        crate::kafka_tasks::fetch_records(
+            &self.client,
+            &self.topic,
+            &self.assigned,
+            &mut self.positions,
+            Duration::from_millis(100),
+            self.partition_bytes,
+        )
+        .await
+        .map_err(|e| match e {
+            PollError::Corrupt(m) => KafkaMemberError::Corrupt(m),
+            PollError::Retriable(m) => KafkaMemberError::Retry(m),
+            PollError::Fatal(m) => KafkaMemberError::Fatal(m),
+        })
     }
 
     /// Commits the positions that moved since the last commit, in this

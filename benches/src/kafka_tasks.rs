@@ -200,52 +200,73 @@ impl RecordSource for KafkaSource {
     }
 
     async fn poll(&mut self) -> Result<Vec<ConsumedRecord>, PollError> {
-        let want: Vec<(u32, u64)> = self
-            .partitions
-            .iter()
-            .map(|p| (*p, self.positions[p]))
-            .collect();
-        let fetched = match self
-            .client
-            .fetch(
-                &self.topic,
-                &want,
-                Duration::from_millis(500),
-                (self.partition_bytes as usize * self.partitions.len()).min(64 << 20) as i32,
-                self.partition_bytes as i32,
-            )
-            .await
-        {
-            Ok(f) => f,
-            Err(e) => {
-                self.client.invalidate().await;
-                return Err(PollError::Retriable(e));
+        fetch_records(
+            &self.client,
+            &self.topic,
+            &self.partitions,
+            &mut self.positions,
+            Duration::from_millis(500),
+            self.partition_bytes,
+        )
+        .await
+    }
+}
+
+/// One fetch of `partitions` of `topic` from their positions (a missing
+/// one: 0), each from its leader: the records decoded, the positions moved
+/// past them. A partition whose leader moved is skipped this time (the
+/// leaders are looked up again).
+pub(crate) async fn fetch_records(
+    client: &KafkaClient,
+    topic: &str,
+    partitions: &[u32],
+    positions: &mut HashMap<u32, u64>,
+    max_wait: Duration,
+    partition_bytes: u32,
+) -> Result<Vec<ConsumedRecord>, PollError> {
+    let want: Vec<(u32, u64)> = partitions
+        .iter()
+        .map(|p| (*p, positions.get(p).copied().unwrap_or(0)))
+        .collect();
+    let fetched = match client
+        .fetch(
+            topic,
+            &want,
+            max_wait,
+            (partition_bytes as usize * partitions.len()).min(64 << 20) as i32,
+            partition_bytes as i32,
+        )
+        .await
+    {
+        Ok(f) => f,
+        Err(e) => {
+            client.invalidate().await;
+            return Err(PollError::Retriable(e));
+        }
+    };
+    let mut records = Vec::new();
+    for (p, res) in fetched {
+        let data = match res {
+            Ok((data, _hw)) => data,
+            Err(code) if retriable(code) => {
+                client.invalidate().await;
+                continue;
+            }
+            Err(code) => {
+                return Err(PollError::Fatal(format!(
+                    "partition {p}: Kafka error {code}"
+                )))
             }
         };
-        let mut records = Vec::new();
-        for (p, res) in fetched {
-            let data = match res {
-                Ok((data, _hw)) => data,
-                Err(code) if retriable(code) => {
-                    self.client.invalidate().await;
-                    continue;
-                }
-                Err(code) => {
-                    return Err(PollError::Fatal(format!(
-                        "partition {p}: Kafka error {code}"
-                    )))
-                }
-            };
-            let pos = self.positions.entry(p).or_default();
-            decode_into(&self.topic, p, &data, pos, &mut records).map_err(PollError::Corrupt)?;
-        }
-        Ok(records)
+        let pos = positions.entry(p).or_default();
+        decode_into(topic, p, &data, pos, &mut records).map_err(PollError::Corrupt)?;
     }
+    Ok(records)
 }
 
 /// Decodes the stored batches fetched from partition `p` into `records`
 /// (those at or after `pos`), moving `pos` past them.
-pub(crate) fn decode_into(
+fn decode_into(
     topic: &str,
     p: u32,
     data: &[u8],
