@@ -127,7 +127,7 @@ fn native_group_survives_a_kill_9_of_its_coordinator() {
     // acknowledged commit (when, partition -> offset committed).
     type Reads = Vec<(String, i64, i64, Instant)>;
     let processed = Arc::new(Mutex::new(Reads::new()));
-    let commits = Arc::new(Mutex::new(Vec::<(Instant, BTreeMap<i64, i64>)>::new()));
+    let commits = Arc::new(Mutex::new(common::Commits::new()));
     let drain = Arc::new(AtomicBool::new(false));
     let members: Vec<_> = (0..3)
         .map(|i| {
@@ -225,18 +225,7 @@ fn native_group_survives_a_kill_9_of_its_coordinator() {
     nodes[victim as usize - 1].kill();
     // The most every partition had committed, by acknowledged commits,
     // before the kill.
-    let acked_before: BTreeMap<i64, i64> = {
-        let mut best = BTreeMap::new();
-        for (t, c) in commits.lock().unwrap().iter() {
-            if *t <= killed_at {
-                for (p, o) in c {
-                    let e = best.entry(*p).or_insert(*o);
-                    *e = (*e).max(*o);
-                }
-            }
-        }
-        best
-    };
+    let acked_before = common::committed_by(&commits.lock().unwrap(), killed_at);
     let live = bootstrap(&nodes);
     let probe = rt.block_on(client(&live));
 
@@ -272,29 +261,7 @@ fn native_group_survives_a_kill_9_of_its_coordinator() {
     // The members find it and commit again within the failover time
     // (broker lease 1.5 s; a Raft election if the victim led the
     // coordinators; the members' rejoin), with a margin for a loaded host.
-    let until = Instant::now() + Duration::from_secs(40);
-    loop {
-        let n = commits
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(t, _)| *t > killed_at + Duration::from_millis(500))
-            .count();
-        if n >= 3 {
-            break;
-        }
-        assert!(Instant::now() < until, "no commit succeeded after the kill");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let first_commit = commits
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(t, _)| *t)
-        .filter(|t| *t > killed_at)
-        .min()
-        .unwrap()
-        - killed_at;
+    let first_commit = common::commits_resumed(&commits, killed_at, Duration::from_secs(40));
     let coord = rt.block_on(probe.group_coordinator(group)).unwrap();
     eprintln!(
         "new coordinator {coord:?}; offsets read after {answered:?}; first commit after {first_commit:?}"

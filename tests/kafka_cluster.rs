@@ -54,6 +54,24 @@ impl Cluster {
             .join(",")
     }
 
+    /// Creates `name` with `partitions` partitions on all three nodes.
+    fn create_topic(&self, name: &str, partitions: u32) {
+        let (ok, out, err) = levee(
+            &self.native_bootstrap(),
+            &[
+                "topic",
+                "create",
+                name,
+                "--partitions",
+                &partitions.to_string(),
+                "--replication-factor",
+                "3",
+            ],
+            None,
+        );
+        assert!(ok, "topic create: {err}{}", String::from_utf8_lossy(&out));
+    }
+
     fn kafka_bootstrap(&self) -> String {
         self.nodes
             .iter()
@@ -88,20 +106,7 @@ fn wait_metadata(c: &KConsumer, topic: &str, live: &[i32], isr: usize) -> Vec<Pa
 fn leader_kill_during_kafka_produce_and_consume_loses_no_acknowledged_message() {
     let mut cluster = Cluster::start("kafka-ha");
     let boot = cluster.kafka_bootstrap();
-    let (ok, out, err) = levee(
-        &cluster.native_bootstrap(),
-        &[
-            "topic",
-            "create",
-            "ha",
-            "--partitions",
-            "3",
-            "--replication-factor",
-            "3",
-        ],
-        None,
-    );
-    assert!(ok, "topic create: {err}{}", String::from_utf8_lossy(&out));
+    cluster.create_topic("ha", 3);
 
     // Metadata: every node with its own Kafka address.
     let probe = consumer("probe", &reader_config(&boot));
@@ -456,20 +461,7 @@ fn group_coordinator_kill_keeps_committed_offsets_and_the_group_goes_on() {
     use rdkafka::consumer::CommitMode;
     let mut cluster = Cluster::start("kafka-gc-kill");
     let boot = cluster.kafka_bootstrap();
-    let (ok, out, err) = levee(
-        &cluster.native_bootstrap(),
-        &[
-            "topic",
-            "create",
-            "gc",
-            "--partitions",
-            "6",
-            "--replication-factor",
-            "3",
-        ],
-        None,
-    );
-    assert!(ok, "topic create: {err}{}", String::from_utf8_lossy(&out));
+    cluster.create_topic("gc", 6);
     let group = "gc-group";
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -501,7 +493,7 @@ fn group_coordinator_kill_keeps_committed_offsets_and_the_group_goes_on() {
     // every successful commit is logged with the offsets it stored.
     type Reads = Vec<(String, i64, i64, Instant)>;
     let processed = Arc::new(Mutex::new(Reads::new()));
-    let commits = Arc::new(Mutex::new(Vec::<(Instant, BTreeMap<i64, i64>)>::new()));
+    let commits = Arc::new(Mutex::new(common::Commits::new()));
     let drain = Arc::new(AtomicBool::new(false));
     let members: Vec<_> = (0..3)
         .map(|i| {
@@ -615,16 +607,7 @@ fn group_coordinator_kill_keeps_committed_offsets_and_the_group_goes_on() {
     }
     let before_kill = processed.lock().unwrap().len();
     assert!(before_kill > 0, "nothing processed before the kill");
-    let committed_before: BTreeMap<i64, i64> = {
-        let mut best = BTreeMap::new();
-        for (_, c) in commits.lock().unwrap().iter() {
-            for (p, o) in c {
-                let e = best.entry(*p).or_insert(*o);
-                *e = (*e).max(*o);
-            }
-        }
-        best
-    };
+    let committed_before = common::committed_by(&commits.lock().unwrap(), Instant::now());
     assert!(!committed_before.is_empty(), "no commit before the kill");
     eprintln!(
         "killing node {victim}, coordinator of {group}; committed so far {committed_before:?}"
@@ -693,29 +676,7 @@ fn group_coordinator_kill_keeps_committed_offsets_and_the_group_goes_on() {
     }
 
     // The group goes on: commits succeed again after the kill.
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let after = commits
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(t, _)| *t > killed_at + Duration::from_millis(500))
-            .count();
-        if after >= 3 {
-            break;
-        }
-        assert!(Instant::now() < until, "no commit succeeded after the kill");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let first_commit = commits
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(t, _)| *t)
-        .filter(|t| *t > killed_at)
-        .min()
-        .unwrap()
-        - killed_at;
+    let first_commit = common::commits_resumed(&commits, killed_at, Duration::from_secs(30));
     eprintln!("offsets read after {answered:?}; first commit after {first_commit:?}");
     // Within the failover time (broker lease 1.5 s; a Raft election if the
     // victim led the coordinators; the members' rejoin), with a margin for
@@ -953,20 +914,7 @@ fn join_on(b: &Broker, group: &str) -> (KafkaRaw, raw_group::Member) {
 #[test]
 fn a_paused_kafka_coordinator_accepts_no_commit_from_the_old_generation() {
     let cluster = Cluster::start("kafka-gc-stop");
-    let (ok, out, err) = levee(
-        &cluster.native_bootstrap(),
-        &[
-            "topic",
-            "create",
-            "kps",
-            "--partitions",
-            "2",
-            "--replication-factor",
-            "3",
-        ],
-        None,
-    );
-    assert!(ok, "topic create: {err}{}", String::from_utf8_lossy(&out));
+    cluster.create_topic("kps", 2);
     let group = "kafka-paused";
     let coord = coordinator_other_than(&cluster.nodes[0], group, -1);
     let x = &cluster.nodes[coord as usize - 1];
@@ -1012,20 +960,7 @@ fn a_paused_kafka_coordinator_accepts_no_commit_from_the_old_generation() {
 #[test]
 fn a_graceful_stop_moves_the_group_coordinator_with_its_offsets() {
     let mut cluster = Cluster::start("kafka-gc-term");
-    let (ok, out, err) = levee(
-        &cluster.native_bootstrap(),
-        &[
-            "topic",
-            "create",
-            "kts",
-            "--partitions",
-            "2",
-            "--replication-factor",
-            "3",
-        ],
-        None,
-    );
-    assert!(ok, "topic create: {err}{}", String::from_utf8_lossy(&out));
+    cluster.create_topic("kts", 2);
     let group = "kafka-stopped";
     let coord = coordinator_other_than(&cluster.nodes[0], group, -1);
     let (mut raw, m) = join_on(&cluster.nodes[coord as usize - 1], group);

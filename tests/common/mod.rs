@@ -463,6 +463,53 @@ pub fn levee(bootstrap: &str, args: &[&str], stdin: Option<&[u8]>) -> (bool, Vec
     )
 }
 
+/// Group failover tests: every acknowledged commit, (when acknowledged,
+/// partition -> committed offset).
+pub type Commits = Vec<(Instant, std::collections::BTreeMap<i64, i64>)>;
+
+/// The most each partition had committed, by commits acknowledged at or
+/// before `until`.
+pub fn committed_by(commits: &Commits, until: Instant) -> std::collections::BTreeMap<i64, i64> {
+    let mut best = std::collections::BTreeMap::new();
+    for (_, c) in commits.iter().filter(|(t, _)| *t <= until) {
+        for (p, o) in c {
+            let e = best.entry(*p).or_insert(*o);
+            *e = (*e).max(*o);
+        }
+    }
+    best
+}
+
+/// Waits (up to `within`) until at least 3 commits were acknowledged more
+/// than 500 ms after `since`; returns how long after `since` the first
+/// commit after it was acknowledged.
+pub fn commits_resumed(
+    commits: &std::sync::Mutex<Commits>,
+    since: Instant,
+    within: Duration,
+) -> Duration {
+    let until = Instant::now() + within;
+    loop {
+        let c = commits.lock().unwrap();
+        let n = c
+            .iter()
+            .filter(|(t, _)| *t > since + Duration::from_millis(500))
+            .count();
+        if n >= 3 {
+            return c
+                .iter()
+                .map(|(t, _)| *t)
+                .filter(|t| *t > since)
+                .min()
+                .unwrap()
+                - since;
+        }
+        drop(c);
+        assert!(Instant::now() < until, "no commit succeeded after the kill");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Group failover tests: checks that records were read again only where no
 /// acknowledged commit had already covered them, i.e. that committed
 /// offsets never went backwards and members resumed from them. `reads` are
@@ -473,7 +520,7 @@ pub fn levee(bootstrap: &str, args: &[&str], stdin: Option<&[u8]>) -> (bool, Vec
 /// re-reads and, of them, those read after `since`.
 pub fn check_rereads(
     reads: &[(i64, i64, Instant)],
-    commits: &[(Instant, std::collections::BTreeMap<i64, i64>)],
+    commits: &Commits,
     since: Instant,
 ) -> (usize, usize) {
     use std::collections::{BTreeMap, HashSet};
