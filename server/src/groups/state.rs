@@ -227,12 +227,12 @@ impl GroupMachine {
         self.members.is_empty() && self.phase != Phase::PreparingRebalance
     }
 
-    /// Since when the group has had no members (`None`: it has some).
     /// A group loaded with no members: when it last changed, as stored.
     pub fn set_empty_since(&mut self, since: Instant) {
         self.empty_since = since;
     }
 
+    /// Since when the group has had no members (`None`: it has some).
     pub fn empty_since(&self) -> Option<Instant> {
         self.members.is_empty().then_some(self.empty_since)
     }

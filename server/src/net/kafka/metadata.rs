@@ -26,7 +26,7 @@ pub fn default_replication(ctx: &Ctx) -> u16 {
 }
 
 /// Kafka's "authorized operations not requested" marker.
-pub const NO_AUTHORIZED_OPERATIONS: i32 = i32::MIN;
+const NO_AUTHORIZED_OPERATIONS: i32 = i32::MIN;
 
 /// A set of Kafka ACL operation codes as the bit field Kafka answers.
 const fn operations(codes: &[u8]) -> i32 {
